@@ -1,0 +1,419 @@
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::mac::{MacCache, MacTable};
+use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool};
+use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
+use crate::wire::{ETHERNET_HEADER_LEN, ETHERTYPE_OFFSET, MacAddr, VlanTci, be16, ethertype};
+
+/// Free buffers a datapath keeps for flood copies.
+const POOL_BUFFERS: usize = 4 * BURST * 16;
+
+#[derive(Debug)]
+struct PortSlot {
+    port: Box<dyn Port>,
+    bridge: usize,
+    port_no: PortNo,
+    vlan: VlanMode,
+    counters: Arc<PortCounters>,
+    link_up: bool,
+}
+
+#[derive(Debug)]
+struct BridgeState {
+    mac: Arc<MacTable>,
+    cache: MacCache,
+    /// Slots of this bridge's ports, in port-number order (flood order).
+    slots: Vec<usize>,
+    /// Port number to slot.
+    by_port_no: Vec<Option<usize>>,
+}
+
+/// Per-burst drop tallies for the input port, flushed once per burst.
+#[derive(Debug, Default)]
+struct RxTally {
+    drops: [u64; DropReason::ALL.len()],
+}
+
+/// The packet pipeline and the ports it serves. See the [module docs](super).
+#[derive(Debug)]
+pub struct Datapath {
+    ports: Vec<Option<PortSlot>>,
+    bridges: Vec<Option<BridgeState>>,
+    pool: PacketPool,
+    rx: Vec<Packet>,
+    tx: Vec<Vec<Packet>>,
+    dirty: Vec<usize>,
+    flood: Vec<usize>,
+}
+
+impl Default for Datapath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Datapath {
+    /// A datapath with no bridges.
+    pub fn new() -> Self {
+        Datapath {
+            ports: Vec::new(),
+            bridges: Vec::new(),
+            pool: PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER),
+            rx: Vec::with_capacity(BURST),
+            tx: Vec::new(),
+            dirty: Vec::new(),
+            flood: Vec::new(),
+        }
+    }
+
+    /// Adds a bridge using `mac` as its learning table; returns its index.
+    pub(crate) fn add_bridge(&mut self, mac: Arc<MacTable>) -> usize {
+        let state = BridgeState { mac, cache: MacCache::new(), slots: Vec::new(), by_port_no: Vec::new() };
+        match self.bridges.iter().position(Option::is_none) {
+            Some(i) => {
+                self.bridges[i] = Some(state);
+                i
+            }
+            None => {
+                self.bridges.push(Some(state));
+                self.bridges.len() - 1
+            }
+        }
+    }
+
+    /// Removes a bridge and all its ports.
+    pub(crate) fn del_bridge(&mut self, bridge: usize) {
+        if let Some(b) = self.bridges.get_mut(bridge).and_then(Option::take) {
+            for slot in b.slots {
+                self.release_slot(slot);
+            }
+        }
+    }
+
+    /// Attaches `port` to `bridge` as `port_no`; returns its slot.
+    pub(crate) fn add_port(
+        &mut self,
+        bridge: usize,
+        port_no: PortNo,
+        port: Box<dyn Port>,
+        vlan: VlanMode,
+        counters: Arc<PortCounters>,
+    ) -> usize {
+        let link_up = port.link_up();
+        let slot = PortSlot { port, bridge, port_no, vlan, counters, link_up };
+        let idx = match self.ports.iter().position(Option::is_none) {
+            Some(i) => {
+                self.ports[i] = Some(slot);
+                i
+            }
+            None => {
+                self.ports.push(Some(slot));
+                self.tx.push(Vec::with_capacity(BURST));
+                self.ports.len() - 1
+            }
+        };
+        let b = self.bridges[bridge].as_mut().expect("bridge exists");
+        let pos = b.slots.partition_point(|&s| self.ports[s].as_ref().is_some_and(|p| p.port_no < port_no));
+        b.slots.insert(pos, idx);
+        if b.by_port_no.len() <= port_no as usize {
+            b.by_port_no.resize(port_no as usize + 1, None);
+        }
+        b.by_port_no[port_no as usize] = Some(idx);
+        idx
+    }
+
+    /// Detaches the port in `slot`, forgetting what its bridge learned on it.
+    pub(crate) fn del_port(&mut self, slot: usize) {
+        let Some(p) = self.ports.get(slot).and_then(Option::as_ref) else { return };
+        let (bridge, port_no) = (p.bridge, p.port_no);
+        if let Some(b) = self.bridges[bridge].as_mut() {
+            b.slots.retain(|&s| s != slot);
+            b.by_port_no[port_no as usize] = None;
+            b.mac.flush_port(port_no);
+        }
+        self.release_slot(slot);
+    }
+
+    fn release_slot(&mut self, slot: usize) {
+        self.ports[slot] = None;
+        for p in self.tx[slot].drain(..) {
+            self.pool.put(p);
+        }
+        self.dirty.retain(|&s| s != slot);
+    }
+
+    /// Changes a port's VLAN membership; what its bridge learned on the
+    /// port is forgotten, since it may now be in other VLANs.
+    pub(crate) fn set_port_vlan(&mut self, slot: usize, vlan: VlanMode) {
+        if let Some(p) = self.ports.get_mut(slot).and_then(Option::as_mut) {
+            p.vlan = vlan;
+            if let Some(b) = self.bridges[p.bridge].as_ref() {
+                b.mac.flush_port(p.port_no);
+            }
+        }
+    }
+
+    /// True if some port has packets queued without an fd to wake on.
+    pub fn rx_pending(&self) -> bool {
+        self.ports.iter().flatten().any(|p| p.port.rx_pending())
+    }
+
+    /// One pass over every port: receive a burst from each, switch it, and
+    /// flush the output batches; then a step of MAC aging. Returns how many
+    /// packets were received.
+    pub fn poll(&mut self, now_ms: u64) -> usize {
+        let mut work = 0;
+        for slot in 0..self.ports.len() {
+            let Some(p) = self.ports[slot].as_mut() else { continue };
+            let up = p.port.link_up();
+            if up != p.link_up {
+                p.link_up = up;
+                p.counters.link_up.store(up, Ordering::Relaxed);
+            }
+            let mut rx = std::mem::take(&mut self.rx);
+            let n = p.port.rx_burst(&mut rx, BURST, &mut self.pool);
+            if n > 0 {
+                work += n;
+                self.switch_burst(slot, &mut rx, now_ms);
+                self.flush();
+            }
+            self.rx = rx;
+        }
+        for b in self.bridges.iter().flatten() {
+            b.mac.age_step(now_ms);
+        }
+        work
+    }
+
+    /// Runs one received burst through NORMAL switching.
+    fn switch_burst(&mut self, in_slot: usize, rx: &mut Vec<Packet>, now_ms: u64) {
+        let input = self.ports[in_slot].as_ref().expect("polled port exists");
+        let (bridge_idx, in_port, counters) = (input.bridge, input.port_no, input.counters.clone());
+        let in_vlan = input.vlan.clone();
+        let mut tally = RxTally::default();
+        let mut rx_bytes = 0u64;
+        let rx_packets = rx.len() as u64;
+
+        let Some(mut bridge) = self.bridges[bridge_idx].take() else { return };
+        bridge.cache.begin_burst(&bridge.mac);
+
+        for pkt in rx.drain(..) {
+            rx_bytes += pkt.len() as u64;
+            match classify_l2(pkt.data(), &in_vlan) {
+                Err(reason) => {
+                    tally.drops[reason as usize] += 1;
+                    self.pool.put(pkt);
+                }
+                Ok(l2) => {
+                    if l2.src.is_unicast() {
+                        bridge.cache.learn(&bridge.mac, l2.vlan, l2.src, in_port, now_ms);
+                    }
+                    if is_reserved_group(l2.dst) {
+                        tally.drops[DropReason::ReservedGroup as usize] += 1;
+                        self.pool.put(pkt);
+                        continue;
+                    }
+                    let known =
+                        if l2.dst.is_unicast() { bridge.cache.lookup(&bridge.mac, l2.vlan, l2.dst) } else { None };
+                    match known {
+                        Some(p) if p == in_port => {
+                            tally.drops[DropReason::SamePort as usize] += 1;
+                            self.pool.put(pkt);
+                        }
+                        Some(p) => match bridge.by_port_no.get(p as usize).copied().flatten() {
+                            Some(out) if self.carries(out, l2.vlan) => self.output(out, pkt, &l2),
+                            _ => self.flood(&bridge, in_slot, pkt, &l2),
+                        },
+                        None => self.flood(&bridge, in_slot, pkt, &l2),
+                    }
+                }
+            }
+        }
+        self.bridges[bridge_idx] = Some(bridge);
+
+        PortCounters::add(&counters.rx_packets, rx_packets);
+        PortCounters::add(&counters.rx_bytes, rx_bytes);
+        for (i, &n) in tally.drops.iter().enumerate() {
+            PortCounters::add(&counters.drops[i], n);
+        }
+    }
+
+    #[inline]
+    fn carries(&self, slot: usize, vlan: u16) -> bool {
+        self.ports[slot].as_ref().is_some_and(|p| p.vlan.carries(vlan))
+    }
+
+    fn flood(&mut self, bridge: &BridgeState, in_slot: usize, pkt: Packet, l2: &L2) {
+        let mut targets = std::mem::take(&mut self.flood);
+        targets.clear();
+        targets.extend(bridge.slots.iter().copied().filter(|&s| s != in_slot && self.carries(s, l2.vlan)));
+        if let Some((&last, rest)) = targets.split_last() {
+            for &out in rest {
+                let copy = self.pool.clone_packet(&pkt);
+                self.output(out, copy, l2);
+            }
+            self.output(last, pkt, l2);
+        } else {
+            self.pool.put(pkt);
+        }
+        self.flood = targets;
+    }
+
+    /// Queues `pkt` on `slot`, tagged as that port's VLAN mode requires.
+    #[inline]
+    fn output(&mut self, slot: usize, mut pkt: Packet, l2: &L2) {
+        let Some(port) = self.ports[slot].as_ref() else {
+            self.pool.put(pkt);
+            return;
+        };
+        match port.vlan {
+            VlanMode::Access(_) => {
+                if l2.tagged {
+                    pkt.pop_vlan();
+                }
+            }
+            VlanMode::Trunk(_) => {
+                if l2.vlan != 0 {
+                    match l2.tci {
+                        None => pkt.push_vlan(VlanTci::new(l2.vlan, 0)),
+                        Some(t) if t.vid() != l2.vlan => pkt.set_vlan_tci(VlanTci::new(l2.vlan, t.pcp())),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        let q = &mut self.tx[slot];
+        if q.is_empty() {
+            self.dirty.push(slot);
+        }
+        q.push(pkt);
+        if q.len() >= BURST {
+            self.flush_slot(slot);
+            self.dirty.retain(|&s| s != slot);
+        }
+    }
+
+    fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            self.flush_slot(slot);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn flush_slot(&mut self, slot: usize) {
+        let Some(p) = self.ports[slot].as_mut() else { return };
+        let q = &mut self.tx[slot];
+        if q.is_empty() {
+            return;
+        }
+        if !p.link_up {
+            p.counters.count_drop(DropReason::LinkDown, q.len() as u64);
+            for pkt in q.drain(..) {
+                self.pool.put(pkt);
+            }
+            return;
+        }
+        let out = p.port.tx_burst(q, &mut self.pool);
+        PortCounters::add(&p.counters.tx_packets, out.sent as u64);
+        PortCounters::add(&p.counters.tx_bytes, out.sent_bytes);
+        if out.dropped > 0 {
+            p.counters.count_drop(out.drop_reason.unwrap_or(DropReason::TxError), out.dropped as u64);
+        }
+    }
+
+    /// Buffers allocated because the pool was empty (a health figure).
+    pub fn buffers_allocated(&self) -> u64 {
+        self.pool.allocated()
+    }
+}
+
+/// What NORMAL switching needs from a frame.
+#[derive(Debug, Clone, Copy)]
+struct L2 {
+    dst: MacAddr,
+    src: MacAddr,
+    /// The frame's 802.1Q tag as received, if any.
+    tci: Option<VlanTci>,
+    tagged: bool,
+    /// The VLAN the frame belongs to inside the bridge.
+    vlan: u16,
+}
+
+/// Reads the Ethernet header and decides the frame's VLAN for a port in
+/// `mode`, or why it must be dropped.
+#[inline]
+fn classify_l2(d: &[u8], mode: &VlanMode) -> Result<L2, DropReason> {
+    if d.len() < ETHERNET_HEADER_LEN {
+        return Err(DropReason::Runt);
+    }
+    let dst = MacAddr::from_slice(&d[0..6]);
+    let src = MacAddr::from_slice(&d[6..12]);
+    let tagged = be16(d, ETHERTYPE_OFFSET) == ethertype::VLAN;
+    let tci = if tagged {
+        if d.len() < ETHERNET_HEADER_LEN + 4 {
+            return Err(DropReason::TruncatedVlan);
+        }
+        Some(VlanTci(be16(d, ETHERTYPE_OFFSET + 2)))
+    } else {
+        None
+    };
+    let vid = tci.map_or(0, VlanTci::vid);
+    let vlan = match mode {
+        VlanMode::Access(tag) => {
+            if vid != 0 {
+                return Err(DropReason::TaggedOnAccess);
+            }
+            *tag
+        }
+        VlanMode::Trunk(_) => {
+            if !mode.carries(vid) {
+                return Err(DropReason::VlanNotAllowed);
+            }
+            vid
+        }
+    };
+    Ok(L2 { dst, src, tci, tagged, vlan })
+}
+
+/// 01:80:c2:00:00:00 to 01:80:c2:00:00:0f: link-local protocols a bridge
+/// consumes or filters, never forwards (IEEE 802.1Q Table 8-1).
+#[inline]
+fn is_reserved_group(mac: MacAddr) -> bool {
+    let m = mac.0;
+    m[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && m[5] & 0xf0 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_groups() {
+        assert!(is_reserved_group(MacAddr([0x01, 0x80, 0xc2, 0, 0, 0])));
+        assert!(is_reserved_group(MacAddr([0x01, 0x80, 0xc2, 0, 0, 0x0e])));
+        assert!(!is_reserved_group(MacAddr([0x01, 0x80, 0xc2, 0, 0, 0x10])));
+        assert!(!is_reserved_group(MacAddr::BROADCAST));
+    }
+
+    #[test]
+    fn classify_access_and_trunk() {
+        let mut f = vec![0u8; 64];
+        f[..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..16].copy_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
+        let access = VlanMode::access(10).unwrap();
+        assert_eq!(classify_l2(&f, &access).unwrap_err(), DropReason::TaggedOnAccess);
+        let trunk = VlanMode::trunk(&[10]).unwrap();
+        assert_eq!(classify_l2(&f, &trunk).unwrap().vlan, 10);
+        let other = VlanMode::trunk(&[11]).unwrap();
+        assert_eq!(classify_l2(&f, &other).unwrap_err(), DropReason::VlanNotAllowed);
+        // Priority-tagged frames are accepted on access ports.
+        f[14..16].copy_from_slice(&[0xa0, 0x00]);
+        assert_eq!(classify_l2(&f, &access).unwrap().vlan, 10);
+        assert_eq!(classify_l2(&f[..16], &trunk).unwrap_err(), DropReason::TruncatedVlan);
+        assert_eq!(classify_l2(&f[..13], &trunk).unwrap_err(), DropReason::Runt);
+    }
+}

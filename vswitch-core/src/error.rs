@@ -1,0 +1,96 @@
+//! The control-plane error type: what failed and on which object.
+//!
+//! Packet parsing never uses this type; malformed packets are counted by
+//! [`crate::DropReason`] instead.
+
+use serde::Serialize;
+
+/// Result alias for control-plane operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A coarse category of an [`Error`], stable across versions so that the
+/// control protocol and scripts can branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The named object does not exist.
+    NotFound,
+    /// An object with that name already exists.
+    Exists,
+    /// An argument was out of range or malformed.
+    InvalidArgument,
+    /// A table or queue is at capacity.
+    Full,
+    /// The operating system refused an operation.
+    Io,
+    /// The switch is shutting down or its datapath has stopped.
+    Unavailable,
+}
+
+/// An error from a control-plane operation on a [`crate::Switch`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No bridge has that name.
+    #[error("no bridge named '{0}'")]
+    BridgeNotFound(String),
+    /// A bridge with that name exists already.
+    #[error("bridge '{0}' already exists")]
+    BridgeExists(String),
+    /// No port has that name.
+    #[error("no port named '{0}'")]
+    PortNotFound(String),
+    /// A port with that name exists already (on this or another bridge).
+    #[error("port '{name}' already exists on bridge '{bridge}'")]
+    PortExists {
+        /// The port's name.
+        name: String,
+        /// The bridge that holds it.
+        bridge: String,
+    },
+    /// An argument was malformed or out of range.
+    #[error("invalid {what}: {why}")]
+    InvalidArgument {
+        /// What was being set.
+        what: &'static str,
+        /// Why it was refused.
+        why: String,
+    },
+    /// A bounded resource is exhausted.
+    #[error("{0} is full")]
+    Full(&'static str),
+    /// A system call failed.
+    #[error("{call} failed: {source}")]
+    Io {
+        /// The operation that failed.
+        call: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The datapath is gone (the switch is shutting down).
+    #[error("the datapath is not running")]
+    Unavailable,
+}
+
+impl Error {
+    /// The error's category.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BridgeNotFound(_) | Error::PortNotFound(_) => ErrorKind::NotFound,
+            Error::BridgeExists(_) | Error::PortExists { .. } => ErrorKind::Exists,
+            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            Error::Full(_) => ErrorKind::Full,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Unavailable => ErrorKind::Unavailable,
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str, why: impl Into<String>) -> Self {
+        Error::InvalidArgument { what, why: why.into() }
+    }
+
+    pub(crate) fn io(call: &'static str, source: std::io::Error) -> Self {
+        Error::Io { call, source }
+    }
+}

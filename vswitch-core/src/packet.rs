@@ -1,0 +1,272 @@
+//! Packet buffers: an owned frame with headroom, and a per-thread pool.
+//!
+//! A [`Packet`] keeps [`HEADROOM`] free bytes in front of the frame so that
+//! pushing a VLAN tag (or, later, a tunnel header) moves only the bytes in
+//! front of the insertion point, never the payload. Buffers are recycled
+//! through a [`PacketPool`] so that the steady state allocates nothing.
+
+use crate::wire::{ETHERTYPE_OFFSET, VlanTci, be16, ethertype};
+
+/// Bytes kept free in front of every frame.
+pub const HEADROOM: usize = 128;
+/// Default buffer size: headroom plus a maximum-size tagged frame.
+pub const DEFAULT_BUFFER: usize = HEADROOM + 1536;
+
+/// An owned Ethernet frame.
+///
+/// ```
+/// use vswitch_core::Packet;
+/// let mut p = Packet::from_frame(&[0u8; 60]);
+/// p.push_vlan(vswitch_core::wire::VlanTci::new(10, 0));
+/// assert_eq!(p.len(), 64);
+/// assert_eq!(p.pop_vlan().map(|t| t.vid()), Some(10));
+/// assert_eq!(p.len(), 60);
+/// ```
+#[derive(Clone)]
+pub struct Packet {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packet").field("len", &self.len()).finish()
+    }
+}
+
+impl Packet {
+    /// An empty packet with room for a frame of `frame_capacity` bytes.
+    pub fn with_capacity(frame_capacity: usize) -> Packet {
+        Packet { buf: vec![0; HEADROOM + frame_capacity], start: HEADROOM, end: HEADROOM }
+    }
+
+    /// A packet holding a copy of `frame`.
+    pub fn from_frame(frame: &[u8]) -> Packet {
+        let mut p = Packet::with_capacity(frame.len().max(DEFAULT_BUFFER - HEADROOM));
+        p.set_frame(frame);
+        p
+    }
+
+    /// Replaces the contents with a copy of `frame`, growing if needed.
+    pub fn set_frame(&mut self, frame: &[u8]) {
+        let need = HEADROOM + frame.len();
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        self.start = HEADROOM;
+        self.end = HEADROOM + frame.len();
+        self.buf[self.start..self.end].copy_from_slice(frame);
+    }
+
+    /// Makes the frame `len` bytes long (contents unspecified) and returns
+    /// it for writing; used to fill a buffer in place.
+    pub fn reset_with_len(&mut self, len: usize) -> &mut [u8] {
+        let need = HEADROOM + len;
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        self.start = HEADROOM;
+        self.end = HEADROOM + len;
+        &mut self.buf[self.start..self.end]
+    }
+
+    /// The frame's bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The frame's bytes, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
+    }
+
+    /// The frame's length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// True if the frame is empty.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// Copies `other`'s frame into this buffer.
+    pub fn copy_from(&mut self, other: &Packet) {
+        self.set_frame(other.data());
+    }
+
+    /// Inserts an 802.1Q tag after the MAC addresses.
+    ///
+    /// The frame must be at least 12 bytes long (callers check the Ethernet
+    /// header first); a shorter frame is left unchanged.
+    pub fn push_vlan(&mut self, tci: VlanTci) {
+        if self.len() < ETHERTYPE_OFFSET {
+            return;
+        }
+        if self.start < 4 {
+            // Headroom used up (only by repeated pushes): make room again.
+            let len = self.len();
+            self.buf.splice(self.start..self.start, std::iter::repeat_n(0, HEADROOM));
+            self.start += HEADROOM;
+            self.end = self.start + len;
+        }
+        self.buf.copy_within(self.start..self.start + ETHERTYPE_OFFSET, self.start - 4);
+        self.start -= 4;
+        let tag = &mut self.buf[self.start + ETHERTYPE_OFFSET..self.start + ETHERTYPE_OFFSET + 4];
+        tag[..2].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+        tag[2..].copy_from_slice(&tci.0.to_be_bytes());
+    }
+
+    /// Removes the outer VLAN tag (TPID 0x8100 or 0x88a8) and returns its
+    /// TCI, or `None` (frame unchanged) if the frame is not tagged.
+    pub fn pop_vlan(&mut self) -> Option<VlanTci> {
+        let d = self.data();
+        if d.len() < ETHERTYPE_OFFSET + 4 + 2 {
+            return None;
+        }
+        let tpid = be16(d, ETHERTYPE_OFFSET);
+        if tpid != ethertype::VLAN && tpid != ethertype::QINQ {
+            return None;
+        }
+        let tci = VlanTci(be16(d, ETHERTYPE_OFFSET + 2));
+        self.buf.copy_within(self.start..self.start + ETHERTYPE_OFFSET, self.start + 4);
+        self.start += 4;
+        Some(tci)
+    }
+
+    /// Rewrites the outer tag's TCI in place; the frame must be tagged.
+    pub fn set_vlan_tci(&mut self, tci: VlanTci) {
+        let d = self.data_mut();
+        if d.len() >= ETHERTYPE_OFFSET + 4 {
+            d[ETHERTYPE_OFFSET + 2..ETHERTYPE_OFFSET + 4].copy_from_slice(&tci.0.to_be_bytes());
+        }
+    }
+}
+
+/// A free list of packet buffers owned by one thread (no atomics).
+///
+/// Bounded: buffers returned beyond `max` are freed, so a burst of floods
+/// cannot grow memory without limit.
+#[derive(Debug)]
+pub struct PacketPool {
+    free: Vec<Packet>,
+    max: usize,
+    buffer_size: usize,
+    allocated: u64,
+}
+
+impl PacketPool {
+    /// A pool that keeps at most `max` free buffers of `buffer_size` bytes.
+    pub fn new(max: usize, buffer_size: usize) -> Self {
+        PacketPool { free: Vec::with_capacity(max), max, buffer_size, allocated: 0 }
+    }
+
+    /// A buffer from the pool, or a new one.
+    #[inline]
+    pub fn get(&mut self) -> Packet {
+        match self.free.pop() {
+            Some(p) => p,
+            None => {
+                self.allocated += 1;
+                Packet::with_capacity(self.buffer_size - HEADROOM)
+            }
+        }
+    }
+
+    /// A copy of `src` in a pooled buffer.
+    #[inline]
+    pub fn clone_packet(&mut self, src: &Packet) -> Packet {
+        let mut p = self.get();
+        p.copy_from(src);
+        p
+    }
+
+    /// Returns a buffer to the pool.
+    #[inline]
+    pub fn put(&mut self, p: Packet) {
+        if self.free.len() < self.max {
+            self.free.push(p);
+        }
+    }
+
+    /// How many buffers this pool has had to allocate so far.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[..6].copy_from_slice(&[1, 2, 3, 4, 5, 6]);
+        f[6..12].copy_from_slice(&[7, 8, 9, 10, 11, 12]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        for (i, b) in f[14..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        f
+    }
+
+    #[test]
+    fn push_then_pop_restores_frame() {
+        let f = frame();
+        let mut p = Packet::from_frame(&f);
+        p.push_vlan(VlanTci::new(100, 3));
+        assert_eq!(p.len(), 64);
+        let d = p.data();
+        assert_eq!(&d[..12], &f[..12]);
+        assert_eq!(&d[12..16], &[0x81, 0x00, 0x60, 0x64]);
+        assert_eq!(&d[16..], &f[12..]);
+        assert_eq!(p.pop_vlan(), Some(VlanTci::new(100, 3)));
+        assert_eq!(p.data(), &f[..]);
+        assert_eq!(p.pop_vlan(), None);
+    }
+
+    #[test]
+    fn push_beyond_headroom_grows() {
+        let f = frame();
+        let mut p = Packet::from_frame(&f);
+        for i in 0..(HEADROOM / 4 + 3) {
+            p.push_vlan(VlanTci::new(i as u16, 0));
+        }
+        assert_eq!(p.len(), f.len() + 4 * (HEADROOM / 4 + 3));
+        assert_eq!(&p.data()[..12], &f[..12]);
+        assert_eq!(&p.data()[p.len() - 48..], &f[12..]);
+    }
+
+    #[test]
+    fn set_tci_and_short_frames() {
+        let mut p = Packet::from_frame(&frame());
+        p.push_vlan(VlanTci::new(5, 0));
+        p.set_vlan_tci(VlanTci::new(6, 1));
+        assert_eq!(p.pop_vlan(), Some(VlanTci::new(6, 1)));
+        let mut short = Packet::from_frame(&[0u8; 8]);
+        short.push_vlan(VlanTci::new(1, 0));
+        assert_eq!(short.len(), 8);
+        assert_eq!(short.pop_vlan(), None);
+    }
+
+    #[test]
+    fn pool_recycles_and_is_bounded() {
+        let mut pool = PacketPool::new(2, DEFAULT_BUFFER);
+        let a = pool.get();
+        let b = pool.get();
+        let c = pool.get();
+        assert_eq!(pool.allocated(), 3);
+        pool.put(a);
+        pool.put(b);
+        pool.put(c);
+        let _ = pool.get();
+        let _ = pool.get();
+        let _ = pool.get();
+        assert_eq!(pool.allocated(), 4);
+    }
+}

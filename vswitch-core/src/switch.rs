@@ -1,0 +1,491 @@
+//! The embedding API: a [`Switch`] of named bridges and ports.
+//!
+//! The switch keeps the control-plane view (names, numbers, settings) and
+//! hands changes to the datapath, which applies them between bursts; a call
+//! returns once its change is live in the datapath. Every type returned
+//! here is `serde::Serialize`, for the daemon's control protocol.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::clock::{Clock, MonotonicClock};
+use crate::datapath::thread::DatapathThread;
+pub use crate::datapath::thread::IdlePolicy;
+use crate::datapath::{Datapath, Wakeup};
+use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
+use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
+use crate::port::vlan_mode::VlanDescription;
+use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
+use crate::{Error, Result};
+
+/// Highest port number (OpenFlow reserves the numbers above it).
+pub const MAX_PORT_NO: PortNo = 0xff00;
+
+/// Builds a [`Switch`].
+#[derive(Debug, Clone)]
+pub struct SwitchBuilder {
+    clock: Option<Arc<dyn Clock>>,
+    idle: IdlePolicy,
+    manual: bool,
+    mac: MacTableConfig,
+    queue_len: usize,
+}
+
+impl Default for SwitchBuilder {
+    fn default() -> Self {
+        SwitchBuilder {
+            clock: None,
+            idle: IdlePolicy::default(),
+            manual: false,
+            mac: MacTableConfig::default(),
+            queue_len: DEFAULT_QUEUE_LEN,
+        }
+    }
+}
+
+impl SwitchBuilder {
+    /// Uses `clock` for aging and timeouts instead of the system's
+    /// monotonic clock (e.g. a [`crate::ManualClock`] in tests).
+    pub fn clock(mut self, clock: impl Clock + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// What the datapath thread does when idle.
+    pub fn idle_policy(mut self, idle: IdlePolicy) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// Runs no datapath thread: the embedder drives the datapath by
+    /// calling [`Switch::poll`] (simulators, deterministic tests, benches).
+    pub fn manual(mut self) -> Self {
+        self.manual = true;
+        self
+    }
+
+    /// MAC table settings for new bridges.
+    pub fn mac_table(mut self, config: MacTableConfig) -> Self {
+        self.mac = config;
+        self
+    }
+
+    /// Depth of each queue of a memory port (default 1024).
+    pub fn memory_queue_len(mut self, len: usize) -> Self {
+        self.queue_len = len;
+        self
+    }
+
+    /// Creates the switch and, unless [`manual`](Self::manual), starts its
+    /// datapath thread.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad settings; [`Error::Io`] if the
+    /// thread or its event loop cannot be created.
+    pub fn build(self) -> Result<Switch> {
+        self.mac.validate()?;
+        if self.queue_len == 0 || self.queue_len > 1 << 20 {
+            return Err(Error::invalid("memory queue length", format!("{} is not in 1..=1048576", self.queue_len)));
+        }
+        let clock = self.clock.unwrap_or_else(|| Arc::new(MonotonicClock::new()));
+        let runner = if self.manual {
+            Runner::Manual { dp: Mutex::new(Datapath::new()), wakeup: Arc::new(Wakeup::default()) }
+        } else {
+            Runner::Thread(DatapathThread::spawn(Datapath::new(), clock.clone(), self.idle, "vswitch-pmd0".into())?)
+        };
+        Ok(Switch {
+            registry: Mutex::new(Registry::default()),
+            runner,
+            clock,
+            mac_defaults: self.mac,
+            queue_len: self.queue_len,
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Runner {
+    Thread(DatapathThread),
+    Manual { dp: Mutex<Datapath>, wakeup: Arc<Wakeup> },
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    bridges: BTreeMap<String, BridgeEntry>,
+}
+
+#[derive(Debug)]
+struct BridgeEntry {
+    index: usize,
+    mac: Arc<MacTable>,
+    ports: BTreeMap<String, PortEntry>,
+}
+
+#[derive(Debug)]
+struct PortEntry {
+    port_no: PortNo,
+    slot: usize,
+    kind: &'static str,
+    vlan: VlanMode,
+    counters: Arc<PortCounters>,
+}
+
+/// A bridge, as listed by [`Switch::bridges`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeInfo {
+    /// The bridge's name.
+    pub name: String,
+    /// Its ports, by port number.
+    pub ports: Vec<PortInfo>,
+    /// Its MAC table settings.
+    pub mac_table: MacTableConfig,
+}
+
+/// A port, as listed by [`Switch::bridges`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PortInfo {
+    /// The port's name.
+    pub name: String,
+    /// Its number on the bridge.
+    pub port_no: PortNo,
+    /// Its backend (`memory`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// VLAN membership.
+    #[serde(flatten)]
+    pub vlan: VlanDescription,
+}
+
+/// Counters of one port.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortStats {
+    /// The port's name.
+    pub name: String,
+    /// Its number on the bridge.
+    pub port_no: PortNo,
+    /// Its backend.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether its link is up.
+    pub link_up: bool,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops by reason (every reason, zero or not, so the shape is fixed).
+    pub drops: BTreeMap<DropReason, u64>,
+}
+
+impl PortStats {
+    /// Drops of every reason added up.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+/// Counters of one bridge.
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeStats {
+    /// The bridge's name.
+    pub name: String,
+    /// Its ports' counters, by port number.
+    pub ports: Vec<PortStats>,
+    /// Its MAC table's size and counters.
+    pub mac_table: MacTableStats,
+}
+
+/// Counters of the whole switch.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchStats {
+    /// Every bridge, by name.
+    pub bridges: Vec<BridgeStats>,
+}
+
+impl SwitchStats {
+    /// The counters of the port named `name`, on any bridge.
+    pub fn port(&self, name: &str) -> Option<&PortStats> {
+        self.bridges.iter().flat_map(|b| &b.ports).find(|p| p.name == name)
+    }
+}
+
+/// A virtual switch: named bridges of ports, forwarding with MAC learning.
+///
+/// See the [crate docs](crate) for an example.
+#[derive(Debug)]
+pub struct Switch {
+    registry: Mutex<Registry>,
+    runner: Runner,
+    clock: Arc<dyn Clock>,
+    mac_defaults: MacTableConfig,
+    queue_len: usize,
+}
+
+fn check_name(what: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(what, format!("'{name}' must be 1 to 64 characters of letters, digits and -_.:@")))
+    }
+}
+
+impl Switch {
+    /// A builder with default settings.
+    pub fn builder() -> SwitchBuilder {
+        SwitchBuilder::default()
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the datapath between bursts and returns its result.
+    fn with_datapath<R: Send + 'static>(&self, f: impl FnOnce(&mut Datapath) -> R + Send + 'static) -> Result<R> {
+        match &self.runner {
+            Runner::Thread(t) => t.call(f),
+            Runner::Manual { dp, .. } => Ok(f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()))),
+        }
+    }
+
+    fn wakeup(&self) -> Arc<Wakeup> {
+        match &self.runner {
+            Runner::Thread(t) => t.wakeup(),
+            Runner::Manual { wakeup, .. } => wakeup.clone(),
+        }
+    }
+
+    /// The switch's current time in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// For a switch built with [`SwitchBuilder::manual`]: one pass of the
+    /// datapath over every port. Returns the packets received.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the switch runs its own thread.
+    pub fn poll(&self) -> Result<usize> {
+        match &self.runner {
+            Runner::Manual { dp, .. } => Ok(dp.lock().unwrap_or_else(|e| e.into_inner()).poll(self.clock.now_ms())),
+            Runner::Thread(_) => Err(Error::invalid("poll", "the switch runs its own datapath thread")),
+        }
+    }
+
+    /// For a manual switch: polls until a pass receives nothing.
+    ///
+    /// # Errors
+    /// As [`Switch::poll`].
+    pub fn run_until_idle(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.poll()?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    /// Adds a bridge with the builder's MAC table settings.
+    ///
+    /// # Errors
+    /// [`Error::BridgeExists`], or [`Error::InvalidArgument`] for a bad name.
+    pub fn add_bridge(&self, name: &str) -> Result<()> {
+        self.add_bridge_with(name, self.mac_defaults)
+    }
+
+    /// Adds a bridge with its own MAC table settings.
+    ///
+    /// # Errors
+    /// As [`Switch::add_bridge`], and [`Error::InvalidArgument`] for bad settings.
+    pub fn add_bridge_with(&self, name: &str, mac: MacTableConfig) -> Result<()> {
+        check_name("bridge name", name)?;
+        let mut reg = self.registry();
+        if reg.bridges.contains_key(name) {
+            return Err(Error::BridgeExists(name.to_string()));
+        }
+        let table = Arc::new(MacTable::new(mac)?);
+        let t = table.clone();
+        let index = self.with_datapath(move |dp| dp.add_bridge(t))?;
+        reg.bridges.insert(name.to_string(), BridgeEntry { index, mac: table, ports: BTreeMap::new() });
+        Ok(())
+    }
+
+    /// Removes a bridge and every port on it.
+    ///
+    /// # Errors
+    /// [`Error::BridgeNotFound`].
+    pub fn del_bridge(&self, name: &str) -> Result<()> {
+        let mut reg = self.registry();
+        let index = reg.bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
+        self.with_datapath(move |dp| dp.del_bridge(index))?;
+        reg.bridges.remove(name);
+        Ok(())
+    }
+
+    /// Adds an in-process port to `bridge` and returns the runtime's end.
+    ///
+    /// # Errors
+    /// [`Error::BridgeNotFound`], [`Error::PortExists`], [`Error::Full`]
+    /// when the bridge has no free port number, or a bad name.
+    pub fn add_memory_port(&self, bridge: &str, name: &str, config: PortConfig) -> Result<MemoryPortHandle> {
+        let wakeup = self.wakeup();
+        let queue_len = self.queue_len;
+        let mut handle = None;
+        self.attach(bridge, name, config, |port_no| {
+            let (port, h) = memory::pair(name, port_no, queue_len, wakeup);
+            handle = Some(h);
+            Ok(Box::new(port))
+        })?;
+        Ok(handle.expect("attach created the port"))
+    }
+
+    /// Adds a port of any backend (an embedder's own [`Port`]
+    /// implementation included) to `bridge`; returns its port number.
+    ///
+    /// # Errors
+    /// As [`Switch::add_memory_port`].
+    pub fn add_port(&self, bridge: &str, name: &str, port: Box<dyn Port>, config: PortConfig) -> Result<PortNo> {
+        self.attach(bridge, name, config, |_| Ok(port))
+    }
+
+    fn attach(
+        &self,
+        bridge: &str,
+        name: &str,
+        config: PortConfig,
+        make: impl FnOnce(PortNo) -> Result<Box<dyn Port>>,
+    ) -> Result<PortNo> {
+        check_name("port name", name)?;
+        let mut reg = self.registry();
+        if let Some((b, _)) = reg.bridges.iter().find(|(_, b)| b.ports.contains_key(name)) {
+            return Err(Error::PortExists { name: name.to_string(), bridge: b.clone() });
+        }
+        let br = reg.bridges.get_mut(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
+        let port_no = (1..=MAX_PORT_NO)
+            .find(|n| !br.ports.values().any(|p| p.port_no == *n))
+            .ok_or(Error::Full("bridge port numbers"))?;
+        let port = make(port_no)?;
+        let kind = port.kind();
+        let counters = Arc::new(PortCounters::default());
+        counters.link_up.store(port.link_up(), Ordering::Relaxed);
+        let (index, vlan, c) = (br.index, config.vlan.clone(), counters.clone());
+        let slot = self.with_datapath(move |dp| dp.add_port(index, port_no, port, vlan, c))?;
+        br.ports.insert(name.to_string(), PortEntry { port_no, slot, kind, vlan: config.vlan, counters });
+        Ok(port_no)
+    }
+
+    /// Removes the port named `name` from whichever bridge has it.
+    ///
+    /// # Errors
+    /// [`Error::PortNotFound`].
+    pub fn del_port(&self, name: &str) -> Result<()> {
+        let mut reg = self.registry();
+        let br = reg
+            .bridges
+            .values_mut()
+            .find(|b| b.ports.contains_key(name))
+            .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
+        let slot = br.ports[name].slot;
+        self.with_datapath(move |dp| dp.del_port(slot))?;
+        br.ports.remove(name);
+        Ok(())
+    }
+
+    /// Changes a port's VLAN membership. The MAC entries learned on it are
+    /// forgotten.
+    ///
+    /// # Errors
+    /// [`Error::PortNotFound`].
+    pub fn set_port_vlan(&self, name: &str, vlan: VlanMode) -> Result<()> {
+        let mut reg = self.registry();
+        let br = reg
+            .bridges
+            .values_mut()
+            .find(|b| b.ports.contains_key(name))
+            .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
+        let entry = br.ports.get_mut(name).expect("found above");
+        let (slot, v) = (entry.slot, vlan.clone());
+        self.with_datapath(move |dp| dp.set_port_vlan(slot, v))?;
+        entry.vlan = vlan;
+        Ok(())
+    }
+
+    /// The MAC learning table of `bridge` (shared with the datapath).
+    ///
+    /// # Errors
+    /// [`Error::BridgeNotFound`].
+    pub fn mac_table(&self, bridge: &str) -> Result<Arc<MacTable>> {
+        let reg = self.registry();
+        Ok(reg.bridges.get(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?.mac.clone())
+    }
+
+    /// The rows of `bridge`'s MAC table, with ages as of now.
+    ///
+    /// # Errors
+    /// [`Error::BridgeNotFound`].
+    pub fn fdb(&self, bridge: &str) -> Result<Vec<MacEntry>> {
+        Ok(self.mac_table(bridge)?.entries(self.now_ms()))
+    }
+
+    /// Every bridge and its ports.
+    pub fn bridges(&self) -> Vec<BridgeInfo> {
+        let reg = self.registry();
+        reg.bridges
+            .iter()
+            .map(|(name, b)| {
+                let mut ports: Vec<PortInfo> = b
+                    .ports
+                    .iter()
+                    .map(|(n, p)| PortInfo {
+                        name: n.clone(),
+                        port_no: p.port_no,
+                        kind: p.kind.to_string(),
+                        vlan: p.vlan.describe(),
+                    })
+                    .collect();
+                ports.sort_by_key(|p| p.port_no);
+                BridgeInfo { name: name.clone(), ports, mac_table: b.mac.config() }
+            })
+            .collect()
+    }
+
+    /// Counters of every bridge, port and MAC table.
+    pub fn stats(&self) -> SwitchStats {
+        let reg = self.registry();
+        let bridges = reg
+            .bridges
+            .iter()
+            .map(|(name, b)| {
+                let mut ports: Vec<PortStats> = b.ports.iter().map(|(n, p)| port_stats(n, p)).collect();
+                ports.sort_by_key(|p| p.port_no);
+                BridgeStats { name: name.clone(), ports, mac_table: b.mac.stats() }
+            })
+            .collect();
+        SwitchStats { bridges }
+    }
+}
+
+fn port_stats(name: &str, p: &PortEntry) -> PortStats {
+    let c = &p.counters;
+    PortStats {
+        name: name.to_string(),
+        port_no: p.port_no,
+        kind: p.kind.to_string(),
+        link_up: c.link_up.load(Ordering::Relaxed),
+        rx_packets: c.rx_packets(),
+        rx_bytes: c.rx_bytes(),
+        tx_packets: c.tx_packets(),
+        tx_bytes: c.tx_bytes(),
+        drops: DropReason::ALL.iter().map(|&r| (r, c.dropped(r))).collect(),
+    }
+}
