@@ -19,6 +19,19 @@ struct PortSlot {
     link_up: bool,
 }
 
+impl PortSlot {
+    /// Reads the port's link state, publishing changes to its counters.
+    #[inline]
+    fn refresh_link(&mut self) -> bool {
+        let up = self.port.link_up();
+        if up != self.link_up {
+            self.link_up = up;
+            self.counters.link_up.store(up, Ordering::Relaxed);
+        }
+        up
+    }
+}
+
 #[derive(Debug)]
 struct BridgeState {
     mac: Arc<MacTable>,
@@ -166,11 +179,7 @@ impl Datapath {
         let mut work = 0;
         for slot in 0..self.ports.len() {
             let Some(p) = self.ports[slot].as_mut() else { continue };
-            let up = p.port.link_up();
-            if up != p.link_up {
-                p.link_up = up;
-                p.counters.link_up.store(up, Ordering::Relaxed);
-            }
+            p.refresh_link();
             let mut rx = std::mem::take(&mut self.rx);
             let n = p.port.rx_burst(&mut rx, BURST, &mut self.pool);
             if n > 0 {
@@ -309,7 +318,7 @@ impl Datapath {
         if q.is_empty() {
             return;
         }
-        if !p.link_up {
+        if !p.refresh_link() {
             p.counters.count_drop(DropReason::LinkDown, q.len() as u64);
             for pkt in q.drain(..) {
                 self.pool.put(pkt);

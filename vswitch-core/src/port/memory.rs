@@ -11,12 +11,11 @@
 //! towards the runtime drops the packet in the datapath, counted as
 //! [`DropReason::TxQueueFull`](super::DropReason::TxQueueFull).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
-use crossbeam::sync::{Parker, Unparker};
 
 use super::{DropReason, Port, PortNo, TxOutcome};
 use crate::datapath::Wakeup;
@@ -33,9 +32,41 @@ struct Shared {
     free: ArrayQueue<Packet>,
     link_up: AtomicBool,
     detached: AtomicBool,
-    host_unparker: Unparker,
+    host_signal: HostSignal,
     wakeup: Arc<Wakeup>,
     host_tx_dropped: AtomicU64,
+}
+
+/// Wakes runtime threads blocked in [`MemoryPortHandle::recv_timeout`].
+///
+/// The datapath looks at `waiters` (one load after a fence) and takes the
+/// lock only when someone waits; a waiter registers and re-checks the queue
+/// under the lock, so a packet queued in between is never slept through.
+#[derive(Debug, Default)]
+struct HostSignal {
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    cond: Condvar,
+}
+
+impl HostSignal {
+    fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.cond.notify_all();
+        }
+    }
+
+    fn wait_unless(&self, ready: impl Fn() -> bool, timeout: Duration) {
+        let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !ready() {
+            let _ = self.cond.wait_timeout(g, timeout);
+        }
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The switch's end of a memory port.
@@ -48,11 +79,11 @@ pub(crate) struct MemoryPort {
 /// receive what the switch forwards to this port.
 ///
 /// It implements [`smoltcp::phy::Device`], so a smoltcp `Interface` can use
-/// it directly as its NIC.
+/// it directly as its NIC. It is `Sync`: one thread may send while another
+/// receives.
 #[derive(Debug)]
 pub struct MemoryPortHandle {
     shared: Arc<Shared>,
-    parker: Parker,
     name: String,
     port_no: PortNo,
     mtu: usize,
@@ -65,18 +96,17 @@ pub(crate) fn pair(
     queue_len: usize,
     wakeup: Arc<Wakeup>,
 ) -> (MemoryPort, MemoryPortHandle) {
-    let parker = Parker::new();
     let shared = Arc::new(Shared {
         to_switch: ArrayQueue::new(queue_len),
         to_host: ArrayQueue::new(queue_len),
         free: ArrayQueue::new(queue_len),
         link_up: AtomicBool::new(true),
         detached: AtomicBool::new(false),
-        host_unparker: parker.unparker().clone(),
+        host_signal: HostSignal::default(),
         wakeup,
         host_tx_dropped: AtomicU64::new(0),
     });
-    let handle = MemoryPortHandle { shared: shared.clone(), parker, name: name.to_string(), port_no, mtu: 1500 };
+    let handle = MemoryPortHandle { shared: shared.clone(), name: name.to_string(), port_no, mtu: 1500 };
     (MemoryPort { shared }, handle)
 }
 
@@ -116,7 +146,7 @@ impl Port for MemoryPort {
             }
         }
         if out.sent > 0 {
-            self.shared.host_unparker.unpark();
+            self.shared.host_signal.notify();
         }
         out
     }
@@ -133,7 +163,7 @@ impl Port for MemoryPort {
 impl Drop for MemoryPort {
     fn drop(&mut self) {
         self.shared.detached.store(true, Ordering::Release);
-        self.shared.host_unparker.unpark();
+        self.shared.host_signal.notify();
     }
 }
 
@@ -218,16 +248,14 @@ impl MemoryPortHandle {
             if Instant::now() >= deadline || self.is_detached() {
                 return None;
             }
-            self.parker.park_deadline(deadline);
+            self.wait(deadline - Instant::now());
         }
     }
 
     /// Blocks until a packet is waiting or `timeout` passes, without
     /// taking it (for event loops such as a smoltcp host's).
     pub fn wait(&self, timeout: Duration) {
-        if self.shared.to_host.is_empty() && !self.is_detached() {
-            self.parker.park_timeout(timeout);
-        }
+        self.shared.host_signal.wait_unless(|| !self.shared.to_host.is_empty() || self.is_detached(), timeout);
     }
 
     /// Packets waiting to be received.
