@@ -148,34 +148,49 @@ impl Packet {
     }
 }
 
-/// A free list of packet buffers owned by one thread (no atomics).
+/// A switch-wide, bounded, lock-free queue of spare buffers: runtimes
+/// return buffers here when their own free lists are full, and datapath
+/// pools draw on it before they allocate. It closes the loop for flood
+/// copies, which are made in the datapath and consumed by runtimes.
+pub type SpareBuffers = std::sync::Arc<crossbeam::queue::ArrayQueue<Packet>>;
+
+/// A free list of packet buffers owned by one thread (no atomics on the
+/// fast path), backed by the switch's [`SpareBuffers`].
 ///
-/// Bounded: buffers returned beyond `max` are freed, so a burst of floods
-/// cannot grow memory without limit.
+/// Bounded: buffers returned beyond `max` go to the spare queue or are
+/// freed, so a burst of floods cannot grow memory without limit.
 #[derive(Debug)]
 pub struct PacketPool {
     free: Vec<Packet>,
     max: usize,
     buffer_size: usize,
     allocated: u64,
+    spare: Option<SpareBuffers>,
 }
 
 impl PacketPool {
     /// A pool that keeps at most `max` free buffers of `buffer_size` bytes.
     pub fn new(max: usize, buffer_size: usize) -> Self {
-        PacketPool { free: Vec::with_capacity(max), max, buffer_size, allocated: 0 }
+        PacketPool { free: Vec::with_capacity(max), max, buffer_size, allocated: 0, spare: None }
+    }
+
+    /// Draws on (and overflows into) `spare` when the local list runs out.
+    pub fn with_spare(mut self, spare: SpareBuffers) -> Self {
+        self.spare = Some(spare);
+        self
     }
 
     /// A buffer from the pool, or a new one.
     #[inline]
     pub fn get(&mut self) -> Packet {
-        match self.free.pop() {
-            Some(p) => p,
-            None => {
-                self.allocated += 1;
-                Packet::with_capacity(self.buffer_size - HEADROOM)
-            }
+        if let Some(p) = self.free.pop() {
+            return p;
         }
+        if let Some(p) = self.spare.as_ref().and_then(|s| s.pop()) {
+            return p;
+        }
+        self.allocated += 1;
+        Packet::with_capacity(self.buffer_size - HEADROOM)
     }
 
     /// A copy of `src` in a pooled buffer.
@@ -191,6 +206,8 @@ impl PacketPool {
     pub fn put(&mut self, p: Packet) {
         if self.free.len() < self.max {
             self.free.push(p);
+        } else if let Some(s) = &self.spare {
+            let _ = s.push(p);
         }
     }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
 
 use crate::clock::{Clock, MonotonicClock};
@@ -16,10 +17,14 @@ use crate::datapath::thread::DatapathThread;
 pub use crate::datapath::thread::IdlePolicy;
 use crate::datapath::{Datapath, Wakeup};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
+use crate::packet::SpareBuffers;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
 use crate::port::vlan_mode::VlanDescription;
 use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
 use crate::{Error, Result};
+
+/// Buffers the switch-wide spare queue holds at most.
+const SPARE_BUFFERS: usize = 8192;
 
 /// Highest port number (OpenFlow reserves the numbers above it).
 pub const MAX_PORT_NO: PortNo = 0xff00;
@@ -91,10 +96,12 @@ impl SwitchBuilder {
             return Err(Error::invalid("memory queue length", format!("{} is not in 1..=1048576", self.queue_len)));
         }
         let clock = self.clock.unwrap_or_else(|| Arc::new(MonotonicClock::new()));
+        let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
+        let dp = Datapath::with_spare(spare.clone());
         let runner = if self.manual {
-            Runner::Manual { dp: Mutex::new(Datapath::new()), wakeup: Arc::new(Wakeup::default()) }
+            Runner::Manual { dp: Mutex::new(dp), wakeup: Arc::new(Wakeup::default()) }
         } else {
-            Runner::Thread(DatapathThread::spawn(Datapath::new(), clock.clone(), self.idle, "vswitch-pmd0".into())?)
+            Runner::Thread(DatapathThread::spawn(dp, clock.clone(), self.idle, "vswitch-pmd0".into())?)
         };
         Ok(Switch {
             registry: Mutex::new(Registry::default()),
@@ -102,6 +109,7 @@ impl SwitchBuilder {
             clock,
             mac_defaults: self.mac,
             queue_len: self.queue_len,
+            spare,
         })
     }
 }
@@ -225,6 +233,7 @@ pub struct Switch {
     clock: Arc<dyn Clock>,
     mac_defaults: MacTableConfig,
     queue_len: usize,
+    spare: SpareBuffers,
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -339,10 +348,10 @@ impl Switch {
     /// when the bridge has no free port number, or a bad name.
     pub fn add_memory_port(&self, bridge: &str, name: &str, config: PortConfig) -> Result<MemoryPortHandle> {
         let wakeup = self.wakeup();
-        let queue_len = self.queue_len;
+        let (queue_len, spare) = (self.queue_len, self.spare.clone());
         let mut handle = None;
         self.attach(bridge, name, config, |port_no| {
-            let (port, h) = memory::pair(name, port_no, queue_len, wakeup);
+            let (port, h) = memory::pair(name, port_no, queue_len, wakeup, spare);
             handle = Some(h);
             Ok(Box::new(port))
         })?;

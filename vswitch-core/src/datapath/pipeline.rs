@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::mac::{MacCache, MacTable};
-use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool};
+use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
 use crate::wire::{ETHERNET_HEADER_LEN, ETHERTYPE_OFFSET, MacAddr, VlanTci, be16, ethertype};
 
@@ -42,10 +42,14 @@ struct BridgeState {
     by_port_no: Vec<Option<usize>>,
 }
 
-/// Per-burst drop tallies for the input port, flushed once per burst.
-#[derive(Debug, Default)]
-struct RxTally {
-    drops: [u64; DropReason::ALL.len()],
+/// What NORMAL switching decided for one packet of a burst.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    Drop(DropReason),
+    /// To the port the destination was learned on.
+    Known(Tagging, PortNo),
+    /// To every other port in the VLAN.
+    Flood(Tagging),
 }
 
 /// The packet pipeline and the ports it serves. See the [module docs](super).
@@ -58,6 +62,11 @@ pub struct Datapath {
     tx: Vec<Vec<Packet>>,
     dirty: Vec<usize>,
     flood: Vec<usize>,
+    // Per-burst scratch, kept to avoid allocating.
+    fates: Vec<Fate>,
+    misses: Vec<(u32, u64)>,
+    keys: Vec<u64>,
+    answers: Vec<Option<PortNo>>,
 }
 
 impl Default for Datapath {
@@ -69,14 +78,27 @@ impl Default for Datapath {
 impl Datapath {
     /// A datapath with no bridges.
     pub fn new() -> Self {
+        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER))
+    }
+
+    /// A datapath whose buffer pool also draws on `spare`.
+    pub fn with_spare(spare: SpareBuffers) -> Self {
+        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER).with_spare(spare))
+    }
+
+    fn with_pool(pool: PacketPool) -> Self {
         Datapath {
             ports: Vec::new(),
             bridges: Vec::new(),
-            pool: PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER),
+            pool,
             rx: Vec::with_capacity(BURST),
             tx: Vec::new(),
             dirty: Vec::new(),
             flood: Vec::new(),
+            fates: Vec::with_capacity(BURST),
+            misses: Vec::with_capacity(BURST),
+            keys: Vec::with_capacity(BURST),
+            answers: Vec::with_capacity(BURST),
         }
     }
 
@@ -195,55 +217,85 @@ impl Datapath {
         work
     }
 
-    /// Runs one received burst through NORMAL switching.
+    /// Runs one received burst through NORMAL switching, in two passes:
+    /// decide every packet's fate (parse, learn, look up; the lookups the
+    /// cache misses go to the MAC table together), then carry them out.
     fn switch_burst(&mut self, in_slot: usize, rx: &mut Vec<Packet>, now_ms: u64) {
         let input = self.ports[in_slot].as_ref().expect("polled port exists");
         let (bridge_idx, in_port, counters) = (input.bridge, input.port_no, input.counters.clone());
-        let in_vlan = input.vlan.clone();
-        let mut tally = RxTally::default();
-        let mut rx_bytes = 0u64;
-        let rx_packets = rx.len() as u64;
-
         let Some(mut bridge) = self.bridges[bridge_idx].take() else { return };
         bridge.cache.begin_burst(&bridge.mac);
 
-        for pkt in rx.drain(..) {
+        let mut fates = std::mem::take(&mut self.fates);
+        let mut misses = std::mem::take(&mut self.misses);
+        let mut answers = std::mem::take(&mut self.answers);
+        fates.clear();
+        misses.clear();
+        let mut rx_bytes = 0u64;
+        let in_vlan = &self.ports[in_slot].as_ref().expect("polled port exists").vlan;
+        for (i, pkt) in rx.iter().enumerate() {
             rx_bytes += pkt.len() as u64;
-            match classify_l2(pkt.data(), &in_vlan) {
-                Err(reason) => {
-                    tally.drops[reason as usize] += 1;
-                    self.pool.put(pkt);
-                }
+            let fate = match classify_l2(pkt.data(), in_vlan) {
+                Err(reason) => Fate::Drop(reason),
                 Ok(l2) => {
                     if l2.src.is_unicast() {
-                        bridge.cache.learn(&bridge.mac, l2.vlan, l2.src, in_port, now_ms);
+                        bridge.cache.learn(&bridge.mac, l2.tagging.vlan, l2.src, in_port, now_ms);
                     }
                     if is_reserved_group(l2.dst) {
-                        tally.drops[DropReason::ReservedGroup as usize] += 1;
-                        self.pool.put(pkt);
-                        continue;
-                    }
-                    let known =
-                        if l2.dst.is_unicast() { bridge.cache.lookup(&bridge.mac, l2.vlan, l2.dst) } else { None };
-                    match known {
-                        Some(p) if p == in_port => {
-                            tally.drops[DropReason::SamePort as usize] += 1;
-                            self.pool.put(pkt);
+                        Fate::Drop(DropReason::ReservedGroup)
+                    } else if !l2.dst.is_unicast() {
+                        Fate::Flood(l2.tagging)
+                    } else {
+                        match bridge.cache.probe(l2.tagging.vlan, l2.dst) {
+                            Ok(Some(port)) => Fate::Known(l2.tagging, port),
+                            Ok(None) => Fate::Flood(l2.tagging),
+                            Err(key) => {
+                                misses.push((i as u32, key));
+                                Fate::Known(l2.tagging, 0)
+                            }
                         }
-                        Some(p) => match bridge.by_port_no.get(p as usize).copied().flatten() {
-                            Some(out) if self.carries(out, l2.vlan) => self.output(out, pkt, &l2),
-                            _ => self.flood(&bridge, in_slot, pkt, &l2),
-                        },
-                        None => self.flood(&bridge, in_slot, pkt, &l2),
                     }
+                }
+            };
+            fates.push(fate);
+        }
+        if !misses.is_empty() {
+            self.keys.clear();
+            self.keys.extend(misses.iter().map(|&(_, k)| k));
+            bridge.mac.lookup_keys(&self.keys, &mut answers);
+            for (&(i, key), &port) in misses.iter().zip(answers.iter()) {
+                bridge.cache.fill(key, port);
+                if let Fate::Known(t, _) = fates[i as usize] {
+                    fates[i as usize] = port.map_or(Fate::Flood(t), |p| Fate::Known(t, p));
                 }
             }
         }
+
+        let mut drops = [0u64; DropReason::ALL.len()];
+        let rx_packets = rx.len() as u64;
+        for (pkt, fate) in rx.drain(..).zip(fates.iter()) {
+            match *fate {
+                Fate::Drop(reason) => {
+                    drops[reason as usize] += 1;
+                    self.pool.put(pkt);
+                }
+                Fate::Known(_, p) if p == in_port => {
+                    drops[DropReason::SamePort as usize] += 1;
+                    self.pool.put(pkt);
+                }
+                Fate::Known(t, p) => match bridge.by_port_no.get(p as usize).copied().flatten() {
+                    Some(out) if self.carries(out, t.vlan) => self.output(out, pkt, t),
+                    _ => self.flood(&bridge, in_slot, pkt, t),
+                },
+                Fate::Flood(t) => self.flood(&bridge, in_slot, pkt, t),
+            }
+        }
         self.bridges[bridge_idx] = Some(bridge);
+        (self.fates, self.misses, self.answers) = (fates, misses, answers);
 
         PortCounters::add(&counters.rx_packets, rx_packets);
         PortCounters::add(&counters.rx_bytes, rx_bytes);
-        for (i, &n) in tally.drops.iter().enumerate() {
+        for (i, &n) in drops.iter().enumerate() {
             PortCounters::add(&counters.drops[i], n);
         }
     }
@@ -253,16 +305,16 @@ impl Datapath {
         self.ports[slot].as_ref().is_some_and(|p| p.vlan.carries(vlan))
     }
 
-    fn flood(&mut self, bridge: &BridgeState, in_slot: usize, pkt: Packet, l2: &L2) {
+    fn flood(&mut self, bridge: &BridgeState, in_slot: usize, pkt: Packet, t: Tagging) {
         let mut targets = std::mem::take(&mut self.flood);
         targets.clear();
-        targets.extend(bridge.slots.iter().copied().filter(|&s| s != in_slot && self.carries(s, l2.vlan)));
+        targets.extend(bridge.slots.iter().copied().filter(|&s| s != in_slot && self.carries(s, t.vlan)));
         if let Some((&last, rest)) = targets.split_last() {
             for &out in rest {
                 let copy = self.pool.clone_packet(&pkt);
-                self.output(out, copy, l2);
+                self.output(out, copy, t);
             }
-            self.output(last, pkt, l2);
+            self.output(last, pkt, t);
         } else {
             self.pool.put(pkt);
         }
@@ -271,22 +323,22 @@ impl Datapath {
 
     /// Queues `pkt` on `slot`, tagged as that port's VLAN mode requires.
     #[inline]
-    fn output(&mut self, slot: usize, mut pkt: Packet, l2: &L2) {
+    fn output(&mut self, slot: usize, mut pkt: Packet, t: Tagging) {
         let Some(port) = self.ports[slot].as_ref() else {
             self.pool.put(pkt);
             return;
         };
         match port.vlan {
             VlanMode::Access(_) => {
-                if l2.tagged {
+                if t.tci.is_some() {
                     pkt.pop_vlan();
                 }
             }
             VlanMode::Trunk(_) => {
-                if l2.vlan != 0 {
-                    match l2.tci {
-                        None => pkt.push_vlan(VlanTci::new(l2.vlan, 0)),
-                        Some(t) if t.vid() != l2.vlan => pkt.set_vlan_tci(VlanTci::new(l2.vlan, t.pcp())),
+                if t.vlan != 0 {
+                    match t.tci {
+                        None => pkt.push_vlan(VlanTci::new(t.vlan, 0)),
+                        Some(tci) if tci.vid() != t.vlan => pkt.set_vlan_tci(VlanTci::new(t.vlan, tci.pcp())),
                         Some(_) => {}
                     }
                 }
@@ -344,11 +396,18 @@ impl Datapath {
 struct L2 {
     dst: MacAddr,
     src: MacAddr,
-    /// The frame's 802.1Q tag as received, if any.
-    tci: Option<VlanTci>,
-    tagged: bool,
+    tagging: Tagging,
+}
+
+/// A frame's VLAN inside the bridge and its tag as received: all that
+/// output needs to tag it for each port (kept small: it is stored per
+/// packet of a burst).
+#[derive(Debug, Clone, Copy)]
+struct Tagging {
     /// The VLAN the frame belongs to inside the bridge.
     vlan: u16,
+    /// The frame's 802.1Q tag as received, if any.
+    tci: Option<VlanTci>,
 }
 
 /// Reads the Ethernet header and decides the frame's VLAN for a port in
@@ -384,7 +443,7 @@ fn classify_l2(d: &[u8], mode: &VlanMode) -> Result<L2, DropReason> {
             vid
         }
     };
-    Ok(L2 { dst, src, tci, tagged, vlan })
+    Ok(L2 { dst, src, tagging: Tagging { vlan, tci } })
 }
 
 /// 01:80:c2:00:00:00 to 01:80:c2:00:00:0f: link-local protocols a bridge
@@ -416,12 +475,12 @@ mod tests {
         let access = VlanMode::access(10).unwrap();
         assert_eq!(classify_l2(&f, &access).unwrap_err(), DropReason::TaggedOnAccess);
         let trunk = VlanMode::trunk(&[10]).unwrap();
-        assert_eq!(classify_l2(&f, &trunk).unwrap().vlan, 10);
+        assert_eq!(classify_l2(&f, &trunk).unwrap().tagging.vlan, 10);
         let other = VlanMode::trunk(&[11]).unwrap();
         assert_eq!(classify_l2(&f, &other).unwrap_err(), DropReason::VlanNotAllowed);
         // Priority-tagged frames are accepted on access ports.
         f[14..16].copy_from_slice(&[0xa0, 0x00]);
-        assert_eq!(classify_l2(&f, &access).unwrap().vlan, 10);
+        assert_eq!(classify_l2(&f, &access).unwrap().tagging.vlan, 10);
         assert_eq!(classify_l2(&f[..16], &trunk).unwrap_err(), DropReason::TruncatedVlan);
         assert_eq!(classify_l2(&f[..13], &trunk).unwrap_err(), DropReason::Runt);
     }

@@ -83,15 +83,35 @@ impl MacCache {
     /// The port `mac` in `vlan` is behind, if known.
     #[inline]
     pub fn lookup(&mut self, table: &MacTable, vlan: u16, mac: MacAddr) -> Option<PortNo> {
-        let key = mac_key(vlan, mac);
-        let e = &mut self.entries[slot(key)];
-        if e.key == key && e.generation == self.generation {
-            return Some(e.port);
+        match self.probe(vlan, mac) {
+            Ok(port) => port,
+            Err(key) => {
+                let port = table.lookup(vlan, mac);
+                self.fill(key, port);
+                port
+            }
         }
-        let port = table.lookup(vlan, mac)?;
-        // refreshed_ms = 0 makes the first learn through the cache refresh.
-        *e = Entry { key, port, generation: self.generation, refreshed_ms: 0 };
-        Some(port)
+    }
+
+    /// The cache's answer for `mac` in `vlan` (`Ok(Some)` known), or the
+    /// key to look up in the table (`Err`). The datapath probes a whole
+    /// burst, then resolves the misses with one table call.
+    #[inline]
+    pub(crate) fn probe(&self, vlan: u16, mac: MacAddr) -> Result<Option<PortNo>, u64> {
+        let key = mac_key(vlan, mac);
+        let e = &self.entries[slot(key)];
+        if e.key == key && e.generation == self.generation { Ok(Some(e.port)) } else { Err(key) }
+    }
+
+    /// Records the table's answer for `key`. Unknown addresses are not
+    /// cached: they are flooded until learned, and learning does not move
+    /// the generation.
+    #[inline]
+    pub(crate) fn fill(&mut self, key: u64, port: Option<PortNo>) {
+        if let Some(port) = port {
+            // refreshed_ms = 0 makes the first learn through the cache refresh.
+            self.entries[slot(key)] = Entry { key, port, generation: self.generation, refreshed_ms: 0 };
+        }
     }
 }
 

@@ -136,9 +136,17 @@ struct PortList {
     count: usize,
 }
 
+/// Where a key's slot is, and its port: the port is kept in the index so a
+/// lookup is one hash probe (one cache miss in a big table, not two).
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    slot: u32,
+    port: PortNo,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    index: FastMap<u64, u32>,
+    index: FastMap<u64, Loc>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// Dynamic entries of each port, least recently placed first.
@@ -260,7 +268,7 @@ impl MacTable {
         let key = mac_key(vlan, mac);
         {
             let st = self.read();
-            if let Some(&i) = st.index.get(&key) {
+            if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
                 let s = &st.slots[i as usize];
                 if s.port == port {
                     if s.kind == SlotKind::Dynamic {
@@ -276,7 +284,7 @@ impl MacTable {
         }
         let mut st = self.write();
         // Re-check: another thread may have changed it between the locks.
-        if let Some(&i) = st.index.get(&key) {
+        if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
             let (kind, old) = (st.slots[i as usize].kind, st.slots[i as usize].port);
             if old == port {
                 st.slots[i as usize].last_seen.fetch_max(now_ms, Ordering::Relaxed);
@@ -287,9 +295,8 @@ impl MacTable {
                 return MacLearn::StaticConflict { port: old };
             }
             st.unlink(i);
-            let s = &mut st.slots[i as usize];
-            s.port = port;
-            s.last_seen.store(now_ms, Ordering::Relaxed);
+            st.set_port(i, port);
+            st.slots[i as usize].last_seen.store(now_ms, Ordering::Relaxed);
             st.link_tail(i, now_ms);
             self.counters.moved.fetch_add(1, Ordering::Relaxed);
             self.bump();
@@ -311,7 +318,17 @@ impl MacTable {
     /// The port `mac` in `vlan` was learned on, if any.
     pub fn lookup(&self, vlan: u16, mac: MacAddr) -> Option<PortNo> {
         let st = self.read();
-        st.index.get(&mac_key(vlan, mac)).map(|&i| st.slots[i as usize].port)
+        st.index.get(&mac_key(vlan, mac)).map(|l| l.port)
+    }
+
+    /// Looks up many keys (made by `mac_key`) under one read lock, writing
+    /// each answer to `out` (cleared first). Back-to-back probes let the
+    /// CPU overlap their cache misses; one lock per burst instead of per
+    /// packet keeps the read lock's atomic off the per-packet path.
+    pub(crate) fn lookup_keys(&self, keys: &[u64], out: &mut Vec<Option<PortNo>>) {
+        out.clear();
+        let st = self.read();
+        out.extend(keys.iter().map(|k| st.index.get(k).map(|l| l.port)));
     }
 
     /// Adds (or replaces) a static entry: it never ages and never moves.
@@ -328,14 +345,13 @@ impl MacTable {
         }
         let key = mac_key(vlan, mac);
         let mut st = self.write();
-        if let Some(&i) = st.index.get(&key) {
+        if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
             if st.slots[i as usize].kind == SlotKind::Dynamic {
                 st.unlink(i);
                 st.statics += 1;
             }
-            let s = &mut st.slots[i as usize];
-            s.kind = SlotKind::Static;
-            s.port = port;
+            st.slots[i as usize].kind = SlotKind::Static;
+            st.set_port(i, port);
         } else {
             if st.index.len() >= self.capacity.load(Ordering::Relaxed) && !self.evict_one(&mut st) {
                 return Err(Error::Full("mac table"));
@@ -351,7 +367,7 @@ impl MacTable {
     /// whether there was one.
     pub fn remove(&self, vlan: u16, mac: MacAddr) -> bool {
         let mut st = self.write();
-        match st.index.get(&mac_key(vlan, mac)).copied() {
+        match st.index.get(&mac_key(vlan, mac)).map(|l| l.slot) {
             Some(i) => {
                 st.release(i);
                 self.bump();
@@ -549,8 +565,17 @@ impl State {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(key, i);
+        self.index.insert(key, Loc { slot: i, port });
         i
+    }
+
+    /// Changes slot `i`'s port (the caller has unlinked a dynamic slot).
+    fn set_port(&mut self, i: u32, port: PortNo) {
+        let s = &mut self.slots[i as usize];
+        s.port = port;
+        if let Some(l) = self.index.get_mut(&s.key) {
+            l.port = port;
+        }
     }
 
     /// Frees slot `i`, unlinking it from its port's list if dynamic.

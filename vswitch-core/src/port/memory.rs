@@ -3,8 +3,9 @@
 //! [`MemoryPortHandle`] is the runtime's end (a VM's virtual NIC, a
 //! simulated host, a smoltcp stack through its [`smoltcp::phy::Device`]
 //! implementation); the switch's end is a [`Port`] the datapath owns. Each
-//! direction is a bounded `crossbeam` queue; buffers come back through a
-//! free queue so that steady traffic allocates nothing.
+//! direction is a bounded single-producer single-consumer ring (`rtrb`)
+//! moved in chunks, so a burst costs one atomic per side; buffers come back
+//! through a free queue so that steady traffic allocates nothing.
 //!
 //! Back-pressure: a full queue towards the switch makes
 //! [`MemoryPortHandle::send_frame`] fail (the runtime decides); a full queue
@@ -12,30 +13,19 @@
 //! [`DropReason::TxQueueFull`](super::DropReason::TxQueueFull).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
+use rtrb::{Consumer, Producer, RingBuffer};
 
 use super::{DropReason, Port, PortNo, TxOutcome};
 use crate::datapath::Wakeup;
-use crate::packet::{DEFAULT_BUFFER, HEADROOM, Packet, PacketPool};
+use crate::packet::{DEFAULT_BUFFER, HEADROOM, Packet, PacketPool, SpareBuffers};
 use crate::{Error, Result};
 
 /// Default depth of each queue of a memory port.
 pub const DEFAULT_QUEUE_LEN: usize = 1024;
-
-#[derive(Debug)]
-struct Shared {
-    to_switch: ArrayQueue<Packet>,
-    to_host: ArrayQueue<Packet>,
-    free: ArrayQueue<Packet>,
-    link_up: AtomicBool,
-    detached: AtomicBool,
-    host_signal: HostSignal,
-    wakeup: Arc<Wakeup>,
-    host_tx_dropped: AtomicU64,
-}
 
 /// Wakes runtime threads blocked in [`MemoryPortHandle::recv_timeout`].
 ///
@@ -69,9 +59,42 @@ impl HostSignal {
     }
 }
 
-/// The switch's end of a memory port.
+/// State both ends share.
+#[derive(Debug)]
+struct Shared {
+    link_up: AtomicBool,
+    detached: AtomicBool,
+    host_signal: HostSignal,
+    wakeup: Arc<Wakeup>,
+    /// Buffers the runtime handed back, for its own sends.
+    free: ArrayQueue<Packet>,
+    /// Switch-wide overflow for returned buffers, drawn on by the datapath.
+    spare: SpareBuffers,
+    host_tx_dropped: AtomicU64,
+}
+
+impl Shared {
+    fn recycle(&self, p: Packet) {
+        if let Err(p) = self.free.push(p) {
+            let _ = self.spare.push(p);
+        }
+    }
+
+    fn alloc(&self, len: usize) -> Packet {
+        self.free
+            .pop()
+            .or_else(|| self.spare.pop())
+            .unwrap_or_else(|| Packet::with_capacity(len.max(DEFAULT_BUFFER - HEADROOM)))
+    }
+}
+
+/// The switch's end of a memory port: the consuming end of the ring
+/// towards the switch and the producing end of the ring towards the host,
+/// owned by the datapath outright (no locks, one atomic per burst).
 #[derive(Debug)]
 pub(crate) struct MemoryPort {
+    rx: Consumer<Packet>,
+    tx: Producer<Packet>,
     shared: Arc<Shared>,
 }
 
@@ -80,9 +103,13 @@ pub(crate) struct MemoryPort {
 ///
 /// It implements [`smoltcp::phy::Device`], so a smoltcp `Interface` can use
 /// it directly as its NIC. It is `Sync`: one thread may send while another
-/// receives.
+/// receives (each direction's ring end sits behind its own, normally
+/// uncontended, lock). The `_burst` methods move many packets per lock and
+/// per wake-up and are the fast way in and out.
 #[derive(Debug)]
 pub struct MemoryPortHandle {
+    tx: Mutex<Producer<Packet>>,
+    rx: Mutex<Consumer<Packet>>,
     shared: Arc<Shared>,
     name: String,
     port_no: PortNo,
@@ -95,19 +122,28 @@ pub(crate) fn pair(
     port_no: PortNo,
     queue_len: usize,
     wakeup: Arc<Wakeup>,
+    spare: SpareBuffers,
 ) -> (MemoryPort, MemoryPortHandle) {
+    let (to_switch_tx, to_switch_rx) = RingBuffer::new(queue_len);
+    let (to_host_tx, to_host_rx) = RingBuffer::new(queue_len);
     let shared = Arc::new(Shared {
-        to_switch: ArrayQueue::new(queue_len),
-        to_host: ArrayQueue::new(queue_len),
-        free: ArrayQueue::new(queue_len),
         link_up: AtomicBool::new(true),
         detached: AtomicBool::new(false),
         host_signal: HostSignal::default(),
         wakeup,
+        free: ArrayQueue::new(queue_len),
+        spare,
         host_tx_dropped: AtomicU64::new(0),
     });
-    let handle = MemoryPortHandle { shared: shared.clone(), name: name.to_string(), port_no, mtu: 1500 };
-    (MemoryPort { shared }, handle)
+    let handle = MemoryPortHandle {
+        tx: Mutex::new(to_switch_tx),
+        rx: Mutex::new(to_host_rx),
+        shared: shared.clone(),
+        name: name.to_string(),
+        port_no,
+        mtu: 1500,
+    };
+    (MemoryPort { rx: to_switch_rx, tx: to_host_tx, shared }, handle)
 }
 
 impl Port for MemoryPort {
@@ -116,43 +152,42 @@ impl Port for MemoryPort {
     }
 
     fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, _pool: &mut PacketPool) -> usize {
-        let mut n = 0;
-        while n < max {
-            match self.shared.to_switch.pop() {
-                Some(p) => {
-                    batch.push(p);
-                    n += 1;
-                }
-                None => break,
-            }
+        let n = self.rx.slots().min(max);
+        if n == 0 {
+            return 0;
         }
-        n
+        match self.rx.read_chunk(n) {
+            Ok(chunk) => {
+                batch.extend(chunk);
+                n
+            }
+            Err(_) => 0,
+        }
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
         let mut out = TxOutcome::default();
-        for p in batch.drain(..) {
-            let len = p.len() as u64;
-            match self.shared.to_host.push(p) {
-                Ok(()) => {
-                    out.sent += 1;
-                    out.sent_bytes += len;
-                }
-                Err(p) => {
-                    pool.put(p);
-                    out.dropped += 1;
-                    out.drop_reason = Some(DropReason::TxQueueFull);
-                }
-            }
-        }
-        if out.sent > 0 {
+        let n = batch.len().min(self.tx.slots());
+        if n > 0 {
+            out.sent_bytes = batch[..n].iter().map(|p| p.len() as u64).sum();
+            out.sent = match self.tx.write_chunk_uninit(n) {
+                Ok(chunk) => chunk.fill_from_iter(batch.drain(..n)),
+                Err(_) => 0,
+            };
             self.shared.host_signal.notify();
+        }
+        if !batch.is_empty() {
+            out.dropped = batch.len();
+            out.drop_reason = Some(DropReason::TxQueueFull);
+            for p in batch.drain(..) {
+                pool.put(p);
+            }
         }
         out
     }
 
     fn rx_pending(&self) -> bool {
-        !self.shared.to_switch.is_empty()
+        !self.rx.is_empty()
     }
 
     fn link_up(&self) -> bool {
@@ -165,6 +200,10 @@ impl Drop for MemoryPort {
         self.shared.detached.store(true, Ordering::Release);
         self.shared.host_signal.notify();
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MemoryPortHandle {
@@ -196,12 +235,13 @@ impl MemoryPortHandle {
 
     /// A buffer to build a frame in: recycled if one is free.
     pub fn alloc(&self) -> Packet {
-        self.shared.free.pop().unwrap_or_else(|| Packet::with_capacity(DEFAULT_BUFFER - HEADROOM))
+        self.shared.alloc(0)
     }
 
-    /// Hands a received packet's buffer back for reuse.
+    /// Hands a received packet's buffer back for reuse (by this port's
+    /// sends, or the switch's flood copies).
     pub fn recycle(&self, p: Packet) {
-        let _ = self.shared.free.push(p);
+        self.shared.recycle(p);
     }
 
     /// Sends a packet into the switch.
@@ -213,9 +253,29 @@ impl MemoryPortHandle {
         if self.is_detached() {
             return Err(p);
         }
-        self.shared.to_switch.push(p)?;
+        lock(&self.tx).push(p).map_err(|rtrb::PushError::Full(p)| p)?;
         self.shared.wakeup.notify();
         Ok(())
+    }
+
+    /// Sends as many of `batch`'s packets as the queue has room for, from
+    /// the front, removing them from `batch`; returns how many. One lock
+    /// and one wake-up for the whole burst.
+    pub fn send_burst(&self, batch: &mut Vec<Packet>) -> usize {
+        if self.is_detached() || batch.is_empty() {
+            return 0;
+        }
+        let mut tx = lock(&self.tx);
+        let n = batch.len().min(tx.slots());
+        let sent = match tx.write_chunk_uninit(n) {
+            Ok(chunk) => chunk.fill_from_iter(batch.drain(..n)),
+            Err(_) => 0,
+        };
+        drop(tx);
+        if sent > 0 {
+            self.shared.wakeup.notify();
+        }
+        sent
     }
 
     /// Copies `frame` into a buffer and sends it into the switch.
@@ -224,7 +284,7 @@ impl MemoryPortHandle {
     /// [`Error::Full`] if the queue towards the switch is full;
     /// [`Error::Unavailable`] if the port was removed.
     pub fn send_frame(&self, frame: &[u8]) -> Result<()> {
-        let mut p = self.alloc();
+        let mut p = self.shared.alloc(frame.len());
         p.set_frame(frame);
         self.try_send(p).map_err(|p| {
             let detached = self.is_detached();
@@ -235,7 +295,20 @@ impl MemoryPortHandle {
 
     /// A packet the switch forwarded to this port, if one is waiting.
     pub fn recv(&self) -> Option<Packet> {
-        self.shared.to_host.pop()
+        lock(&self.rx).pop().ok()
+    }
+
+    /// Moves up to `max` waiting packets into `out`; returns how many.
+    pub fn recv_burst(&self, out: &mut Vec<Packet>, max: usize) -> usize {
+        let mut rx = lock(&self.rx);
+        let n = rx.slots().min(max);
+        match rx.read_chunk(n) {
+            Ok(chunk) if n > 0 => {
+                out.extend(chunk);
+                n
+            }
+            _ => 0,
+        }
     }
 
     /// Waits up to `timeout` for a packet.
@@ -245,22 +318,23 @@ impl MemoryPortHandle {
             if let Some(p) = self.recv() {
                 return Some(p);
             }
-            if Instant::now() >= deadline || self.is_detached() {
+            let now = Instant::now();
+            if now >= deadline || self.is_detached() {
                 return None;
             }
-            self.wait(deadline - Instant::now());
+            self.wait(deadline - now);
         }
     }
 
     /// Blocks until a packet is waiting or `timeout` passes, without
     /// taking it (for event loops such as a smoltcp host's).
     pub fn wait(&self, timeout: Duration) {
-        self.shared.host_signal.wait_unless(|| !self.shared.to_host.is_empty() || self.is_detached(), timeout);
+        self.shared.host_signal.wait_unless(|| self.pending() > 0 || self.is_detached(), timeout);
     }
 
     /// Packets waiting to be received.
     pub fn pending(&self) -> usize {
-        self.shared.to_host.len()
+        lock(&self.rx).slots()
     }
 
     /// Frames smoltcp built that could not be queued (the switch was not
@@ -274,31 +348,30 @@ impl MemoryPortHandle {
 #[derive(Debug)]
 pub struct MemoryRxToken<'a> {
     packet: Packet,
-    shared: &'a Shared,
+    handle: &'a MemoryPortHandle,
 }
 
 /// smoltcp transmit token: room for one frame towards the switch.
 #[derive(Debug)]
 pub struct MemoryTxToken<'a> {
-    shared: &'a Shared,
+    handle: &'a MemoryPortHandle,
 }
 
 impl smoltcp::phy::RxToken for MemoryRxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let r = f(self.packet.data());
-        let _ = self.shared.free.push(self.packet);
+        self.handle.recycle(self.packet);
         r
     }
 }
 
 impl smoltcp::phy::TxToken for MemoryTxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut p = self.shared.free.pop().unwrap_or_else(|| Packet::with_capacity(len.max(DEFAULT_BUFFER - HEADROOM)));
+        let mut p = self.handle.shared.alloc(len);
         let r = f(p.reset_with_len(len));
-        if self.shared.detached.load(Ordering::Acquire) || self.shared.to_switch.push(p).is_err() {
-            self.shared.host_tx_dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.shared.wakeup.notify();
+        if let Err(p) = self.handle.try_send(p) {
+            self.handle.shared.host_tx_dropped.fetch_add(1, Ordering::Relaxed);
+            self.handle.recycle(p);
         }
         r
     }
@@ -309,15 +382,15 @@ impl smoltcp::phy::Device for MemoryPortHandle {
     type TxToken<'a> = MemoryTxToken<'a>;
 
     fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let packet = self.shared.to_host.pop()?;
-        Some((MemoryRxToken { packet, shared: &self.shared }, MemoryTxToken { shared: &self.shared }))
+        let packet = self.recv()?;
+        Some((MemoryRxToken { packet, handle: self }, MemoryTxToken { handle: self }))
     }
 
     fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        if self.shared.to_switch.is_full() || self.is_detached() {
+        if self.is_detached() || lock(&self.tx).is_full() {
             return None;
         }
-        Some(MemoryTxToken { shared: &self.shared })
+        Some(MemoryTxToken { handle: self })
     }
 
     fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
