@@ -38,6 +38,19 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
+        // The peer: the simplest table one would write, std's HashMap with
+        // its default SipHash, keyed the same way, with no lock.
+        let mut std_map = std::collections::HashMap::new();
+        for i in 0..n as u32 {
+            std_map.insert(host_mac(i).to_u64(), i % 48 + 1);
+        }
+        g.bench_with_input(BenchmarkId::new("peer_std_hashmap", n), &keys, |b, keys| {
+            b.iter(|| {
+                for &k in keys {
+                    black_box(std_map.get(&k.to_u64()));
+                }
+            })
+        });
         let mut cache = MacCache::new();
         cache.begin_burst(&table);
         g.bench_with_input(BenchmarkId::new("cache", n), &keys, |b, keys| {

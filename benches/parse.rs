@@ -36,6 +36,22 @@ fn arp() -> Vec<u8> {
     f
 }
 
+/// The peer: pnet's views reading the same fields for the UDP frame
+/// (addresses, EtherType, IPv4 addresses, protocol, TOS, TTL, ports).
+fn pnet_udp4(f: &[u8]) -> u64 {
+    use pnet_packet::Packet;
+    use pnet_packet::ethernet::EthernetPacket;
+    use pnet_packet::ipv4::Ipv4Packet;
+    use pnet_packet::udp::UdpPacket;
+    let eth = EthernetPacket::new(f).unwrap();
+    let mut acc = u64::from(eth.get_source().0) ^ u64::from(eth.get_destination().5) ^ u64::from(eth.get_ethertype().0);
+    let ip = Ipv4Packet::new(eth.payload()).unwrap();
+    acc ^= u64::from(u32::from(ip.get_source())) ^ u64::from(u32::from(ip.get_destination()));
+    acc ^= u64::from(ip.get_next_level_protocol().0) ^ u64::from(ip.get_dscp()) ^ u64::from(ip.get_ttl());
+    let udp = UdpPacket::new(ip.payload()).unwrap();
+    acc ^ u64::from(udp.get_source()) ^ u64::from(udp.get_destination())
+}
+
 fn bench(c: &mut Criterion) {
     let udp = udp_frame(host_mac(2), host_mac(1), 1000);
     let frames =
@@ -45,6 +61,7 @@ fn bench(c: &mut Criterion) {
     for (name, f) in &frames {
         g.bench_function(*name, |b| b.iter(|| FlowKey::extract(black_box(f), 1)));
     }
+    g.bench_function("peer_pnet_udp4_64B", |b| b.iter(|| pnet_udp4(black_box(&udp))));
     g.finish();
 }
 

@@ -99,7 +99,7 @@ impl SwitchBuilder {
         let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
         let dp = Datapath::with_spare(spare.clone());
         let runner = if self.manual {
-            Runner::Manual { dp: Mutex::new(dp), wakeup: Arc::new(Wakeup::default()) }
+            Runner::Manual { dp: Box::new(Mutex::new(dp)), wakeup: Arc::new(Wakeup::default()) }
         } else {
             Runner::Thread(DatapathThread::spawn(dp, clock.clone(), self.idle, "vswitch-pmd0".into())?)
         };
@@ -117,7 +117,7 @@ impl SwitchBuilder {
 #[derive(Debug)]
 enum Runner {
     Thread(DatapathThread),
-    Manual { dp: Mutex<Datapath>, wakeup: Arc<Wakeup> },
+    Manual { dp: Box<Mutex<Datapath>>, wakeup: Arc<Wakeup> },
 }
 
 #[derive(Debug, Default)]
@@ -265,7 +265,10 @@ impl Switch {
         }
     }
 
-    fn wakeup(&self) -> Arc<Wakeup> {
+    /// What a port of the embedder's own must call ([`Wakeup::notify`])
+    /// after queueing packets for the switch, so a sleeping datapath wakes
+    /// at once rather than at its next housekeeping tick.
+    pub fn wakeup(&self) -> Arc<Wakeup> {
         match &self.runner {
             Runner::Thread(t) => t.wakeup(),
             Runner::Manual { wakeup, .. } => wakeup.clone(),

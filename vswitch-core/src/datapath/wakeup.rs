@@ -22,11 +22,11 @@ impl Wakeup {
     #[inline]
     pub fn notify(&self) {
         fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) {
-            if let Some(w) = &self.waker {
-                // A failed eventfd write means a wake-up is already pending.
-                let _ = w.wake();
-            }
+        if self.sleeping.load(Ordering::Relaxed)
+            && let Some(w) = &self.waker
+        {
+            // A failed eventfd write means a wake-up is already pending.
+            let _ = w.wake();
         }
     }
 

@@ -1,4 +1,4 @@
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 use smoltcp::wire::{ArpHardware, ArpPacket, Ipv4Packet, Ipv6ExtHeader, Ipv6Packet, TcpPacket, UdpPacket};
@@ -275,8 +275,8 @@ impl FlowKey {
             self.truncated = true;
             return;
         }
-        self.nw_src = IpAddr::V6(Ipv6Addr::from(ip.src_addr()));
-        self.nw_dst = IpAddr::V6(Ipv6Addr::from(ip.dst_addr()));
+        self.nw_src = IpAddr::V6(ip.src_addr());
+        self.nw_dst = IpAddr::V6(ip.dst_addr());
         self.nw_tos = ip.traffic_class();
         self.nw_ttl = ip.hop_limit();
         self.l3_offset = l3 as u16;
