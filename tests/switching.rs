@@ -9,8 +9,14 @@ use vswitch_core::{DropReason, ErrorKind, ManualClock, MemoryPortHandle, PortCon
 use vswitch_tests::{drain, frame, mac, recv_n, seq_of, tagged, vid_of};
 
 fn manual_switch() -> (Switch, ManualClock) {
+    manual_switch_with(MacTableConfig::default())
+}
+
+/// A switch whose datapath the test drives, on a virtual clock, with one
+/// bridge "br0".
+fn manual_switch_with(mac: MacTableConfig) -> (Switch, ManualClock) {
     let clock = ManualClock::new();
-    let sw = Switch::builder().manual().clock(clock.clone()).build().unwrap();
+    let sw = Switch::builder().manual().clock(clock.clone()).mac_table(mac).build().unwrap();
     sw.add_bridge("br0").unwrap();
     (sw, clock)
 }
@@ -205,14 +211,7 @@ fn trunk_vlan_sets_filter_both_ways() {
 
 #[test]
 fn aging_through_the_switch_with_a_virtual_clock() {
-    let clock = ManualClock::new();
-    let sw = Switch::builder()
-        .manual()
-        .clock(clock.clone())
-        .mac_table(MacTableConfig { aging_secs: 60, capacity: 100 })
-        .build()
-        .unwrap();
-    sw.add_bridge("br0").unwrap();
+    let (sw, clock) = manual_switch_with(MacTableConfig { aging_secs: 60, capacity: 100 });
     let p = ports(&sw, &["a", "b", "c"]);
     p[1].send_frame(&frame(MacAddr::BROADCAST, mac(2), 0)).unwrap();
     sw.run_until_idle().unwrap();
@@ -225,8 +224,7 @@ fn aging_through_the_switch_with_a_virtual_clock() {
     assert!(drain(&p[2]).is_empty(), "still known at 59 s");
     assert_eq!(drain(&p[1]).len(), 1);
     clock.advance(Duration::from_secs(2));
-    // The datapath's aging step runs on its own as the switch polls.
-    while sw.mac_table("br0").unwrap().age_step(sw.now_ms()) {}
+    // The datapath runs an aging step on every pass.
     sw.poll().unwrap();
     p[0].send_frame(&frame(mac(2), mac(1), 2)).unwrap();
     sw.run_until_idle().unwrap();
@@ -236,14 +234,7 @@ fn aging_through_the_switch_with_a_virtual_clock() {
 
 #[test]
 fn datapath_ages_entries_without_help() {
-    let clock = ManualClock::new();
-    let sw = Switch::builder()
-        .manual()
-        .clock(clock.clone())
-        .mac_table(MacTableConfig { aging_secs: 5, capacity: 100 })
-        .build()
-        .unwrap();
-    sw.add_bridge("br0").unwrap();
+    let (sw, clock) = manual_switch_with(MacTableConfig { aging_secs: 5, capacity: 100 });
     let p = ports(&sw, &["a", "b"]);
     p[0].send_frame(&frame(MacAddr::BROADCAST, mac(1), 0)).unwrap();
     sw.run_until_idle().unwrap();
