@@ -105,6 +105,22 @@ impl Packet {
     /// The frame must be at least 12 bytes long (callers check the Ethernet
     /// header first); a shorter frame is left unchanged.
     pub fn push_vlan(&mut self, tci: VlanTci) {
+        self.push_tag(ethertype::VLAN, tci);
+    }
+
+    /// True if the frame's outer EtherType is a VLAN TPID (0x8100, 0x88a8).
+    pub fn is_tagged(&self) -> bool {
+        let d = self.data();
+        d.len() >= ETHERTYPE_OFFSET + 4 && matches!(be16(d, ETHERTYPE_OFFSET), ethertype::VLAN | ethertype::QINQ)
+    }
+
+    /// The outer tag's TCI, if the frame is tagged.
+    pub fn vlan_tci(&self) -> Option<VlanTci> {
+        self.is_tagged().then(|| VlanTci(be16(self.data(), ETHERTYPE_OFFSET + 2)))
+    }
+
+    /// Inserts a tag with TPID `tpid` (0x8100 or 0x88a8) after the MACs.
+    pub fn push_tag(&mut self, tpid: u16, tci: VlanTci) {
         if self.len() < ETHERTYPE_OFFSET {
             return;
         }
@@ -118,7 +134,7 @@ impl Packet {
         self.buf.copy_within(self.start..self.start + ETHERTYPE_OFFSET, self.start - 4);
         self.start -= 4;
         let tag = &mut self.buf[self.start + ETHERTYPE_OFFSET..self.start + ETHERTYPE_OFFSET + 4];
-        tag[..2].copy_from_slice(&ethertype::VLAN.to_be_bytes());
+        tag[..2].copy_from_slice(&tpid.to_be_bytes());
         tag[2..].copy_from_slice(&tci.0.to_be_bytes());
     }
 

@@ -16,6 +16,7 @@ use crate::clock::{Clock, MonotonicClock};
 use crate::datapath::thread::DatapathThread;
 pub use crate::datapath::thread::IdlePolicy;
 use crate::datapath::{Datapath, Wakeup};
+use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, TableError, Trace};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
@@ -37,6 +38,7 @@ pub struct SwitchBuilder {
     manual: bool,
     mac: MacTableConfig,
     queue_len: usize,
+    flow_limit: usize,
 }
 
 impl Default for SwitchBuilder {
@@ -47,6 +49,7 @@ impl Default for SwitchBuilder {
             manual: false,
             mac: MacTableConfig::default(),
             queue_len: DEFAULT_QUEUE_LEN,
+            flow_limit: DEFAULT_FLOW_LIMIT,
         }
     }
 }
@@ -78,6 +81,12 @@ impl SwitchBuilder {
         self
     }
 
+    /// Most rules a bridge's flow table holds (default 1,000,000).
+    pub fn flow_limit(mut self, limit: usize) -> Self {
+        self.flow_limit = limit;
+        self
+    }
+
     /// Depth of each queue of a memory port (default 1024).
     pub fn memory_queue_len(mut self, len: usize) -> Self {
         self.queue_len = len;
@@ -96,6 +105,9 @@ impl SwitchBuilder {
             return Err(Error::invalid("memory queue length", format!("{} is not in 1..=1048576", self.queue_len)));
         }
         let clock = self.clock.unwrap_or_else(|| Arc::new(MonotonicClock::new()));
+        if self.flow_limit == 0 {
+            return Err(Error::invalid("flow limit", "must be at least 1"));
+        }
         let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
         let dp = Datapath::with_spare(spare.clone());
         let runner = if self.manual {
@@ -109,6 +121,7 @@ impl SwitchBuilder {
             clock,
             mac_defaults: self.mac,
             queue_len: self.queue_len,
+            flow_limit: self.flow_limit,
             spare,
         })
     }
@@ -233,6 +246,7 @@ pub struct Switch {
     clock: Arc<dyn Clock>,
     mac_defaults: MacTableConfig,
     queue_len: usize,
+    flow_limit: usize,
     spare: SpareBuffers,
 }
 
@@ -327,7 +341,8 @@ impl Switch {
         }
         let table = Arc::new(MacTable::new(mac)?);
         let t = table.clone();
-        let index = self.with_datapath(move |dp| dp.add_bridge(t))?;
+        let flows = FlowTable::new(self.flow_limit, self.now_ms());
+        let index = self.with_datapath(move |dp| dp.add_bridge(t, flows))?;
         reg.bridges.insert(name.to_string(), BridgeEntry { index, mac: table, ports: BTreeMap::new() });
         Ok(())
     }
@@ -484,6 +499,127 @@ impl Switch {
             })
             .collect();
         SwitchStats { bridges }
+    }
+}
+
+fn flow_error(e: crate::flow::FlowParseError) -> Error {
+    Error::invalid("flow", e.0)
+}
+
+/// Flow table operations (`ovs-ofctl` add-flow, mod-flows, del-flows,
+/// dump-flows) and `trace`.
+impl Switch {
+    /// The bridge's datapath index, with a resolver of its port names.
+    fn bridge_ports(&self, bridge: &str) -> Result<(usize, BTreeMap<String, PortNo>)> {
+        let reg = self.registry();
+        let b = reg.bridges.get(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
+        Ok((b.index, b.ports.iter().map(|(n, p)| (n.clone(), p.port_no)).collect()))
+    }
+
+    /// Adds a rule to `bridge`'s flow table, in `ovs-ofctl add-flow`
+    /// syntax; a rule with the same match and priority is replaced.
+    ///
+    /// ```
+    /// # use vswitch_core::Switch;
+    /// let sw = Switch::builder().manual().build()?;
+    /// sw.add_bridge("br0")?;
+    /// sw.add_flow("br0", "priority=100,tcp,tp_dst=22,actions=drop")?;
+    /// assert_eq!(sw.dump_flows("br0")?.len(), 2); // and priority=0,actions=NORMAL
+    /// # Ok::<(), vswitch_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] with the parser's message for bad text,
+    /// [`Error::Full`] when the table is at its limit, [`Error::BridgeNotFound`].
+    pub fn add_flow(&self, bridge: &str, flow: &str) -> Result<()> {
+        self.add_flows(bridge, &[flow]).map(|_| ())
+    }
+
+    /// Adds several rules atomically: all of them, or (on any error) none.
+    ///
+    /// # Errors
+    /// As [`Switch::add_flow`]; the message says which line was refused.
+    pub fn add_flows(&self, bridge: &str, flows: &[&str]) -> Result<usize> {
+        let (index, ports) = self.bridge_ports(bridge)?;
+        let resolve = |n: &str| ports.get(n).copied();
+        let specs = flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                FlowSpec::parse(f, &resolve).map_err(|e| {
+                    let why = if flows.len() > 1 { format!("flow {}: {}", i + 1, e.0) } else { e.0 };
+                    Error::invalid("flow", why)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n = specs.len();
+        let now = self.now_ms();
+        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.add_all(specs, now)))?
+            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?
+            .map_err(|TableError::Full| Error::Full("flow table"))?;
+        Ok(n)
+    }
+
+    /// Replaces the actions of the rules `flow` selects (its match, and
+    /// with `strict` its priority too), keeping their counters; returns
+    /// how many rules changed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
+    pub fn mod_flows(&self, bridge: &str, flow: &str, strict: bool) -> Result<usize> {
+        let (index, ports) = self.bridge_ports(bridge)?;
+        let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
+        let sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
+        let actions = spec.actions;
+        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.modify(&sel, strict, &actions)))?
+            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
+    }
+
+    /// Deletes the rules `flow` selects (all of them for `None`); with
+    /// `strict`, only the rule with exactly that match and priority.
+    /// Returns how many were deleted. Deleting every rule leaves a table
+    /// that drops everything, as in OpenFlow.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
+    pub fn del_flows(&self, bridge: &str, flow: Option<&str>, strict: bool) -> Result<usize> {
+        let (index, ports) = self.bridge_ports(bridge)?;
+        let sel = match flow {
+            Some(f) => FlowSelector::parse(f, &|n: &str| ports.get(n).copied()).map_err(flow_error)?,
+            None => FlowSelector::default(),
+        };
+        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.delete(&sel, strict)))?
+            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
+    }
+
+    /// Every rule of `bridge` with its counters, highest priority first.
+    ///
+    /// # Errors
+    /// [`Error::BridgeNotFound`].
+    pub fn dump_flows(&self, bridge: &str) -> Result<Vec<FlowStats>> {
+        let (index, _) = self.bridge_ports(bridge)?;
+        let now = self.now_ms();
+        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.dump(now)))?
+            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
+    }
+
+    /// Explains what `bridge` would do with the packet `flow` describes
+    /// (`in_port=1,dl_dst=02:00:00:00:00:02,tcp,tp_dst=80`): the rule that
+    /// matches, the MAC table's answer for NORMAL, the output ports.
+    /// Nothing is sent, learned or counted.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
+    pub fn trace(&self, bridge: &str, flow: &str) -> Result<Trace> {
+        let (index, ports) = self.bridge_ports(bridge)?;
+        let sel = FlowSelector::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
+        let mut trace = self
+            .with_datapath(move |dp| dp.trace(index, &sel.matching))?
+            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
+        for o in &mut trace.outputs {
+            o.port = ports.iter().find(|(_, n)| **n == o.port_no).map(|(name, _)| name.clone()).unwrap_or_default();
+        }
+        Ok(trace)
     }
 }
 

@@ -1,10 +1,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::flow::{Action, FlowKey, FlowTable, Headers, Layer, dec_ttl, set_ipv4_addr, set_l4_port};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
 use crate::wire::{ETHERNET_HEADER_LEN, ETHERTYPE_OFFSET, MacAddr, VlanTci, be16, ethertype};
+
+#[path = "trace.rs"]
+mod trace;
 
 /// Free buffers a datapath keeps for flood copies.
 const POOL_BUFFERS: usize = 4 * BURST * 16;
@@ -36,6 +40,7 @@ impl PortSlot {
 struct BridgeState {
     mac: Arc<MacTable>,
     cache: MacCache,
+    flows: FlowTable,
     /// Slots of this bridge's ports, in port-number order (flood order).
     slots: Vec<usize>,
     /// Port number to slot.
@@ -103,8 +108,8 @@ impl Datapath {
     }
 
     /// Adds a bridge using `mac` as its learning table; returns its index.
-    pub(crate) fn add_bridge(&mut self, mac: Arc<MacTable>) -> usize {
-        let state = BridgeState { mac, cache: MacCache::new(), slots: Vec::new(), by_port_no: Vec::new() };
+    pub(crate) fn add_bridge(&mut self, mac: Arc<MacTable>, flows: FlowTable) -> usize {
+        let state = BridgeState { mac, cache: MacCache::new(), flows, slots: Vec::new(), by_port_no: Vec::new() };
         match self.bridges.iter().position(Option::is_none) {
             Some(i) => {
                 self.bridges[i] = Some(state);
@@ -211,16 +216,33 @@ impl Datapath {
             }
             self.rx = rx;
         }
-        for b in self.bridges.iter().flatten() {
+        for b in self.bridges.iter_mut().flatten() {
             b.mac.age_step(now_ms);
+            b.flows.expire(now_ms);
         }
         work
+    }
+
+    /// The flow table of bridge `bridge`.
+    pub(crate) fn flows_mut(&mut self, bridge: usize) -> Option<&mut FlowTable> {
+        self.bridges.get_mut(bridge)?.as_mut().map(|b| &mut b.flows)
+    }
+
+    /// Runs one received burst: NORMAL switching when the bridge's table is
+    /// the default one, the flow table otherwise.
+    fn switch_burst(&mut self, in_slot: usize, rx: &mut Vec<Packet>, now_ms: u64) {
+        let bridge = self.ports[in_slot].as_ref().expect("polled port exists").bridge;
+        let default = self.bridges[bridge].as_ref().and_then(|b| b.flows.default_rule());
+        match default {
+            Some(rule) => self.switch_normal_burst(in_slot, rx, now_ms, rule),
+            None => self.switch_flow_burst(in_slot, rx, now_ms),
+        }
     }
 
     /// Runs one received burst through NORMAL switching, in two passes:
     /// decide every packet's fate (parse, learn, look up; the lookups the
     /// cache misses go to the MAC table together), then carry them out.
-    fn switch_burst(&mut self, in_slot: usize, rx: &mut Vec<Packet>, now_ms: u64) {
+    fn switch_normal_burst(&mut self, in_slot: usize, rx: &mut Vec<Packet>, now_ms: u64, rule: u32) {
         let input = self.ports[in_slot].as_ref().expect("polled port exists");
         let (bridge_idx, in_port, counters) = (input.bridge, input.port_no, input.counters.clone());
         let Some(mut bridge) = self.bridges[bridge_idx].take() else { return };
@@ -285,11 +307,12 @@ impl Datapath {
                 }
                 Fate::Known(t, p) => match bridge.by_port_no.get(p as usize).copied().flatten() {
                     Some(out) if self.carries(out, t.vlan) => self.output(out, pkt, t),
-                    _ => self.flood(&bridge, in_slot, pkt, t),
+                    _ => self.flood(&bridge.slots, in_slot, pkt, t),
                 },
-                Fate::Flood(t) => self.flood(&bridge, in_slot, pkt, t),
+                Fate::Flood(t) => self.flood(&bridge.slots, in_slot, pkt, t),
             }
         }
+        bridge.flows.hit(rule, rx_packets, rx_bytes, now_ms);
         self.bridges[bridge_idx] = Some(bridge);
         (self.fates, self.misses, self.answers) = (fates, misses, answers);
 
@@ -305,10 +328,10 @@ impl Datapath {
         self.ports[slot].as_ref().is_some_and(|p| p.vlan.carries(vlan))
     }
 
-    fn flood(&mut self, bridge: &BridgeState, in_slot: usize, pkt: Packet, t: Tagging) {
+    fn flood(&mut self, slots: &[usize], in_slot: usize, pkt: Packet, t: Tagging) {
         let mut targets = std::mem::take(&mut self.flood);
         targets.clear();
-        targets.extend(bridge.slots.iter().copied().filter(|&s| s != in_slot && self.carries(s, t.vlan)));
+        targets.extend(slots.iter().copied().filter(|&s| s != in_slot && self.carries(s, t.vlan)));
         if let Some((&last, rest)) = targets.split_last() {
             for &out in rest {
                 let copy = self.pool.clone_packet(&pkt);
@@ -344,6 +367,12 @@ impl Datapath {
                 }
             }
         }
+        self.enqueue(slot, pkt);
+    }
+
+    /// Queues `pkt` on `slot` as it is, flushing a full batch.
+    #[inline]
+    fn enqueue(&mut self, slot: usize, pkt: Packet) {
         let q = &mut self.tx[slot];
         if q.is_empty() {
             self.dirty.push(slot);
@@ -388,6 +417,233 @@ impl Datapath {
     /// Buffers allocated because the pool was empty (a health figure).
     pub fn buffers_allocated(&self) -> u64 {
         self.pool.allocated()
+    }
+}
+
+/// A bridge's parts the action executor uses, borrowed apart so the flow
+/// table's actions can be read while the MAC cache is written.
+struct BridgeParts<'a> {
+    mac: &'a MacTable,
+    cache: &'a mut MacCache,
+    slots: &'a [usize],
+    by_port_no: &'a [Option<usize>],
+}
+
+/// The input side of a packet being executed.
+#[derive(Clone, Copy)]
+struct Ingress {
+    slot: usize,
+    port: PortNo,
+    now_ms: u64,
+}
+
+impl Datapath {
+    /// Runs a burst through the flow table, packet by packet: extract the
+    /// key, find the rule (exact-match cache, then classifier), count it,
+    /// execute its actions.
+    fn switch_flow_burst(&mut self, in_slot: usize, rx: &mut Vec<Packet>, now_ms: u64) {
+        let input = self.ports[in_slot].as_ref().expect("polled port exists");
+        let (bridge_idx, in_port, counters) = (input.bridge, input.port_no, input.counters.clone());
+        let Some(mut bridge) = self.bridges[bridge_idx].take() else { return };
+        bridge.cache.begin_burst(&bridge.mac);
+        let ingress = Ingress { slot: in_slot, port: in_port, now_ms };
+        let mut drops = [0u64; DropReason::ALL.len()];
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
+        for pkt in rx.drain(..) {
+            let len = pkt.len() as u64;
+            rx_packets += 1;
+            rx_bytes += len;
+            let key = FlowKey::extract(pkt.data(), in_port);
+            let Some(id) = bridge.flows.lookup(&key.pack()) else {
+                drops[DropReason::NoMatch as usize] += 1;
+                self.pool.put(pkt);
+                continue;
+            };
+            bridge.flows.hit(id, 1, len, now_ms);
+            let BridgeState { mac, cache, flows, slots, by_port_no } = &mut bridge;
+            let actions = &flows.rule(id).expect("a rule just matched").spec.actions;
+            let parts = BridgeParts { mac, cache, slots, by_port_no };
+            self.execute(actions, parts, ingress, pkt, &key, &mut drops);
+        }
+        self.bridges[bridge_idx] = Some(bridge);
+        PortCounters::add(&counters.rx_packets, rx_packets);
+        PortCounters::add(&counters.rx_bytes, rx_bytes);
+        for (i, &n) in drops.iter().enumerate() {
+            PortCounters::add(&counters.drops[i], n);
+        }
+    }
+
+    /// Executes a rule's actions on one packet. Each output sends the
+    /// packet as it is at that point (a copy, except for the last output,
+    /// which takes the packet itself).
+    fn execute(
+        &mut self,
+        actions: &[Action],
+        mut br: BridgeParts<'_>,
+        at: Ingress,
+        pkt: Packet,
+        key: &FlowKey,
+        drops: &mut [u64; DropReason::ALL.len()],
+    ) {
+        let last_output = actions.iter().rposition(Action::is_output);
+        let Some(last_output) = last_output else {
+            drops[DropReason::FlowDrop as usize] += 1;
+            self.pool.put(pkt);
+            return;
+        };
+        let mut h = Headers {
+            dl_type: key.dl_type,
+            l3: key.l3_offset as usize,
+            l4: if key.parsed == Layer::Transport { key.l4_offset as usize } else { 0 },
+            nw_proto: key.nw_proto,
+        };
+        let mut pkt = Some(pkt);
+        for (i, action) in actions.iter().enumerate().take(last_output + 1) {
+            let Some(p) = pkt.as_mut() else { break };
+            let shift = |h: &mut Headers, by: isize| {
+                h.l3 = h.l3.saturating_add_signed(by);
+                if h.l4 != 0 {
+                    h.l4 = h.l4.saturating_add_signed(by);
+                }
+            };
+            if action.is_output() {
+                let out = if i == last_output { pkt.take().expect("present") } else { self.pool.clone_packet(p) };
+                match *action {
+                    Action::Output(port) => self.output_port(&br, at, port, out, drops),
+                    Action::InPort => self.enqueue(at.slot, out),
+                    Action::Flood | Action::All => self.flood_raw(br.slots, at.slot, out),
+                    Action::Normal => self.normal_one(&mut br, at, out, drops),
+                    _ => unreachable!("is_output covers exactly these"),
+                }
+                continue;
+            }
+            match *action {
+                Action::SetVlanVid(vid) => match p.vlan_tci() {
+                    Some(t) => p.set_vlan_tci(VlanTci::new(vid, t.pcp())),
+                    None => {
+                        p.push_vlan(VlanTci::new(vid, 0));
+                        shift(&mut h, 4);
+                    }
+                },
+                Action::SetVlanPcp(pcp) => match p.vlan_tci() {
+                    Some(t) => p.set_vlan_tci(VlanTci::new(t.vid(), pcp)),
+                    None => {
+                        p.push_vlan(VlanTci::new(0, pcp));
+                        shift(&mut h, 4);
+                    }
+                },
+                Action::PushVlan(tpid) => {
+                    p.push_tag(tpid, VlanTci::new(0, 0));
+                    shift(&mut h, 4);
+                }
+                Action::StripVlan => {
+                    if p.pop_vlan().is_some() {
+                        shift(&mut h, -4);
+                    }
+                }
+                Action::SetDlSrc(m) if p.len() >= ETHERNET_HEADER_LEN => p.data_mut()[6..12].copy_from_slice(&m.0),
+                Action::SetDlDst(m) if p.len() >= ETHERNET_HEADER_LEN => p.data_mut()[0..6].copy_from_slice(&m.0),
+                Action::SetNwSrc(a) => set_ipv4_addr(p, &h, true, a),
+                Action::SetNwDst(a) => set_ipv4_addr(p, &h, false, a),
+                Action::SetTpSrc(port) => set_l4_port(p, &h, true, port),
+                Action::SetTpDst(port) => set_l4_port(p, &h, false, port),
+                Action::DecTtl => {
+                    if !dec_ttl(p, &h) {
+                        drops[DropReason::TtlExpired as usize] += 1;
+                        let p = pkt.take().expect("present");
+                        self.pool.put(p);
+                    }
+                }
+                // Tunnel metadata is consumed by tunnel ports; none exist
+                // yet, so there is nothing to carry it to.
+                Action::SetTunnelId(_) | Action::SetTunnelDst(_) => {}
+                _ => {}
+            }
+        }
+        if let Some(p) = pkt {
+            self.pool.put(p);
+        }
+    }
+
+    /// `output:PORT`: as the packet is, never back out of the input port.
+    fn output_port(
+        &mut self,
+        br: &BridgeParts<'_>,
+        at: Ingress,
+        port: PortNo,
+        pkt: Packet,
+        drops: &mut [u64; DropReason::ALL.len()],
+    ) {
+        if port == at.port {
+            drops[DropReason::SamePort as usize] += 1;
+            self.pool.put(pkt);
+            return;
+        }
+        match br.by_port_no.get(port as usize).copied().flatten() {
+            Some(slot) => self.enqueue(slot, pkt),
+            None => {
+                drops[DropReason::NoPort as usize] += 1;
+                self.pool.put(pkt);
+            }
+        }
+    }
+
+    /// `flood`/`all`: every port of the bridge but the input, as it is.
+    fn flood_raw(&mut self, slots: &[usize], in_slot: usize, pkt: Packet) {
+        let mut targets = std::mem::take(&mut self.flood);
+        targets.clear();
+        targets.extend(slots.iter().copied().filter(|&s| s != in_slot));
+        if let Some((&last, rest)) = targets.split_last() {
+            for &out in rest {
+                let copy = self.pool.clone_packet(&pkt);
+                self.enqueue(out, copy);
+            }
+            self.enqueue(last, pkt);
+        } else {
+            self.pool.put(pkt);
+        }
+        self.flood = targets;
+    }
+
+    /// The NORMAL action for one packet: learn, look up, forward or flood
+    /// within the VLAN, tagging per output port.
+    fn normal_one(
+        &mut self,
+        br: &mut BridgeParts<'_>,
+        at: Ingress,
+        pkt: Packet,
+        drops: &mut [u64; DropReason::ALL.len()],
+    ) {
+        let in_vlan = &self.ports[at.slot].as_ref().expect("input port exists").vlan;
+        let l2 = match classify_l2(pkt.data(), in_vlan) {
+            Ok(l2) => l2,
+            Err(reason) => {
+                drops[reason as usize] += 1;
+                self.pool.put(pkt);
+                return;
+            }
+        };
+        let t = l2.tagging;
+        if l2.src.is_unicast() {
+            br.cache.learn(br.mac, t.vlan, l2.src, at.port, at.now_ms);
+        }
+        if is_reserved_group(l2.dst) {
+            drops[DropReason::ReservedGroup as usize] += 1;
+            self.pool.put(pkt);
+            return;
+        }
+        let known = if l2.dst.is_unicast() { br.cache.lookup(br.mac, t.vlan, l2.dst) } else { None };
+        match known {
+            Some(p) if p == at.port => {
+                drops[DropReason::SamePort as usize] += 1;
+                self.pool.put(pkt);
+            }
+            Some(p) => match br.by_port_no.get(p as usize).copied().flatten() {
+                Some(out) if self.carries(out, t.vlan) => self.output(out, pkt, t),
+                _ => self.flood(br.slots, at.slot, pkt, t),
+            },
+            None => self.flood(br.slots, at.slot, pkt, t),
+        }
     }
 }
 

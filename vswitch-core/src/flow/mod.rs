@@ -1,9 +1,33 @@
-//! Flows: what a packet *is*, as the switch classifies it.
+//! Flows: what a packet *is*, and what the rules say to do with it.
 //!
 //! [`FlowKey`] is extracted from a frame and its input port in one pass,
 //! never panicking on malformed input: it records how far parsing got and
 //! whether a header was cut short, and the packet stays switchable at L2.
+//!
+//! The OpenFlow-style flow table: [`FlowSpec`] (a rule as `ovs-ofctl`
+//! writes it), [`Match`] over a [`PackedKey`], [`Action`], the
+//! tuple-space [`Classifier`] and the [`FlowTable`] with its exact-match
+//! cache, and [`trace`](crate::Switch::trace)'s [`Trace`].
 
+mod action;
+mod classifier;
 mod key;
+mod matching;
+mod packed;
+mod spec;
+mod table;
+mod trace;
 
+pub use action::{Action, actions_to_text};
+pub(crate) use action::{Headers, dec_ttl, set_ipv4_addr, set_l4_port};
+pub use classifier::Classifier;
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
+pub use matching::{FlowParseError, Match};
+pub use packed::{PackedKey, VLAN_PRESENT, WORDS};
+pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver};
+pub use table::{DEFAULT_FLOW_LIMIT, FlowTable, Rule, TableError};
+pub use trace::{Trace, TraceOutput};
+
+#[cfg(test)]
+#[path = "flow_tests.rs"]
+mod tests;

@@ -90,11 +90,19 @@ pub enum DropReason {
     TooBig,
     /// The port's backend failed to send (tx).
     TxError,
+    /// No flow rule matched the packet (rx).
+    NoMatch,
+    /// The matching flow rule's actions drop it (`actions=drop`) (rx).
+    FlowDrop,
+    /// `dec_ttl` found a TTL or hop limit that would reach zero (rx).
+    TtlExpired,
+    /// A flow rule's `output:` names a port that does not exist (rx).
+    NoPort,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -105,6 +113,10 @@ impl DropReason {
         DropReason::LinkDown,
         DropReason::TooBig,
         DropReason::TxError,
+        DropReason::NoMatch,
+        DropReason::FlowDrop,
+        DropReason::TtlExpired,
+        DropReason::NoPort,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -120,6 +132,10 @@ impl DropReason {
             DropReason::LinkDown => "link_down",
             DropReason::TooBig => "too_big",
             DropReason::TxError => "tx_error",
+            DropReason::NoMatch => "no_match",
+            DropReason::FlowDrop => "flow_drop",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::NoPort => "no_port",
         }
     }
 }

@@ -1,0 +1,448 @@
+//! Actions: what a rule does with the packets it matches, in `ovs-ofctl`
+//! syntax, and the header rewrites they perform.
+//!
+//! Rewrites keep checksums right with incremental updates (RFC 1624 §3):
+//! the IPv4 header checksum for address and TTL changes, and the TCP or UDP
+//! checksum for address (pseudo-header) and port changes. A UDP checksum
+//! of zero means "none" (RFC 768) and stays zero.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::matching::{FlowParseError, Match, err, parse_num};
+use crate::packet::Packet;
+use crate::port::PortNo;
+use crate::wire::{MacAddr, be16, ethertype};
+
+/// One action of a rule. Actions run in order; every output action sends
+/// the packet as it is at that point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type", content = "arg")]
+pub enum Action {
+    /// `output:PORT`: send out of that port (never back out of the input
+    /// port; use `in_port` for that).
+    Output(PortNo),
+    /// `normal`: switch as a learning bridge (MAC learning, VLANs).
+    Normal,
+    /// `flood`: every port but the input port.
+    Flood,
+    /// `all`: every port but the input port (there is no per-port
+    /// no-flood setting yet, so the same as `flood`).
+    All,
+    /// `in_port`: back out of the input port.
+    InPort,
+    /// `mod_vlan_vid:VID`: set the VLAN ID, pushing a tag if there is none.
+    SetVlanVid(u16),
+    /// `mod_vlan_pcp:PCP`: set the priority, pushing a tag if there is none.
+    SetVlanPcp(u8),
+    /// `push_vlan:TPID`: push a new outer tag (VID 0).
+    PushVlan(u16),
+    /// `strip_vlan` (or `pop_vlan`): remove the outer tag, if any.
+    StripVlan,
+    /// `mod_dl_src:MAC`.
+    SetDlSrc(MacAddr),
+    /// `mod_dl_dst:MAC`.
+    SetDlDst(MacAddr),
+    /// `mod_nw_src:IPv4`.
+    SetNwSrc(Ipv4Addr),
+    /// `mod_nw_dst:IPv4`.
+    SetNwDst(Ipv4Addr),
+    /// `mod_tp_src:PORT`.
+    SetTpSrc(u16),
+    /// `mod_tp_dst:PORT`.
+    SetTpDst(u16),
+    /// `dec_ttl`: decrement the IPv4 TTL or IPv6 hop limit; a packet whose
+    /// TTL would reach zero is dropped (counted as `ttl_expired`).
+    DecTtl,
+    /// `set_tunnel:ID` (or `set_field:ID->tun_id`): the tunnel key used by
+    /// a tunnel port the packet is output to.
+    SetTunnelId(u64),
+    /// `set_field:IP->tun_dst`: the remote endpoint, for flow-based tunnel
+    /// ports.
+    SetTunnelDst(Ipv4Addr),
+}
+
+impl Action {
+    /// True for the actions that send the packet somewhere.
+    pub fn is_output(&self) -> bool {
+        matches!(self, Action::Output(_) | Action::Normal | Action::Flood | Action::All | Action::InPort)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Output(p) => write!(f, "output:{p}"),
+            Action::Normal => f.write_str("NORMAL"),
+            Action::Flood => f.write_str("FLOOD"),
+            Action::All => f.write_str("ALL"),
+            Action::InPort => f.write_str("IN_PORT"),
+            Action::SetVlanVid(v) => write!(f, "mod_vlan_vid:{v}"),
+            Action::SetVlanPcp(v) => write!(f, "mod_vlan_pcp:{v}"),
+            Action::PushVlan(t) => write!(f, "push_vlan:{t:#06x}"),
+            Action::StripVlan => f.write_str("strip_vlan"),
+            Action::SetDlSrc(m) => write!(f, "mod_dl_src:{m}"),
+            Action::SetDlDst(m) => write!(f, "mod_dl_dst:{m}"),
+            Action::SetNwSrc(a) => write!(f, "mod_nw_src:{a}"),
+            Action::SetNwDst(a) => write!(f, "mod_nw_dst:{a}"),
+            Action::SetTpSrc(p) => write!(f, "mod_tp_src:{p}"),
+            Action::SetTpDst(p) => write!(f, "mod_tp_dst:{p}"),
+            Action::DecTtl => f.write_str("dec_ttl"),
+            Action::SetTunnelId(id) => write!(f, "set_tunnel:{id:#x}"),
+            Action::SetTunnelDst(a) => write!(f, "set_field:{a}->tun_dst"),
+        }
+    }
+}
+
+/// Formats an action list as `ovs-ofctl` does (`drop` when empty).
+pub fn actions_to_text(actions: &[Action]) -> String {
+    if actions.is_empty() {
+        return "drop".into();
+    }
+    actions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_port(s: &str, ports: &dyn Fn(&str) -> Option<u32>) -> Result<PortNo, FlowParseError> {
+    match parse_num(s, "output port", 0xff00) {
+        Ok(n) if n > 0 => Ok(n as PortNo),
+        _ => ports(s)
+            .ok_or_else(|| FlowParseError(format!("output port '{s}' is not a port number (1 to 65280) or name"))),
+    }
+}
+
+fn parse_mac(s: &str, what: &str) -> Result<MacAddr, FlowParseError> {
+    s.parse().map_err(|_| FlowParseError(format!("{what} argument '{s}' is not a MAC address")))
+}
+
+fn parse_v4(s: &str, what: &str) -> Result<Ipv4Addr, FlowParseError> {
+    s.parse().map_err(|_| FlowParseError(format!("{what} argument '{s}' is not an IPv4 address")))
+}
+
+/// Parses the text after `actions=`.
+pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> Result<Vec<Action>, FlowParseError> {
+    let items: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items.is_empty() {
+        return err("'actions=' needs at least one action (or 'drop')");
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in &items {
+        let (name, arg) = match item.split_once(':') {
+            Some((n, a)) => (n.trim(), Some(a.trim())),
+            None => (*item, None),
+        };
+        let need =
+            |what: &str| arg.ok_or_else(|| FlowParseError(format!("action '{what}' needs an argument ('{what}:...')")));
+        let lname = name.to_ascii_lowercase();
+        let a = match lname.as_str() {
+            "output" => Action::Output(parse_port(need("output")?, ports)?),
+            "normal" => Action::Normal,
+            "flood" => Action::Flood,
+            "all" => Action::All,
+            "in_port" => Action::InPort,
+            "drop" => {
+                if items.len() > 1 {
+                    return err("'drop' must be the only action");
+                }
+                return Ok(Vec::new());
+            }
+            "mod_vlan_vid" => Action::SetVlanVid(parse_num(need("mod_vlan_vid")?, "mod_vlan_vid", 4095)? as u16),
+            "mod_vlan_pcp" => Action::SetVlanPcp(parse_num(need("mod_vlan_pcp")?, "mod_vlan_pcp", 7)? as u8),
+            "push_vlan" => {
+                let t = parse_num(need("push_vlan")?, "push_vlan", 0xffff)? as u16;
+                if t != ethertype::VLAN && t != ethertype::QINQ {
+                    return err(format!("push_vlan TPID {t:#06x} must be 0x8100 or 0x88a8"));
+                }
+                Action::PushVlan(t)
+            }
+            "strip_vlan" | "pop_vlan" => Action::StripVlan,
+            "mod_dl_src" => Action::SetDlSrc(parse_mac(need("mod_dl_src")?, "mod_dl_src")?),
+            "mod_dl_dst" => Action::SetDlDst(parse_mac(need("mod_dl_dst")?, "mod_dl_dst")?),
+            "mod_nw_src" => Action::SetNwSrc(parse_v4(need("mod_nw_src")?, "mod_nw_src")?),
+            "mod_nw_dst" => Action::SetNwDst(parse_v4(need("mod_nw_dst")?, "mod_nw_dst")?),
+            "mod_tp_src" => Action::SetTpSrc(parse_num(need("mod_tp_src")?, "mod_tp_src", 0xffff)? as u16),
+            "mod_tp_dst" => Action::SetTpDst(parse_num(need("mod_tp_dst")?, "mod_tp_dst", 0xffff)? as u16),
+            "dec_ttl" => Action::DecTtl,
+            "set_tunnel" | "set_tunnel64" => {
+                Action::SetTunnelId(parse_num(need("set_tunnel")?, "set_tunnel", u64::MAX)?)
+            }
+            "set_field" => {
+                let a = need("set_field")?;
+                let Some((value, field)) = a.split_once("->") else {
+                    return err(format!("set_field argument '{a}' must be 'VALUE->FIELD'"));
+                };
+                match field.trim() {
+                    "tun_id" | "tunnel_id" => Action::SetTunnelId(parse_num(value, "set_field", u64::MAX)?),
+                    "tun_dst" => Action::SetTunnelDst(parse_v4(value, "set_field")?),
+                    "eth_src" | "dl_src" => Action::SetDlSrc(parse_mac(value, "set_field")?),
+                    "eth_dst" | "dl_dst" => Action::SetDlDst(parse_mac(value, "set_field")?),
+                    "ip_src" | "nw_src" => Action::SetNwSrc(parse_v4(value, "set_field")?),
+                    "ip_dst" | "nw_dst" => Action::SetNwDst(parse_v4(value, "set_field")?),
+                    "tp_src" | "tcp_src" | "udp_src" => Action::SetTpSrc(parse_num(value, "set_field", 0xffff)? as u16),
+                    "tp_dst" | "tcp_dst" | "udp_dst" => Action::SetTpDst(parse_num(value, "set_field", 0xffff)? as u16),
+                    "vlan_vid" => Action::SetVlanVid(parse_num(value, "set_field", 4095)? as u16),
+                    other => return err(format!("set_field cannot set '{other}'")),
+                }
+            }
+            _ if arg.is_none() && name.bytes().all(|b| b.is_ascii_digit()) => Action::Output(parse_port(name, ports)?),
+            _ => return err(format!("unknown action '{name}'")),
+        };
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// Checks that header rewrites have the match they need (OpenFlow's
+/// action prerequisites).
+pub(crate) fn check_action_prerequisites(actions: &[Action], m: &Match) -> Result<(), FlowParseError> {
+    for a in actions {
+        match a {
+            Action::SetNwSrc(_) | Action::SetNwDst(_) if m.dl_type() != Some(ethertype::IPV4) => {
+                return err(format!("{a} requires an IPv4 match ('ip,')"));
+            }
+            Action::SetTpSrc(_) | Action::SetTpDst(_) if !matches!(m.nw_proto(), Some(6 | 17)) => {
+                return err(format!("{a} requires a tcp or udp match"));
+            }
+            Action::DecTtl if !matches!(m.dl_type(), Some(ethertype::IPV4 | ethertype::IPV6)) => {
+                return err("dec_ttl requires an ip or ipv6 match");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Where the headers of a packet being rewritten are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Headers {
+    pub dl_type: u16,
+    pub l3: usize,
+    /// Offset of the transport header, 0 if there is none to rewrite.
+    pub l4: usize,
+    pub nw_proto: u8,
+}
+
+/// RFC 1624 eqn. 3: the checksum after a 16-bit word changes.
+#[inline]
+fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!csum as u32) + (!old as u32 & 0xffff) + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+fn get16(d: &[u8], at: usize) -> u16 {
+    be16(d, at)
+}
+
+fn put16(d: &mut [u8], at: usize, v: u16) {
+    d[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Offset of the TCP/UDP checksum within the transport header, if the
+/// packet has one that covers the pseudo-header.
+fn l4_csum_offset(h: &Headers, len: usize) -> Option<usize> {
+    let off = match h.nw_proto {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    (h.l4 != 0 && h.l4 + off + 2 <= len).then_some(h.l4 + off)
+}
+
+fn update_l4_csum(d: &mut [u8], h: &Headers, old: u16, new: u16) {
+    if let Some(at) = l4_csum_offset(h, d.len()) {
+        let c = get16(d, at);
+        if h.nw_proto == 17 && c == 0 {
+            return; // no UDP checksum
+        }
+        let mut n = csum_replace(c, old, new);
+        if h.nw_proto == 17 && n == 0 {
+            n = 0xffff;
+        }
+        put16(d, at, n);
+    }
+}
+
+/// Rewrites the IPv4 source (`src`) or destination address.
+pub(crate) fn set_ipv4_addr(p: &mut Packet, h: &Headers, src: bool, addr: Ipv4Addr) {
+    if h.dl_type != ethertype::IPV4 {
+        return;
+    }
+    let d = p.data_mut();
+    let at = h.l3 + if src { 12 } else { 16 };
+    if at + 4 > d.len() {
+        return;
+    }
+    let new = addr.octets();
+    for half in 0..2 {
+        let o = at + 2 * half;
+        let old = get16(d, o);
+        let nw = u16::from_be_bytes([new[2 * half], new[2 * half + 1]]);
+        let c = csum_replace(get16(d, h.l3 + 10), old, nw);
+        put16(d, h.l3 + 10, c);
+        update_l4_csum(d, h, old, nw);
+        put16(d, o, nw);
+    }
+}
+
+/// Rewrites the TCP/UDP source (`src`) or destination port.
+pub(crate) fn set_l4_port(p: &mut Packet, h: &Headers, src: bool, port: u16) {
+    if !matches!(h.nw_proto, 6 | 17) || h.l4 == 0 {
+        return;
+    }
+    let d = p.data_mut();
+    let at = h.l4 + if src { 0 } else { 2 };
+    if at + 2 > d.len() {
+        return;
+    }
+    let old = get16(d, at);
+    update_l4_csum(d, h, old, port);
+    put16(d, at, port);
+}
+
+/// Decrements the TTL / hop limit; false if the packet must be dropped.
+pub(crate) fn dec_ttl(p: &mut Packet, h: &Headers) -> bool {
+    let d = p.data_mut();
+    match h.dl_type {
+        ethertype::IPV4 if h.l3 + 20 <= d.len() => {
+            let ttl = d[h.l3 + 8];
+            if ttl <= 1 {
+                return false;
+            }
+            let old = get16(d, h.l3 + 8);
+            d[h.l3 + 8] = ttl - 1;
+            let c = csum_replace(get16(d, h.l3 + 10), old, get16(d, h.l3 + 8));
+            put16(d, h.l3 + 10, c);
+            true
+        }
+        ethertype::IPV6 if h.l3 + 40 <= d.len() => {
+            if d[h.l3 + 7] <= 1 {
+                return false;
+            }
+            d[h.l3 + 7] -= 1;
+            true
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Internet checksum from scratch (RFC 1071), to check updates.
+    fn checksum(bytes: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        for c in bytes.chunks(2) {
+            sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn udp_packet() -> Packet {
+        let mut f = vec![0u8; 14 + 20 + 8 + 6];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&34u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let c = checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34..36].copy_from_slice(&1000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&53u16.to_be_bytes());
+        f[38..40].copy_from_slice(&14u16.to_be_bytes());
+        f[42..48].copy_from_slice(b"hello!");
+        let c = udp_checksum(&f);
+        f[40..42].copy_from_slice(&c.to_be_bytes());
+        Packet::from_frame(&f)
+    }
+
+    fn udp_checksum(f: &[u8]) -> u16 {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&f[26..34]);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&f[38..40]);
+        let mut seg = f[34..].to_vec();
+        seg[6] = 0;
+        seg[7] = 0;
+        pseudo.extend_from_slice(&seg);
+        checksum(&pseudo)
+    }
+
+    const H: Headers = Headers { dl_type: 0x0800, l3: 14, l4: 34, nw_proto: 17 };
+
+    #[test]
+    fn address_rewrite_keeps_checksums_valid() {
+        let mut p = udp_packet();
+        set_ipv4_addr(&mut p, &H, true, Ipv4Addr::new(192, 168, 77, 9));
+        set_ipv4_addr(&mut p, &H, false, Ipv4Addr::new(172, 16, 0, 200));
+        let d = p.data();
+        assert_eq!(&d[26..34], &[192, 168, 77, 9, 172, 16, 0, 200]);
+        assert_eq!(checksum(&d[14..34]), 0, "IPv4 header checksum verifies");
+        assert_eq!(u16::from_be_bytes([d[40], d[41]]), udp_checksum(d), "UDP checksum matches a fresh one");
+    }
+
+    #[test]
+    fn port_rewrite_and_ttl() {
+        let mut p = udp_packet();
+        set_l4_port(&mut p, &H, false, 5353);
+        assert!(dec_ttl(&mut p, &H));
+        let d = p.data();
+        assert_eq!(u16::from_be_bytes([d[36], d[37]]), 5353);
+        assert_eq!(d[22], 63);
+        assert_eq!(checksum(&d[14..34]), 0);
+        assert_eq!(u16::from_be_bytes([d[40], d[41]]), udp_checksum(d));
+        let mut p = udp_packet();
+        p.data_mut()[22] = 1;
+        assert!(!dec_ttl(&mut p, &H), "TTL 1 cannot be forwarded");
+    }
+
+    #[test]
+    fn zero_udp_checksum_stays_zero() {
+        let mut p = udp_packet();
+        p.data_mut()[40..42].copy_from_slice(&[0, 0]);
+        set_ipv4_addr(&mut p, &H, true, Ipv4Addr::new(1, 2, 3, 4));
+        assert_eq!(&p.data()[40..42], &[0, 0]);
+    }
+
+    #[test]
+    fn parse_and_format_every_action() {
+        let ports = |s: &str| (s == "vm2").then_some(2);
+        let text = "output:3,NORMAL,FLOOD,ALL,IN_PORT,mod_vlan_vid:10,mod_vlan_pcp:5,push_vlan:0x8100,strip_vlan,\
+                    mod_dl_src:02:00:00:00:00:01,mod_dl_dst:02:00:00:00:00:02,mod_nw_src:10.1.1.1,mod_nw_dst:10.2.2.2,\
+                    mod_tp_src:1,mod_tp_dst:2,dec_ttl,set_tunnel:0x2a,set_field:192.168.0.9->tun_dst";
+        let a = parse_actions(text, &ports).unwrap();
+        assert_eq!(a.len(), 18);
+        assert_eq!(actions_to_text(&a), text);
+        assert_eq!(parse_actions("output:vm2,4", &ports).unwrap(), vec![Action::Output(2), Action::Output(4)]);
+        assert_eq!(parse_actions("drop", &ports).unwrap(), vec![]);
+        assert_eq!(parse_actions("set_field:0x10->tun_id", &ports).unwrap(), vec![Action::SetTunnelId(16)]);
+    }
+
+    #[test]
+    fn action_errors_name_the_token() {
+        let ports = |_: &str| None;
+        for (text, msg) in [
+            ("outptu:1", "unknown action 'outptu'"),
+            ("output:vm9", "output port 'vm9'"),
+            ("mod_vlan_vid:5000", "out of range"),
+            ("drop,output:1", "'drop' must be the only action"),
+            ("mod_nw_src:zz", "'zz' is not an IPv4 address"),
+            ("push_vlan:0x0800", "must be 0x8100 or 0x88a8"),
+            ("set_field:1->nw_ttl", "cannot set 'nw_ttl'"),
+            ("output", "needs an argument"),
+            ("", "at least one action"),
+        ] {
+            let e = parse_actions(text, &ports).unwrap_err().to_string();
+            assert!(e.contains(msg), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! A bridge's flow table: the rules, their counters and timeouts, the
+//! classifier, and the exact-match cache in front of it.
+//!
+//! The table is owned by the datapath thread and changed only between
+//! bursts (the control plane sends the change as a closure), so a packet
+//! sees the table entirely before or entirely after a change, and the fast
+//! path takes no lock. Every change moves the table's generation, which
+//! invalidates the exact-match cache.
+
+use std::collections::HashMap;
+
+use super::action::Action;
+use super::classifier::Classifier;
+use super::matching::Match;
+use super::packed::PackedKey;
+use super::spec::{FlowSelector, FlowSpec, FlowStats};
+
+/// Exact-match cache entries (a power of two).
+const EMC_ENTRIES: usize = 8192;
+/// "No rule matched", cached.
+const NO_RULE: u32 = u32::MAX;
+/// How often timeouts are checked.
+const EXPIRY_INTERVAL_MS: u64 = 1000;
+
+/// Default maximum number of rules in one table.
+pub const DEFAULT_FLOW_LIMIT: usize = 1_000_000;
+
+/// A rule with its counters.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Its definition.
+    pub spec: FlowSpec,
+    /// Packets matched.
+    pub packets: u64,
+    /// Bytes matched.
+    pub bytes: u64,
+    /// When it was added (switch milliseconds).
+    pub created_ms: u64,
+    /// When a packet last matched it.
+    pub last_used_ms: u64,
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EmcEntry {
+    key: PackedKey,
+    rule: u32,
+    generation: u64,
+}
+
+/// Why a change to the table was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableError {
+    /// The table holds its maximum number of rules.
+    Full,
+}
+
+/// The flow table of one bridge. See the [module docs](self).
+#[derive(Debug)]
+pub struct FlowTable {
+    rules: Vec<Option<Rule>>,
+    free: Vec<u32>,
+    identity: HashMap<(Match, u16), u32, foldhash::fast::RandomState>,
+    classifier: Classifier,
+    emc: Box<[EmcEntry]>,
+    generation: u64,
+    next_seq: u64,
+    limit: usize,
+    timed: usize,
+    next_expiry_ms: u64,
+    /// The id of the only rule when the table is `priority=0,actions=normal`.
+    default_normal: Option<u32>,
+}
+
+impl FlowTable {
+    /// A table holding only `priority=0,actions=normal`: a learning switch.
+    pub fn new(limit: usize, now_ms: u64) -> Self {
+        let empty = EmcEntry { key: PackedKey::default(), rule: NO_RULE, generation: 0 };
+        let mut t = FlowTable {
+            rules: Vec::new(),
+            free: Vec::new(),
+            identity: HashMap::default(),
+            classifier: Classifier::new(),
+            emc: vec![empty; EMC_ENTRIES].into_boxed_slice(),
+            generation: 1,
+            next_seq: 0,
+            limit,
+            timed: 0,
+            next_expiry_ms: 0,
+            default_normal: None,
+        };
+        let normal = FlowSpec {
+            priority: 0,
+            matching: Match::any(),
+            actions: vec![Action::Normal],
+            cookie: 0,
+            idle_timeout: 0,
+            hard_timeout: 0,
+        };
+        let _ = t.add(normal, now_ms);
+        t
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.classifier.len()
+    }
+
+    /// True if the table has no rules (every packet is dropped).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of distinct masks.
+    pub fn masks(&self) -> usize {
+        self.classifier.subtables()
+    }
+
+    /// True if the table is exactly `priority=0,actions=normal`; the
+    /// datapath then skips classification altogether.
+    #[inline]
+    pub fn is_default_normal(&self) -> bool {
+        self.default_normal.is_some()
+    }
+
+    /// The single default rule's id, when [`is_default_normal`] holds.
+    ///
+    /// [`is_default_normal`]: FlowTable::is_default_normal
+    #[inline]
+    pub fn default_rule(&self) -> Option<u32> {
+        self.default_normal
+    }
+
+    fn changed(&mut self) {
+        self.generation += 1;
+        self.default_normal = None;
+        if self.len() == 1
+            && let Some((id, r)) = self.rules.iter().enumerate().find_map(|(i, r)| r.as_ref().map(|r| (i, r)))
+            && r.spec.matching == Match::any()
+            && r.spec.actions == [Action::Normal]
+            && r.spec.idle_timeout == 0
+            && r.spec.hard_timeout == 0
+        {
+            self.default_normal = Some(id as u32);
+        }
+    }
+
+    /// Adds a rule, replacing one with the same match and priority (whose
+    /// counters restart).
+    ///
+    /// # Errors
+    /// [`TableError::Full`] if the table is at its limit; nothing changes.
+    pub fn add(&mut self, spec: FlowSpec, now_ms: u64) -> Result<(), TableError> {
+        self.add_all(vec![spec], now_ms)
+    }
+
+    /// Adds several rules at once, or none if they do not all fit.
+    ///
+    /// # Errors
+    /// [`TableError::Full`]; nothing changes.
+    pub fn add_all(&mut self, specs: Vec<FlowSpec>, now_ms: u64) -> Result<(), TableError> {
+        let new = specs.iter().filter(|s| !self.identity.contains_key(&(s.matching, s.priority))).count();
+        if self.len() + new > self.limit {
+            return Err(TableError::Full);
+        }
+        for spec in specs {
+            if let Some(&id) = self.identity.get(&(spec.matching, spec.priority)) {
+                self.remove_id(id);
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            if spec.idle_timeout != 0 || spec.hard_timeout != 0 {
+                self.timed += 1;
+            }
+            let rule = Rule { spec, packets: 0, bytes: 0, created_ms: now_ms, last_used_ms: now_ms, seq };
+            let id = match self.free.pop() {
+                Some(id) => {
+                    self.rules[id as usize] = Some(rule);
+                    id
+                }
+                None => {
+                    self.rules.push(Some(rule));
+                    (self.rules.len() - 1) as u32
+                }
+            };
+            let r = self.rules[id as usize].as_ref().expect("just inserted");
+            self.classifier.insert(id, &r.spec.matching, r.spec.priority, seq);
+            self.identity.insert((r.spec.matching, r.spec.priority), id);
+        }
+        self.changed();
+        Ok(())
+    }
+
+    fn remove_id(&mut self, id: u32) -> Option<Rule> {
+        let r = self.rules.get_mut(id as usize)?.take()?;
+        self.classifier.remove(id, &r.spec.matching, r.spec.priority);
+        self.identity.remove(&(r.spec.matching, r.spec.priority));
+        if r.spec.idle_timeout != 0 || r.spec.hard_timeout != 0 {
+            self.timed -= 1;
+        }
+        self.free.push(id);
+        Some(r)
+    }
+
+    fn selected(&self, sel: &FlowSelector, strict: bool) -> Vec<u32> {
+        if strict {
+            let prio = sel.priority.unwrap_or(super::spec::DEFAULT_PRIORITY);
+            return self
+                .identity
+                .get(&(sel.matching, prio))
+                .copied()
+                .filter(|&id| self.cookie_ok(id, sel))
+                .into_iter()
+                .collect();
+        }
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i as u32, r)))
+            .filter(|(id, r)| sel.matching.covers(&r.spec.matching) && self.cookie_ok(*id, sel))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    fn cookie_ok(&self, id: u32, sel: &FlowSelector) -> bool {
+        let Some((v, m)) = sel.cookie else { return true };
+        self.rules[id as usize].as_ref().is_some_and(|r| r.spec.cookie & m == v)
+    }
+
+    /// Removes the selected rules (OpenFlow's loose or strict delete);
+    /// returns how many.
+    pub fn delete(&mut self, sel: &FlowSelector, strict: bool) -> usize {
+        let ids = self.selected(sel, strict);
+        for &id in &ids {
+            self.remove_id(id);
+        }
+        if !ids.is_empty() {
+            self.changed();
+        }
+        ids.len()
+    }
+
+    /// Replaces the actions of the selected rules, keeping their counters;
+    /// returns how many.
+    pub fn modify(&mut self, sel: &FlowSelector, strict: bool, actions: &[Action]) -> usize {
+        let ids = self.selected(sel, strict);
+        for &id in &ids {
+            if let Some(r) = self.rules[id as usize].as_mut() {
+                r.spec.actions = actions.to_vec();
+            }
+        }
+        if !ids.is_empty() {
+            self.changed();
+        }
+        ids.len()
+    }
+
+    /// The rule `key` matches, using and filling the exact-match cache.
+    #[inline]
+    pub fn lookup(&mut self, key: &PackedKey) -> Option<u32> {
+        let slot = (key.hash64() as usize) & (EMC_ENTRIES - 1);
+        let e = &self.emc[slot];
+        if e.generation == self.generation && e.key == *key {
+            return (e.rule != NO_RULE).then_some(e.rule);
+        }
+        let found = self.classifier.lookup(key);
+        self.emc[slot] = EmcEntry { key: *key, rule: found.unwrap_or(NO_RULE), generation: self.generation };
+        found
+    }
+
+    /// The rule `key` matches, from the classifier alone (no cache, no
+    /// counters): for `trace` and tests.
+    pub fn classify(&self, key: &PackedKey) -> Option<u32> {
+        self.classifier.lookup(key)
+    }
+
+    /// Rule `id`.
+    #[inline]
+    pub fn rule(&self, id: u32) -> Option<&Rule> {
+        self.rules.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Counts a packet of `bytes` against rule `id`.
+    #[inline]
+    pub fn hit(&mut self, id: u32, packets: u64, bytes: u64, now_ms: u64) {
+        if let Some(Some(r)) = self.rules.get_mut(id as usize) {
+            r.packets += packets;
+            r.bytes += bytes;
+            r.last_used_ms = now_ms;
+        }
+    }
+
+    /// Removes rules whose idle or hard timeout has passed; cheap unless a
+    /// check is due (once a second) and some rule has a timeout.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        if self.timed == 0 || now_ms < self.next_expiry_ms {
+            return 0;
+        }
+        self.next_expiry_ms = now_ms + EXPIRY_INTERVAL_MS;
+        let doomed: Vec<u32> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let r = r.as_ref()?;
+                let idle = r.spec.idle_timeout != 0 && now_ms >= r.last_used_ms + r.spec.idle_timeout as u64 * 1000;
+                let hard = r.spec.hard_timeout != 0 && now_ms >= r.created_ms + r.spec.hard_timeout as u64 * 1000;
+                (idle || hard).then_some(i as u32)
+            })
+            .collect();
+        for &id in &doomed {
+            self.remove_id(id);
+        }
+        if !doomed.is_empty() {
+            self.changed();
+        }
+        doomed.len()
+    }
+
+    /// Every rule with its counters, highest priority first.
+    pub fn dump(&self, now_ms: u64) -> Vec<FlowStats> {
+        let mut rules: Vec<&Rule> = self.rules.iter().flatten().collect();
+        rules.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.seq.cmp(&b.seq)));
+        rules
+            .into_iter()
+            .map(|r| FlowStats {
+                cookie: r.spec.cookie,
+                duration_secs: now_ms.saturating_sub(r.created_ms) as f64 / 1000.0,
+                n_packets: r.packets,
+                n_bytes: r.bytes,
+                priority: r.spec.priority,
+                matching: r.spec.matching.to_text(),
+                actions: super::action::actions_to_text(&r.spec.actions),
+                idle_timeout: r.spec.idle_timeout,
+                hard_timeout: r.spec.hard_timeout,
+                idle_age_secs: now_ms.saturating_sub(r.last_used_ms) / 1000,
+            })
+            .collect()
+    }
+}
