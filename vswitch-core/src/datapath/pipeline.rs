@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::flow::{Action, FlowKey, FlowTable, Headers, Layer, dec_ttl, set_ipv4_addr, set_l4_port};
+use crate::flow::{Action, FlowKey, FlowTable, Headers, Layer, PackedKey, dec_ttl, set_ipv4_addr, set_l4_port};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
@@ -72,6 +72,7 @@ pub struct Datapath {
     misses: Vec<(u32, u64)>,
     keys: Vec<u64>,
     answers: Vec<Option<PortNo>>,
+    parsed: Vec<(PackedKey, Headers, u32)>,
 }
 
 impl Default for Datapath {
@@ -104,6 +105,7 @@ impl Datapath {
             misses: Vec::with_capacity(BURST),
             keys: Vec::with_capacity(BURST),
             answers: Vec::with_capacity(BURST),
+            parsed: Vec::with_capacity(BURST),
         }
     }
 
@@ -448,23 +450,41 @@ impl Datapath {
         bridge.cache.begin_burst(&bridge.mac);
         let ingress = Ingress { slot: in_slot, port: in_port, now_ms };
         let mut drops = [0u64; DropReason::ALL.len()];
-        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
-        for pkt in rx.drain(..) {
-            let len = pkt.len() as u64;
-            rx_packets += 1;
-            rx_bytes += len;
+        let rx_packets = rx.len() as u64;
+        let mut rx_bytes = 0u64;
+
+        // Three passes over the burst, so the latencies of one packet's
+        // steps overlap with the next packet's: extract every key, look
+        // every key up, then execute.
+        let mut parsed = std::mem::take(&mut self.parsed);
+        parsed.clear();
+        for pkt in rx.iter() {
+            rx_bytes += pkt.len() as u64;
             let key = FlowKey::extract(pkt.data(), in_port);
-            let Some(id) = bridge.flows.lookup(&key.pack()) else {
+            let headers = Headers {
+                dl_type: key.dl_type,
+                l3: key.l3_offset as usize,
+                l4: if key.parsed == Layer::Transport { key.l4_offset as usize } else { 0 },
+                nw_proto: key.nw_proto,
+            };
+            parsed.push((key.pack(), headers, 0u32));
+        }
+        for (key, _, rule) in parsed.iter_mut() {
+            *rule = bridge.flows.lookup(key).unwrap_or(u32::MAX);
+        }
+        for (pkt, &(_, headers, id)) in rx.drain(..).zip(parsed.iter()) {
+            if id == u32::MAX {
                 drops[DropReason::NoMatch as usize] += 1;
                 self.pool.put(pkt);
                 continue;
-            };
-            bridge.flows.hit(id, 1, len, now_ms);
+            }
+            bridge.flows.hit(id, 1, pkt.len() as u64, now_ms);
             let BridgeState { mac, cache, flows, slots, by_port_no } = &mut bridge;
             let actions = &flows.rule(id).expect("a rule just matched").spec.actions;
             let parts = BridgeParts { mac, cache, slots, by_port_no };
-            self.execute(actions, parts, ingress, pkt, &key, &mut drops);
+            self.execute(actions, parts, ingress, pkt, headers, &mut drops);
         }
+        self.parsed = parsed;
         self.bridges[bridge_idx] = Some(bridge);
         PortCounters::add(&counters.rx_packets, rx_packets);
         PortCounters::add(&counters.rx_bytes, rx_bytes);
@@ -482,7 +502,7 @@ impl Datapath {
         mut br: BridgeParts<'_>,
         at: Ingress,
         pkt: Packet,
-        key: &FlowKey,
+        mut h: Headers,
         drops: &mut [u64; DropReason::ALL.len()],
     ) {
         let last_output = actions.iter().rposition(Action::is_output);
@@ -490,12 +510,6 @@ impl Datapath {
             drops[DropReason::FlowDrop as usize] += 1;
             self.pool.put(pkt);
             return;
-        };
-        let mut h = Headers {
-            dl_type: key.dl_type,
-            l3: key.l3_offset as usize,
-            l4: if key.parsed == Layer::Transport { key.l4_offset as usize } else { 0 },
-            nw_proto: key.nw_proto,
         };
         let mut pkt = Some(pkt);
         for (i, action) in actions.iter().enumerate().take(last_output + 1) {

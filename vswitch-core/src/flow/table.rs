@@ -15,8 +15,8 @@ use super::matching::Match;
 use super::packed::PackedKey;
 use super::spec::{FlowSelector, FlowSpec, FlowStats};
 
-/// Exact-match cache entries (a power of two).
-const EMC_ENTRIES: usize = 8192;
+/// Exact-match cache sets (a power of two), of two entries each.
+const EMC_SETS: usize = 4096;
 /// "No rule matched", cached.
 const NO_RULE: u32 = u32::MAX;
 /// How often timeouts are checked.
@@ -43,6 +43,7 @@ pub struct Rule {
 
 #[derive(Debug, Clone, Copy)]
 struct EmcEntry {
+    hash: u64,
     key: PackedKey,
     rule: u32,
     generation: u64,
@@ -75,13 +76,13 @@ pub struct FlowTable {
 impl FlowTable {
     /// A table holding only `priority=0,actions=normal`: a learning switch.
     pub fn new(limit: usize, now_ms: u64) -> Self {
-        let empty = EmcEntry { key: PackedKey::default(), rule: NO_RULE, generation: 0 };
+        let empty = EmcEntry { hash: 0, key: PackedKey::default(), rule: NO_RULE, generation: 0 };
         let mut t = FlowTable {
             rules: Vec::new(),
             free: Vec::new(),
             identity: HashMap::default(),
             classifier: Classifier::new(),
-            emc: vec![empty; EMC_ENTRIES].into_boxed_slice(),
+            emc: vec![empty; EMC_SETS * 2].into_boxed_slice(),
             generation: 1,
             next_seq: 0,
             limit,
@@ -256,15 +257,23 @@ impl FlowTable {
     }
 
     /// The rule `key` matches, using and filling the exact-match cache.
+    ///
+    /// The cache is two-way set associative: a new entry goes in the first
+    /// way and pushes the old first way into the second, so a set keeps
+    /// its two most recently missed flows.
     #[inline]
     pub fn lookup(&mut self, key: &PackedKey) -> Option<u32> {
-        let slot = (key.hash64() as usize) & (EMC_ENTRIES - 1);
-        let e = &self.emc[slot];
-        if e.generation == self.generation && e.key == *key {
-            return (e.rule != NO_RULE).then_some(e.rule);
+        let hash = key.hash64();
+        let set = ((hash as usize) & (EMC_SETS - 1)) * 2;
+        for way in set..set + 2 {
+            let e = &self.emc[way];
+            if e.hash == hash && e.generation == self.generation && e.key == *key {
+                return (e.rule != NO_RULE).then_some(e.rule);
+            }
         }
         let found = self.classifier.lookup(key);
-        self.emc[slot] = EmcEntry { key: *key, rule: found.unwrap_or(NO_RULE), generation: self.generation };
+        self.emc[set + 1] = self.emc[set];
+        self.emc[set] = EmcEntry { hash, key: *key, rule: found.unwrap_or(NO_RULE), generation: self.generation };
         found
     }
 
