@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::flow::{Action, FlowKey, FlowTable, Headers, Layer, PackedKey, dec_ttl, set_ipv4_addr, set_l4_port};
+use crate::flow::{Action, FlowTable, Headers, PackedParse, dec_ttl, set_ipv4_addr, set_l4_port};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
@@ -72,7 +72,7 @@ pub struct Datapath {
     misses: Vec<(u32, u64)>,
     keys: Vec<u64>,
     answers: Vec<Option<PortNo>>,
-    parsed: Vec<(PackedKey, Headers, u32)>,
+    parsed: Vec<(PackedParse, u32)>,
 }
 
 impl Default for Datapath {
@@ -457,22 +457,16 @@ impl Datapath {
         // steps overlap with the next packet's: extract every key, look
         // every key up, then execute.
         let mut parsed = std::mem::take(&mut self.parsed);
-        parsed.clear();
-        for pkt in rx.iter() {
+        parsed.resize(rx.len(), (PackedParse::default(), 0));
+        for (pkt, (p, _)) in rx.iter().zip(parsed.iter_mut()) {
             rx_bytes += pkt.len() as u64;
-            let key = FlowKey::extract(pkt.data(), in_port);
-            let headers = Headers {
-                dl_type: key.dl_type,
-                l3: key.l3_offset as usize,
-                l4: if key.parsed == Layer::Transport { key.l4_offset as usize } else { 0 },
-                nw_proto: key.nw_proto,
-            };
-            parsed.push((key.pack(), headers, 0u32));
+            p.parse(pkt.data(), in_port);
         }
-        for (key, _, rule) in parsed.iter_mut() {
-            *rule = bridge.flows.lookup(key).unwrap_or(u32::MAX);
+        for (p, rule) in parsed.iter_mut() {
+            *rule = bridge.flows.lookup(&p.key).unwrap_or(u32::MAX);
         }
-        for (pkt, &(_, headers, id)) in rx.drain(..).zip(parsed.iter()) {
+        for (pkt, &(ref p, id)) in rx.drain(..).zip(parsed.iter()) {
+            let headers = p.headers;
             if id == u32::MAX {
                 drops[DropReason::NoMatch as usize] += 1;
                 self.pool.put(pkt);
@@ -551,9 +545,8 @@ impl Datapath {
                     shift(&mut h, 4);
                 }
                 Action::StripVlan => {
-                    if p.pop_vlan().is_some() {
-                        shift(&mut h, -4);
-                    }
+                    let popped = p.pop_vlan().is_some();
+                    shift(&mut h, if popped { -4 } else { 0 });
                 }
                 Action::SetDlSrc(m) if p.len() >= ETHERNET_HEADER_LEN => p.data_mut()[6..12].copy_from_slice(&m.0),
                 Action::SetDlDst(m) if p.len() >= ETHERNET_HEADER_LEN => p.data_mut()[0..6].copy_from_slice(&m.0),
@@ -562,7 +555,8 @@ impl Datapath {
                 Action::SetTpSrc(port) => set_l4_port(p, &h, true, port),
                 Action::SetTpDst(port) => set_l4_port(p, &h, false, port),
                 Action::DecTtl => {
-                    if !dec_ttl(p, &h) {
+                    let alive = dec_ttl(p, &h);
+                    if !alive {
                         drops[DropReason::TtlExpired as usize] += 1;
                         let p = pkt.take().expect("present");
                         self.pool.put(p);

@@ -214,7 +214,7 @@ pub(crate) fn check_action_prerequisites(actions: &[Action], m: &Match) -> Resul
 }
 
 /// Where the headers of a packet being rewritten are.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Headers {
     pub dl_type: u16,
     pub l3: usize,

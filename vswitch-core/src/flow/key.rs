@@ -1,4 +1,4 @@
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 use smoltcp::wire::{ArpHardware, ArpPacket, Ipv4Packet, Ipv6ExtHeader, Ipv6Packet, TcpPacket, UdpPacket};
@@ -179,6 +179,86 @@ mod proto {
 /// that is treated as malformed (it bounds the work a crafted packet costs).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 
+/// Where the parser writes what it finds. Parsing is written once, over
+/// this trait; [`FlowKey`] is the full, named form and
+/// [`PackedParse`](super::PackedParse) the classifier's packed form, filled
+/// directly without building a `FlowKey` first.
+pub(crate) trait KeySink {
+    fn ethernet(&mut self, dst: &[u8], src: &[u8]);
+    fn vlan(&mut self, depth: usize, tpid: u16, tci: VlanTci);
+    fn dl_type(&mut self, et: u16);
+    fn ipv4(&mut self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, tos: u8, ttl: u8, l3: usize);
+    fn ipv6(&mut self, src: Ipv6Addr, dst: Ipv6Addr, tos: u8, ttl: u8, l3: usize);
+    fn nw_proto(&mut self, proto: u8);
+    fn frag(&mut self, frag: FragKind);
+    fn ports(&mut self, src: u16, dst: u16, l4: usize);
+    fn icmp(&mut self, ty: u8, code: u8, l4: usize);
+    fn arp(&mut self, op: u16, spa: Ipv4Addr, tpa: Ipv4Addr, sha: &[u8], tha: &[u8], l3: usize);
+    fn layer(&mut self, layer: Layer);
+    fn truncated(&mut self);
+}
+
+impl KeySink for FlowKey {
+    #[inline]
+    fn ethernet(&mut self, dst: &[u8], src: &[u8]) {
+        self.dl_dst = MacAddr::from_slice(dst);
+        self.dl_src = MacAddr::from_slice(src);
+    }
+    #[inline]
+    fn vlan(&mut self, depth: usize, tpid: u16, tci: VlanTci) {
+        if depth == 0 {
+            self.vlan_tpid = tpid;
+            self.vlan_tci = Some(tci);
+        } else {
+            self.vlan_tci_inner = Some(tci);
+        }
+    }
+    #[inline]
+    fn dl_type(&mut self, et: u16) {
+        self.dl_type = et;
+    }
+    #[inline]
+    fn ipv4(&mut self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, tos: u8, ttl: u8, l3: usize) {
+        (self.nw_src, self.nw_dst) = (IpAddr::V4(src), IpAddr::V4(dst));
+        (self.nw_proto, self.nw_tos, self.nw_ttl, self.l3_offset) = (proto, tos, ttl, l3 as u16);
+    }
+    #[inline]
+    fn ipv6(&mut self, src: Ipv6Addr, dst: Ipv6Addr, tos: u8, ttl: u8, l3: usize) {
+        (self.nw_src, self.nw_dst) = (IpAddr::V6(src), IpAddr::V6(dst));
+        (self.nw_tos, self.nw_ttl, self.l3_offset) = (tos, ttl, l3 as u16);
+    }
+    #[inline]
+    fn nw_proto(&mut self, proto: u8) {
+        self.nw_proto = proto;
+    }
+    #[inline]
+    fn frag(&mut self, frag: FragKind) {
+        self.nw_frag = frag;
+    }
+    #[inline]
+    fn ports(&mut self, src: u16, dst: u16, l4: usize) {
+        (self.tp_src, self.tp_dst, self.l4_offset) = (src, dst, l4 as u16);
+    }
+    #[inline]
+    fn icmp(&mut self, ty: u8, code: u8, l4: usize) {
+        (self.icmp_type, self.icmp_code, self.l4_offset) = (ty, code, l4 as u16);
+    }
+    #[inline]
+    fn arp(&mut self, op: u16, spa: Ipv4Addr, tpa: Ipv4Addr, sha: &[u8], tha: &[u8], l3: usize) {
+        (self.arp_op, self.arp_spa, self.arp_tpa, self.l3_offset) = (op, spa, tpa, l3 as u16);
+        self.arp_sha = MacAddr::from_slice(sha);
+        self.arp_tha = MacAddr::from_slice(tha);
+    }
+    #[inline]
+    fn layer(&mut self, layer: Layer) {
+        self.parsed = layer;
+    }
+    #[inline]
+    fn truncated(&mut self) {
+        self.truncated = true;
+    }
+}
+
 impl FlowKey {
     /// Extracts the key of `frame`, received on `in_port`.
     ///
@@ -195,213 +275,194 @@ impl FlowKey {
     /// ```
     pub fn extract(frame: &[u8], in_port: PortNo) -> FlowKey {
         let mut key = FlowKey { in_port, ..FlowKey::default() };
-        key.parse_ethernet(frame);
+        parse_ethernet(&mut key, frame);
         key
     }
+}
 
-    fn parse_ethernet(&mut self, frame: &[u8]) {
-        if frame.len() < crate::wire::ETHERNET_HEADER_LEN {
-            self.truncated = true;
-            return;
-        }
-        self.dl_dst = MacAddr::from_slice(&frame[0..6]);
-        self.dl_src = MacAddr::from_slice(&frame[6..12]);
-        self.parsed = Layer::Ethernet;
-        let mut off = crate::wire::ETHERTYPE_OFFSET;
-        let mut et = be16(frame, off);
-        // Up to two tags (802.1ad S-tag over 802.1Q C-tag, or two C-tags).
-        for depth in 0..2 {
-            if et != ethertype::VLAN && et != ethertype::QINQ {
-                break;
-            }
-            if frame.len() < off + 2 + VLAN_TAG_LEN {
-                self.truncated = true;
-                return;
-            }
-            let tci = VlanTci(be16(frame, off + 2));
-            if depth == 0 {
-                self.vlan_tpid = et;
-                self.vlan_tci = Some(tci);
-            } else {
-                self.vlan_tci_inner = Some(tci);
-            }
-            off += VLAN_TAG_LEN;
-            et = be16(frame, off);
-        }
-        self.dl_type = et;
-        let l3 = off + 2;
-        let payload = &frame[l3..];
-        match et {
-            ethertype::IPV4 => self.parse_ipv4(payload, l3),
-            ethertype::IPV6 => self.parse_ipv6(payload, l3),
-            ethertype::ARP => self.parse_arp(payload, l3),
-            _ => {}
-        }
+/// Parses `frame` into `sink`.
+#[inline]
+pub(crate) fn parse_ethernet<S: KeySink>(sink: &mut S, frame: &[u8]) {
+    if frame.len() < crate::wire::ETHERNET_HEADER_LEN {
+        sink.truncated();
+        return;
     }
-
-    fn parse_ipv4(&mut self, buf: &[u8], l3: usize) {
-        let Ok(ip) = Ipv4Packet::new_checked(buf) else {
-            self.truncated = true;
-            return;
-        };
-        if ip.version() != 4 {
-            self.truncated = true;
-            return;
+    sink.ethernet(&frame[0..6], &frame[6..12]);
+    sink.layer(Layer::Ethernet);
+    let mut off = crate::wire::ETHERTYPE_OFFSET;
+    let mut et = be16(frame, off);
+    // Up to two tags (802.1ad S-tag over 802.1Q C-tag, or two C-tags).
+    for depth in 0..2 {
+        if et != ethertype::VLAN && et != ethertype::QINQ {
+            break;
         }
-        self.nw_src = IpAddr::V4(ip.src_addr());
-        self.nw_dst = IpAddr::V4(ip.dst_addr());
-        self.nw_proto = ip.next_header().into();
-        self.nw_tos = (ip.dscp() << 2) | ip.ecn();
-        self.nw_ttl = ip.hop_limit();
-        self.l3_offset = l3 as u16;
-        self.parsed = Layer::Network;
-        if ip.frag_offset() != 0 {
-            self.nw_frag = FragKind::Later;
+        if frame.len() < off + 2 + VLAN_TAG_LEN {
+            sink.truncated();
             return;
         }
-        if ip.more_frags() {
-            self.nw_frag = FragKind::First;
-        }
-        let hl = ip.header_len() as usize;
-        self.parse_l4(ip.payload(), l3 + hl);
+        sink.vlan(depth, et, VlanTci(be16(frame, off + 2)));
+        off += VLAN_TAG_LEN;
+        et = be16(frame, off);
     }
+    sink.dl_type(et);
+    let l3 = off + 2;
+    let payload = &frame[l3..];
+    match et {
+        ethertype::IPV4 => parse_ipv4(sink, payload, l3),
+        ethertype::IPV6 => parse_ipv6(sink, payload, l3),
+        ethertype::ARP => parse_arp(sink, payload, l3),
+        _ => {}
+    }
+}
 
-    fn parse_ipv6(&mut self, buf: &[u8], l3: usize) {
-        let Ok(ip) = Ipv6Packet::new_checked(buf) else {
-            self.truncated = true;
-            return;
-        };
-        if ip.version() != 6 {
-            self.truncated = true;
-            return;
-        }
-        self.nw_src = IpAddr::V6(ip.src_addr());
-        self.nw_dst = IpAddr::V6(ip.dst_addr());
-        self.nw_tos = ip.traffic_class();
-        self.nw_ttl = ip.hop_limit();
-        self.l3_offset = l3 as u16;
-        self.parsed = Layer::Network;
+#[inline]
+fn parse_ipv4<S: KeySink>(sink: &mut S, buf: &[u8], l3: usize) {
+    let Ok(ip) = Ipv4Packet::new_checked(buf) else {
+        sink.truncated();
+        return;
+    };
+    if ip.version() != 4 {
+        sink.truncated();
+        return;
+    }
+    let proto: u8 = ip.next_header().into();
+    sink.ipv4(ip.src_addr(), ip.dst_addr(), proto, (ip.dscp() << 2) | ip.ecn(), ip.hop_limit(), l3);
+    sink.layer(Layer::Network);
+    if ip.frag_offset() != 0 {
+        sink.frag(FragKind::Later);
+        return;
+    }
+    if ip.more_frags() {
+        sink.frag(FragKind::First);
+    }
+    let hl = ip.header_len() as usize;
+    parse_l4(sink, proto, ip.payload(), l3 + hl);
+}
 
-        let mut next: u8 = ip.next_header().into();
-        let mut rest = ip.payload();
-        let mut off = l3 + ip.header_len();
-        for _ in 0..=MAX_IPV6_EXT_HEADERS {
-            // RFC 8200 §4: extension headers are walked in order until an
-            // upper-layer header (or one we do not skip) is reached.
-            let len = match next {
-                proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS | proto::MOBILITY | proto::HIP | proto::SHIM6 => {
-                    match Ipv6ExtHeader::new_checked(rest) {
-                        // Hdr Ext Len counts 8-octet units beyond the first 8.
-                        Ok(h) => 8 + 8 * h.header_len() as usize,
-                        Err(_) => return self.stop_truncated(next),
-                    }
+fn parse_ipv6<S: KeySink>(sink: &mut S, buf: &[u8], l3: usize) {
+    let Ok(ip) = Ipv6Packet::new_checked(buf) else {
+        sink.truncated();
+        return;
+    };
+    if ip.version() != 6 {
+        sink.truncated();
+        return;
+    }
+    sink.ipv6(ip.src_addr(), ip.dst_addr(), ip.traffic_class(), ip.hop_limit(), l3);
+    sink.layer(Layer::Network);
+
+    let mut next: u8 = ip.next_header().into();
+    let mut rest = ip.payload();
+    let mut off = l3 + ip.header_len();
+    let stop = |sink: &mut S, proto: u8| {
+        sink.nw_proto(proto);
+        sink.truncated();
+    };
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+        // RFC 8200 §4: extension headers are walked in order until an
+        // upper-layer header (or one we do not skip) is reached.
+        let len = match next {
+            proto::HOPOPTS | proto::ROUTING | proto::DSTOPTS | proto::MOBILITY | proto::HIP | proto::SHIM6 => {
+                match Ipv6ExtHeader::new_checked(rest) {
+                    // Hdr Ext Len counts 8-octet units beyond the first 8.
+                    Ok(h) => 8 + 8 * h.header_len() as usize,
+                    Err(_) => return stop(sink, next),
                 }
-                proto::AH => {
-                    // RFC 4302 §2.2: Payload Len counts 4-octet units, minus 2.
-                    if rest.len() < 2 {
-                        return self.stop_truncated(next);
-                    }
-                    (rest[1] as usize + 2) * 4
+            }
+            proto::AH => {
+                // RFC 4302 §2.2: Payload Len counts 4-octet units, minus 2.
+                if rest.len() < 2 {
+                    return stop(sink, next);
                 }
-                proto::FRAGMENT => {
-                    // RFC 8200 §4.5: fixed 8 octets; offset in the top 13 bits.
-                    if rest.len() < 8 {
-                        return self.stop_truncated(next);
-                    }
-                    let frag = be16(rest, 2);
-                    if frag >> 3 != 0 {
-                        self.nw_frag = FragKind::Later;
-                        self.nw_proto = rest[0];
-                        return;
-                    }
-                    if frag & 1 != 0 {
-                        self.nw_frag = FragKind::First;
-                    }
-                    8
+                (rest[1] as usize + 2) * 4
+            }
+            proto::FRAGMENT => {
+                // RFC 8200 §4.5: fixed 8 octets; offset in the top 13 bits.
+                if rest.len() < 8 {
+                    return stop(sink, next);
                 }
-                _ => {
-                    self.nw_proto = next;
-                    self.parse_l4(rest, off);
+                let frag = be16(rest, 2);
+                if frag >> 3 != 0 {
+                    sink.frag(FragKind::Later);
+                    sink.nw_proto(rest[0]);
                     return;
                 }
-            };
-            if rest.len() < len {
-                return self.stop_truncated(next);
+                if frag & 1 != 0 {
+                    sink.frag(FragKind::First);
+                }
+                8
             }
-            next = rest[0];
-            rest = &rest[len..];
-            off += len;
-        }
-        // An extension chain longer than we are willing to walk.
-        self.stop_truncated(next);
-    }
-
-    fn stop_truncated(&mut self, proto: u8) {
-        self.nw_proto = proto;
-        self.truncated = true;
-    }
-
-    fn parse_l4(&mut self, buf: &[u8], l4: usize) {
-        match self.nw_proto {
-            proto::TCP => match TcpPacket::new_checked(buf) {
-                Ok(tcp) => {
-                    self.tp_src = tcp.src_port();
-                    self.tp_dst = tcp.dst_port();
-                }
-                Err(_) => return self.truncated = true,
-            },
-            proto::UDP => match UdpPacket::new_checked(buf) {
-                Ok(udp) => {
-                    self.tp_src = udp.src_port();
-                    self.tp_dst = udp.dst_port();
-                }
-                Err(_) => return self.truncated = true,
-            },
-            proto::SCTP => {
-                // RFC 9260 §3.1: a 12-octet common header, ports first.
-                if buf.len() < 12 {
-                    return self.truncated = true;
-                }
-                self.tp_src = be16(buf, 0);
-                self.tp_dst = be16(buf, 2);
+            _ => {
+                sink.nw_proto(next);
+                parse_l4(sink, next, rest, off);
+                return;
             }
-            proto::ICMP | proto::ICMPV6 => {
-                // Type, code, checksum: RFC 792 and RFC 4443 §2.1.
-                if buf.len() < 4 {
-                    return self.truncated = true;
-                }
-                self.icmp_type = buf[0];
-                self.icmp_code = buf[1];
-            }
-            _ => return,
-        }
-        self.l4_offset = l4 as u16;
-        self.parsed = Layer::Transport;
-    }
-
-    fn parse_arp(&mut self, buf: &[u8], l3: usize) {
-        let Ok(arp) = ArpPacket::new_checked(buf) else {
-            self.truncated = true;
-            return;
         };
-        // Only Ethernet/IPv4 ARP has the fields OpenFlow matches on.
-        if arp.hardware_type() != ArpHardware::Ethernet
-            || u16::from(arp.protocol_type()) != ethertype::IPV4
-            || arp.hardware_len() != 6
-            || arp.protocol_len() != 4
-        {
-            return;
+        if rest.len() < len {
+            return stop(sink, next);
         }
-        self.arp_op = arp.operation().into();
-        self.arp_sha = MacAddr::from_slice(arp.source_hardware_addr());
-        self.arp_tha = MacAddr::from_slice(arp.target_hardware_addr());
-        let spa: [u8; 4] = arp.source_protocol_addr().try_into().unwrap_or([0; 4]);
-        let tpa: [u8; 4] = arp.target_protocol_addr().try_into().unwrap_or([0; 4]);
-        self.arp_spa = Ipv4Addr::from(spa);
-        self.arp_tpa = Ipv4Addr::from(tpa);
-        self.l3_offset = l3 as u16;
-        self.parsed = Layer::Network;
+        next = rest[0];
+        rest = &rest[len..];
+        off += len;
     }
+    // An extension chain longer than we are willing to walk.
+    stop(sink, next);
+}
+
+#[inline]
+fn parse_l4<S: KeySink>(sink: &mut S, nw_proto: u8, buf: &[u8], l4: usize) {
+    match nw_proto {
+        proto::TCP => match TcpPacket::new_checked(buf) {
+            Ok(tcp) => sink.ports(tcp.src_port(), tcp.dst_port(), l4),
+            Err(_) => return sink.truncated(),
+        },
+        proto::UDP => match UdpPacket::new_checked(buf) {
+            Ok(udp) => sink.ports(udp.src_port(), udp.dst_port(), l4),
+            Err(_) => return sink.truncated(),
+        },
+        proto::SCTP => {
+            // RFC 9260 §3.1: a 12-octet common header, ports first.
+            if buf.len() < 12 {
+                return sink.truncated();
+            }
+            sink.ports(be16(buf, 0), be16(buf, 2), l4);
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            // Type, code, checksum: RFC 792 and RFC 4443 §2.1.
+            if buf.len() < 4 {
+                return sink.truncated();
+            }
+            sink.icmp(buf[0], buf[1], l4);
+        }
+        _ => return,
+    }
+    sink.layer(Layer::Transport);
+}
+
+fn parse_arp<S: KeySink>(sink: &mut S, buf: &[u8], l3: usize) {
+    let Ok(arp) = ArpPacket::new_checked(buf) else {
+        sink.truncated();
+        return;
+    };
+    // Only Ethernet/IPv4 ARP has the fields OpenFlow matches on.
+    if arp.hardware_type() != ArpHardware::Ethernet
+        || u16::from(arp.protocol_type()) != ethertype::IPV4
+        || arp.hardware_len() != 6
+        || arp.protocol_len() != 4
+    {
+        return;
+    }
+    let spa: [u8; 4] = arp.source_protocol_addr().try_into().unwrap_or([0; 4]);
+    let tpa: [u8; 4] = arp.target_protocol_addr().try_into().unwrap_or([0; 4]);
+    sink.arp(
+        arp.operation().into(),
+        Ipv4Addr::from(spa),
+        Ipv4Addr::from(tpa),
+        arp.source_hardware_addr(),
+        arp.target_hardware_addr(),
+        l3,
+    );
+    sink.layer(Layer::Network);
 }
 
 #[cfg(test)]

@@ -336,7 +336,71 @@ fn truncation_at_every_length() {
     check_every_truncation(&icmp_v6_frame());
 }
 
+/// The packed parser must agree with packing the full key, always.
+fn check_packed_agrees(frame: &[u8], in_port: u32) {
+    let full = FlowKey::extract(frame, in_port);
+    let packed = crate::flow::PackedParse::extract(frame, in_port);
+    assert_eq!(packed.key, full.pack(), "packed key for {frame:02x?}");
+    assert_eq!(packed.parsed, full.parsed);
+    assert_eq!(packed.headers.dl_type, full.dl_type);
+    if full.parsed >= Layer::Network {
+        assert_eq!(packed.headers.l3, full.l3_offset as usize);
+        assert_eq!(packed.headers.nw_proto, if full.dl_type == 0x0806 { 0 } else { full.nw_proto });
+    }
+    let l4 = if full.parsed == Layer::Transport { full.l4_offset as usize } else { 0 };
+    assert_eq!(packed.headers.l4, l4);
+}
+
+#[test]
+fn packed_parser_agrees_on_fixtures_and_their_truncations() {
+    let frames = [
+        tcp_v4_frame(&[], 0),
+        tcp_v4_frame(&[], 8),
+        tcp_v4_frame(&[(0x88a8, 200, 1), (0x8100, 100, 0)], 0),
+        udp_v6_frame(),
+        arp_frame(),
+        icmp_v4_frame(),
+        icmp_v6_frame(),
+    ];
+    for f in &frames {
+        for n in 0..=f.len() {
+            check_packed_agrees(&f[..n], 7);
+        }
+    }
+}
+
 proptest! {
+    #[test]
+    fn packed_parser_agrees_on_random_frames(
+        tail in proptest::collection::vec(any::<u8>(), 0..80),
+        et in prop_oneof![Just(0x0800u16), Just(0x86dd), Just(0x0806), Just(0x8100), Just(0x88a8), any::<u16>()],
+        in_port in any::<u32>(),
+    ) {
+        let mut f = vec![0u8; 14];
+        f[..6].copy_from_slice(&DST);
+        f[6..12].copy_from_slice(&SRC);
+        f[12..14].copy_from_slice(&et.to_be_bytes());
+        f.extend_from_slice(&tail);
+        check_packed_agrees(&f, in_port);
+    }
+
+    /// Valid frames with a few bytes changed reach every layer's error
+    /// paths: both parsers must still agree.
+    #[test]
+    fn packed_parser_agrees_on_mutated_frames(
+        which in 0usize..6,
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+    ) {
+        let mut f = [tcp_v4_frame(&[], 8), tcp_v4_frame(&[(0x8100, 5, 0)], 0), udp_v6_frame(), arp_frame(), icmp_v4_frame(), icmp_v6_frame()]
+            [which]
+            .clone();
+        for (at, v) in edits {
+            let n = f.len();
+            f[at % n] = v;
+        }
+        check_packed_agrees(&f, 3);
+    }
+
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), in_port in 0u32..100) {
         let k = FlowKey::extract(&bytes, in_port);

@@ -23,7 +23,7 @@ pub(crate) use action::{Headers, dec_ttl, set_ipv4_addr, set_l4_port};
 pub use classifier::Classifier;
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
-pub use packed::{PackedKey, VLAN_PRESENT, WORDS};
+pub use packed::{PackedKey, PackedParse, VLAN_PRESENT, WORDS};
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver};
 pub use table::{DEFAULT_FLOW_LIMIT, FlowTable, Rule, TableError};
 pub use trace::{Trace, TraceOutput};

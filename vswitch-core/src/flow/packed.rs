@@ -15,17 +15,26 @@
 //! | 8 | tun_id |
 //! | 9 | tun_src 0..32, tun_dst 32..64 (IPv4 tunnel endpoints) |
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::FlowKey;
-use crate::wire::ethertype;
+use super::action::Headers;
+use super::key::{KeySink, parse_ethernet};
+use super::{FlowKey, FragKind, Layer};
+use crate::port::PortNo;
+use crate::wire::{VlanTci, ethertype};
 
 /// Number of words in a [`PackedKey`].
 pub const WORDS: usize = 10;
 
 /// A packed flow key, or a mask over one.
-#[derive(Debug, Clone, Copy, Hash, Default, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialOrd, Ord)]
 pub struct PackedKey(pub [u64; WORDS]);
+
+impl std::hash::Hash for PackedKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for PackedKey {
     /// Word-wise and branch-free (the derived comparison calls `memcmp`,
@@ -133,4 +142,109 @@ impl FlowKey {
         w[9] = v4(self.tunnel.tun_src) | v4(self.tunnel.tun_dst) << 32;
         PackedKey(w)
     }
+}
+
+/// A frame parsed straight into the classifier's packed key, with the
+/// header offsets its actions need: what the datapath's flow path uses
+/// instead of building a whole [`FlowKey`] and packing it. Always equal to
+/// `FlowKey::extract(..).pack()` (a property test holds it to that).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PackedParse {
+    /// The packed key.
+    pub key: PackedKey,
+    pub(crate) headers: Headers,
+    /// How far parsing got.
+    pub parsed: Layer,
+}
+
+#[inline]
+fn mac48(b: &[u8]) -> u64 {
+    u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+impl PackedParse {
+    /// Parses `frame`, received on `in_port`.
+    #[inline]
+    pub fn extract(frame: &[u8], in_port: PortNo) -> PackedParse {
+        let mut p = PackedParse::default();
+        p.parse(frame, in_port);
+        p
+    }
+
+    /// Parses `frame` into `self`, overwriting it (the datapath parses a
+    /// burst into preallocated scratch instead of copying results around).
+    #[inline]
+    pub fn parse(&mut self, frame: &[u8], in_port: PortNo) {
+        *self = PackedParse::default();
+        self.key.0[0] = in_port as u64;
+        parse_ethernet(self, frame);
+    }
+}
+
+impl KeySink for PackedParse {
+    #[inline]
+    fn ethernet(&mut self, dst: &[u8], src: &[u8]) {
+        self.key.0[1] |= mac48(dst);
+        self.key.0[2] |= mac48(src);
+    }
+    #[inline]
+    fn vlan(&mut self, depth: usize, _tpid: u16, tci: VlanTci) {
+        if depth == 0 {
+            let t = (tci.0 & !VLAN_PRESENT) | VLAN_PRESENT;
+            self.key.0[0] |= (t as u64) << 48;
+        }
+    }
+    #[inline]
+    fn dl_type(&mut self, et: u16) {
+        self.key.0[0] |= (et as u64) << 32;
+        self.headers.dl_type = et;
+    }
+    #[inline]
+    fn ipv4(&mut self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, tos: u8, ttl: u8, l3: usize) {
+        self.key.0[1] |= (proto as u64) << 48 | (tos as u64) << 56;
+        self.key.0[2] |= (ttl as u64) << 48;
+        self.key.0[4] = u32::from(src) as u64;
+        self.key.0[6] = u32::from(dst) as u64;
+        self.headers.nw_proto = proto;
+        self.headers.l3 = l3;
+    }
+    #[inline]
+    fn ipv6(&mut self, src: Ipv6Addr, dst: Ipv6Addr, tos: u8, ttl: u8, l3: usize) {
+        self.key.0[1] |= (tos as u64) << 56;
+        self.key.0[2] |= (ttl as u64) << 48;
+        let (s, d) = (u128::from(src), u128::from(dst));
+        (self.key.0[3], self.key.0[4]) = ((s >> 64) as u64, s as u64);
+        (self.key.0[5], self.key.0[6]) = ((d >> 64) as u64, d as u64);
+        self.headers.l3 = l3;
+    }
+    #[inline]
+    fn nw_proto(&mut self, proto: u8) {
+        self.key.set(1, 48, 8, proto as u64);
+        self.headers.nw_proto = proto;
+    }
+    #[inline]
+    fn frag(&mut self, _frag: FragKind) {}
+    #[inline]
+    fn ports(&mut self, src: u16, dst: u16, l4: usize) {
+        self.key.0[7] = src as u64 | (dst as u64) << 16;
+        self.headers.l4 = l4;
+    }
+    #[inline]
+    fn icmp(&mut self, ty: u8, code: u8, l4: usize) {
+        self.key.0[7] = ty as u64 | (code as u64) << 16;
+        self.headers.l4 = l4;
+    }
+    #[inline]
+    fn arp(&mut self, op: u16, spa: Ipv4Addr, tpa: Ipv4Addr, _sha: &[u8], _tha: &[u8], l3: usize) {
+        self.key.set(1, 48, 8, op as u8 as u64);
+        self.key.0[4] = u32::from(spa) as u64;
+        self.key.0[6] = u32::from(tpa) as u64;
+        self.headers.l3 = l3;
+    }
+    #[inline]
+    fn layer(&mut self, layer: Layer) {
+        self.parsed = layer;
+    }
+    #[inline]
+    fn truncated(&mut self) {}
 }
