@@ -168,3 +168,5 @@ pub mod ip {
         )
     }
 }
+
+pub mod netns;

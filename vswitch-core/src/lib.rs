@@ -37,6 +37,7 @@ pub mod mac;
 pub mod packet;
 pub mod port;
 mod switch;
+mod sys;
 pub mod wire;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};

@@ -5,7 +5,13 @@
 //! front of the insertion point, never the payload. Buffers are recycled
 //! through a [`PacketPool`] so that the steady state allocates nothing.
 
+use crate::port::DropReason;
+pub(crate) use crate::sys::packet_ring::VnetHdr;
 use crate::wire::{ETHERTYPE_OFFSET, VlanTci, be16, ethertype};
+
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum field holds only the
+/// pseudo-header sum; the rest is still to be computed.
+pub(crate) const NEEDS_CSUM: u8 = 1;
 
 /// Bytes kept free in front of every frame.
 pub const HEADROOM: usize = 128;
@@ -27,6 +33,9 @@ pub struct Packet {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Offload state from a kernel port: a checksum still to be completed,
+    /// or a GSO frame larger than the MTU to be segmented on transmit.
+    pub(crate) offload: VnetHdr,
 }
 
 impl std::fmt::Debug for Packet {
@@ -38,7 +47,7 @@ impl std::fmt::Debug for Packet {
 impl Packet {
     /// An empty packet with room for a frame of `frame_capacity` bytes.
     pub fn with_capacity(frame_capacity: usize) -> Packet {
-        Packet { buf: vec![0; HEADROOM + frame_capacity], start: HEADROOM, end: HEADROOM }
+        Packet { buf: vec![0; HEADROOM + frame_capacity], start: HEADROOM, end: HEADROOM, offload: VnetHdr::default() }
     }
 
     /// A packet holding a copy of `frame`.
@@ -57,6 +66,7 @@ impl Packet {
         self.start = HEADROOM;
         self.end = HEADROOM + frame.len();
         self.buf[self.start..self.end].copy_from_slice(frame);
+        self.offload = VnetHdr::default();
     }
 
     /// Makes the frame `len` bytes long (contents unspecified) and returns
@@ -68,6 +78,7 @@ impl Packet {
         }
         self.start = HEADROOM;
         self.end = HEADROOM + len;
+        self.offload = VnetHdr::default();
         &mut self.buf[self.start..self.end]
     }
 
@@ -98,6 +109,60 @@ impl Packet {
     /// Copies `other`'s frame into this buffer.
     pub fn copy_from(&mut self, other: &Packet) {
         self.set_frame(other.data());
+        self.offload = other.offload;
+    }
+
+    /// True if the frame carries a checksum still to be completed.
+    pub(crate) fn needs_csum(&self) -> bool {
+        self.offload.flags & NEEDS_CSUM != 0
+    }
+
+    /// Moves offload offsets when `by` bytes are inserted (or removed)
+    /// in front of the network header.
+    fn shift_offload(&mut self, by: i32) {
+        if self.needs_csum() {
+            self.offload.csum_start = (self.offload.csum_start as i32 + by) as u16;
+        }
+        if self.offload.gso_type != 0 {
+            self.offload.hdr_len = (self.offload.hdr_len as i32 + by) as u16;
+        }
+    }
+
+    /// Makes the frame self-contained for a port that takes no offload
+    /// metadata: completes a pending checksum in software. A GSO frame
+    /// that holds more than one segment cannot be carried whole.
+    ///
+    /// # Errors
+    /// [`DropReason::TooBig`] for such a GSO frame (not segmented in
+    /// software yet).
+    pub(crate) fn resolve_offloads(&mut self) -> Result<(), DropReason> {
+        let o = self.offload;
+        if o.gso_type != 0 && self.len() > o.hdr_len as usize + o.gso_size as usize {
+            return Err(DropReason::TooBig);
+        }
+        if self.needs_csum() {
+            let (start, at) = (o.csum_start as usize, o.csum_start as usize + o.csum_offset as usize);
+            let d = self.data_mut();
+            if at + 2 <= d.len() && start < d.len() {
+                // The field holds the pseudo-header sum; summing the whole
+                // range over it and folding gives the final checksum.
+                let mut sum: u64 = 0;
+                for c in d[start..].chunks(2) {
+                    sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64;
+                }
+                while sum >> 16 != 0 {
+                    sum = (sum & 0xffff) + (sum >> 16);
+                }
+                let mut csum = !(sum as u16);
+                // A UDP checksum that computes to zero is sent as all ones.
+                if csum == 0 && o.csum_offset == 6 {
+                    csum = 0xffff;
+                }
+                d[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+            }
+        }
+        self.offload = VnetHdr::default();
+        Ok(())
     }
 
     /// Inserts an 802.1Q tag after the MAC addresses.
@@ -133,6 +198,7 @@ impl Packet {
         }
         self.buf.copy_within(self.start..self.start + ETHERTYPE_OFFSET, self.start - 4);
         self.start -= 4;
+        self.shift_offload(4);
         let tag = &mut self.buf[self.start + ETHERTYPE_OFFSET..self.start + ETHERTYPE_OFFSET + 4];
         tag[..2].copy_from_slice(&tpid.to_be_bytes());
         tag[2..].copy_from_slice(&tci.0.to_be_bytes());
@@ -152,6 +218,7 @@ impl Packet {
         let tci = VlanTci(be16(d, ETHERTYPE_OFFSET + 2));
         self.buf.copy_within(self.start..self.start + ETHERTYPE_OFFSET, self.start + 4);
         self.start += 4;
+        self.shift_offload(-4);
         Some(tci)
     }
 

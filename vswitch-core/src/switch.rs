@@ -376,6 +376,27 @@ impl Switch {
         Ok(handle.expect("attach created the port"))
     }
 
+    /// Attaches kernel interface `ifname` to `bridge` through AF_PACKET
+    /// (the port takes the interface's name); returns its port number.
+    ///
+    /// ```no_run
+    /// # use vswitch_core::{PortConfig, Switch};
+    /// let sw = Switch::builder().build()?;
+    /// sw.add_bridge("br0")?;
+    /// sw.add_afpacket_port("br0", "veth-a", PortConfig::default())?;
+    /// # Ok::<(), vswitch_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`AfPacketPort::open`](crate::port::afpacket::AfPacketPort::open),
+    /// and as [`Switch::add_port`].
+    pub fn add_afpacket_port(&self, bridge: &str, ifname: &str, config: PortConfig) -> Result<PortNo> {
+        self.attach(bridge, ifname, config, |_| {
+            let p = crate::port::afpacket::AfPacketPort::open(ifname, Default::default())?;
+            Ok(Box::new(p))
+        })
+    }
+
     /// Adds a port of any backend (an embedder's own [`Port`]
     /// implementation included) to `bridge`; returns its port number.
     ///

@@ -1,5 +1,8 @@
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use mio::unix::SourceFd;
 
 use crate::flow::{Action, FlowTable, Headers, PackedParse, dec_ttl, set_ipv4_addr, set_l4_port};
 use crate::mac::{MacCache, MacTable};
@@ -9,6 +12,9 @@ use crate::wire::{ETHERNET_HEADER_LEN, ETHERTYPE_OFFSET, MacAddr, VlanTci, be16,
 
 #[path = "trace.rs"]
 mod trace;
+
+/// How often ports get their housekeeping call.
+const HOUSEKEEPING_MS: u64 = 100;
 
 /// Free buffers a datapath keeps for flood copies.
 const POOL_BUFFERS: usize = 4 * BURST * 16;
@@ -73,6 +79,11 @@ pub struct Datapath {
     keys: Vec<u64>,
     answers: Vec<Option<PortNo>>,
     parsed: Vec<(PackedParse, u32)>,
+    /// Where ports' wake descriptors are registered (a threaded datapath).
+    registry: Option<mio::Registry>,
+    /// The descriptor registered for each slot.
+    fds: Vec<Option<RawFd>>,
+    next_housekeeping_ms: u64,
 }
 
 impl Default for Datapath {
@@ -106,7 +117,39 @@ impl Datapath {
             keys: Vec::with_capacity(BURST),
             answers: Vec::with_capacity(BURST),
             parsed: Vec::with_capacity(BURST),
+            registry: None,
+            fds: Vec::new(),
+            next_housekeeping_ms: 0,
         }
+    }
+
+    /// Registers ports' wake descriptors with `registry` from now on.
+    pub(crate) fn set_registry(&mut self, registry: mio::Registry) {
+        self.registry = Some(registry);
+    }
+
+    /// Keeps the epoll registration of `slot` in step with its port's
+    /// wake descriptor (token = slot + 1; token 0 is the control waker).
+    fn sync_wake_fd(&mut self, slot: usize) {
+        let want = self.ports[slot].as_ref().and_then(|p| p.port.wake_fd());
+        if self.fds.len() <= slot {
+            self.fds.resize(slot + 1, None);
+        }
+        if self.fds[slot] == want {
+            return;
+        }
+        if let Some(reg) = &self.registry {
+            if let Some(old) = self.fds[slot] {
+                // Fails harmlessly if the old descriptor is already closed.
+                let _ = reg.deregister(&mut SourceFd(&old));
+            }
+            if let Some(fd) = want {
+                // A failure leaves the port polled but not woken for; the
+                // housekeeping tick still reaches it.
+                let _ = reg.register(&mut SourceFd(&fd), mio::Token(slot + 1), mio::Interest::READABLE);
+            }
+        }
+        self.fds[slot] = want;
     }
 
     /// Adds a bridge using `mac` as its learning table; returns its index.
@@ -162,6 +205,7 @@ impl Datapath {
             b.by_port_no.resize(port_no as usize + 1, None);
         }
         b.by_port_no[port_no as usize] = Some(idx);
+        self.sync_wake_fd(idx);
         idx
     }
 
@@ -178,6 +222,12 @@ impl Datapath {
     }
 
     fn release_slot(&mut self, slot: usize) {
+        if let (Some(reg), Some(Some(fd))) = (&self.registry, self.fds.get(slot)) {
+            let _ = reg.deregister(&mut SourceFd(fd));
+        }
+        if let Some(f) = self.fds.get_mut(slot) {
+            *f = None;
+        }
         self.ports[slot] = None;
         for p in self.tx[slot].drain(..) {
             self.pool.put(p);
@@ -211,6 +261,9 @@ impl Datapath {
             p.refresh_link();
             let mut rx = std::mem::take(&mut self.rx);
             let n = p.port.rx_burst(&mut rx, BURST, &mut self.pool);
+            if let Some((reason, count)) = p.port.take_rx_drops() {
+                p.counters.count_drop(reason, count);
+            }
             if n > 0 {
                 work += n;
                 self.switch_burst(slot, &mut rx, now_ms);
@@ -221,6 +274,16 @@ impl Datapath {
         for b in self.bridges.iter_mut().flatten() {
             b.mac.age_step(now_ms);
             b.flows.expire(now_ms);
+        }
+        if now_ms >= self.next_housekeeping_ms {
+            self.next_housekeeping_ms = now_ms + HOUSEKEEPING_MS;
+            for slot in 0..self.ports.len() {
+                if let Some(p) = self.ports[slot].as_mut() {
+                    p.port.housekeeping(now_ms);
+                    p.refresh_link();
+                    self.sync_wake_fd(slot);
+                }
+            }
         }
         work
     }
@@ -408,6 +471,21 @@ impl Datapath {
             }
             return;
         }
+        if !p.port.carries_offloads() {
+            // Complete pending checksums; a GSO frame of several segments
+            // cannot go to a port that takes no offload metadata.
+            let mut too_big = 0;
+            let mut i = 0;
+            while i < q.len() {
+                if q[i].offload != Default::default() && q[i].resolve_offloads().is_err() {
+                    self.pool.put(q.swap_remove(i));
+                    too_big += 1;
+                } else {
+                    i += 1;
+                }
+            }
+            p.counters.count_drop(DropReason::TooBig, too_big);
+        }
         let out = p.port.tx_burst(q, &mut self.pool);
         PortCounters::add(&p.counters.tx_packets, out.sent as u64);
         PortCounters::add(&p.counters.tx_bytes, out.sent_bytes);
@@ -505,6 +583,7 @@ impl Datapath {
             self.pool.put(pkt);
             return;
         };
+        h.partial_csum = pkt.needs_csum();
         let mut pkt = Some(pkt);
         for (i, action) in actions.iter().enumerate().take(last_output + 1) {
             let Some(p) = pkt.as_mut() else { break };

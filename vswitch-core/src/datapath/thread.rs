@@ -68,9 +68,10 @@ impl std::fmt::Debug for Message {
 impl DatapathThread {
     /// Starts a thread running `dp`; returns it with the [`Wakeup`] that
     /// ports must use to rouse it.
-    pub(crate) fn spawn(dp: Datapath, clock: Arc<dyn Clock>, policy: IdlePolicy, name: String) -> Result<Self> {
+    pub(crate) fn spawn(mut dp: Datapath, clock: Arc<dyn Clock>, policy: IdlePolicy, name: String) -> Result<Self> {
         let poll = mio::Poll::new().map_err(|e| Error::io("epoll_create", e))?;
         let waker = mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(|e| Error::io("eventfd", e))?;
+        dp.set_registry(poll.registry().try_clone().map_err(|e| Error::io("epoll dup", e))?);
         let wakeup = Arc::new(Wakeup::new(Some(waker)));
         let (tx, rx) = crossbeam::channel::unbounded();
         let w = wakeup.clone();

@@ -221,6 +221,9 @@ pub(crate) struct Headers {
     /// Offset of the transport header, 0 if there is none to rewrite.
     pub l4: usize,
     pub nw_proto: u8,
+    /// The TCP/UDP checksum field holds only the pseudo-header sum (a
+    /// kernel port's checksum offload); the rest is computed later.
+    pub partial_csum: bool,
 }
 
 /// RFC 1624 eqn. 3: the checksum after a 16-bit word changes.
@@ -251,9 +254,19 @@ fn l4_csum_offset(h: &Headers, len: usize) -> Option<usize> {
     (h.l4 != 0 && h.l4 + off + 2 <= len).then_some(h.l4 + off)
 }
 
-fn update_l4_csum(d: &mut [u8], h: &Headers, old: u16, new: u16) {
+/// Adjusts the TCP/UDP checksum for a 16-bit change; `pseudo` says the
+/// changed word is part of the pseudo-header (an address).
+fn update_l4_csum(d: &mut [u8], h: &Headers, old: u16, new: u16, pseudo: bool) {
     if let Some(at) = l4_csum_offset(h, d.len()) {
         let c = get16(d, at);
+        if h.partial_csum {
+            // The field is the uncomplemented pseudo-header sum: only
+            // pseudo-header changes touch it, the rest is summed later.
+            if pseudo {
+                put16(d, at, !csum_replace(!c, old, new));
+            }
+            return;
+        }
         if h.nw_proto == 17 && c == 0 {
             return; // no UDP checksum
         }
@@ -282,7 +295,7 @@ pub(crate) fn set_ipv4_addr(p: &mut Packet, h: &Headers, src: bool, addr: Ipv4Ad
         let nw = u16::from_be_bytes([new[2 * half], new[2 * half + 1]]);
         let c = csum_replace(get16(d, h.l3 + 10), old, nw);
         put16(d, h.l3 + 10, c);
-        update_l4_csum(d, h, old, nw);
+        update_l4_csum(d, h, old, nw, true);
         put16(d, o, nw);
     }
 }
@@ -298,7 +311,7 @@ pub(crate) fn set_l4_port(p: &mut Packet, h: &Headers, src: bool, port: u16) {
         return;
     }
     let old = get16(d, at);
-    update_l4_csum(d, h, old, port);
+    update_l4_csum(d, h, old, port, false);
     put16(d, at, port);
 }
 
@@ -377,7 +390,7 @@ mod tests {
         checksum(&pseudo)
     }
 
-    const H: Headers = Headers { dl_type: 0x0800, l3: 14, l4: 34, nw_proto: 17 };
+    const H: Headers = Headers { dl_type: 0x0800, l3: 14, l4: 34, nw_proto: 17, partial_csum: false };
 
     #[test]
     fn address_rewrite_keeps_checksums_valid() {

@@ -6,6 +6,7 @@
 //! (in-process queues a runtime plugs its virtual NICs into); kernel and
 //! tunnel backends build on the same trait.
 
+pub mod afpacket;
 pub mod memory;
 pub(crate) mod vlan_mode;
 
@@ -47,6 +48,27 @@ pub trait Port: Send + fmt::Debug {
     /// Whether the link is up; the datapath does not send to a down port.
     fn link_up(&self) -> bool {
         true
+    }
+
+    /// A descriptor that becomes readable when packets arrive, for the
+    /// datapath's sleep (epoll). Ports without one wake it themselves.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Periodic upkeep (about ten times a second): refresh link state,
+    /// reattach a vanished interface. The wake descriptor may change.
+    fn housekeeping(&mut self, _now_ms: u64) {}
+
+    /// Packets the port dropped on receive since the last call, and why.
+    fn take_rx_drops(&mut self) -> Option<(DropReason, u64)> {
+        None
+    }
+
+    /// True if the port passes offload metadata (GSO, partial checksums)
+    /// to its peer; otherwise the datapath resolves it before transmit.
+    fn carries_offloads(&self) -> bool {
+        false
     }
 }
 
@@ -98,11 +120,13 @@ pub enum DropReason {
     TtlExpired,
     /// A flow rule's `output:` names a port that does not exist (rx).
     NoPort,
+    /// The kernel delivered only part of the frame (rx).
+    Truncated,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -117,6 +141,7 @@ impl DropReason {
         DropReason::FlowDrop,
         DropReason::TtlExpired,
         DropReason::NoPort,
+        DropReason::Truncated,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -136,6 +161,7 @@ impl DropReason {
             DropReason::FlowDrop => "flow_drop",
             DropReason::TtlExpired => "ttl_expired",
             DropReason::NoPort => "no_port",
+            DropReason::Truncated => "truncated",
         }
     }
 }

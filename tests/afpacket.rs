@@ -1,0 +1,185 @@
+//! AF_PACKET ports over veth pairs between network namespaces, as root:
+//! ping both ways, iperf3 TCP with the kernel's default offloads (GSO),
+//! VLAN isolation, a namespace joining under traffic, an interface
+//! deleted under traffic and coming back, attach hygiene.
+
+use std::time::{Duration, Instant};
+
+use vswitch_core::{DropReason, ErrorKind, PortConfig, Switch, VlanMode};
+use vswitch_tests::netns::{NetNs, Veth, run};
+
+/// `n` namespaces, each with a veth into it addressed 10.99.0.(i+1)/24,
+/// and a switch with one bridge "br0" attaching the host ends.
+struct Lab {
+    sw: Switch,
+    veths: Vec<Veth>,
+    nss: Vec<NetNs>,
+}
+
+impl Lab {
+    fn new(n: usize, vlans: &[Option<u16>]) -> Lab {
+        let nss: Vec<NetNs> = (0..n).map(|_| NetNs::new()).collect();
+        let veths: Vec<Veth> =
+            nss.iter().enumerate().map(|(i, ns)| Veth::new(ns, &format!("10.99.0.{}/24", i + 1))).collect();
+        let sw = Switch::builder().build().unwrap();
+        sw.add_bridge("br0").unwrap();
+        for (i, v) in veths.iter().enumerate() {
+            let vlan = match vlans.get(i).copied().flatten() {
+                Some(tag) => VlanMode::access(tag).unwrap(),
+                None => VlanMode::default(),
+            };
+            sw.add_afpacket_port("br0", &v.host, PortConfig { vlan }).unwrap();
+        }
+        Lab { sw, veths, nss }
+    }
+
+    fn ip(i: usize) -> String {
+        format!("10.99.0.{}", i + 1)
+    }
+}
+
+#[test]
+fn ping_both_ways() {
+    let lab = Lab::new(2, &[]);
+    assert!(lab.nss[0].ping(&Lab::ip(1), 3), "ns0 -> ns1");
+    assert!(lab.nss[1].ping(&Lab::ip(0), 3), "ns1 -> ns0");
+    let fdb = lab.sw.fdb("br0").unwrap();
+    // Exactly the two namespaces' MACs: nothing from other interfaces
+    // (tests run in parallel, their traffic all in the root namespace).
+    let inner_mac = |i: usize| {
+        let out = lab.nss[i].exec(&["cat", &format!("/sys/class/net/{}/address", lab.veths[i].inner)]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let learned: Vec<(u32, String)> = fdb.iter().map(|e| (e.port, e.mac.to_string())).collect();
+    assert_eq!(learned, vec![(1, inner_mac(0)), (2, inner_mac(1))], "only the two hosts, each on its port");
+    let s = lab.sw.stats();
+    for v in &lab.veths {
+        let p = s.port(&v.host).unwrap();
+        assert!(p.rx_packets >= 4 && p.tx_packets >= 4, "{p:?}");
+        assert!(p.link_up);
+        assert_eq!(p.kind, "afpacket");
+    }
+}
+
+#[test]
+fn iperf3_tcp_with_default_offloads() {
+    let lab = Lab::new(2, &[]);
+    let mut server = lab.nss[1].spawn(&["iperf3", "-s", "-1", "-B", &Lab::ip(1)]);
+    // Wait for the server to listen, then run the client for 3 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = lab.nss[0].exec(&["iperf3", "-c", &Lab::ip(1), "-t", "3", "-J"]);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "iperf3 client failed: {}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let bytes = v["end"]["sum_received"]["bytes"].as_u64().expect("bytes received");
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    println!("iperf3 through AF_PACKET ports: {bytes} bytes, {:.2} Gbit/s", bps / 1e9);
+    assert!(bytes > 10_000_000, "only {bytes} bytes crossed the switch");
+    let s = lab.sw.stats();
+    for v in &lab.veths {
+        let p = s.port(&v.host).unwrap();
+        assert_eq!(p.drops[&DropReason::Truncated], 0, "no frame cut short: {p:?}");
+        assert_eq!(p.drops[&DropReason::TooBig], 0, "no GSO frame lost: {p:?}");
+    }
+}
+
+#[test]
+fn vlan_access_ports_isolate_pairs() {
+    let lab = Lab::new(4, &[Some(10), Some(10), Some(20), Some(20)]);
+    assert!(lab.nss[0].ping(&Lab::ip(1), 2), "same VLAN 10");
+    assert!(lab.nss[2].ping(&Lab::ip(3), 2), "same VLAN 20");
+    let crossed = lab.nss[0].exec(&["ping", "-c", "2", "-W", "1", &Lab::ip(2)]);
+    assert!(!crossed.status.success(), "VLAN 10 must not reach VLAN 20");
+    let fdb = lab.sw.fdb("br0").unwrap();
+    assert!(fdb.iter().all(|e| e.vlan == 10 || e.vlan == 20), "{fdb:?}");
+}
+
+fn received(out: &std::process::Output) -> (u32, u32) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
+    let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    (nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0))
+}
+
+#[test]
+fn a_namespace_joins_while_traffic_flows() {
+    let lab = Lab::new(2, &[]);
+    let ns2 = NetNs::new();
+    let v2 = Veth::new(&ns2, "10.99.0.3/24");
+    let flow = lab.nss[0].spawn(&["ping", "-c", "150", "-i", "0.01", &Lab::ip(1)]);
+    std::thread::sleep(Duration::from_millis(300));
+    lab.sw.add_afpacket_port("br0", &v2.host, PortConfig::default()).unwrap();
+    assert!(ns2.ping(&Lab::ip(0), 2), "the new namespace reaches ns0");
+    let out = flow.wait_with_output().unwrap();
+    let (sent, got) = received(&out);
+    assert_eq!(sent, 150);
+    assert!(got >= 148, "traffic kept flowing while the port was added: {got}/150");
+}
+
+#[test]
+fn interface_deleted_under_traffic_then_recreated() {
+    let mut lab = Lab::new(3, &[]);
+    let flow = lab.nss[0].spawn(&["ping", "-c", "200", "-i", "0.01", &Lab::ip(1)]);
+    std::thread::sleep(Duration::from_millis(200));
+    let gone = lab.veths.pop().unwrap();
+    let host = gone.host.clone();
+    drop(gone);
+    std::thread::sleep(Duration::from_millis(400));
+    let s = lab.sw.stats();
+    assert!(!s.port(&host).unwrap().link_up, "the port saw its interface go");
+    let out = flow.wait_with_output().unwrap();
+    let (_, got) = received(&out);
+    assert!(got >= 195, "the other ports kept forwarding: {got}/200");
+    // The interface comes back with the same name: the port reattaches.
+    let again = Veth::named(&host, &lab.nss[2], "10.99.0.3/24");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.sw.stats().port(&host).unwrap().link_up && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lab.nss[2].ping(&Lab::ip(0), 2), "traffic flows through the recreated interface");
+    drop(again);
+}
+
+fn promisc(ifname: &str) -> bool {
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{ifname}/flags")).unwrap();
+    u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 0x100 != 0
+}
+
+#[test]
+fn attach_hygiene() {
+    let ns = NetNs::new();
+    let v = Veth::new(&ns, "10.99.0.1/24");
+    let sw = Switch::builder().build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    sw.add_bridge("br1").unwrap();
+    let e = sw.add_afpacket_port("br0", "vsnosuch0", PortConfig::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("no network interface named 'vsnosuch0'"), "{e}");
+    assert!(!promisc(&v.host));
+    sw.add_afpacket_port("br0", &v.host, PortConfig::default()).unwrap();
+    assert!(promisc(&v.host), "promiscuous while attached");
+    assert_eq!(sw.add_afpacket_port("br1", &v.host, PortConfig::default()).unwrap_err().kind(), ErrorKind::Exists);
+    // Another switch in the same machine is refused too.
+    let other = Switch::builder().build().unwrap();
+    other.add_bridge("br0").unwrap();
+    let e = other.add_afpacket_port("br0", &v.host, PortConfig::default()).unwrap_err();
+    assert!(e.to_string().contains("already attached"), "{e}");
+    sw.del_port(&v.host).unwrap();
+    assert!(!promisc(&v.host), "detaching restores the interface");
+    other.add_afpacket_port("br0", &v.host, PortConfig::default()).expect("free again after detach");
+    other.del_port(&v.host).unwrap();
+    // A kernel bridge's port is refused.
+    let kbr = vswitch_tests::netns::unique("vkb");
+    run(&["ip", "link", "add", &kbr, "type", "bridge"]);
+    run(&["ip", "link", "set", &v.host, "master", &kbr]);
+    let e = sw.add_afpacket_port("br0", &v.host, PortConfig::default()).unwrap_err();
+    let _ = std::process::Command::new("ip").args(["link", "del", &kbr]).status();
+    assert!(e.to_string().contains(&format!("port of kernel device '{kbr}'")), "{e}");
+}

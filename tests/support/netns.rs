@@ -1,0 +1,122 @@
+//! Network namespaces and veth pairs for tests, removed on drop (also
+//! when the test panics). Names are unique per process and call, so tests
+//! run in parallel. Everything here needs root: without it, or without
+//! iproute2, the helpers panic with the reason instead of skipping.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A short unique name (interface names are at most 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Panics unless this process can create namespaces and links.
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("?");
+    assert_eq!(euid, "0", "these tests need root (network namespaces, veth, AF_PACKET); run them as root, as CI does");
+    for tool in ["ip", "ping"] {
+        assert!(
+            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()),
+            "these tests need '{tool}' (Debian: iproute2, iputils-ping); .ci/run installs them"
+        );
+    }
+}
+
+/// Runs a command and panics with its output if it fails.
+pub fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(out.status.success(), "{} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    /// Its name (`ip netns`).
+    pub name: String,
+}
+
+impl NetNs {
+    /// A new namespace with its loopback up.
+    // Creating a namespace is a side effect, not a default value.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> NetNs {
+        require_root();
+        let name = unique("vsn");
+        run(&["ip", "netns", "add", &name]);
+        let ns = NetNs { name };
+        run(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace; returns its output.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec: {e}"))
+    }
+
+    /// Starts a command inside the namespace.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ip netns exec: {e}"))
+    }
+
+    /// True if `count` pings to `dst` are all answered.
+    pub fn ping(&self, dst: &str, count: u32) -> bool {
+        self.exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", dst]).status.success()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A veth pair: one end (`host`) in the root namespace for the switch, the
+/// other inside a namespace with an address. Deleted on drop.
+#[derive(Debug)]
+pub struct Veth {
+    /// The root-namespace end.
+    pub host: String,
+    /// The end inside the namespace.
+    pub inner: String,
+}
+
+impl Veth {
+    /// A pair into `ns`, the inner end addressed `cidr` (e.g. 10.99.0.1/24).
+    pub fn new(ns: &NetNs, cidr: &str) -> Veth {
+        Self::named(&unique("vh"), ns, cidr)
+    }
+
+    /// The same with a chosen root-side name (to recreate a deleted one).
+    pub fn named(host: &str, ns: &NetNs, cidr: &str) -> Veth {
+        require_root();
+        let inner = unique("vi");
+        run(&["ip", "link", "add", host, "type", "veth", "peer", "name", &inner]);
+        let v = Veth { host: host.to_string(), inner };
+        run(&["ip", "link", "set", &v.inner, "netns", &ns.name]);
+        run(&["ip", "-n", &ns.name, "addr", "add", cidr, "dev", &v.inner]);
+        run(&["ip", "-n", &ns.name, "link", "set", &v.inner, "up"]);
+        run(&["ip", "link", "set", &v.host, "up"]);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host]).stderr(Stdio::null()).status();
+    }
+}

@@ -1,0 +1,263 @@
+//! AF_PACKET ports: a kernel network interface on the bridge through a
+//! packet socket with a TPACKET_V3 receive ring (see `sys::packet_ring`).
+//!
+//! * The switch never re-reads its own transmissions
+//!   (`PACKET_IGNORE_OUTGOING`), transmits bypass the qdisc
+//!   (`PACKET_QDISC_BYPASS`), and the interface is made promiscuous for as
+//!   long as the socket lives (a membership the kernel drops on close).
+//! * VLAN tags the kernel moved into metadata are put back into the frame.
+//! * GSO and checksum offload: veth hands over 64 KiB TCP super-frames
+//!   with the checksum left to do. Rather than turning the offloads off
+//!   (which would change the interface and cost every flow its TSO), the
+//!   port reads each frame's virtio-net header (`PACKET_VNET_HDR`) and
+//!   passes it on: between kernel ports a GSO frame crosses the switch
+//!   whole and the kernel segments it on the far side. A port that cannot
+//!   take offload metadata (an in-process port) gets the checksum completed
+//!   in software; a multi-segment GSO frame to such a port is dropped and
+//!   counted as `too_big` (software segmentation is future work).
+//! * Attach hygiene: an interface enslaved to a kernel bridge, or attached
+//!   by another running switch (a lock file per interface), is refused.
+//!   Nothing about the interface is changed, so detaching restores it.
+//! * Link state comes from sysfs on each housekeeping tick; an interface
+//!   that disappears marks the port down, and one that comes back with the
+//!   same name is reattached.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use super::{DropReason, Port, TxOutcome};
+use crate::packet::{Packet, PacketPool};
+use crate::sys::packet_ring::{PacketRing, RingConfig, VnetHdr};
+use crate::wire::VlanTci;
+use crate::{Error, Result};
+
+/// Ring settings of an AF_PACKET port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfPacketConfig {
+    /// Bytes per receive block; at least 128 KiB so a 64 KiB GSO frame fits.
+    pub block_size: u32,
+    /// Receive blocks in the ring.
+    pub blocks: u32,
+    /// Milliseconds after which the kernel hands over a part-filled block.
+    pub block_timeout_ms: u32,
+}
+
+impl Default for AfPacketConfig {
+    fn default() -> Self {
+        let r = RingConfig::default();
+        AfPacketConfig { block_size: r.block_size, blocks: r.blocks, block_timeout_ms: r.block_timeout_ms }
+    }
+}
+
+impl AfPacketConfig {
+    fn ring(&self) -> Result<RingConfig> {
+        if self.block_size < 128 * 1024 || !self.block_size.is_power_of_two() {
+            return Err(Error::invalid(
+                "afpacket block_size",
+                format!("{} must be a power of two of at least 131072", self.block_size),
+            ));
+        }
+        if self.blocks == 0 || self.blocks > 1024 {
+            return Err(Error::invalid("afpacket blocks", format!("{} is not in 1..=1024", self.blocks)));
+        }
+        Ok(RingConfig {
+            block_size: self.block_size,
+            blocks: self.blocks,
+            block_timeout_ms: self.block_timeout_ms.max(1),
+        })
+    }
+}
+
+fn sysfs(name: &str, attr: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/{attr}")).ok().map(|s| s.trim().to_string())
+}
+
+/// The interface's index, if it exists.
+pub(crate) fn ifindex(name: &str) -> Option<u32> {
+    sysfs(name, "ifindex")?.parse().ok()
+}
+
+/// True if the interface is administratively up and its carrier is on.
+fn link_is_up(name: &str) -> bool {
+    let flags =
+        sysfs(name, "flags").and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+    let admin_up = flags & libc::IFF_UP as u32 != 0;
+    let oper = sysfs(name, "operstate").unwrap_or_default();
+    admin_up && (oper == "up" || oper == "unknown")
+}
+
+/// An exclusive claim on an interface, held for the port's lifetime, so a
+/// second switch (or a second port in this one) cannot attach it too.
+#[derive(Debug)]
+struct AttachLock {
+    _file: File,
+}
+
+fn lock_dir() -> PathBuf {
+    match std::env::var_os("VSWITCH_RUN_DIR") {
+        Some(d) => PathBuf::from(d).join("attached"),
+        None => {
+            let run = PathBuf::from("/run/vswitch/attached");
+            if std::fs::create_dir_all(&run).is_ok() { run } else { std::env::temp_dir().join("vswitch-attached") }
+        }
+    }
+}
+
+impl AttachLock {
+    fn acquire(ifname: &str) -> Result<AttachLock> {
+        let dir = lock_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the attach lock directory", e))?;
+        let path = dir.join(ifname);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open the attach lock", e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(AttachLock { _file: file }),
+            Err(_) => Err(Error::invalid(
+                "interface",
+                format!("'{ifname}' is already attached to a switch (lock {} is held)", path.display()),
+            )),
+        }
+    }
+}
+
+/// A kernel interface on the bridge through AF_PACKET.
+#[derive(Debug)]
+pub struct AfPacketPort {
+    name: String,
+    cfg: RingConfig,
+    ring: Option<PacketRing>,
+    ifindex: u32,
+    link_up: bool,
+    truncated: u64,
+    _lock: AttachLock,
+}
+
+impl AfPacketPort {
+    /// Attaches interface `ifname`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if there is no such interface, it is a
+    /// kernel bridge's port, or another switch holds it; [`Error::Io`] if
+    /// the socket cannot be set up (EPERM without CAP_NET_RAW).
+    pub fn open(ifname: &str, config: AfPacketConfig) -> Result<AfPacketPort> {
+        let cfg = config.ring()?;
+        let index = ifindex(ifname)
+            .ok_or_else(|| Error::invalid("interface", format!("no network interface named '{ifname}'")))?;
+        if let Ok(master) = std::fs::read_link(format!("/sys/class/net/{ifname}/master")) {
+            let m = master.file_name().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default();
+            return Err(Error::invalid(
+                "interface",
+                format!("'{ifname}' is a port of kernel device '{m}'; detach it first"),
+            ));
+        }
+        let lock = AttachLock::acquire(ifname)?;
+        let ring = PacketRing::open(index, cfg).map_err(|e| Error::io("AF_PACKET socket setup", e))?;
+        Ok(AfPacketPort {
+            name: ifname.to_string(),
+            cfg,
+            ring: Some(ring),
+            ifindex: index,
+            link_up: link_is_up(ifname),
+            truncated: 0,
+            _lock: lock,
+        })
+    }
+}
+
+/// The drop reason for a transmit error.
+fn tx_error_reason(e: &std::io::Error) -> DropReason {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::ENOBUFS) => DropReason::TxQueueFull,
+        Some(libc::EMSGSIZE) => DropReason::TooBig,
+        Some(libc::ENETDOWN) | Some(libc::ENXIO) | Some(libc::ENODEV) => DropReason::LinkDown,
+        _ => DropReason::TxError,
+    }
+}
+
+impl Port for AfPacketPort {
+    fn kind(&self) -> &'static str {
+        "afpacket"
+    }
+
+    fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, pool: &mut PacketPool) -> usize {
+        let Some(ring) = self.ring.as_mut() else { return 0 };
+        let mut truncated = 0;
+        let n = ring.recv_burst(max, |f| {
+            if f.data.len() < f.wire_len {
+                truncated += 1;
+                return;
+            }
+            let mut p = pool.get();
+            p.set_frame(f.data);
+            p.offload = f.vnet;
+            if let Some((tpid, tci)) = f.vlan {
+                p.push_tag(tpid, VlanTci(tci));
+            }
+            batch.push(p);
+        });
+        self.truncated += truncated;
+        n - truncated as usize
+    }
+
+    fn take_rx_drops(&mut self) -> Option<(DropReason, u64)> {
+        (self.truncated > 0).then(|| (DropReason::Truncated, std::mem::take(&mut self.truncated)))
+    }
+
+    fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+        let mut out = TxOutcome::default();
+        let Some(ring) = self.ring.as_ref() else {
+            out.dropped = batch.len();
+            out.drop_reason = Some(DropReason::LinkDown);
+            batch.drain(..).for_each(|p| pool.put(p));
+            return out;
+        };
+        let frames: Vec<(VnetHdr, &[u8])> = batch.iter().map(|p| (p.offload, p.data())).collect();
+        let (sent, err) = ring.send_batch(&frames);
+        out.sent = sent;
+        out.sent_bytes = batch[..sent].iter().map(|p| p.len() as u64).sum();
+        if sent < batch.len() {
+            out.dropped = batch.len() - sent;
+            out.drop_reason = Some(err.as_ref().map_or(DropReason::TxQueueFull, tx_error_reason));
+        }
+        batch.drain(..).for_each(|p| pool.put(p));
+        out
+    }
+
+    fn rx_pending(&self) -> bool {
+        self.ring.as_ref().is_some_and(PacketRing::rx_ready)
+    }
+
+    fn link_up(&self) -> bool {
+        self.link_up && self.ring.is_some()
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.ring.as_ref().map(PacketRing::fd)
+    }
+
+    fn carries_offloads(&self) -> bool {
+        true
+    }
+
+    fn housekeeping(&mut self, _now_ms: u64) {
+        match ifindex(&self.name) {
+            None => {
+                // The interface is gone (a deleted veth): let go of it.
+                self.ring = None;
+                self.link_up = false;
+            }
+            Some(index) => {
+                if self.ring.is_none() || index != self.ifindex {
+                    // Back (or recreated with the same name): reattach.
+                    self.ring = PacketRing::open(index, self.cfg).ok();
+                    self.ifindex = index;
+                }
+                self.link_up = link_is_up(&self.name);
+            }
+        }
+    }
+}

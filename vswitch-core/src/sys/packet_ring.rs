@@ -1,0 +1,326 @@
+//! An AF_PACKET socket with a TPACKET_V3 receive ring (packet(7)).
+//!
+//! The kernel fills fixed-size blocks of a shared memory ring with
+//! variable-size frames and hands a block to user space by setting
+//! `TP_STATUS_USER` in its header, either when it is full or when the block
+//! timeout expires. We read the frames of a block (possibly across several
+//! bursts), then give the block back by setting `TP_STATUS_KERNEL`.
+//! Transmission is batched with `sendmmsg(2)`.
+
+use std::io;
+use std::mem::{offset_of, size_of};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::cvt;
+
+/// The virtio-net header the kernel puts before each frame with
+/// `PACKET_VNET_HDR` (`struct virtio_net_hdr`, 10 bytes, little-endian on
+/// every host this runs on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (1) and friends.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*`: 0 none, 1 TCPv4, 3 UDP, 4 TCPv6.
+    pub gso_type: u8,
+    /// Length of the headers to replicate in each segment.
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts, from the frame's first byte.
+    pub csum_start: u16,
+    /// Where to store the checksum, from `csum_start`.
+    pub csum_offset: u16,
+}
+
+/// Size of [`VnetHdr`] on the wire.
+pub const VNET_HDR_LEN: usize = 10;
+
+impl VnetHdr {
+    fn from_bytes(b: &[u8]) -> VnetHdr {
+        let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        VnetHdr { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) }
+    }
+
+    fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+}
+
+/// One received frame, borrowed from the ring.
+#[derive(Debug)]
+pub struct RxFrame<'a> {
+    /// The frame as captured (the kernel may have moved a VLAN tag out).
+    pub data: &'a [u8],
+    /// The frame's length on the wire (larger than `data` if truncated).
+    pub wire_len: usize,
+    /// A VLAN tag the kernel stripped into metadata: (TPID, TCI).
+    pub vlan: Option<(u16, u16)>,
+    /// The frame's virtio-net header.
+    pub vnet: VnetHdr,
+}
+
+/// Ring geometry.
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// Bytes per block (a multiple of the page size, at least 128 KiB so a
+    /// 64 KiB GSO frame fits).
+    pub block_size: u32,
+    /// Number of blocks.
+    pub blocks: u32,
+    /// Milliseconds after which the kernel hands over a block that is not
+    /// full: the worst added latency at low rates.
+    pub block_timeout_ms: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig { block_size: 256 * 1024, blocks: 16, block_timeout_ms: 1 }
+    }
+}
+
+/// An AF_PACKET socket bound to one interface, with its receive ring.
+#[derive(Debug)]
+pub struct PacketRing {
+    fd: OwnedFd,
+    map: NonNull<u8>,
+    map_len: usize,
+    cfg: RingConfig,
+    block: u32,
+    /// Frames left in the block being read (0: not holding a block).
+    left: u32,
+    /// Offset of the next frame in the block being read.
+    next: usize,
+    holding: bool,
+}
+
+// SAFETY: the ring's memory is owned by this value alone (the mapping is
+// private to the socket, which it owns); moving it to another thread moves
+// that ownership. It is not Sync: all access goes through &mut self.
+unsafe impl Send for PacketRing {}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a valid, initialised T for the duration of the
+    // call and its exact size is passed; the kernel copies it.
+    cvt(unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), size_of::<T>() as libc::socklen_t) })
+        .map(|_| ())
+}
+
+impl PacketRing {
+    /// Opens a packet socket on interface `ifindex`: TPACKET_V3 receive
+    /// ring, virtio-net headers, qdisc bypass on transmit, its own
+    /// transmissions never received back, promiscuous membership.
+    ///
+    /// # Errors
+    /// The failing step's OS error (EPERM without CAP_NET_RAW).
+    pub fn open(ifindex: u32, cfg: RingConfig) -> io::Result<PacketRing> {
+        let proto = (libc::ETH_P_ALL as u16).to_be() as libc::c_int;
+        // Protocol 0: the socket receives nothing until `bind` names both
+        // the protocol and the interface. Opened with ETH_P_ALL it would
+        // capture every interface's traffic into the ring until then.
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = cvt(unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+        })?;
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let f = fd.as_raw_fd();
+        let version: libc::c_int = 2; // TPACKET_V3
+        setsockopt(f, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
+        let one: libc::c_int = 1;
+        setsockopt(f, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)?;
+        setsockopt(f, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)?;
+        setsockopt(f, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
+        let frame_size = 2048u32;
+        let req = libc::tpacket_req3 {
+            tp_block_size: cfg.block_size,
+            tp_block_nr: cfg.blocks,
+            tp_frame_size: frame_size,
+            tp_frame_nr: cfg.block_size / frame_size * cfg.blocks,
+            tp_retire_blk_tov: cfg.block_timeout_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(f, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+        let map_len = cfg.block_size as usize * cfg.blocks as usize;
+        // SAFETY: mapping the ring the kernel just allocated for this
+        // socket, at a kernel-chosen address, with the length it expects.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f, 0)
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let map = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ring = PacketRing { fd, map, map_len, cfg, block: 0, left: 0, next: 0, holding: false };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll and its size is passed.
+        cvt(unsafe {
+            libc::bind(f, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+        })?;
+        let mreq = libc::packet_mreq {
+            mr_ifindex: ifindex as i32,
+            mr_type: libc::PACKET_MR_PROMISC as u16,
+            mr_alen: 0,
+            mr_address: [0; 8],
+        };
+        setsockopt(f, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
+        Ok(ring)
+    }
+
+    /// The socket's descriptor, for readiness (epoll).
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn block_ptr(&self, i: u32) -> *mut u8 {
+        // SAFETY: i < blocks, so the offset stays inside the mapping.
+        unsafe { self.map.as_ptr().add(i as usize * self.cfg.block_size as usize) }
+    }
+
+    fn status(&self, i: u32) -> &AtomicU32 {
+        let off = offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, block_status);
+        // SAFETY: block_status is a naturally aligned u32 inside block i's
+        // header, in memory mapped for the ring's lifetime; the kernel
+        // updates it concurrently, hence the atomic view.
+        unsafe { AtomicU32::from_ptr(self.block_ptr(i).add(off).cast()) }
+    }
+
+    fn block_u32(&self, i: u32, field: usize) -> u32 {
+        let off = offset_of!(libc::tpacket_block_desc, hdr) + field;
+        // SAFETY: reading a u32 of block i's header, which the kernel does
+        // not write while the block is ours (TP_STATUS_USER, checked by the
+        // caller with an acquire load).
+        unsafe { self.block_ptr(i).add(off).cast::<u32>().read_unaligned() }
+    }
+
+    /// True if a block (or the rest of one) is waiting to be read.
+    pub fn rx_ready(&self) -> bool {
+        self.holding || self.status(self.block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+    }
+
+    fn release_block(&mut self) {
+        self.status(self.block).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.block = (self.block + 1) % self.cfg.blocks;
+        self.holding = false;
+        self.left = 0;
+    }
+
+    /// Hands at most `max` frames to `f`; returns how many.
+    pub fn recv_burst(&mut self, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
+        let bs = self.cfg.block_size as usize;
+        let mut n = 0;
+        while n < max {
+            if !self.holding {
+                if self.status(self.block).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+                    break;
+                }
+                self.holding = true;
+                self.left = self.block_u32(self.block, offset_of!(libc::tpacket_hdr_v1, num_pkts));
+                self.next = self.block_u32(self.block, offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt)) as usize;
+            }
+            if self.left == 0 || self.next + size_of::<libc::tpacket3_hdr>() > bs {
+                self.release_block();
+                continue;
+            }
+            let base = self.block_ptr(self.block);
+            // SAFETY: the header lies inside the block (checked above) and
+            // the block is ours until we release it.
+            let hdr: libc::tpacket3_hdr = unsafe { base.add(self.next).cast::<libc::tpacket3_hdr>().read_unaligned() };
+            let mac = self.next + hdr.tp_mac as usize;
+            let len = hdr.tp_snaplen as usize;
+            if mac < VNET_HDR_LEN || mac + len > bs {
+                // A header we cannot trust: skip the rest of the block.
+                self.release_block();
+                continue;
+            }
+            // SAFETY: [mac - 10, mac + len) is inside the block (checked
+            // just above), which the kernel leaves alone while it is ours;
+            // the slice does not outlive this iteration.
+            let (vnet, data) = unsafe {
+                (
+                    std::slice::from_raw_parts(base.add(mac - VNET_HDR_LEN), VNET_HDR_LEN),
+                    std::slice::from_raw_parts(base.add(mac), len),
+                )
+            };
+            let vlan = (hdr.tp_status & libc::TP_STATUS_VLAN_VALID != 0).then(|| {
+                let tpid =
+                    if hdr.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { hdr.hv1.tp_vlan_tpid } else { 0x8100 };
+                (tpid, hdr.hv1.tp_vlan_tci as u16)
+            });
+            f(RxFrame { data, wire_len: hdr.tp_len as usize, vlan, vnet: VnetHdr::from_bytes(vnet) });
+            n += 1;
+            self.left -= 1;
+            self.next += hdr.tp_next_offset as usize;
+            if self.left == 0 {
+                self.release_block();
+            }
+        }
+        n
+    }
+
+    /// Sends each frame with its virtio-net header, in one `sendmmsg` call
+    /// per 64 frames. Returns how many the kernel took; the first error
+    /// that stopped it, if any.
+    pub fn send_batch(&self, frames: &[(VnetHdr, &[u8])]) -> (usize, Option<io::Error>) {
+        let mut sent = 0;
+        for chunk in frames.chunks(64) {
+            let hdrs: Vec<[u8; VNET_HDR_LEN]> = chunk.iter().map(|(v, _)| v.to_bytes()).collect();
+            let mut iovs: Vec<[libc::iovec; 2]> = chunk
+                .iter()
+                .zip(&hdrs)
+                .map(|((_, d), h)| {
+                    [
+                        libc::iovec { iov_base: h.as_ptr() as *mut _, iov_len: VNET_HDR_LEN },
+                        libc::iovec { iov_base: d.as_ptr() as *mut _, iov_len: d.len() },
+                    ]
+                })
+                .collect();
+            let mut msgs: Vec<libc::mmsghdr> = iovs
+                .iter_mut()
+                .map(|iov| {
+                    // SAFETY: msghdr is plain data; all-zero is valid.
+                    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+                    m.msg_iov = iov.as_mut_ptr();
+                    m.msg_iovlen = 2;
+                    libc::mmsghdr { msg_hdr: m, msg_len: 0 }
+                })
+                .collect();
+            // SAFETY: every msghdr points at two iovecs that point at live
+            // buffers (the headers in `hdrs`, the frames borrowed from the
+            // caller), all of which outlive the call; the count is exact.
+            let r = unsafe { libc::sendmmsg(self.fd(), msgs.as_mut_ptr(), msgs.len() as u32, libc::MSG_DONTWAIT) };
+            if r < 0 {
+                return (sent, Some(io::Error::last_os_error()));
+            }
+            sent += r as usize;
+            if (r as usize) < chunk.len() {
+                return (sent, None);
+            }
+        }
+        (sent, None)
+    }
+}
+
+impl Drop for PacketRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `open`; no slice
+        // into it outlives a `recv_burst` call. Closing the socket (after
+        // this) drops the promiscuous membership and the ring.
+        unsafe {
+            libc::munmap(self.map.as_ptr().cast(), self.map_len);
+        }
+    }
+}
