@@ -261,9 +261,6 @@ impl Datapath {
             p.refresh_link();
             let mut rx = std::mem::take(&mut self.rx);
             let n = p.port.rx_burst(&mut rx, BURST, &mut self.pool);
-            if let Some((reason, count)) = p.port.take_rx_drops() {
-                p.counters.count_drop(reason, count);
-            }
             if n > 0 {
                 work += n;
                 self.switch_burst(slot, &mut rx, now_ms);
@@ -280,6 +277,8 @@ impl Datapath {
             for slot in 0..self.ports.len() {
                 if let Some(p) = self.ports[slot].as_mut() {
                     p.port.housekeeping(now_ms);
+                    let counters = &p.counters;
+                    p.port.take_rx_drops(&mut |reason, n| counters.count_drop(reason, n));
                     p.refresh_link();
                     self.sync_wake_fd(slot);
                 }

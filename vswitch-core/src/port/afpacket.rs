@@ -133,6 +133,7 @@ pub struct AfPacketPort {
     ifindex: u32,
     link_up: bool,
     truncated: u64,
+    ring_full: u64,
     _lock: AttachLock,
 }
 
@@ -163,6 +164,7 @@ impl AfPacketPort {
             ifindex: index,
             link_up: link_is_up(ifname),
             truncated: 0,
+            ring_full: 0,
             _lock: lock,
         })
     }
@@ -203,8 +205,9 @@ impl Port for AfPacketPort {
         n - truncated as usize
     }
 
-    fn take_rx_drops(&mut self) -> Option<(DropReason, u64)> {
-        (self.truncated > 0).then(|| (DropReason::Truncated, std::mem::take(&mut self.truncated)))
+    fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {
+        count(DropReason::Truncated, std::mem::take(&mut self.truncated));
+        count(DropReason::RxRingFull, std::mem::take(&mut self.ring_full));
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
@@ -244,6 +247,9 @@ impl Port for AfPacketPort {
     }
 
     fn housekeeping(&mut self, _now_ms: u64) {
+        if let Some(r) = &self.ring {
+            self.ring_full += r.take_ring_drops().unwrap_or(0);
+        }
         match ifindex(&self.name) {
             None => {
                 // The interface is gone (a deleted veth): let go of it.

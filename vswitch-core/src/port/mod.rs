@@ -60,10 +60,9 @@ pub trait Port: Send + fmt::Debug {
     /// reattach a vanished interface. The wake descriptor may change.
     fn housekeeping(&mut self, _now_ms: u64) {}
 
-    /// Packets the port dropped on receive since the last call, and why.
-    fn take_rx_drops(&mut self) -> Option<(DropReason, u64)> {
-        None
-    }
+    /// Reports (and forgets) the packets the port or its kernel dropped on
+    /// receive since the last call: `count(reason, how_many)` per reason.
+    fn take_rx_drops(&mut self, _count: &mut dyn FnMut(DropReason, u64)) {}
 
     /// True if the port passes offload metadata (GSO, partial checksums)
     /// to its peer; otherwise the datapath resolves it before transmit.
@@ -122,11 +121,13 @@ pub enum DropReason {
     NoPort,
     /// The kernel delivered only part of the frame (rx).
     Truncated,
+    /// The kernel's receive ring was full: the switch fell behind (rx).
+    RxRingFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -142,6 +143,7 @@ impl DropReason {
         DropReason::TtlExpired,
         DropReason::NoPort,
         DropReason::Truncated,
+        DropReason::RxRingFull,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -162,6 +164,7 @@ impl DropReason {
             DropReason::TtlExpired => "ttl_expired",
             DropReason::NoPort => "no_port",
             DropReason::Truncated => "truncated",
+            DropReason::RxRingFull => "rx_ring_full",
         }
     }
 }

@@ -271,6 +271,25 @@ impl PacketRing {
         n
     }
 
+    /// Frames the kernel dropped because the ring was full, since the last
+    /// call (`PACKET_STATISTICS`, which resets on read).
+    pub fn take_ring_drops(&self) -> io::Result<u64> {
+        // SAFETY: tpacket_stats_v3 is plain data; all-zero is valid.
+        let mut st: libc::tpacket_stats_v3 = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+        // SAFETY: `st` and `len` are valid for writes of the sizes given.
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats_v3).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(st.tp_drops as u64)
+    }
+
     /// Sends each frame with its virtio-net header, in one `sendmmsg` call
     /// per 64 frames. Returns how many the kernel took; the first error
     /// that stopped it, if any.

@@ -1,0 +1,159 @@
+//! Forwarding rate over veth: generator namespace -> device under test ->
+//! sink namespace, 64-byte frames, this switch (AF_PACKET ports) and the
+//! Linux bridge measured in the same run with the same generator.
+//!
+//! Run as root: `cargo run --release -p vswitch-benches --bin veth-rate -- [SECONDS] [FLOWS]`
+//!
+//! The generator is this program re-run inside the generator namespace
+//! (`--generate`): it sends prebuilt frames through an AF_PACKET port of
+//! the switch's own code (sendmmsg, 32 frames a call) as fast as it can.
+//! The sink is the receiving veth's own counter, so receiving costs no
+//! user-space work. Everything shares this machine's cores: read the
+//! ratio between the devices, not the absolute rates.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vswitch_benches::{host_mac, udp_frame};
+use vswitch_core::packet::PacketPool;
+use vswitch_core::port::Port;
+use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
+use vswitch_core::{MacAddr, Packet, PortConfig, Switch};
+use vswitch_tests::netns::{NetNs, Veth, run, unique};
+
+fn generate(ifname: &str, dst: MacAddr, seconds: u64, flows: u32) {
+    let mut port = AfPacketPort::open(ifname, AfPacketConfig::default()).expect("open the generator's port");
+    let mut pool = PacketPool::new(1024, 2048);
+    let frames: Vec<Packet> = (0..flows.max(1))
+        .map(|i| Packet::from_frame(&udp_frame(dst, host_mac(1), 1024 + (i % 60_000) as u16)))
+        .collect();
+    let mut batch = Vec::with_capacity(32);
+    let (mut sent, mut next) = (0u64, 0usize);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        for _ in 0..32 {
+            batch.push(frames[next].clone());
+            next = (next + 1) % frames.len();
+        }
+        sent += port.tx_burst(&mut batch, &mut pool).sent as u64;
+    }
+    println!("{sent}");
+}
+
+fn counter(ns: &NetNs, ifname: &str, what: &str) -> u64 {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/{what}")]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+fn mac_of(ns: &NetNs, ifname: &str) -> MacAddr {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a MAC address")
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0
+}
+
+struct Measured {
+    device: &'static str,
+    offered_pps: f64,
+    delivered_pps: f64,
+    dut_cpu: Option<f64>,
+}
+
+/// Runs the generator for `seconds` and measures what reaches the sink.
+fn measure(
+    device: &'static str,
+    generator: &NetNs,
+    gen_if: &str,
+    sink: &NetNs,
+    sink_if: &str,
+    seconds: u64,
+    flows: u32,
+) -> Measured {
+    let me = std::env::current_exe().expect("own path");
+    let dst = mac_of(sink, sink_if);
+    let before = counter(sink, sink_if, "rx_packets");
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let out = generator.exec(&[
+        me.to_str().unwrap(),
+        "--generate",
+        gen_if,
+        &dst.to_string(),
+        &seconds.to_string(),
+        &flows.to_string(),
+    ]);
+    assert!(out.status.success(), "generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(200)); // let queues drain
+    let secs = t0.elapsed().as_secs_f64() - 0.2;
+    let cpu = (cpu_seconds() - c0) / secs;
+    let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let got = counter(sink, sink_if, "rx_packets") - before;
+    Measured {
+        device,
+        offered_pps: sent as f64 / seconds as f64,
+        delivered_pps: got as f64 / seconds as f64,
+        dut_cpu: (device != "linux-bridge").then_some(cpu),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--generate") {
+        let dst: MacAddr = args[3].parse().expect("MAC");
+        generate(&args[2], dst, args[4].parse().unwrap(), args[5].parse().unwrap());
+        return;
+    }
+    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let flows: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let (generator, sink) = (NetNs::new(), NetNs::new());
+    let (vg, vs) = (Veth::new(&generator, "10.96.0.1/24"), Veth::new(&sink, "10.96.0.2/24"));
+    let mut results = Vec::new();
+    {
+        let sw = Switch::builder().build().expect("switch");
+        sw.add_bridge("br0").unwrap();
+        sw.add_afpacket_port("br0", &vg.host, PortConfig::default()).unwrap();
+        sw.add_afpacket_port("br0", &vs.host, PortConfig::default()).unwrap();
+        // The sink's MAC must be learned or every frame is flooded.
+        assert!(sink.ping("10.96.0.1", 1), "the topology works");
+        results.push(measure("vswitch-afpacket", &generator, &vg.inner, &sink, &vs.inner, seconds, flows));
+        std::thread::sleep(Duration::from_millis(200)); // a housekeeping tick reads the kernel's ring drops
+        for p in &sw.stats().bridges[0].ports {
+            let drops: Vec<String> = p.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+            eprintln!("vswitch port {}: rx {} tx {} drops [{}]", p.name, p.rx_packets, p.tx_packets, drops.join(" "));
+        }
+    }
+    {
+        // The Linux bridge, same veths, same generator.
+        for f in ["iptables", "ip6tables", "arptables"] {
+            let _ = std::fs::write(format!("/proc/sys/net/bridge/bridge-nf-call-{f}"), "0");
+        }
+        let br = unique("vbr");
+        run(&["ip", "link", "add", &br, "type", "bridge"]);
+        run(&["ip", "link", "set", &vg.host, "master", &br]);
+        run(&["ip", "link", "set", &vs.host, "master", &br]);
+        run(&["ip", "link", "set", &br, "up"]);
+        assert!(sink.ping("10.96.0.1", 1), "the bridge works");
+        results.push(measure("linux-bridge", &generator, &vg.inner, &sink, &vs.inner, seconds, flows));
+        let _ = Command::new("ip").args(["link", "del", &br]).status();
+    }
+    println!("\n64-byte frames, {flows} flow(s), {seconds} s per device, same run:\n");
+    println!("| device | offered (Mpps) | delivered (Mpps) | loss | DUT CPU (cores) |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &results {
+        let loss = (1.0 - r.delivered_pps / r.offered_pps.max(1.0)).max(0.0);
+        let cpu = r.dut_cpu.map_or("in softirq".to_string(), |c| format!("{c:.2}"));
+        println!(
+            "| {} | {:.3} | {:.3} | {:.1} % | {cpu} |",
+            r.device,
+            r.offered_pps / 1e6,
+            r.delivered_pps / 1e6,
+            loss * 100.0
+        );
+    }
+    let (v, b) = (&results[0], &results[1]);
+    println!("\nvswitch-afpacket / linux-bridge delivered: {:.2}x", v.delivered_pps / b.delivered_pps.max(1.0));
+}
