@@ -1,6 +1,7 @@
 //! Forwarding rate over veth: generator namespace -> device under test ->
 //! sink namespace, 64-byte frames, this switch (AF_PACKET ports) and the
-//! Linux bridge measured in the same run with the same generator.
+//! Linux bridge measured in the same run with the same generator; then
+//! iperf3 TCP through each (default offloads).
 //!
 //! Run as root: `cargo run --release -p vswitch-benches --bin veth-rate -- [SECONDS] [FLOWS]`
 //!
@@ -62,6 +63,32 @@ struct Measured {
     offered_pps: f64,
     delivered_pps: f64,
     dut_cpu: Option<f64>,
+    tcp_gbps: f64,
+}
+
+/// iperf3 TCP for `seconds` from the generator to the sink namespace,
+/// with the kernel's default offloads; Gbit/s received.
+fn tcp_gbps(generator: &NetNs, sink: &NetNs, seconds: u64) -> f64 {
+    let mut server = sink.spawn(&["iperf3", "-s", "-1", "-B", "10.96.0.2"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = generator.exec(&["iperf3", "-c", "10.96.0.2", "-t", &seconds.to_string(), "-J"]);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "bits_per_second" of the receiver's summary, without a JSON parser.
+    let recv = text.find("\"sum_received\"").map_or("", |i| &text[i..]);
+    recv.split("\"bits_per_second\":")
+        .nth(1)
+        .and_then(|t| t.split([',', '}']).next())
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1e9
 }
 
 /// Runs the generator for `seconds` and measures what reaches the sink.
@@ -97,6 +124,7 @@ fn measure(
         offered_pps: sent as f64 / seconds as f64,
         delivered_pps: got as f64 / seconds as f64,
         dut_cpu: (device != "linux-bridge").then_some(cpu),
+        tcp_gbps: tcp_gbps(generator, sink, seconds.min(3)),
     }
 }
 
@@ -141,19 +169,21 @@ fn main() {
         let _ = Command::new("ip").args(["link", "del", &br]).status();
     }
     println!("\n64-byte frames, {flows} flow(s), {seconds} s per device, same run:\n");
-    println!("| device | offered (Mpps) | delivered (Mpps) | loss | DUT CPU (cores) |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| device | offered (Mpps) | delivered (Mpps) | loss | DUT CPU (cores) | iperf3 TCP (Gbit/s) |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &results {
         let loss = (1.0 - r.delivered_pps / r.offered_pps.max(1.0)).max(0.0);
         let cpu = r.dut_cpu.map_or("in softirq".to_string(), |c| format!("{c:.2}"));
         println!(
-            "| {} | {:.3} | {:.3} | {:.1} % | {cpu} |",
+            "| {} | {:.3} | {:.3} | {:.1} % | {cpu} | {:.1} |",
             r.device,
             r.offered_pps / 1e6,
             r.delivered_pps / 1e6,
-            loss * 100.0
+            loss * 100.0,
+            r.tcp_gbps
         );
     }
     let (v, b) = (&results[0], &results[1]);
     println!("\nvswitch-afpacket / linux-bridge delivered: {:.2}x", v.delivered_pps / b.delivered_pps.max(1.0));
+    println!("vswitch-afpacket / linux-bridge TCP: {:.2}x", v.tcp_gbps / b.tcp_gbps.max(1e-9));
 }
