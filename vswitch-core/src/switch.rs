@@ -397,6 +397,20 @@ impl Switch {
         })
     }
 
+    /// Attaches kernel interface `ifname` to `bridge` through AF_XDP (native
+    /// XDP where the driver supports it, generic otherwise); returns its
+    /// port number.
+    ///
+    /// # Errors
+    /// As [`AfXdpPort::open`](crate::port::afxdp::AfXdpPort::open), and as
+    /// [`Switch::add_port`].
+    pub fn add_afxdp_port(&self, bridge: &str, ifname: &str, config: PortConfig) -> Result<PortNo> {
+        self.attach(bridge, ifname, config, |_| {
+            let p = crate::port::afxdp::AfXdpPort::open(ifname, Default::default())?;
+            Ok(Box::new(p))
+        })
+    }
+
     /// Adds a port of any backend (an embedder's own [`Port`]
     /// implementation included) to `bridge`; returns its port number.
     ///

@@ -341,9 +341,65 @@ pub(crate) fn dec_ttl(p: &mut Packet, h: &Headers) -> bool {
     }
 }
 
+/// Computes the TCP or UDP checksum of an Ethernet frame afresh (IPv4 or
+/// IPv6 without extension headers, not a fragment), writing it into the
+/// frame. For frames that may carry a partial checksum with nothing to say
+/// so (AF_XDP from a virtual interface with checksum offload). Anything
+/// else is left as it is.
+pub(crate) fn complete_l4_checksum(frame: &mut [u8]) {
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
+    let mut l3 = crate::wire::ETHERNET_HEADER_LEN;
+    let mut et = if frame.len() >= l3 { be16(frame, 12) } else { return };
+    while matches!(et, ethertype::VLAN | ethertype::QINQ) && frame.len() >= l3 + 4 {
+        et = be16(frame, l3 + 2);
+        l3 += 4;
+    }
+    let fill = |proto: IpProtocol, payload: &mut [u8], src: IpAddress, dst: IpAddress| match proto {
+        IpProtocol::Tcp => {
+            if let Ok(mut t) = TcpPacket::new_checked(payload) {
+                t.fill_checksum(&src, &dst);
+            }
+        }
+        IpProtocol::Udp => {
+            if let Ok(mut u) = UdpPacket::new_checked(payload)
+                && u.checksum() != 0
+            {
+                u.fill_checksum(&src, &dst);
+            }
+        }
+        _ => {}
+    };
+    match et {
+        ethertype::IPV4 => {
+            let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[l3..]) else { return };
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return;
+            }
+            let (src, dst, proto) = (ip.src_addr().into(), ip.dst_addr().into(), ip.next_header());
+            fill(proto, ip.payload_mut(), src, dst);
+        }
+        ethertype::IPV6 => {
+            let Ok(mut ip) = Ipv6Packet::new_checked(&mut frame[l3..]) else { return };
+            let (src, dst, proto) = (ip.src_addr().into(), ip.dst_addr().into(), ip.next_header());
+            fill(proto, ip.payload_mut(), src, dst);
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completes_a_partial_udp_checksum() {
+        let mut p = udp_packet();
+        let good = p.data().to_vec();
+        // A partial checksum: only the pseudo-header sum, as offload leaves it.
+        p.data_mut()[40..42].copy_from_slice(&[0x12, 0x34]);
+        complete_l4_checksum(p.data_mut());
+        assert_eq!(p.data(), &good[..]);
+    }
 
     /// The Internet checksum from scratch (RFC 1071), to check updates.
     fn checksum(bytes: &[u8]) -> u16 {

@@ -19,7 +19,7 @@ mod table;
 mod trace;
 
 pub use action::{Action, actions_to_text};
-pub(crate) use action::{Headers, dec_ttl, set_ipv4_addr, set_l4_port};
+pub(crate) use action::{Headers, complete_l4_checksum, dec_ttl, set_ipv4_addr, set_l4_port};
 pub use classifier::Classifier;
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};

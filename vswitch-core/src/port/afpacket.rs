@@ -78,7 +78,7 @@ pub(crate) fn ifindex(name: &str) -> Option<u32> {
 }
 
 /// True if the interface is administratively up and its carrier is on.
-fn link_is_up(name: &str) -> bool {
+pub(crate) fn link_is_up(name: &str) -> bool {
     let flags =
         sysfs(name, "flags").and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
     let admin_up = flags & libc::IFF_UP as u32 != 0;
@@ -89,7 +89,7 @@ fn link_is_up(name: &str) -> bool {
 /// An exclusive claim on an interface, held for the port's lifetime, so a
 /// second switch (or a second port in this one) cannot attach it too.
 #[derive(Debug)]
-struct AttachLock {
+pub(crate) struct AttachLock {
     _file: File,
 }
 
@@ -104,7 +104,7 @@ fn lock_dir() -> PathBuf {
 }
 
 impl AttachLock {
-    fn acquire(ifname: &str) -> Result<AttachLock> {
+    pub(crate) fn acquire(ifname: &str) -> Result<AttachLock> {
         let dir = lock_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the attach lock directory", e))?;
         let path = dir.join(ifname);
@@ -122,6 +122,21 @@ impl AttachLock {
             )),
         }
     }
+}
+
+/// Checks that `ifname` exists and is free, and takes the attach lock on
+/// it; returns its index and the lock.
+pub(crate) fn claim(ifname: &str) -> Result<(u32, AttachLock)> {
+    let index =
+        ifindex(ifname).ok_or_else(|| Error::invalid("interface", format!("no network interface named '{ifname}'")))?;
+    if let Ok(master) = std::fs::read_link(format!("/sys/class/net/{ifname}/master")) {
+        let m = master.file_name().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default();
+        return Err(Error::invalid(
+            "interface",
+            format!("'{ifname}' is a port of kernel device '{m}'; detach it first"),
+        ));
+    }
+    Ok((index, AttachLock::acquire(ifname)?))
 }
 
 /// A kernel interface on the bridge through AF_PACKET.

@@ -7,6 +7,7 @@
 //! tunnel backends build on the same trait.
 
 pub mod afpacket;
+pub mod afxdp;
 pub mod memory;
 pub(crate) mod vlan_mode;
 

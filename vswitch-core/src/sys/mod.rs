@@ -4,7 +4,9 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod bpf;
 pub(crate) mod packet_ring;
+pub(crate) mod xsk;
 
 use std::io;
 

@@ -343,3 +343,30 @@ impl Drop for PacketRing {
         }
     }
 }
+
+/// Promiscuous membership on an interface, held by a packet socket that
+/// receives nothing (protocol 0, never bound). The kernel counts such
+/// memberships and drops this one when the socket closes, so the
+/// interface returns to its previous state however the holder goes away.
+#[derive(Debug)]
+pub struct PromiscGuard {
+    _fd: OwnedFd,
+}
+
+impl PromiscGuard {
+    /// Makes `ifindex` promiscuous for as long as the guard lives.
+    pub fn new(ifindex: u32) -> io::Result<PromiscGuard> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let raw = cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mreq = libc::packet_mreq {
+            mr_ifindex: ifindex as i32,
+            mr_type: libc::PACKET_MR_PROMISC as u16,
+            mr_alen: 0,
+            mr_address: [0; 8],
+        };
+        setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
+        Ok(PromiscGuard { _fd: fd })
+    }
+}

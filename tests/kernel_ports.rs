@@ -1,12 +1,56 @@
-//! AF_PACKET ports over veth pairs between network namespaces, as root:
-//! ping both ways, iperf3 TCP with the kernel's default offloads (GSO),
-//! VLAN isolation, a namespace joining under traffic, an interface
-//! deleted under traffic and coming back, attach hygiene.
+//! Kernel ports over veth pairs between network namespaces, as root, the
+//! same suite over each backend (AF_PACKET, AF_XDP): ping both ways,
+//! iperf3 TCP with the kernel's default offloads, VLAN isolation, a
+//! namespace joining under traffic, an interface deleted under traffic and
+//! coming back, attach hygiene.
 
 use std::time::{Duration, Instant};
 
-use vswitch_core::{DropReason, ErrorKind, PortConfig, Switch, VlanMode};
+use vswitch_core::{DropReason, ErrorKind, PortConfig, PortNo, Switch, VlanMode};
 use vswitch_tests::netns::{NetNs, Veth, run};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    AfPacket,
+    AfXdp,
+}
+
+impl Backend {
+    fn add(self, sw: &Switch, ifname: &str, config: PortConfig) -> vswitch_core::Result<PortNo> {
+        match self {
+            Backend::AfPacket => sw.add_afpacket_port("br0", ifname, config),
+            Backend::AfXdp => sw.add_afxdp_port("br0", ifname, config),
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Backend::AfPacket => "afpacket",
+            Backend::AfXdp => "afxdp",
+        }
+    }
+}
+
+/// Each test, once per backend.
+macro_rules! over_backends {
+    ($($name:ident),* $(,)?) => {
+        mod afpacket {
+            $(#[test] fn $name() { super::$name(super::Backend::AfPacket) })*
+        }
+        mod afxdp {
+            $(#[test] fn $name() { super::$name(super::Backend::AfXdp) })*
+        }
+    };
+}
+
+over_backends!(
+    ping_both_ways,
+    iperf3_tcp_with_default_offloads,
+    vlan_access_ports_isolate_pairs,
+    a_namespace_joins_while_traffic_flows,
+    interface_deleted_under_traffic_then_recreated,
+    attach_hygiene,
+);
 
 /// `n` namespaces, each with a veth into it addressed 10.99.0.(i+1)/24,
 /// and a switch with one bridge "br0" attaching the host ends.
@@ -17,7 +61,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(n: usize, vlans: &[Option<u16>]) -> Lab {
+    fn new(backend: Backend, n: usize, vlans: &[Option<u16>]) -> Lab {
         let nss: Vec<NetNs> = (0..n).map(|_| NetNs::new()).collect();
         let veths: Vec<Veth> =
             nss.iter().enumerate().map(|(i, ns)| Veth::new(ns, &format!("10.99.0.{}/24", i + 1))).collect();
@@ -28,7 +72,7 @@ impl Lab {
                 Some(tag) => VlanMode::access(tag).unwrap(),
                 None => VlanMode::default(),
             };
-            sw.add_afpacket_port("br0", &v.host, PortConfig { vlan }).unwrap();
+            backend.add(&sw, &v.host, PortConfig { vlan }).unwrap();
         }
         Lab { sw, veths, nss }
     }
@@ -38,9 +82,8 @@ impl Lab {
     }
 }
 
-#[test]
-fn ping_both_ways() {
-    let lab = Lab::new(2, &[]);
+fn ping_both_ways(backend: Backend) {
+    let lab = Lab::new(backend, 2, &[]);
     assert!(lab.nss[0].ping(&Lab::ip(1), 3), "ns0 -> ns1");
     assert!(lab.nss[1].ping(&Lab::ip(0), 3), "ns1 -> ns0");
     let fdb = lab.sw.fdb("br0").unwrap();
@@ -57,18 +100,17 @@ fn ping_both_ways() {
         let p = s.port(&v.host).unwrap();
         assert!(p.rx_packets >= 4 && p.tx_packets >= 4, "{p:?}");
         assert!(p.link_up);
-        assert_eq!(p.kind, "afpacket");
+        assert_eq!(p.kind, backend.kind());
     }
 }
 
-#[test]
-fn iperf3_tcp_with_default_offloads() {
-    let lab = Lab::new(2, &[]);
+fn iperf3_tcp_with_default_offloads(backend: Backend) {
+    let lab = Lab::new(backend, 2, &[]);
     let mut server = lab.nss[1].spawn(&["iperf3", "-s", "-1", "-B", &Lab::ip(1)]);
     // Wait for the server to listen, then run the client for 3 s.
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
-        let out = lab.nss[0].exec(&["iperf3", "-c", &Lab::ip(1), "-t", "3", "-J"]);
+        let out = lab.nss[0].exec(&["timeout", "20", "iperf3", "-c", &Lab::ip(1), "-t", "3", "-J"]);
         if out.status.success() || Instant::now() > deadline {
             break out;
         }
@@ -80,7 +122,7 @@ fn iperf3_tcp_with_default_offloads() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
     let bytes = v["end"]["sum_received"]["bytes"].as_u64().expect("bytes received");
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    println!("iperf3 through AF_PACKET ports: {bytes} bytes, {:.2} Gbit/s", bps / 1e9);
+    println!("iperf3 through {} ports: {bytes} bytes, {:.2} Gbit/s", backend.kind(), bps / 1e9);
     assert!(bytes > 10_000_000, "only {bytes} bytes crossed the switch");
     let s = lab.sw.stats();
     for v in &lab.veths {
@@ -90,9 +132,8 @@ fn iperf3_tcp_with_default_offloads() {
     }
 }
 
-#[test]
-fn vlan_access_ports_isolate_pairs() {
-    let lab = Lab::new(4, &[Some(10), Some(10), Some(20), Some(20)]);
+fn vlan_access_ports_isolate_pairs(backend: Backend) {
+    let lab = Lab::new(backend, 4, &[Some(10), Some(10), Some(20), Some(20)]);
     assert!(lab.nss[0].ping(&Lab::ip(1), 2), "same VLAN 10");
     assert!(lab.nss[2].ping(&Lab::ip(3), 2), "same VLAN 20");
     let crossed = lab.nss[0].exec(&["ping", "-c", "2", "-W", "1", &Lab::ip(2)]);
@@ -108,14 +149,13 @@ fn received(out: &std::process::Output) -> (u32, u32) {
     (nums.first().copied().unwrap_or(0), nums.get(1).copied().unwrap_or(0))
 }
 
-#[test]
-fn a_namespace_joins_while_traffic_flows() {
-    let lab = Lab::new(2, &[]);
+fn a_namespace_joins_while_traffic_flows(backend: Backend) {
+    let lab = Lab::new(backend, 2, &[]);
     let ns2 = NetNs::new();
     let v2 = Veth::new(&ns2, "10.99.0.3/24");
     let flow = lab.nss[0].spawn(&["ping", "-c", "150", "-i", "0.01", &Lab::ip(1)]);
     std::thread::sleep(Duration::from_millis(300));
-    lab.sw.add_afpacket_port("br0", &v2.host, PortConfig::default()).unwrap();
+    backend.add(&lab.sw, &v2.host, PortConfig::default()).unwrap();
     assert!(ns2.ping(&Lab::ip(0), 2), "the new namespace reaches ns0");
     let out = flow.wait_with_output().unwrap();
     let (sent, got) = received(&out);
@@ -123,9 +163,8 @@ fn a_namespace_joins_while_traffic_flows() {
     assert!(got >= 148, "traffic kept flowing while the port was added: {got}/150");
 }
 
-#[test]
-fn interface_deleted_under_traffic_then_recreated() {
-    let mut lab = Lab::new(3, &[]);
+fn interface_deleted_under_traffic_then_recreated(backend: Backend) {
+    let mut lab = Lab::new(backend, 3, &[]);
     let flow = lab.nss[0].spawn(&["ping", "-c", "200", "-i", "0.01", &Lab::ip(1)]);
     std::thread::sleep(Duration::from_millis(200));
     let gone = lab.veths.pop().unwrap();
@@ -147,39 +186,58 @@ fn interface_deleted_under_traffic_then_recreated() {
     drop(again);
 }
 
+/// Waits up to two seconds for `cond`. Closing a socket releases its
+/// kernel state only when the last reference goes, and a process forked
+/// by a parallel test may hold one until it execs: a moment, not never.
+fn eventually(cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !cond() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 fn promisc(ifname: &str) -> bool {
     let flags = std::fs::read_to_string(format!("/sys/class/net/{ifname}/flags")).unwrap();
     u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 0x100 != 0
 }
 
-#[test]
-fn attach_hygiene() {
+fn attach_hygiene(backend: Backend) {
     let ns = NetNs::new();
     let v = Veth::new(&ns, "10.99.0.1/24");
     let sw = Switch::builder().build().unwrap();
     sw.add_bridge("br0").unwrap();
     sw.add_bridge("br1").unwrap();
-    let e = sw.add_afpacket_port("br0", "vsnosuch0", PortConfig::default()).unwrap_err();
+    let e = backend.add(&sw, "vsnosuch0", PortConfig::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.to_string().contains("no network interface named 'vsnosuch0'"), "{e}");
     assert!(!promisc(&v.host));
-    sw.add_afpacket_port("br0", &v.host, PortConfig::default()).unwrap();
+    backend.add(&sw, &v.host, PortConfig::default()).unwrap();
     assert!(promisc(&v.host), "promiscuous while attached");
     assert_eq!(sw.add_afpacket_port("br1", &v.host, PortConfig::default()).unwrap_err().kind(), ErrorKind::Exists);
+    if backend == Backend::AfXdp {
+        let xdp = String::from_utf8_lossy(&run(&["ip", "link", "show", &v.host]).stdout).to_string();
+        assert!(xdp.contains("prog/xdp"), "an XDP program is attached: {xdp}");
+    }
     // Another switch in the same machine is refused too.
     let other = Switch::builder().build().unwrap();
     other.add_bridge("br0").unwrap();
-    let e = other.add_afpacket_port("br0", &v.host, PortConfig::default()).unwrap_err();
+    let e = backend.add(&other, &v.host, PortConfig::default()).unwrap_err();
     assert!(e.to_string().contains("already attached"), "{e}");
     sw.del_port(&v.host).unwrap();
-    assert!(!promisc(&v.host), "detaching restores the interface");
-    other.add_afpacket_port("br0", &v.host, PortConfig::default()).expect("free again after detach");
+    assert!(eventually(|| !promisc(&v.host)), "detaching restores the interface");
+    let shown = String::from_utf8_lossy(&run(&["ip", "link", "show", &v.host]).stdout).to_string();
+    assert!(!shown.contains("prog/xdp"), "no XDP program left behind: {shown}");
+    backend.add(&other, &v.host, PortConfig::default()).expect("free again after detach");
     other.del_port(&v.host).unwrap();
     // A kernel bridge's port is refused.
     let kbr = vswitch_tests::netns::unique("vkb");
     run(&["ip", "link", "add", &kbr, "type", "bridge"]);
     run(&["ip", "link", "set", &v.host, "master", &kbr]);
-    let e = sw.add_afpacket_port("br0", &v.host, PortConfig::default()).unwrap_err();
+    let e = backend.add(&sw, &v.host, PortConfig::default()).unwrap_err();
     let _ = std::process::Command::new("ip").args(["link", "del", &kbr]).status();
     assert!(e.to_string().contains(&format!("port of kernel device '{kbr}'")), "{e}");
 }
