@@ -1,6 +1,7 @@
 //! Forwarding rate over veth: generator namespace -> device under test ->
-//! sink namespace, 64-byte frames, this switch (AF_PACKET ports) and the
-//! Linux bridge measured in the same run with the same generator; then
+//! sink namespace, 64-byte frames, this switch (AF_PACKET ports, then
+//! AF_XDP ports) and the Linux bridge measured in the same run with the
+//! same generator; then
 //! iperf3 TCP through each (default offloads).
 //!
 //! Run as root: `cargo run --release -p vswitch-benches --bin veth-rate -- [SECONDS] [FLOWS]`
@@ -140,18 +141,22 @@ fn main() {
     let (generator, sink) = (NetNs::new(), NetNs::new());
     let (vg, vs) = (Veth::new(&generator, "10.96.0.1/24"), Veth::new(&sink, "10.96.0.2/24"));
     let mut results = Vec::new();
-    {
+    for device in ["vswitch-afpacket", "vswitch-afxdp"] {
         let sw = Switch::builder().build().expect("switch");
         sw.add_bridge("br0").unwrap();
-        sw.add_afpacket_port("br0", &vg.host, PortConfig::default()).unwrap();
-        sw.add_afpacket_port("br0", &vs.host, PortConfig::default()).unwrap();
+        for host in [&vg.host, &vs.host] {
+            match device {
+                "vswitch-afpacket" => sw.add_afpacket_port("br0", host, PortConfig::default()).unwrap(),
+                _ => sw.add_afxdp_port("br0", host, PortConfig::default()).unwrap(),
+            };
+        }
         // The sink's MAC must be learned or every frame is flooded.
         assert!(sink.ping("10.96.0.1", 1), "the topology works");
-        results.push(measure("vswitch-afpacket", &generator, &vg.inner, &sink, &vs.inner, seconds, flows));
+        results.push(measure(device, &generator, &vg.inner, &sink, &vs.inner, seconds, flows));
         std::thread::sleep(Duration::from_millis(200)); // a housekeeping tick reads the kernel's ring drops
         for p in &sw.stats().bridges[0].ports {
             let drops: Vec<String> = p.drops.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}={n}")).collect();
-            eprintln!("vswitch port {}: rx {} tx {} drops [{}]", p.name, p.rx_packets, p.tx_packets, drops.join(" "));
+            eprintln!("{device} port {}: rx {} tx {} drops [{}]", p.name, p.rx_packets, p.tx_packets, drops.join(" "));
         }
     }
     {
@@ -183,7 +188,14 @@ fn main() {
             r.tcp_gbps
         );
     }
-    let (v, b) = (&results[0], &results[1]);
-    println!("\nvswitch-afpacket / linux-bridge delivered: {:.2}x", v.delivered_pps / b.delivered_pps.max(1.0));
-    println!("vswitch-afpacket / linux-bridge TCP: {:.2}x", v.tcp_gbps / b.tcp_gbps.max(1e-9));
+    let bridge = results.iter().find(|r| r.device == "linux-bridge").expect("measured");
+    println!();
+    for v in results.iter().filter(|r| r.device != "linux-bridge") {
+        println!(
+            "{} / linux-bridge: delivered {:.2}x, TCP {:.2}x",
+            v.device,
+            v.delivered_pps / bridge.delivered_pps.max(1.0),
+            v.tcp_gbps / bridge.tcp_gbps.max(1e-9)
+        );
+    }
 }
