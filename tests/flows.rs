@@ -282,7 +282,35 @@ fn trace_explains_rules_and_normal() {
 /// c). A half-applied table would deliver both or neither.
 #[test]
 fn rule_changes_under_traffic_are_atomic() {
-    let sw = Arc::new(Switch::builder().memory_queue_len(1 << 16).build().unwrap());
+    policy_swaps(1);
+}
+
+#[test]
+fn rule_changes_under_traffic_are_atomic_with_two_threads() {
+    policy_swaps(2);
+}
+
+/// Ports owned by two datapath threads hit one rule: its counters add up
+/// both threads' packets.
+#[test]
+fn rule_counters_add_up_across_threads() {
+    let sw = Switch::builder().pmd_threads(2).build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    let p: Vec<_> =
+        ["a", "b", "c", "d"].iter().map(|n| sw.add_memory_port("br0", n, PortConfig::default()).unwrap()).collect();
+    sw.add_flow("br0", "priority=100,udp,tp_dst=9,actions=output:4").unwrap();
+    for (i, h) in p.iter().take(3).enumerate() {
+        for seq in 0..100u32 {
+            h.send_frame(&udp(mac(4), mac(i as u16 + 1), A, B, 1, 9, 64, &seq.to_be_bytes())).unwrap();
+        }
+    }
+    assert_eq!(recv_n(&p[3], 300, Duration::from_secs(10)).len(), 300);
+    let f = &sw.dump_flows("br0").unwrap()[0];
+    assert_eq!((f.priority, f.n_packets), (100, 300), "a rule's counters are shared by all threads");
+}
+
+fn policy_swaps(threads: usize) {
+    let sw = Arc::new(Switch::builder().pmd_threads(threads).memory_queue_len(1 << 16).build().unwrap());
     sw.add_bridge("br0").unwrap();
     let a = sw.add_memory_port("br0", "a", PortConfig::default()).unwrap();
     let b = sw.add_memory_port("br0", "b", PortConfig::default()).unwrap();

@@ -44,6 +44,7 @@ macro_rules! over_backends {
 }
 
 over_backends!(
+    two_datapath_threads,
     ping_both_ways,
     iperf3_tcp_with_default_offloads,
     vlan_access_ports_isolate_pairs,
@@ -62,10 +63,14 @@ struct Lab {
 
 impl Lab {
     fn new(backend: Backend, n: usize, vlans: &[Option<u16>]) -> Lab {
+        Self::with_threads(backend, n, vlans, 1)
+    }
+
+    fn with_threads(backend: Backend, n: usize, vlans: &[Option<u16>], threads: usize) -> Lab {
         let nss: Vec<NetNs> = (0..n).map(|_| NetNs::new()).collect();
         let veths: Vec<Veth> =
             nss.iter().enumerate().map(|(i, ns)| Veth::new(ns, &format!("10.99.0.{}/24", i + 1))).collect();
-        let sw = Switch::builder().build().unwrap();
+        let sw = Switch::builder().pmd_threads(threads).build().unwrap();
         sw.add_bridge("br0").unwrap();
         for (i, v) in veths.iter().enumerate() {
             let vlan = match vlans.get(i).copied().flatten() {
@@ -80,6 +85,34 @@ impl Lab {
     fn ip(i: usize) -> String {
         format!("10.99.0.{}", i + 1)
     }
+}
+
+/// Two poll-mode threads, each receiving from one of the ports: traffic
+/// in each direction crosses from one thread's port to the other's.
+fn two_datapath_threads(backend: Backend) {
+    let lab = Lab::with_threads(backend, 2, &[], 2);
+    assert!(lab.nss[0].ping(&Lab::ip(1), 3), "ns0 -> ns1");
+    assert!(lab.nss[1].ping(&Lab::ip(0), 3), "ns1 -> ns0");
+    let mut server = lab.nss[1].spawn(&["iperf3", "-s", "-1", "-B", &Lab::ip(1)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = lab.nss[0].exec(&["timeout", "20", "iperf3", "-c", &Lab::ip(1), "-t", "2", "-J"]);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let stats = serde_json::to_string(&lab.sw.stats()).unwrap_or_default();
+    assert!(
+        bytes > 10_000_000,
+        "{backend:?}: only {bytes} bytes with two threads; iperf3 said {} {}; switch stats {stats}",
+        String::from_utf8_lossy(&out.stdout).chars().take(600).collect::<String>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn ping_both_ways(backend: Backend) {

@@ -13,10 +13,11 @@ use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
 
 use crate::clock::{Clock, MonotonicClock};
+use crate::datapath::SharedPort;
 use crate::datapath::thread::DatapathThread;
 pub use crate::datapath::thread::IdlePolicy;
 use crate::datapath::{Datapath, Wakeup};
-use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, TableError, Trace};
+use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleStats, TableError, Trace};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
@@ -39,6 +40,8 @@ pub struct SwitchBuilder {
     mac: MacTableConfig,
     queue_len: usize,
     flow_limit: usize,
+    pmd_threads: usize,
+    pin_cpus: Vec<usize>,
 }
 
 impl Default for SwitchBuilder {
@@ -50,6 +53,8 @@ impl Default for SwitchBuilder {
             mac: MacTableConfig::default(),
             queue_len: DEFAULT_QUEUE_LEN,
             flow_limit: DEFAULT_FLOW_LIMIT,
+            pmd_threads: 1,
+            pin_cpus: Vec::new(),
         }
     }
 }
@@ -81,6 +86,20 @@ impl SwitchBuilder {
         self
     }
 
+    /// Number of poll-mode datapath threads (default 1). Each port's
+    /// receive side belongs to one thread (the one with the fewest ports
+    /// when it is added); any thread transmits to any port.
+    pub fn pmd_threads(mut self, n: usize) -> Self {
+        self.pmd_threads = n;
+        self
+    }
+
+    /// Pins datapath thread `i` to CPU `cpus[i % cpus.len()]`.
+    pub fn pin_cpus(mut self, cpus: &[usize]) -> Self {
+        self.pin_cpus = cpus.to_vec();
+        self
+    }
+
     /// Most rules a bridge's flow table holds (default 1,000,000).
     pub fn flow_limit(mut self, limit: usize) -> Self {
         self.flow_limit = limit;
@@ -108,15 +127,31 @@ impl SwitchBuilder {
         if self.flow_limit == 0 {
             return Err(Error::invalid("flow limit", "must be at least 1"));
         }
+        if self.pmd_threads == 0 || self.pmd_threads > 256 {
+            return Err(Error::invalid("pmd threads", format!("{} is not in 1..=256", self.pmd_threads)));
+        }
         let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
-        let dp = Datapath::with_spare(spare.clone());
         let runner = if self.manual {
-            Runner::Manual { dp: Box::new(Mutex::new(dp)), wakeup: Arc::new(Wakeup::default()) }
+            Runner::Manual {
+                dp: Box::new(Mutex::new(Datapath::with_spare(spare.clone()))),
+                wakeup: Arc::new(Wakeup::default()),
+            }
         } else {
-            Runner::Thread(DatapathThread::spawn(dp, clock.clone(), self.idle, "vswitch-pmd0".into())?)
+            let threads = (0..self.pmd_threads)
+                .map(|i| {
+                    let cpu = (!self.pin_cpus.is_empty()).then(|| self.pin_cpus[i % self.pin_cpus.len()]);
+                    let dp = Datapath::with_spare(spare.clone());
+                    DatapathThread::spawn(dp, clock.clone(), self.idle, format!("vswitch-pmd{i}"), cpu)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Runner::Threads(threads)
+        };
+        let threads = match &runner {
+            Runner::Threads(t) => t.len(),
+            Runner::Manual { .. } => 1,
         };
         Ok(Switch {
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry { bridges: BTreeMap::new(), owned: vec![0; threads] }),
             runner,
             clock,
             mac_defaults: self.mac,
@@ -129,13 +164,15 @@ impl SwitchBuilder {
 
 #[derive(Debug)]
 enum Runner {
-    Thread(DatapathThread),
+    Threads(Vec<DatapathThread>),
     Manual { dp: Box<Mutex<Datapath>>, wakeup: Arc<Wakeup> },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Registry {
     bridges: BTreeMap<String, BridgeEntry>,
+    /// Ports whose receive side each datapath thread owns.
+    owned: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -147,6 +184,8 @@ struct BridgeEntry {
 
 #[derive(Debug)]
 struct PortEntry {
+    /// The datapath thread that receives from the port.
+    owner: usize,
     port_no: PortNo,
     slot: usize,
     kind: &'static str,
@@ -271,22 +310,75 @@ impl Switch {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the datapath between bursts and returns its result.
-    fn with_datapath<R: Send + 'static>(&self, f: impl FnOnce(&mut Datapath) -> R + Send + 'static) -> Result<R> {
+    /// Runs `f` on every datapath thread between bursts (all threads at
+    /// once) and returns once all have run it, with each one's result.
+    fn broadcast<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Datapath, usize) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>> {
         match &self.runner {
-            Runner::Thread(t) => t.call(f),
+            Runner::Threads(threads) => {
+                let f = Arc::new(f);
+                let pending = threads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let f = f.clone();
+                        t.submit(move |dp| f(dp, i))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                pending.into_iter().map(|rx| rx.recv().map_err(|_| Error::Unavailable)).collect()
+            }
+            Runner::Manual { dp, .. } => Ok(vec![f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()), 0)]),
+        }
+    }
+
+    /// As [`apply`](Self::apply), for a change that depends on the thread.
+    fn apply_each<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Datapath, usize) -> R + Send + Sync + 'static,
+    ) -> Result<R> {
+        self.broadcast(f)?.into_iter().next().ok_or(Error::Unavailable)
+    }
+
+    /// As [`broadcast`](Self::broadcast), for changes every thread applies
+    /// alike: the first thread's result.
+    fn apply<R: Send + 'static>(&self, f: impl Fn(&mut Datapath) -> R + Send + Sync + 'static) -> Result<R> {
+        self.broadcast(move |dp, _| f(dp))?.into_iter().next().ok_or(Error::Unavailable)
+    }
+
+    /// Runs `f` on the first datapath thread only (reads of state every
+    /// thread shares: counters, the flow table's rules).
+    fn on_first<R: Send + 'static>(&self, f: impl FnOnce(&mut Datapath) -> R + Send + 'static) -> Result<R> {
+        match &self.runner {
+            Runner::Threads(threads) => threads[0].submit(f)?.recv().map_err(|_| Error::Unavailable),
             Runner::Manual { dp, .. } => Ok(f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()))),
         }
     }
 
-    /// What a port of the embedder's own must call ([`Wakeup::notify`])
-    /// after queueing packets for the switch, so a sleeping datapath wakes
-    /// at once rather than at its next housekeeping tick.
-    pub fn wakeup(&self) -> Arc<Wakeup> {
+    fn thread_wakeup(&self, thread: usize) -> Arc<Wakeup> {
         match &self.runner {
-            Runner::Thread(t) => t.wakeup(),
+            Runner::Threads(t) => t[thread].wakeup(),
             Runner::Manual { wakeup, .. } => wakeup.clone(),
         }
+    }
+
+    /// What a port of the embedder's own must call ([`Wakeup::notify`])
+    /// after queueing packets for the switch, so the datapath thread that
+    /// receives from it wakes at once rather than at its next housekeeping
+    /// tick.
+    ///
+    /// # Errors
+    /// [`Error::PortNotFound`].
+    pub fn port_wakeup(&self, name: &str) -> Result<Arc<Wakeup>> {
+        let reg = self.registry();
+        let owner = reg
+            .bridges
+            .values()
+            .find_map(|b| b.ports.get(name))
+            .map(|p| p.owner)
+            .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
+        Ok(self.thread_wakeup(owner))
     }
 
     /// The switch's current time in milliseconds.
@@ -302,7 +394,7 @@ impl Switch {
     pub fn poll(&self) -> Result<usize> {
         match &self.runner {
             Runner::Manual { dp, .. } => Ok(dp.lock().unwrap_or_else(|e| e.into_inner()).poll(self.clock.now_ms())),
-            Runner::Thread(_) => Err(Error::invalid("poll", "the switch runs its own datapath thread")),
+            Runner::Threads(_) => Err(Error::invalid("poll", "the switch runs its own datapath threads")),
         }
     }
 
@@ -340,9 +432,11 @@ impl Switch {
             return Err(Error::BridgeExists(name.to_string()));
         }
         let table = Arc::new(MacTable::new(mac)?);
-        let t = table.clone();
-        let flows = FlowTable::new(self.flow_limit, self.now_ms());
-        let index = self.with_datapath(move |dp| dp.add_bridge(t, flows))?;
+        let (t, limit) = (table.clone(), self.flow_limit);
+        // Every thread's copy of the default rule counts into the same stats.
+        let stats = RuleStats::new(self.now_ms());
+        let index =
+            self.apply(move |dp| dp.add_bridge(t.clone(), FlowTable::with_default_stats(limit, stats.clone())))?;
         reg.bridges.insert(name.to_string(), BridgeEntry { index, mac: table, ports: BTreeMap::new() });
         Ok(())
     }
@@ -354,8 +448,12 @@ impl Switch {
     pub fn del_bridge(&self, name: &str) -> Result<()> {
         let mut reg = self.registry();
         let index = reg.bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
-        self.with_datapath(move |dp| dp.del_bridge(index))?;
-        reg.bridges.remove(name);
+        self.apply(move |dp| dp.del_bridge(index))?;
+        if let Some(b) = reg.bridges.remove(name) {
+            for p in b.ports.values() {
+                reg.owned[p.owner] -= 1;
+            }
+        }
         Ok(())
     }
 
@@ -365,10 +463,9 @@ impl Switch {
     /// [`Error::BridgeNotFound`], [`Error::PortExists`], [`Error::Full`]
     /// when the bridge has no free port number, or a bad name.
     pub fn add_memory_port(&self, bridge: &str, name: &str, config: PortConfig) -> Result<MemoryPortHandle> {
-        let wakeup = self.wakeup();
         let (queue_len, spare) = (self.queue_len, self.spare.clone());
         let mut handle = None;
-        self.attach(bridge, name, config, |port_no| {
+        self.attach(bridge, name, config, |port_no, wakeup| {
             let (port, h) = memory::pair(name, port_no, queue_len, wakeup, spare);
             handle = Some(h);
             Ok(Box::new(port))
@@ -391,7 +488,7 @@ impl Switch {
     /// As [`AfPacketPort::open`](crate::port::afpacket::AfPacketPort::open),
     /// and as [`Switch::add_port`].
     pub fn add_afpacket_port(&self, bridge: &str, ifname: &str, config: PortConfig) -> Result<PortNo> {
-        self.attach(bridge, ifname, config, |_| {
+        self.attach(bridge, ifname, config, |_, _| {
             let p = crate::port::afpacket::AfPacketPort::open(ifname, Default::default())?;
             Ok(Box::new(p))
         })
@@ -405,7 +502,7 @@ impl Switch {
     /// As [`AfXdpPort::open`](crate::port::afxdp::AfXdpPort::open), and as
     /// [`Switch::add_port`].
     pub fn add_afxdp_port(&self, bridge: &str, ifname: &str, config: PortConfig) -> Result<PortNo> {
-        self.attach(bridge, ifname, config, |_| {
+        self.attach(bridge, ifname, config, |_, _| {
             let p = crate::port::afxdp::AfXdpPort::open(ifname, Default::default())?;
             Ok(Box::new(p))
         })
@@ -417,7 +514,7 @@ impl Switch {
     /// # Errors
     /// As [`Switch::add_memory_port`].
     pub fn add_port(&self, bridge: &str, name: &str, port: Box<dyn Port>, config: PortConfig) -> Result<PortNo> {
-        self.attach(bridge, name, config, |_| Ok(port))
+        self.attach(bridge, name, config, |_, _| Ok(port))
     }
 
     fn attach(
@@ -425,7 +522,7 @@ impl Switch {
         bridge: &str,
         name: &str,
         config: PortConfig,
-        make: impl FnOnce(PortNo) -> Result<Box<dyn Port>>,
+        make: impl FnOnce(PortNo, Arc<Wakeup>) -> Result<Box<dyn Port>>,
     ) -> Result<PortNo> {
         check_name("port name", name)?;
         let mut reg = self.registry();
@@ -436,13 +533,20 @@ impl Switch {
         let port_no = (1..=MAX_PORT_NO)
             .find(|n| !br.ports.values().any(|p| p.port_no == *n))
             .ok_or(Error::Full("bridge port numbers"))?;
-        let port = make(port_no)?;
+        // The thread with the fewest ports receives from this one.
+        let owner = (0..reg.owned.len()).min_by_key(|&i| reg.owned[i]).unwrap_or(0);
+        let port = make(port_no, self.thread_wakeup(owner))?;
         let kind = port.kind();
         let counters = Arc::new(PortCounters::default());
         counters.link_up.store(port.link_up(), Ordering::Relaxed);
+        let shared: SharedPort = Arc::new(Mutex::new(port));
+        let br = reg.bridges.get_mut(bridge).expect("checked above");
         let (index, vlan, c) = (br.index, config.vlan.clone(), counters.clone());
-        let slot = self.with_datapath(move |dp| dp.add_port(index, port_no, port, vlan, c))?;
-        br.ports.insert(name.to_string(), PortEntry { port_no, slot, kind, vlan: config.vlan, counters });
+        let slot = self.apply_each(move |dp, i| {
+            dp.add_port(index, port_no, shared.clone(), i == owner, vlan.clone(), c.clone())
+        })?;
+        br.ports.insert(name.to_string(), PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner });
+        reg.owned[owner] += 1;
         Ok(port_no)
     }
 
@@ -457,9 +561,10 @@ impl Switch {
             .values_mut()
             .find(|b| b.ports.contains_key(name))
             .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
-        let slot = br.ports[name].slot;
-        self.with_datapath(move |dp| dp.del_port(slot))?;
+        let (slot, owner) = (br.ports[name].slot, br.ports[name].owner);
+        self.apply(move |dp| dp.del_port(slot))?;
         br.ports.remove(name);
+        reg.owned[owner] -= 1;
         Ok(())
     }
 
@@ -477,7 +582,7 @@ impl Switch {
             .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
         let entry = br.ports.get_mut(name).expect("found above");
         let (slot, v) = (entry.slot, vlan.clone());
-        self.with_datapath(move |dp| dp.set_port_vlan(slot, v))?;
+        self.apply(move |dp| dp.set_port_vlan(slot, v.clone()))?;
         entry.vlan = vlan;
         Ok(())
     }
@@ -589,7 +694,9 @@ impl Switch {
             .collect::<Result<Vec<_>>>()?;
         let n = specs.len();
         let now = self.now_ms();
-        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.add_all(specs, now)))?
+        // One set of counters per rule, shared by every thread's copy.
+        let rules: Vec<_> = specs.into_iter().map(|s| (s, RuleStats::new(now))).collect();
+        self.apply(move |dp| dp.flows_mut(index).map(|t| t.add_with_stats(rules.clone())))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?
             .map_err(|TableError::Full| Error::Full("flow table"))?;
         Ok(n)
@@ -606,7 +713,7 @@ impl Switch {
         let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
         let sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
         let actions = spec.actions;
-        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.modify(&sel, strict, &actions)))?
+        self.apply(move |dp| dp.flows_mut(index).map(|t| t.modify(&sel, strict, &actions)))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
     }
 
@@ -623,7 +730,7 @@ impl Switch {
             Some(f) => FlowSelector::parse(f, &|n: &str| ports.get(n).copied()).map_err(flow_error)?,
             None => FlowSelector::default(),
         };
-        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.delete(&sel, strict)))?
+        self.apply(move |dp| dp.flows_mut(index).map(|t| t.delete(&sel, strict)))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
     }
 
@@ -634,7 +741,7 @@ impl Switch {
     pub fn dump_flows(&self, bridge: &str) -> Result<Vec<FlowStats>> {
         let (index, _) = self.bridge_ports(bridge)?;
         let now = self.now_ms();
-        self.with_datapath(move |dp| dp.flows_mut(index).map(|t| t.dump(now)))?
+        self.on_first(move |dp| dp.flows_mut(index).map(|t| t.dump(now)))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
     }
 
@@ -649,7 +756,7 @@ impl Switch {
         let (index, ports) = self.bridge_ports(bridge)?;
         let sel = FlowSelector::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
         let mut trace = self
-            .with_datapath(move |dp| dp.trace(index, &sel.matching))?
+            .on_first(move |dp| dp.trace(index, &sel.matching))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
         for o in &mut trace.outputs {
             o.port = ports.iter().find(|(_, n)| **n == o.port_no).map(|(name, _)| name.clone()).unwrap_or_default();

@@ -15,6 +15,7 @@ pub(crate) mod thread;
 mod wakeup;
 
 pub use pipeline::Datapath;
+pub(crate) use pipeline::SharedPort;
 pub use wakeup::Wakeup;
 
 pub use crate::port::BURST;

@@ -1,6 +1,6 @@
 use std::os::fd::RawFd;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::unix::SourceFd;
 
@@ -19,9 +19,22 @@ const HOUSEKEEPING_MS: u64 = 100;
 /// Free buffers a datapath keeps for flood copies.
 const POOL_BUFFERS: usize = 4 * BURST * 16;
 
+/// A port as the datapath threads share it: one thread owns its receive
+/// side (polls it, wakes on its descriptor, runs its housekeeping), and any
+/// thread may transmit to it. The lock is taken once per burst.
+pub(crate) type SharedPort = Arc<Mutex<Box<dyn Port>>>;
+
+fn lock(port: &SharedPort) -> MutexGuard<'_, Box<dyn Port>> {
+    port.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Debug)]
 struct PortSlot {
-    port: Box<dyn Port>,
+    port: SharedPort,
+    /// This thread receives from the port.
+    owned: bool,
+    /// The port passes offload metadata on (cached: it never changes).
+    carries_offloads: bool,
     bridge: usize,
     port_no: PortNo,
     vlan: VlanMode,
@@ -30,10 +43,9 @@ struct PortSlot {
 }
 
 impl PortSlot {
-    /// Reads the port's link state, publishing changes to its counters.
+    /// Records the port's link state, publishing changes to its counters.
     #[inline]
-    fn refresh_link(&mut self) -> bool {
-        let up = self.port.link_up();
+    fn set_link(&mut self, up: bool) -> bool {
         if up != self.link_up {
             self.link_up = up;
             self.counters.link_up.store(up, Ordering::Relaxed);
@@ -131,7 +143,7 @@ impl Datapath {
     /// Keeps the epoll registration of `slot` in step with its port's
     /// wake descriptor (token = slot + 1; token 0 is the control waker).
     fn sync_wake_fd(&mut self, slot: usize) {
-        let want = self.ports[slot].as_ref().and_then(|p| p.port.wake_fd());
+        let want = self.ports[slot].as_ref().filter(|p| p.owned).and_then(|p| lock(&p.port).wake_fd());
         if self.fds.len() <= slot {
             self.fds.resize(slot + 1, None);
         }
@@ -176,17 +188,22 @@ impl Datapath {
         }
     }
 
-    /// Attaches `port` to `bridge` as `port_no`; returns its slot.
+    /// Attaches `port` to `bridge` as `port_no`, receiving from it if
+    /// `owned`; returns its slot.
     pub(crate) fn add_port(
         &mut self,
         bridge: usize,
         port_no: PortNo,
-        port: Box<dyn Port>,
+        port: SharedPort,
+        owned: bool,
         vlan: VlanMode,
         counters: Arc<PortCounters>,
     ) -> usize {
-        let link_up = port.link_up();
-        let slot = PortSlot { port, bridge, port_no, vlan, counters, link_up };
+        let (link_up, carries_offloads) = {
+            let p = lock(&port);
+            (p.link_up(), p.carries_offloads())
+        };
+        let slot = PortSlot { port, owned, carries_offloads, bridge, port_no, vlan, counters, link_up };
         let idx = match self.ports.iter().position(Option::is_none) {
             Some(i) => {
                 self.ports[i] = Some(slot);
@@ -248,7 +265,7 @@ impl Datapath {
 
     /// True if some port has packets queued without an fd to wake on.
     pub fn rx_pending(&self) -> bool {
-        self.ports.iter().flatten().any(|p| p.port.rx_pending())
+        self.ports.iter().flatten().filter(|p| p.owned).any(|p| lock(&p.port).rx_pending())
     }
 
     /// One pass over every port: receive a burst from each, switch it, and
@@ -257,10 +274,13 @@ impl Datapath {
     pub fn poll(&mut self, now_ms: u64) -> usize {
         let mut work = 0;
         for slot in 0..self.ports.len() {
-            let Some(p) = self.ports[slot].as_mut() else { continue };
-            p.refresh_link();
+            let Some(p) = self.ports[slot].as_mut().filter(|p| p.owned) else { continue };
             let mut rx = std::mem::take(&mut self.rx);
-            let n = p.port.rx_burst(&mut rx, BURST, &mut self.pool);
+            let (up, n) = {
+                let mut port = lock(&p.port);
+                (port.link_up(), port.rx_burst(&mut rx, BURST, &mut self.pool))
+            };
+            p.set_link(up);
             if n > 0 {
                 work += n;
                 self.switch_burst(slot, &mut rx, now_ms);
@@ -275,11 +295,15 @@ impl Datapath {
         if now_ms >= self.next_housekeeping_ms {
             self.next_housekeeping_ms = now_ms + HOUSEKEEPING_MS;
             for slot in 0..self.ports.len() {
-                if let Some(p) = self.ports[slot].as_mut() {
-                    p.port.housekeeping(now_ms);
-                    let counters = &p.counters;
-                    p.port.take_rx_drops(&mut |reason, n| counters.count_drop(reason, n));
-                    p.refresh_link();
+                if let Some(p) = self.ports[slot].as_mut().filter(|p| p.owned) {
+                    let up = {
+                        let mut port = lock(&p.port);
+                        port.housekeeping(now_ms);
+                        let counters = &p.counters;
+                        port.take_rx_drops(&mut |reason, n| counters.count_drop(reason, n));
+                        port.link_up()
+                    };
+                    p.set_link(up);
                     self.sync_wake_fd(slot);
                 }
             }
@@ -463,14 +487,17 @@ impl Datapath {
         if q.is_empty() {
             return;
         }
-        if !p.refresh_link() {
+        let mut port = lock(&p.port);
+        if !port.link_up() {
+            drop(port);
+            p.set_link(false);
             p.counters.count_drop(DropReason::LinkDown, q.len() as u64);
             for pkt in q.drain(..) {
                 self.pool.put(pkt);
             }
             return;
         }
-        if !p.port.carries_offloads() {
+        if !p.carries_offloads {
             // Complete pending checksums; a GSO frame of several segments
             // cannot go to a port that takes no offload metadata.
             let mut too_big = 0;
@@ -485,7 +512,8 @@ impl Datapath {
             }
             p.counters.count_drop(DropReason::TooBig, too_big);
         }
-        let out = p.port.tx_burst(q, &mut self.pool);
+        let out = port.tx_burst(q, &mut self.pool);
+        drop(port);
         PortCounters::add(&p.counters.tx_packets, out.sent as u64);
         PortCounters::add(&p.counters.tx_bytes, out.sent_bytes);
         if out.dropped > 0 {

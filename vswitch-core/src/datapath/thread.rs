@@ -68,7 +68,13 @@ impl std::fmt::Debug for Message {
 impl DatapathThread {
     /// Starts a thread running `dp`; returns it with the [`Wakeup`] that
     /// ports must use to rouse it.
-    pub(crate) fn spawn(mut dp: Datapath, clock: Arc<dyn Clock>, policy: IdlePolicy, name: String) -> Result<Self> {
+    pub(crate) fn spawn(
+        mut dp: Datapath,
+        clock: Arc<dyn Clock>,
+        policy: IdlePolicy,
+        name: String,
+        cpu: Option<usize>,
+    ) -> Result<Self> {
         let poll = mio::Poll::new().map_err(|e| Error::io("epoll_create", e))?;
         let waker = mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(|e| Error::io("eventfd", e))?;
         dp.set_registry(poll.registry().try_clone().map_err(|e| Error::io("epoll dup", e))?);
@@ -77,7 +83,14 @@ impl DatapathThread {
         let w = wakeup.clone();
         let join = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(dp, rx, w, poll, clock, policy))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    // Best effort: an unavailable CPU leaves the thread
+                    // unpinned rather than stopping the switch.
+                    let _ = crate::sys::pin_current_thread(cpu);
+                }
+                run(dp, rx, w, poll, clock, policy)
+            })
             .map_err(|e| Error::io("thread spawn", e))?;
         Ok(DatapathThread { commands: tx, wakeup, join: Some(join) })
     }
@@ -86,8 +99,12 @@ impl DatapathThread {
         self.wakeup.clone()
     }
 
-    /// Runs `f` on the datapath between bursts and waits for its result.
-    pub(crate) fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Datapath) -> R + Send + 'static) -> Result<R> {
+    /// Queues `f` to run on the datapath between bursts; the receiver
+    /// yields its result.
+    pub(crate) fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Datapath) -> R + Send + 'static,
+    ) -> Result<Receiver<R>> {
         let (tx, rx) = crossbeam::channel::bounded(1);
         self.commands
             .send(Message::Run(Box::new(move |dp| {
@@ -95,7 +112,7 @@ impl DatapathThread {
             })))
             .map_err(|_| Error::Unavailable)?;
         self.wakeup.notify();
-        rx.recv().map_err(|_| Error::Unavailable)
+        Ok(rx)
     }
 }
 

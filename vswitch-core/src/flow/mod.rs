@@ -25,7 +25,7 @@ pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
 pub use packed::{PackedKey, PackedParse, VLAN_PRESENT, WORDS};
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver};
-pub use table::{DEFAULT_FLOW_LIMIT, FlowTable, Rule, TableError};
+pub use table::{DEFAULT_FLOW_LIMIT, FlowTable, Rule, RuleStats, TableError};
 pub use trace::{Trace, TraceOutput};
 
 #[cfg(test)]

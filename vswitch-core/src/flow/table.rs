@@ -8,6 +8,8 @@
 //! invalidates the exact-match cache.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::action::Action;
 use super::classifier::Classifier;
@@ -25,19 +27,51 @@ const EXPIRY_INTERVAL_MS: u64 = 1000;
 /// Default maximum number of rules in one table.
 pub const DEFAULT_FLOW_LIMIT: usize = 1_000_000;
 
+/// A rule's counters. Shared by the copies of the rule that several
+/// datapath threads hold, so counts and idle timeouts see every thread's
+/// traffic.
+#[derive(Debug)]
+pub struct RuleStats {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    created_ms: u64,
+    last_used_ms: AtomicU64,
+}
+
+impl RuleStats {
+    /// Fresh counters for a rule added at `now_ms`.
+    pub fn new(now_ms: u64) -> Arc<RuleStats> {
+        Arc::new(RuleStats {
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            created_ms: now_ms,
+            last_used_ms: AtomicU64::new(now_ms),
+        })
+    }
+
+    /// Packets matched.
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    /// Bytes matched.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When a packet last matched (or the rule was added).
+    pub fn last_used_ms(&self) -> u64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+}
+
 /// A rule with its counters.
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// Its definition.
     pub spec: FlowSpec,
-    /// Packets matched.
-    pub packets: u64,
-    /// Bytes matched.
-    pub bytes: u64,
-    /// When it was added (switch milliseconds).
-    pub created_ms: u64,
-    /// When a packet last matched it.
-    pub last_used_ms: u64,
+    /// Its counters.
+    pub stats: Arc<RuleStats>,
     seq: u64,
 }
 
@@ -76,6 +110,12 @@ pub struct FlowTable {
 impl FlowTable {
     /// A table holding only `priority=0,actions=normal`: a learning switch.
     pub fn new(limit: usize, now_ms: u64) -> Self {
+        Self::with_default_stats(limit, RuleStats::new(now_ms))
+    }
+
+    /// As [`FlowTable::new`], the default rule counting into `stats` (so
+    /// several threads' copies of the table share its counters).
+    pub fn with_default_stats(limit: usize, stats: Arc<RuleStats>) -> Self {
         let empty = EmcEntry { hash: 0, key: PackedKey::default(), rule: NO_RULE, generation: 0 };
         let mut t = FlowTable {
             rules: Vec::new(),
@@ -98,7 +138,7 @@ impl FlowTable {
             idle_timeout: 0,
             hard_timeout: 0,
         };
-        let _ = t.add(normal, now_ms);
+        let _ = t.add_with_stats(vec![(normal, stats)]);
         t
     }
 
@@ -155,16 +195,26 @@ impl FlowTable {
         self.add_all(vec![spec], now_ms)
     }
 
-    /// Adds several rules at once, or none if they do not all fit.
+    /// Adds several rules at once with fresh counters, or none if they do
+    /// not all fit.
     ///
     /// # Errors
     /// [`TableError::Full`]; nothing changes.
     pub fn add_all(&mut self, specs: Vec<FlowSpec>, now_ms: u64) -> Result<(), TableError> {
-        let new = specs.iter().filter(|s| !self.identity.contains_key(&(s.matching, s.priority))).count();
+        self.add_with_stats(specs.into_iter().map(|s| (s, RuleStats::new(now_ms))).collect())
+    }
+
+    /// Adds several rules at once, each counting into the stats given (the
+    /// same ones for every thread's copy), or none if they do not all fit.
+    ///
+    /// # Errors
+    /// [`TableError::Full`]; nothing changes.
+    pub fn add_with_stats(&mut self, specs: Vec<(FlowSpec, Arc<RuleStats>)>) -> Result<(), TableError> {
+        let new = specs.iter().filter(|(s, _)| !self.identity.contains_key(&(s.matching, s.priority))).count();
         if self.len() + new > self.limit {
             return Err(TableError::Full);
         }
-        for spec in specs {
+        for (spec, stats) in specs {
             if let Some(&id) = self.identity.get(&(spec.matching, spec.priority)) {
                 self.remove_id(id);
             }
@@ -173,7 +223,7 @@ impl FlowTable {
             if spec.idle_timeout != 0 || spec.hard_timeout != 0 {
                 self.timed += 1;
             }
-            let rule = Rule { spec, packets: 0, bytes: 0, created_ms: now_ms, last_used_ms: now_ms, seq };
+            let rule = Rule { spec, stats, seq };
             let id = match self.free.pop() {
                 Some(id) => {
                     self.rules[id as usize] = Some(rule);
@@ -292,10 +342,13 @@ impl FlowTable {
     /// Counts a packet of `bytes` against rule `id`.
     #[inline]
     pub fn hit(&mut self, id: u32, packets: u64, bytes: u64, now_ms: u64) {
-        if let Some(Some(r)) = self.rules.get_mut(id as usize) {
-            r.packets += packets;
-            r.bytes += bytes;
-            r.last_used_ms = now_ms;
+        if let Some(Some(r)) = self.rules.get(id as usize) {
+            let s = &r.stats;
+            s.packets.fetch_add(packets, Ordering::Relaxed);
+            s.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if s.last_used_ms.load(Ordering::Relaxed) < now_ms {
+                s.last_used_ms.store(now_ms, Ordering::Relaxed);
+            }
         }
     }
 
@@ -312,8 +365,9 @@ impl FlowTable {
             .enumerate()
             .filter_map(|(i, r)| {
                 let r = r.as_ref()?;
-                let idle = r.spec.idle_timeout != 0 && now_ms >= r.last_used_ms + r.spec.idle_timeout as u64 * 1000;
-                let hard = r.spec.hard_timeout != 0 && now_ms >= r.created_ms + r.spec.hard_timeout as u64 * 1000;
+                let idle =
+                    r.spec.idle_timeout != 0 && now_ms >= r.stats.last_used_ms() + r.spec.idle_timeout as u64 * 1000;
+                let hard = r.spec.hard_timeout != 0 && now_ms >= r.stats.created_ms + r.spec.hard_timeout as u64 * 1000;
                 (idle || hard).then_some(i as u32)
             })
             .collect();
@@ -334,15 +388,15 @@ impl FlowTable {
             .into_iter()
             .map(|r| FlowStats {
                 cookie: r.spec.cookie,
-                duration_secs: now_ms.saturating_sub(r.created_ms) as f64 / 1000.0,
-                n_packets: r.packets,
-                n_bytes: r.bytes,
+                duration_secs: now_ms.saturating_sub(r.stats.created_ms) as f64 / 1000.0,
+                n_packets: r.stats.packets(),
+                n_bytes: r.stats.bytes(),
                 priority: r.spec.priority,
                 matching: r.spec.matching.to_text(),
                 actions: super::action::actions_to_text(&r.spec.actions),
                 idle_timeout: r.spec.idle_timeout,
                 hard_timeout: r.spec.hard_timeout,
-                idle_age_secs: now_ms.saturating_sub(r.last_used_ms) / 1000,
+                idle_age_secs: now_ms.saturating_sub(r.stats.last_used_ms()) / 1000,
             })
             .collect()
     }

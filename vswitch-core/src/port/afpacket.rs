@@ -114,12 +114,24 @@ impl AttachLock {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io("open the attach lock", e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(AttachLock { _file: file }),
-            Err(_) => Err(Error::invalid(
-                "interface",
-                format!("'{ifname}' is already attached to a switch (lock {} is held)", path.display()),
-            )),
+        // A lock released a moment ago can still be held by a process
+        // that forked before the release and has not exec'd yet (the
+        // descriptor is close-on-exec): try for half a second before
+        // calling it held by another switch.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(AttachLock { _file: file }),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(_) => {
+                    return Err(Error::invalid(
+                        "interface",
+                        format!("'{ifname}' is already attached to a switch (lock {} is held)", path.display()),
+                    ));
+                }
+            }
         }
     }
 }
