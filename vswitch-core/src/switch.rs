@@ -356,6 +356,13 @@ impl Switch {
         }
     }
 
+    fn threads(&self) -> usize {
+        match &self.runner {
+            Runner::Threads(t) => t.len(),
+            Runner::Manual { .. } => 1,
+        }
+    }
+
     fn thread_wakeup(&self, thread: usize) -> Arc<Wakeup> {
         match &self.runner {
             Runner::Threads(t) => t[thread].wakeup(),
@@ -434,9 +441,9 @@ impl Switch {
         let table = Arc::new(MacTable::new(mac)?);
         let (t, limit) = (table.clone(), self.flow_limit);
         // Every thread's copy of the default rule counts into the same stats.
-        let stats = RuleStats::new(self.now_ms());
+        let stats = RuleStats::new(self.now_ms(), self.threads());
         let index =
-            self.apply(move |dp| dp.add_bridge(t.clone(), FlowTable::with_default_stats(limit, stats.clone())))?;
+            self.apply_each(move |dp, i| dp.add_bridge(t.clone(), FlowTable::for_thread(limit, stats.clone(), i)))?;
         reg.bridges.insert(name.to_string(), BridgeEntry { index, mac: table, ports: BTreeMap::new() });
         Ok(())
     }
@@ -695,7 +702,8 @@ impl Switch {
         let n = specs.len();
         let now = self.now_ms();
         // One set of counters per rule, shared by every thread's copy.
-        let rules: Vec<_> = specs.into_iter().map(|s| (s, RuleStats::new(now))).collect();
+        let threads = self.threads();
+        let rules: Vec<_> = specs.into_iter().map(|s| (s, RuleStats::new(now, threads))).collect();
         self.apply(move |dp| dp.flows_mut(index).map(|t| t.add_with_stats(rules.clone())))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?
             .map_err(|TableError::Full| Error::Full("flow table"))?;

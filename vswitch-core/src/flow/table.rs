@@ -27,41 +27,64 @@ const EXPIRY_INTERVAL_MS: u64 = 1000;
 /// Default maximum number of rules in one table.
 pub const DEFAULT_FLOW_LIMIT: usize = 1_000_000;
 
-/// A rule's counters. Shared by the copies of the rule that several
-/// datapath threads hold, so counts and idle timeouts see every thread's
-/// traffic.
-#[derive(Debug)]
-pub struct RuleStats {
+/// One datapath thread's counts for a rule.
+#[derive(Debug, Default)]
+struct ThreadCounts {
     packets: AtomicU64,
     bytes: AtomicU64,
-    created_ms: u64,
     last_used_ms: AtomicU64,
 }
 
+/// A rule's counters, shared by the copies of the rule that several
+/// datapath threads hold, so counts and idle timeouts see every thread's
+/// traffic. Each thread writes only its own cache-padded slot, with plain
+/// loads and stores (no locked instruction on the fast path); readers add
+/// the slots up, as Open vSwitch does with its per-thread flow stats.
+#[derive(Debug)]
+pub struct RuleStats {
+    created_ms: u64,
+    per_thread: Box<[crossbeam::utils::CachePadded<ThreadCounts>]>,
+}
+
 impl RuleStats {
-    /// Fresh counters for a rule added at `now_ms`.
-    pub fn new(now_ms: u64) -> Arc<RuleStats> {
-        Arc::new(RuleStats {
-            packets: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            created_ms: now_ms,
-            last_used_ms: AtomicU64::new(now_ms),
-        })
+    /// Fresh counters for a rule added at `now_ms`, for `threads` threads.
+    pub fn new(now_ms: u64, threads: usize) -> Arc<RuleStats> {
+        let per_thread = (0..threads.max(1))
+            .map(|_| {
+                crossbeam::utils::CachePadded::new(ThreadCounts {
+                    last_used_ms: AtomicU64::new(now_ms),
+                    ..ThreadCounts::default()
+                })
+            })
+            .collect();
+        Arc::new(RuleStats { created_ms: now_ms, per_thread })
+    }
+
+    /// Counts for thread `thread` (its single writer).
+    #[inline]
+    fn record(&self, thread: usize, packets: u64, bytes: u64, now_ms: u64) {
+        let Some(c) = self.per_thread.get(thread) else { return };
+        // One writer per slot: load and store, no read-modify-write.
+        c.packets.store(c.packets.load(Ordering::Relaxed) + packets, Ordering::Relaxed);
+        c.bytes.store(c.bytes.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
+        if c.last_used_ms.load(Ordering::Relaxed) < now_ms {
+            c.last_used_ms.store(now_ms, Ordering::Relaxed);
+        }
     }
 
     /// Packets matched.
     pub fn packets(&self) -> u64 {
-        self.packets.load(Ordering::Relaxed)
+        self.per_thread.iter().map(|c| c.packets.load(Ordering::Relaxed)).sum()
     }
 
     /// Bytes matched.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.per_thread.iter().map(|c| c.bytes.load(Ordering::Relaxed)).sum()
     }
 
-    /// When a packet last matched (or the rule was added).
+    /// When a packet last matched (or the rule was added), on any thread.
     pub fn last_used_ms(&self) -> u64 {
-        self.last_used_ms.load(Ordering::Relaxed)
+        self.per_thread.iter().map(|c| c.last_used_ms.load(Ordering::Relaxed)).max().unwrap_or(self.created_ms)
     }
 }
 
@@ -105,17 +128,20 @@ pub struct FlowTable {
     next_expiry_ms: u64,
     /// The id of the only rule when the table is `priority=0,actions=normal`.
     default_normal: Option<u32>,
+    /// Which slot of the rules' stats this copy's hits go to.
+    thread: usize,
 }
 
 impl FlowTable {
     /// A table holding only `priority=0,actions=normal`: a learning switch.
     pub fn new(limit: usize, now_ms: u64) -> Self {
-        Self::with_default_stats(limit, RuleStats::new(now_ms))
+        Self::for_thread(limit, RuleStats::new(now_ms, 1), 0)
     }
 
-    /// As [`FlowTable::new`], the default rule counting into `stats` (so
-    /// several threads' copies of the table share its counters).
-    pub fn with_default_stats(limit: usize, stats: Arc<RuleStats>) -> Self {
+    /// The copy of a table held by datapath thread `thread`: its default
+    /// rule counts into `stats` (shared by every thread's copy), and its
+    /// hits go to the thread's slot of each rule's stats.
+    pub fn for_thread(limit: usize, stats: Arc<RuleStats>, thread: usize) -> Self {
         let empty = EmcEntry { hash: 0, key: PackedKey::default(), rule: NO_RULE, generation: 0 };
         let mut t = FlowTable {
             rules: Vec::new(),
@@ -129,6 +155,7 @@ impl FlowTable {
             timed: 0,
             next_expiry_ms: 0,
             default_normal: None,
+            thread,
         };
         let normal = FlowSpec {
             priority: 0,
@@ -201,7 +228,8 @@ impl FlowTable {
     /// # Errors
     /// [`TableError::Full`]; nothing changes.
     pub fn add_all(&mut self, specs: Vec<FlowSpec>, now_ms: u64) -> Result<(), TableError> {
-        self.add_with_stats(specs.into_iter().map(|s| (s, RuleStats::new(now_ms))).collect())
+        let threads = self.thread + 1;
+        self.add_with_stats(specs.into_iter().map(|s| (s, RuleStats::new(now_ms, threads))).collect())
     }
 
     /// Adds several rules at once, each counting into the stats given (the
@@ -343,12 +371,7 @@ impl FlowTable {
     #[inline]
     pub fn hit(&mut self, id: u32, packets: u64, bytes: u64, now_ms: u64) {
         if let Some(Some(r)) = self.rules.get(id as usize) {
-            let s = &r.stats;
-            s.packets.fetch_add(packets, Ordering::Relaxed);
-            s.bytes.fetch_add(bytes, Ordering::Relaxed);
-            if s.last_used_ms.load(Ordering::Relaxed) < now_ms {
-                s.last_used_ms.store(now_ms, Ordering::Relaxed);
-            }
+            r.stats.record(self.thread, packets, bytes, now_ms);
         }
     }
 
