@@ -21,7 +21,7 @@ use vswitch_core::packet::PacketPool;
 use vswitch_core::port::Port;
 use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
 use vswitch_core::{MacAddr, Packet, PortConfig, Switch};
-use vswitch_tests::netns::{NetNs, Veth, run, unique};
+use vswitch_tests::netns::{NetNs, Veth, iperf3, run, unique};
 
 fn generate(ifname: &str, dst: MacAddr, seconds: u64, flows: u32) {
     let mut port = AfPacketPort::open(ifname, AfPacketConfig::default()).expect("open the generator's port");
@@ -70,26 +70,7 @@ struct Measured {
 /// iperf3 TCP for `seconds` from the generator to the sink namespace,
 /// with the kernel's default offloads; Gbit/s received.
 fn tcp_gbps(generator: &NetNs, sink: &NetNs, seconds: u64) -> f64 {
-    let mut server = sink.spawn(&["iperf3", "-s", "-1", "-B", "10.96.0.2"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = generator.exec(&["iperf3", "-c", "10.96.0.2", "-t", &seconds.to_string(), "-J"]);
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "bits_per_second" of the receiver's summary, without a JSON parser.
-    let recv = text.find("\"sum_received\"").map_or("", |i| &text[i..]);
-    recv.split("\"bits_per_second\":")
-        .nth(1)
-        .and_then(|t| t.split([',', '}']).next())
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1e9
+    iperf3(generator, sink, "10.96.0.2", seconds as u32).bits_per_second / 1e9
 }
 
 /// Runs the generator for `seconds` and measures what reaches the sink.

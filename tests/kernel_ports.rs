@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use vswitch_core::{DropReason, ErrorKind, PortConfig, PortNo, Switch, VlanMode};
-use vswitch_tests::netns::{NetNs, Veth, run};
+use vswitch_tests::netns::{NetNs, Veth, iperf3, run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -93,25 +93,13 @@ fn two_datapath_threads(backend: Backend) {
     let lab = Lab::with_threads(backend, 2, &[], 2);
     assert!(lab.nss[0].ping(&Lab::ip(1), 3), "ns0 -> ns1");
     assert!(lab.nss[1].ping(&Lab::ip(0), 3), "ns1 -> ns0");
-    let mut server = lab.nss[1].spawn(&["iperf3", "-s", "-1", "-B", &Lab::ip(1)]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = lab.nss[0].exec(&["timeout", "20", "iperf3", "-c", &Lab::ip(1), "-t", "2", "-J"]);
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let run = iperf3(&lab.nss[0], &lab.nss[1], &Lab::ip(1), 2);
     let stats = serde_json::to_string(&lab.sw.stats()).unwrap_or_default();
     assert!(
-        bytes > 10_000_000,
-        "{backend:?}: only {bytes} bytes with two threads; iperf3 said {} {}; switch stats {stats}",
-        String::from_utf8_lossy(&out.stdout).chars().take(600).collect::<String>(),
-        String::from_utf8_lossy(&out.stderr)
+        run.bytes > 10_000_000,
+        "{backend:?}: only {} bytes with two threads; iperf3 said {}; switch stats {stats}",
+        run.bytes,
+        run.output.chars().take(600).collect::<String>()
     );
 }
 
@@ -139,24 +127,9 @@ fn ping_both_ways(backend: Backend) {
 
 fn iperf3_tcp_with_default_offloads(backend: Backend) {
     let lab = Lab::new(backend, 2, &[]);
-    let mut server = lab.nss[1].spawn(&["iperf3", "-s", "-1", "-B", &Lab::ip(1)]);
-    // Wait for the server to listen, then run the client for 3 s.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = lab.nss[0].exec(&["timeout", "20", "iperf3", "-c", &Lab::ip(1), "-t", "3", "-J"]);
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    assert!(out.status.success(), "iperf3 client failed: {}", String::from_utf8_lossy(&out.stdout));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
-    let bytes = v["end"]["sum_received"]["bytes"].as_u64().expect("bytes received");
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    println!("iperf3 through {} ports: {bytes} bytes, {:.2} Gbit/s", backend.kind(), bps / 1e9);
-    assert!(bytes > 10_000_000, "only {bytes} bytes crossed the switch");
+    let run = iperf3(&lab.nss[0], &lab.nss[1], &Lab::ip(1), 3);
+    println!("iperf3 through {} ports: {} bytes, {:.2} Gbit/s", backend.kind(), run.bytes, run.bits_per_second / 1e9);
+    assert!(run.bytes > 10_000_000, "only {} bytes crossed the switch: {}", run.bytes, run.output);
     let s = lab.sw.stats();
     for v in &lab.veths {
         let p = s.port(&v.host).unwrap();

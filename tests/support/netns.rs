@@ -120,3 +120,39 @@ impl Drop for Veth {
         let _ = Command::new("ip").args(["link", "del", &self.host]).stderr(Stdio::null()).status();
     }
 }
+
+/// What an iperf3 TCP run measured at the receiver.
+#[derive(Debug, Clone, Default)]
+pub struct Iperf3 {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Receive rate in bits per second.
+    pub bits_per_second: f64,
+    /// iperf3's own output, for failure messages.
+    pub output: String,
+}
+
+/// Runs iperf3 TCP for `seconds` from `client` to a one-shot server in
+/// `server` listening on `server_ip` (retrying while the server starts,
+/// each client run bounded by `timeout`).
+pub fn iperf3(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32) -> Iperf3 {
+    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-B", server_ip]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let limit = (seconds + 17).to_string();
+    let out = loop {
+        let out = client.exec(&["timeout", &limit, "iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let received = &v["end"]["sum_received"];
+    Iperf3 {
+        bytes: received["bytes"].as_u64().unwrap_or(0),
+        bits_per_second: received["bits_per_second"].as_f64().unwrap_or(0.0),
+        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    }
+}
