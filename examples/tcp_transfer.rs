@@ -54,7 +54,7 @@ impl TransferReport {
 const PERIOD: usize = 65_521;
 
 /// The byte at position `i` of the stream.
-fn pattern(i: usize) -> u8 {
+pub fn pattern(i: usize) -> u8 {
     ((i % PERIOD) as u64).wrapping_mul(0x9e37_79b9).rotate_right(13) as u8
 }
 
@@ -107,7 +107,9 @@ impl Host {
     }
 }
 
-fn run_server(nic: MemoryPortHandle, expected: usize, failed: &AtomicBool) -> Result<(usize, Duration), String> {
+/// Serves one TCP connection on 10.0.0.2:5001 through `nic`, checking
+/// every byte against [`pattern`]; returns the bytes and the time taken.
+pub fn run_server(nic: MemoryPortHandle, expected: usize, failed: &AtomicBool) -> Result<(usize, Duration), String> {
     let mut host = Host::new(nic, mac(2), SERVER_IP);
     host.tcp().listen(PORT).map_err(|e| format!("listen: {e}"))?;
     let mut received = 0usize;

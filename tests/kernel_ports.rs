@@ -43,7 +43,12 @@ macro_rules! over_backends {
     };
 }
 
+#[allow(dead_code)]
+#[path = "../examples/tcp_transfer.rs"]
+mod tcp_transfer;
+
 over_backends!(
+    tcp_from_a_namespace_to_an_in_process_host,
     two_datapath_threads,
     ping_both_ways,
     iperf3_tcp_with_default_offloads,
@@ -84,6 +89,52 @@ impl Lab {
 
     fn ip(i: usize) -> String {
         format!("10.99.0.{}", i + 1)
+    }
+}
+
+/// A kernel TCP client (default offloads: GSO super-frames, partial
+/// checksums) talks to a smoltcp server on an in-process port of the same
+/// bridge: the switch segments and checksums in software, and the server
+/// checks every byte.
+fn tcp_from_a_namespace_to_an_in_process_host(backend: Backend) {
+    let ns = NetNs::new();
+    let v = Veth::new(&ns, "10.0.0.1/24");
+    let sw = Switch::builder().build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    backend.add(&sw, &v.host, PortConfig::default()).unwrap();
+    let nic = sw.add_memory_port("br0", "smol", PortConfig::default()).unwrap();
+    const TOTAL: usize = 4 * 1024 * 1024;
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failed.clone();
+    let server = std::thread::spawn(move || tcp_transfer::run_server(nic, TOTAL, &f));
+    let data: Vec<u8> = (0..TOTAL).map(tcp_transfer::pattern).collect();
+    let file = std::env::temp_dir().join(vswitch_tests::netns::unique("vsdata"));
+    std::fs::write(&file, &data).unwrap();
+    // bash's /dev/tcp: a plain kernel TCP client, retried while the server starts.
+    let send = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do cat {} > /dev/tcp/10.0.0.2/5001 && exit 0; sleep 0.3; done; exit 1",
+        file.display()
+    );
+    let out = ns.exec(&["timeout", "60", "bash", "-c", &send]);
+    let _ = std::fs::remove_file(&file);
+    if !out.status.success() {
+        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let result = server.join().unwrap();
+    let s = sw.stats();
+    let smol = s.port("smol").unwrap();
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (bytes, _) = result.unwrap_or_else(|e| panic!("server: {e}; switch stats {s:?}"));
+    assert_eq!(bytes, TOTAL, "every byte arrived, in order");
+    assert_eq!(smol.drops[&DropReason::TooBig], 0, "GSO frames were segmented, not dropped");
+    if backend == Backend::AfPacket {
+        let kernel = s.port(&v.host).unwrap();
+        assert!(
+            smol.tx_packets > kernel.rx_packets,
+            "GSO super-frames came in ({} frames) and went out segmented ({} frames)",
+            kernel.rx_packets,
+            smol.tx_packets
+        );
     }
 }
 

@@ -128,32 +128,30 @@ impl Packet {
         }
     }
 
+    /// True if the frame is a GSO frame holding more than one segment.
+    pub(crate) fn is_multi_segment(&self) -> bool {
+        let o = self.offload;
+        o.gso_type != 0 && self.len() > o.hdr_len as usize + o.gso_size as usize
+    }
+
     /// Makes the frame self-contained for a port that takes no offload
-    /// metadata: completes a pending checksum in software. A GSO frame
-    /// that holds more than one segment cannot be carried whole.
+    /// metadata: completes a pending checksum in software.
     ///
     /// # Errors
-    /// [`DropReason::TooBig`] for such a GSO frame (not segmented in
-    /// software yet).
+    /// [`DropReason::TooBig`] for a GSO frame of several segments (use
+    /// [`Packet::segment`] for those).
     pub(crate) fn resolve_offloads(&mut self) -> Result<(), DropReason> {
-        let o = self.offload;
-        if o.gso_type != 0 && self.len() > o.hdr_len as usize + o.gso_size as usize {
+        if self.is_multi_segment() {
             return Err(DropReason::TooBig);
         }
+        let o = self.offload;
         if self.needs_csum() {
             let (start, at) = (o.csum_start as usize, o.csum_start as usize + o.csum_offset as usize);
             let d = self.data_mut();
             if at + 2 <= d.len() && start < d.len() {
                 // The field holds the pseudo-header sum; summing the whole
                 // range over it and folding gives the final checksum.
-                let mut sum: u64 = 0;
-                for c in d[start..].chunks(2) {
-                    sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64;
-                }
-                while sum >> 16 != 0 {
-                    sum = (sum & 0xffff) + (sum >> 16);
-                }
-                let mut csum = !(sum as u16);
+                let mut csum = internet_checksum(&d[start..]);
                 // A UDP checksum that computes to zero is sent as all ones.
                 if csum == 0 && o.csum_offset == 6 {
                     csum = 0xffff;
@@ -162,6 +160,76 @@ impl Packet {
             }
         }
         self.offload = VnetHdr::default();
+        Ok(())
+    }
+
+    /// Segments a TCP GSO frame (IPv4, or IPv6 without extension headers)
+    /// into frames of at most `gso_size` payload bytes, as the kernel's GSO
+    /// would: each with its own IPv4 ID, sequence number, length and
+    /// checksums; FIN and PSH only on the last segment, CWR only on the
+    /// first. The segments are appended to `out`, buffers from `pool`.
+    ///
+    /// # Errors
+    /// [`DropReason::TooBig`] for anything else (UDP GSO, extension
+    /// headers, inconsistent headers); nothing is appended.
+    pub(crate) fn segment(&self, pool: &mut PacketPool, out: &mut Vec<Packet>) -> Result<(), DropReason> {
+        const FIN: u8 = 0x01;
+        const PSH: u8 = 0x08;
+        const CWR: u8 = 0x80;
+        let d = self.data();
+        let bad = DropReason::TooBig;
+        let mut l3 = crate::wire::ETHERNET_HEADER_LEN;
+        let mut et = if d.len() > l3 { be16(d, ETHERTYPE_OFFSET) } else { return Err(bad) };
+        while matches!(et, ethertype::VLAN | ethertype::QINQ) && d.len() > l3 + 4 {
+            et = be16(d, l3 + 2);
+            l3 += 4;
+        }
+        let (v4, ip_hl, proto_at) = match et {
+            ethertype::IPV4 if d.len() > l3 + 20 => (true, (d[l3] & 0x0f) as usize * 4, l3 + 9),
+            ethertype::IPV6 if d.len() > l3 + 40 => (false, 40, l3 + 6),
+            _ => return Err(bad),
+        };
+        let l4 = l3 + ip_hl;
+        if d[proto_at] != 6 || d.len() < l4 + 20 {
+            return Err(bad);
+        }
+        let tcp_hl = (d[l4 + 12] >> 4) as usize * 4;
+        let hdr = l4 + tcp_hl;
+        let mss = self.offload.gso_size as usize;
+        if tcp_hl < 20 || hdr > d.len() || mss == 0 {
+            return Err(bad);
+        }
+        let seq = u32::from_be_bytes([d[l4 + 4], d[l4 + 5], d[l4 + 6], d[l4 + 7]]);
+        let ip_id = if v4 { be16(d, l3 + 4) } else { 0 };
+        let chunks = d[hdr..].chunks(mss);
+        let n = chunks.len();
+        for (i, chunk) in chunks.enumerate() {
+            let mut p = pool.get();
+            let buf = p.reset_with_len(hdr + chunk.len());
+            buf[..hdr].copy_from_slice(&d[..hdr]);
+            buf[hdr..].copy_from_slice(chunk);
+            if v4 {
+                buf[l3 + 2..l3 + 4].copy_from_slice(&((ip_hl + tcp_hl + chunk.len()) as u16).to_be_bytes());
+                buf[l3 + 4..l3 + 6].copy_from_slice(&ip_id.wrapping_add(i as u16).to_be_bytes());
+                buf[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+                let c = internet_checksum(&buf[l3..l3 + ip_hl]);
+                buf[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+            } else {
+                buf[l3 + 4..l3 + 6].copy_from_slice(&((tcp_hl + chunk.len()) as u16).to_be_bytes());
+            }
+            let s = seq.wrapping_add((i * mss) as u32);
+            buf[l4 + 4..l4 + 8].copy_from_slice(&s.to_be_bytes());
+            let mut flags = buf[l4 + 13];
+            if i + 1 < n {
+                flags &= !(FIN | PSH);
+            }
+            if i > 0 {
+                flags &= !CWR;
+            }
+            buf[l4 + 13] = flags;
+            crate::flow::complete_l4_checksum(buf);
+            out.push(p);
+        }
         Ok(())
     }
 
@@ -236,6 +304,18 @@ impl Packet {
 /// pools draw on it before they allocate. It closes the loop for flood
 /// copies, which are made in the datapath and consumed by runtimes.
 pub type SpareBuffers = std::sync::Arc<crossbeam::queue::ArrayQueue<Packet>>;
+
+/// The Internet checksum (RFC 1071) of `bytes`, complemented.
+pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    for c in bytes.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
 
 /// A free list of packet buffers owned by one thread (no atomics on the
 /// fast path), backed by the switch's [`SpareBuffers`].
@@ -352,6 +432,116 @@ mod tests {
         short.push_vlan(VlanTci::new(1, 0));
         assert_eq!(short.len(), 8);
         assert_eq!(short.pop_vlan(), None);
+    }
+
+    /// A TCP GSO frame as veth hands it over: one super-frame, a partial
+    /// checksum, and the virtio-net header saying how to cut it.
+    fn gso_frame(v6: bool, payload: usize, mss: u16) -> Packet {
+        use smoltcp::wire::{IpAddress, Ipv4Address, Ipv6Address, TcpPacket};
+        let (l3, ip_hl) = (14, if v6 { 40 } else { 20 });
+        let mut f = vec![0u8; l3 + ip_hl + 20 + payload];
+        f[12..14].copy_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+        let (src, dst): (IpAddress, IpAddress) = if v6 {
+            f[l3] = 0x60;
+            f[l3 + 4..l3 + 6].copy_from_slice(&((20 + payload) as u16).to_be_bytes());
+            f[l3 + 6] = 6;
+            f[l3 + 7] = 64;
+            f[l3 + 8..l3 + 24].copy_from_slice(&Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).octets());
+            f[l3 + 24..l3 + 40].copy_from_slice(&Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets());
+            (Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).into(), Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).into())
+        } else {
+            f[l3] = 0x45;
+            f[l3 + 2..l3 + 4].copy_from_slice(&((20 + 20 + payload) as u16).to_be_bytes());
+            f[l3 + 4..l3 + 6].copy_from_slice(&[0x10, 0x00]);
+            f[l3 + 8] = 64;
+            f[l3 + 9] = 6;
+            f[l3 + 12..l3 + 16].copy_from_slice(&[10, 0, 0, 1]);
+            f[l3 + 16..l3 + 20].copy_from_slice(&[10, 0, 0, 2]);
+            (Ipv4Address::new(10, 0, 0, 1).into(), Ipv4Address::new(10, 0, 0, 2).into())
+        };
+        let l4 = l3 + ip_hl;
+        for (i, b) in f[l4 + 20..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let mut tcp = TcpPacket::new_unchecked(&mut f[l4..]);
+        tcp.set_src_port(40000);
+        tcp.set_dst_port(5001);
+        tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(1_000_000));
+        tcp.set_header_len(20);
+        tcp.set_ack(true);
+        tcp.set_psh(true);
+        tcp.set_fin(true);
+        tcp.set_cwr(true);
+        tcp.fill_checksum(&src, &dst);
+        let mut p = Packet::from_frame(&f);
+        p.offload = VnetHdr {
+            flags: NEEDS_CSUM,
+            gso_type: if v6 { 4 } else { 1 },
+            hdr_len: (l4 + 20) as u16,
+            gso_size: mss,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        };
+        p
+    }
+
+    #[test]
+    fn tcp_gso_frames_are_segmented_like_the_kernel_does() {
+        use smoltcp::wire::{EthernetFrame, EthernetProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+        for v6 in [false, true] {
+            let gso = gso_frame(v6, 2500, 1000);
+            assert!(gso.is_multi_segment());
+            let mut pool = PacketPool::new(8, DEFAULT_BUFFER);
+            let mut segs = Vec::new();
+            gso.segment(&mut pool, &mut segs).unwrap();
+            assert_eq!(segs.len(), 3);
+            let mut payload = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                let eth = EthernetFrame::new_checked(s.data()).unwrap();
+                let (src, dst, l4): (smoltcp::wire::IpAddress, smoltcp::wire::IpAddress, &[u8]) =
+                    if eth.ethertype() == EthernetProtocol::Ipv4 {
+                        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+                        assert!(ip.verify_checksum(), "IPv4 header checksum of segment {i}");
+                        assert_eq!(ip.ident(), 0x1000 + i as u16);
+                        (ip.src_addr().into(), ip.dst_addr().into(), ip.payload())
+                    } else {
+                        let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+                        (ip.src_addr().into(), ip.dst_addr().into(), ip.payload())
+                    };
+                let tcp = TcpPacket::new_checked(l4).unwrap();
+                assert!(tcp.verify_checksum(&src, &dst), "TCP checksum of segment {i} (v6 {v6})");
+                assert_eq!(tcp.seq_number().0, 1_000_000 + 1000 * i as i32);
+                let last = i == 2;
+                assert_eq!((tcp.fin(), tcp.psh(), tcp.cwr(), tcp.ack()), (last, last, i == 0, true), "flags of {i}");
+                payload.extend_from_slice(tcp.payload());
+                assert!(s.offload == VnetHdr::default());
+            }
+            let expected: Vec<u8> = (0..2500).map(|i| (i % 251) as u8).collect();
+            assert_eq!(payload, expected, "the payload reassembles exactly");
+        }
+    }
+
+    #[test]
+    fn single_segment_gso_and_partial_checksums_resolve_in_place() {
+        use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket};
+        let mut p = gso_frame(false, 500, 1000);
+        assert!(!p.is_multi_segment());
+        // Only the pseudo-header sum in the field, as offload leaves it.
+        let l4 = 34;
+        let pseudo = {
+            let d = p.data();
+            let mut ph = Vec::new();
+            ph.extend_from_slice(&d[26..34]);
+            ph.extend_from_slice(&[0, 6]);
+            ph.extend_from_slice(&((d.len() - l4) as u16).to_be_bytes());
+            !internet_checksum(&ph)
+        };
+        p.data_mut()[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
+        p.resolve_offloads().unwrap();
+        let eth = EthernetFrame::new_checked(p.data()).unwrap();
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub struct Datapath {
     keys: Vec<u64>,
     answers: Vec<Option<PortNo>>,
     parsed: Vec<(PackedParse, u32)>,
+    /// Scratch for software segmentation.
+    segments: Vec<Packet>,
     /// Where ports' wake descriptors are registered (a threaded datapath).
     registry: Option<mio::Registry>,
     /// The descriptor registered for each slot.
@@ -129,6 +131,7 @@ impl Datapath {
             keys: Vec::with_capacity(BURST),
             answers: Vec::with_capacity(BURST),
             parsed: Vec::with_capacity(BURST),
+            segments: Vec::new(),
             registry: None,
             fds: Vec::new(),
             next_housekeeping_ms: 0,
@@ -497,19 +500,26 @@ impl Datapath {
             }
             return;
         }
-        if !p.carries_offloads {
-            // Complete pending checksums; a GSO frame of several segments
-            // cannot go to a port that takes no offload metadata.
+        if !p.carries_offloads && q.iter().any(|pkt| pkt.offload != Default::default()) {
+            // The port takes no offload metadata: segment GSO frames in
+            // software and complete pending checksums.
             let mut too_big = 0;
-            let mut i = 0;
-            while i < q.len() {
-                if q[i].offload != Default::default() && q[i].resolve_offloads().is_err() {
-                    self.pool.put(q.swap_remove(i));
-                    too_big += 1;
+            let mut segments = std::mem::take(&mut self.segments);
+            for mut pkt in q.drain(..) {
+                if pkt.is_multi_segment() {
+                    if pkt.segment(&mut self.pool, &mut segments).is_err() {
+                        too_big += 1;
+                    }
+                    self.pool.put(pkt);
+                } else if pkt.resolve_offloads().is_ok() {
+                    segments.push(pkt);
                 } else {
-                    i += 1;
+                    too_big += 1;
+                    self.pool.put(pkt);
                 }
             }
+            q.append(&mut segments);
+            self.segments = segments;
             p.counters.count_drop(DropReason::TooBig, too_big);
         }
         let out = port.tx_burst(q, &mut self.pool);

@@ -11,10 +11,11 @@
 //!   (which would change the interface and cost every flow its TSO), the
 //!   port reads each frame's virtio-net header (`PACKET_VNET_HDR`) and
 //!   passes it on: between kernel ports a GSO frame crosses the switch
-//!   whole and the kernel segments it on the far side. A port that cannot
-//!   take offload metadata (an in-process port) gets the checksum completed
-//!   in software; a multi-segment GSO frame to such a port is dropped and
-//!   counted as `too_big` (software segmentation is future work).
+//!   whole and the kernel segments it on the far side. For a port that
+//!   cannot take offload metadata (an in-process or AF_XDP port) the
+//!   datapath segments TCP GSO frames and completes checksums in software;
+//!   only a GSO frame it cannot segment (UDP GSO, IPv6 extension headers)
+//!   is dropped, counted as `too_big`.
 //! * Attach hygiene: an interface enslaved to a kernel bridge, or attached
 //!   by another running switch (a lock file per interface), is refused.
 //!   Nothing about the interface is changed, so detaching restores it.

@@ -21,7 +21,8 @@
 //! kernel drops on close) so the NIC's MAC filter passes every frame.
 //!
 //! Frames are at most one UMEM frame (2 KiB): AF_XDP carries no GSO
-//! metadata, so a GSO frame from another port is dropped as `too_big`. On
+//! metadata, so the datapath segments a TCP GSO frame from another port in
+//! software before it gets here. On
 //! veth in native mode the kernel turns GSO off on the peer while an XDP
 //! program is attached, so TCP from a container still works (in smaller
 //! segments); in generic mode it does not, which is why native is tried
