@@ -30,6 +30,7 @@
 //! ```
 
 pub mod clock;
+pub mod control;
 pub mod datapath;
 mod error;
 pub mod flow;
