@@ -136,23 +136,40 @@ pub struct Iperf3 {
 /// `server` listening on `server_ip` (retrying while the server starts,
 /// each client run bounded by `timeout`).
 pub fn iperf3(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32) -> Iperf3 {
-    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-B", server_ip]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let start_server = || server.spawn(&["iperf3", "-s", "-1", "-B", server_ip]);
+    let mut srv = start_server();
+    let mut server_log = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let limit = (seconds + 17).to_string();
     let out = loop {
         let out = client.exec(&["timeout", &limit, "iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
         if out.status.success() || std::time::Instant::now() > deadline {
             break out;
         }
+        // A one-shot server that has exited (or never came up) is started
+        // again; what it said is kept for the failure message.
+        if srv.try_wait().ok().flatten().is_some() {
+            let done = std::mem::replace(&mut srv, start_server());
+            if let Ok(o) = done.wait_with_output() {
+                server_log.push_str(&String::from_utf8_lossy(&o.stdout));
+                server_log.push_str(&String::from_utf8_lossy(&o.stderr));
+            }
+        }
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     let _ = srv.kill();
-    let _ = srv.wait();
+    if let Ok(o) = srv.wait_with_output() {
+        server_log.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let received = &v["end"]["sum_received"];
     Iperf3 {
         bytes: received["bytes"].as_u64().unwrap_or(0),
         bits_per_second: received["bits_per_second"].as_f64().unwrap_or(0.0),
-        output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        output: format!(
+            "client: {}{} server: {server_log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }

@@ -66,6 +66,11 @@ impl Drop for Attached {
         // Detach first so the kernel stops redirecting into sockets that
         // are about to close. Fails harmlessly if the interface is gone.
         let _ = set_link_xdp(self.ifindex, None, self.mode);
+        // Then take the sockets out of the map, so closing them releases
+        // them (and their queues) at once.
+        for q in 0..self.queues.len() as u32 {
+            let _ = self._prog.clear_socket(q);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use super::cvt;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -123,6 +124,17 @@ impl XdpProgram {
         bpf(BPF_MAP_UPDATE_ELEM, &mut a)
             .map(|_| ())
             .map_err(|e| io::Error::new(e.kind(), format!("insert the socket into the XSKMAP: {e}")))
+    }
+
+    /// Removes queue `queue`'s socket from the map. The map holds a
+    /// reference to each socket, so a socket closed while still in the map
+    /// lives on until the map itself is freed, which the kernel defers past
+    /// the program's own (RCU-deferred) release; meanwhile its queue stays
+    /// busy for a new socket.
+    pub fn clear_socket(&self, queue: u32) -> io::Result<()> {
+        let mut a = BpfAttr::new();
+        a.u32(0, self.map.as_raw_fd() as u32).u64(8, &queue as *const u32 as u64);
+        bpf(BPF_MAP_DELETE_ELEM, &mut a).map(|_| ())
     }
 
     /// The program's descriptor.
