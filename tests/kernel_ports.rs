@@ -243,6 +243,35 @@ fn interface_deleted_under_traffic_then_recreated(backend: Backend) {
     drop(again);
 }
 
+/// Adds `ifname` again right after a detach, allowing the kernel's
+/// asynchronous teardown of the previous port up to ten seconds.
+fn readd(backend: Backend, sw: &Switch, ifname: &str) {
+    let start = Instant::now();
+    loop {
+        match backend.add(sw, ifname, PortConfig::default()) {
+            Ok(_) => return,
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                eprintln!("re-adding {ifname} after {:?}: {e}", start.elapsed());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("{ifname} not free 10 s after detach: {e}"),
+        }
+    }
+}
+
+/// AF_XDP ports detached and attached again, twelve times in a row.
+#[test]
+fn afxdp_reattaches_repeatedly() {
+    let ns = NetNs::new();
+    let v = Veth::new(&ns, "10.93.0.1/24");
+    for _ in 0..12 {
+        let sw = Switch::builder().build().unwrap();
+        sw.add_bridge("br0").unwrap();
+        readd(Backend::AfXdp, &sw, &v.host);
+        sw.del_port(&v.host).unwrap();
+    }
+}
+
 /// Waits up to two seconds for `cond`. Closing a socket releases its
 /// kernel state only when the last reference goes, and a process forked
 /// by a parallel test may hold one until it execs: a moment, not never.
@@ -288,7 +317,9 @@ fn attach_hygiene(backend: Backend) {
     assert!(eventually(|| !promisc(&v.host)), "detaching restores the interface");
     let shown = String::from_utf8_lossy(&run(&["ip", "link", "show", &v.host]).stdout).to_string();
     assert!(!shown.contains("prog/xdp"), "no XDP program left behind: {shown}");
-    backend.add(&other, &v.host, PortConfig::default()).expect("free again after detach");
+    // The kernel tears an AF_XDP socket down asynchronously: allow it a
+    // moment before the queue is free for the next one.
+    readd(backend, &other, &v.host);
     other.del_port(&v.host).unwrap();
     // A kernel bridge's port is refused.
     let kbr = vswitch_tests::netns::unique("vkb");

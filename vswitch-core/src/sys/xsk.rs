@@ -207,6 +207,7 @@ impl XskSocket {
         } else {
             &[(libc::XDP_COPY, BindMode::Copy)]
         };
+        let mut attempts = Vec::new();
         let mut last = None;
         for &(flag, mode) in modes {
             let sxdp = libc::sockaddr_xdp {
@@ -216,23 +217,41 @@ impl XskSocket {
                 sxdp_queue_id: queue,
                 sxdp_shared_umem_fd: 0,
             };
-            // SAFETY: `sxdp` is a valid sockaddr_xdp and its size is passed.
-            let r = cvt(unsafe {
-                libc::bind(
-                    f,
-                    (&sxdp as *const libc::sockaddr_xdp).cast(),
-                    size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-                )
-            });
-            match r {
-                Ok(_) => {
-                    s.mode = mode;
-                    return Ok(s);
+            // EBUSY: a previous socket on this queue is still being torn
+            // down. The kernel frees its buffer pool from a workqueue,
+            // which a loaded machine can delay (and the attach lock already
+            // rules out a live competitor for the queue): retry for up to
+            // five seconds.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                // SAFETY: `sxdp` is a valid sockaddr_xdp and its size is passed.
+                let r = cvt(unsafe {
+                    libc::bind(
+                        f,
+                        (&sxdp as *const libc::sockaddr_xdp).cast(),
+                        size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                    )
+                });
+                match r {
+                    Ok(_) => {
+                        s.mode = mode;
+                        return Ok(s);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        attempts.push(format!("{mode:?}: {e} after {tries} tries"));
+                        last = Some(e);
+                        break;
+                    }
                 }
-                Err(e) => last = Some(e),
             }
         }
-        Err(with_context(last.unwrap_or_else(|| io::Error::other("no bind mode")), "bind the AF_XDP socket"))
+        let e = last.unwrap_or_else(|| io::Error::other("no bind mode"));
+        Err(io::Error::new(e.kind(), format!("bind the AF_XDP socket ({})", attempts.join("; "))))
     }
 
     /// The socket's descriptor (readable when frames are waiting).
