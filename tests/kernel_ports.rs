@@ -58,12 +58,20 @@ over_backends!(
     attach_hygiene,
 );
 
-/// `n` namespaces, each with a veth into it addressed 10.99.0.(i+1)/24,
+/// A subnet of its own for each lab (10.99.N.0/24), so tests running in
+/// parallel never share addresses.
+fn next_subnet() -> u8 {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `n` namespaces, each with a veth into it addressed 10.99.S.(i+1)/24,
 /// and a switch with one bridge "br0" attaching the host ends.
 struct Lab {
     sw: Switch,
     veths: Vec<Veth>,
     nss: Vec<NetNs>,
+    subnet: u8,
 }
 
 impl Lab {
@@ -72,9 +80,10 @@ impl Lab {
     }
 
     fn with_threads(backend: Backend, n: usize, vlans: &[Option<u16>], threads: usize) -> Lab {
+        let subnet = next_subnet();
         let nss: Vec<NetNs> = (0..n).map(|_| NetNs::new()).collect();
         let veths: Vec<Veth> =
-            nss.iter().enumerate().map(|(i, ns)| Veth::new(ns, &format!("10.99.0.{}/24", i + 1))).collect();
+            nss.iter().enumerate().map(|(i, ns)| Veth::new(ns, &format!("10.99.{subnet}.{}/24", i + 1))).collect();
         let sw = Switch::builder().pmd_threads(threads).build().unwrap();
         sw.add_bridge("br0").unwrap();
         for (i, v) in veths.iter().enumerate() {
@@ -84,11 +93,11 @@ impl Lab {
             };
             backend.add(&sw, &v.host, PortConfig { vlan }).unwrap();
         }
-        Lab { sw, veths, nss }
+        Lab { sw, veths, nss, subnet }
     }
 
-    fn ip(i: usize) -> String {
-        format!("10.99.0.{}", i + 1)
+    fn ip(&self, i: usize) -> String {
+        format!("10.99.{}.{}", self.subnet, i + 1)
     }
 }
 
@@ -142,9 +151,9 @@ fn tcp_from_a_namespace_to_an_in_process_host(backend: Backend) {
 /// in each direction crosses from one thread's port to the other's.
 fn two_datapath_threads(backend: Backend) {
     let lab = Lab::with_threads(backend, 2, &[], 2);
-    assert!(lab.nss[0].ping(&Lab::ip(1), 3), "ns0 -> ns1");
-    assert!(lab.nss[1].ping(&Lab::ip(0), 3), "ns1 -> ns0");
-    let run = iperf3(&lab.nss[0], &lab.nss[1], &Lab::ip(1), 2);
+    assert!(lab.nss[0].ping(&lab.ip(1), 3), "ns0 -> ns1");
+    assert!(lab.nss[1].ping(&lab.ip(0), 3), "ns1 -> ns0");
+    let run = iperf3(&lab.nss[0], &lab.nss[1], &lab.ip(1), 2);
     let stats = serde_json::to_string(&lab.sw.stats()).unwrap_or_default();
     assert!(
         run.bytes > 10_000_000,
@@ -156,8 +165,8 @@ fn two_datapath_threads(backend: Backend) {
 
 fn ping_both_ways(backend: Backend) {
     let lab = Lab::new(backend, 2, &[]);
-    assert!(lab.nss[0].ping(&Lab::ip(1), 3), "ns0 -> ns1");
-    assert!(lab.nss[1].ping(&Lab::ip(0), 3), "ns1 -> ns0");
+    assert!(lab.nss[0].ping(&lab.ip(1), 3), "ns0 -> ns1");
+    assert!(lab.nss[1].ping(&lab.ip(0), 3), "ns1 -> ns0");
     let fdb = lab.sw.fdb("br0").unwrap();
     // Exactly the two namespaces' MACs: nothing from other interfaces
     // (tests run in parallel, their traffic all in the root namespace).
@@ -178,9 +187,18 @@ fn ping_both_ways(backend: Backend) {
 
 fn iperf3_tcp_with_default_offloads(backend: Backend) {
     let lab = Lab::new(backend, 2, &[]);
-    let run = iperf3(&lab.nss[0], &lab.nss[1], &Lab::ip(1), 3);
+    let run = iperf3(&lab.nss[0], &lab.nss[1], &lab.ip(1), 3);
     println!("iperf3 through {} ports: {} bytes, {:.2} Gbit/s", backend.kind(), run.bytes, run.bits_per_second / 1e9);
-    assert!(run.bytes > 10_000_000, "only {} bytes crossed the switch: {}", run.bytes, run.output);
+    if run.bytes <= 10_000_000 {
+        let listening = String::from_utf8_lossy(&lab.nss[1].exec(&["ss", "-ltn"]).stdout).to_string();
+        let fdb = lab.sw.fdb("br0").unwrap();
+        panic!(
+            "{backend:?}: only {} bytes crossed the switch: {}\nlistening in the server namespace: {listening}\nfdb {fdb:?}\nstats {}",
+            run.bytes,
+            run.output.chars().take(400).collect::<String>(),
+            serde_json::to_string(&lab.sw.stats()).unwrap_or_default()
+        );
+    }
     let s = lab.sw.stats();
     for v in &lab.veths {
         let p = s.port(&v.host).unwrap();
@@ -191,9 +209,9 @@ fn iperf3_tcp_with_default_offloads(backend: Backend) {
 
 fn vlan_access_ports_isolate_pairs(backend: Backend) {
     let lab = Lab::new(backend, 4, &[Some(10), Some(10), Some(20), Some(20)]);
-    assert!(lab.nss[0].ping(&Lab::ip(1), 2), "same VLAN 10");
-    assert!(lab.nss[2].ping(&Lab::ip(3), 2), "same VLAN 20");
-    let crossed = lab.nss[0].exec(&["ping", "-c", "2", "-W", "1", &Lab::ip(2)]);
+    assert!(lab.nss[0].ping(&lab.ip(1), 2), "same VLAN 10");
+    assert!(lab.nss[2].ping(&lab.ip(3), 2), "same VLAN 20");
+    let crossed = lab.nss[0].exec(&["ping", "-c", "2", "-W", "1", &lab.ip(2)]);
     assert!(!crossed.status.success(), "VLAN 10 must not reach VLAN 20");
     let fdb = lab.sw.fdb("br0").unwrap();
     assert!(fdb.iter().all(|e| e.vlan == 10 || e.vlan == 20), "{fdb:?}");
@@ -209,11 +227,11 @@ fn received(out: &std::process::Output) -> (u32, u32) {
 fn a_namespace_joins_while_traffic_flows(backend: Backend) {
     let lab = Lab::new(backend, 2, &[]);
     let ns2 = NetNs::new();
-    let v2 = Veth::new(&ns2, "10.99.0.3/24");
-    let flow = lab.nss[0].spawn(&["ping", "-c", "150", "-i", "0.01", &Lab::ip(1)]);
+    let v2 = Veth::new(&ns2, &format!("{}/24", lab.ip(2)));
+    let flow = lab.nss[0].spawn(&["ping", "-c", "150", "-i", "0.01", &lab.ip(1)]);
     std::thread::sleep(Duration::from_millis(300));
     backend.add(&lab.sw, &v2.host, PortConfig::default()).unwrap();
-    assert!(ns2.ping(&Lab::ip(0), 2), "the new namespace reaches ns0");
+    assert!(ns2.ping(&lab.ip(0), 2), "the new namespace reaches ns0");
     let out = flow.wait_with_output().unwrap();
     let (sent, got) = received(&out);
     assert_eq!(sent, 150);
@@ -222,7 +240,7 @@ fn a_namespace_joins_while_traffic_flows(backend: Backend) {
 
 fn interface_deleted_under_traffic_then_recreated(backend: Backend) {
     let mut lab = Lab::new(backend, 3, &[]);
-    let flow = lab.nss[0].spawn(&["ping", "-c", "200", "-i", "0.01", &Lab::ip(1)]);
+    let flow = lab.nss[0].spawn(&["ping", "-c", "200", "-i", "0.01", &lab.ip(1)]);
     std::thread::sleep(Duration::from_millis(200));
     let gone = lab.veths.pop().unwrap();
     let host = gone.host.clone();
@@ -234,12 +252,12 @@ fn interface_deleted_under_traffic_then_recreated(backend: Backend) {
     let (_, got) = received(&out);
     assert!(got >= 195, "the other ports kept forwarding: {got}/200");
     // The interface comes back with the same name: the port reattaches.
-    let again = Veth::named(&host, &lab.nss[2], "10.99.0.3/24");
+    let again = Veth::named(&host, &lab.nss[2], &format!("{}/24", lab.ip(2)));
     let deadline = Instant::now() + Duration::from_secs(5);
     while !lab.sw.stats().port(&host).unwrap().link_up && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(lab.nss[2].ping(&Lab::ip(0), 2), "traffic flows through the recreated interface");
+    assert!(lab.nss[2].ping(&lab.ip(0), 2), "traffic flows through the recreated interface");
     drop(again);
 }
 
@@ -293,7 +311,7 @@ fn promisc(ifname: &str) -> bool {
 
 fn attach_hygiene(backend: Backend) {
     let ns = NetNs::new();
-    let v = Veth::new(&ns, "10.99.0.1/24");
+    let v = Veth::new(&ns, &format!("10.99.{}.1/24", next_subnet()));
     let sw = Switch::builder().build().unwrap();
     sw.add_bridge("br0").unwrap();
     sw.add_bridge("br1").unwrap();
