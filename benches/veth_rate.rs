@@ -21,6 +21,7 @@ use vswitch_core::packet::PacketPool;
 use vswitch_core::port::Port;
 use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
 use vswitch_core::{MacAddr, Packet, PortConfig, Switch};
+use vswitch_tests::cpu_seconds;
 use vswitch_tests::netns::{NetNs, Veth, iperf3, run, unique};
 
 fn generate(ifname: &str, dst: MacAddr, seconds: u64, flows: u32) {
@@ -50,13 +51,6 @@ fn counter(ns: &NetNs, ifname: &str, what: &str) -> u64 {
 fn mac_of(ns: &NetNs, ifname: &str) -> MacAddr {
     let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
     String::from_utf8_lossy(&out.stdout).trim().parse().expect("a MAC address")
-}
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0
 }
 
 struct Measured {

@@ -6,20 +6,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use vswitch_core::{PortConfig, Switch};
+use vswitch_tests::cpu_seconds;
 use vswitch_tests::netns::{NetNs, Veth};
 
 /// CPU time is measured for the whole process: one test at a time.
 static ALONE: Mutex<()> = Mutex::new(());
-
-/// User plus system CPU time of this process, in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
-}
 
 /// Fraction of a core this process used over `secs` of wall time.
 fn measure_idle(secs: u64) -> f64 {

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use vswitch_core::{DropReason, ErrorKind, PortConfig, PortNo, Switch, VlanMode};
-use vswitch_tests::netns::{NetNs, Veth, iperf3, run};
+use vswitch_tests::netns::{NetNs, Veth, iperf3, is_promiscuous, run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -304,11 +304,6 @@ fn eventually(cond: impl Fn() -> bool) -> bool {
     true
 }
 
-fn promisc(ifname: &str) -> bool {
-    let flags = std::fs::read_to_string(format!("/sys/class/net/{ifname}/flags")).unwrap();
-    u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap() & 0x100 != 0
-}
-
 fn attach_hygiene(backend: Backend) {
     let ns = NetNs::new();
     let v = Veth::new(&ns, &format!("10.99.{}.1/24", next_subnet()));
@@ -318,9 +313,9 @@ fn attach_hygiene(backend: Backend) {
     let e = backend.add(&sw, "vsnosuch0", PortConfig::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     assert!(e.to_string().contains("no network interface named 'vsnosuch0'"), "{e}");
-    assert!(!promisc(&v.host));
+    assert!(!is_promiscuous(&v.host));
     backend.add(&sw, &v.host, PortConfig::default()).unwrap();
-    assert!(promisc(&v.host), "promiscuous while attached");
+    assert!(is_promiscuous(&v.host), "promiscuous while attached");
     assert_eq!(sw.add_afpacket_port("br1", &v.host, PortConfig::default()).unwrap_err().kind(), ErrorKind::Exists);
     if backend == Backend::AfXdp {
         let xdp = String::from_utf8_lossy(&run(&["ip", "link", "show", &v.host]).stdout).to_string();
@@ -332,7 +327,7 @@ fn attach_hygiene(backend: Backend) {
     let e = backend.add(&other, &v.host, PortConfig::default()).unwrap_err();
     assert!(e.to_string().contains("already attached"), "{e}");
     sw.del_port(&v.host).unwrap();
-    assert!(eventually(|| !promisc(&v.host)), "detaching restores the interface");
+    assert!(eventually(|| !is_promiscuous(&v.host)), "detaching restores the interface");
     let shown = String::from_utf8_lossy(&run(&["ip", "link", "show", &v.host]).stdout).to_string();
     assert!(!shown.contains("prog/xdp"), "no XDP program left behind: {shown}");
     // The kernel tears an AF_XDP socket down asynchronously: allow it a

@@ -42,6 +42,17 @@ pub fn seq_of(f: &[u8]) -> u32 {
     u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
 }
 
+/// User plus system CPU time of this process so far, in seconds, from
+/// /proc/self/stat (utime and stime, fields 14 and 15, in USER_HZ = 100).
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // Fields after the parenthesised command name.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
 /// Every packet waiting on `h`.
 pub fn drain(h: &MemoryPortHandle) -> Vec<Packet> {
     std::iter::from_fn(|| h.recv()).collect()

@@ -33,6 +33,12 @@ pub fn run(args: &[&str]) -> Output {
     out
 }
 
+/// True if interface `ifname` (in this namespace) is promiscuous.
+pub fn is_promiscuous(ifname: &str) -> bool {
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{ifname}/flags")).expect("interface flags");
+    u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).expect("hex flags") & 0x100 != 0
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct NetNs {

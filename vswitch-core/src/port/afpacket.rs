@@ -239,13 +239,10 @@ impl Port for AfPacketPort {
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-        let mut out = TxOutcome::default();
         let Some(ring) = self.ring.as_ref() else {
-            out.dropped = batch.len();
-            out.drop_reason = Some(DropReason::LinkDown);
-            batch.drain(..).for_each(|p| pool.put(p));
-            return out;
+            return TxOutcome::drop_all(batch, pool, DropReason::LinkDown);
         };
+        let mut out = TxOutcome::default();
         let frames: Vec<(VnetHdr, &[u8])> = batch.iter().map(|p| (p.offload, p.data())).collect();
         let (sent, err) = ring.send_batch(&frames);
         out.sent = sent;

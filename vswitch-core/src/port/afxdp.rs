@@ -209,13 +209,10 @@ impl Port for AfXdpPort {
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-        let mut out = TxOutcome::default();
         let Some(a) = self.attached.as_mut() else {
-            out.dropped = batch.len();
-            out.drop_reason = Some(DropReason::LinkDown);
-            batch.drain(..).for_each(|p| pool.put(p));
-            return out;
+            return TxOutcome::drop_all(batch, pool, DropReason::LinkDown);
         };
+        let mut out = TxOutcome::default();
         let too_big = batch.iter().filter(|p| p.len() > FRAME_SIZE as usize).count();
         let fits = batch.iter().filter(|p| p.len() <= FRAME_SIZE as usize);
         let sent = a.queues[0].send_burst(fits.clone().map(Packet::data));

@@ -85,6 +85,15 @@ pub struct TxOutcome {
     pub drop_reason: Option<DropReason>,
 }
 
+impl TxOutcome {
+    /// Drops the whole batch for `reason`, returning its buffers to `pool`.
+    pub fn drop_all(batch: &mut Vec<Packet>, pool: &mut PacketPool, reason: DropReason) -> TxOutcome {
+        let dropped = batch.len();
+        batch.drain(..).for_each(|p| pool.put(p));
+        TxOutcome { dropped, drop_reason: Some(reason), ..TxOutcome::default() }
+    }
+}
+
 /// Why the datapath dropped a packet. Every drop is counted by reason on the
 /// port where it happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
