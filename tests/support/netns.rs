@@ -149,7 +149,11 @@ pub fn iperf3(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32) -> 
     let limit = (seconds + 17).to_string();
     let out = loop {
         let out = client.exec(&["timeout", &limit, "iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
-        if out.status.success() || std::time::Instant::now() > deadline {
+        // iperf3 3.12 exits 0 even when it could not connect (the error is
+        // only in its JSON), so success is judged from the report itself.
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let ok = out.status.success() && report.get("end").is_some() && report.get("error").is_none();
+        if ok || std::time::Instant::now() > deadline {
             break out;
         }
         // A one-shot server that has exited (or never came up) is started
