@@ -30,6 +30,7 @@
 //! ```
 
 pub mod clock;
+pub mod config;
 pub mod control;
 pub mod datapath;
 mod error;
@@ -46,5 +47,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use packet::Packet;
 pub use port::memory::MemoryPortHandle;
 pub use port::{DropReason, PortConfig, PortNo, VlanMode};
-pub use switch::{BridgeInfo, BridgeStats, IdlePolicy, PortInfo, PortStats, Switch, SwitchBuilder, SwitchStats};
+pub use switch::{
+    BridgeInfo, BridgeStats, IdlePolicy, OnOpenError, PortInfo, PortStats, Switch, SwitchBuilder, SwitchStats,
+};
 pub use wire::MacAddr;

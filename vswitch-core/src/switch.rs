@@ -13,6 +13,7 @@ use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
 
 use crate::clock::{Clock, MonotonicClock};
+use crate::config::PortSpec;
 use crate::datapath::SharedPort;
 use crate::datapath::thread::DatapathThread;
 pub use crate::datapath::thread::IdlePolicy;
@@ -20,10 +21,14 @@ use crate::datapath::{Datapath, Wakeup};
 use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleStats, TableError, Trace};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
+use crate::port::deferred::PortError;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
 use crate::port::vlan_mode::VlanDescription;
 use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
 use crate::{Error, Result};
+
+mod configure;
+pub use configure::OnOpenError;
 
 /// Buffers the switch-wide spare queue holds at most.
 const SPARE_BUFFERS: usize = 8192;
@@ -191,6 +196,10 @@ struct PortEntry {
     kind: &'static str,
     vlan: VlanMode,
     counters: Arc<PortCounters>,
+    /// How the switch created the port (None: an embedder's port).
+    spec: Option<PortSpec>,
+    /// Why the port does not work, if it does not.
+    error: PortError,
 }
 
 /// A bridge, as listed by [`Switch::bridges`].
@@ -217,6 +226,15 @@ pub struct PortInfo {
     /// VLAN membership.
     #[serde(flatten)]
     pub vlan: VlanDescription,
+    /// Backend options.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// True for a port that is not saved in the daemon's configuration.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
+    /// Why the port is not working (its interface is missing, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Counters of one port.
@@ -531,15 +549,37 @@ impl Switch {
         config: PortConfig,
         make: impl FnOnce(PortNo, Arc<Wakeup>) -> Result<Box<dyn Port>>,
     ) -> Result<PortNo> {
+        self.attach_as(bridge, name, config, None, PortError::default(), make)
+    }
+
+    /// As [`attach`](Self::attach), with the port number asked for and
+    /// the spec and error handle kept for listings and the configuration.
+    fn attach_as(
+        &self,
+        bridge: &str,
+        name: &str,
+        config: PortConfig,
+        spec: Option<PortSpec>,
+        error: PortError,
+        make: impl FnOnce(PortNo, Arc<Wakeup>) -> Result<Box<dyn Port>>,
+    ) -> Result<PortNo> {
         check_name("port name", name)?;
         let mut reg = self.registry();
         if let Some((b, _)) = reg.bridges.iter().find(|(_, b)| b.ports.contains_key(name)) {
             return Err(Error::PortExists { name: name.to_string(), bridge: b.clone() });
         }
         let br = reg.bridges.get_mut(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
-        let port_no = (1..=MAX_PORT_NO)
-            .find(|n| !br.ports.values().any(|p| p.port_no == *n))
-            .ok_or(Error::Full("bridge port numbers"))?;
+        let taken = |n: PortNo| br.ports.values().any(|p| p.port_no == n);
+        let port_no = match spec.as_ref().and_then(|s| s.port_no) {
+            Some(n) if n == 0 || n > MAX_PORT_NO => {
+                return Err(Error::invalid("port number", format!("{n} is not in 1..={MAX_PORT_NO}")));
+            }
+            Some(n) if taken(n) => {
+                return Err(Error::invalid("port number", format!("{n} is taken on bridge '{bridge}'")));
+            }
+            Some(n) => n,
+            None => (1..=MAX_PORT_NO).find(|&n| !taken(n)).ok_or(Error::Full("bridge port numbers"))?,
+        };
         // The thread with the fewest ports receives from this one.
         let owner = (0..reg.owned.len()).min_by_key(|&i| reg.owned[i]).unwrap_or(0);
         let port = make(port_no, self.thread_wakeup(owner))?;
@@ -552,7 +592,11 @@ impl Switch {
         let slot = self.apply_each(move |dp, i| {
             dp.add_port(index, port_no, shared.clone(), i == owner, vlan.clone(), c.clone())
         })?;
-        br.ports.insert(name.to_string(), PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner });
+        let spec = spec.map(|s| PortSpec { port_no: Some(port_no), ..s });
+        br.ports.insert(
+            name.to_string(),
+            PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, error },
+        );
         reg.owned[owner] += 1;
         Ok(port_no)
     }
@@ -590,6 +634,7 @@ impl Switch {
         let entry = br.ports.get_mut(name).expect("found above");
         let (slot, v) = (entry.slot, vlan.clone());
         self.apply(move |dp| dp.set_port_vlan(slot, v.clone()))?;
+        configure::track_vlan(entry.spec.as_mut(), &vlan);
         entry.vlan = vlan;
         Ok(())
     }
@@ -625,6 +670,9 @@ impl Switch {
                         port_no: p.port_no,
                         kind: p.kind.to_string(),
                         vlan: p.vlan.describe(),
+                        options: p.spec.as_ref().map(|s| s.options.clone()).unwrap_or_default(),
+                        transient: p.spec.as_ref().is_none_or(|s| s.transient),
+                        error: p.error.get(),
                     })
                     .collect();
                 ports.sort_by_key(|p| p.port_no);

@@ -52,7 +52,8 @@ enum Command {
     ListBr,
     /// Exit 0 if the bridge exists, 2 if not.
     BrExists { bridge: String },
-    /// Add a port: settings are type=afpacket|afxdp, tag=VID, trunks=V1,V2.
+    /// Add a port: settings are type=afpacket|afxdp|internal, tag=VID,
+    /// trunks=V1,V2, options:KEY=VALUE, transient=true, ofport_request=N.
     AddPort {
         bridge: String,
         port: String,
@@ -70,7 +71,8 @@ enum Command {
     },
     /// List a bridge's ports.
     ListPorts { bridge: String },
-    /// Change a port's VLAN settings: tag=VID or trunks=V1,V2 (trunks= for all).
+    /// Change a port: tag=VID, trunks=V1,V2 (trunks= for all),
+    /// options:KEY=VALUE (options:KEY= removes it), transient=BOOL.
     SetPort { port: String, settings: Vec<String> },
     /// The MAC learning table.
     FdbShow { bridge: String },
@@ -108,27 +110,50 @@ enum Command {
     Stats { bridge: Option<String>, port: Option<String> },
     /// Versions of this tool and of the daemon.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
-/// `type=`, `tag=` and `trunks=` settings of a port.
-type PortSettings = (Option<String>, Option<u16>, Option<Vec<u16>>);
-
-/// KEY=VALUE settings into tag / trunks / type.
-fn settings(items: &[String]) -> Result<PortSettings, String> {
-    let (mut kind, mut tag, mut trunks) = (None, None, None);
+/// A port's `KEY=VALUE` settings as `port.add` / `port.set` parameters:
+/// `type=`, `tag=`, `trunks=`, `options:KEY=VALUE`, `transient=`,
+/// `ofport_request=`. With `for_set`, `options:KEY=` (empty) removes KEY.
+fn settings(items: &[String], for_set: bool) -> Result<serde_json::Map<String, Value>, String> {
+    let mut p = serde_json::Map::new();
+    let mut options = serde_json::Map::new();
     for item in items {
         let (k, v) = item.split_once('=').ok_or_else(|| format!("'{item}' is not KEY=VALUE"))?;
-        match k {
-            "type" => kind = Some(v.to_string()),
-            "tag" => tag = Some(v.parse::<u16>().map_err(|_| format!("tag '{v}' is not a VLAN ID"))?),
+        if let Some(key) = k.strip_prefix("options:") {
+            if key.is_empty() {
+                return Err(format!("'{item}': options:KEY=VALUE needs a KEY"));
+            }
+            options.insert(key.to_string(), if v.is_empty() && for_set { Value::Null } else { json!(v) });
+            continue;
+        }
+        let value = match k {
+            "type" if for_set => return Err("a port's type cannot be changed; delete and re-add it".into()),
+            "type" => json!(v),
+            "tag" => json!(v.parse::<u16>().map_err(|_| format!("tag '{v}' is not a VLAN ID"))?),
             "trunks" => {
                 let list: Result<Vec<u16>, _> = v.split(',').filter(|s| !s.is_empty()).map(str::parse::<u16>).collect();
-                trunks = Some(list.map_err(|_| format!("trunks '{v}' is not a list of VLAN IDs"))?);
+                json!(list.map_err(|_| format!("trunks '{v}' is not a list of VLAN IDs"))?)
             }
-            _ => return Err(format!("unknown setting '{k}' (type, tag, trunks)")),
-        }
+            "transient" => json!(v.parse::<bool>().map_err(|_| format!("transient '{v}' is not true or false"))?),
+            "ofport_request" if !for_set => {
+                json!(v.parse::<u32>().map_err(|_| format!("ofport_request '{v}' is not a port number"))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown setting '{k}' (type, tag, trunks, options:KEY, transient{})",
+                    if for_set { "" } else { ", ofport_request" }
+                ));
+            }
+        };
+        p.insert(if k == "ofport_request" { "port_no".into() } else { k.to_string() }, value);
     }
-    Ok((kind, tag, trunks))
+    if !options.is_empty() {
+        p.insert("options".into(), Value::Object(options));
+    }
+    Ok(p)
 }
 
 fn show(result: &Value, stats: &Value) -> String {
@@ -146,10 +171,19 @@ fn show(result: &Value, stats: &Value) -> String {
                 let list: Vec<String> = t.iter().map(|v| v.to_string()).collect();
                 out.push_str(&format!("        trunks: [{}]\n", list.join(", ")));
             }
+            if let Some(o) = p["options"].as_object().filter(|o| !o.is_empty()) {
+                let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
+                out.push_str(&format!("        options: {{{}}}\n", list.join(", ")));
+            }
+            if p["transient"] == true {
+                out.push_str("        transient: true\n");
+            }
             let up = sb
                 .and_then(|s| s["ports"].as_array()?.iter().find(|x| x["name"] == name).map(|x| x["link_up"] == true));
-            if up == Some(false) {
-                out.push_str("        error: \"link down or interface missing\"\n");
+            if let Some(e) = p["error"].as_str() {
+                out.push_str(&format!("        error: {}\n", Value::from(e)));
+            } else if up == Some(false) {
+                out.push_str("        link_state: down\n");
             }
         }
     }
@@ -242,136 +276,176 @@ fn lines_of(result: &Value, field: &str) -> String {
     result.as_array().into_iter().flatten().map(|v| format!("{}\n", v[field].as_str().unwrap_or("?"))).collect()
 }
 
-fn run(cli: Cli) -> Result<ExitCode, CallError> {
-    let mut c = Client::connect(&socket_path(cli.socket.as_deref()), Duration::from_secs(cli.timeout))?;
-    let json = cli.format == Format::Json;
-    let bad = |m: String| CallError::Rpc("invalid_argument".into(), m);
-    let (result, text) = match cli.command {
+/// How a command's results are printed as text.
+#[derive(Debug, Clone, Copy)]
+enum Render {
+    Nothing,
+    Show,
+    Names,
+    Fdb,
+    Map,
+    Flows,
+    Trace,
+    Stats,
+    Version,
+}
+
+/// A command as requests to the daemon.
+struct Plan {
+    ops: Vec<(&'static str, Value)>,
+    render: Render,
+}
+
+fn plan(command: Command) -> Result<Plan, String> {
+    let one = |method, params, render| Plan { ops: vec![(method, params)], render };
+    let none = Render::Nothing;
+    Ok(match command {
         Command::Show => {
-            let r = c.call("bridge.list", Value::Null)?;
-            let s = c.call("stats.get", Value::Null)?;
-            let t = show(&r, &s);
-            (r, t)
+            Plan { ops: vec![("bridge.list", Value::Null), ("stats.get", Value::Null)], render: Render::Show }
         }
         Command::AddBr { bridge, may_exist } => {
-            (c.call("bridge.add", json!({ "name": bridge, "may_exist": may_exist }))?, String::new())
+            one("bridge.add", json!({ "name": bridge, "may_exist": may_exist }), none)
         }
         Command::DelBr { bridge, if_exists } => {
-            (c.call("bridge.del", json!({ "name": bridge, "if_exists": if_exists }))?, String::new())
+            one("bridge.del", json!({ "name": bridge, "if_exists": if_exists }), none)
         }
-        Command::ListBr => {
-            let r = c.call("bridge.list", Value::Null)?;
-            let t = lines_of(&r, "name");
-            (r, t)
-        }
-        Command::BrExists { bridge } => {
-            let r = c.call("bridge.exists", json!({ "name": bridge }))?;
-            if json {
-                println!("{r}");
-            }
-            return Ok(if r == json!(true) { ExitCode::SUCCESS } else { ExitCode::from(2) });
-        }
+        Command::ListBr => one("bridge.list", Value::Null, Render::Names),
+        Command::BrExists { .. } | Command::Completions { .. } => return Err("this command cannot be chained".into()),
         Command::AddPort { bridge, port, settings: s, may_exist } => {
-            let (kind, tag, trunks) = settings(&s).map_err(bad)?;
-            let mut p = json!({ "bridge": bridge, "name": port, "may_exist": may_exist });
-            if let Some(k) = kind {
-                p["type"] = json!(k);
-            }
-            if let Some(t) = tag {
-                p["tag"] = json!(t);
-            }
-            if let Some(t) = trunks {
-                p["trunks"] = json!(t);
-            }
-            (c.call("port.add", p)?, String::new())
+            let mut p = settings(&s, false)?;
+            p.insert("bridge".into(), json!(bridge));
+            p.insert("name".into(), json!(port));
+            p.insert("may_exist".into(), json!(may_exist));
+            one("port.add", Value::Object(p), none)
         }
         Command::DelPort { names, if_exists } => {
             let port = names.last().cloned().unwrap_or_default();
-            (c.call("port.del", json!({ "name": port, "if_exists": if_exists }))?, String::new())
+            one("port.del", json!({ "name": port, "if_exists": if_exists }), none)
         }
-        Command::ListPorts { bridge } => {
-            let r = c.call("port.list", json!({ "bridge": bridge }))?;
-            let t = lines_of(&r, "name");
-            (r, t)
-        }
+        Command::ListPorts { bridge } => one("port.list", json!({ "bridge": bridge }), Render::Names),
         Command::SetPort { port, settings: s } => {
-            let (kind, tag, trunks) = settings(&s).map_err(bad)?;
-            if kind.is_some() {
-                return Err(bad("a port's type cannot be changed; delete and re-add it".into()));
+            if s.is_empty() {
+                return Err("set-port needs at least one KEY=VALUE".into());
             }
-            (
-                c.call("port.set", json!({ "name": port, "tag": tag, "trunks": trunks.unwrap_or_default() }))?,
-                String::new(),
-            )
+            let mut p = settings(&s, true)?;
+            p.insert("name".into(), json!(port));
+            one("port.set", Value::Object(p), none)
         }
-        Command::FdbShow { bridge } => {
-            let r = c.call("fdb.show", json!({ "bridge": bridge }))?;
-            let t = fdb_text(&r);
-            (r, t)
-        }
-        Command::FdbFlush { bridge } => (c.call("fdb.flush", json!({ "bridge": bridge }))?, String::new()),
-        Command::FdbStats { bridge } => {
-            let r = c.call("fdb.stats", json!({ "bridge": bridge }))?;
-            let t = r.as_object().into_iter().flatten().map(|(k, v)| format!("{k}: {v}\n")).collect();
-            (r, t)
-        }
+        Command::FdbShow { bridge } => one("fdb.show", json!({ "bridge": bridge }), Render::Fdb),
+        Command::FdbFlush { bridge } => one("fdb.flush", json!({ "bridge": bridge }), none),
+        Command::FdbStats { bridge } => one("fdb.stats", json!({ "bridge": bridge }), Render::Map),
         Command::FdbAdd { bridge, port, vlan, mac } => {
             let port = port.parse::<u64>().map_or(json!(port), |n| json!(n));
-            (c.call("fdb.add", json!({ "bridge": bridge, "port": port, "vlan": vlan, "mac": mac }))?, String::new())
+            one("fdb.add", json!({ "bridge": bridge, "port": port, "vlan": vlan, "mac": mac }), none)
         }
         Command::FdbDel { bridge, vlan, mac } => {
-            (c.call("fdb.del", json!({ "bridge": bridge, "vlan": vlan, "mac": mac }))?, String::new())
+            one("fdb.del", json!({ "bridge": bridge, "vlan": vlan, "mac": mac }), none)
         }
-        Command::AddFlow { bridge, flow } => {
-            (c.call("flow.add", json!({ "bridge": bridge, "flows": [flow] }))?, String::new())
-        }
+        Command::AddFlow { bridge, flow } => one("flow.add", json!({ "bridge": bridge, "flows": [flow] }), none),
         Command::AddFlows { bridge, file } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| bad(format!("cannot read {file}: {e}")))?;
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
             let flows: Vec<&str> =
                 text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-            (c.call("flow.add", json!({ "bridge": bridge, "flows": flows }))?, String::new())
+            one("flow.add", json!({ "bridge": bridge, "flows": flows }), none)
         }
         Command::DelFlows { bridge, flow, strict } => {
-            (c.call("flow.del", json!({ "bridge": bridge, "flow": flow, "strict": strict }))?, String::new())
+            one("flow.del", json!({ "bridge": bridge, "flow": flow, "strict": strict }), none)
         }
         Command::ModFlows { bridge, flow, strict } => {
-            (c.call("flow.mod", json!({ "bridge": bridge, "flow": flow, "strict": strict }))?, String::new())
+            one("flow.mod", json!({ "bridge": bridge, "flow": flow, "strict": strict }), none)
         }
-        Command::DumpFlows { bridge } => {
-            let r = c.call("flow.dump", json!({ "bridge": bridge }))?;
-            let t = flows_text(&r);
-            (r, t)
-        }
-        Command::Trace { bridge, flow } => {
-            let r = c.call("trace", json!({ "bridge": bridge, "flow": flow }))?;
-            let t = trace_text(&r);
-            (r, t)
-        }
-        Command::Stats { bridge, port } => {
-            let r = c.call("stats.get", json!({ "bridge": bridge, "port": port }))?;
-            let t = stats_text(&r);
-            (r, t)
-        }
-        Command::Version => {
-            let r = c.call("system.version", Value::Null)?;
-            let t = format!(
-                "vswitch-ctl {}\nvswitchd {}\n",
-                env!("CARGO_PKG_VERSION"),
-                r["version"].as_str().unwrap_or("?")
-            );
-            (r, t)
+        Command::DumpFlows { bridge } => one("flow.dump", json!({ "bridge": bridge }), Render::Flows),
+        Command::Trace { bridge, flow } => one("trace", json!({ "bridge": bridge, "flow": flow }), Render::Trace),
+        Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
+        Command::Version => one("system.version", Value::Null, Render::Version),
+    })
+}
+
+/// A command's JSON result (its first request's) and its text.
+fn render(how: Render, results: &[Value]) -> (Value, String) {
+    let r = results.first().cloned().unwrap_or(Value::Null);
+    let text = match how {
+        Render::Nothing => String::new(),
+        Render::Show => show(&r, results.get(1).unwrap_or(&Value::Null)),
+        Render::Names => lines_of(&r, "name"),
+        Render::Fdb => fdb_text(&r),
+        Render::Map => r.as_object().into_iter().flatten().map(|(k, v)| format!("{k}: {v}\n")).collect(),
+        Render::Flows => flows_text(&r),
+        Render::Trace => trace_text(&r),
+        Render::Stats => stats_text(&r),
+        Render::Version => {
+            format!("vswitch-ctl {}\nvswitchd {}\n", env!("CARGO_PKG_VERSION"), r["version"].as_str().unwrap_or("?"))
         }
     };
-    if json {
-        println!("{result}");
+    (r, text)
+}
+
+fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
+    let bad = |m: String| CallError::Rpc("invalid_argument".into(), m);
+    let json = cli.format == Format::Json;
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "vswitch-ctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut c = Client::connect(&socket_path(cli.socket.as_deref()), Duration::from_secs(cli.timeout))?;
+    if let Command::BrExists { bridge } = &cli.command {
+        if !more.is_empty() {
+            return Err(bad("br-exists cannot be chained with other commands".into()));
+        }
+        let r = c.call("bridge.exists", json!({ "name": bridge }))?;
+        if json {
+            println!("{r}");
+        }
+        return Ok(if r == json!(true) { ExitCode::SUCCESS } else { ExitCode::from(2) });
+    }
+    let plans = std::iter::once(cli.command).chain(more).map(plan).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let outputs: Vec<(Value, String)> = if plans.len() == 1 {
+        let results = plans[0].ops.iter().map(|(m, p)| c.call(m, p.clone())).collect::<Result<Vec<_>, _>>()?;
+        vec![render(plans[0].render, &results)]
     } else {
-        print!("{text}");
+        // Several commands joined with `--`: one transaction, all or nothing.
+        let ops: Vec<Value> =
+            plans.iter().flat_map(|p| &p.ops).map(|(m, p)| json!({ "method": m, "params": p })).collect();
+        let all = c.call("transact", json!({ "ops": ops }))?;
+        let mut results = all.as_array().cloned().unwrap_or_default().into_iter();
+        plans.iter().map(|p| render(p.render, &results.by_ref().take(p.ops.len()).collect::<Vec<_>>())).collect()
+    };
+    if json {
+        match outputs.as_slice() {
+            [(r, _)] => println!("{r}"),
+            many => println!("{}", Value::Array(many.iter().map(|(r, _)| r.clone()).collect())),
+        }
+    } else {
+        outputs.iter().for_each(|(_, t)| print!("{t}"));
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Splits the command line at each `--`: the first part holds the options
+/// and the first command, each later part one more command.
+fn parse_args() -> Result<(Cli, Vec<Command>), clap::Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut parts = args[1..].split(|a| a == "--");
+    let first = parts.next().unwrap_or_default();
+    let cli = Cli::try_parse_from(std::iter::once(args[0].as_str()).chain(first.iter().map(String::as_str)))?;
+    let more = parts
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            Cli::try_parse_from(std::iter::once(args[0].as_str()).chain(p.iter().map(String::as_str)))
+                .map(|c| c.command)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((cli, more))
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let (cli, more) = parse_args().unwrap_or_else(|e| e.exit());
+    match run(cli, more) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vswitch-ctl: {e}");

@@ -1,9 +1,13 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::config::{BridgeConfig, DEFAULT_KERNEL_TYPE, PortSpec, Store};
 use crate::wire::MacAddr;
-use crate::{Error, ErrorKind, PortConfig, Switch, VlanMode};
+use crate::{Error, ErrorKind, OnOpenError, PortNo, Switch, VlanMode};
 
 /// Every method the control protocol serves.
 pub const METHODS: &[&str] = &[
@@ -28,6 +32,23 @@ pub const METHODS: &[&str] = &[
     "flow.dump",
     "trace",
     "stats.get",
+    "config.get",
+    "transact",
+];
+
+/// Methods that change the configuration: saved after they succeed, and
+/// the ones `transact` can undo.
+const CHANGES: &[&str] = &[
+    "bridge.add",
+    "bridge.del",
+    "port.add",
+    "port.del",
+    "port.set",
+    "fdb.add",
+    "fdb.del",
+    "flow.add",
+    "flow.del",
+    "flow.mod",
 ];
 
 /// A JSON-RPC error.
@@ -98,6 +119,12 @@ struct PortAdd {
     #[serde(default)]
     trunks: Vec<u16>,
     #[serde(default)]
+    options: BTreeMap<String, String>,
+    #[serde(default)]
+    port_no: Option<PortNo>,
+    #[serde(default)]
+    transient: bool,
+    #[serde(default)]
     may_exist: bool,
 }
 
@@ -105,10 +132,30 @@ struct PortAdd {
 #[serde(deny_unknown_fields)]
 struct PortSet {
     name: String,
+    /// With `trunks`, replaces the VLAN settings (neither: unchanged).
     #[serde(default)]
     tag: Option<u16>,
     #[serde(default)]
-    trunks: Vec<u16>,
+    trunks: Option<Vec<u16>>,
+    /// Options to set; a null value removes the option.
+    #[serde(default)]
+    options: BTreeMap<String, Option<String>>,
+    #[serde(default)]
+    transient: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Op {
+    method: String,
+    #[serde(default)]
+    params: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transact {
+    ops: Vec<Op>,
 }
 
 #[derive(Deserialize)]
@@ -179,7 +226,7 @@ fn port_no(sw: &Switch, bridge: &str, port: Option<Value>) -> Result<u32, RpcErr
     }
 }
 
-fn call(sw: &Switch, method: &str, p: Value) -> Result<Value, RpcError> {
+fn call(sw: &Switch, kernel_type: &str, method: &str, p: Value) -> Result<Value, RpcError> {
     match method {
         "system.version" => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
         "system.list_methods" => ok(METHODS),
@@ -204,17 +251,17 @@ fn call(sw: &Switch, method: &str, p: Value) -> Result<Value, RpcError> {
         }
         "port.add" => {
             let a: PortAdd = params(p)?;
-            let config = PortConfig { vlan: vlan_mode(a.tag, &a.trunks)? };
-            let added = match a.kind.as_deref().unwrap_or("afpacket") {
-                "afpacket" => sw.add_afpacket_port(&a.bridge, &a.name, config),
-                "afxdp" => sw.add_afxdp_port(&a.bridge, &a.name, config),
-                other => {
-                    return Err(RpcError::params(format!(
-                        "port type '{other}' cannot be added over the control socket (afpacket, afxdp)"
-                    )));
-                }
+            vlan_mode(a.tag, &a.trunks)?;
+            let spec = PortSpec {
+                name: a.name,
+                kind: a.kind.unwrap_or_else(|| kernel_type.to_string()),
+                port_no: a.port_no,
+                tag: a.tag,
+                trunks: a.trunks,
+                options: a.options,
+                transient: a.transient,
             };
-            match added {
+            match sw.add_port_spec(&a.bridge, &spec, OnOpenError::Fail) {
                 Err(Error::PortExists { .. }) if a.may_exist => ok(Value::Null),
                 r => ok(json!({ "port_no": r? })),
             }
@@ -233,7 +280,38 @@ fn call(sw: &Switch, method: &str, p: Value) -> Result<Value, RpcError> {
         }
         "port.set" => {
             let a: PortSet = params(p)?;
-            sw.set_port_vlan(&a.name, vlan_mode(a.tag, &a.trunks)?)?;
+            let vlan = match (a.tag, &a.trunks) {
+                (None, None) => None,
+                (tag, trunks) => Some(vlan_mode(tag, trunks.as_deref().unwrap_or_default())?),
+            };
+            match sw.port_spec(&a.name)? {
+                (_, Some(old)) => {
+                    let mut new = old;
+                    if let Some(v) = &vlan {
+                        let d = v.describe();
+                        (new.tag, new.trunks) = (d.tag, d.trunks);
+                    }
+                    for (k, v) in a.options {
+                        match v {
+                            Some(v) => new.options.insert(k, v),
+                            None => new.options.remove(&k),
+                        };
+                    }
+                    new.transient = a.transient.unwrap_or(new.transient);
+                    sw.set_port_spec(&new)?;
+                }
+                (_, None) if a.options.is_empty() && a.transient.is_none() => {
+                    if let Some(v) = vlan {
+                        sw.set_port_vlan(&a.name, v)?;
+                    }
+                }
+                (_, None) => {
+                    return Err(RpcError::params(format!(
+                        "'{}' is an embedder's port: only its VLAN settings can be set",
+                        a.name
+                    )));
+                }
+            }
             ok(Value::Null)
         }
         "fdb.show" => {
@@ -302,6 +380,7 @@ fn call(sw: &Switch, method: &str, p: Value) -> Result<Value, RpcError> {
             }
             ok(s)
         }
+        "config.get" => ok(sw.config(false)?),
         _ => Err(RpcError::new(-32601, "method_not_found", format!("unknown method '{method}'"))),
     }
 }
@@ -319,6 +398,14 @@ fn call(sw: &Switch, method: &str, p: Value) -> Result<Value, RpcError> {
 /// assert!(r.contains(r#""code":-32700"#) && r.contains("parse_error"));
 /// ```
 pub fn dispatch(sw: &Switch, line: &str) -> String {
+    respond(line, |method, p| match method {
+        "transact" => transact(sw, DEFAULT_KERNEL_TYPE, p),
+        _ => call(sw, DEFAULT_KERNEL_TYPE, method, p),
+    })
+}
+
+/// Parses a request line and answers it with `handle(method, params)`.
+fn respond(line: &str, handle: impl FnOnce(&str, Value) -> Result<Value, RpcError>) -> String {
     let reply = |id: Value, r: Result<Value, RpcError>| {
         let v = match r {
             Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
@@ -345,5 +432,185 @@ pub fn dispatch(sw: &Switch, line: &str) -> String {
         return reply(id, Err(RpcError::new(-32600, "invalid_request", "\"method\" must be a string")));
     };
     let p = obj.get("params").cloned().unwrap_or(Value::Null);
-    reply(id, call(sw, method, p))
+    reply(id, handle(method, p))
+}
+
+/// How to take back one change of a transaction.
+enum Undo {
+    Nothing,
+    DelBridge(String),
+    AddBridge(BridgeConfig),
+    DelPort(String),
+    AddPort(String, PortSpec),
+    SetPort(PortSpec),
+    Flows(String, Vec<String>),
+    DelStatic(String, u16, MacAddr),
+    AddStatic(String, u16, MacAddr, String),
+}
+
+fn str_param<'a>(p: &'a Value, key: &str) -> &'a str {
+    p.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// What undoes `method(p)`, from the state before it runs.
+fn undo_for(sw: &Switch, method: &str, p: &Value) -> Result<Undo, RpcError> {
+    if !CHANGES.contains(&method) {
+        return Ok(Undo::Nothing);
+    }
+    let before = sw.config(true)?;
+    let bridge = str_param(p, "bridge");
+    let name = str_param(p, "name");
+    Ok(match method {
+        "bridge.add" if before.bridge(name).is_none() => Undo::DelBridge(name.to_string()),
+        "bridge.del" => before.bridge(name).cloned().map_or(Undo::Nothing, Undo::AddBridge),
+        "port.add" if sw.port_spec(name).is_err() => Undo::DelPort(name.to_string()),
+        "port.del" => match sw.port_spec(name) {
+            Ok((b, Some(spec))) => Undo::AddPort(b, spec),
+            _ => Undo::Nothing,
+        },
+        "port.set" => match sw.port_spec(name) {
+            Ok((_, Some(spec))) => Undo::SetPort(spec),
+            _ => Undo::Nothing,
+        },
+        "flow.add" | "flow.del" | "flow.mod" => {
+            before.bridge(bridge).map_or(Undo::Nothing, |b| Undo::Flows(bridge.to_string(), b.flows.clone()))
+        }
+        "fdb.add" | "fdb.del" => {
+            let vlan = p.get("vlan").and_then(Value::as_u64).unwrap_or(0) as u16;
+            let Ok(mac) = str_param(p, "mac").parse::<MacAddr>() else { return Ok(Undo::Nothing) };
+            let old = before
+                .bridge(bridge)
+                .and_then(|b| b.static_macs.iter().find(|s| s.vlan == vlan && s.mac == mac))
+                .map(|s| s.port.clone());
+            match (method, old) {
+                (_, Some(port)) => Undo::AddStatic(bridge.to_string(), vlan, mac, port),
+                ("fdb.add", None) => Undo::DelStatic(bridge.to_string(), vlan, mac),
+                _ => Undo::Nothing,
+            }
+        }
+        _ => Undo::Nothing,
+    })
+}
+
+fn run_undo(sw: &Switch, u: Undo) -> crate::Result<()> {
+    match u {
+        Undo::Nothing => Ok(()),
+        Undo::DelBridge(b) => sw.del_bridge(&b),
+        Undo::AddBridge(b) => sw.add_bridge_config(&b),
+        Undo::DelPort(p) => sw.del_port(&p),
+        Undo::AddPort(b, spec) => sw.add_port_spec(&b, &spec, OnOpenError::Defer).map(|_| ()),
+        Undo::SetPort(spec) => sw.set_port_spec(&spec),
+        Undo::Flows(b, flows) => sw.replace_flows(&b, &flows),
+        Undo::DelStatic(b, vlan, mac) => sw.mac_table(&b).map(|t| {
+            t.remove(vlan, mac);
+        }),
+        Undo::AddStatic(b, vlan, mac, port) => {
+            let no = port_no(sw, &b, Some(Value::String(port))).map_err(|e| Error::invalid("static mac", e.message))?;
+            sw.mac_table(&b)?.add_static(vlan, mac, no)
+        }
+    }
+}
+
+/// Runs every operation in order; if one fails, the ones before it are
+/// undone (newest first) and the error names the failing operation.
+/// Returns each operation's result.
+fn transact(sw: &Switch, kernel_type: &str, p: Value) -> Result<Value, RpcError> {
+    let t: Transact = params(p)?;
+    let mut undo = Vec::with_capacity(t.ops.len());
+    let mut results = Vec::with_capacity(t.ops.len());
+    for (i, op) in t.ops.into_iter().enumerate() {
+        let outcome = if op.method == "transact" {
+            Err(RpcError::params("a transaction cannot contain 'transact'"))
+        } else {
+            undo_for(sw, &op.method, &op.params)
+                .and_then(|u| call(sw, kernel_type, &op.method, op.params).map(|r| (u, r)))
+        };
+        match outcome {
+            Ok((u, r)) => {
+                undo.push(u);
+                results.push(r);
+            }
+            Err(mut e) => {
+                let mut failed_undo = Vec::new();
+                for u in undo.into_iter().rev() {
+                    if let Err(e) = run_undo(sw, u) {
+                        failed_undo.push(e.to_string());
+                    }
+                }
+                e.message = if failed_undo.is_empty() {
+                    format!("operation {} ({}): {}; nothing was changed", i + 1, op.method, e.message)
+                } else {
+                    format!(
+                        "operation {} ({}): {}; undoing the earlier operations failed: {}",
+                        i + 1,
+                        op.method,
+                        e.message,
+                        failed_undo.join("; ")
+                    )
+                };
+                return Err(e);
+            }
+        }
+    }
+    ok(results)
+}
+
+/// The control protocol over a switch, optionally saving the configuration
+/// to a [`Store`] after every change that succeeds (what `vswitchd` runs).
+#[derive(Debug)]
+pub struct Control {
+    switch: Arc<Switch>,
+    store: Option<Store>,
+    kernel_type: String,
+}
+
+impl Control {
+    /// Serves `switch` without saving anything.
+    pub fn new(switch: Arc<Switch>) -> Control {
+        Control { switch, store: None, kernel_type: DEFAULT_KERNEL_TYPE.to_string() }
+    }
+
+    /// Serves `switch`, saving its configuration to `store` after each
+    /// change.
+    pub fn with_store(switch: Arc<Switch>, store: Store) -> Control {
+        Control { switch, store: Some(store), kernel_type: DEFAULT_KERNEL_TYPE.to_string() }
+    }
+
+    /// The backend `port.add` uses without a `type` (`afpacket` unless
+    /// set here).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a type that is not a kernel backend.
+    pub fn default_port_type(mut self, kind: &str) -> crate::Result<Control> {
+        if !matches!(kind, "afpacket" | "afxdp") {
+            return Err(Error::invalid("default port type", format!("'{kind}' is not afpacket or afxdp")));
+        }
+        self.kernel_type = kind.to_string();
+        Ok(self)
+    }
+
+    /// The switch served.
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
+    }
+
+    /// Handles one request line, as [`dispatch`], then saves the
+    /// configuration if it changed. A change that is live but could not be
+    /// saved is reported as an `io` error saying so.
+    pub fn dispatch(&self, line: &str) -> String {
+        let sw = &*self.switch;
+        respond(line, |method, p| {
+            let changes = method == "transact" || CHANGES.contains(&method);
+            let r = match method {
+                "transact" => transact(sw, &self.kernel_type, p),
+                _ => call(sw, &self.kernel_type, method, p),
+            }?;
+            if let (true, Some(store)) = (changes, &self.store) {
+                sw.config(false)
+                    .and_then(|c| store.save(&c))
+                    .map_err(|e| RpcError::new(-32000, "io", format!("the change is live but was not saved: {e}")))?;
+            }
+            Ok(r)
+        })
+    }
 }

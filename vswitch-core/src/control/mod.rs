@@ -16,5 +16,5 @@
 mod methods;
 mod server;
 
-pub use methods::{METHODS, dispatch};
+pub use methods::{Control, METHODS, dispatch};
 pub use server::{ControlServer, MAX_CLIENTS, MAX_LINE};

@@ -21,6 +21,7 @@ use std::time::Duration;
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::Control;
 use crate::{Error, Result, Switch};
 
 /// Longest request line accepted (bytes).
@@ -75,6 +76,15 @@ impl ControlServer {
     /// `path`; [`Error::Io`] if the socket cannot be created. A stale
     /// socket file (nobody listening) is replaced.
     pub fn start(switch: Arc<Switch>, path: impl AsRef<Path>) -> Result<ControlServer> {
+        Self::serve(Control::new(switch), path)
+    }
+
+    /// Serves `control` (a switch, perhaps with a configuration store) on
+    /// a Unix socket at `path`.
+    ///
+    /// # Errors
+    /// As [`ControlServer::start`].
+    pub fn serve(control: Control, path: impl AsRef<Path>) -> Result<ControlServer> {
         let path = path.as_ref().to_path_buf();
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Err(Error::invalid(
@@ -91,7 +101,7 @@ impl ControlServer {
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("vswitch-control".into())
-            .spawn(move || serve(switch, listener, poll, s))
+            .spawn(move || serve(control, listener, poll, s))
             .map_err(|e| Error::io("thread spawn", e))?;
         Ok(ControlServer { path, stop, waker, thread: Some(thread) })
     }
@@ -124,7 +134,7 @@ fn error_line(code: i64, kind: &str, message: &str) -> Vec<u8> {
     v
 }
 
-fn serve(switch: Arc<Switch>, listener: UnixListener, mut poll: Poll, stop: Arc<AtomicBool>) {
+fn serve(control: Control, listener: UnixListener, mut poll: Poll, stop: Arc<AtomicBool>) {
     let mut events = Events::with_capacity(256);
     let mut clients: HashMap<Token, Client> = HashMap::new();
     let mut next = 2usize;
@@ -161,7 +171,7 @@ fn serve(switch: Arc<Switch>, listener: UnixListener, mut poll: Poll, stop: Arc<
                 token => {
                     let Some(c) = clients.get_mut(&token) else { continue };
                     if ev.is_readable() {
-                        read_requests(&switch, c);
+                        read_requests(&control, c);
                     }
                     flush(c);
                     let done = c.closing && c.outbuf.is_empty();
@@ -176,7 +186,7 @@ fn serve(switch: Arc<Switch>, listener: UnixListener, mut poll: Poll, stop: Arc<
     }
 }
 
-fn read_requests(switch: &Switch, c: &mut Client) {
+fn read_requests(control: &Control, c: &mut Client) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match c.stream.read(&mut buf) {
@@ -202,7 +212,7 @@ fn read_requests(switch: &Switch, c: &mut Client) {
         if text.trim().is_empty() {
             continue;
         }
-        c.outbuf.extend_from_slice(super::dispatch(switch, text.trim()).as_bytes());
+        c.outbuf.extend_from_slice(control.dispatch(text.trim()).as_bytes());
         c.outbuf.push(b'\n');
     }
     if c.inbuf.len() > MAX_LINE {

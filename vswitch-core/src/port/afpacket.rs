@@ -51,6 +51,14 @@ impl Default for AfPacketConfig {
 }
 
 impl AfPacketConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
+        self.ring().map(|_| ())
+    }
+
     fn ring(&self) -> Result<RingConfig> {
         if self.block_size < 128 * 1024 || !self.block_size.is_power_of_two() {
             return Err(Error::invalid(

@@ -8,6 +8,8 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod deferred;
+pub mod internal;
 pub mod memory;
 pub(crate) mod vlan_mode;
 

@@ -1,0 +1,110 @@
+//! Internal ports (`type=internal`): a TAP device named after the port that
+//! gives the host its own leg on the bridge, as Open vSwitch's internal
+//! interfaces and docker0 do. The host can put an address on it and reach
+//! whatever is on the bridge:
+//!
+//! ```text
+//! vswitch-ctl add-port br0 br0-gw type=internal
+//! ip addr add 10.0.0.1/24 dev br0-gw && ip link set br0-gw up
+//! ```
+//!
+//! The device is created down (like Open vSwitch's), exists while the port
+//! does, and is removed with it. It carries no offloads: the kernel hands it
+//! MTU-sized frames with complete checksums, and GSO frames from other
+//! ports are segmented by the datapath before they reach it.
+
+use super::{DropReason, Port, TxOutcome};
+use crate::packet::{Packet, PacketPool};
+use crate::sys::tap::Tap;
+use crate::{Error, Result};
+
+/// Largest frame read from the device (an MTU of 65521 plus headers).
+const MAX_FRAME: usize = 65_536;
+
+/// A TAP device on the bridge.
+#[derive(Debug)]
+pub struct InternalPort {
+    name: String,
+    tap: Tap,
+    scratch: Vec<u8>,
+    link_up: bool,
+}
+
+impl InternalPort {
+    /// Creates TAP device `name`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a name the kernel cannot take or one
+    /// already in use; [`Error::Io`] without `CAP_NET_ADMIN`.
+    pub fn create(name: &str) -> Result<InternalPort> {
+        let tap = Tap::create(name).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) | Some(libc::EEXIST) => {
+                Error::invalid("interface", format!("an interface named '{name}' already exists"))
+            }
+            _ if e.kind() == std::io::ErrorKind::InvalidInput => Error::invalid("interface", e.to_string()),
+            _ => Error::io("create the TAP device", e),
+        })?;
+        Ok(InternalPort { name: name.to_string(), tap, scratch: vec![0; MAX_FRAME], link_up: false })
+    }
+}
+
+impl Port for InternalPort {
+    fn kind(&self) -> &'static str {
+        "internal"
+    }
+
+    fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, pool: &mut PacketPool) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.tap.recv(&mut self.scratch) {
+                Ok(Some(len)) => {
+                    let mut p = pool.get();
+                    p.set_frame(&self.scratch[..len]);
+                    batch.push(p);
+                    n += 1;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        n
+    }
+
+    fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+        let mut out = TxOutcome::default();
+        for p in batch.drain(..) {
+            match self.tap.send(p.data()) {
+                Ok(true) => {
+                    out.sent += 1;
+                    out.sent_bytes += p.len() as u64;
+                }
+                Ok(false) => {
+                    out.dropped += 1;
+                    out.drop_reason = Some(DropReason::TxQueueFull);
+                }
+                Err(e) => {
+                    out.dropped += 1;
+                    // EIO: the device is administratively down.
+                    out.drop_reason = Some(if e.raw_os_error() == Some(libc::EIO) {
+                        DropReason::LinkDown
+                    } else {
+                        DropReason::TxError
+                    });
+                }
+            }
+            pool.put(p);
+        }
+        out
+    }
+
+    fn link_up(&self) -> bool {
+        self.link_up
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.tap.fd())
+    }
+
+    fn housekeeping(&mut self, _now_ms: u64) {
+        self.link_up = super::afpacket::link_is_up(&self.name);
+    }
+}

@@ -1,0 +1,288 @@
+//! Ports the switch creates from a [`PortSpec`], and the whole
+//! configuration as data ([`Switch::config`], [`Switch::apply_config`]):
+//! what a daemon saves after each change and replays at start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Switch;
+use crate::config::{BridgeConfig, PortSpec, StaticMac, SwitchConfig};
+use crate::flow::{FlowSpec, FlowStats, RuleStats, TableError};
+use crate::port::afpacket::AfPacketPort;
+use crate::port::afxdp::AfXdpPort;
+use crate::port::deferred::{Deferred, Opener, PortError};
+use crate::port::internal::InternalPort;
+use crate::port::{Port, PortConfig, PortNo, VlanMode};
+use crate::{Error, Result};
+
+/// What to do when a kernel port cannot be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOpenError {
+    /// Fail the call and change nothing (an operator adding a port).
+    Fail,
+    /// Keep the port, down, with the error shown, and open it once it can
+    /// be (a daemon replaying its saved configuration).
+    Defer,
+}
+
+/// Opens the backend `spec` names (checked by [`PortSpec::validate`]).
+fn opener(spec: &PortSpec) -> Result<Opener> {
+    let name = spec.name.clone();
+    Ok(match spec.kind.as_str() {
+        "afpacket" => {
+            let cfg = spec.afpacket_config()?;
+            Box::new(move || Ok(Box::new(AfPacketPort::open(&name, cfg)?) as Box<dyn Port>))
+        }
+        "afxdp" => {
+            let mode = spec.xdp_mode()?;
+            Box::new(move || Ok(Box::new(AfXdpPort::open(&name, mode)?) as Box<dyn Port>))
+        }
+        "internal" => Box::new(move || Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),
+        _ => return Err(spec.validate().expect_err("validate refuses unknown types")),
+    })
+}
+
+fn kind_str(kind: &str) -> &'static str {
+    match kind {
+        "afpacket" => "afpacket",
+        "afxdp" => "afxdp",
+        _ => "internal",
+    }
+}
+
+/// `tag` / `trunks` of a spec, from a VLAN mode.
+fn set_vlan(spec: &mut PortSpec, vlan: &VlanMode) {
+    let d = vlan.describe();
+    spec.tag = d.tag;
+    spec.trunks = d.trunks;
+}
+
+/// A rule as `ovs-ofctl add-flow` text that recreates it.
+fn flow_text(f: &FlowStats) -> String {
+    let mut parts = Vec::new();
+    if f.cookie != 0 {
+        parts.push(format!("cookie={:#x}", f.cookie));
+    }
+    parts.push(format!("priority={}", f.priority));
+    if !f.matching.is_empty() {
+        parts.push(f.matching.clone());
+    }
+    if f.idle_timeout != 0 {
+        parts.push(format!("idle_timeout={}", f.idle_timeout));
+    }
+    if f.hard_timeout != 0 {
+        parts.push(format!("hard_timeout={}", f.hard_timeout));
+    }
+    parts.push(format!("actions={}", f.actions));
+    parts.join(",")
+}
+
+impl Switch {
+    /// Creates the port `spec` describes on `bridge`: attaches a kernel
+    /// interface (`afpacket`, `afxdp`) or creates a TAP device
+    /// (`internal`), with the spec's VLAN settings, options and port number
+    /// (the lowest free one if it names none). Returns the port number.
+    ///
+    /// With [`OnOpenError::Defer`], a port whose interface is missing or
+    /// cannot be opened is added anyway, down, with the reason as its
+    /// `error`, and opened once the interface appears.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad spec (checked before anything
+    /// changes), as [`Switch::add_port`], and with [`OnOpenError::Fail`]
+    /// the backend's error.
+    pub fn add_port_spec(&self, bridge: &str, spec: &PortSpec, on_error: OnOpenError) -> Result<PortNo> {
+        spec.validate()?;
+        let config = PortConfig { vlan: spec.vlan_mode()? };
+        let mut open = opener(spec)?;
+        let error = PortError::default();
+        let e = error.clone();
+        self.attach_as(bridge, &spec.name, config, Some(spec.clone()), error, move |_, _| match open() {
+            Ok(p) => Ok(p),
+            Err(why) if on_error == OnOpenError::Defer => {
+                Ok(Box::new(Deferred::new(kind_str(&spec.kind), &spec.name, open, why.to_string(), e)))
+            }
+            Err(why) => Err(why),
+        })
+    }
+
+    /// The spec of the port named `name` and its bridge; `None` for a port
+    /// the switch did not create (an in-process or embedder's port).
+    ///
+    /// # Errors
+    /// [`Error::PortNotFound`].
+    pub fn port_spec(&self, name: &str) -> Result<(String, Option<PortSpec>)> {
+        let reg = self.registry();
+        reg.bridges
+            .iter()
+            .find_map(|(b, e)| e.ports.get(name).map(|p| (b.clone(), p.spec.clone())))
+            .ok_or_else(|| Error::PortNotFound(name.to_string()))
+    }
+
+    /// Changes a port the switch created to match `spec` (same name): the
+    /// VLAN settings in place, anything else (type, options) by reopening
+    /// the port under the same port number. Nothing changes if the new
+    /// spec is invalid or the port cannot be reopened.
+    ///
+    /// # Errors
+    /// [`Error::PortNotFound`]; [`Error::InvalidArgument`] for a bad spec
+    /// or a port the switch did not create; the backend's error.
+    pub fn set_port_spec(&self, spec: &PortSpec) -> Result<()> {
+        spec.validate()?;
+        let (bridge, old) = self.port_spec(&spec.name)?;
+        let old = old.ok_or_else(|| {
+            Error::invalid("port", format!("'{}' is an embedder's port; only its VLAN can be set", spec.name))
+        })?;
+        let same_backend = PortSpec { tag: None, trunks: vec![], port_no: None, transient: false, ..spec.clone() }
+            == PortSpec { tag: None, trunks: vec![], port_no: None, transient: false, ..old.clone() };
+        if same_backend {
+            self.set_port_vlan(&spec.name, spec.vlan_mode()?)?;
+            let mut reg = self.registry();
+            if let Some(e) = reg.bridges.get_mut(&bridge).and_then(|b| b.ports.get_mut(&spec.name)) {
+                e.spec = Some(PortSpec { port_no: old.port_no, ..spec.clone() });
+            }
+            return Ok(());
+        }
+        let new = PortSpec { port_no: old.port_no, ..spec.clone() };
+        self.del_port(&spec.name)?;
+        match self.add_port_spec(&bridge, &new, OnOpenError::Fail) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Put the old port back as it was; its interface was fine.
+                let _ = self.add_port_spec(&bridge, &old, OnOpenError::Defer);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces `bridge`'s whole flow table with `flows` (`ovs-ofctl`
+    /// text) in one step: the datapath sees the old table or the new one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the bad rule (nothing changes),
+    /// [`Error::Full`], [`Error::BridgeNotFound`].
+    pub fn replace_flows(&self, bridge: &str, flows: &[String]) -> Result<()> {
+        let (index, ports) = self.bridge_ports(bridge)?;
+        let resolve = |n: &str| ports.get(n).copied();
+        let specs = flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                FlowSpec::parse(f, &resolve).map_err(|e| Error::invalid("flow", format!("flow {}: {}", i + 1, e.0)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let now = self.now_ms();
+        let threads = self.threads();
+        let rules: Vec<_> = specs.into_iter().map(|s| (s, RuleStats::new(now, threads))).collect();
+        self.apply(move |dp| {
+            dp.flows_mut(index).map(|t| {
+                t.delete(&Default::default(), false);
+                t.add_with_stats(rules.clone())
+            })
+        })?
+        .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?
+        .map_err(|TableError::Full| Error::Full("flow table"))
+    }
+
+    /// The configuration: every bridge with its MAC-table settings, the
+    /// ports the switch created (with `include_transient`, the transient
+    /// ones too; an embedder's ports never), flow rules and static MACs.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if the datapath has stopped.
+    pub fn config(&self, include_transient: bool) -> Result<SwitchConfig> {
+        let bridges: Vec<(String, Arc<crate::mac::MacTable>, Vec<PortSpec>, BTreeMap<PortNo, String>)> = {
+            let reg = self.registry();
+            reg.bridges
+                .iter()
+                .map(|(name, b)| {
+                    let mut ports: Vec<PortSpec> = b
+                        .ports
+                        .values()
+                        .filter_map(|p| p.spec.clone())
+                        .filter(|s| include_transient || !s.transient)
+                        .collect();
+                    ports.sort_by_key(|s| s.port_no);
+                    let names = ports.iter().filter_map(|s| Some((s.port_no?, s.name.clone()))).collect();
+                    (name.clone(), b.mac.clone(), ports, names)
+                })
+                .collect()
+        };
+        let now = self.now_ms();
+        let mut out = SwitchConfig::default();
+        for (name, mac, ports, names) in bridges {
+            let flows = self.dump_flows(&name)?.iter().map(flow_text).collect();
+            let static_macs = mac
+                .entries(now)
+                .into_iter()
+                .filter(|e| e.is_static)
+                .filter_map(|e| Some(StaticMac { port: names.get(&e.port)?.clone(), vlan: e.vlan, mac: e.mac }))
+                .collect();
+            out.bridges.push(BridgeConfig { name, mac_table: mac.config(), ports, flows, static_macs });
+        }
+        Ok(out)
+    }
+
+    /// Adds the bridge `b` describes, whole: its ports (a kernel port that
+    /// cannot be opened yet is kept down with its error, see
+    /// [`OnOpenError::Defer`]), flow table and static MACs. If any part is
+    /// refused, the bridge is removed again and the error returned.
+    ///
+    /// # Errors
+    /// [`Error::BridgeExists`], [`Error::InvalidArgument`] for a bad port
+    /// spec, rule or static MAC.
+    pub fn add_bridge_config(&self, b: &BridgeConfig) -> Result<()> {
+        for p in &b.ports {
+            p.validate().map_err(|e| Error::invalid("port", format!("'{}': {e}", p.name)))?;
+        }
+        self.add_bridge_with(&b.name, b.mac_table)?;
+        let filled = (|| {
+            for p in &b.ports {
+                self.add_port_spec(&b.name, p, OnOpenError::Defer)?;
+            }
+            self.replace_flows(&b.name, &b.flows)?;
+            let table = self.mac_table(&b.name)?;
+            let (_, ports) = self.bridge_ports(&b.name)?;
+            for s in &b.static_macs {
+                let port = ports.get(&s.port).copied().ok_or_else(|| {
+                    Error::invalid("static mac", format!("{} names port '{}', not on the bridge", s.mac, s.port))
+                })?;
+                table.add_static(s.vlan, s.mac, port)?;
+            }
+            Ok(())
+        })();
+        if filled.is_err() {
+            let _ = self.del_bridge(&b.name);
+        }
+        filled
+    }
+
+    /// Builds everything in `config` on a switch that has none of its
+    /// bridges: all of it, or (on an error) none of it.
+    ///
+    /// # Errors
+    /// As [`Switch::add_bridge_config`], naming the bridge.
+    pub fn apply_config(&self, config: &SwitchConfig) -> Result<()> {
+        for (i, b) in config.bridges.iter().enumerate() {
+            if let Err(e) = self.add_bridge_config(b) {
+                for done in &config.bridges[..i] {
+                    let _ = self.del_bridge(&done.name);
+                }
+                return Err(match e {
+                    Error::InvalidArgument { what, why } => {
+                        Error::InvalidArgument { what, why: format!("bridge '{}': {why}", b.name) }
+                    }
+                    e => e,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a port spec's VLAN fields in step with a VLAN change.
+pub(super) fn track_vlan(spec: Option<&mut PortSpec>, vlan: &VlanMode) {
+    if let Some(s) = spec {
+        set_vlan(s, vlan);
+    }
+}
