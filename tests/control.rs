@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use vswitch_core::control::{ControlServer, METHODS, dispatch};
+use vswitch_core::config::{Loaded, Store};
+use vswitch_core::control::{Control, ControlServer, METHODS, dispatch};
 use vswitch_core::{PortConfig, Switch};
 
 fn rpc(sw: &Switch, method: &str, params: Value) -> Value {
@@ -44,7 +45,10 @@ fn every_method_answers() {
     // Ports over the socket are kernel ports; a memory port added in
     // process shows up in the listings.
     let _h = sw.add_memory_port("br0", "vm1", PortConfig::default()).unwrap();
-    assert_eq!(err_kind(&sw, "port.add", json!({ "bridge": "br0", "name": "x", "type": "memory" })), "invalid_params");
+    assert_eq!(
+        err_kind(&sw, "port.add", json!({ "bridge": "br0", "name": "x", "type": "memory" })),
+        "invalid_argument"
+    );
     assert_eq!(err_kind(&sw, "port.add", json!({ "bridge": "br0", "name": "vsnosuch9" })), "invalid_argument");
     ok(&sw, "port.add", json!({ "bridge": "br0", "name": "vm1", "may_exist": true }));
     assert_eq!(ok(&sw, "port.list", json!({ "bridge": "br0" }))[0]["name"], "vm1");
@@ -196,5 +200,96 @@ fn the_server_keeps_serving_whatever_clients_do() {
     drop(idle);
     drop(server);
     assert!(!path.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn transact(sw: &Switch, ops: Value) -> Value {
+    rpc(sw, "transact", json!({ "ops": ops }))
+}
+
+#[test]
+fn transactions_apply_all_or_nothing() {
+    let sw = Switch::builder().manual().build().unwrap();
+    // The second operation fails: the first is undone.
+    let v = transact(
+        &sw,
+        json!([
+            { "method": "bridge.add", "params": { "name": "br1" } },
+            { "method": "flow.add", "params": { "bridge": "br1", "flows": ["nw_dts=1,actions=drop"] } },
+        ]),
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("operation 2 (flow.add)") && msg.contains("nothing was changed"), "{msg}");
+    assert_eq!(v["error"]["data"]["kind"], "invalid_argument");
+    assert_eq!(ok(&sw, "bridge.exists", json!({ "name": "br1" })), json!(false));
+
+    // All succeed: each result in order, reads included.
+    let r = ok(
+        &sw,
+        "transact",
+        json!({ "ops": [
+            { "method": "bridge.add", "params": { "name": "br2" } },
+            { "method": "flow.add", "params": { "bridge": "br2", "flows": ["priority=9,udp,actions=drop"] } },
+            { "method": "bridge.list" },
+        ]}),
+    );
+    assert_eq!(r[1]["added"], 1);
+    assert_eq!(r[2][0]["name"], "br2");
+
+    // Flow deletions, port VLAN changes and static MACs are undone too.
+    let _vm = sw.add_memory_port("br2", "vm", PortConfig::default()).unwrap();
+    ok(&sw, "fdb.add", json!({ "bridge": "br2", "port": "vm", "vlan": 0, "mac": "02:00:00:00:00:07" }));
+    let v = transact(
+        &sw,
+        json!([
+            { "method": "flow.del", "params": { "bridge": "br2" } },
+            { "method": "fdb.del", "params": { "bridge": "br2", "vlan": 0, "mac": "02:00:00:00:00:07" } },
+            { "method": "fdb.add", "params": { "bridge": "br2", "port": "vm", "vlan": 0, "mac": "02:00:00:00:00:08" } },
+            { "method": "bridge.add", "params": { "name": "br2" } },
+        ]),
+    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("operation 4 (bridge.add)"), "{v}");
+    let flows = ok(&sw, "flow.dump", json!({ "bridge": "br2" }));
+    assert_eq!(flows.as_array().unwrap().len(), 2, "both rules are back: {flows}");
+    let fdb = ok(&sw, "fdb.show", json!({ "bridge": "br2" }));
+    assert_eq!(fdb.as_array().unwrap().len(), 1, "{fdb}");
+    assert_eq!(fdb[0]["mac"], "02:00:00:00:00:07");
+
+    // A transaction inside a transaction is refused.
+    let v = transact(&sw, json!([{ "method": "transact", "params": { "ops": [] } }]));
+    assert_eq!(v["error"]["data"]["kind"], "invalid_params");
+    // Bad shapes are structured errors.
+    assert_eq!(err_kind(&sw, "transact", json!({ "ops": "no" })), "invalid_params");
+    assert_eq!(err_kind(&sw, "transact", json!({ "ops": [{ "method": "nope" }] })), "method_not_found");
+}
+
+#[test]
+fn changes_are_saved_and_failures_leave_the_file_alone() {
+    let dir = std::env::temp_dir().join(format!("vswitch-control-store-{}", std::process::id()));
+    let path = dir.join("conf.json");
+    let sw = Arc::new(Switch::builder().manual().build().unwrap());
+    let control = Control::with_store(sw.clone(), Store::new(&path).unwrap());
+    let call = |method: &str, params: Value| -> Value {
+        let line = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }).to_string();
+        serde_json::from_str(&control.dispatch(&line)).unwrap()
+    };
+    assert!(call("bridge.list", json!({})).get("result").is_some());
+    assert!(!path.exists(), "reads save nothing");
+    call("bridge.add", json!({ "name": "br0" }));
+    call("flow.add", json!({ "bridge": "br0", "flows": ["priority=5,arp,actions=flood"] }));
+    let saved = std::fs::read(&path).unwrap();
+    let Loaded::Config(c) = Store::new(&path).unwrap().load().unwrap() else { panic!("not loadable") };
+    assert_eq!(c.bridges[0].name, "br0");
+    assert_eq!(c.bridges[0].flows, vec!["priority=5,arp,actions=FLOOD", "priority=0,actions=NORMAL"]);
+    assert_eq!(call("config.get", json!({}))["result"], serde_json::to_value(&c).unwrap());
+
+    let v = call("bridge.add", json!({ "name": "br0" }));
+    assert_eq!(v["error"]["data"]["kind"], "exists");
+    assert_eq!(std::fs::read(&path).unwrap(), saved, "a refused change rewrites nothing");
+
+    // The saved configuration rebuilds the same switch.
+    let again = Switch::builder().manual().build().unwrap();
+    again.apply_config(&c).unwrap();
+    assert_eq!(again.config(false).unwrap(), c);
     let _ = std::fs::remove_dir_all(&dir);
 }

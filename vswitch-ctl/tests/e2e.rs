@@ -8,18 +8,30 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vswitch_tests::netns::{NetNs, Veth, is_promiscuous, unique};
 
-/// A running vswitchd on its own socket, stopped with SIGTERM on drop.
+/// A running vswitchd on its own socket and configuration file (in a
+/// directory of its own), stopped with SIGTERM on drop.
 struct Daemon {
     child: Child,
     socket: String,
+    db: String,
+    /// Remove the directory on drop (false while a restart follows).
+    owns_dir: bool,
 }
 
 impl Daemon {
     fn start() -> Daemon {
-        let socket = std::env::temp_dir().join(unique("vsd")).join("vswitchd.sock").display().to_string();
-        let child =
-            Command::new(env!("CARGO_BIN_EXE_vswitchd")).args(["--socket", &socket]).spawn().expect("start vswitchd");
-        let d = Daemon { child, socket };
+        Self::start_in(&std::env::temp_dir().join(unique("vsd")))
+    }
+
+    /// A daemon on `dir`/vswitchd.sock and `dir`/conf.json.
+    fn start_in(dir: &std::path::Path) -> Daemon {
+        let socket = dir.join("vswitchd.sock").display().to_string();
+        let db = dir.join("conf.json").display().to_string();
+        let child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+            .args(["--socket", &socket, "--db", &db])
+            .spawn()
+            .expect("start vswitchd");
+        let d = Daemon { child, socket, db, owns_dir: true };
         let deadline = Instant::now() + Duration::from_secs(10);
         while d.ctl(&["list-br"]).status.code() != Some(0) {
             assert!(Instant::now() < deadline, "vswitchd did not come up");
@@ -60,7 +72,7 @@ impl Drop for Daemon {
         if self.child.try_wait().ok().flatten().is_none() {
             self.stop();
         }
-        if let Some(dir) = std::path::Path::new(&self.socket).parent() {
+        if let Some(dir) = std::path::Path::new(&self.socket).parent().filter(|_| self.owns_dir) {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
@@ -114,7 +126,7 @@ fn build_a_bridge_with_the_cli_and_filter_with_flows() {
     // A second daemon on the same socket refuses to start.
     let second = Command::new(env!("CARGO_BIN_EXE_vswitchd")).args(["--socket", &d.socket]).output().unwrap();
     assert_eq!(second.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("another switch daemon is running"));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another vswitchd is running"));
 
     // SIGTERM: a clean exit, the socket removed, the interfaces released.
     assert!(d.stop().success());
@@ -134,4 +146,166 @@ fn no_daemon_is_one_clear_line_and_exit_1() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("is vswitchd running?"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+/// `show` and `dump-flows` without what changes by itself (counters, ages).
+fn config_view(d: &Daemon) -> (String, Vec<(Value, Value, Value)>) {
+    let flows = d.json(&["dump-flows", "br0"]);
+    let flows =
+        flows.as_array().unwrap().iter().map(|f| (f["priority"].clone(), f["match"].clone(), f["actions"].clone()));
+    (d.ok(&["show"]).replace("        link_state: down\n", ""), flows.collect())
+}
+
+#[test]
+fn restart_replays_the_saved_configuration() {
+    let (n0, n1, n2) = (NetNs::new(), NetNs::new(), NetNs::new());
+    let (v0, v1) = (Veth::new(&n0, "10.94.0.1/24"), Veth::new(&n1, "10.94.0.2/24"));
+    let v2 = Veth::new(&n2, "10.94.0.3/24");
+    let gw = unique("vg");
+    let dir = std::env::temp_dir().join(unique("vsd"));
+    let mut d = Daemon::start_in(&dir);
+    // One transaction builds the bridge; the third port is transient.
+    d.ok(&[
+        "add-br",
+        "br0",
+        "--",
+        "add-port",
+        "br0",
+        &v0.host,
+        "tag=7",
+        "--",
+        "add-port",
+        "br0",
+        &v1.host,
+        "tag=7",
+        "options:blocks=16",
+        "--",
+        "add-port",
+        "br0",
+        &v2.host,
+        "transient=true",
+        "--",
+        "add-port",
+        "br0",
+        &gw,
+        "type=internal",
+        "tag=7",
+        "--",
+        "add-flow",
+        "br0",
+        "priority=50,tcp,tp_dst=9,actions=drop",
+        "--",
+        "fdb-add",
+        "br0",
+        &v0.host,
+        "7",
+        "02:00:00:00:94:01",
+    ]);
+    assert!(n0.ping("10.94.0.2", 2), "ping across the bridge");
+    // The internal port gives the host a leg on the bridge.
+    vswitch_tests::netns::run(&["ip", "addr", "add", "10.94.0.254/24", "dev", &gw]);
+    vswitch_tests::netns::run(&["ip", "link", "set", &gw, "up"]);
+    assert!(n0.ping("10.94.0.254", 2), "namespace -> host over the internal port");
+    let before = config_view(&d);
+    assert!(before.0.contains(&format!("Port {gw}\n        type: internal\n        tag: 7")), "{}", before.0);
+    assert!(before.0.contains("options: {blocks=16}"), "{}", before.0);
+    let saved = std::fs::read_to_string(&d.db).unwrap();
+    assert!(!saved.contains(&v2.host), "transient ports are not saved: {saved}");
+
+    d.owns_dir = false;
+    assert!(d.stop().success());
+    assert!(!std::path::Path::new(&format!("/sys/class/net/{gw}")).exists(), "the TAP device went with the daemon");
+    // One interface disappears while the daemon is down.
+    let v1_name = v1.host.clone();
+    drop(v1);
+
+    let d = Daemon::start_in(&dir);
+    let after = config_view(&d);
+    assert_eq!(after.1, before.1, "the same flows");
+    assert!(!after.0.contains(&v2.host), "the transient port is gone: {}", after.0);
+    assert!(after.0.contains("error: \"invalid interface: no network interface named"), "{}", after.0);
+    assert_eq!(d.json(&["fdb-show", "br0"])[0]["mac"], "02:00:00:00:94:01", "static MAC restored");
+    // The interface comes back: the port attaches by itself.
+    let _v1 = Veth::named(&v1_name, &n1, "10.94.0.2/24");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.ok(&["show"]).contains("error:") {
+        assert!(Instant::now() < deadline, "the port did not attach: {}", d.ok(&["show"]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let restored = config_view(&d);
+    assert_eq!(
+        restored.0,
+        before.0.replace(&format!("    Port {}\n        type: afpacket\n        transient: true\n", v2.host), "")
+    );
+    // The recreated veth has a new MAC: n0 must not wait out its stale ARP entry.
+    n0.exec(&["ip", "neigh", "flush", "all"]);
+    assert!(n0.ping("10.94.0.2", 3), "traffic flows again after the restart");
+    vswitch_tests::netns::run(&["ip", "addr", "add", "10.94.0.254/24", "dev", &gw]);
+    vswitch_tests::netns::run(&["ip", "link", "set", &gw, "up"]);
+    assert!(n0.ping("10.94.0.254", 2), "and to the host over the recreated internal port");
+}
+
+#[test]
+fn a_corrupt_configuration_is_kept_aside_and_reported() {
+    let dir = std::env::temp_dir().join(unique("vsd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("conf.json"), "{ not json").unwrap();
+    let socket = dir.join("vswitchd.sock").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+        .args(["--socket", &socket, "--db", &dir.join("conf.json").display().to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut err, &mut first).unwrap();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(first.contains("is corrupt") && first.contains("kept as"), "{first}");
+    let kept: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("conf.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the bad file is kept");
+    assert_eq!(std::fs::read_to_string(kept[0].path()).unwrap(), "{ not json");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn json_listings_have_their_documented_fields() {
+    let ns = NetNs::new();
+    let v = Veth::new(&ns, "10.93.0.1/24");
+    let d = Daemon::start();
+    d.ok(&["add-br", "br0", "--", "add-port", "br0", &v.host, "tag=3"]);
+    assert!(!ns.exec(&["ping", "-c", "1", "-W", "1", "10.93.0.9"]).status.success());
+    let has = |v: &Value, fields: &[&str]| {
+        for f in fields {
+            assert!(v.get(*f).is_some(), "'{f}' missing in {v}");
+        }
+    };
+    let show = d.json(&["show"]);
+    has(&show[0], &["name", "ports", "mac_table"]);
+    has(&show[0]["ports"][0], &["name", "port_no", "type", "tag", "trunks"]);
+    has(&d.json(&["list-br"])[0], &["name", "ports"]);
+    has(&d.json(&["list-ports", "br0"])[0], &["name", "port_no", "type"]);
+    has(&d.json(&["fdb-show", "br0"])[0], &["port", "vlan", "mac", "age_secs", "is_static"]);
+    has(
+        &d.json(&["fdb-stats", "br0"]),
+        &["entries", "capacity", "aging_secs", "learned", "expired", "evicted", "moved"],
+    );
+    has(
+        &d.json(&["dump-flows", "br0"])[0],
+        &["cookie", "duration_secs", "n_packets", "n_bytes", "priority", "match", "actions", "idle_age_secs"],
+    );
+    let stats = d.json(&["stats"]);
+    has(&stats["bridges"][0]["ports"][0], &["name", "port_no", "type", "link_up", "rx_packets", "tx_packets", "drops"]);
+    has(&d.json(&["trace", "br0", "in_port=1"]), &["flow", "rule", "steps", "verdict", "outputs"]);
+    has(&d.json(&["version"]), &["version"]);
+    // Chained commands give one result per command.
+    let both = d.json(&["list-br", "--", "fdb-stats", "br0"]);
+    assert_eq!(both.as_array().map(Vec::len), Some(2), "{both}");
+    // Completions need no daemon.
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitch-ctl")).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("add-port"));
 }

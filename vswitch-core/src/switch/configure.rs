@@ -191,7 +191,9 @@ impl Switch {
     /// # Errors
     /// [`Error::Unavailable`] if the datapath has stopped.
     pub fn config(&self, include_transient: bool) -> Result<SwitchConfig> {
-        let bridges: Vec<(String, Arc<crate::mac::MacTable>, Vec<PortSpec>, BTreeMap<PortNo, String>)> = {
+        // Read under the registry lock; flows are fetched after it.
+        type Snapshot = (String, Arc<crate::mac::MacTable>, Vec<PortSpec>, BTreeMap<PortNo, String>);
+        let bridges: Vec<Snapshot> = {
             let reg = self.registry();
             reg.bridges
                 .iter()
@@ -203,7 +205,14 @@ impl Switch {
                         .filter(|s| include_transient || !s.transient)
                         .collect();
                     ports.sort_by_key(|s| s.port_no);
-                    let names = ports.iter().filter_map(|s| Some((s.port_no?, s.name.clone()))).collect();
+                    // Static MACs are kept for the ports listed; with
+                    // `include_transient` (an undo snapshot), every port.
+                    let names = b
+                        .ports
+                        .iter()
+                        .filter(|(n, p)| include_transient || ports.iter().any(|s| &s.name == *n && p.spec.is_some()))
+                        .map(|(n, p)| (p.port_no, n.clone()))
+                        .collect();
                     (name.clone(), b.mac.clone(), ports, names)
                 })
                 .collect()
