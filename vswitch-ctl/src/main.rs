@@ -196,8 +196,8 @@ fn fdb_text(result: &Value) -> String {
         let age = if e["is_static"] == true { "static".to_string() } else { e["age_secs"].to_string() };
         out.push_str(&format!(
             "{:>5}  {:>4}  {}  {:>3}\n",
-            e["port"],
-            e["vlan"],
+            e["port"].as_u64().unwrap_or(0),
+            e["vlan"].as_u64().unwrap_or(0),
             e["mac"].as_str().unwrap_or("?"),
             age
         ));
