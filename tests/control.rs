@@ -87,7 +87,8 @@ fn every_method_answers() {
         "vm1"
     );
     assert_eq!(err_kind(&sw, "stats.get", json!({ "bridge": "br9" })), "not_found");
-    ok(&sw, "port.del", json!({ "name": "vm1" }));
+    assert_eq!(err_kind(&sw, "port.del", json!({ "name": "vm1", "bridge": "br7" })), "invalid_argument");
+    ok(&sw, "port.del", json!({ "name": "vm1", "bridge": "br0" }));
     ok(&sw, "port.del", json!({ "name": "vm1", "if_exists": true }));
     assert_eq!(err_kind(&sw, "port.del", json!({ "name": "vm1" })), "not_found");
     ok(&sw, "bridge.del", json!({ "name": "br0" }));

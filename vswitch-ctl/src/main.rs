@@ -320,7 +320,11 @@ fn plan(command: Command) -> Result<Plan, String> {
         }
         Command::DelPort { names, if_exists } => {
             let port = names.last().cloned().unwrap_or_default();
-            one("port.del", json!({ "name": port, "if_exists": if_exists }), none)
+            let mut p = json!({ "name": port, "if_exists": if_exists });
+            if names.len() == 2 {
+                p["bridge"] = json!(names[0]);
+            }
+            one("port.del", p, none)
         }
         Command::ListPorts { bridge } => one("port.list", json!({ "bridge": bridge }), Render::Names),
         Command::SetPort { port, settings: s } => {

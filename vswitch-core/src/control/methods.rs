@@ -95,6 +95,9 @@ fn ok<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
 #[serde(deny_unknown_fields)]
 struct Named {
     name: String,
+    /// For `port.del`: the bridge the port must be on.
+    #[serde(default)]
+    bridge: Option<String>,
     #[serde(default)]
     may_exist: bool,
     #[serde(default)]
@@ -268,6 +271,14 @@ fn call(sw: &Switch, kernel_type: &str, method: &str, p: Value) -> Result<Value,
         }
         "port.del" => {
             let a: Named = params(p)?;
+            if let (Some(b), Ok((on, _))) = (&a.bridge, sw.port_spec(&a.name))
+                && &on != b
+            {
+                return Err(RpcError::from(Error::invalid(
+                    "port",
+                    format!("'{}' is on bridge '{on}', not '{b}'", a.name),
+                )));
+            }
             match sw.del_port(&a.name) {
                 Err(Error::PortNotFound(_)) if a.if_exists => ok(Value::Null),
                 r => ok(r.map(|_| Value::Null)?),
