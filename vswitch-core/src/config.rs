@@ -90,9 +90,9 @@ pub struct StaticMac {
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// The port's name: the kernel interface it attaches (afpacket, afxdp)
-    /// or creates (internal).
+    /// or creates (internal); any name for a tunnel.
     pub name: String,
-    /// `afpacket`, `afxdp` or `internal`.
+    /// `afpacket`, `afxdp`, `internal`, `vxlan` or `gre`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Its number on the bridge; chosen by the switch when `None`, and
@@ -115,7 +115,7 @@ pub struct PortSpec {
 }
 
 /// The port types [`PortSpec::kind`] can name.
-pub const PORT_TYPES: &[&str] = &["afpacket", "afxdp", "internal"];
+pub const PORT_TYPES: &[&str] = &["afpacket", "afxdp", "internal", "vxlan", "gre"];
 
 /// The backend a port on an existing kernel interface gets without `type=`.
 pub const DEFAULT_KERNEL_TYPE: &str = "afpacket";
@@ -157,6 +157,7 @@ impl PortSpec {
             "afpacket" => self.afpacket_config().map(|_| ()),
             "afxdp" => self.xdp_mode().map(|_| ()),
             "internal" => self.no_options(&[]),
+            "vxlan" | "gre" => crate::port::tunnel::TunnelConfig::from_spec(self).map(|_| ()),
             other => Err(Error::invalid(
                 "port type",
                 format!("'{other}' is not a port type this switch creates ({})", PORT_TYPES.join(", ")),
@@ -164,7 +165,7 @@ impl PortSpec {
         }
     }
 
-    fn no_options(&self, known: &[&str]) -> Result<()> {
+    pub(crate) fn no_options(&self, known: &[&str]) -> Result<()> {
         match self.options.keys().find(|k| !known.contains(&k.as_str())) {
             None => Ok(()),
             Some(k) => Err(Error::invalid(
@@ -178,7 +179,7 @@ impl PortSpec {
         }
     }
 
-    fn option<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
+    pub(crate) fn option<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
         self.options
             .get(key)
             .map(|v| v.parse().map_err(|_| Error::invalid("option", format!("{key}={v} is not a valid value"))))
@@ -373,7 +374,8 @@ mod tests {
         p.options.clear();
         p.options.insert("remote_ip".into(), "1.2.3.4".into());
         assert!(p.validate().unwrap_err().to_string().contains("'remote_ip' is not an option of afpacket"));
-        assert!(PortSpec::new("x", "vxlan").validate().is_err());
+        assert!(PortSpec::new("x", "patch").validate().is_err());
+        assert!(PortSpec::new("x", "vxlan").validate().unwrap_err().to_string().contains("remote_ip"));
         let mut p = PortSpec::new("x", "internal");
         p.tag = Some(5000);
         assert!(p.validate().is_err());

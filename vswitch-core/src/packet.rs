@@ -36,6 +36,28 @@ pub struct Packet {
     /// Offload state from a kernel port: a checksum still to be completed,
     /// or a GSO frame larger than the MTU to be segmented on transmit.
     pub(crate) offload: VnetHdr,
+    /// Tunnel metadata: set by a tunnel port on receive (the key and the
+    /// outer addresses) or by `set_tunnel` actions for a tunnel port to
+    /// use on transmit.
+    pub tunnel: Option<TunnelMeta>,
+}
+
+/// A packet's tunnel metadata (IPv4 endpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelMeta {
+    /// The VXLAN VNI or GRE key (0 if none).
+    pub id: u64,
+    /// The outer source address (the remote end, on receive).
+    pub src: std::net::Ipv4Addr,
+    /// The outer destination address (this end on receive; the remote to
+    /// send to when set by `set_field:IP->tun_dst`).
+    pub dst: std::net::Ipv4Addr,
+}
+
+impl Default for TunnelMeta {
+    fn default() -> Self {
+        TunnelMeta { id: 0, src: std::net::Ipv4Addr::UNSPECIFIED, dst: std::net::Ipv4Addr::UNSPECIFIED }
+    }
 }
 
 impl std::fmt::Debug for Packet {
@@ -47,7 +69,13 @@ impl std::fmt::Debug for Packet {
 impl Packet {
     /// An empty packet with room for a frame of `frame_capacity` bytes.
     pub fn with_capacity(frame_capacity: usize) -> Packet {
-        Packet { buf: vec![0; HEADROOM + frame_capacity], start: HEADROOM, end: HEADROOM, offload: VnetHdr::default() }
+        Packet {
+            buf: vec![0; HEADROOM + frame_capacity],
+            start: HEADROOM,
+            end: HEADROOM,
+            offload: VnetHdr::default(),
+            tunnel: None,
+        }
     }
 
     /// A packet holding a copy of `frame`.
@@ -67,6 +95,7 @@ impl Packet {
         self.end = HEADROOM + frame.len();
         self.buf[self.start..self.end].copy_from_slice(frame);
         self.offload = VnetHdr::default();
+        self.tunnel = None;
     }
 
     /// Makes the frame `len` bytes long (contents unspecified) and returns
@@ -79,6 +108,7 @@ impl Packet {
         self.start = HEADROOM;
         self.end = HEADROOM + len;
         self.offload = VnetHdr::default();
+        self.tunnel = None;
         &mut self.buf[self.start..self.end]
     }
 
@@ -110,6 +140,7 @@ impl Packet {
     pub fn copy_from(&mut self, other: &Packet) {
         self.set_frame(other.data());
         self.offload = other.offload;
+        self.tunnel = other.tunnel;
     }
 
     /// True if the frame carries a checksum still to be completed.
@@ -228,6 +259,7 @@ impl Packet {
             }
             buf[l4 + 13] = flags;
             crate::flow::complete_l4_checksum(buf);
+            p.tunnel = self.tunnel;
             out.push(p);
         }
         Ok(())

@@ -21,7 +21,7 @@ use crate::datapath::{Datapath, Wakeup};
 use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleStats, TableError, Trace};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
-use crate::port::deferred::PortError;
+use crate::port::deferred::PortStatus;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
 use crate::port::vlan_mode::VlanDescription;
 use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
@@ -199,7 +199,7 @@ struct PortEntry {
     /// How the switch created the port (None: an embedder's port).
     spec: Option<PortSpec>,
     /// Why the port does not work, if it does not.
-    error: PortError,
+    status: PortStatus,
 }
 
 /// A bridge, as listed by [`Switch::bridges`].
@@ -235,6 +235,9 @@ pub struct PortInfo {
     /// Why the port is not working (its interface is missing, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the port reports about itself (a tunnel's `inner_mtu`, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub status: BTreeMap<String, String>,
 }
 
 /// Counters of one port.
@@ -549,7 +552,7 @@ impl Switch {
         config: PortConfig,
         make: impl FnOnce(PortNo, Arc<Wakeup>) -> Result<Box<dyn Port>>,
     ) -> Result<PortNo> {
-        self.attach_as(bridge, name, config, None, PortError::default(), make)
+        self.attach_as(bridge, name, config, None, PortStatus::default(), make)
     }
 
     /// As [`attach`](Self::attach), with the port number asked for and
@@ -560,7 +563,7 @@ impl Switch {
         name: &str,
         config: PortConfig,
         spec: Option<PortSpec>,
-        error: PortError,
+        status: PortStatus,
         make: impl FnOnce(PortNo, Arc<Wakeup>) -> Result<Box<dyn Port>>,
     ) -> Result<PortNo> {
         check_name("port name", name)?;
@@ -595,7 +598,7 @@ impl Switch {
         let spec = spec.map(|s| PortSpec { port_no: Some(port_no), ..s });
         br.ports.insert(
             name.to_string(),
-            PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, error },
+            PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, status },
         );
         reg.owned[owner] += 1;
         Ok(port_no)
@@ -672,7 +675,8 @@ impl Switch {
                         vlan: p.vlan.describe(),
                         options: p.spec.as_ref().map(|s| s.options.clone()).unwrap_or_default(),
                         transient: p.spec.as_ref().is_none_or(|s| s.transient),
-                        error: p.error.get(),
+                        error: p.status.error(),
+                        status: p.status.info(),
                     })
                     .collect();
                 ports.sort_by_key(|p| p.port_no);

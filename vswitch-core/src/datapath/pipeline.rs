@@ -576,6 +576,9 @@ impl Datapath {
         for (pkt, (p, _)) in rx.iter().zip(parsed.iter_mut()) {
             rx_bytes += pkt.len() as u64;
             p.parse(pkt.data(), in_port);
+            if let Some(t) = &pkt.tunnel {
+                p.key.set_tunnel(t);
+            }
         }
         for (p, rule) in parsed.iter_mut() {
             *rule = bridge.flows.lookup(&p.key).unwrap_or(u32::MAX);
@@ -678,9 +681,9 @@ impl Datapath {
                         self.pool.put(p);
                     }
                 }
-                // Tunnel metadata is consumed by tunnel ports; none exist
-                // yet, so there is nothing to carry it to.
-                Action::SetTunnelId(_) | Action::SetTunnelDst(_) => {}
+                // Carried with the packet to the tunnel port it is output to.
+                Action::SetTunnelId(id) => p.tunnel.get_or_insert_with(Default::default).id = id,
+                Action::SetTunnelDst(a) => p.tunnel.get_or_insert_with(Default::default).dst = a,
                 _ => {}
             }
         }

@@ -144,6 +144,15 @@ impl FlowKey {
     }
 }
 
+impl PackedKey {
+    /// Puts a received packet's tunnel metadata into the key.
+    #[inline]
+    pub(crate) fn set_tunnel(&mut self, t: &crate::packet::TunnelMeta) {
+        self.0[8] = t.id;
+        self.0[9] = u32::from(t.src) as u64 | (u32::from(t.dst) as u64) << 32;
+    }
+}
+
 /// A frame parsed straight into the classifier's packed key, with the
 /// header offsets its actions need: what the datapath's flow path uses
 /// instead of building a whole [`FlowKey`] and packing it. Always equal to

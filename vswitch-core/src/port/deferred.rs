@@ -6,31 +6,54 @@
 //! opened on the first housekeeping tick after the interface appears; from
 //! then on it is the real port.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::{DropReason, Port, TxOutcome};
 use crate::Result;
+use crate::datapath::Wakeup;
 use crate::packet::{Packet, PacketPool};
 
 /// How often a missing interface is looked for again.
 const RETRY_MS: u64 = 500;
 
-/// Opens the real port.
-pub type Opener = Box<dyn FnMut() -> Result<Box<dyn Port>> + Send>;
+/// Opens the real port, given the wake-up of the datapath thread that
+/// will receive from it.
+pub type Opener = Box<dyn FnMut(&Arc<Wakeup>) -> Result<Box<dyn Port>> + Send>;
 
-/// Why a port is not working, shared between the port and the switch's
-/// listing (`error:` in `show`).
+#[derive(Debug, Default)]
+struct Status {
+    error: Option<String>,
+    info: BTreeMap<String, String>,
+}
+
+/// What a port reports about itself beyond counters, shared between the
+/// port and the switch's listings: why it is not working (`error:` in
+/// `show`) and facts such as a tunnel's inner MTU (`status:`).
 #[derive(Debug, Clone, Default)]
-pub struct PortError(Arc<Mutex<Option<String>>>);
+pub struct PortStatus(Arc<Mutex<Status>>);
 
-impl PortError {
-    /// The current error, if any.
-    pub fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+impl PortStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn set(&self, e: Option<String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    /// The current error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.lock().error.clone()
+    }
+
+    /// The reported facts.
+    pub fn info(&self) -> BTreeMap<String, String> {
+        self.lock().info.clone()
+    }
+
+    pub(crate) fn set_error(&self, e: Option<String>) {
+        self.lock().error = e;
+    }
+
+    pub(crate) fn set_info(&self, key: &str, value: impl ToString) {
+        self.lock().info.insert(key.to_string(), value.to_string());
     }
 }
 
@@ -40,7 +63,8 @@ pub struct Deferred {
     ifname: String,
     open: Opener,
     inner: Option<Box<dyn Port>>,
-    error: PortError,
+    status: PortStatus,
+    wakeup: Arc<Wakeup>,
     next_try_ms: u64,
 }
 
@@ -53,9 +77,16 @@ impl std::fmt::Debug for Deferred {
 impl Deferred {
     /// A port of backend `kind` on `ifname`, opened by `open` when the
     /// interface exists; `why` is the error shown until then.
-    pub fn new(kind: &'static str, ifname: &str, open: Opener, why: String, error: PortError) -> Deferred {
-        error.set(Some(why));
-        Deferred { kind, ifname: ifname.to_string(), open, inner: None, error, next_try_ms: 0 }
+    pub fn new(
+        kind: &'static str,
+        ifname: &str,
+        open: Opener,
+        why: String,
+        status: PortStatus,
+        wakeup: Arc<Wakeup>,
+    ) -> Deferred {
+        status.set_error(Some(why));
+        Deferred { kind, ifname: ifname.to_string(), open, inner: None, status, wakeup, next_try_ms: 0 }
     }
 }
 
@@ -95,19 +126,19 @@ impl Port for Deferred {
             return;
         }
         self.next_try_ms = now_ms + RETRY_MS;
-        // A kernel port waits for its interface; an internal port (which
-        // creates its own) just tries again.
-        let needs_interface = self.kind != "internal";
+        // A kernel port waits for its interface; other ports (which
+        // create their own devices or sockets) just try again.
+        let needs_interface = matches!(self.kind, "afpacket" | "afxdp");
         if needs_interface && !std::path::Path::new("/sys/class/net").join(&self.ifname).exists() {
             return;
         }
-        match (self.open)() {
+        match (self.open)(&self.wakeup) {
             Ok(mut p) => {
                 p.housekeeping(now_ms);
                 self.inner = Some(p);
-                self.error.set(None);
+                self.status.set_error(None);
             }
-            Err(e) => self.error.set(Some(e.to_string())),
+            Err(e) => self.status.set_error(Some(e.to_string())),
         }
     }
 

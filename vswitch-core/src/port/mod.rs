@@ -11,6 +11,7 @@ pub mod afxdp;
 pub mod deferred;
 pub mod internal;
 pub mod memory;
+pub mod tunnel;
 pub(crate) mod vlan_mode;
 
 use std::fmt;
@@ -135,11 +136,21 @@ pub enum DropReason {
     Truncated,
     /// The kernel's receive ring was full: the switch fell behind (rx).
     RxRingFull,
+    /// A tunnel packet with a bad header (short, wrong flags or version, a
+    /// bad GRE checksum, an inner frame cut short), counted on the tunnel
+    /// port that read it from the shared socket (rx).
+    TunnelMalformed,
+    /// A tunnel packet whose remote address and key (VNI) match no tunnel
+    /// port, counted on the tunnel port that read it (rx).
+    TunnelUnknown,
+    /// Sent to a flow-based tunnel port (`remote_ip=flow`) without a
+    /// `set_field:IP->tun_dst` (tx).
+    TunnelNoRemote,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -156,6 +167,9 @@ impl DropReason {
         DropReason::NoPort,
         DropReason::Truncated,
         DropReason::RxRingFull,
+        DropReason::TunnelMalformed,
+        DropReason::TunnelUnknown,
+        DropReason::TunnelNoRemote,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -177,6 +191,9 @@ impl DropReason {
             DropReason::NoPort => "no_port",
             DropReason::Truncated => "truncated",
             DropReason::RxRingFull => "rx_ring_full",
+            DropReason::TunnelMalformed => "tunnel_malformed",
+            DropReason::TunnelUnknown => "tunnel_unknown",
+            DropReason::TunnelNoRemote => "tunnel_no_remote",
         }
     }
 }

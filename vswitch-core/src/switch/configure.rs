@@ -10,8 +10,9 @@ use crate::config::{BridgeConfig, PortSpec, StaticMac, SwitchConfig};
 use crate::flow::{FlowSpec, FlowStats, RuleStats, TableError};
 use crate::port::afpacket::AfPacketPort;
 use crate::port::afxdp::AfXdpPort;
-use crate::port::deferred::{Deferred, Opener, PortError};
+use crate::port::deferred::{Deferred, Opener, PortStatus};
 use crate::port::internal::InternalPort;
+use crate::port::tunnel::{TunnelConfig, TunnelPort};
 use crate::port::{Port, PortConfig, PortNo, VlanMode};
 use crate::{Error, Result};
 
@@ -26,18 +27,25 @@ pub enum OnOpenError {
 }
 
 /// Opens the backend `spec` names (checked by [`PortSpec::validate`]).
-fn opener(spec: &PortSpec) -> Result<Opener> {
+fn opener(spec: &PortSpec, status: &PortStatus) -> Result<Opener> {
     let name = spec.name.clone();
     Ok(match spec.kind.as_str() {
         "afpacket" => {
             let cfg = spec.afpacket_config()?;
-            Box::new(move || Ok(Box::new(AfPacketPort::open(&name, cfg)?) as Box<dyn Port>))
+            Box::new(move |_| Ok(Box::new(AfPacketPort::open(&name, cfg)?) as Box<dyn Port>))
         }
         "afxdp" => {
             let mode = spec.xdp_mode()?;
-            Box::new(move || Ok(Box::new(AfXdpPort::open(&name, mode)?) as Box<dyn Port>))
+            Box::new(move |_| Ok(Box::new(AfXdpPort::open(&name, mode)?) as Box<dyn Port>))
         }
-        "internal" => Box::new(move || Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),
+        "internal" => Box::new(move |_| Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),
+        "vxlan" | "gre" => {
+            let cfg = TunnelConfig::from_spec(spec)?;
+            let status = status.clone();
+            Box::new(move |wakeup| {
+                Ok(Box::new(TunnelPort::open(&name, cfg.clone(), wakeup.clone(), status.clone())?) as Box<dyn Port>)
+            })
+        }
         _ => return Err(spec.validate().expect_err("validate refuses unknown types")),
     })
 }
@@ -46,6 +54,8 @@ fn kind_str(kind: &str) -> &'static str {
     match kind {
         "afpacket" => "afpacket",
         "afxdp" => "afxdp",
+        "vxlan" => "vxlan",
+        "gre" => "gre",
         _ => "internal",
     }
 }
@@ -94,13 +104,13 @@ impl Switch {
     pub fn add_port_spec(&self, bridge: &str, spec: &PortSpec, on_error: OnOpenError) -> Result<PortNo> {
         spec.validate()?;
         let config = PortConfig { vlan: spec.vlan_mode()? };
-        let mut open = opener(spec)?;
-        let error = PortError::default();
-        let e = error.clone();
-        self.attach_as(bridge, &spec.name, config, Some(spec.clone()), error, move |_, _| match open() {
+        let status = PortStatus::default();
+        let mut open = opener(spec, &status)?;
+        let s = status.clone();
+        self.attach_as(bridge, &spec.name, config, Some(spec.clone()), status, move |_, wakeup| match open(&wakeup) {
             Ok(p) => Ok(p),
             Err(why) if on_error == OnOpenError::Defer => {
-                Ok(Box::new(Deferred::new(kind_str(&spec.kind), &spec.name, open, why.to_string(), e)))
+                Ok(Box::new(Deferred::new(kind_str(&spec.kind), &spec.name, open, why.to_string(), s, wakeup)))
             }
             Err(why) => Err(why),
         })

@@ -7,6 +7,7 @@
 pub(crate) mod bpf;
 pub(crate) mod packet_ring;
 pub(crate) mod tap;
+pub(crate) mod tunnel_sock;
 pub(crate) mod xsk;
 
 use std::io;
