@@ -81,6 +81,23 @@ pub(crate) struct Datagram {
     pub dst: Ipv4Addr,
     /// It was longer than the buffer.
     pub truncated: bool,
+    /// The interface it arrived on (0 if unknown).
+    pub ifindex: u32,
+}
+
+/// True if interface `ifindex` is a virtual one (veth, bridge, ...): its
+/// packets may carry checksums the sender left to offload, with nothing in
+/// the payload to say so.
+pub(crate) fn is_virtual(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if p.is_null() {
+        return false;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    std::path::Path::new("/sys/devices/virtual/net").join(name).exists()
 }
 
 /// A receiving socket with its batch buffers.
@@ -122,6 +139,7 @@ impl RxSocket {
     /// header included.
     pub(crate) fn raw(proto: libc::c_int) -> io::Result<RxSocket> {
         let fd = socket(libc::SOCK_RAW, proto)?;
+        setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, &1 as &libc::c_int)?;
         setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &(4 << 20) as &libc::c_int)?;
         Ok(Self::with_fd(fd))
     }
@@ -172,6 +190,7 @@ impl RxSocket {
             let i = out.len();
             let src = Ipv4Addr::from(u32::from_be(self.names[i].sin_addr.s_addr));
             let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut ifindex = 0;
             // SAFETY: the CMSG macros walk the control buffer the kernel
             // filled, bounded by msg_controllen; IP_PKTINFO data is an
             // in_pktinfo, read unaligned.
@@ -181,6 +200,7 @@ impl RxSocket {
                     if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
                         let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         dst = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                        ifindex = info.ipi_ifindex as u32;
                     }
                     c = libc::CMSG_NXTHDR(h, c);
                 }
@@ -190,6 +210,7 @@ impl RxSocket {
                 src,
                 dst,
                 truncated: h.msg_flags & libc::MSG_TRUNC != 0,
+                ifindex,
             });
         }
         n as usize
