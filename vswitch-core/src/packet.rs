@@ -159,6 +159,72 @@ impl Packet {
         }
     }
 
+    /// For a TCP frame whose IP packet is longer than `ip_mtu` (segments
+    /// that arrived merged, with nothing to say so: a tunnel's payload from
+    /// a veth underlay), describes it as a GSO frame of `ip_mtu`-sized
+    /// segments with the checksum to complete, as the kernel's own GRO
+    /// would, so the datapath (or the kernel, for an AF_PACKET port)
+    /// segments it on transmit. Returns false, changing nothing, for any
+    /// other frame.
+    pub(crate) fn mark_tcp_gso(&mut self, ip_mtu: usize) -> bool {
+        let d = self.data();
+        let mut l3 = crate::wire::ETHERNET_HEADER_LEN;
+        let mut et = if d.len() > l3 { be16(d, ETHERTYPE_OFFSET) } else { return false };
+        while matches!(et, ethertype::VLAN | ethertype::QINQ) && d.len() > l3 + 4 {
+            et = be16(d, l3 + 2);
+            l3 += 4;
+        }
+        let (gso_type, ip_hl, pseudo) = match et {
+            ethertype::IPV4 if d.len() >= l3 + 20 => {
+                let hl = (d[l3] & 0x0f) as usize * 4;
+                let fragment = be16(d, l3 + 6) & 0x3fff != 0;
+                if d[l3 + 9] != 6 || fragment || hl < 20 {
+                    return false;
+                }
+                let mut ph = [0u8; 12];
+                ph[..8].copy_from_slice(&d[l3 + 12..l3 + 20]);
+                ph[9] = 6;
+                (1, hl, ph.to_vec())
+            }
+            ethertype::IPV6 if d.len() >= l3 + 40 && d[l3 + 6] == 6 => {
+                let mut ph = vec![0u8; 40];
+                ph[..32].copy_from_slice(&d[l3 + 8..l3 + 40]);
+                ph[39] = 6;
+                (4, 40, ph)
+            }
+            _ => return false,
+        };
+        let l4 = l3 + ip_hl;
+        if d.len() < l4 + 20 || d.len() - l3 <= ip_mtu {
+            return false;
+        }
+        let tcp_hl = (d[l4 + 12] >> 4) as usize * 4;
+        if tcp_hl < 20 || l4 + tcp_hl > d.len() || ip_mtu <= ip_hl + tcp_hl {
+            return false;
+        }
+        // The checksum field holds the pseudo-header sum (uncomplemented),
+        // as for any frame whose checksum is left to offload.
+        let mut pseudo = pseudo;
+        let tcp_len = (d.len() - l4) as u32;
+        let n = pseudo.len();
+        if gso_type == 1 {
+            pseudo[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        } else {
+            pseudo[32..36].copy_from_slice(&tcp_len.to_be_bytes());
+        }
+        let sum = !internet_checksum(&pseudo[..n]);
+        self.data_mut()[l4 + 16..l4 + 18].copy_from_slice(&sum.to_be_bytes());
+        self.offload = VnetHdr {
+            flags: NEEDS_CSUM,
+            gso_type,
+            hdr_len: (l4 + tcp_hl) as u16,
+            gso_size: (ip_mtu - ip_hl - tcp_hl) as u16,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        };
+        true
+    }
+
     /// True if the frame is a GSO frame holding more than one segment.
     pub(crate) fn is_multi_segment(&self) -> bool {
         let o = self.offload;
@@ -515,6 +581,32 @@ mod tests {
             csum_offset: 16,
         };
         p
+    }
+
+    #[test]
+    fn merged_tcp_segments_are_described_as_gso() {
+        for v6 in [false, true] {
+            // What a veth underlay hands over: a merged frame, no metadata.
+            let mut merged = gso_frame(v6, 4000, 1);
+            merged.offload = VnetHdr::default();
+            assert!(!merged.clone().mark_tcp_gso(8000), "fits: left alone");
+            assert!(merged.mark_tcp_gso(1450));
+            let ip_hl = if v6 { 40 } else { 20 };
+            assert_eq!(merged.offload.gso_size as usize, 1450 - ip_hl - 20);
+            let mut pool = PacketPool::new(8, DEFAULT_BUFFER);
+            let mut segs = Vec::new();
+            merged.segment(&mut pool, &mut segs).unwrap();
+            assert_eq!(segs.len(), 3, "4000 bytes in 1410/1390-byte segments");
+            for s in &segs {
+                assert!(s.len() - 14 <= 1450);
+                let mut check = s.clone();
+                crate::flow::complete_l4_checksum(check.data_mut());
+                assert_eq!(check.data(), s.data(), "each segment's checksum is complete");
+            }
+            // Not TCP (or not IP): nothing to describe.
+            let mut other = Packet::from_frame(&[0u8; 3000]);
+            assert!(!other.mark_tcp_gso(1450));
+        }
     }
 
     #[test]

@@ -2,81 +2,14 @@
 //! from namespaces built with the CLI only, a flow that blocks ICMP and is
 //! removed again, listings in text and JSON, exit codes, shutdown.
 
-use std::process::{Child, Command, Output};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Daemon;
 use serde_json::Value;
 use vswitch_tests::netns::{NetNs, Veth, is_promiscuous, unique};
-
-/// A running vswitchd on its own socket and configuration file (in a
-/// directory of its own), stopped with SIGTERM on drop.
-struct Daemon {
-    child: Child,
-    socket: String,
-    db: String,
-    /// Remove the directory on drop (false while a restart follows).
-    owns_dir: bool,
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        Self::start_in(&std::env::temp_dir().join(unique("vsd")))
-    }
-
-    /// A daemon on `dir`/vswitchd.sock and `dir`/conf.json.
-    fn start_in(dir: &std::path::Path) -> Daemon {
-        let socket = dir.join("vswitchd.sock").display().to_string();
-        let db = dir.join("conf.json").display().to_string();
-        let child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
-            .args(["--socket", &socket, "--db", &db])
-            .spawn()
-            .expect("start vswitchd");
-        let d = Daemon { child, socket, db, owns_dir: true };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while d.ctl(&["list-br"]).status.code() != Some(0) {
-            assert!(Instant::now() < deadline, "vswitchd did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vswitch-ctl"))
-            .args(["--socket", &self.socket])
-            .args(args)
-            .output()
-            .expect("run vswitch-ctl")
-    }
-
-    /// Runs vswitch-ctl and expects success; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(out.status.success(), "vswitch-ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["-f", "json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).unwrap_or_else(|e| panic!("{args:?}: not JSON: {e}"))
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.child.wait().expect("vswitchd exits")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
-        if let Some(dir) = std::path::Path::new(&self.socket).parent().filter(|_| self.owns_dir) {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 #[test]
 fn build_a_bridge_with_the_cli_and_filter_with_flows() {

@@ -85,19 +85,32 @@ pub(crate) struct Datagram {
     pub ifindex: u32,
 }
 
-/// True if interface `ifindex` is a virtual one (veth, bridge, ...): its
-/// packets may carry checksums the sender left to offload, with nothing in
-/// the payload to say so.
-pub(crate) fn is_virtual(ifindex: u32) -> bool {
+/// What the receive path needs to know of an underlay interface.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Underlay {
+    /// A virtual interface (veth, bridge, ...): its packets may carry
+    /// checksums the sender left to offload, and segments merged by GSO,
+    /// with nothing in the payload to say so.
+    pub is_virtual: bool,
+    /// Its MTU (1500 if unknown).
+    pub mtu: u32,
+}
+
+/// Looks interface `ifindex` up in sysfs.
+pub(crate) fn underlay(ifindex: u32) -> Underlay {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname writes at most.
     let p = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
     if p.is_null() {
-        return false;
+        return Underlay { is_virtual: false, mtu: 1500 };
     }
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
-    std::path::Path::new("/sys/devices/virtual/net").join(name).exists()
+    let mtu = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(1500);
+    Underlay { is_virtual: std::path::Path::new("/sys/devices/virtual/net").join(name).exists(), mtu }
 }
 
 /// A receiving socket with its batch buffers.

@@ -36,7 +36,7 @@ use super::{DropReason, Port, TxOutcome};
 use crate::config::PortSpec;
 use crate::datapath::Wakeup;
 use crate::packet::{Packet, PacketPool, TunnelMeta};
-use crate::sys::tunnel_sock::{Datagram, RxSocket, TxSocket, dup, is_virtual, route_mtu};
+use crate::sys::tunnel_sock::{Datagram, RxSocket, TxSocket, Underlay, dup, route_mtu, underlay};
 use crate::{Error, Result};
 use wire::Malformed;
 
@@ -220,8 +220,8 @@ struct Shared {
     members: Vec<Member>,
     dgrams: Vec<Datagram>,
     next_id: u64,
-    /// Underlay interfaces by index: virtual or not.
-    virtual_if: HashMap<u32, bool>,
+    /// Underlay interfaces by index.
+    underlays: HashMap<u32, Underlay>,
 }
 
 /// A local tunnel endpoint: the receive socket its ports share.
@@ -267,7 +267,7 @@ fn endpoint(key: EndpointKey) -> Result<Arc<Endpoint>> {
             members: Vec::new(),
             dgrams: Vec::new(),
             next_id: 1,
-            virtual_if: HashMap::new(),
+            underlays: HashMap::new(),
         }),
     });
     all.insert(key, Arc::downgrade(&ep));
@@ -368,7 +368,7 @@ impl TunnelPort {
     /// Reads one batch from the endpoint's socket and hands each packet
     /// to its port's queue.
     fn demux(&mut self, sh: &mut Shared, pool: &mut PacketPool) {
-        let Shared { sock, members, dgrams, virtual_if, .. } = sh;
+        let Shared { sock, members, dgrams, underlays, .. } = sh;
         if sock.recv_batch(dgrams) == 0 {
             return;
         }
@@ -400,10 +400,16 @@ impl TunnelPort {
             }
             let mut p = pool.get();
             p.set_frame(&data[at..]);
-            // Over a virtual underlay (veth) the sender's inner checksums
-            // may still be left to an offload that never happens.
-            if *virtual_if.entry(d.ifindex).or_insert_with(|| is_virtual(d.ifindex)) {
-                crate::flow::complete_l4_checksum(p.data_mut());
+            let under = *underlays.entry(d.ifindex).or_insert_with(|| underlay(d.ifindex));
+            if under.is_virtual {
+                // Over a veth the sender's GSO may arrive unsegmented and
+                // its inner checksums still left to offload. A TCP frame
+                // longer than the tunnel could carry is described as the
+                // segments it stands for; any other gets its checksum.
+                let ip_mtu = under.mtu.saturating_sub(encap.overhead(key.is_some()) + 14) as usize;
+                if !p.mark_tcp_gso(ip_mtu) {
+                    crate::flow::complete_l4_checksum(p.data_mut());
+                }
             }
             p.tunnel = Some(TunnelMeta { id: key.unwrap_or(0) as u64, src, dst });
             let was_empty = m.queue.is_empty();

@@ -1,0 +1,94 @@
+//! A vswitchd under test, driven with vswitch-ctl.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vswitch_tests::netns::{NetNs, unique};
+
+/// A running vswitchd on its own socket and configuration file (in a
+/// directory of its own), stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Child,
+    pub socket: String,
+    pub db: String,
+    /// Remove the directory on drop (false while a restart follows).
+    pub owns_dir: bool,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_in(&std::env::temp_dir().join(unique("vsd")))
+    }
+
+    /// A daemon on `dir`/vswitchd.sock and `dir`/conf.json.
+    pub fn start_in(dir: &std::path::Path) -> Daemon {
+        Self::spawn(dir, None)
+    }
+
+    /// A daemon running inside network namespace `ns` (its ports and
+    /// tunnel sockets are that namespace's).
+    pub fn start_netns(ns: &NetNs) -> Daemon {
+        Self::spawn(&std::env::temp_dir().join(unique("vsd")), Some(ns))
+    }
+
+    fn spawn(dir: &std::path::Path, ns: Option<&NetNs>) -> Daemon {
+        let socket = dir.join("vswitchd.sock").display().to_string();
+        let db = dir.join("conf.json").display().to_string();
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_vswitchd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vswitchd")),
+        };
+        let child = cmd.args(["--socket", &socket, "--db", &db]).spawn().expect("start vswitchd");
+        let d = Daemon { child, socket, db, owns_dir: true };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.ctl(&["list-br"]).status.code() != Some(0) {
+            assert!(Instant::now() < deadline, "vswitchd did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vswitch-ctl"))
+            .args(["--socket", &self.socket])
+            .args(args)
+            .output()
+            .expect("run vswitch-ctl")
+    }
+
+    /// Runs vswitch-ctl and expects success; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(out.status.success(), "vswitch-ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["-f", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap_or_else(|e| panic!("{args:?}: not JSON: {e}"))
+    }
+
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("vswitchd exits")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+        if let Some(dir) = std::path::Path::new(&self.socket).parent().filter(|_| self.owns_dir) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

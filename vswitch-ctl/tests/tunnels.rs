@@ -1,0 +1,410 @@
+//! VXLAN and GRE tunnel ports, as root, between network namespaces that
+//! play hosts: interop with the kernel's own VXLAN (and gretap, where the
+//! kernel has it), two switches joined by tunnels, flow-based tunnels,
+//! headers checked by tcpdump, malformed packets counted, MTU enforced.
+//!
+//! Every host runs its own vswitchd (`ip netns exec`), so its tunnel
+//! sockets and ports live in that host's namespace. All links live inside
+//! namespaces and go with them.
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+
+use common::Daemon;
+use serde_json::Value;
+use vswitch_tests::netns::{NetNs, iperf3, run, unique};
+
+/// Runs `args` inside `ns`, panicking with its stderr if it fails.
+fn ns_run(ns: &NetNs, args: &[&str]) {
+    let out = ns.exec(args);
+    assert!(out.status.success(), "{args:?} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
+}
+
+/// Two hosts joined by an underlay link: `a` is 192.168.S.1, `b` .2.
+struct Hosts {
+    a: NetNs,
+    b: NetNs,
+    b_if: String,
+    subnet: u8,
+}
+
+impl Hosts {
+    fn new(subnet: u8) -> Hosts {
+        let (a, b) = (NetNs::new(), NetNs::new());
+        let (a_if, b_if) = (unique("u"), unique("u"));
+        run(&["ip", "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name]);
+        for (ns, dev, ip) in [(&a, &a_if, 1), (&b, &b_if, 2)] {
+            ns_run(ns, &["ip", "addr", "add", &format!("192.168.{subnet}.{ip}/24"), "dev", dev]);
+            ns_run(ns, &["ip", "link", "set", dev, "up"]);
+            ns_run(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        Hosts { a, b, b_if, subnet }
+    }
+
+    fn ip(&self, host: u8) -> String {
+        format!("192.168.{}.{host}", self.subnet)
+    }
+}
+
+/// A container namespace behind `host`: its eth0 addressed `cidr` with
+/// `mtu`, the other end (returned) in the host namespace, up.
+fn container(host: &NetNs, cidr: &str, mtu: u32) -> (NetNs, String) {
+    let c = NetNs::new();
+    let port = unique("c");
+    run(&["ip", "link", "add", &port, "netns", &host.name, "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
+    ns_run(&c, &["ip", "addr", "add", cidr, "dev", "eth0"]);
+    ns_run(&c, &["ip", "link", "set", "eth0", "mtu", &mtu.to_string(), "up"]);
+    ns_run(&c, &["ip", "link", "set", "lo", "up"]);
+    ns_run(host, &["ip", "link", "set", &port, "up"]);
+    (c, port)
+}
+
+/// A Linux bridge in `host` joining `ports` (the kernel's side of an
+/// interop test).
+fn kernel_bridge(host: &NetNs, ports: &[&str]) {
+    ns_run(host, &["ip", "link", "add", "kbr0", "type", "bridge"]);
+    for p in ports {
+        ns_run(host, &["ip", "link", "set", p, "master", "kbr0"]);
+        ns_run(host, &["ip", "link", "set", p, "up"]);
+    }
+    ns_run(host, &["ip", "link", "set", "kbr0", "up"]);
+}
+
+/// tcpdump on `dev` in `ns`, started (listening) before this returns.
+fn capture(ns: &NetNs, dev: &str, filter: &str, count: u32) -> Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "timeout", "10", "tcpdump", "-l", "-nn", "-vv", "-i", dev, "-c"])
+        .arg(count.to_string())
+        .args(filter.split_whitespace())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (Debian: tcpdump; .ci/run installs it)");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    if !line.contains("listening") {
+        line.clear();
+        err.read_line(&mut line).unwrap();
+    }
+    assert!(line.contains("listening on"), "tcpdump did not start: {line}");
+    child
+}
+
+fn captured(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The drop counter `reason` of `port` in `stats`.
+fn drops(d: &Daemon, port: &str, reason: &str) -> u64 {
+    let s = d.json(&["stats", "br0", port]);
+    s["bridges"][0]["ports"][0]["drops"][reason].as_u64().unwrap_or_else(|| panic!("no {reason} in {s}"))
+}
+
+fn port_row(d: &Daemon, bridge: &str, port: &str) -> Value {
+    let ports = d.json(&["list-ports", bridge]);
+    ports.as_array().unwrap().iter().find(|p| p["name"] == port).cloned().unwrap_or_else(|| panic!("{port}: {ports}"))
+}
+
+#[test]
+fn vxlan_interoperates_with_the_kernels_vxlan() {
+    let h = Hosts::new(41);
+    // Host A: this switch, a container behind it. Host B: the kernel's
+    // VXLAN device bridged to a container.
+    let (ca, pa) = container(&h.a, "10.41.0.1/24", 1450);
+    let (cb, pb) = container(&h.b, "10.41.0.2/24", 1450);
+    let (r, l) = (h.ip(1), h.ip(2));
+    ns_run(
+        &h.b,
+        &["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", &r, "local", &l, "dstport", "4789"],
+    );
+    kernel_bridge(&h.b, &["vx0", &pb]);
+    let d = Daemon::start_netns(&h.a);
+    let remote = format!("options:remote_ip={}", h.ip(2));
+    d.ok(&["add-br", "br0", "--", "add-port", "br0", &pa, "--", "add-port", "br0", "vxa", "type=vxlan", &remote]);
+    d.ok(&["set-port", "vxa", "options:key=42"]);
+
+    let dump = capture(&h.b, &h.b_if, "udp port 4789", 4);
+    assert!(ca.ping("10.41.0.2", 3), "container A -> container B over VXLAN");
+    assert!(cb.ping("10.41.0.1", 3), "and back");
+    let seen = captured(dump);
+    assert!(seen.contains("VXLAN, flags [I] (0x08), vni 42"), "tcpdump decodes our VXLAN: {seen}");
+    assert!(seen.contains(&format!("{}.", h.ip(1))) && seen.contains(".4789:"), "outer UDP to 4789: {seen}");
+    assert!(seen.contains("udp sum ok") || seen.contains("[no cksum]"), "outer UDP checksum: {seen}");
+
+    // The far container's MAC is learned behind the tunnel port.
+    let fdb = d.json(&["fdb-show", "br0"]);
+    let tun_no = port_row(&d, "br0", "vxa")["port_no"].clone();
+    assert!(fdb.as_array().unwrap().iter().any(|e| e["port"] == tun_no), "{fdb}");
+
+    // TCP both ways, with the kernel's offloads on every veth.
+    for (from, to, ip) in [(&ca, &cb, "10.41.0.2"), (&cb, &ca, "10.41.0.1")] {
+        let r = iperf3(from, to, ip, 2);
+        let stats = d.json(&["stats"]);
+        assert!(
+            r.bytes > 5_000_000,
+            "iperf3 across VXLAN: {}; {stats}",
+            r.output.chars().take(600).collect::<String>()
+        );
+    }
+
+    // MTU: the inner MTU is reported; a frame too big once encapsulated is
+    // dropped and counted, not fragmented or truncated.
+    assert_eq!(port_row(&d, "br0", "vxa")["status"]["inner_mtu"], "1450");
+    ns_run(&ca, &["ip", "link", "set", "eth0", "mtu", "1500"]);
+    let before = drops(&d, "vxa", "too_big");
+    let big = ca.exec(&["ping", "-c", "2", "-W", "1", "-s", "1472", "-M", "do", "10.41.0.2"]);
+    assert!(!big.status.success(), "a 1514-byte frame does not fit a 1500-byte underlay after 50 bytes of VXLAN");
+    assert!(drops(&d, "vxa", "too_big") >= before + 2, "counted as too_big");
+    assert!(ca.ping("10.41.0.2", 2), "smaller frames still pass");
+}
+
+#[test]
+fn malformed_and_unknown_tunnel_packets_are_counted_and_harmless() {
+    let h = Hosts::new(42);
+    let (ca, pa) = container(&h.a, "10.42.0.1/24", 1450);
+    let (cb, pb) = container(&h.b, "10.42.0.2/24", 1450);
+    ns_run(&h.b, &["ip", "link", "add", "vx0", "type", "vxlan", "id", "7", "remote", &h.ip(1), "dstport", "4789"]);
+    kernel_bridge(&h.b, &["vx0", &pb]);
+    let d = Daemon::start_netns(&h.a);
+    let remote = format!("options:remote_ip={}", h.ip(2));
+    d.ok(&[
+        "add-br",
+        "br0",
+        "--",
+        "add-port",
+        "br0",
+        &pa,
+        "--",
+        "add-port",
+        "br0",
+        "vxa",
+        "type=vxlan",
+        &remote,
+        "options:key=7",
+    ]);
+    assert!(ca.ping("10.42.0.2", 2));
+    // From host B's address: a short header, a header without the I flag,
+    // an inner frame cut short, and a well-formed packet for VNI 99.
+    let to = format!("/dev/udp/{}/4789", h.ip(1));
+    let send = |bytes: &str| ns_run(&h.b, &["bash", "-c", &format!("printf '{bytes}' > {to}")]);
+    send(r"\x08\x00\x00");
+    send(r"\x00\x00\x00\x00\x00\x00\x07\x00\xff\xff\xff\xff\xff\xff\x02\x00\x00\x00\x00\x01\x08\x06");
+    send(r"\x08\x00\x00\x00\x00\x00\x07\x00\xff\xff\xff");
+    send(&format!(
+        r"\x08\x00\x00\x00\x00\x00\x63\x00\xff\xff\xff\xff\xff\xff\x02\x00\x00\x00\x00\x01\x08\x06{}",
+        r"\x00".repeat(46)
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while drops(&d, "vxa", "tunnel_malformed") < 3 || drops(&d, "vxa", "tunnel_unknown") < 1 {
+        assert!(std::time::Instant::now() < deadline, "not counted: {}", d.json(&["stats", "br0", "vxa"]));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(drops(&d, "vxa", "tunnel_malformed"), 3);
+    assert_eq!(drops(&d, "vxa", "tunnel_unknown"), 1);
+    assert!(cb.ping("10.42.0.1", 2), "traffic is undisturbed");
+}
+
+#[test]
+fn two_switches_join_their_containers_over_vxlan() {
+    let h = Hosts::new(43);
+    let (c1, p1) = container(&h.a, "10.43.0.1/24", 1450);
+    let (c2, p2) = container(&h.a, "10.43.0.2/24", 1450);
+    let (c3, p3) = container(&h.b, "10.43.0.3/24", 1450);
+    let (c4, p4) = container(&h.b, "10.43.0.4/24", 1450);
+    let da = Daemon::start_netns(&h.a);
+    let db = Daemon::start_netns(&h.b);
+    for (d, ports, remote) in [(&da, [&p1, &p2], h.ip(2)), (&db, [&p3, &p4], h.ip(1))] {
+        let r = format!("options:remote_ip={remote}");
+        d.ok(&[
+            "add-br",
+            "br0",
+            "--",
+            "add-port",
+            "br0",
+            ports[0],
+            "--",
+            "add-port",
+            "br0",
+            ports[1],
+            "--",
+            "add-port",
+            "br0",
+            "vx",
+            "type=vxlan",
+            &r,
+            "options:key=100",
+        ]);
+    }
+    let all = [(&c1, "10.43.0.1"), (&c2, "10.43.0.2"), (&c3, "10.43.0.3"), (&c4, "10.43.0.4")];
+    for (from, _) in all {
+        for (_, ip) in all {
+            assert!(from.ping(ip, 1), "{} -> {ip}", from.name);
+        }
+    }
+    // Each switch has the other side's two containers behind its tunnel.
+    for d in [&da, &db] {
+        let tun = port_row(d, "br0", "vx")["port_no"].clone();
+        let fdb = d.json(&["fdb-show", "br0"]);
+        let behind = fdb.as_array().unwrap().iter().filter(|e| e["port"] == tun).count();
+        assert_eq!(behind, 2, "two remote MACs behind the tunnel: {fdb}");
+    }
+    let r = iperf3(&c1, &c4, "10.43.0.4", 2);
+    assert!(r.bytes > 5_000_000, "switch to switch TCP: {}", r.output.chars().take(3000).collect::<String>());
+}
+
+/// True if this kernel can create gretap devices (CONFIG_NET_IPGRE).
+fn kernel_has_gretap() -> bool {
+    let ns = NetNs::new();
+    ns.exec(&["ip", "link", "add", "g0", "type", "gretap", "local", "1.1.1.1", "remote", "1.1.1.2"]).status.success()
+}
+
+#[test]
+fn gre_with_and_without_a_key() {
+    let h = Hosts::new(44);
+    // Two bridges on each side, one GRE port each to the same remote: no
+    // key on br0, key 5 on br1; one local endpoint tells them apart.
+    let (a0, pa0) = container(&h.a, "10.44.0.1/24", 1400);
+    let (a1, pa1) = container(&h.a, "10.44.1.1/24", 1400);
+    let (b0, pb0) = container(&h.b, "10.44.0.2/24", 1400);
+    let (b1, pb1) = container(&h.b, "10.44.1.2/24", 1400);
+    let da = Daemon::start_netns(&h.a);
+    let remote = format!("options:remote_ip={}", h.ip(2));
+    da.ok(&["add-br", "br0", "--", "add-port", "br0", &pa0, "--", "add-port", "br0", "gre0", "type=gre", &remote]);
+    da.ok(&[
+        "add-br",
+        "br1",
+        "--",
+        "add-port",
+        "br1",
+        &pa1,
+        "--",
+        "add-port",
+        "br1",
+        "gre5",
+        "type=gre",
+        &remote,
+        "options:key=5",
+    ]);
+    // Host B: the kernel's gretap where the kernel has it, else a second
+    // switch (this machine's kernel is built without GRE).
+    let kernel = kernel_has_gretap();
+    let _db = if kernel {
+        for (dev, key) in [("gt0", None), ("gt5", Some("5"))] {
+            let mut args = vec!["ip", "link", "add", dev, "type", "gretap", "local", "", "remote", ""];
+            let (l, r) = (h.ip(2), h.ip(1));
+            args[7] = &l;
+            args[9] = &r;
+            if let Some(k) = key {
+                args.extend(["key", k]);
+            }
+            ns_run(&h.b, &args);
+        }
+        kernel_bridge(&h.b, &["gt0", &pb0]);
+        ns_run(&h.b, &["ip", "link", "add", "kbr1", "type", "bridge"]);
+        for p in ["gt5", pb1.as_str()] {
+            ns_run(&h.b, &["ip", "link", "set", p, "master", "kbr1"]);
+            ns_run(&h.b, &["ip", "link", "set", p, "up"]);
+        }
+        ns_run(&h.b, &["ip", "link", "set", "kbr1", "up"]);
+        None
+    } else {
+        eprintln!("this kernel has no gretap (CONFIG_NET_IPGRE): host B is a second vswitchd");
+        let db = Daemon::start_netns(&h.b);
+        let r = format!("options:remote_ip={}", h.ip(1));
+        db.ok(&["add-br", "br0", "--", "add-port", "br0", &pb0, "--", "add-port", "br0", "gre0", "type=gre", &r]);
+        db.ok(&[
+            "add-br",
+            "br1",
+            "--",
+            "add-port",
+            "br1",
+            &pb1,
+            "--",
+            "add-port",
+            "br1",
+            "gre5",
+            "type=gre",
+            &r,
+            "options:key=5",
+        ]);
+        Some(db)
+    };
+    let dump = capture(&h.b, &h.b_if, "ip proto 47", 4);
+    assert!(a0.ping("10.44.0.2", 2) && b0.ping("10.44.0.1", 2), "GRE without a key");
+    let seen = captured(dump);
+    assert!(seen.contains("GREv0, Flags [none]") && seen.contains("ICMP echo"), "tcpdump decodes our GRE: {seen}");
+    let dump = capture(&h.b, &h.b_if, "ip proto 47", 4);
+    assert!(a1.ping("10.44.1.2", 2) && b1.ping("10.44.1.1", 2), "GRE with key 5");
+    let seen = captured(dump);
+    assert!(seen.contains("key=0x5") && seen.contains("ICMP echo"), "and keyed GRE: {seen}");
+    // The key separates the bridges: nothing of br1's crossed into br0.
+    assert_eq!(da.json(&["fdb-show", "br0"]).as_array().unwrap().len(), 2);
+    let r = iperf3(&a1, &b1, "10.44.1.2", 2);
+    assert!(r.bytes > 5_000_000, "TCP over keyed GRE: {}", r.output.chars().take(3000).collect::<String>());
+
+    // Malformed GRE (version 1; the routing bit) is counted on the port that
+    // read it; traffic goes on.
+    let py = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)\n\
+         for pkt in (b'\\x00\\x01\\x65\\x58' + bytes(60), b'\\x40\\x00\\x65\\x58' + bytes(60)): s.sendto(pkt, ('{}', 0))",
+        h.ip(1)
+    );
+    ns_run(&h.b, &["python3", "-c", &py]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = da.json(&["stats"]);
+    let malformed: u64 = s["bridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["ports"].as_array().unwrap())
+        .map(|p| p["drops"]["tunnel_malformed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(malformed, 2, "{s}");
+    assert!(a0.ping("10.44.0.2", 1), "still forwarding");
+}
+
+#[test]
+fn flow_based_tunnel_chooses_key_and_remote_per_packet() {
+    let h = Hosts::new(45);
+    let (ca, pa) = container(&h.a, "10.45.0.1/24", 1450);
+    let (cb, pb) = container(&h.b, "10.45.0.2/24", 1450);
+    ns_run(&h.b, &["ip", "link", "add", "vx0", "type", "vxlan", "id", "4242", "remote", &h.ip(1), "dstport", "4789"]);
+    kernel_bridge(&h.b, &["vx0", &pb]);
+    let d = Daemon::start_netns(&h.a);
+    d.ok(&[
+        "add-br",
+        "br0",
+        "--",
+        "add-port",
+        "br0",
+        &pa,
+        "--",
+        "add-port",
+        "br0",
+        "vxf",
+        "type=vxlan",
+        "options:remote_ip=flow",
+        "options:key=flow",
+    ]);
+    d.ok(&["del-flows", "br0"]);
+    d.ok(&[
+        "add-flow",
+        "br0",
+        &format!("in_port={pa},actions=set_tunnel:4242,set_field:{}->tun_dst,output:vxf", h.ip(2)),
+    ]);
+    d.ok(&["add-flow", "br0", &format!("in_port=vxf,tun_id=4242,tun_src={},actions=output:{pa}", h.ip(2))]);
+    d.ok(&["add-flow", "br0", "priority=10,in_port=vxf,actions=drop"]);
+    assert!(ca.ping("10.45.0.2", 3), "out with the key and remote the rule chose");
+    assert!(cb.ping("10.45.0.1", 2), "and back, matched on tun_id and tun_src");
+    let flows = d.json(&["dump-flows", "br0"]);
+    let hits = flows.as_array().unwrap().iter().find(|f| f["match"].as_str().unwrap().contains("tun_id=0x1092"));
+    assert!(hits.is_some_and(|f| f["n_packets"].as_u64().unwrap() >= 5), "{flows}");
+    // Without a tun_dst there is nowhere to send: counted, not guessed.
+    d.ok(&["mod-flows", "br0", &format!("in_port={pa},actions=set_tunnel:4242,output:vxf")]);
+    assert!(!ca.exec(&["ping", "-c", "1", "-W", "1", "10.45.0.2"]).status.success());
+    assert!(drops(&d, "vxf", "tunnel_no_remote") >= 1);
+}
