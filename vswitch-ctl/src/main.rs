@@ -52,7 +52,7 @@ enum Command {
     ListBr,
     /// Exit 0 if the bridge exists, 2 if not.
     BrExists { bridge: String },
-    /// Add a port: settings are type=afpacket|afxdp|internal, tag=VID,
+    /// Add a port: settings are type=afpacket|afxdp|internal|vxlan|gre, tag=VID,
     /// trunks=V1,V2, options:KEY=VALUE, transient=true, ofport_request=N.
     AddPort {
         bridge: String,
@@ -174,6 +174,10 @@ fn show(result: &Value, stats: &Value) -> String {
             if let Some(o) = p["options"].as_object().filter(|o| !o.is_empty()) {
                 let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
                 out.push_str(&format!("        options: {{{}}}\n", list.join(", ")));
+            }
+            if let Some(o) = p["status"].as_object().filter(|o| !o.is_empty()) {
+                let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
+                out.push_str(&format!("        status: {{{}}}\n", list.join(", ")));
             }
             if p["transient"] == true {
                 out.push_str("        transient: true\n");
