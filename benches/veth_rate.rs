@@ -16,42 +16,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vswitch_benches::{host_mac, udp_frame};
-use vswitch_core::packet::PacketPool;
-use vswitch_core::port::Port;
-use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
-use vswitch_core::{MacAddr, Packet, PortConfig, Switch};
+use vswitch_benches::{counter, generate, mac_of};
+use vswitch_core::{MacAddr, PortConfig, Switch};
 use vswitch_tests::cpu_seconds;
 use vswitch_tests::netns::{NetNs, Veth, iperf3, run, unique};
-
-fn generate(ifname: &str, dst: MacAddr, seconds: u64, flows: u32) {
-    let mut port = AfPacketPort::open(ifname, AfPacketConfig::default()).expect("open the generator's port");
-    let mut pool = PacketPool::new(1024, 2048);
-    let frames: Vec<Packet> = (0..flows.max(1))
-        .map(|i| Packet::from_frame(&udp_frame(dst, host_mac(1), 1024 + (i % 60_000) as u16)))
-        .collect();
-    let mut batch = Vec::with_capacity(32);
-    let (mut sent, mut next) = (0u64, 0usize);
-    let end = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < end {
-        for _ in 0..32 {
-            batch.push(frames[next].clone());
-            next = (next + 1) % frames.len();
-        }
-        sent += port.tx_burst(&mut batch, &mut pool).sent as u64;
-    }
-    println!("{sent}");
-}
-
-fn counter(ns: &NetNs, ifname: &str, what: &str) -> u64 {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/statistics/{what}")]);
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-}
-
-fn mac_of(ns: &NetNs, ifname: &str) -> MacAddr {
-    let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a MAC address")
-}
 
 struct Measured {
     device: &'static str,

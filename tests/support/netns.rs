@@ -68,6 +68,13 @@ impl NetNs {
             .unwrap_or_else(|e| panic!("ip netns exec: {e}"))
     }
 
+    /// Runs a command inside the namespace; panics with its stderr if it
+    /// fails.
+    pub fn run(&self, args: &[&str]) {
+        let out = self.exec(args);
+        assert!(out.status.success(), "{args:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Starts a command inside the namespace.
     pub fn spawn(&self, args: &[&str]) -> Child {
         Command::new("ip")
@@ -119,6 +126,15 @@ impl Veth {
         run(&["ip", "link", "set", &v.host, "up"]);
         v
     }
+}
+
+/// A veth pair between two namespaces, `a_name` in `a` and `b_name` in
+/// `b`, both up; it goes when either namespace does.
+pub fn veth_between(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) {
+    require_root();
+    run(&["ip", "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name]);
+    a.run(&["ip", "link", "set", a_name, "up"]);
+    b.run(&["ip", "link", "set", b_name, "up"]);
 }
 
 impl Drop for Veth {

@@ -14,13 +14,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::Daemon;
 use serde_json::Value;
-use vswitch_tests::netns::{NetNs, iperf3, run, unique};
-
-/// Runs `args` inside `ns`, panicking with its stderr if it fails.
-fn ns_run(ns: &NetNs, args: &[&str]) {
-    let out = ns.exec(args);
-    assert!(out.status.success(), "{args:?} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
-}
+use vswitch_tests::netns::{NetNs, iperf3, unique, veth_between};
 
 /// Two hosts joined by an underlay link: `a` is 192.168.S.1, `b` .2.
 struct Hosts {
@@ -34,11 +28,10 @@ impl Hosts {
     fn new(subnet: u8) -> Hosts {
         let (a, b) = (NetNs::new(), NetNs::new());
         let (a_if, b_if) = (unique("u"), unique("u"));
-        run(&["ip", "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name]);
+        veth_between(&a, &a_if, &b, &b_if);
         for (ns, dev, ip) in [(&a, &a_if, 1), (&b, &b_if, 2)] {
-            ns_run(ns, &["ip", "addr", "add", &format!("192.168.{subnet}.{ip}/24"), "dev", dev]);
-            ns_run(ns, &["ip", "link", "set", dev, "up"]);
-            ns_run(ns, &["ip", "link", "set", "lo", "up"]);
+            ns.run(&["ip", "addr", "add", &format!("192.168.{subnet}.{ip}/24"), "dev", dev]);
+            ns.run(&["ip", "link", "set", "lo", "up"]);
         }
         Hosts { a, b, b_if, subnet }
     }
@@ -53,23 +46,22 @@ impl Hosts {
 fn container(host: &NetNs, cidr: &str, mtu: u32) -> (NetNs, String) {
     let c = NetNs::new();
     let port = unique("c");
-    run(&["ip", "link", "add", &port, "netns", &host.name, "type", "veth", "peer", "name", "eth0", "netns", &c.name]);
-    ns_run(&c, &["ip", "addr", "add", cidr, "dev", "eth0"]);
-    ns_run(&c, &["ip", "link", "set", "eth0", "mtu", &mtu.to_string(), "up"]);
-    ns_run(&c, &["ip", "link", "set", "lo", "up"]);
-    ns_run(host, &["ip", "link", "set", &port, "up"]);
+    veth_between(host, &port, &c, "eth0");
+    c.run(&["ip", "addr", "add", cidr, "dev", "eth0"]);
+    c.run(&["ip", "link", "set", "eth0", "mtu", &mtu.to_string()]);
+    c.run(&["ip", "link", "set", "lo", "up"]);
     (c, port)
 }
 
 /// A Linux bridge in `host` joining `ports` (the kernel's side of an
 /// interop test).
 fn kernel_bridge(host: &NetNs, ports: &[&str]) {
-    ns_run(host, &["ip", "link", "add", "kbr0", "type", "bridge"]);
+    host.run(&["ip", "link", "add", "kbr0", "type", "bridge"]);
     for p in ports {
-        ns_run(host, &["ip", "link", "set", p, "master", "kbr0"]);
-        ns_run(host, &["ip", "link", "set", p, "up"]);
+        host.run(&["ip", "link", "set", p, "master", "kbr0"]);
+        host.run(&["ip", "link", "set", p, "up"]);
     }
-    ns_run(host, &["ip", "link", "set", "kbr0", "up"]);
+    host.run(&["ip", "link", "set", "kbr0", "up"]);
 }
 
 /// tcpdump on `dev` in `ns`, started (listening) before this returns.
@@ -117,10 +109,7 @@ fn vxlan_interoperates_with_the_kernels_vxlan() {
     let (ca, pa) = container(&h.a, "10.41.0.1/24", 1450);
     let (cb, pb) = container(&h.b, "10.41.0.2/24", 1450);
     let (r, l) = (h.ip(1), h.ip(2));
-    ns_run(
-        &h.b,
-        &["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", &r, "local", &l, "dstport", "4789"],
-    );
+    h.b.run(&["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", &r, "local", &l, "dstport", "4789"]);
     kernel_bridge(&h.b, &["vx0", &pb]);
     let d = Daemon::start_netns(&h.a);
     let remote = format!("options:remote_ip={}", h.ip(2));
@@ -154,7 +143,7 @@ fn vxlan_interoperates_with_the_kernels_vxlan() {
     // MTU: the inner MTU is reported; a frame too big once encapsulated is
     // dropped and counted, not fragmented or truncated.
     assert_eq!(port_row(&d, "br0", "vxa")["status"]["inner_mtu"], "1450");
-    ns_run(&ca, &["ip", "link", "set", "eth0", "mtu", "1500"]);
+    ca.run(&["ip", "link", "set", "eth0", "mtu", "1500"]);
     let before = drops(&d, "vxa", "too_big");
     let big = ca.exec(&["ping", "-c", "2", "-W", "1", "-s", "1472", "-M", "do", "10.41.0.2"]);
     assert!(!big.status.success(), "a 1514-byte frame does not fit a 1500-byte underlay after 50 bytes of VXLAN");
@@ -167,7 +156,7 @@ fn malformed_and_unknown_tunnel_packets_are_counted_and_harmless() {
     let h = Hosts::new(42);
     let (ca, pa) = container(&h.a, "10.42.0.1/24", 1450);
     let (cb, pb) = container(&h.b, "10.42.0.2/24", 1450);
-    ns_run(&h.b, &["ip", "link", "add", "vx0", "type", "vxlan", "id", "7", "remote", &h.ip(1), "dstport", "4789"]);
+    h.b.run(&["ip", "link", "add", "vx0", "type", "vxlan", "id", "7", "remote", &h.ip(1), "dstport", "4789"]);
     kernel_bridge(&h.b, &["vx0", &pb]);
     let d = Daemon::start_netns(&h.a);
     let remote = format!("options:remote_ip={}", h.ip(2));
@@ -190,7 +179,7 @@ fn malformed_and_unknown_tunnel_packets_are_counted_and_harmless() {
     // From host B's address: a short header, a header without the I flag,
     // an inner frame cut short, and a well-formed packet for VNI 99.
     let to = format!("/dev/udp/{}/4789", h.ip(1));
-    let send = |bytes: &str| ns_run(&h.b, &["bash", "-c", &format!("printf '{bytes}' > {to}")]);
+    let send = |bytes: &str| h.b.run(&["bash", "-c", &format!("printf '{bytes}' > {to}")]);
     send(r"\x08\x00\x00");
     send(r"\x00\x00\x00\x00\x00\x00\x07\x00\xff\xff\xff\xff\xff\xff\x02\x00\x00\x00\x00\x01\x08\x06");
     send(r"\x08\x00\x00\x00\x00\x00\x07\x00\xff\xff\xff");
@@ -301,15 +290,15 @@ fn gre_with_and_without_a_key() {
             if let Some(k) = key {
                 args.extend(["key", k]);
             }
-            ns_run(&h.b, &args);
+            h.b.run(&args);
         }
         kernel_bridge(&h.b, &["gt0", &pb0]);
-        ns_run(&h.b, &["ip", "link", "add", "kbr1", "type", "bridge"]);
+        h.b.run(&["ip", "link", "add", "kbr1", "type", "bridge"]);
         for p in ["gt5", pb1.as_str()] {
-            ns_run(&h.b, &["ip", "link", "set", p, "master", "kbr1"]);
-            ns_run(&h.b, &["ip", "link", "set", p, "up"]);
+            h.b.run(&["ip", "link", "set", p, "master", "kbr1"]);
+            h.b.run(&["ip", "link", "set", p, "up"]);
         }
-        ns_run(&h.b, &["ip", "link", "set", "kbr1", "up"]);
+        h.b.run(&["ip", "link", "set", "kbr1", "up"]);
         None
     } else {
         eprintln!("this kernel has no gretap (CONFIG_NET_IPGRE): host B is a second vswitchd");
@@ -353,7 +342,7 @@ fn gre_with_and_without_a_key() {
          for pkt in (b'\\x00\\x01\\x65\\x58' + bytes(60), b'\\x40\\x00\\x65\\x58' + bytes(60)): s.sendto(pkt, ('{}', 0))",
         h.ip(1)
     );
-    ns_run(&h.b, &["python3", "-c", &py]);
+    h.b.run(&["python3", "-c", &py]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let s = da.json(&["stats"]);
     let malformed: u64 = s["bridges"]
@@ -372,7 +361,7 @@ fn flow_based_tunnel_chooses_key_and_remote_per_packet() {
     let h = Hosts::new(45);
     let (ca, pa) = container(&h.a, "10.45.0.1/24", 1450);
     let (cb, pb) = container(&h.b, "10.45.0.2/24", 1450);
-    ns_run(&h.b, &["ip", "link", "add", "vx0", "type", "vxlan", "id", "4242", "remote", &h.ip(1), "dstport", "4789"]);
+    h.b.run(&["ip", "link", "add", "vx0", "type", "vxlan", "id", "4242", "remote", &h.ip(1), "dstport", "4789"]);
     kernel_bridge(&h.b, &["vx0", &pb]);
     let d = Daemon::start_netns(&h.a);
     d.ok(&[
