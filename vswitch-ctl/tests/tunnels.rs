@@ -397,3 +397,18 @@ fn flow_based_tunnel_chooses_key_and_remote_per_packet() {
     assert!(!ca.exec(&["ping", "-c", "1", "-W", "1", "10.45.0.2"]).status.success());
     assert!(drops(&d, "vxf", "tunnel_no_remote") >= 1);
 }
+
+/// examples/overlay.sh, on the binaries this test built.
+#[test]
+fn the_overlay_example_runs() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vswitchd")).parent().unwrap();
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/overlay.sh"))
+        .env("VSWITCH_BIN", bin)
+        .output()
+        .expect("run overlay.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "overlay.sh failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches(": ok").count(), 12, "every pair of containers: {text}");
+    assert!(text.ends_with("overlay ok\n"), "{text}");
+}

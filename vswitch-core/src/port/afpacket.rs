@@ -116,7 +116,13 @@ impl AttachLock {
     pub(crate) fn acquire(ifname: &str) -> Result<AttachLock> {
         let dir = lock_dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the attach lock directory", e))?;
-        let path = dir.join(ifname);
+        // Interface names are per network namespace: two switches in two
+        // namespaces may each attach their own "eth0".
+        let netns = std::fs::read_link("/proc/self/ns/net")
+            .ok()
+            .and_then(|l| l.to_str().map(|s| s.trim_start_matches("net:[").trim_end_matches(']').to_string()))
+            .unwrap_or_default();
+        let path = dir.join(format!("{netns}-{ifname}"));
         let file = File::options()
             .create(true)
             .truncate(false)
