@@ -260,24 +260,14 @@ fn gre_with_and_without_a_key() {
     let (a1, pa1) = container(&h.a, "10.44.1.1/24", 1400);
     let (b0, pb0) = container(&h.b, "10.44.0.2/24", 1400);
     let (b1, pb1) = container(&h.b, "10.44.1.2/24", 1400);
-    let da = Daemon::start_netns(&h.a);
+    // Two datapath threads with the GRE ports on different ones (a port
+    // goes to the thread with fewer): whichever thread reads the shared
+    // socket hands the other's packets over and wakes it.
+    let da = Daemon::start_netns_with(&h.a, &["--pmd-threads", "2"]);
     let remote = format!("options:remote_ip={}", h.ip(2));
     da.ok(&["add-br", "br0", "--", "add-port", "br0", &pa0, "--", "add-port", "br0", "gre0", "type=gre", &remote]);
-    da.ok(&[
-        "add-br",
-        "br1",
-        "--",
-        "add-port",
-        "br1",
-        &pa1,
-        "--",
-        "add-port",
-        "br1",
-        "gre5",
-        "type=gre",
-        &remote,
-        "options:key=5",
-    ]);
+    let key = "options:key=5";
+    da.ok(&["add-br", "br1", "--", "add-port", "br1", "gre5", "type=gre", &remote, key, "--", "add-port", "br1", &pa1]);
     // Host B: the kernel's gretap where the kernel has it, else a second
     // switch (this machine's kernel is built without GRE).
     let kernel = kernel_has_gretap();

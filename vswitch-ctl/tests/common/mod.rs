@@ -25,16 +25,21 @@ impl Daemon {
 
     /// A daemon on `dir`/vswitchd.sock and `dir`/conf.json.
     pub fn start_in(dir: &std::path::Path) -> Daemon {
-        Self::spawn(dir, None)
+        Self::spawn(dir, None, &[])
     }
 
     /// A daemon running inside network namespace `ns` (its ports and
     /// tunnel sockets are that namespace's).
     pub fn start_netns(ns: &NetNs) -> Daemon {
-        Self::spawn(&std::env::temp_dir().join(unique("vsd")), Some(ns))
+        Self::spawn(&std::env::temp_dir().join(unique("vsd")), Some(ns), &[])
     }
 
-    fn spawn(dir: &std::path::Path, ns: Option<&NetNs>) -> Daemon {
+    /// As [`start_netns`](Self::start_netns), with more vswitchd arguments.
+    pub fn start_netns_with(ns: &NetNs, args: &[&str]) -> Daemon {
+        Self::spawn(&std::env::temp_dir().join(unique("vsd")), Some(ns), args)
+    }
+
+    fn spawn(dir: &std::path::Path, ns: Option<&NetNs>, extra: &[&str]) -> Daemon {
         let socket = dir.join("vswitchd.sock").display().to_string();
         let db = dir.join("conf.json").display().to_string();
         let mut cmd = match ns {
@@ -45,7 +50,7 @@ impl Daemon {
             }
             None => Command::new(env!("CARGO_BIN_EXE_vswitchd")),
         };
-        let child = cmd.args(["--socket", &socket, "--db", &db]).spawn().expect("start vswitchd");
+        let child = cmd.args(["--socket", &socket, "--db", &db]).args(extra).spawn().expect("start vswitchd");
         let d = Daemon { child, socket, db, owns_dir: true };
         let deadline = Instant::now() + Duration::from_secs(10);
         while d.ctl(&["list-br"]).status.code() != Some(0) {
