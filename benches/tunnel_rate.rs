@@ -20,6 +20,7 @@ use vswitch_benches::{counter, generate, mac_of};
 use vswitch_core::config::PortSpec;
 use vswitch_core::{MacAddr, OnOpenError, PortConfig, Switch};
 use vswitch_tests::netns::{NetNs, iperf3, veth_between};
+use vswitch_tests::process_cpu_seconds;
 
 const VNI: &str = "42";
 
@@ -37,14 +38,6 @@ fn run_switch(access: &str, remote: &str) {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
-}
-
-/// CPU seconds process `pid` has used (utime + stime from /proc).
-fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 struct Lab {
@@ -83,14 +76,14 @@ fn measure(device: &'static str, lab: &Lab, seconds: u64, flows: u32, switches: 
     let me = std::env::current_exe().expect("own path");
     let dst: MacAddr = mac_of(&lab.sink, "eth0");
     let before = counter(&lab.sink, "eth0", "rx_packets");
-    let c0: f64 = switches.iter().map(|&p| proc_cpu(p)).sum();
+    let c0: f64 = switches.iter().map(|&p| process_cpu_seconds(&p.to_string()).unwrap_or(0.0)).sum();
     let t0 = Instant::now();
     let args = [me.to_str().unwrap(), "--generate", "eth0", &dst.to_string(), &seconds.to_string(), &flows.to_string()];
     let out = lab.generator.exec(&args);
     assert!(out.status.success(), "generator failed: {}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(300)); // let queues drain
     let secs = t0.elapsed().as_secs_f64();
-    let c1: f64 = switches.iter().map(|&p| proc_cpu(p)).sum();
+    let c1: f64 = switches.iter().map(|&p| process_cpu_seconds(&p.to_string()).unwrap_or(0.0)).sum();
     let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
     let got = counter(&lab.sink, "eth0", "rx_packets") - before;
     let tcp = iperf3(&lab.generator, &lab.sink, "10.97.0.2", seconds.min(3) as u32);

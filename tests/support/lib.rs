@@ -45,12 +45,18 @@ pub fn seq_of(f: &[u8]) -> u32 {
 /// User plus system CPU time of this process so far, in seconds, from
 /// /proc/self/stat (utime and stime, fields 14 and 15, in USER_HZ = 100).
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    process_cpu_seconds("self").expect("read /proc/self/stat")
+}
+
+/// CPU seconds (user + system) used so far by process `pid` (a number,
+/// or `self`); None if it does not exist.
+pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// Every packet waiting on `h`.

@@ -1,0 +1,316 @@
+//! Devices under test: this switch (each backend, NORMAL or a flow table,
+//! or two switches joined by VXLAN), the Linux bridge, and Open vSwitch's
+//! userspace datapath when it is installed. Each is set up between the
+//! generator's and the sink's veth ends and torn down when dropped.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use vswitch_core::config::PortSpec;
+use vswitch_core::{OnOpenError, PortConfig, Switch};
+use vswitch_tests::netns::{run, unique};
+use vswitch_tests::process_cpu_seconds;
+
+/// A kernel-port backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    AfPacket,
+    AfXdp,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::AfPacket => "afpacket",
+            Backend::AfXdp => "afxdp",
+        }
+    }
+}
+
+/// What this switch does with the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// MAC learning.
+    Normal,
+    /// A flow table of this many rules, one per generated flow's source
+    /// (more rules than flows leave some unused), and rules for the rest.
+    Flows(usize),
+    /// Two switches in one process: the generator's port and a VXLAN port
+    /// on one, the sink's port and a VXLAN port on the other, the tunnel
+    /// over the loopback interface.
+    Vxlan,
+}
+
+/// A device under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dut {
+    Vswitch(Backend, Mode),
+    LinuxBridge,
+    Ovs(Backend),
+}
+
+/// The devices measured when none are named.
+pub const DEFAULT: &str =
+    "vswitch-afpacket,vswitch-afxdp,vswitch-afxdp-flows,vswitch-afpacket-vxlan,linux-bridge,ovs-afpacket,ovs-afxdp";
+
+impl Dut {
+    /// Parses a device name (see [`DEFAULT`]); `rules` sizes the flow mode.
+    pub fn parse(s: &str, rules: usize) -> Result<Dut, String> {
+        let backend = |b: &str| match b {
+            "afpacket" => Ok(Backend::AfPacket),
+            "afxdp" => Ok(Backend::AfXdp),
+            _ => Err(format!("unknown backend '{b}' in '{s}' (afpacket, afxdp)")),
+        };
+        let parts: Vec<&str> = s.split('-').collect();
+        match parts.as_slice() {
+            ["linux", "bridge"] => Ok(Dut::LinuxBridge),
+            ["ovs", b] => Ok(Dut::Ovs(backend(b)?)),
+            ["vswitch", b] => Ok(Dut::Vswitch(backend(b)?, Mode::Normal)),
+            ["vswitch", b, "flows"] => Ok(Dut::Vswitch(backend(b)?, Mode::Flows(rules))),
+            ["vswitch", b, "vxlan"] => Ok(Dut::Vswitch(backend(b)?, Mode::Vxlan)),
+            _ => Err(format!(
+                "unknown device '{s}' (vswitch-BACKEND, vswitch-BACKEND-flows, vswitch-BACKEND-vxlan, linux-bridge, ovs-BACKEND)"
+            )),
+        }
+    }
+
+    /// The name in reports.
+    pub fn name(&self) -> String {
+        match self {
+            Dut::Vswitch(b, Mode::Normal) => format!("vswitch-{}", b.name()),
+            Dut::Vswitch(b, Mode::Flows(n)) => format!("vswitch-{}-flows{n}", b.name()),
+            Dut::Vswitch(b, Mode::Vxlan) => format!("vswitch-{}-vxlan", b.name()),
+            Dut::LinuxBridge => "linux-bridge".into(),
+            Dut::Ovs(b) => format!("ovs-{}", b.name()),
+        }
+    }
+
+    /// True for this switch's own configurations (the others are peers).
+    pub fn is_ours(&self) -> bool {
+        matches!(self, Dut::Vswitch(..))
+    }
+
+    /// Sets the device up between host-side interfaces `a` (generator)
+    /// and `b` (sink). `Err` says why it cannot be measured here (the
+    /// device is then reported as skipped).
+    pub fn start(&self, a: &str, b: &str) -> Result<Running, String> {
+        match *self {
+            Dut::Vswitch(backend, mode) => start_vswitch(backend, mode, a, b),
+            Dut::LinuxBridge => {
+                // A plain bridge: bridged frames skip iptables.
+                for f in ["iptables", "ip6tables", "arptables"] {
+                    let _ = std::fs::write(format!("/proc/sys/net/bridge/bridge-nf-call-{f}"), "0");
+                }
+                let br = unique("vbr");
+                run(&["ip", "link", "add", &br, "type", "bridge"]);
+                let guard = BridgeGuard(br.clone());
+                for p in [a, b] {
+                    run(&["ip", "link", "set", p, "master", &br]);
+                }
+                run(&["ip", "link", "set", &br, "up"]);
+                Ok(Running { cpu: Cpu::Softirq, _keep: Box::new(guard) })
+            }
+            Dut::Ovs(backend) => Ovs::start(backend, a, b)
+                .map(|ovs| Running { cpu: Cpu::Process(ovs.vswitchd_pid.clone()), _keep: Box::new(ovs) }),
+        }
+    }
+}
+
+fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str) -> Result<Running, String> {
+    let e = |e: vswitch_core::Error| e.to_string();
+    let add = |sw: &Switch, ifname: &str| -> Result<(), String> {
+        match backend {
+            Backend::AfPacket => sw.add_afpacket_port("br0", ifname, PortConfig::default()),
+            Backend::AfXdp => sw.add_afxdp_port("br0", ifname, PortConfig::default()),
+        }
+        .map(|_| ())
+        .map_err(e)
+    };
+    let one = || -> Result<Switch, String> {
+        let sw = Switch::builder().build().map_err(e)?;
+        sw.add_bridge("br0").map_err(e)?;
+        Ok(sw)
+    };
+    let switches = match mode {
+        Mode::Normal | Mode::Flows(_) => {
+            let sw = one()?;
+            add(&sw, a)?;
+            add(&sw, b)?;
+            if let Mode::Flows(n) = mode {
+                // A rule per generated source (10.1.x.y), each sending to
+                // port 2; other traffic (ARP, ping) crosses in both
+                // directions at a lower priority.
+                let mut rules: Vec<String> = (0..n as u32)
+                    .map(|i| {
+                        let (src, _) = crate::frames::flow_source(i);
+                        let ip = std::net::Ipv4Addr::from(src);
+                        format!("priority=100,ip,in_port=1,nw_src={ip},actions=output:2")
+                    })
+                    .collect();
+                rules.push("priority=10,in_port=1,actions=output:2".into());
+                rules.push("priority=10,in_port=2,actions=output:1".into());
+                sw.replace_flows("br0", &rules).map_err(e)?;
+            }
+            vec![sw]
+        }
+        Mode::Vxlan => {
+            let (sa, sb) = (one()?, one()?);
+            add(&sa, a)?;
+            add(&sb, b)?;
+            for (sw, local, remote) in [(&sa, "127.0.0.1", "127.0.0.2"), (&sb, "127.0.0.2", "127.0.0.1")] {
+                let mut vx = PortSpec::new(&unique("vx"), "vxlan");
+                vx.options.insert("local_ip".into(), local.into());
+                vx.options.insert("remote_ip".into(), remote.into());
+                vx.options.insert("key".into(), "1".into());
+                vx.options.insert("dst_port".into(), "4790".into());
+                sw.add_port_spec("br0", &vx, OnOpenError::Fail).map_err(e)?;
+            }
+            vec![sa, sb]
+        }
+    };
+    Ok(Running { cpu: Cpu::Process("self".into()), _keep: Box::new(switches) })
+}
+
+/// Where a device's CPU time is read.
+#[derive(Debug, Clone)]
+pub enum Cpu {
+    /// A process's (`self` for this switch, in this process).
+    Process(String),
+    /// The kernel's softirq time, not attributable here.
+    Softirq,
+}
+
+/// A device that is set up; torn down on drop.
+pub struct Running {
+    pub cpu: Cpu,
+    _keep: Box<dyn std::any::Any>,
+}
+
+impl Running {
+    /// CPU seconds used so far, if attributable.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        match &self.cpu {
+            Cpu::Process(pid) => process_cpu_seconds(pid),
+            Cpu::Softirq => None,
+        }
+    }
+}
+
+struct BridgeGuard(String);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Open vSwitch with the userspace (netdev) datapath, run from a private
+/// directory: ovsdb-server and ovs-vswitchd, one bridge with two ports.
+/// OVS's own ports are `system` (AF_PACKET sockets) or `afxdp`.
+struct Ovs {
+    dir: PathBuf,
+    vswitchd_pid: String,
+}
+
+impl Ovs {
+    fn start(backend: Backend, a: &str, b: &str) -> Result<Ovs, String> {
+        let which = |t: &str| Command::new("sh").args(["-c", &format!("command -v {t}")]).output();
+        for tool in ["ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl"] {
+            if !which(tool).is_ok_and(|o| o.status.success()) {
+                return Err(format!(
+                    "{tool} is not installed (benches/install-ovs.sh installs Debian's openvswitch-switch)"
+                ));
+            }
+        }
+        let schema = ["/usr/share/openvswitch/vswitch.ovsschema", "/usr/local/share/openvswitch/vswitch.ovsschema"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .ok_or("vswitch.ovsschema not found")?;
+        let dir = std::env::temp_dir().join(unique("ovs"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut ovs = Ovs { dir: dir.clone(), vswitchd_pid: String::new() };
+        let d = |f: &str| dir.join(f).display().to_string();
+        let db = format!("unix:{}", d("db.sock"));
+        let sh = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .env("OVS_RUNDIR", &dir)
+                .env("OVS_LOGDIR", &dir)
+                .env("OVS_DBDIR", &dir)
+                .env("OVS_SYSCONFDIR", &dir)
+                .output()
+                .map_err(|e| format!("{}: {e}", args[0]))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{:?}: {}", args, String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        };
+        sh(&["ovsdb-tool", "create", &d("conf.db"), schema])?;
+        let remote = format!("--remote=punix:{}", d("db.sock"));
+        let (pid_db, log_db) =
+            (format!("--pidfile={}", d("ovsdb-server.pid")), format!("--log-file={}", d("ovsdb.log")));
+        sh(&["ovsdb-server", &remote, &pid_db, &log_db, "--detach", &d("conf.db")])?;
+        sh(&["ovs-vsctl", &format!("--db={db}"), "--no-wait", "init"])?;
+        let (pid_sw, log_sw) =
+            (format!("--pidfile={}", d("ovs-vswitchd.pid")), format!("--log-file={}", d("vswitchd.log")));
+        sh(&["ovs-vswitchd", &db, &pid_sw, &log_sw, "--detach"])?;
+        ovs.vswitchd_pid =
+            std::fs::read_to_string(d("ovs-vswitchd.pid")).map_err(|e| format!("ovs-vswitchd pid: {e}"))?.trim().into();
+        let br = unique("ovsbr");
+        let vsctl = |args: &[&str]| {
+            let mut v = vec!["ovs-vsctl".to_string(), format!("--db={db}"), "--timeout=20".into()];
+            v.extend(args.iter().map(|s| s.to_string()));
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            sh(&refs)
+        };
+        vsctl(&["add-br", &br, "--", "set", "bridge", &br, "datapath_type=netdev"])?;
+        for p in [a, b] {
+            match backend {
+                Backend::AfPacket => vsctl(&["add-port", &br, p])?,
+                Backend::AfXdp => vsctl(&["add-port", &br, p, "--", "set", "interface", p, "type=afxdp"])?,
+            }
+        }
+        // An interface OVS could not open is reported in its error column.
+        for p in [a, b] {
+            let out = Command::new("ovs-vsctl")
+                .args([&format!("--db={db}"), "get", "interface", p, "error"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let err = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !err.is_empty() && err != "[]" {
+                return Err(format!("OVS could not open {p} as {}: {err}", backend.name()));
+            }
+        }
+        Ok(ovs)
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for (ctl, pid) in [("ovs-vswitchd", "ovs-vswitchd.pid"), ("ovsdb-server", "ovsdb-server.pid")] {
+            let target = self.dir.join(format!("{ctl}.ctl"));
+            let _ = Command::new("ovs-appctl").args(["-t", &target.display().to_string(), "exit"]).output();
+            if let Ok(p) = std::fs::read_to_string(self.dir.join(pid)) {
+                let _ = Command::new("kill").arg(p.trim()).output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for name in DEFAULT.split(',') {
+            let d = Dut::parse(name, 1000).unwrap();
+            let expect = if name == "vswitch-afxdp-flows" { "vswitch-afxdp-flows1000" } else { name };
+            assert_eq!(d.name(), expect);
+        }
+        assert!(Dut::parse("vswitch-dpdk", 1).is_err());
+        assert!(Dut::parse("bridge", 1).is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! vswitch-bench: this switch against the Linux bridge and Open vSwitch,
+//! on this machine, in one run.
+//!
+//! A generator namespace and a sink namespace, each joined by a veth pair
+//! to the root namespace, where the device under test joins the two host
+//! ends. The generator is this program re-run in the generator namespace,
+//! sending prebuilt frames through an AF_XDP (or AF_PACKET) socket of the
+//! switch's own code; the sink counts on its interface's kernel counter
+//! and drops each frame at once (addressed to an IP nobody owns), so
+//! receiving costs no user-space work. For each device, frame size and
+//! flow count it reports the offered and delivered rates, loss, and the
+//! CPU the device used, as median and min-max over the repetitions; then
+//! round-trip latency idle and under load; then ratios of this switch
+//! against each peer. Output: markdown on stdout and in OUT/report.md,
+//! every figure in OUT/report.json, a chart in OUT/report.svg.
+//!
+//! Run as root: `cargo run --release -p vswitch-benches --bin vswitch-bench -- --help`
+
+mod dut;
+mod frames;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use vswitch_benches::{counter, mac_of};
+use vswitch_core::packet::{Packet, PacketPool};
+use vswitch_core::port::Port;
+use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
+use vswitch_core::port::afxdp::{AfXdpPort, XdpModeRequest};
+use vswitch_core::{MacAddr, port::BURST};
+use vswitch_tests::netns::{NetNs, Veth};
+
+use dut::Dut;
+use frames::Traffic;
+use report::{Latency, Report, Row, Skipped};
+use stats::{Summary, percentile};
+
+#[derive(Parser, Debug)]
+#[command(about = "Forwarding rate, CPU and latency of this switch against the Linux bridge and Open vSwitch")]
+struct Args {
+    /// Seconds of traffic per run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Runs per figure (the report gives median, min and max).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Frame sizes in bytes, FCS included (64 to 1518).
+    #[arg(long, value_delimiter = ',', default_value = "64,1518")]
+    sizes: Vec<usize>,
+    /// Flow counts (distinct source address and port pairs).
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+    flows: Vec<u32>,
+    /// Devices under test.
+    #[arg(long, value_delimiter = ',', default_value = dut::DEFAULT)]
+    duts: Vec<String>,
+    /// Rules in the flow-table mode (vswitch-BACKEND-flows).
+    #[arg(long, default_value_t = 1000)]
+    rules: usize,
+    /// Limit the generator to this many packets per second (0: as fast as it can).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Tag every generated frame with this VLAN.
+    #[arg(long)]
+    vlan: Option<u16>,
+    /// The generator's socket: afxdp or afpacket.
+    #[arg(long, default_value = "afxdp")]
+    generator: String,
+    /// Pings per latency measurement (idle, and again under load).
+    #[arg(long, default_value_t = 200)]
+    pings: u32,
+    /// Where report.md, report.json and report.svg go.
+    #[arg(long, default_value = "target/vswitch-bench")]
+    out: PathBuf,
+    /// A quick check of the whole harness: 1 s, 1 run, 64-byte frames, 1
+    /// flow, 20 pings (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+    /// Internal: run as the generator (IFNAME BACKEND DST SIZE FLOWS VLAN SECONDS RATE).
+    #[arg(long, num_args = 8, hide = true)]
+    generate: Vec<String>,
+}
+
+/// The generator's side: sends frames for `seconds`, at most `rate` per
+/// second (0: unlimited); prints how many were sent.
+fn generate(a: &[String]) {
+    let p = |i: usize| a[i].parse::<u64>().unwrap_or_else(|_| panic!("bad generator argument '{}'", a[i]));
+    let (ifname, backend, dst): (&str, &str, MacAddr) = (&a[0], &a[1], a[2].parse().expect("MAC"));
+    let vlan = (p(5) != 0).then_some(p(5) as u16);
+    let t = Traffic { size: p(3) as usize, flows: p(4) as u32, vlan };
+    let (seconds, rate) = (p(6), p(7));
+    let src = mac_of_local(ifname);
+    let frames: Vec<Packet> = frames::build(&t, dst, src).iter().map(|f| Packet::from_frame(f)).collect();
+    let mut port: Box<dyn Port> = match backend {
+        "afxdp" => Box::new(AfXdpPort::open(ifname, XdpModeRequest::BestEffort).expect("open the AF_XDP generator")),
+        _ => Box::new(AfPacketPort::open(ifname, AfPacketConfig::default()).expect("open the AF_PACKET generator")),
+    };
+    let mut pool = PacketPool::new(4096, 2048);
+    let mut batch = Vec::with_capacity(BURST);
+    let (mut sent, mut next) = (0u64, 0usize);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut now = start;
+    while now < end {
+        if rate > 0 {
+            let allowed = (rate as f64 * (now - start).as_secs_f64()) as u64;
+            if allowed < sent + BURST as u64 {
+                std::thread::sleep(Duration::from_micros(50));
+                now = Instant::now();
+                continue;
+            }
+        }
+        for _ in 0..BURST {
+            let mut p = pool.get();
+            p.copy_from(&frames[next]);
+            batch.push(p);
+            next = (next + 1) % frames.len();
+        }
+        sent += port.tx_burst(&mut batch, &mut pool).sent as u64;
+        now = Instant::now();
+    }
+    println!("{sent}");
+}
+
+fn mac_of_local(ifname: &str) -> MacAddr {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(MacAddr([2, 0, 0, 0, 0, 1]))
+}
+
+/// The generator and sink namespaces and their veths.
+struct Lab {
+    generator: NetNs,
+    sink: NetNs,
+    gv: Veth,
+    sv: Veth,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let (generator, sink) = (NetNs::new(), NetNs::new());
+        let gv = Veth::new(&generator, "10.98.0.1/24");
+        let sv = Veth::new(&sink, "10.98.0.2/24");
+        Lab { generator, sink, gv, sv }
+    }
+}
+
+struct Sample {
+    offered: f64,
+    delivered: f64,
+    cpu: Option<f64>,
+}
+
+/// Runs the generator once through a running device.
+fn run_once(args: &Args, lab: &Lab, dev: &dut::Running, t: &Traffic, seconds: u64) -> Result<Sample, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dst = mac_of(&lab.sink, &lab.sv.inner);
+    let before = counter(&lab.sink, &lab.sv.inner, "rx_packets");
+    let c0 = dev.cpu_seconds();
+    let t0 = Instant::now();
+    let out = lab.generator.exec(&[
+        me.to_str().unwrap(),
+        "--generate",
+        &lab.gv.inner,
+        &args.generator,
+        &dst.to_string(),
+        &t.size.to_string(),
+        &t.flows.to_string(),
+        &t.vlan.unwrap_or(0).to_string(),
+        &seconds.to_string(),
+        &args.rate.to_string(),
+    ]);
+    if !out.status.success() {
+        return Err(format!("the generator failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // let queues drain
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = c0.zip(dev.cpu_seconds()).map(|(a, b)| (b - a) / elapsed);
+    let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let got = counter(&lab.sink, &lab.sv.inner, "rx_packets") - before;
+    Ok(Sample { offered: sent as f64 / seconds as f64, delivered: got as f64 / seconds as f64, cpu })
+}
+
+/// Round-trip times in µs of `count` pings from the generator to the
+/// sink, and the share lost.
+fn ping(lab: &Lab, count: u32) -> (Vec<f64>, f64) {
+    let out = lab.generator.exec(&["ping", "-n", "-c", &count.to_string(), "-i", "0.01", "-W", "1", "10.98.0.2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rtts: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    let loss = 1.0 - rtts.len() as f64 / count.max(1) as f64;
+    (rtts, loss)
+}
+
+fn latency(args: &Args, lab: &Lab, device: &str, pings: u32) -> Latency {
+    let (idle, idle_loss) = ping(lab, pings);
+    // Under load: the generator at full rate (64-byte frames) meanwhile,
+    // through AF_PACKET whatever --generator says: an AF_XDP socket would
+    // take the ping replies off the generator's interface too.
+    let me = std::env::current_exe().expect("own path");
+    let secs = (pings as u64 / 100 + 2).to_string();
+    let dst = mac_of(&lab.sink, &lab.sv.inner).to_string();
+    let rate = args.rate.to_string();
+    let gen_args = [me.to_str().unwrap(), "--generate", &lab.gv.inner, "afpacket", &dst, "64", "1", "0", &secs, &rate];
+    let mut load = lab.generator.spawn(&gen_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let (busy, load_loss) = ping(lab, pings);
+    let _ = load.wait();
+    Latency {
+        device: device.to_string(),
+        idle_p50_us: percentile(&idle, 50.0),
+        idle_p99_us: percentile(&idle, 99.0),
+        idle_loss,
+        load_p50_us: percentile(&busy, 50.0),
+        load_p99_us: percentile(&busy, 99.0),
+        load_loss,
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs ({model}), Linux {}", kernel.trim())
+}
+
+fn main() {
+    let mut args = Args::parse();
+    if !args.generate.is_empty() {
+        return generate(&args.generate);
+    }
+    if args.smoke {
+        (args.seconds, args.reps, args.sizes, args.flows, args.pings) = (1, 1, vec![64], vec![1], 20);
+    }
+    let fail = |m: String| -> ! {
+        eprintln!("vswitch-bench: {m}");
+        std::process::exit(1)
+    };
+    let duts: Vec<Dut> =
+        args.duts.iter().map(|d| Dut::parse(d, args.rules)).collect::<Result<_, _>>().unwrap_or_else(|e| fail(e));
+    let traffic: Vec<Traffic> = args
+        .sizes
+        .iter()
+        .flat_map(|&size| args.flows.iter().map(move |&flows| Traffic { size, flows, vlan: None }))
+        .map(|t| Traffic { vlan: args.vlan, ..t })
+        .collect();
+    for t in &traffic {
+        t.check().unwrap_or_else(|e| fail(e));
+    }
+    if !matches!(args.generator.as_str(), "afxdp" | "afpacket") {
+        fail(format!("--generator {}: afxdp or afpacket", args.generator));
+    }
+    if args.seconds == 0 || args.reps == 0 {
+        fail("--seconds and --reps must be at least 1".into());
+    }
+    // Ctrl-C or SIGTERM: stop after the current run, tear down, report.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let lab = Lab::new();
+    let mut report = Report {
+        machine: machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        seconds: args.seconds,
+        repetitions: args.reps,
+        generator: args.generator.clone(),
+        rows: vec![],
+        idle_cpu: vec![],
+        latency: vec![],
+        skipped: vec![],
+        ratios: vec![],
+        interrupted: false,
+    };
+    let total = duts.len() * traffic.len() * args.reps;
+    let mut step = 0;
+    'duts: for d in &duts {
+        let name = d.name();
+        let running = match d.start(&lab.gv.host, &lab.sv.host) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("[{name}] skipped: {why}");
+                report.skipped.push(Skipped { device: name, reason: why });
+                step += traffic.len() * args.reps;
+                continue;
+            }
+        };
+        // Learn the sink's address (and check the path) before measuring.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lab.sink.ping("10.98.0.1", 1) {
+            if Instant::now() > deadline {
+                eprintln!("[{name}] skipped: no ping through it");
+                report.skipped.push(Skipped { device: name.clone(), reason: "no ping through the device".into() });
+                step += traffic.len() * args.reps;
+                continue 'duts;
+            }
+        }
+        let c0 = running.cpu_seconds();
+        std::thread::sleep(Duration::from_secs(1));
+        report.idle_cpu.push((name.clone(), c0.zip(running.cpu_seconds()).map(|(a, b)| b - a)));
+        for t in &traffic {
+            let mut samples = Vec::new();
+            for rep in 0..args.reps {
+                step += 1;
+                if stop.load(Ordering::Relaxed) {
+                    report.interrupted = true;
+                    break 'duts;
+                }
+                eprint!("[{step}/{total}] {name}, {} B, {} flow(s), run {}/{}: ", t.size, t.flows, rep + 1, args.reps);
+                match run_once(&args, &lab, &running, t, args.seconds) {
+                    Ok(s) => {
+                        eprintln!("{:.3} Mpps delivered of {:.3} offered", s.delivered / 1e6, s.offered / 1e6);
+                        samples.push(s);
+                    }
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
+            if samples.is_empty() {
+                continue;
+            }
+            let col = |f: &dyn Fn(&Sample) -> f64| Summary::of(&samples.iter().map(f).collect::<Vec<_>>()).unwrap();
+            let losses: Vec<f64> = samples.iter().map(|s| (1.0 - s.delivered / s.offered.max(1.0)).max(0.0)).collect();
+            let cpus: Vec<f64> = samples.iter().filter_map(|s| s.cpu).collect();
+            report.rows.push(Row {
+                device: name.clone(),
+                ours: d.is_ours(),
+                frame_size: t.size,
+                flows: t.flows,
+                offered_mpps: col(&|s| s.offered / 1e6),
+                delivered_mpps: col(&|s| s.delivered / 1e6),
+                delivered_gbps: col(&|s| s.delivered * t.size as f64 * 8.0 / 1e9),
+                loss: Summary::of(&losses).map_or(0.0, |s| s.median),
+                cpu_cores: Summary::of(&cpus),
+            });
+        }
+        if !stop.load(Ordering::Relaxed) {
+            eprintln!("[{name}] latency: {} pings idle, {} under load", args.pings, args.pings);
+            report.latency.push(latency(&args, &lab, &name, args.pings));
+        }
+        drop(running);
+    }
+    report.compute_ratios();
+    let md = report.markdown();
+    println!("{md}");
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        fail(format!("{}: {e}", args.out.display()));
+    }
+    let write = |f: &str, data: &[u8]| {
+        if let Err(e) = std::fs::write(args.out.join(f), data) {
+            fail(format!("{f}: {e}"));
+        }
+    };
+    write("report.md", md.as_bytes());
+    write("report.json", serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes());
+    if let Err(e) = report.svg(&args.out.join("report.svg")) {
+        fail(format!("report.svg: {e}"));
+    }
+    eprintln!("reports in {}/report.{{md,json,svg}}", args.out.display());
+}

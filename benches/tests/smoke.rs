@@ -1,0 +1,47 @@
+//! The whole benchmark harness, briefly (about a second per device), as
+//! root: the report lists every device, measured or skipped with a reason,
+//! and this switch and the Linux bridge forward at a non-zero rate.
+
+use serde_json::Value;
+
+#[test]
+fn a_smoke_run_reports_every_device() {
+    vswitch_tests::netns::require_root();
+    let out_dir = std::env::temp_dir().join(vswitch_tests::netns::unique("vsbench"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vswitch-bench"))
+        .args(["--smoke", "--out", out_dir.to_str().unwrap()])
+        .output()
+        .expect("run vswitch-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "vswitch-bench failed: {stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+    let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    let svg = std::fs::read_to_string(out_dir.join("report.svg")).unwrap();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let rows = report["rows"].as_array().unwrap();
+    let skipped = report["skipped"].as_array().unwrap();
+    for device in [
+        "vswitch-afpacket",
+        "vswitch-afxdp",
+        "vswitch-afxdp-flows1000",
+        "vswitch-afpacket-vxlan",
+        "linux-bridge",
+        "ovs-afpacket",
+        "ovs-afxdp",
+    ] {
+        let row = rows.iter().find(|r| r["device"] == device);
+        let skip = skipped.iter().find(|s| s["device"] == device);
+        assert!(row.is_some() || skip.is_some_and(|s| !s["reason"].as_str().unwrap().is_empty()), "{device}: {stderr}");
+        assert!(md.contains(device), "{device} in the markdown");
+        if row.is_some() {
+            assert!(svg.contains(device), "{device} in the chart");
+        }
+        if !device.starts_with("ovs") {
+            let r = row.unwrap_or_else(|| panic!("{device} was not measured: {skip:?}"));
+            assert!(r["delivered_mpps"]["median"].as_f64().unwrap() > 0.0, "{device} forwarded nothing: {r}");
+            assert!(r["offered_mpps"]["median"].as_f64().unwrap() > 0.0);
+        }
+    }
+    assert!(report["latency"].as_array().unwrap().iter().any(|l| l["idle_p50_us"].as_f64().is_some()));
+    assert!(report["ratios"].as_array().unwrap().iter().any(|r| r["peer"] == "linux-bridge"));
+}
