@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use vswitch_core::config::PortSpec;
-use vswitch_core::{OnOpenError, PortConfig, Switch};
+use vswitch_core::{IdlePolicy, OnOpenError, PortConfig, Switch};
 use vswitch_tests::netns::{run, unique};
 use vswitch_tests::process_cpu_seconds;
 
@@ -93,9 +93,10 @@ impl Dut {
     /// Sets the device up between host-side interfaces `a` (generator)
     /// and `b` (sink). `Err` says why it cannot be measured here (the
     /// device is then reported as skipped).
-    pub fn start(&self, a: &str, b: &str) -> Result<Running, String> {
+    /// `busy`: this switch's datapath never sleeps (as OVS's PMD threads).
+    pub fn start(&self, a: &str, b: &str, busy: bool) -> Result<Running, String> {
         match *self {
-            Dut::Vswitch(backend, mode) => start_vswitch(backend, mode, a, b),
+            Dut::Vswitch(backend, mode) => start_vswitch(backend, mode, a, b, busy),
             Dut::LinuxBridge => {
                 // A plain bridge: bridged frames skip iptables.
                 for f in ["iptables", "ip6tables", "arptables"] {
@@ -116,7 +117,7 @@ impl Dut {
     }
 }
 
-fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str) -> Result<Running, String> {
+fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool) -> Result<Running, String> {
     let e = |e: vswitch_core::Error| e.to_string();
     let add = |sw: &Switch, ifname: &str| -> Result<(), String> {
         match backend {
@@ -127,7 +128,8 @@ fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str) -> Result<Runni
         .map_err(e)
     };
     let one = || -> Result<Switch, String> {
-        let sw = Switch::builder().build().map_err(e)?;
+        let idle = if busy { IdlePolicy::Busy } else { IdlePolicy::default() };
+        let sw = Switch::builder().idle_policy(idle).build().map_err(e)?;
         sw.add_bridge("br0").map_err(e)?;
         Ok(sw)
     };

@@ -7,9 +7,9 @@ use vswitch_core::MacAddr;
 pub const MIN_SIZE: usize = 64;
 pub const MAX_SIZE: usize = 1518;
 
-/// Where the generated traffic goes: an address on the sink's subnet that
-/// no host owns, so the sink's kernel drops each frame at once (no route,
-/// forwarding off) after its interface has counted it.
+/// The generated traffic's destination address: on the sink's subnet, owned
+/// by no one (the frames' MAC address is not the sink's either, so its
+/// kernel drops them before IP).
 pub const SINK_DST: [u8; 4] = [10, 98, 0, 99];
 
 /// What to generate.
