@@ -93,10 +93,11 @@ impl Dut {
     /// Sets the device up between host-side interfaces `a` (generator)
     /// and `b` (sink). `Err` says why it cannot be measured here (the
     /// device is then reported as skipped).
-    /// `busy`: this switch's datapath never sleeps (as OVS's PMD threads).
-    pub fn start(&self, a: &str, b: &str, busy: bool) -> Result<Running, String> {
+    /// `busy`: this switch's datapath never sleeps (as OVS's PMD threads);
+    /// `pin`: the CPUs its datapath threads are pinned to.
+    pub fn start(&self, a: &str, b: &str, busy: bool, pin: &[usize]) -> Result<Running, String> {
         match *self {
-            Dut::Vswitch(backend, mode) => start_vswitch(backend, mode, a, b, busy),
+            Dut::Vswitch(backend, mode) => start_vswitch(backend, mode, a, b, busy, pin),
             Dut::LinuxBridge => {
                 // A plain bridge: bridged frames skip iptables.
                 for f in ["iptables", "ip6tables", "arptables"] {
@@ -117,7 +118,7 @@ impl Dut {
     }
 }
 
-fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool) -> Result<Running, String> {
+fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool, pin: &[usize]) -> Result<Running, String> {
     let e = |e: vswitch_core::Error| e.to_string();
     let add = |sw: &Switch, ifname: &str| -> Result<(), String> {
         match backend {
@@ -129,7 +130,7 @@ fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool) -> 
     };
     let one = || -> Result<Switch, String> {
         let idle = if busy { IdlePolicy::Busy } else { IdlePolicy::default() };
-        let sw = Switch::builder().idle_policy(idle).build().map_err(e)?;
+        let sw = Switch::builder().idle_policy(idle).pin_cpus(pin).build().map_err(e)?;
         sw.add_bridge("br0").map_err(e)?;
         Ok(sw)
     };

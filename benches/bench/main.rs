@@ -74,6 +74,10 @@ struct Args {
     /// the default is the switch's own adaptive idle.
     #[arg(long)]
     busy: bool,
+    /// Pin this switch's datapath thread to these CPUs (as OVS pins its PMD
+    /// threads); default: not pinned.
+    #[arg(long, value_delimiter = ',')]
+    pin: Vec<usize>,
     /// Pings per latency measurement (idle, and again under load).
     #[arg(long, default_value_t = 200)]
     pings: u32,
@@ -321,7 +325,7 @@ fn main() {
             "{}; this switch's datapath {}",
             args.generator,
             if args.busy { "busy-polling (--busy)" } else { "with adaptive idle" }
-        ),
+        ) + &if args.pin.is_empty() { String::new() } else { format!(", pinned to CPU {:?}", args.pin) },
         rows: vec![],
         idle_cpu: vec![],
         latency: vec![],
@@ -331,55 +335,84 @@ fn main() {
     };
     let total = duts.len() * traffic.len() * args.reps;
     let mut step = 0;
-    'duts: for d in &duts {
-        let name = d.name();
-        let running = match d.start(&lab.gv.host, &lab.sv.host, args.busy) {
-            Ok(r) => r,
-            Err(why) => {
-                eprintln!("[{name}] skipped: {why}");
-                report.skipped.push(Skipped { device: name, reason: why });
-                step += traffic.len() * args.reps;
+    // Repetitions are the outer loop: each one measures every device in
+    // turn, so a machine that gets faster or slower during the run (these
+    // are shared machines) moves every device's figures alike instead of
+    // favouring whichever ran at the good moment.
+    let mut samples: Vec<Vec<Vec<Sample>>> =
+        duts.iter().map(|_| traffic.iter().map(|_| Vec::new()).collect()).collect();
+    let mut skipped = vec![false; duts.len()];
+    'reps: for rep in 0..args.reps {
+        for (di, d) in duts.iter().enumerate() {
+            let name = d.name();
+            if skipped[di] {
+                step += traffic.len();
                 continue;
             }
-        };
-        // Learn the sink's address (and check the path) before measuring.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !lab.sink.ping("10.98.0.1", 1) {
-            if Instant::now() > deadline {
-                eprintln!("[{name}] skipped: no ping through it");
-                report.skipped.push(Skipped { device: name.clone(), reason: "no ping through the device".into() });
-                step += traffic.len() * args.reps;
-                continue 'duts;
+            let mut skip = |why: String, report: &mut Report| {
+                eprintln!("[{name}] skipped: {why}");
+                report.skipped.push(Skipped { device: name.clone(), reason: why });
+                skipped[di] = true;
+            };
+            let running = match d.start(&lab.gv.host, &lab.sv.host, args.busy, &args.pin) {
+                Ok(r) => r,
+                Err(why) => {
+                    skip(why, &mut report);
+                    step += traffic.len();
+                    continue;
+                }
+            };
+            // Check the path (and let the device learn the hosts) first.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut reachable = true;
+            while !lab.sink.ping("10.98.0.1", 1) {
+                if Instant::now() > deadline {
+                    reachable = false;
+                    break;
+                }
             }
-        }
-        let c0 = running.cpu_seconds();
-        std::thread::sleep(Duration::from_secs(1));
-        report.idle_cpu.push((name.clone(), c0.zip(running.cpu_seconds()).map(|(a, b)| b - a)));
-        for t in &traffic {
-            let mut samples = Vec::new();
-            for rep in 0..args.reps {
+            if !reachable {
+                skip("no ping through the device".into(), &mut report);
+                step += traffic.len();
+                continue;
+            }
+            if rep == 0 {
+                let c0 = running.cpu_seconds();
+                std::thread::sleep(Duration::from_secs(1));
+                report.idle_cpu.push((name.clone(), c0.zip(running.cpu_seconds()).map(|(a, b)| b - a)));
+            }
+            for (ti, t) in traffic.iter().enumerate() {
                 step += 1;
                 if stop.load(Ordering::Relaxed) {
                     report.interrupted = true;
-                    break 'duts;
+                    break 'reps;
                 }
-                eprint!("[{step}/{total}] {name}, {} B, {} flow(s), run {}/{}: ", t.size, t.flows, rep + 1, args.reps);
+                eprint!("[{step}/{total}] run {}/{}, {name}, {} B, {} flow(s): ", rep + 1, args.reps, t.size, t.flows);
                 match run_once(&args, &lab, &running, t, args.seconds) {
                     Ok(s) => {
                         eprintln!("{:.3} Mpps delivered of {:.3} offered", s.delivered / 1e6, s.offered / 1e6);
-                        samples.push(s);
+                        samples[di][ti].push(s);
                     }
                     Err(e) => eprintln!("{e}"),
                 }
             }
-            if samples.is_empty() {
+            if rep + 1 == args.reps && !stop.load(Ordering::Relaxed) {
+                eprintln!("[{name}] latency: {} pings idle, {} under load", args.pings, args.pings);
+                report.latency.push(latency(&args, &lab, &name, args.pings));
+            }
+        }
+    }
+    for (di, d) in duts.iter().enumerate() {
+        for (ti, t) in traffic.iter().enumerate() {
+            let s = &samples[di][ti];
+            if s.is_empty() {
                 continue;
             }
-            let col = |f: &dyn Fn(&Sample) -> f64| Summary::of(&samples.iter().map(f).collect::<Vec<_>>()).unwrap();
-            let losses: Vec<f64> = samples.iter().map(|s| (1.0 - s.delivered / s.offered.max(1.0)).max(0.0)).collect();
-            let cpus: Vec<f64> = samples.iter().filter_map(|s| s.cpu).collect();
+            let col = |f: &dyn Fn(&Sample) -> f64| Summary::of(&s.iter().map(f).collect::<Vec<_>>()).unwrap();
+            let losses: Vec<f64> = s.iter().map(|s| (1.0 - s.delivered / s.offered.max(1.0)).max(0.0)).collect();
+            let cpus: Vec<f64> = s.iter().filter_map(|s| s.cpu).collect();
             report.rows.push(Row {
-                device: name.clone(),
+                device: d.name(),
                 ours: d.is_ours(),
                 frame_size: t.size,
                 flows: t.flows,
@@ -390,11 +423,6 @@ fn main() {
                 cpu_cores: Summary::of(&cpus),
             });
         }
-        if !stop.load(Ordering::Relaxed) {
-            eprintln!("[{name}] latency: {} pings idle, {} under load", args.pings, args.pings);
-            report.latency.push(latency(&args, &lab, &name, args.pings));
-        }
-        drop(running);
     }
     report.compute_ratios();
     let md = report.markdown();
