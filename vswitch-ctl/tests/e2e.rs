@@ -246,14 +246,7 @@ fn json_listings_have_their_documented_fields() {
 /// The README's run command, as root, on the binaries this test built.
 #[test]
 fn the_readme_demo_runs() {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vswitchd")).parent().unwrap();
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo.sh"))
-        .env("VSWITCH_BIN", bin)
-        .output()
-        .expect("run demo.sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo.sh failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = common::run_script("demo.sh");
     assert!(text.contains("(no replies, as intended)") && text.contains("rule removed: ping works again"), "{text}");
     assert!(text.contains("\"type\": \"internal\""), "the saved configuration is shown: {text}");
 }

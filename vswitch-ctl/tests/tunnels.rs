@@ -101,16 +101,26 @@ fn port_row(d: &Daemon, bridge: &str, port: &str) -> Value {
     ports.as_array().unwrap().iter().find(|p| p["name"] == port).cloned().unwrap_or_else(|| panic!("{port}: {ports}"))
 }
 
+/// The interop layout: a container behind host A (for this switch to
+/// serve) and one behind host B, where the kernel's VXLAN device `vx0`
+/// (VNI `vni`, towards host A) and a Linux bridge join it to the overlay.
+/// Returns (container A, its port on host A, container B).
+fn kernel_vxlan_site(h: &Hosts, vni: &str) -> (NetNs, String, NetNs) {
+    let s = h.subnet;
+    let (ca, pa) = container(&h.a, &format!("10.{s}.0.1/24"), 1450);
+    let (cb, pb) = container(&h.b, &format!("10.{s}.0.2/24"), 1450);
+    let (r, l) = (h.ip(1), h.ip(2));
+    h.b.run(&["ip", "link", "add", "vx0", "type", "vxlan", "id", vni, "remote", &r, "local", &l, "dstport", "4789"]);
+    kernel_bridge(&h.b, &["vx0", &pb]);
+    (ca, pa, cb)
+}
+
 #[test]
 fn vxlan_interoperates_with_the_kernels_vxlan() {
     let h = Hosts::new(41);
     // Host A: this switch, a container behind it. Host B: the kernel's
     // VXLAN device bridged to a container.
-    let (ca, pa) = container(&h.a, "10.41.0.1/24", 1450);
-    let (cb, pb) = container(&h.b, "10.41.0.2/24", 1450);
-    let (r, l) = (h.ip(1), h.ip(2));
-    h.b.run(&["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", &r, "local", &l, "dstport", "4789"]);
-    kernel_bridge(&h.b, &["vx0", &pb]);
+    let (ca, pa, cb) = kernel_vxlan_site(&h, "42");
     let d = Daemon::start_netns(&h.a);
     let remote = format!("options:remote_ip={}", h.ip(2));
     d.ok(&["add-br", "br0", "--", "add-port", "br0", &pa, "--", "add-port", "br0", "vxa", "type=vxlan", &remote]);
@@ -154,10 +164,7 @@ fn vxlan_interoperates_with_the_kernels_vxlan() {
 #[test]
 fn malformed_and_unknown_tunnel_packets_are_counted_and_harmless() {
     let h = Hosts::new(42);
-    let (ca, pa) = container(&h.a, "10.42.0.1/24", 1450);
-    let (cb, pb) = container(&h.b, "10.42.0.2/24", 1450);
-    h.b.run(&["ip", "link", "add", "vx0", "type", "vxlan", "id", "7", "remote", &h.ip(1), "dstport", "4789"]);
-    kernel_bridge(&h.b, &["vx0", &pb]);
+    let (ca, pa, cb) = kernel_vxlan_site(&h, "7");
     let d = Daemon::start_netns(&h.a);
     let remote = format!("options:remote_ip={}", h.ip(2));
     d.ok(&[
@@ -349,10 +356,7 @@ fn gre_with_and_without_a_key() {
 #[test]
 fn flow_based_tunnel_chooses_key_and_remote_per_packet() {
     let h = Hosts::new(45);
-    let (ca, pa) = container(&h.a, "10.45.0.1/24", 1450);
-    let (cb, pb) = container(&h.b, "10.45.0.2/24", 1450);
-    h.b.run(&["ip", "link", "add", "vx0", "type", "vxlan", "id", "4242", "remote", &h.ip(1), "dstport", "4789"]);
-    kernel_bridge(&h.b, &["vx0", &pb]);
+    let (ca, pa, cb) = kernel_vxlan_site(&h, "4242");
     let d = Daemon::start_netns(&h.a);
     d.ok(&[
         "add-br",
@@ -391,14 +395,7 @@ fn flow_based_tunnel_chooses_key_and_remote_per_packet() {
 /// examples/overlay.sh, on the binaries this test built.
 #[test]
 fn the_overlay_example_runs() {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vswitchd")).parent().unwrap();
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/overlay.sh"))
-        .env("VSWITCH_BIN", bin)
-        .output()
-        .expect("run overlay.sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "overlay.sh failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = common::run_script("examples/overlay.sh");
     assert_eq!(text.matches(": ok").count(), 12, "every pair of containers: {text}");
     assert!(text.ends_with("overlay ok\n"), "{text}");
 }

@@ -97,3 +97,15 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Runs one of the repository's scripts (`script`, from the workspace
+/// root) on the binaries these tests built; returns its stdout, panicking
+/// with both outputs if it fails.
+pub fn run_script(script: &str) -> String {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vswitchd")).parent().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(script);
+    let out = Command::new("bash").arg(&path).env("VSWITCH_BIN", bin).output().expect("run bash");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{script} failed: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
