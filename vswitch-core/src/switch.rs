@@ -30,6 +30,9 @@ use crate::{Error, Result};
 mod configure;
 pub use configure::OnOpenError;
 
+/// A parsed rule with its counters, ready for a flow table.
+type ParsedRule = (FlowSpec, Arc<RuleStats>);
+
 /// Buffers the switch-wide spare queue holds at most.
 const SPARE_BUFFERS: usize = 8192;
 
@@ -734,28 +737,34 @@ impl Switch {
         self.add_flows(bridge, &[flow]).map(|_| ())
     }
 
+    /// Parses `flows` for `bridge` (port names resolved), each with its
+    /// counters (one set per rule, shared by every thread's copy); the
+    /// bridge's datapath index with them. Nothing changes.
+    pub(crate) fn parse_rules(&self, bridge: &str, flows: &[impl AsRef<str>]) -> Result<(usize, Vec<ParsedRule>)> {
+        let (index, ports) = self.bridge_ports(bridge)?;
+        let resolve = |n: &str| ports.get(n).copied();
+        let (now, threads) = (self.now_ms(), self.threads());
+        let rules = flows
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let spec = FlowSpec::parse(f.as_ref(), &resolve).map_err(|e| {
+                    let why = if flows.len() > 1 { format!("flow {}: {}", i + 1, e.0) } else { e.0 };
+                    Error::invalid("flow", why)
+                })?;
+                Ok((spec, RuleStats::new(now, threads)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((index, rules))
+    }
+
     /// Adds several rules atomically: all of them, or (on any error) none.
     ///
     /// # Errors
     /// As [`Switch::add_flow`]; the message says which line was refused.
     pub fn add_flows(&self, bridge: &str, flows: &[&str]) -> Result<usize> {
-        let (index, ports) = self.bridge_ports(bridge)?;
-        let resolve = |n: &str| ports.get(n).copied();
-        let specs = flows
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                FlowSpec::parse(f, &resolve).map_err(|e| {
-                    let why = if flows.len() > 1 { format!("flow {}: {}", i + 1, e.0) } else { e.0 };
-                    Error::invalid("flow", why)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let n = specs.len();
-        let now = self.now_ms();
-        // One set of counters per rule, shared by every thread's copy.
-        let threads = self.threads();
-        let rules: Vec<_> = specs.into_iter().map(|s| (s, RuleStats::new(now, threads))).collect();
+        let (index, rules) = self.parse_rules(bridge, flows)?;
+        let n = rules.len();
         self.apply(move |dp| dp.flows_mut(index).map(|t| t.add_with_stats(rules.clone())))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?
             .map_err(|TableError::Full| Error::Full("flow table"))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Switch;
 use crate::config::{BridgeConfig, PortSpec, StaticMac, SwitchConfig};
-use crate::flow::{FlowSpec, FlowStats, RuleStats, TableError};
+use crate::flow::{FlowStats, TableError};
 use crate::port::afpacket::AfPacketPort;
 use crate::port::afxdp::AfXdpPort;
 use crate::port::deferred::{Deferred, Opener, PortStatus};
@@ -172,18 +172,7 @@ impl Switch {
     /// [`Error::InvalidArgument`] naming the bad rule (nothing changes),
     /// [`Error::Full`], [`Error::BridgeNotFound`].
     pub fn replace_flows(&self, bridge: &str, flows: &[String]) -> Result<()> {
-        let (index, ports) = self.bridge_ports(bridge)?;
-        let resolve = |n: &str| ports.get(n).copied();
-        let specs = flows
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                FlowSpec::parse(f, &resolve).map_err(|e| Error::invalid("flow", format!("flow {}: {}", i + 1, e.0)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let now = self.now_ms();
-        let threads = self.threads();
-        let rules: Vec<_> = specs.into_iter().map(|s| (s, RuleStats::new(now, threads))).collect();
+        let (index, rules) = self.parse_rules(bridge, flows)?;
         self.apply(move |dp| {
             dp.flows_mut(index).map(|t| {
                 t.delete(&Default::default(), false);
