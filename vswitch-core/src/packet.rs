@@ -168,12 +168,7 @@ impl Packet {
     /// other frame.
     pub(crate) fn mark_tcp_gso(&mut self, ip_mtu: usize) -> bool {
         let d = self.data();
-        let mut l3 = crate::wire::ETHERNET_HEADER_LEN;
-        let mut et = if d.len() > l3 { be16(d, ETHERTYPE_OFFSET) } else { return false };
-        while matches!(et, ethertype::VLAN | ethertype::QINQ) && d.len() > l3 + 4 {
-            et = be16(d, l3 + 2);
-            l3 += 4;
-        }
+        let Some((l3, et)) = crate::wire::l3_start(d) else { return false };
         let (gso_type, ip_hl, pseudo) = match et {
             ethertype::IPV4 if d.len() >= l3 + 20 => {
                 let hl = (d[l3] & 0x0f) as usize * 4;
@@ -275,12 +270,7 @@ impl Packet {
         const CWR: u8 = 0x80;
         let d = self.data();
         let bad = DropReason::TooBig;
-        let mut l3 = crate::wire::ETHERNET_HEADER_LEN;
-        let mut et = if d.len() > l3 { be16(d, ETHERTYPE_OFFSET) } else { return Err(bad) };
-        while matches!(et, ethertype::VLAN | ethertype::QINQ) && d.len() > l3 + 4 {
-            et = be16(d, l3 + 2);
-            l3 += 4;
-        }
+        let (l3, et) = crate::wire::l3_start(d).ok_or(bad)?;
         let (v4, ip_hl, proto_at) = match et {
             ethertype::IPV4 if d.len() > l3 + 20 => (true, (d[l3] & 0x0f) as usize * 4, l3 + 9),
             ethertype::IPV6 if d.len() > l3 + 40 => (false, 40, l3 + 6),

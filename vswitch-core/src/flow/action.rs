@@ -348,12 +348,7 @@ pub(crate) fn dec_ttl(p: &mut Packet, h: &Headers) -> bool {
 /// else is left as it is.
 pub(crate) fn complete_l4_checksum(frame: &mut [u8]) {
     use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
-    let mut l3 = crate::wire::ETHERNET_HEADER_LEN;
-    let mut et = if frame.len() >= l3 { be16(frame, 12) } else { return };
-    while matches!(et, ethertype::VLAN | ethertype::QINQ) && frame.len() >= l3 + 4 {
-        et = be16(frame, l3 + 2);
-        l3 += 4;
-    }
+    let Some((l3, et)) = crate::wire::l3_start(frame) else { return };
     let fill = |proto: IpProtocol, payload: &mut [u8], src: IpAddress, dst: IpAddress| match proto {
         IpProtocol::Tcp => {
             if let Ok(mut t) = TcpPacket::new_checked(payload) {

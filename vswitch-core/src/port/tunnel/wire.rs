@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::wire::ETHERNET_HEADER_LEN;
+use crate::wire::{ETHERNET_HEADER_LEN, ethertype};
 
 /// VXLAN header length.
 pub const VXLAN_LEN: usize = 8;
@@ -21,8 +21,6 @@ const GRE_S: u8 = 0x10;
 /// Routing present, strict source route, recursion control: RFC 1701
 /// fields that RFC 2784 receivers must discard packets for.
 const GRE_RFC1701: u8 = 0x40 | 0x08 | 0x07;
-/// Transparent Ethernet bridging.
-pub const ETH_P_TEB: u16 = 0x6558;
 
 /// Why a tunnel packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +73,7 @@ pub fn udp_header(src_port: u16, dst_port: u16, payload: usize) -> [u8; UDP_LEN]
 /// The GRE header carrying Ethernet, with `key` if given; returns the
 /// bytes and how many of them are used (4 or 8).
 pub fn gre_header(key: Option<u32>) -> ([u8; 8], usize) {
-    let p = ETH_P_TEB.to_be_bytes();
+    let p = ethertype::TEB.to_be_bytes();
     match key {
         None => ([0, 0, p[0], p[1], 0, 0, 0, 0], 4),
         Some(k) => {
@@ -117,7 +115,7 @@ pub fn parse_gre(d: &[u8]) -> Result<GrePacket, Malformed> {
     let (flags, version) = (g[0], g[1] & 0x07);
     // RFC 2784 §2.5.1: discard unless bits 1-5 (beyond K and S of RFC
     // 2890) are zero and the version is 0.
-    if flags & GRE_RFC1701 != 0 || version != 0 || u16::from_be_bytes([g[2], g[3]]) != ETH_P_TEB {
+    if flags & GRE_RFC1701 != 0 || version != 0 || u16::from_be_bytes([g[2], g[3]]) != ethertype::TEB {
         return Err(Malformed::GreHeader);
     }
     let mut at = 4;
@@ -165,19 +163,12 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
             h = (h ^ x as u32).wrapping_mul(0x0100_0193);
         }
     };
-    if frame.len() < ETHERNET_HEADER_LEN {
+    let Some((l3, et)) = crate::wire::l3_start(frame) else {
         eat(frame);
         return h;
-    }
+    };
     eat(&frame[..12]);
-    let mut l3 = 12;
-    let mut et = u16::from_be_bytes([frame[12], frame[13]]);
-    if et == 0x8100 && frame.len() >= 18 {
-        et = u16::from_be_bytes([frame[16], frame[17]]);
-        l3 = 16;
-    }
-    l3 += 2;
-    if et == 0x0800 && frame.len() >= l3 + 20 {
+    if et == ethertype::IPV4 && frame.len() >= l3 + 20 {
         let ip = &frame[l3..];
         eat(&ip[9..10]);
         eat(&ip[12..20]);
