@@ -146,6 +146,12 @@ impl PortSpec {
         }
     }
 
+    /// Sets `tag` and `trunks` to describe `vlan`.
+    pub fn set_vlan(&mut self, vlan: &VlanMode) {
+        let d = vlan.describe();
+        (self.tag, self.trunks) = (d.tag, d.trunks);
+    }
+
     /// Checks the type, the VLAN settings and every option, so a bad port
     /// is refused before anything is changed.
     ///

@@ -640,7 +640,9 @@ impl Switch {
         let entry = br.ports.get_mut(name).expect("found above");
         let (slot, v) = (entry.slot, vlan.clone());
         self.apply(move |dp| dp.set_port_vlan(slot, v.clone()))?;
-        configure::track_vlan(entry.spec.as_mut(), &vlan);
+        if let Some(spec) = entry.spec.as_mut() {
+            spec.set_vlan(&vlan);
+        }
         entry.vlan = vlan;
         Ok(())
     }

@@ -299,8 +299,7 @@ fn call(sw: &Switch, kernel_type: &str, method: &str, p: Value) -> Result<Value,
                 (_, Some(old)) => {
                     let mut new = old;
                     if let Some(v) = &vlan {
-                        let d = v.describe();
-                        (new.tag, new.trunks) = (d.tag, d.trunks);
+                        new.set_vlan(v);
                     }
                     for (k, v) in a.options {
                         match v {

@@ -13,7 +13,7 @@ use crate::port::afxdp::AfXdpPort;
 use crate::port::deferred::{Deferred, Opener, PortStatus};
 use crate::port::internal::InternalPort;
 use crate::port::tunnel::{TunnelConfig, TunnelPort};
-use crate::port::{Port, PortConfig, PortNo, VlanMode};
+use crate::port::{Port, PortConfig, PortNo};
 use crate::{Error, Result};
 
 /// What to do when a kernel port cannot be opened.
@@ -58,13 +58,6 @@ fn kind_str(kind: &str) -> &'static str {
         "gre" => "gre",
         _ => "internal",
     }
-}
-
-/// `tag` / `trunks` of a spec, from a VLAN mode.
-fn set_vlan(spec: &mut PortSpec, vlan: &VlanMode) {
-    let d = vlan.describe();
-    spec.tag = d.tag;
-    spec.trunks = d.trunks;
 }
 
 /// A rule as `ovs-ofctl add-flow` text that recreates it.
@@ -285,12 +278,5 @@ impl Switch {
             }
         }
         Ok(())
-    }
-}
-
-/// Keeps a port spec's VLAN fields in step with a VLAN change.
-pub(super) fn track_vlan(spec: Option<&mut PortSpec>, vlan: &VlanMode) {
-    if let Some(s) = spec {
-        set_vlan(s, vlan);
     }
 }
