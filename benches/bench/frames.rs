@@ -46,69 +46,20 @@ pub fn flow_source(i: u32) -> ([u8; 4], u16) {
     ([10, 1 + b[1], b[2], b[3]], 1024 + (i % 50_000) as u16)
 }
 
-fn checksum(data: &[u8], initial: u32) -> u16 {
-    let mut sum = initial;
-    for c in data.chunks(2) {
-        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// One frame per flow, `t.size - 4` bytes each (the NIC adds the FCS).
 pub fn build(t: &Traffic, dst: MacAddr, src: MacAddr) -> Vec<Vec<u8>> {
     (0..t.flows).map(|i| frame(t, dst, src, i)).collect()
 }
 
 fn frame(t: &Traffic, dst: MacAddr, src: MacAddr, flow: u32) -> Vec<u8> {
-    let len = t.size - 4;
-    let mut f = vec![0u8; len];
-    f[..6].copy_from_slice(&dst.0);
-    f[6..12].copy_from_slice(&src.0);
-    let mut l3 = 12;
-    if let Some(vid) = t.vlan {
-        f[12..14].copy_from_slice(&[0x81, 0x00]);
-        f[14..16].copy_from_slice(&vid.to_be_bytes());
-        l3 = 16;
-    }
-    f[l3..l3 + 2].copy_from_slice(&[0x08, 0x00]);
-    let l3 = l3 + 2;
-    let ip_len = len - l3;
+    let tag = if t.vlan.is_some() { 4 } else { 0 };
+    let payload: Vec<u8> = (0..t.size - 4 - 42 - tag).map(|i| i as u8).collect();
     let (saddr, sport) = flow_source(flow);
-    {
-        let ip = &mut f[l3..l3 + 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-        ip[6] = 0x40; // DF
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&saddr);
-        ip[16..20].copy_from_slice(&SINK_DST);
-        let c = checksum(ip, 0);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = vswitch_tests::ip::udp(dst, src, saddr, SINK_DST, sport, 9, 64, &payload);
+    if let Some(vid) = t.vlan {
+        let b = vid.to_be_bytes();
+        f.splice(12..12, [0x81, 0x00, b[0], b[1]]);
     }
-    let l4 = l3 + 20;
-    let udp_len = (ip_len - 20) as u16;
-    f[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
-    f[l4 + 2..l4 + 4].copy_from_slice(&9u16.to_be_bytes());
-    f[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
-    for (i, b) in f[l4 + 8..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    let pseudo: u32 = [&saddr[..], &SINK_DST[..]]
-        .iter()
-        .flat_map(|a| a.chunks(2))
-        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
-        .sum::<u32>()
-        + 17
-        + udp_len as u32;
-    let c = match checksum(&f[l4..], pseudo) {
-        0 => 0xffff,
-        c => c,
-    };
-    f[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
     f
 }
 
