@@ -467,12 +467,14 @@ fn undo_for(sw: &Switch, method: &str, p: &Value) -> Result<Undo, RpcError> {
     if !CHANGES.contains(&method) {
         return Ok(Undo::Nothing);
     }
-    let before = sw.config(true)?;
+    // The configuration as it is, read only by the operations that need
+    // it (it dumps every bridge's flow table).
+    let before = || sw.config(true);
     let bridge = str_param(p, "bridge");
     let name = str_param(p, "name");
     Ok(match method {
-        "bridge.add" if before.bridge(name).is_none() => Undo::DelBridge(name.to_string()),
-        "bridge.del" => before.bridge(name).cloned().map_or(Undo::Nothing, Undo::AddBridge),
+        "bridge.add" if !sw.bridges().iter().any(|b| b.name == name) => Undo::DelBridge(name.to_string()),
+        "bridge.del" => before()?.bridge(name).cloned().map_or(Undo::Nothing, Undo::AddBridge),
         "port.add" if sw.port_spec(name).is_err() => Undo::DelPort(name.to_string()),
         "port.del" => match sw.port_spec(name) {
             Ok((b, Some(spec))) => Undo::AddPort(b, spec),
@@ -483,12 +485,12 @@ fn undo_for(sw: &Switch, method: &str, p: &Value) -> Result<Undo, RpcError> {
             _ => Undo::Nothing,
         },
         "flow.add" | "flow.del" | "flow.mod" => {
-            before.bridge(bridge).map_or(Undo::Nothing, |b| Undo::Flows(bridge.to_string(), b.flows.clone()))
+            before()?.bridge(bridge).map_or(Undo::Nothing, |b| Undo::Flows(bridge.to_string(), b.flows.clone()))
         }
         "fdb.add" | "fdb.del" => {
             let vlan = p.get("vlan").and_then(Value::as_u64).unwrap_or(0) as u16;
             let Ok(mac) = str_param(p, "mac").parse::<MacAddr>() else { return Ok(Undo::Nothing) };
-            let old = before
+            let old = before()?
                 .bridge(bridge)
                 .and_then(|b| b.static_macs.iter().find(|s| s.vlan == vlan && s.mac == mac))
                 .map(|s| s.port.clone());
