@@ -199,10 +199,11 @@ impl Switch {
                     ports.sort_by_key(|s| s.port_no);
                     // Static MACs are kept for the ports listed; with
                     // `include_transient` (an undo snapshot), every port.
+                    let listed = |p: &super::PortEntry| p.spec.as_ref().is_some_and(|s| !s.transient);
                     let names = b
                         .ports
                         .iter()
-                        .filter(|(n, p)| include_transient || ports.iter().any(|s| &s.name == *n && p.spec.is_some()))
+                        .filter(|(_, p)| include_transient || listed(p))
                         .map(|(n, p)| (p.port_no, n.clone()))
                         .collect();
                     (name.clone(), b.mac.clone(), ports, names)
