@@ -25,6 +25,31 @@ pub enum ErrorKind {
     Io,
     /// The switch is shutting down or its datapath has stopped.
     Unavailable,
+    /// A datapath thread did not answer in time.
+    Timeout,
+    /// A datapath thread failed (it panicked) and no longer runs.
+    DatapathFailed,
+}
+
+/// What became of a change whose datapath thread did not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Nothing changed: the request was withdrawn before any datapath
+    /// thread took it (for a read: nothing was read).
+    NotApplied,
+    /// The change is recorded and live on the threads that answered; the
+    /// late thread applies it, in order, when it resumes.
+    WillApply,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::NotApplied => "nothing was changed",
+            Outcome::WillApply => "the change is recorded and will be applied by that thread when it resumes",
+        })
+    }
 }
 
 /// An error from a control-plane operation on a [`crate::Switch`].
@@ -71,6 +96,25 @@ pub enum Error {
     /// The datapath is gone (the switch is shutting down).
     #[error("the datapath is not running")]
     Unavailable,
+    /// A datapath thread did not take or finish a request within the
+    /// switch's deadline ([`SwitchBuilder::datapath_timeout`](crate::SwitchBuilder::datapath_timeout)).
+    #[error("datapath thread {thread} did not answer within {} ms: {outcome}", waited.as_millis())]
+    Timeout {
+        /// The thread that did not answer.
+        thread: String,
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// Whether the change was made, will be made, or was not.
+        outcome: Outcome,
+    },
+    /// A datapath thread failed and no longer forwards.
+    #[error("datapath thread {thread} has failed ({why})")]
+    DatapathFailed {
+        /// The thread's name.
+        thread: String,
+        /// What happened (`panicked: MESSAGE`).
+        why: String,
+    },
 }
 
 impl Error {
@@ -83,6 +127,8 @@ impl Error {
             Error::Full(_) => ErrorKind::Full,
             Error::Io { .. } => ErrorKind::Io,
             Error::Unavailable => ErrorKind::Unavailable,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::DatapathFailed { .. } => ErrorKind::DatapathFailed,
         }
     }
 

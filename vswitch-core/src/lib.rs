@@ -43,11 +43,12 @@ mod sys;
 pub mod wire;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Outcome, Result};
 pub use packet::Packet;
 pub use port::memory::MemoryPortHandle;
 pub use port::{DropReason, PortConfig, PortNo, VlanMode};
 pub use switch::{
-    BridgeInfo, BridgeStats, IdlePolicy, OnOpenError, PortInfo, PortStats, Switch, SwitchBuilder, SwitchStats,
+    BridgeInfo, BridgeStats, DatapathThreadInfo, IdlePolicy, OnOpenError, PortInfo, PortStats, Switch, SwitchBuilder,
+    SwitchStats,
 };
 pub use wire::MacAddr;

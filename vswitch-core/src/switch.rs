@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
@@ -15,8 +16,8 @@ use serde::Serialize;
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::PortSpec;
 use crate::datapath::SharedPort;
-use crate::datapath::thread::DatapathThread;
 pub use crate::datapath::thread::IdlePolicy;
+use crate::datapath::thread::{DatapathThread, FailureHook, Late};
 use crate::datapath::{Datapath, Wakeup};
 use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleStats, TableError, Trace};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
@@ -25,7 +26,7 @@ use crate::port::deferred::PortStatus;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
 use crate::port::vlan_mode::VlanDescription;
 use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
-use crate::{Error, Result};
+use crate::{Error, Outcome, Result};
 
 mod configure;
 pub use configure::OnOpenError;
@@ -39,8 +40,11 @@ const SPARE_BUFFERS: usize = 8192;
 /// Highest port number (OpenFlow reserves the numbers above it).
 pub const MAX_PORT_NO: PortNo = 0xff00;
 
+/// How long a call waits for the datapath threads by default.
+pub const DEFAULT_DATAPATH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Builds a [`Switch`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SwitchBuilder {
     clock: Option<Arc<dyn Clock>>,
     idle: IdlePolicy,
@@ -50,6 +54,19 @@ pub struct SwitchBuilder {
     flow_limit: usize,
     pmd_threads: usize,
     pin_cpus: Vec<usize>,
+    timeout: Duration,
+    on_failure: Option<FailureHook>,
+}
+
+impl std::fmt::Debug for SwitchBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwitchBuilder")
+            .field("idle", &self.idle)
+            .field("manual", &self.manual)
+            .field("pmd_threads", &self.pmd_threads)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SwitchBuilder {
@@ -63,6 +80,8 @@ impl Default for SwitchBuilder {
             flow_limit: DEFAULT_FLOW_LIMIT,
             pmd_threads: 1,
             pin_cpus: Vec::new(),
+            timeout: DEFAULT_DATAPATH_TIMEOUT,
+            on_failure: None,
         }
     }
 }
@@ -114,6 +133,26 @@ impl SwitchBuilder {
         self
     }
 
+    /// How long a call waits for the datapath threads to take and carry
+    /// out a change or a read (default [`DEFAULT_DATAPATH_TIMEOUT`]). A
+    /// call that waits longer returns [`Error::Timeout`], which names the
+    /// thread and says whether the change was made.
+    pub fn datapath_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Called (on the failing thread, with its name and what happened)
+    /// when a datapath thread fails: a port or the pipeline panicked. The
+    /// thread's ports stop forwarding and every later call that needs the
+    /// thread returns [`Error::DatapathFailed`]. `vswitchd` logs it and
+    /// exits non-zero so that its supervisor restarts it from the saved
+    /// configuration.
+    pub fn on_datapath_failure(mut self, hook: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.on_failure = Some(Arc::new(hook));
+        self
+    }
+
     /// Depth of each queue of a memory port (default 1024).
     pub fn memory_queue_len(mut self, len: usize) -> Self {
         self.queue_len = len;
@@ -138,6 +177,10 @@ impl SwitchBuilder {
         if self.pmd_threads == 0 || self.pmd_threads > 256 {
             return Err(Error::invalid("pmd threads", format!("{} is not in 1..=256", self.pmd_threads)));
         }
+        if self.timeout.is_zero() {
+            return Err(Error::invalid("datapath timeout", "must be above zero"));
+        }
+        let on_failure = self.on_failure.unwrap_or_else(|| Arc::new(|_: &str, _: &str| {}));
         let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
         let runner = if self.manual {
             Runner::Manual {
@@ -149,7 +192,8 @@ impl SwitchBuilder {
                 .map(|i| {
                     let cpu = (!self.pin_cpus.is_empty()).then(|| self.pin_cpus[i % self.pin_cpus.len()]);
                     let dp = Datapath::with_spare(spare.clone());
-                    DatapathThread::spawn(dp, clock.clone(), self.idle, format!("vswitch-pmd{i}"), cpu)
+                    let name = format!("vswitch-pmd{i}");
+                    DatapathThread::spawn(dp, clock.clone(), self.idle, name, cpu, on_failure.clone())
                 })
                 .collect::<Result<Vec<_>>>()?;
             Runner::Threads(threads)
@@ -160,6 +204,8 @@ impl SwitchBuilder {
         };
         Ok(Switch {
             registry: Mutex::new(Registry { bridges: BTreeMap::new(), owned: vec![0; threads] }),
+            changes: Mutex::new(()),
+            timeout: self.timeout,
             runner,
             clock,
             mac_defaults: self.mac,
@@ -304,7 +350,13 @@ impl SwitchStats {
 /// See the [crate docs](crate) for an example.
 #[derive(Debug)]
 pub struct Switch {
+    /// The control-plane view: names, numbers, specs. Held only briefly,
+    /// never across a device open or a wait for the datapath.
     registry: Mutex<Registry>,
+    /// Serialises changes, so that one change sees the registry as the
+    /// last one left it while readers go on reading.
+    changes: Mutex<()>,
+    timeout: Duration,
     runner: Runner,
     clock: Arc<dyn Clock>,
     mac_defaults: MacTableConfig,
@@ -334,27 +386,55 @@ impl Switch {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Serialises a change against every other change.
+    fn change(&self) -> MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Runs `f` on every datapath thread between bursts (all threads at
     /// once) and returns once all have run it, with each one's result.
+    ///
+    /// Waits at most the switch's deadline. A thread that has not taken
+    /// `f` by then has it withdrawn if no thread has run it yet
+    /// ([`Outcome::NotApplied`]); otherwise it stays queued there, to run
+    /// in order when the thread resumes ([`Outcome::WillApply`]), so every
+    /// thread ends up with the same state.
     fn broadcast<R: Send + 'static>(
         &self,
         f: impl Fn(&mut Datapath, usize) -> R + Send + Sync + 'static,
     ) -> Result<Vec<R>> {
-        match &self.runner {
-            Runner::Threads(threads) => {
-                let f = Arc::new(f);
-                let pending = threads
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        let f = f.clone();
-                        t.submit(move |dp| f(dp, i))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                pending.into_iter().map(|rx| rx.recv().map_err(|_| Error::Unavailable)).collect()
-            }
-            Runner::Manual { dp, .. } => Ok(vec![f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()), 0)]),
+        let threads = match &self.runner {
+            Runner::Threads(threads) => threads,
+            Runner::Manual { dp, .. } => return Ok(vec![f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()), 0)]),
+        };
+        let f = Arc::new(f);
+        let submit = |i: usize| {
+            let f = f.clone();
+            threads[i].submit(move |dp| f(dp, i))
+        };
+        let pending = (0..threads.len()).map(submit).collect::<Result<Vec<_>>>()?;
+        let deadline = Instant::now() + self.timeout;
+        let mut results = Vec::with_capacity(pending.len());
+        for (i, p) in pending.iter().enumerate() {
+            results.push(p.wait(deadline).map_err(|()| threads[i].gone())?);
         }
+        let Some(late) = results.iter().position(Option::is_none) else {
+            return Ok(results.into_iter().flatten().collect());
+        };
+        let mut outcome = Outcome::WillApply;
+        if results.iter().all(Option::is_none) {
+            let fates: Vec<Late> = pending.iter().map(|p| p.withdraw()).collect();
+            if fates.iter().all(|&f| f == Late::Withdrawn) {
+                outcome = Outcome::NotApplied;
+            } else {
+                // A thread took it just before the deadline: the others
+                // must run it too.
+                for (i, _) in fates.iter().enumerate().filter(|(_, f)| **f == Late::Withdrawn) {
+                    submit(i)?;
+                }
+            }
+        }
+        Err(Error::Timeout { thread: threads[late].name().to_string(), waited: self.timeout, outcome })
     }
 
     /// As [`apply`](Self::apply), for a change that depends on the thread.
@@ -372,11 +452,41 @@ impl Switch {
     }
 
     /// Runs `f` on the first datapath thread only (reads of state every
-    /// thread shares: counters, the flow table's rules).
+    /// thread shares: counters, the flow table's rules), waiting at most
+    /// the switch's deadline.
     fn on_first<R: Send + 'static>(&self, f: impl FnOnce(&mut Datapath) -> R + Send + 'static) -> Result<R> {
         match &self.runner {
-            Runner::Threads(threads) => threads[0].submit(f)?.recv().map_err(|_| Error::Unavailable),
+            Runner::Threads(threads) => {
+                let t = &threads[0];
+                let pending = t.submit(f)?;
+                match pending.wait(Instant::now() + self.timeout).map_err(|()| t.gone())? {
+                    Some(r) => Ok(r),
+                    None => {
+                        let outcome = match pending.withdraw() {
+                            Late::Withdrawn => Outcome::NotApplied,
+                            Late::Running => Outcome::WillApply,
+                        };
+                        Err(Error::Timeout { thread: t.name().to_string(), waited: self.timeout, outcome })
+                    }
+                }
+            }
             Runner::Manual { dp, .. } => Ok(f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()))),
+        }
+    }
+
+    /// Every datapath thread: its name, how many ports it receives from,
+    /// and whether it runs or has failed (and why).
+    pub fn datapath_threads(&self) -> Vec<DatapathThreadInfo> {
+        let owned = self.registry().owned.clone();
+        match &self.runner {
+            Runner::Threads(threads) => threads
+                .iter()
+                .zip(owned)
+                .map(|(t, ports)| DatapathThreadInfo { name: t.name().to_string(), ports, failure: t.failure() })
+                .collect(),
+            Runner::Manual { .. } => {
+                vec![DatapathThreadInfo { name: "manual".into(), ports: owned[0], failure: None }]
+            }
         }
     }
 
@@ -458,18 +568,24 @@ impl Switch {
     /// As [`Switch::add_bridge`], and [`Error::InvalidArgument`] for bad settings.
     pub fn add_bridge_with(&self, name: &str, mac: MacTableConfig) -> Result<()> {
         check_name("bridge name", name)?;
-        let mut reg = self.registry();
-        if reg.bridges.contains_key(name) {
-            return Err(Error::BridgeExists(name.to_string()));
-        }
+        let _change = self.change();
+        let index = {
+            let reg = self.registry();
+            if reg.bridges.contains_key(name) {
+                return Err(Error::BridgeExists(name.to_string()));
+            }
+            (0..).find(|i| !reg.bridges.values().any(|b| b.index == *i)).expect("an unused index")
+        };
         let table = Arc::new(MacTable::new(mac)?);
         let (t, limit) = (table.clone(), self.flow_limit);
         // Every thread's copy of the default rule counts into the same stats.
         let stats = RuleStats::new(self.now_ms(), self.threads());
-        let index =
-            self.apply_each(move |dp, i| dp.add_bridge(t.clone(), FlowTable::for_thread(limit, stats.clone(), i)))?;
-        reg.bridges.insert(name.to_string(), BridgeEntry { index, mac: table, ports: BTreeMap::new() });
-        Ok(())
+        let r = self
+            .apply_each(move |dp, i| dp.add_bridge(index, t.clone(), FlowTable::for_thread(limit, stats.clone(), i)));
+        if took_effect(&r) {
+            self.registry().bridges.insert(name.to_string(), BridgeEntry { index, mac: table, ports: BTreeMap::new() });
+        }
+        r
     }
 
     /// Removes a bridge and every port on it.
@@ -477,15 +593,19 @@ impl Switch {
     /// # Errors
     /// [`Error::BridgeNotFound`].
     pub fn del_bridge(&self, name: &str) -> Result<()> {
-        let mut reg = self.registry();
-        let index = reg.bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
-        self.apply(move |dp| dp.del_bridge(index))?;
-        if let Some(b) = reg.bridges.remove(name) {
-            for p in b.ports.values() {
-                reg.owned[p.owner] -= 1;
+        let _change = self.change();
+        let index = self.registry().bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
+        // The ports come back to be closed here, not on a datapath thread.
+        let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(drop);
+        if took_effect(&r) {
+            let mut reg = self.registry();
+            if let Some(b) = reg.bridges.remove(name) {
+                for p in b.ports.values() {
+                    reg.owned[p.owner] -= 1;
+                }
             }
         }
-        Ok(())
+        r
     }
 
     /// Adds an in-process port to `bridge` and returns the runtime's end.
@@ -570,41 +690,52 @@ impl Switch {
         make: impl FnOnce(PortNo, Arc<Wakeup>) -> Result<Box<dyn Port>>,
     ) -> Result<PortNo> {
         check_name("port name", name)?;
-        let mut reg = self.registry();
-        if let Some((b, _)) = reg.bridges.iter().find(|(_, b)| b.ports.contains_key(name)) {
-            return Err(Error::PortExists { name: name.to_string(), bridge: b.clone() });
-        }
-        let br = reg.bridges.get_mut(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
-        let taken = |n: PortNo| br.ports.values().any(|p| p.port_no == n);
-        let port_no = match spec.as_ref().and_then(|s| s.port_no) {
-            Some(n) if n == 0 || n > MAX_PORT_NO => {
-                return Err(Error::invalid("port number", format!("{n} is not in 1..={MAX_PORT_NO}")));
+        let _change = self.change();
+        let (index, port_no, owner, slot) = {
+            let reg = self.registry();
+            if let Some((b, _)) = reg.bridges.iter().find(|(_, b)| b.ports.contains_key(name)) {
+                return Err(Error::PortExists { name: name.to_string(), bridge: b.clone() });
             }
-            Some(n) if taken(n) => {
-                return Err(Error::invalid("port number", format!("{n} is taken on bridge '{bridge}'")));
-            }
-            Some(n) => n,
-            None => (1..=MAX_PORT_NO).find(|&n| !taken(n)).ok_or(Error::Full("bridge port numbers"))?,
+            let br = reg.bridges.get(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
+            let taken = |n: PortNo| br.ports.values().any(|p| p.port_no == n);
+            let port_no = match spec.as_ref().and_then(|s| s.port_no) {
+                Some(n) if n == 0 || n > MAX_PORT_NO => {
+                    return Err(Error::invalid("port number", format!("{n} is not in 1..={MAX_PORT_NO}")));
+                }
+                Some(n) if taken(n) => {
+                    return Err(Error::invalid("port number", format!("{n} is taken on bridge '{bridge}'")));
+                }
+                Some(n) => n,
+                None => (1..=MAX_PORT_NO).find(|&n| !taken(n)).ok_or(Error::Full("bridge port numbers"))?,
+            };
+            // The thread with the fewest ports receives from this one.
+            let owner = (0..reg.owned.len()).min_by_key(|&i| reg.owned[i]).unwrap_or(0);
+            let used: Vec<usize> = reg.bridges.values().flat_map(|b| b.ports.values().map(|p| p.slot)).collect();
+            let slot = (0..).find(|s| !used.contains(s)).expect("an unused slot");
+            (br.index, port_no, owner, slot)
         };
-        // The thread with the fewest ports receives from this one.
-        let owner = (0..reg.owned.len()).min_by_key(|&i| reg.owned[i]).unwrap_or(0);
+        // The device is opened with no lock held but the change lock:
+        // listings and counters go on being served meanwhile.
         let port = make(port_no, self.thread_wakeup(owner))?;
         let kind = port.kind();
         let counters = Arc::new(PortCounters::default());
         counters.link_up.store(port.link_up(), Ordering::Relaxed);
         let shared: SharedPort = Arc::new(Mutex::new(port));
-        let br = reg.bridges.get_mut(bridge).expect("checked above");
-        let (index, vlan, c) = (br.index, config.vlan.clone(), counters.clone());
-        let slot = self.apply_each(move |dp, i| {
-            dp.add_port(index, port_no, shared.clone(), i == owner, vlan.clone(), c.clone())
-        })?;
-        let spec = spec.map(|s| PortSpec { port_no: Some(port_no), ..s });
-        br.ports.insert(
-            name.to_string(),
-            PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, status },
-        );
-        reg.owned[owner] += 1;
-        Ok(port_no)
+        let (vlan, c) = (config.vlan.clone(), counters.clone());
+        let r = self.apply_each(move |dp, i| {
+            dp.add_port(slot, index, port_no, shared.clone(), i == owner, vlan.clone(), c.clone())
+        });
+        if took_effect(&r) {
+            let spec = spec.map(|s| PortSpec { port_no: Some(port_no), ..s });
+            let mut reg = self.registry();
+            let br = reg.bridges.get_mut(bridge).expect("bridges change only under the change lock");
+            br.ports.insert(
+                name.to_string(),
+                PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, status },
+            );
+            reg.owned[owner] += 1;
+        }
+        r.map(|()| port_no)
     }
 
     /// Removes the port named `name` from whichever bridge has it.
@@ -612,17 +743,25 @@ impl Switch {
     /// # Errors
     /// [`Error::PortNotFound`].
     pub fn del_port(&self, name: &str) -> Result<()> {
-        let mut reg = self.registry();
-        let br = reg
-            .bridges
-            .values_mut()
-            .find(|b| b.ports.contains_key(name))
-            .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
-        let (slot, owner) = (br.ports[name].slot, br.ports[name].owner);
-        self.apply(move |dp| dp.del_port(slot))?;
-        br.ports.remove(name);
-        reg.owned[owner] -= 1;
-        Ok(())
+        let _change = self.change();
+        let slot = self.port_entry(name, |p| p.slot)?;
+        // Each thread hands its reference back: the port is closed here,
+        // when the last one drops, not on a datapath thread.
+        let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(drop);
+        if took_effect(&r) {
+            let mut reg = self.registry();
+            let removed = reg.bridges.values_mut().find_map(|b| b.ports.remove(name));
+            if let Some(p) = removed {
+                reg.owned[p.owner] -= 1;
+            }
+        }
+        r
+    }
+
+    /// `f` of the registry entry of port `name`.
+    fn port_entry<T>(&self, name: &str, f: impl FnOnce(&PortEntry) -> T) -> Result<T> {
+        let reg = self.registry();
+        reg.bridges.values().find_map(|b| b.ports.get(name)).map(f).ok_or_else(|| Error::PortNotFound(name.to_string()))
     }
 
     /// Changes a port's VLAN membership. The MAC entries learned on it are
@@ -631,20 +770,20 @@ impl Switch {
     /// # Errors
     /// [`Error::PortNotFound`].
     pub fn set_port_vlan(&self, name: &str, vlan: VlanMode) -> Result<()> {
-        let mut reg = self.registry();
-        let br = reg
-            .bridges
-            .values_mut()
-            .find(|b| b.ports.contains_key(name))
-            .ok_or_else(|| Error::PortNotFound(name.to_string()))?;
-        let entry = br.ports.get_mut(name).expect("found above");
-        let (slot, v) = (entry.slot, vlan.clone());
-        self.apply(move |dp| dp.set_port_vlan(slot, v.clone()))?;
-        if let Some(spec) = entry.spec.as_mut() {
-            spec.set_vlan(&vlan);
+        let _change = self.change();
+        let slot = self.port_entry(name, |p| p.slot)?;
+        let v = vlan.clone();
+        let r = self.apply(move |dp| dp.set_port_vlan(slot, v.clone()));
+        if took_effect(&r) {
+            let mut reg = self.registry();
+            if let Some(entry) = reg.bridges.values_mut().find_map(|b| b.ports.get_mut(name)) {
+                if let Some(spec) = entry.spec.as_mut() {
+                    spec.set_vlan(&vlan);
+                }
+                entry.vlan = vlan;
+            }
         }
-        entry.vlan = vlan;
-        Ok(())
+        r
     }
 
     /// The MAC learning table of `bridge` (shared with the datapath).
@@ -706,6 +845,24 @@ impl Switch {
     }
 }
 
+/// Whether a datapath change took effect, or will: it succeeded, or timed
+/// out on a thread that still has it queued.
+fn took_effect<T>(r: &Result<T>) -> bool {
+    matches!(r, Ok(_) | Err(Error::Timeout { outcome: Outcome::WillApply, .. }))
+}
+
+/// A datapath thread, as listed by [`Switch::datapath_threads`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DatapathThreadInfo {
+    /// The thread's name (`vswitch-pmd0`, ...).
+    pub name: String,
+    /// Ports it receives from.
+    pub ports: usize,
+    /// Why it stopped, if it failed (`panicked: MESSAGE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
 fn flow_error(e: crate::flow::FlowParseError) -> Error {
     Error::invalid("flow", e.0)
 }
@@ -765,6 +922,7 @@ impl Switch {
     /// # Errors
     /// As [`Switch::add_flow`]; the message says which line was refused.
     pub fn add_flows(&self, bridge: &str, flows: &[&str]) -> Result<usize> {
+        let _change = self.change();
         let (index, rules) = self.parse_rules(bridge, flows)?;
         let n = rules.len();
         self.apply(move |dp| dp.flows_mut(index).map(|t| t.add_with_stats(rules.clone())))?
@@ -780,6 +938,7 @@ impl Switch {
     /// # Errors
     /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
     pub fn mod_flows(&self, bridge: &str, flow: &str, strict: bool) -> Result<usize> {
+        let _change = self.change();
         let (index, ports) = self.bridge_ports(bridge)?;
         let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
         let sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
@@ -796,6 +955,7 @@ impl Switch {
     /// # Errors
     /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
     pub fn del_flows(&self, bridge: &str, flow: Option<&str>, strict: bool) -> Result<usize> {
+        let _change = self.change();
         let (index, ports) = self.bridge_ports(bridge)?;
         let sel = match flow {
             Some(f) => FlowSelector::parse(f, &|n: &str| ports.get(n).copied()).map_err(flow_error)?,

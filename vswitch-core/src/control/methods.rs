@@ -77,6 +77,8 @@ impl From<Error> for RpcError {
             ErrorKind::Full => "full",
             ErrorKind::Io => "io",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::DatapathFailed => "datapath_failed",
         };
         RpcError::new(-32000, kind, e.to_string())
     }

@@ -167,57 +167,48 @@ impl Datapath {
         self.fds[slot] = want;
     }
 
-    /// Adds a bridge using `mac` as its learning table; returns its index.
-    pub(crate) fn add_bridge(&mut self, mac: Arc<MacTable>, flows: FlowTable) -> usize {
+    /// Adds a bridge at `index` (the control side allocates indices) using
+    /// `mac` as its learning table.
+    pub(crate) fn add_bridge(&mut self, index: usize, mac: Arc<MacTable>, flows: FlowTable) {
         let state = BridgeState { mac, cache: MacCache::new(), flows, slots: Vec::new(), by_port_no: Vec::new() };
-        match self.bridges.iter().position(Option::is_none) {
-            Some(i) => {
-                self.bridges[i] = Some(state);
-                i
-            }
-            None => {
-                self.bridges.push(Some(state));
-                self.bridges.len() - 1
-            }
+        if self.bridges.len() <= index {
+            self.bridges.resize_with(index + 1, || None);
+        }
+        self.bridges[index] = Some(state);
+    }
+
+    /// Removes a bridge and all its ports; returns the ports, for the
+    /// caller to close them off the datapath thread.
+    pub(crate) fn del_bridge(&mut self, bridge: usize) -> Vec<SharedPort> {
+        match self.bridges.get_mut(bridge).and_then(Option::take) {
+            Some(b) => b.slots.into_iter().filter_map(|slot| self.release_slot(slot)).collect(),
+            None => Vec::new(),
         }
     }
 
-    /// Removes a bridge and all its ports.
-    pub(crate) fn del_bridge(&mut self, bridge: usize) {
-        if let Some(b) = self.bridges.get_mut(bridge).and_then(Option::take) {
-            for slot in b.slots {
-                self.release_slot(slot);
-            }
-        }
-    }
-
-    /// Attaches `port` to `bridge` as `port_no`, receiving from it if
-    /// `owned`; returns its slot.
+    /// Attaches `port` to `bridge` as `port_no` in slot `idx` (the control
+    /// side allocates slots), receiving from it if `owned`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_port(
         &mut self,
+        idx: usize,
         bridge: usize,
         port_no: PortNo,
         port: SharedPort,
         owned: bool,
         vlan: VlanMode,
         counters: Arc<PortCounters>,
-    ) -> usize {
+    ) {
         let (link_up, carries_offloads) = {
             let p = lock(&port);
             (p.link_up(), p.carries_offloads())
         };
         let slot = PortSlot { port, owned, carries_offloads, bridge, port_no, vlan, counters, link_up };
-        let idx = match self.ports.iter().position(Option::is_none) {
-            Some(i) => {
-                self.ports[i] = Some(slot);
-                i
-            }
-            None => {
-                self.ports.push(Some(slot));
-                self.tx.push(Vec::with_capacity(BURST));
-                self.ports.len() - 1
-            }
-        };
+        if self.ports.len() <= idx {
+            self.ports.resize_with(idx + 1, || None);
+            self.tx.resize_with(idx + 1, || Vec::with_capacity(BURST));
+        }
+        self.ports[idx] = Some(slot);
         let b = self.bridges[bridge].as_mut().expect("bridge exists");
         let pos = b.slots.partition_point(|&s| self.ports[s].as_ref().is_some_and(|p| p.port_no < port_no));
         b.slots.insert(pos, idx);
@@ -226,33 +217,35 @@ impl Datapath {
         }
         b.by_port_no[port_no as usize] = Some(idx);
         self.sync_wake_fd(idx);
-        idx
     }
 
-    /// Detaches the port in `slot`, forgetting what its bridge learned on it.
-    pub(crate) fn del_port(&mut self, slot: usize) {
-        let Some(p) = self.ports.get(slot).and_then(Option::as_ref) else { return };
+    /// Detaches the port in `slot`, forgetting what its bridge learned on
+    /// it; returns the port, for the caller to close it off the datapath
+    /// thread.
+    pub(crate) fn del_port(&mut self, slot: usize) -> Option<SharedPort> {
+        let Some(p) = self.ports.get(slot).and_then(Option::as_ref) else { return None };
         let (bridge, port_no) = (p.bridge, p.port_no);
         if let Some(b) = self.bridges[bridge].as_mut() {
             b.slots.retain(|&s| s != slot);
             b.by_port_no[port_no as usize] = None;
             b.mac.flush_port(port_no);
         }
-        self.release_slot(slot);
+        self.release_slot(slot)
     }
 
-    fn release_slot(&mut self, slot: usize) {
+    fn release_slot(&mut self, slot: usize) -> Option<SharedPort> {
         if let (Some(reg), Some(Some(fd))) = (&self.registry, self.fds.get(slot)) {
             let _ = reg.deregister(&mut SourceFd(fd));
         }
         if let Some(f) = self.fds.get_mut(slot) {
             *f = None;
         }
-        self.ports[slot] = None;
+        let port = self.ports[slot].take().map(|p| p.port);
         for p in self.tx[slot].drain(..) {
             self.pool.put(p);
         }
         self.dirty.retain(|&s| s != slot);
+        port
     }
 
     /// Changes a port's VLAN membership; what its bridge learned on the

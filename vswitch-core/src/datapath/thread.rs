@@ -7,11 +7,12 @@
 //! every [`HOUSEKEEPING`] for MAC aging. An idle switch thus costs a few
 //! wake-ups a second instead of a spinning core.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{Receiver, Sender, TryRecvError};
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use super::{Datapath, Wakeup};
 use crate::clock::Clock;
@@ -43,6 +44,9 @@ impl Default for IdlePolicy {
 
 pub(crate) type Command = Box<dyn FnOnce(&mut Datapath) + Send>;
 
+/// Told the thread's name and what went wrong when a datapath thread fails.
+pub type FailureHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 enum Message {
     Run(Command),
     Stop,
@@ -51,9 +55,57 @@ enum Message {
 /// A running datapath thread and the means to reach it.
 #[derive(Debug)]
 pub(crate) struct DatapathThread {
+    name: String,
     commands: Sender<Message>,
     wakeup: Arc<Wakeup>,
+    /// Why the thread stopped, once it has stopped by failing.
+    failure: Arc<Mutex<Option<String>>>,
     join: Option<JoinHandle<()>>,
+}
+
+// The life of a submitted command: queued until the thread takes it (or
+// the caller withdraws it), then run.
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+const WITHDRAWN: u8 = 3;
+
+/// What became of a submitted command whose result did not come in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Late {
+    /// Withdrawn before the thread took it: it will never run.
+    Withdrawn,
+    /// The thread has taken it: it is running it, or has just run it.
+    Running,
+}
+
+/// A command submitted to a datapath thread: its result, or its fate.
+#[derive(Debug)]
+pub(crate) struct Submitted<R> {
+    state: Arc<AtomicU8>,
+    result: Receiver<R>,
+}
+
+impl<R> Submitted<R> {
+    /// Waits until `deadline` for the result. `Ok(None)` if the deadline
+    /// passed; `Err` if the thread is gone.
+    pub(crate) fn wait(&self, deadline: Instant) -> Result<Option<R>, ()> {
+        match self.result.recv_deadline(deadline) {
+            Ok(r) => Ok(Some(r)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(()),
+        }
+    }
+
+    /// Withdraws the command if the thread has not taken it yet;
+    /// otherwise says what it is doing with it.
+    pub(crate) fn withdraw(&self) -> Late {
+        match self.state.compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Late::Withdrawn,
+            Err(WITHDRAWN) => Late::Withdrawn,
+            Err(_) => Late::Running,
+        }
+    }
 }
 
 impl std::fmt::Debug for Message {
@@ -74,6 +126,7 @@ impl DatapathThread {
         policy: IdlePolicy,
         name: String,
         cpu: Option<usize>,
+        on_failure: FailureHook,
     ) -> Result<Self> {
         let poll = mio::Poll::new().map_err(|e| Error::io("epoll_create", e))?;
         let waker = mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(|e| Error::io("eventfd", e))?;
@@ -81,38 +134,83 @@ impl DatapathThread {
         let wakeup = Arc::new(Wakeup::new(Some(waker)));
         let (tx, rx) = crossbeam::channel::unbounded();
         let w = wakeup.clone();
+        let failure = Arc::new(Mutex::new(None));
+        let (f, thread_name) = (failure.clone(), name.clone());
         let join = std::thread::Builder::new()
-            .name(name)
+            .name(name.clone())
             .spawn(move || {
                 if let Some(cpu) = cpu {
                     // Best effort: an unavailable CPU leaves the thread
                     // unpinned rather than stopping the switch.
                     let _ = crate::sys::pin_current_thread(cpu);
                 }
-                run(dp, rx, w, poll, clock, policy)
+                // A panic (a port's bug, a broken invariant) ends this
+                // thread only: it is recorded for every later call to
+                // report, and `on_failure` is told.
+                let run =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(dp, rx, w, poll, clock, policy)));
+                if let Err(payload) = run {
+                    let why = panic_message(&*payload);
+                    *f.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("panicked: {why}"));
+                    on_failure(&thread_name, &format!("panicked: {why}"));
+                }
             })
             .map_err(|e| Error::io("thread spawn", e))?;
-        Ok(DatapathThread { commands: tx, wakeup, join: Some(join) })
+        Ok(DatapathThread { name, commands: tx, wakeup, failure, join: Some(join) })
     }
 
     pub(crate) fn wakeup(&self) -> Arc<Wakeup> {
         self.wakeup.clone()
     }
 
-    /// Queues `f` to run on the datapath between bursts; the receiver
-    /// yields its result.
+    /// The thread's name (`vswitch-pmd0`, ...).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why the thread stopped, if it failed.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The error a call gets once the thread is gone.
+    pub(crate) fn gone(&self) -> Error {
+        match self.failure() {
+            Some(why) => Error::DatapathFailed { thread: self.name.clone(), why },
+            None => Error::Unavailable,
+        }
+    }
+
+    /// Queues `f` to run on the datapath between bursts.
     pub(crate) fn submit<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Datapath) -> R + Send + 'static,
-    ) -> Result<Receiver<R>> {
+    ) -> Result<Submitted<R>> {
         let (tx, rx) = crossbeam::channel::bounded(1);
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let s = state.clone();
         self.commands
             .send(Message::Run(Box::new(move |dp| {
-                let _ = tx.send(f(dp));
+                if s.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                    let r = f(dp);
+                    s.store(DONE, Ordering::Release);
+                    let _ = tx.send(r);
+                }
             })))
-            .map_err(|_| Error::Unavailable)?;
+            .map_err(|_| self.gone())?;
         self.wakeup.notify();
-        Ok(rx)
+        Ok(Submitted { state, result: rx })
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
     }
 }
 

@@ -165,6 +165,7 @@ impl Switch {
     /// [`Error::InvalidArgument`] naming the bad rule (nothing changes),
     /// [`Error::Full`], [`Error::BridgeNotFound`].
     pub fn replace_flows(&self, bridge: &str, flows: &[String]) -> Result<()> {
+        let _change = self.change();
         let (index, rules) = self.parse_rules(bridge, flows)?;
         self.apply(move |dp| {
             dp.flows_mut(index).map(|t| {
