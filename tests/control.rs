@@ -145,7 +145,7 @@ fn the_server_keeps_serving_whatever_clients_do() {
     let sw = Arc::new(Switch::builder().build().unwrap());
     let server = ControlServer::start(sw.clone(), &path).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o660, "the socket is group-writable, not world-writable");
+    assert_eq!(mode, 0o600, "without a group, only the owner (and root) may connect");
     assert!(ControlServer::start(sw.clone(), &path).is_err(), "a second server on a live socket is refused");
 
     let (mut s, mut r) = connect(&path);

@@ -474,6 +474,19 @@ impl Switch {
         }
     }
 
+    /// Queues `f` on datapath thread `thread` and returns at once (the
+    /// control protocol's test hooks).
+    pub(crate) fn run_on_thread(&self, thread: usize, f: impl FnOnce(&mut Datapath) + Send + 'static) -> Result<()> {
+        match &self.runner {
+            Runner::Threads(t) => {
+                let t =
+                    t.get(thread).ok_or_else(|| Error::invalid("thread", format!("no datapath thread {thread}")))?;
+                t.submit(f).map(drop)
+            }
+            Runner::Manual { .. } => Err(Error::invalid("thread", "a manual switch runs no datapath thread")),
+        }
+    }
+
     /// Every datapath thread: its name, how many ports it receives from,
     /// and whether it runs or has failed (and why).
     pub fn datapath_threads(&self) -> Vec<DatapathThreadInfo> {

@@ -44,6 +44,16 @@ pub struct Client {
     stream: UnixStream,
     reader: BufReader<UnixStream>,
     next_id: u64,
+    timeout: Duration,
+}
+
+/// An I/O error's message without Rust's "(os error N)" suffix.
+fn plain(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 impl Client {
@@ -53,12 +63,21 @@ impl Client {
     /// [`CallError::Unreachable`] with one clear line.
     pub fn connect(path: &str, timeout: Duration) -> Result<Client, CallError> {
         let stream = UnixStream::connect(Path::new(path)).map_err(|e| {
-            CallError::Unreachable(format!("cannot reach vswitchd at {path}: {e} (is vswitchd running?)"))
+            CallError::Unreachable(match e.kind() {
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "permission denied on {path}: only root, the daemon's user and the group given to \
+                     vswitchd --group may use it"
+                ),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    format!("cannot reach vswitchd at {path}: {} (is vswitchd running?)", plain(&e))
+                }
+                _ => format!("cannot reach vswitchd at {path}: {}", plain(&e)),
+            })
         })?;
         let _ = stream.set_read_timeout(Some(timeout));
         let _ = stream.set_write_timeout(Some(timeout));
         let reader = BufReader::new(stream.try_clone().map_err(|e| CallError::Unreachable(e.to_string()))?);
-        Ok(Client { stream, reader, next_id: 1 })
+        Ok(Client { stream, reader, next_id: 1, timeout })
     }
 
     /// Calls `method` with `params`; returns the result.
@@ -70,7 +89,12 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let line = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }).to_string();
-        let io = |e: std::io::Error| CallError::Unreachable(format!("vswitchd did not answer: {e}"));
+        let io = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                CallError::Unreachable(format!("vswitchd did not answer within {} s", self.timeout.as_secs()))
+            }
+            _ => CallError::Unreachable(format!("vswitchd did not answer: {}", plain(&e))),
+        };
         self.stream.write_all(line.as_bytes()).map_err(io)?;
         self.stream.write_all(b"\n").map_err(io)?;
         let mut reply = String::new();

@@ -19,8 +19,9 @@ struct Cli {
     /// Output format.
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Text, global = true)]
     format: Format,
-    /// Seconds to wait for vswitchd.
-    #[arg(short = 't', long, default_value_t = 5, global = true)]
+    /// Seconds to wait for vswitchd (longer than its own datapath deadline,
+    /// so that a datapath that does not answer is reported by vswitchd).
+    #[arg(short = 't', long, default_value_t = 10, global = true)]
     timeout: u64,
     #[command(subcommand)]
     command: Command,
@@ -156,8 +157,13 @@ fn settings(items: &[String], for_set: bool) -> Result<serde_json::Map<String, V
     Ok(p)
 }
 
-fn show(result: &Value, stats: &Value) -> String {
+fn show(result: &Value, stats: &Value, status: &Value) -> String {
     let mut out = String::new();
+    for t in status["threads"].as_array().into_iter().flatten() {
+        if let Some(why) = t["failure"].as_str() {
+            out.push_str(&format!("Datapath thread {} FAILED: {why}\n", t["name"].as_str().unwrap_or("?")));
+        }
+    }
     for b in result.as_array().into_iter().flatten() {
         out.push_str(&format!("Bridge {}\n", b["name"].as_str().unwrap_or("?")));
         let sb = stats["bridges"].as_array().and_then(|v| v.iter().find(|x| x["name"] == b["name"]));
@@ -305,7 +311,8 @@ fn plan(command: Command) -> Result<Plan, String> {
     let none = Render::Nothing;
     Ok(match command {
         Command::Show => {
-            Plan { ops: vec![("bridge.list", Value::Null), ("stats.get", Value::Null)], render: Render::Show }
+            let ops = vec![("bridge.list", Value::Null), ("stats.get", Value::Null), ("system.status", Value::Null)];
+            Plan { ops, render: Render::Show }
         }
         Command::AddBr { bridge, may_exist } => {
             one("bridge.add", json!({ "name": bridge, "may_exist": may_exist }), none)
@@ -374,7 +381,7 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
     let r = results.first().cloned().unwrap_or(Value::Null);
     let text = match how {
         Render::Nothing => String::new(),
-        Render::Show => show(&r, results.get(1).unwrap_or(&Value::Null)),
+        Render::Show => show(&r, results.get(1).unwrap_or(&Value::Null), results.get(2).unwrap_or(&Value::Null)),
         Render::Names => lines_of(&r, "name"),
         Render::Fdb => fdb_text(&r),
         Render::Map => r.as_object().into_iter().flatten().map(|(k, v)| format!("{k}: {v}\n")).collect(),
@@ -453,9 +460,19 @@ fn parse_args() -> Result<(Cli, Vec<Command>), clap::Error> {
 
 fn main() -> ExitCode {
     let (cli, more) = parse_args().unwrap_or_else(|e| e.exit());
+    let json = cli.format == Format::Json;
     match run(cli, more) {
         Ok(code) => code,
         Err(e) => {
+            if json {
+                // Scripts reading JSON get the error as JSON on stdout
+                // too; the exit code is the same as in text mode.
+                let (code, message) = match &e {
+                    CallError::Unreachable(m) => ("unreachable", m.as_str()),
+                    CallError::Rpc(kind, m) => (kind.as_str(), m.as_str()),
+                };
+                println!("{}", json!({ "error": { "code": code, "message": message } }));
+            }
             eprintln!("vswitch-ctl: {e}");
             ExitCode::from(1)
         }

@@ -13,6 +13,7 @@ use crate::{Error, ErrorKind, OnOpenError, PortNo, Switch, VlanMode};
 pub const METHODS: &[&str] = &[
     "system.version",
     "system.list_methods",
+    "system.status",
     "bridge.add",
     "bridge.del",
     "bridge.list",
@@ -235,6 +236,7 @@ fn call(sw: &Switch, kernel_type: &str, method: &str, p: Value) -> Result<Value,
     match method {
         "system.version" => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
         "system.list_methods" => ok(METHODS),
+        "system.status" => ok(json!({ "threads": sw.datapath_threads() })),
         "bridge.add" => {
             let a: Named = params(p)?;
             match sw.add_bridge(&a.name) {
@@ -576,18 +578,55 @@ pub struct Control {
     switch: Arc<Switch>,
     store: Option<Store>,
     kernel_type: String,
+    /// Held by a change from its first step to its save, so that changes
+    /// from several clients apply and save one at a time; reads need not.
+    writer: std::sync::Mutex<()>,
+    test_hooks: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookArg {
+    thread: usize,
+    #[serde(default)]
+    ms: u64,
+}
+
+/// The test hooks' methods: make a datapath thread misbehave.
+fn test_hook(sw: &Switch, method: &str, p: Value) -> Result<Value, RpcError> {
+    let a: HookArg = params(p)?;
+    match method {
+        "debug.stall_datapath" => {
+            let ms = a.ms;
+            sw.run_on_thread(a.thread, move |_| std::thread::sleep(std::time::Duration::from_millis(ms)))?;
+        }
+        _ => sw.run_on_thread(a.thread, |_| panic!("test hook: debug.panic_datapath"))?,
+    }
+    ok(Value::Null)
 }
 
 impl Control {
     /// Serves `switch` without saving anything.
     pub fn new(switch: Arc<Switch>) -> Control {
-        Control { switch, store: None, kernel_type: DEFAULT_KERNEL_TYPE.to_string() }
+        Control {
+            switch,
+            store: None,
+            kernel_type: DEFAULT_KERNEL_TYPE.to_string(),
+            writer: Default::default(),
+            test_hooks: false,
+        }
     }
 
     /// Serves `switch`, saving its configuration to `store` after each
     /// change.
     pub fn with_store(switch: Arc<Switch>, store: Store) -> Control {
-        Control { switch, store: Some(store), kernel_type: DEFAULT_KERNEL_TYPE.to_string() }
+        Control {
+            switch,
+            store: Some(store),
+            kernel_type: DEFAULT_KERNEL_TYPE.to_string(),
+            writer: Default::default(),
+            test_hooks: false,
+        }
     }
 
     /// The backend `port.add` uses without a `type` (`afpacket` unless
@@ -603,6 +642,15 @@ impl Control {
         Ok(self)
     }
 
+    /// Serves the test hooks too: `debug.stall_datapath` `{thread, ms}`
+    /// makes a datapath thread sleep for `ms` between bursts, and
+    /// `debug.panic_datapath` `{thread}` makes it panic. For tests of what
+    /// the daemon does when its datapath misbehaves; never in production.
+    pub fn with_test_hooks(mut self) -> Control {
+        self.test_hooks = true;
+        self
+    }
+
     /// The switch served.
     pub fn switch(&self) -> &Arc<Switch> {
         &self.switch
@@ -615,8 +663,10 @@ impl Control {
         let sw = &*self.switch;
         respond(line, |method, p| {
             let changes = method == "transact" || CHANGES.contains(&method);
+            let _writer = changes.then(|| self.writer.lock().unwrap_or_else(|e| e.into_inner()));
             let r = match method {
                 "transact" => transact(sw, &self.kernel_type, p),
+                "debug.stall_datapath" | "debug.panic_datapath" if self.test_hooks => test_hook(sw, method, p),
                 _ => call(sw, &self.kernel_type, method, p),
             }?;
             if let (true, Some(store)) = (changes, &self.store) {

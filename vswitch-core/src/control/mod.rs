@@ -17,4 +17,4 @@ mod methods;
 mod server;
 
 pub use methods::{Control, METHODS, dispatch};
-pub use server::{ControlServer, MAX_CLIENTS, MAX_LINE};
+pub use server::{ControlServer, MAX_CLIENTS, MAX_LINE, OUTPUT_BUDGET, ServerOptions};

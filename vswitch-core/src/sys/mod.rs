@@ -39,8 +39,9 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
-pub(crate) fn peer_uid(sock: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
+/// The uid and primary gid of the process at the other end of a Unix
+/// socket (SO_PEERCRED).
+pub(crate) fn peer_cred(sock: &impl std::os::fd::AsRawFd) -> io::Result<(u32, u32)> {
     // SAFETY: ucred is plain data; all-zero is valid.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -54,5 +55,45 @@ pub(crate) fn peer_uid(sock: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
             &mut len,
         )
     })?;
-    Ok(cred.uid)
+    Ok((cred.uid, cred.gid))
+}
+
+/// The supplementary groups of the process at the other end of a Unix
+/// socket, as they were when it connected (SO_PEERGROUPS, Linux 4.13).
+pub(crate) fn peer_groups(sock: &impl std::os::fd::AsRawFd) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` holds `len` bytes, valid for writes; the kernel
+        // writes at most `len` and says how much it needed in `len`.
+        let r = cvt(unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        });
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        match r {
+            Ok(_) => {
+                groups.truncate(n);
+                return Ok(groups);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && n > groups.len() => groups.resize(n, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The soft limit on open descriptors (RLIMIT_NOFILE).
+pub(crate) fn fd_limit() -> u64 {
+    // SAFETY: rlimit is plain data; all-zero is valid.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is valid for writes of one rlimit.
+    match cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }) {
+        Ok(_) => lim.rlim_cur,
+        Err(_) => 1024,
+    }
 }

@@ -1,15 +1,29 @@
 //! vswitchd: runs a switch, replays its saved configuration, serves its
 //! control socket and saves every change, until SIGTERM or SIGINT; then
-//! shuts down cleanly (ports detached, XDP programs removed, TAP devices
-//! deleted, the socket file unlinked).
+//! shuts down cleanly (replies flushed, ports detached, XDP programs
+//! removed, TAP devices deleted, the socket file unlinked).
+//!
+//! If a datapath thread fails (a panic), vswitchd logs which one and why,
+//! shuts down the same way and exits with status 70, so that its
+//! supervisor restarts it from the saved configuration.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use vswitch_core::Switch;
 use vswitch_core::config::{Loaded, Store};
-use vswitch_core::control::{Control, ControlServer};
+use vswitch_core::control::{Control, ControlServer, ServerOptions};
+
+/// Exit status after a datapath thread failed (EX_SOFTWARE).
+const EXIT_DATAPATH_FAILED: i32 = 70;
+
+/// What ends the daemon.
+enum Stop {
+    Signal(i32),
+    DatapathFailed { thread: String, why: String },
+}
 
 /// How much vswitchd says on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -41,6 +55,44 @@ struct Args {
     /// What to log on stderr.
     #[arg(long, value_enum, default_value = "info")]
     log_level: Level,
+    /// Milliseconds a request waits for the datapath threads before it
+    /// fails with a `timeout` error.
+    #[arg(long, default_value_t = 3000)]
+    datapath_timeout_ms: u64,
+    /// A group (name or gid) whose members may use the control socket,
+    /// besides root and this user; the socket becomes 0660 owned by it.
+    #[arg(long)]
+    group: Option<String>,
+    /// Seconds after which an idle client connection is closed.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
+    /// Serve the debug.* test hooks (tests only).
+    #[arg(long, hide = true)]
+    enable_test_hooks: bool,
+}
+
+/// A group's gid, from a number or a name in /etc/group.
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let (name, _, gid) = (f.next()?, f.next()?, f.next()?);
+            (name == group).then(|| gid.parse().ok()).flatten()
+        })
+        .next()
+        .ok_or_else(|| format!("no group named '{group}' in /etc/group"))
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGINT => "SIGINT",
+        _ => "a signal",
+    }
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -72,9 +124,21 @@ fn main() {
     }
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .unwrap_or_else(|e| fail(format_args!("cannot handle signals: {e}")));
+    let gid = args.group.as_deref().map(|g| group_id(g).unwrap_or_else(|e| fail(e)));
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    let on_signal = stop_tx.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let _ = on_signal.send(Stop::Signal(sig));
+        }
+    });
     let switch = Switch::builder()
         .pmd_threads(args.pmd_threads)
         .pin_cpus(&args.pin_cpus)
+        .datapath_timeout(Duration::from_millis(args.datapath_timeout_ms.max(1)))
+        .on_datapath_failure(move |thread, why| {
+            let _ = stop_tx.send(Stop::DatapathFailed { thread: thread.to_string(), why: why.to_string() });
+        })
         .build()
         .map(Arc::new)
         .unwrap_or_else(|e| fail(e));
@@ -110,10 +174,17 @@ fn main() {
             }
         }
     }
-    let control = Control::with_store(switch.clone(), store)
+    let mut control = Control::with_store(switch.clone(), store)
         .default_port_type(&args.default_port_type)
         .unwrap_or_else(|e| fail(e));
-    let server = ControlServer::serve(control, &path).unwrap_or_else(|e| fail(e));
+    if args.enable_test_hooks {
+        control = control.with_test_hooks();
+    }
+    let mut options = ServerOptions::default().idle_timeout(Duration::from_secs(args.idle_timeout.max(1)));
+    if let Some(gid) = gid {
+        options = options.group(gid);
+    }
+    let server = ControlServer::serve_with(control, &path, options).unwrap_or_else(|e| fail(e));
     log(
         Level::Info,
         &format!(
@@ -123,11 +194,29 @@ fn main() {
             args.db.display()
         ),
     );
-    let signal = signals.forever().next();
-    log(Level::Info, &format!("signal {signal:?}, shutting down"));
-    // The server first (no new requests), then the switch: its ports are
-    // detached, XDP programs removed, datapath threads joined.
+    let status = match stop_rx.recv() {
+        Ok(Stop::Signal(sig)) => {
+            log(Level::Info, &format!("stopping on {}", signal_name(sig)));
+            0
+        }
+        Ok(Stop::DatapathFailed { thread, why }) => {
+            log(
+                Level::Error,
+                &format!(
+                    "datapath thread {thread} failed ({why}); stopping with status {EXIT_DATAPATH_FAILED} \
+                     so that the supervisor restarts vswitchd from {}",
+                    args.db.display()
+                ),
+            );
+            EXIT_DATAPATH_FAILED
+        }
+        Err(_) => 0,
+    };
+    // The server first (no new requests; replies in flight are flushed),
+    // then the switch: its ports are detached, XDP programs removed,
+    // datapath threads joined.
     drop(server);
     drop(switch);
     log(Level::Info, "stopped");
+    std::process::exit(status);
 }
