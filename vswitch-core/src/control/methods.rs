@@ -57,11 +57,14 @@ struct RpcError {
     code: i64,
     message: String,
     kind: &'static str,
+    /// The change is recorded although the call failed: a datapath thread
+    /// that timed out will apply it when it resumes. It is saved.
+    recorded: bool,
 }
 
 impl RpcError {
     fn new(code: i64, kind: &'static str, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into(), kind }
+        RpcError { code, message: message.into(), kind, recorded: false }
     }
 
     fn params(message: impl Into<String>) -> Self {
@@ -81,7 +84,8 @@ impl From<Error> for RpcError {
             ErrorKind::Timeout => "timeout",
             ErrorKind::DatapathFailed => "datapath_failed",
         };
-        RpcError::new(-32000, kind, e.to_string())
+        let recorded = matches!(e, Error::Timeout { outcome: crate::Outcome::WillApply, .. });
+        RpcError { recorded, ..RpcError::new(-32000, kind, e.to_string()) }
     }
 }
 
@@ -546,6 +550,17 @@ fn transact(sw: &Switch, kernel_type: &str, p: Value) -> Result<Value, RpcError>
                 undo.push(u);
                 results.push(r);
             }
+            // Recorded, and live where the datapath answered: it stays,
+            // and so do the operations before it; the rest are not run.
+            Err(mut e) if e.recorded => {
+                e.message = format!(
+                    "operation {} ({}): {}; it and the {i} operation(s) before it stay applied, the rest were not run",
+                    i + 1,
+                    op.method,
+                    e.message
+                );
+                return Err(e);
+            }
             Err(mut e) => {
                 let mut failed_undo = Vec::new();
                 for u in undo.into_iter().rev() {
@@ -668,13 +683,17 @@ impl Control {
                 "transact" => transact(sw, &self.kernel_type, p),
                 "debug.stall_datapath" | "debug.panic_datapath" if self.test_hooks => test_hook(sw, method, p),
                 _ => call(sw, &self.kernel_type, method, p),
-            }?;
-            if let (true, Some(store)) = (changes, &self.store) {
+            };
+            let recorded = match &r {
+                Ok(_) => true,
+                Err(e) => e.recorded,
+            };
+            if let (true, true, Some(store)) = (changes, recorded, &self.store) {
                 sw.config(false)
                     .and_then(|c| store.save(&c))
                     .map_err(|e| RpcError::new(-32000, "io", format!("the change is live but was not saved: {e}")))?;
             }
-            Ok(r)
+            r
         })
     }
 }

@@ -46,7 +46,7 @@ use crate::{Error, Result, Switch};
 
 /// Longest request line accepted (bytes).
 pub const MAX_LINE: usize = 1 << 20;
-/// Most connections served at once (fewer if the descriptor limit is low).
+/// Most connections served at once.
 pub const MAX_CLIENTS: usize = 1024;
 /// Unsent reply bytes a connection may hold before its requests are no
 /// longer read.
@@ -56,8 +56,6 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Bytes read from a client at a time.
 const READ_CHUNK: usize = 64 * 1024;
-/// Descriptors kept for everything but clients (ports, files, workers).
-const RESERVED_FDS: u64 = 64;
 /// Longest wait for in-flight requests and unsent replies at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A connection must have been idle this long to be closed for a new one.
@@ -387,7 +385,6 @@ struct Server {
     options: ServerOptions,
     conns: HashMap<Token, Conn>,
     next: usize,
-    max_clients: usize,
     me: u32,
     /// A descriptor kept free so that a connection can still be accepted
     /// (and closed, or let in after evicting an idle one) under EMFILE.
@@ -426,12 +423,10 @@ impl Server {
                     .map_err(|e| Error::io("thread spawn", e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let limit = crate::sys::fd_limit().saturating_sub(RESERVED_FDS).max(16);
         Ok(Server {
             listener: Some(listener),
             poll,
             stop,
-            max_clients: MAX_CLIENTS.min(limit as usize),
             options,
             conns: HashMap::new(),
             next: 2,
@@ -519,8 +514,11 @@ impl Server {
                     // Out of descriptors: give up the spare one to take
                     // this connection, make room or refuse it, and get
                     // the spare back.
+                    // (accept(2) reports EMFILE before it looks at the
+                    // queue, so an empty queue shows only now.)
                     self.spare = None;
                     let taken = self.listener.as_ref().map(|l| l.accept());
+                    let got = matches!(taken, Some(Ok(_)));
                     if let Some(Ok((stream, _))) = taken {
                         if self.evict_idle() {
                             self.admit(stream);
@@ -529,8 +527,8 @@ impl Server {
                         }
                     }
                     self.spare = std::fs::File::open("/dev/null").ok();
-                    if self.spare.is_none() {
-                        self.retry_accept = true;
+                    if !got || self.spare.is_none() {
+                        self.retry_accept = self.spare.is_none();
                         return;
                     }
                 }
@@ -561,7 +559,7 @@ impl Server {
             };
             return refuse(stream, &format!("permission denied: only {who} may use this socket"));
         }
-        if self.conns.len() >= self.max_clients && !self.evict_idle() {
+        if self.conns.len() >= MAX_CLIENTS && !self.evict_idle() {
             return refuse(stream, "too many connections and none idle: try again");
         }
         let token = Token(self.next);

@@ -223,7 +223,7 @@ impl Datapath {
     /// it; returns the port, for the caller to close it off the datapath
     /// thread.
     pub(crate) fn del_port(&mut self, slot: usize) -> Option<SharedPort> {
-        let Some(p) = self.ports.get(slot).and_then(Option::as_ref) else { return None };
+        let p = self.ports.get(slot).and_then(Option::as_ref)?;
         let (bridge, port_no) = (p.bridge, p.port_no);
         if let Some(b) = self.bridges[bridge].as_mut() {
             b.slots.retain(|&s| s != slot);

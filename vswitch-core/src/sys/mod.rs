@@ -86,14 +86,3 @@ pub(crate) fn peer_groups(sock: &impl std::os::fd::AsRawFd) -> io::Result<Vec<u3
         }
     }
 }
-
-/// The soft limit on open descriptors (RLIMIT_NOFILE).
-pub(crate) fn fd_limit() -> u64 {
-    // SAFETY: rlimit is plain data; all-zero is valid.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is valid for writes of one rlimit.
-    match cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }) {
-        Ok(_) => lim.rlim_cur,
-        Err(_) => 1024,
-    }
-}

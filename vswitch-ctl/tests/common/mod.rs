@@ -28,6 +28,42 @@ impl Daemon {
         Self::spawn(dir, None, &[])
     }
 
+    /// A daemon with more vswitchd arguments.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        Self::spawn(&std::env::temp_dir().join(unique("vsd")), None, args)
+    }
+
+    /// A daemon whose descriptor limit is `nofile` (through prlimit(1)).
+    pub fn start_limited(nofile: u32, args: &[&str]) -> Daemon {
+        let limit = format!("--nofile={nofile}:{nofile}");
+        let mut all = vec!["prlimit", &limit, "--", env!("CARGO_BIN_EXE_vswitchd")];
+        all.extend_from_slice(args);
+        Self::spawn_cmd(&std::env::temp_dir().join(unique("vsd")), &all)
+    }
+
+    /// vswitchd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What vswitchd has written on stderr so far.
+    pub fn log(&self) -> String {
+        let dir = std::path::Path::new(&self.socket).parent().unwrap();
+        std::fs::read_to_string(dir.join("vswitchd.log")).unwrap_or_default()
+    }
+
+    /// Waits up to `within` for vswitchd to exit; its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().expect("wait for vswitchd") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// A daemon running inside network namespace `ns` (its ports and
     /// tunnel sockets are that namespace's).
     pub fn start_netns(ns: &NetNs) -> Daemon {
@@ -40,17 +76,28 @@ impl Daemon {
     }
 
     fn spawn(dir: &std::path::Path, ns: Option<&NetNs>, extra: &[&str]) -> Daemon {
+        let mut all = match ns {
+            Some(ns) => vec!["ip", "netns", "exec", &ns.name, env!("CARGO_BIN_EXE_vswitchd")],
+            None => vec![env!("CARGO_BIN_EXE_vswitchd")],
+        };
+        all.extend_from_slice(extra);
+        Self::spawn_cmd(dir, &all)
+    }
+
+    /// Runs `cmd` (whose vswitchd arguments may follow) with the socket and
+    /// database in `dir`; stderr goes to `dir`/vswitchd.log (printed if
+    /// the test fails).
+    fn spawn_cmd(dir: &std::path::Path, cmd: &[&str]) -> Daemon {
         let socket = dir.join("vswitchd.sock").display().to_string();
         let db = dir.join("conf.json").display().to_string();
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_vswitchd")]);
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_vswitchd")),
-        };
-        let child = cmd.args(["--socket", &socket, "--db", &db]).args(extra).spawn().expect("start vswitchd");
+        std::fs::create_dir_all(dir).expect("create the daemon's directory");
+        let log = std::fs::File::create(dir.join("vswitchd.log")).expect("create the daemon's log");
+        let child = Command::new(cmd[0])
+            .args(&cmd[1..])
+            .args(["--socket", &socket, "--db", &db])
+            .stderr(log)
+            .spawn()
+            .expect("start vswitchd");
         let d = Daemon { child, socket, db, owns_dir: true };
         let deadline = Instant::now() + Duration::from_secs(10);
         while d.ctl(&["list-br"]).status.code() != Some(0) {
@@ -91,6 +138,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
             self.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!("vswitchd's log:\n{}", self.log());
         }
         if let Some(dir) = std::path::Path::new(&self.socket).parent().filter(|_| self.owns_dir) {
             let _ = std::fs::remove_dir_all(dir);
