@@ -30,14 +30,21 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct SwitchConfig {
     /// [`FORMAT_VERSION`].
     pub version: u32,
+    /// Which snapshot of a [`Store`] this is (0 outside a file).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// The bridges, by name.
     pub bridges: Vec<BridgeConfig>,
 }
 
 impl Default for SwitchConfig {
     fn default() -> Self {
-        SwitchConfig { version: FORMAT_VERSION, bridges: Vec::new() }
+        SwitchConfig { version: FORMAT_VERSION, generation: 0, bridges: Vec::new() }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SwitchConfig {
@@ -229,10 +236,206 @@ fn file_error(what: String, e: std::io::Error) -> Error {
     Error::io("configuration file", std::io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
-/// A configuration file.
-#[derive(Debug, Clone)]
+/// One change to the configuration, as a daemon journals it between two
+/// snapshots (see [`Store`]). Each says what a part of the configuration
+/// now is, so replaying them in order rebuilds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConfigChange {
+    /// A bridge was added, with no ports and the default rule.
+    NewBridge {
+        /// Its name.
+        name: String,
+        /// Its MAC table settings.
+        mac_table: MacTableConfig,
+    },
+    /// A bridge was removed, with everything on it.
+    DelBridge {
+        /// Its name.
+        name: String,
+    },
+    /// A bridge's settings, ports and static MACs are now these (its flows
+    /// are unchanged).
+    SetBridge {
+        /// Its name.
+        name: String,
+        /// MAC learning settings.
+        mac_table: MacTableConfig,
+        /// Its ports.
+        ports: Vec<PortSpec>,
+        /// Its static MACs.
+        static_macs: Vec<StaticMac>,
+    },
+    /// Rules were added, each replacing any rule of the same priority and
+    /// match.
+    AddFlows {
+        /// The bridge.
+        bridge: String,
+        /// The rules, as text.
+        flows: Vec<String>,
+    },
+    /// Rules were removed (each named by its text: its priority and match
+    /// identify it).
+    DelFlows {
+        /// The bridge.
+        bridge: String,
+        /// The rules, as text.
+        flows: Vec<String>,
+    },
+    /// A bridge's whole flow table was replaced.
+    SetFlows {
+        /// The bridge.
+        bridge: String,
+        /// The rules, as text.
+        flows: Vec<String>,
+    },
+}
+
+/// A bridge's rules while a journal is replayed: by identity, in order.
+#[derive(Default)]
+struct FlowList {
+    texts: Vec<Option<String>>,
+    index: std::collections::HashMap<crate::flow::RuleKey, usize>,
+}
+
+impl FlowList {
+    fn key(text: &str) -> Result<crate::flow::RuleKey> {
+        let s = crate::flow::FlowSpec::parse(text, &|_: &str| None)
+            .map_err(|e| Error::invalid("journal", format!("rule '{text}': {}", e.0)))?;
+        Ok((s.matching, s.priority))
+    }
+
+    fn of(flows: &[String]) -> Result<FlowList> {
+        let mut l = FlowList::default();
+        for f in flows {
+            l.add(f)?;
+        }
+        Ok(l)
+    }
+
+    fn add(&mut self, text: &str) -> Result<()> {
+        let key = Self::key(text)?;
+        if let Some(&i) = self.index.get(&key) {
+            self.texts[i] = None;
+        }
+        self.index.insert(key, self.texts.len());
+        self.texts.push(Some(text.to_string()));
+        Ok(())
+    }
+
+    fn remove(&mut self, text: &str) -> Result<()> {
+        if let Some(i) = self.index.remove(&Self::key(text)?) {
+            self.texts[i] = None;
+        }
+        Ok(())
+    }
+
+    fn into_texts(self) -> Vec<String> {
+        self.texts.into_iter().flatten().collect()
+    }
+}
+
+impl SwitchConfig {
+    /// Applies journalled `changes` in order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a rule text that does not parse.
+    pub fn replay(&mut self, changes: &[ConfigChange]) -> Result<()> {
+        let mut lists: BTreeMap<String, FlowList> = BTreeMap::new();
+        let list = |bridges: &Vec<BridgeConfig>, lists: &mut BTreeMap<String, FlowList>, name: &str| -> Result<bool> {
+            if !lists.contains_key(name) {
+                let Some(b) = bridges.iter().find(|b| b.name == name) else { return Ok(false) };
+                lists.insert(name.to_string(), FlowList::of(&b.flows)?);
+            }
+            Ok(true)
+        };
+        for c in changes {
+            match c {
+                ConfigChange::NewBridge { name, mac_table } => {
+                    self.bridges.retain(|b| &b.name != name);
+                    lists.remove(name);
+                    self.bridges.push(BridgeConfig {
+                        name: name.clone(),
+                        mac_table: *mac_table,
+                        ports: Vec::new(),
+                        flows: vec![crate::flow::default_rule().to_text()],
+                        static_macs: Vec::new(),
+                    });
+                }
+                ConfigChange::DelBridge { name } => {
+                    self.bridges.retain(|b| &b.name != name);
+                    lists.remove(name);
+                }
+                ConfigChange::SetBridge { name, mac_table, ports, static_macs } => {
+                    if let Some(b) = self.bridges.iter_mut().find(|b| &b.name == name) {
+                        b.mac_table = *mac_table;
+                        b.ports = ports.clone();
+                        b.static_macs = static_macs.clone();
+                    }
+                }
+                ConfigChange::AddFlows { bridge, flows } => {
+                    if list(&self.bridges, &mut lists, bridge)? {
+                        let l = lists.get_mut(bridge).expect("made above");
+                        flows.iter().try_for_each(|f| l.add(f))?;
+                    }
+                }
+                ConfigChange::DelFlows { bridge, flows } => {
+                    if list(&self.bridges, &mut lists, bridge)? {
+                        let l = lists.get_mut(bridge).expect("made above");
+                        flows.iter().try_for_each(|f| l.remove(f))?;
+                    }
+                }
+                ConfigChange::SetFlows { bridge, flows } => {
+                    if self.bridges.iter().any(|b| &b.name == bridge) {
+                        lists.insert(bridge.clone(), FlowList::of(flows)?);
+                    }
+                }
+            }
+        }
+        for (name, l) in lists {
+            if let Some(b) = self.bridges.iter_mut().find(|b| b.name == name) {
+                b.flows = l.into_texts();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a daemon keeps its configuration: a snapshot file and a journal.
+///
+/// The snapshot (`PATH`) is the whole [`SwitchConfig`], written atomically
+/// (a temporary file of a unique name, fsync, rename, fsync of the
+/// directory), numbered by a generation. The journal (`PATH.journal`)
+/// names the generation it follows on its first line, then holds one
+/// [`ConfigChange`] per line, appended and synced after each change, so a
+/// change costs what it changed, not the size of the configuration. When
+/// the journal outgrows the snapshot, the caller writes a new snapshot
+/// ([`Store::save`]), which starts a new journal. A journal that follows
+/// another generation (a crash between the two renames) is already in
+/// the snapshot and is ignored; a torn last line (a crash mid-append, so
+/// never acknowledged) is dropped. Temporary files left by a crash are
+/// removed when the store is opened.
+#[derive(Debug)]
 pub struct Store {
     path: PathBuf,
+    state: std::sync::Mutex<Journal>,
+}
+
+#[derive(Debug, Default)]
+struct Journal {
+    /// The generation of the snapshot on disk.
+    generation: u64,
+    /// The journal, open for appending (None: write a snapshot first).
+    file: Option<std::fs::File>,
+    bytes: u64,
+    snapshot_bytes: u64,
+}
+
+/// A journal's first line.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalHeader {
+    base: u64,
 }
 
 /// What [`Store::load`] found.
@@ -252,8 +455,12 @@ pub enum Loaded {
     },
 }
 
+/// A journal this much larger than the snapshot calls for a new snapshot.
+const JOURNAL_SLACK: u64 = 1 << 20;
+
 impl Store {
-    /// A store at `path`, creating its directory.
+    /// A store at `path`, creating its directory and removing temporary
+    /// files an interrupted save left behind.
     ///
     /// # Errors
     /// [`Error::Io`] if the directory cannot be created.
@@ -262,7 +469,35 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| file_error(format!("create {}", dir.display()), e))?;
         }
-        Ok(Store { path })
+        let store = Store { path, state: Default::default() };
+        store.remove_temporaries();
+        Ok(store)
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        PathBuf::from(format!("{}.journal", self.path.display()))
+    }
+
+    fn temporary(&self, of: &Path) -> PathBuf {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PathBuf::from(format!("{}.tmp-{}-{n}", of.display(), std::process::id()))
+    }
+
+    fn remove_temporaries(&self) {
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else { return };
+        let prefixes = [format!("{name}.tmp-"), format!("{name}.journal.tmp-")];
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let n = entry.file_name();
+            if n.to_str().is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p.as_str()))) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The file's path.
@@ -270,11 +505,13 @@ impl Store {
         &self.path
     }
 
-    /// Reads the file. One that cannot be parsed is moved aside to
-    /// `PATH.corrupt-SECONDS` (never overwritten) and reported.
+    /// Reads the snapshot and replays the journal that follows it. A
+    /// snapshot that cannot be parsed is moved aside to
+    /// `PATH.corrupt-SECONDS` (never overwritten) and reported, with its
+    /// journal.
     ///
     /// # Errors
-    /// [`Error::Io`] if the file exists but cannot be read or moved.
+    /// [`Error::Io`] if the files exist but cannot be read or moved.
     pub fn load(&self) -> Result<Loaded> {
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
@@ -282,7 +519,10 @@ impl Store {
             Err(e) => return Err(file_error(format!("read {}", self.path.display()), e)),
         };
         let reason = match serde_json::from_slice::<SwitchConfig>(&text) {
-            Ok(c) if c.version == FORMAT_VERSION => return Ok(Loaded::Config(c)),
+            Ok(c) if c.version == FORMAT_VERSION => match self.replay_journal(c, text.len() as u64) {
+                Ok(c) => return Ok(Loaded::Config(c)),
+                Err(e) => format!("its journal {}: {e}", self.journal_path().display()),
+            },
             Ok(c) => format!("format version {} (this vswitchd reads {FORMAT_VERSION})", c.version),
             Err(e) => e.to_string(),
         };
@@ -295,28 +535,152 @@ impl Store {
         }
         std::fs::rename(&self.path, &kept)
             .map_err(|e| file_error(format!("move {} aside to {}", self.path.display(), kept.display()), e))?;
+        let _ = std::fs::rename(self.journal_path(), format!("{}.journal", kept.display()));
         Ok(Loaded::Corrupt { reason, kept })
     }
 
-    /// Writes `config` atomically: a reader (or a crash) sees the old file
-    /// or the new one, never a mix.
+    /// `config` (the snapshot, `snapshot_bytes` long) with its journal
+    /// replayed; the journal is then kept open for appending.
+    fn replay_journal(&self, mut config: SwitchConfig, snapshot_bytes: u64) -> Result<SwitchConfig> {
+        let mut state = self.lock();
+        *state = Journal { generation: config.generation, file: None, bytes: 0, snapshot_bytes };
+        let jpath = self.journal_path();
+        let text = match std::fs::read(&jpath) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(config),
+            Err(e) => return Err(file_error(format!("read {}", jpath.display()), e)),
+        };
+        let mut lines = text.split(|&b| b == b'\n');
+        let header = lines.next().and_then(|l| serde_json::from_slice::<JournalHeader>(l).ok());
+        if header.is_none_or(|h| h.base != config.generation) {
+            // Written before the snapshot, which holds all of it.
+            return Ok(config);
+        }
+        let lines: Vec<&[u8]> = lines.collect();
+        let mut changes = Vec::with_capacity(lines.len());
+        let mut good = text.len();
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_slice::<ConfigChange>(line) {
+                Ok(c) => changes.push(c),
+                Err(_) if line.is_empty() && i + 1 == lines.len() => {}
+                Err(_) if i + 1 == lines.len() => good -= line.len(),
+                Err(e) => return Err(Error::invalid("journal", format!("line {}: {e}", i + 2))),
+            }
+        }
+        config.replay(&changes)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&jpath)
+            .map_err(|e| file_error(format!("open {}", jpath.display()), e))?;
+        // Drop a torn last line before appending after it.
+        f.set_len(good as u64).map_err(|e| file_error(format!("truncate {}", jpath.display()), e))?;
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::End(0)).map_err(|e| file_error(format!("seek {}", jpath.display()), e))?;
+        state.file = Some(f);
+        state.bytes = good as u64;
+        Ok(config)
+    }
+
+    /// Writes `config` as a new snapshot, atomically (a reader, or a
+    /// crash, sees the old snapshot and journal or the new ones, never a
+    /// mix), and starts an empty journal after it.
     ///
     /// # Errors
-    /// [`Error::Io`] if any step fails; the old file is then untouched.
+    /// [`Error::Io`] if any step fails; the files on disk still hold the
+    /// configuration as it was.
     pub fn save(&self, config: &SwitchConfig) -> Result<()> {
+        self.save_with(config, || Ok(()))
+    }
+
+    /// [`save`](Self::save), calling `between` after the new snapshot is
+    /// written and synced and before it replaces the old one (tests use it
+    /// to fail there, as a crash would).
+    #[doc(hidden)]
+    pub fn save_with(&self, config: &SwitchConfig, between: impl FnOnce() -> std::io::Result<()>) -> Result<()> {
+        let mut state = self.lock();
         let io = |what: &str, e| file_error(format!("{what} {}", self.path.display()), e);
-        let mut text = serde_json::to_vec_pretty(config).map_err(|e| io("serialize", std::io::Error::other(e)))?;
+        let generation = state.generation + 1;
+        let mut text = serde_json::to_vec_pretty(&SwitchConfig { generation, ..config.clone() })
+            .map_err(|e| io("serialize", std::io::Error::other(e)))?;
         text.push(b'\n');
-        let tmp = PathBuf::from(format!("{}.tmp", self.path.display()));
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create a temporary file for", e))?;
-        f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| io("write", e))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(|e| io("replace", e))?;
-        // The rename itself is durable once the directory is synced.
+        let tmp = self.temporary(&self.path);
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io("create a temporary file for", e))?;
+            f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| io("write", e))?;
+            between().map_err(|e| io("write", e))?;
+            std::fs::rename(&tmp, &self.path).map_err(|e| io("replace", e))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        self.sync_dir()?;
+        state.generation = generation;
+        state.snapshot_bytes = text.len() as u64;
+        state.file = None;
+        state.bytes = 0;
+        // The new journal: its header, then nothing.
+        let jpath = self.journal_path();
+        let jtmp = self.temporary(&jpath);
+        let mut header = serde_json::to_vec(&JournalHeader { base: generation }).expect("a header serializes");
+        header.push(b'\n');
+        let started = (|| {
+            let mut f = std::fs::File::create(&jtmp).map_err(|e| io("create the journal of", e))?;
+            f.write_all(&header).and_then(|_| f.sync_all()).map_err(|e| io("write the journal of", e))?;
+            std::fs::rename(&jtmp, &jpath).map_err(|e| io("replace the journal of", e))?;
+            Ok::<_, Error>(f)
+        })();
+        match started {
+            Ok(f) => {
+                self.sync_dir()?;
+                state.bytes = header.len() as u64;
+                state.file = Some(f);
+                Ok(())
+            }
+            Err(e) => {
+                // The snapshot is complete; the next change writes another.
+                let _ = std::fs::remove_file(&jtmp);
+                Err(e)
+            }
+        }
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        // A rename is durable once its directory is synced.
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the directory of", e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| file_error(format!("sync the directory of {}", self.path.display()), e))?;
         }
         Ok(())
+    }
+
+    /// Appends `changes` to the journal and syncs it. Returns false if
+    /// there is no journal to append to (nothing saved yet) or the journal
+    /// has outgrown the snapshot: the caller then writes a snapshot with
+    /// [`save`](Self::save).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the write fails; the journal is then cut back to
+    /// where it was.
+    pub fn append(&self, changes: &[ConfigChange]) -> Result<bool> {
+        let mut state = self.lock();
+        let before = state.bytes;
+        let Some(f) = state.file.as_mut() else { return Ok(false) };
+        if changes.is_empty() {
+            return Ok(true);
+        }
+        let mut text = Vec::new();
+        for c in changes {
+            serde_json::to_writer(&mut text, c).map_err(|e| file_error("serialize a change".into(), e.into()))?;
+            text.push(b'\n');
+        }
+        if let Err(e) = f.write_all(&text).and_then(|_| f.sync_data()) {
+            let _ = f.set_len(before);
+            return Err(file_error(format!("append to {}", self.journal_path().display()), e));
+        }
+        state.bytes += text.len() as u64;
+        Ok(state.bytes <= state.snapshot_bytes.max(JOURNAL_SLACK))
     }
 }
 
@@ -339,6 +703,7 @@ mod tests {
         p.options.insert("xdp_mode".into(), "generic".into());
         let cfg = SwitchConfig {
             version: FORMAT_VERSION,
+            generation: 0,
             bridges: vec![BridgeConfig {
                 name: "br0".into(),
                 mac_table: MacTableConfig::default(),
@@ -352,11 +717,88 @@ mod tests {
             }],
         };
         store.save(&cfg).unwrap();
-        match store.load().unwrap() {
-            Loaded::Config(c) => assert_eq!(c, cfg),
+        match Store::new(&path).unwrap().load().unwrap() {
+            Loaded::Config(c) => assert_eq!(c, SwitchConfig { generation: 1, ..cfg }),
             other => panic!("{other:?}"),
         }
-        assert!(!PathBuf::from(format!("{}.tmp", path.display())).exists());
+        assert_eq!(temporaries(&path), 0);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    fn temporaries(path: &Path) -> usize {
+        std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .count()
+    }
+
+    fn one_bridge() -> SwitchConfig {
+        let mut c = SwitchConfig::default();
+        c.replay(&[ConfigChange::NewBridge { name: "br0".into(), mac_table: MacTableConfig::default() }]).unwrap();
+        c
+    }
+
+    fn loaded(path: &Path) -> SwitchConfig {
+        match Store::new(path).unwrap().load().unwrap() {
+            Loaded::Config(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn changes_are_journalled_and_replayed_over_the_snapshot() {
+        let path = temp("journal");
+        let store = Store::new(&path).unwrap();
+        assert!(!store.append(&[]).unwrap(), "nothing saved yet: a snapshot is asked for");
+        store.save(&one_bridge()).unwrap();
+        let add = |f: &[&str]| ConfigChange::AddFlows {
+            bridge: "br0".into(),
+            flows: f.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(store.append(&[add(&["priority=5,ip actions=drop", "priority=6,arp actions=NORMAL"])]).unwrap());
+        assert!(store.append(&[add(&["priority=5,ip actions=output:1"])]).unwrap(), "replaces the first");
+        let del = ConfigChange::DelFlows { bridge: "br0".into(), flows: vec!["priority=6,arp actions=NORMAL".into()] };
+        assert!(store.append(&[del]).unwrap());
+        let c = loaded(&path);
+        assert_eq!(c.bridges[0].flows, ["priority=0 actions=NORMAL", "priority=5,ip actions=output:1"]);
+
+        // A torn last line (a crash mid-append, never acknowledged) is
+        // dropped, and appending goes on after the good part.
+        let jpath = format!("{}.journal", path.display());
+        let mut f = std::fs::OpenOptions::new().append(true).open(&jpath).unwrap();
+        f.write_all(br#"{"op":"del_bridge","na"#).unwrap();
+        drop(f);
+        let store = Store::new(&path).unwrap();
+        let Loaded::Config(c) = store.load().unwrap() else { panic!() };
+        assert_eq!(c.bridges.len(), 1);
+        assert!(store.append(&[add(&["priority=7,tcp actions=drop"])]).unwrap());
+        assert_eq!(loaded(&path).bridges[0].flows.len(), 3);
+
+        // A journal of an older generation (a crash between the snapshot's
+        // rename and the new journal's) is already in the snapshot.
+        let old_journal = std::fs::read(&jpath).unwrap();
+        store.save(&SwitchConfig::default()).unwrap();
+        std::fs::write(&jpath, &old_journal).unwrap();
+        assert!(loaded(&path).bridges.is_empty());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_previous_configuration() {
+        let path = temp("crash");
+        let store = Store::new(&path).unwrap();
+        store.save(&one_bridge()).unwrap();
+        let e = store
+            .save_with(&SwitchConfig::default(), || Err(std::io::Error::other("crash")))
+            .expect_err("the save fails between write and rename");
+        assert!(e.to_string().contains("crash"), "{e}");
+        assert_eq!(temporaries(&path), 0, "the temporary file does not linger");
+        assert_eq!(loaded(&path).bridges.len(), 1, "the previous configuration is intact");
+        // A real crash leaves the temporary file: the next start removes it.
+        std::fs::write(format!("{}.tmp-1-0", path.display()), b"{half").unwrap();
+        assert_eq!(loaded(&path).bridges.len(), 1);
+        assert_eq!(temporaries(&path), 0);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -14,12 +14,15 @@ use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
 
 use crate::clock::{Clock, MonotonicClock};
+use crate::config::ConfigChange;
 use crate::config::PortSpec;
 use crate::datapath::SharedPort;
 pub use crate::datapath::thread::IdlePolicy;
 use crate::datapath::thread::{DatapathThread, FailureHook, Late};
 use crate::datapath::{Datapath, Wakeup};
-use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleStats, TableError, Trace};
+use crate::flow::{
+    DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleKey, RuleSet, RuleStats, TableError, Trace,
+};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
 use crate::port::deferred::PortStatus;
@@ -205,6 +208,8 @@ impl SwitchBuilder {
         Ok(Switch {
             registry: Mutex::new(Registry { bridges: BTreeMap::new(), owned: vec![0; threads] }),
             changes: Mutex::new(()),
+            journal: Mutex::new(None),
+            next_sweep_ms: Mutex::new(0),
             timeout: self.timeout,
             runner,
             clock,
@@ -232,6 +237,8 @@ struct Registry {
 #[derive(Debug)]
 struct BridgeEntry {
     index: usize,
+    /// The rules, as the control side keeps them (see [`RuleSet`]).
+    rules: Arc<Mutex<RuleSet>>,
     mac: Arc<MacTable>,
     ports: BTreeMap<String, PortEntry>,
 }
@@ -356,6 +363,10 @@ pub struct Switch {
     /// Serialises changes, so that one change sees the registry as the
     /// last one left it while readers go on reading.
     changes: Mutex<()>,
+    /// Changes recorded for a daemon's journal (None: not recording).
+    journal: Mutex<Option<Vec<ConfigChange>>>,
+    /// When expired rules are next looked for.
+    next_sweep_ms: Mutex<u64>,
     timeout: Duration,
     runner: Runner,
     clock: Arc<dyn Clock>,
@@ -403,6 +414,15 @@ impl Switch {
         &self,
         f: impl Fn(&mut Datapath, usize) -> R + Send + Sync + 'static,
     ) -> Result<Vec<R>> {
+        self.broadcast_within(self.timeout, f)
+    }
+
+    /// As [`broadcast`](Self::broadcast), waiting at most `timeout`.
+    fn broadcast_within<R: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl Fn(&mut Datapath, usize) -> R + Send + Sync + 'static,
+    ) -> Result<Vec<R>> {
         let threads = match &self.runner {
             Runner::Threads(threads) => threads,
             Runner::Manual { dp, .. } => return Ok(vec![f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()), 0)]),
@@ -413,7 +433,7 @@ impl Switch {
             threads[i].submit(move |dp| f(dp, i))
         };
         let pending = (0..threads.len()).map(submit).collect::<Result<Vec<_>>>()?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         let mut results = Vec::with_capacity(pending.len());
         for (i, p) in pending.iter().enumerate() {
             results.push(p.wait(deadline).map_err(|()| threads[i].gone())?);
@@ -434,7 +454,7 @@ impl Switch {
                 }
             }
         }
-        Err(Error::Timeout { thread: threads[late].name().to_string(), waited: self.timeout, outcome })
+        Err(Error::Timeout { thread: threads[late].name().to_string(), waited: timeout, outcome })
     }
 
     /// As [`apply`](Self::apply), for a change that depends on the thread.
@@ -593,10 +613,15 @@ impl Switch {
         let (t, limit) = (table.clone(), self.flow_limit);
         // Every thread's copy of the default rule counts into the same stats.
         let stats = RuleStats::new(self.now_ms(), self.threads());
+        let mut rules = RuleSet::new(limit);
+        rules.add(vec![(crate::flow::default_rule(), stats.clone())]);
         let r = self
             .apply_each(move |dp, i| dp.add_bridge(index, t.clone(), FlowTable::for_thread(limit, stats.clone(), i)));
         if took_effect(&r) {
-            self.registry().bridges.insert(name.to_string(), BridgeEntry { index, mac: table, ports: BTreeMap::new() });
+            self.record(ConfigChange::NewBridge { name: name.to_string(), mac_table: mac });
+            let rules = Arc::new(Mutex::new(rules));
+            let entry = BridgeEntry { index, rules, mac: table, ports: BTreeMap::new() };
+            self.registry().bridges.insert(name.to_string(), entry);
         }
         r
     }
@@ -611,6 +636,7 @@ impl Switch {
         // The ports come back to be closed here, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(drop);
         if took_effect(&r) {
+            self.record(ConfigChange::DelBridge { name: name.to_string() });
             let mut reg = self.registry();
             if let Some(b) = reg.bridges.remove(name) {
                 for p in b.ports.values() {
@@ -876,6 +902,10 @@ pub struct DatapathThreadInfo {
     pub failure: Option<String>,
 }
 
+fn lock_rules(set: &Mutex<RuleSet>) -> MutexGuard<'_, RuleSet> {
+    set.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn flow_error(e: crate::flow::FlowParseError) -> Error {
     Error::invalid("flow", e.0)
 }
@@ -936,12 +966,24 @@ impl Switch {
     /// As [`Switch::add_flow`]; the message says which line was refused.
     pub fn add_flows(&self, bridge: &str, flows: &[&str]) -> Result<usize> {
         let _change = self.change();
+        self.sweep_expired(false);
         let (index, rules) = self.parse_rules(bridge, flows)?;
+        let set = self.rule_set(bridge)?;
+        let mut set = lock_rules(&set);
+        set.check_room(&rules).map_err(|TableError::Full| Error::Full("flow table"))?;
         let n = rules.len();
-        self.apply(move |dp| dp.flows_mut(index).map(|t| t.add_with_stats(rules.clone())))?
-            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?
-            .map_err(|TableError::Full| Error::Full("flow table"))?;
-        Ok(n)
+        let texts: Vec<String> = rules.iter().map(|(s, _)| s.to_text()).collect();
+        let copy = Arc::new(rules.clone());
+        let r = self.apply_sized(n, move |dp| {
+            if let Some(t) = dp.flows_mut(index) {
+                let _ = t.add_with_stats(copy.to_vec());
+            }
+        });
+        if took_effect(&r) {
+            set.add(rules);
+            self.record(ConfigChange::AddFlows { bridge: bridge.to_string(), flows: texts });
+        }
+        r.map(|()| n)
     }
 
     /// Replaces the actions of the rules `flow` selects (its match, and
@@ -952,12 +994,27 @@ impl Switch {
     /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
     pub fn mod_flows(&self, bridge: &str, flow: &str, strict: bool) -> Result<usize> {
         let _change = self.change();
+        self.sweep_expired(false);
         let (index, ports) = self.bridge_ports(bridge)?;
         let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
         let sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
-        let actions = spec.actions;
-        self.apply(move |dp| dp.flows_mut(index).map(|t| t.modify(&sel, strict, &actions)))?
-            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
+        let set = self.rule_set(bridge)?;
+        let mut set = lock_rules(&set);
+        let keys = set.select(&sel, strict);
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let (k, actions) = (keys.clone(), spec.actions.clone());
+        let r = self.apply_sized(keys.len(), move |dp| {
+            if let Some(t) = dp.flows_mut(index) {
+                t.modify_keys(&k, &actions);
+            }
+        });
+        if took_effect(&r) {
+            let flows = set.modify(&keys, &spec.actions).iter().map(FlowSpec::to_text).collect();
+            self.record(ConfigChange::AddFlows { bridge: bridge.to_string(), flows });
+        }
+        r.map(|()| keys.len())
     }
 
     /// Deletes the rules `flow` selects (all of them for `None`); with
@@ -969,24 +1026,114 @@ impl Switch {
     /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
     pub fn del_flows(&self, bridge: &str, flow: Option<&str>, strict: bool) -> Result<usize> {
         let _change = self.change();
-        let (index, ports) = self.bridge_ports(bridge)?;
+        self.sweep_expired(false);
+        let (_, ports) = self.bridge_ports(bridge)?;
         let sel = match flow {
             Some(f) => FlowSelector::parse(f, &|n: &str| ports.get(n).copied()).map_err(flow_error)?,
             None => FlowSelector::default(),
         };
-        self.apply(move |dp| dp.flows_mut(index).map(|t| t.delete(&sel, strict)))?
-            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
+        let set = self.rule_set(bridge)?;
+        let keys = lock_rules(&set).select(&sel, strict);
+        self.remove_rules(bridge, &keys).map(|()| keys.len())
+    }
+
+    /// Removes the rules with identities `keys` from `bridge`, on the
+    /// datapath and here (under the change lock).
+    fn remove_rules(&self, bridge: &str, keys: &[RuleKey]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let (index, _) = self.bridge_ports(bridge)?;
+        let set = self.rule_set(bridge)?;
+        let mut set = lock_rules(&set);
+        let k = Arc::new(keys.to_vec());
+        let r = self.apply_sized(keys.len(), move |dp| {
+            if let Some(t) = dp.flows_mut(index) {
+                t.delete_keys(&k);
+            }
+        });
+        if took_effect(&r) {
+            let flows = set.remove(keys).iter().map(FlowSpec::to_text).collect();
+            self.record(ConfigChange::DelFlows { bridge: bridge.to_string(), flows });
+        }
+        r
+    }
+
+    /// Removes the rules whose idle or hard timeout has passed, from the
+    /// datapath and from the switch's listings and configuration; returns
+    /// how many. The datapath stops matching an expired rule by itself;
+    /// this is what makes it gone for good. A daemon calls it every
+    /// second; changes to the flow table call it at most once a second.
+    pub fn expire_flows(&self) -> usize {
+        let _change = self.change();
+        self.sweep_expired(true)
+    }
+
+    /// [`expire_flows`](Self::expire_flows) under the change lock; unless
+    /// `always`, at most once a second.
+    fn sweep_expired(&self, always: bool) -> usize {
+        let now = self.now_ms();
+        {
+            let mut next = self.next_sweep_ms.lock().unwrap_or_else(|e| e.into_inner());
+            if !always && now < *next {
+                return 0;
+            }
+            *next = now + 1000;
+        }
+        let sets: Vec<(String, Arc<Mutex<RuleSet>>)> =
+            self.registry().bridges.iter().map(|(n, b)| (n.clone(), b.rules.clone())).collect();
+        let mut removed = 0;
+        for (bridge, set) in sets {
+            let keys = lock_rules(&set).expired(now);
+            if self.remove_rules(&bridge, &keys).is_ok() {
+                removed += keys.len();
+            }
+        }
+        removed
     }
 
     /// Every rule of `bridge` with its counters, highest priority first.
+    /// Read on the control side: no datapath thread is involved.
     ///
     /// # Errors
     /// [`Error::BridgeNotFound`].
     pub fn dump_flows(&self, bridge: &str) -> Result<Vec<FlowStats>> {
-        let (index, _) = self.bridge_ports(bridge)?;
         let now = self.now_ms();
-        self.on_first(move |dp| dp.flows_mut(index).map(|t| t.dump(now)))?
-            .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))
+        let set = self.rule_set(bridge)?;
+        Ok(lock_rules(&set).dump(now))
+    }
+
+    /// The control side's rules of `bridge`.
+    fn rule_set(&self, bridge: &str) -> Result<Arc<Mutex<RuleSet>>> {
+        let reg = self.registry();
+        Ok(reg.bridges.get(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?.rules.clone())
+    }
+
+    /// As [`apply`](Self::apply) for a change of `n` rules: the deadline
+    /// grows by 20 µs a rule, so that a million-rule load is not cut short.
+    fn apply_sized(&self, n: usize, f: impl Fn(&mut Datapath) + Send + Sync + 'static) -> Result<()> {
+        let extra = Duration::from_micros(20).saturating_mul(n.min(u32::MAX as usize) as u32);
+        self.broadcast_within(self.timeout + extra, move |dp, _| f(dp)).map(drop)
+    }
+
+    /// Starts recording every change to the configuration, for
+    /// [`take_changes`](Self::take_changes): what a daemon journals.
+    pub fn record_changes(&self) {
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        j.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call (see
+    /// [`record_changes`](Self::record_changes)), oldest first.
+    pub fn take_changes(&self) -> Vec<ConfigChange> {
+        let mut j = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        j.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    pub(crate) fn record(&self, change: ConfigChange) {
+        if let Some(j) = self.journal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            j.push(change);
+        }
     }
 
     /// Explains what `bridge` would do with the packet `flow` describes

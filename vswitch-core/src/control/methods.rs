@@ -633,8 +633,10 @@ impl Control {
     }
 
     /// Serves `switch`, saving its configuration to `store` after each
-    /// change.
+    /// change: the change itself is appended to the store's journal, and
+    /// a new snapshot is written when the journal has outgrown the last.
     pub fn with_store(switch: Arc<Switch>, store: Store) -> Control {
+        switch.record_changes();
         Control {
             switch,
             store: Some(store),
@@ -671,29 +673,53 @@ impl Control {
         &self.switch
     }
 
-    /// Handles one request line, as [`dispatch`], then saves the
-    /// configuration if it changed. A change that is live but could not be
-    /// saved is reported as an `io` error saying so.
+    /// Handles one request line, as [`dispatch`], then saves what it
+    /// changed. A change that is live but could not be saved is reported
+    /// as an `io` error saying so.
     pub fn dispatch(&self, line: &str) -> String {
         let sw = &*self.switch;
         respond(line, |method, p| {
             let changes = method == "transact" || CHANGES.contains(&method);
             let _writer = changes.then(|| self.writer.lock().unwrap_or_else(|e| e.into_inner()));
+            let before = (changes && self.store.is_some()).then(|| sw.bridge_settings());
             let r = match method {
                 "transact" => transact(sw, &self.kernel_type, p),
                 "debug.stall_datapath" | "debug.panic_datapath" if self.test_hooks => test_hook(sw, method, p),
                 _ => call(sw, &self.kernel_type, method, p),
             };
-            let recorded = match &r {
-                Ok(_) => true,
-                Err(e) => e.recorded,
-            };
-            if let (true, true, Some(store)) = (changes, recorded, &self.store) {
-                sw.config(false)
-                    .and_then(|c| store.save(&c))
+            // Whatever changed is saved, even by a request that failed (a
+            // transaction's undone steps, a change a late thread will
+            // apply): the journal then says what the switch holds.
+            if let Some(before) = before {
+                let mut records = sw.take_changes();
+                for (name, now) in sw.bridge_settings() {
+                    if before.get(&name) != Some(&now) {
+                        records.push(now);
+                    }
+                }
+                self.persist(&records)
                     .map_err(|e| RpcError::new(-32000, "io", format!("the change is live but was not saved: {e}")))?;
             }
             r
         })
+    }
+
+    /// Journals `records`, or writes a snapshot when the journal asks.
+    fn persist(&self, records: &[crate::config::ConfigChange]) -> crate::Result<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        if records.is_empty() || store.append(records)? {
+            return Ok(());
+        }
+        store.save(&self.switch.config(false)?)
+    }
+
+    /// Housekeeping a server runs about once a second: rules whose
+    /// timeout passed are removed, and the removal saved.
+    pub fn tick(&self) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.switch.expire_flows() > 0 {
+            // A failure here is retried with the next change's save.
+            let _ = self.persist(&self.switch.take_changes());
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Serving [`Control::dispatch`](super::Control::dispatch) on a Unix socket.
+//! Serving [`Control::dispatch`](super::Control::dispatch) on a Unix socket,
+//! and [`Control::tick`](super::Control::tick) once a second.
 //!
 //! One event-loop thread (`mio`) owns every socket; requests run on a few
 //! worker threads, so a slow request (a datapath thread that does not
@@ -106,6 +107,7 @@ pub struct ControlServer {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
+    housekeeping: Option<JoinHandle<()>>,
 }
 
 fn bind(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
@@ -169,12 +171,23 @@ impl ControlServer {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(|e| Error::io("epoll_ctl", e))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Error::io("eventfd", e))?);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut server = Server::new(Arc::new(control), listener, poll, waker.clone(), stop.clone(), options)?;
+        let control = Arc::new(control);
+        let mut server = Server::new(control.clone(), listener, poll, waker.clone(), stop.clone(), options)?;
+        let (c, s) = (control, stop.clone());
+        let housekeeping = std::thread::Builder::new()
+            .name("vswitch-ctl-tick".into())
+            .spawn(move || {
+                while !s.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    c.tick();
+                }
+            })
+            .map_err(|e| Error::io("thread spawn", e))?;
         let thread = std::thread::Builder::new()
             .name("vswitch-control".into())
             .spawn(move || server.run())
             .map_err(|e| Error::io("thread spawn", e))?;
-        Ok(ControlServer { path, stop, waker, thread: Some(thread) })
+        Ok(ControlServer { path, stop, waker, thread: Some(thread), housekeeping: Some(housekeeping) })
     }
 
     /// The socket's path.
@@ -188,6 +201,10 @@ impl Drop for ControlServer {
         self.stop.store(true, Ordering::Release);
         let _ = self.waker.wake();
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.housekeeping.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.path);

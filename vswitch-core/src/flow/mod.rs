@@ -14,6 +14,7 @@ mod classifier;
 mod key;
 mod matching;
 mod packed;
+mod ruleset;
 mod spec;
 mod table;
 mod trace;
@@ -24,8 +25,9 @@ pub use classifier::Classifier;
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
 pub use packed::{PackedKey, PackedParse, VLAN_PRESENT, WORDS};
+pub(crate) use ruleset::RuleSet;
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver};
-pub use table::{DEFAULT_FLOW_LIMIT, FlowTable, Rule, RuleStats, TableError};
+pub use table::{DEFAULT_FLOW_LIMIT, FlowTable, Rule, RuleKey, RuleStats, TableError, default_rule};
 pub use trace::{Trace, TraceOutput};
 
 #[cfg(test)]

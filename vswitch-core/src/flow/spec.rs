@@ -157,6 +157,11 @@ impl FlowSpec {
 }
 
 impl FlowSelector {
+    /// Whether the cookie condition (if any) admits `cookie`.
+    pub fn cookie_matches(&self, cookie: u64) -> bool {
+        self.cookie.is_none_or(|(v, m)| cookie & m == v)
+    }
+
     /// Parses a selection as given to `del-flows` or `mod-flows` (without
     /// the actions) or `trace` (a flow description).
     ///

@@ -88,6 +88,46 @@ impl RuleStats {
     }
 }
 
+/// The rule a new bridge's table holds: `priority=0,actions=NORMAL`.
+pub fn default_rule() -> FlowSpec {
+    FlowSpec {
+        priority: 0,
+        matching: Match::any(),
+        actions: vec![Action::Normal],
+        cookie: 0,
+        idle_timeout: 0,
+        hard_timeout: 0,
+    }
+}
+
+/// The identity of a rule in its table: no two rules share a match and a
+/// priority.
+pub type RuleKey = (Match, u16);
+
+/// Whether `spec`, counting into `stats`, has passed its idle or hard
+/// timeout at `now_ms`.
+pub(crate) fn is_expired(spec: &FlowSpec, stats: &RuleStats, now_ms: u64) -> bool {
+    let idle = spec.idle_timeout != 0 && now_ms >= stats.last_used_ms() + spec.idle_timeout as u64 * 1000;
+    let hard = spec.hard_timeout != 0 && now_ms >= stats.created_ms + spec.hard_timeout as u64 * 1000;
+    idle || hard
+}
+
+/// A rule's row in a dump.
+pub(crate) fn flow_stats(spec: &FlowSpec, stats: &RuleStats, now_ms: u64) -> FlowStats {
+    FlowStats {
+        cookie: spec.cookie,
+        duration_secs: now_ms.saturating_sub(stats.created_ms) as f64 / 1000.0,
+        n_packets: stats.packets(),
+        n_bytes: stats.bytes(),
+        priority: spec.priority,
+        matching: spec.matching.to_text(),
+        actions: super::action::actions_to_text(&spec.actions),
+        idle_timeout: spec.idle_timeout,
+        hard_timeout: spec.hard_timeout,
+        idle_age_secs: now_ms.saturating_sub(stats.last_used_ms()) / 1000,
+    }
+}
+
 /// A rule with its counters.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -157,15 +197,7 @@ impl FlowTable {
             default_normal: None,
             thread,
         };
-        let normal = FlowSpec {
-            priority: 0,
-            matching: Match::any(),
-            actions: vec![Action::Normal],
-            cookie: 0,
-            idle_timeout: 0,
-            hard_timeout: 0,
-        };
-        let _ = t.add_with_stats(vec![(normal, stats)]);
+        let _ = t.add_with_stats(vec![(default_rule(), stats)]);
         t
     }
 
@@ -302,8 +334,34 @@ impl FlowTable {
     }
 
     fn cookie_ok(&self, id: u32, sel: &FlowSelector) -> bool {
-        let Some((v, m)) = sel.cookie else { return true };
-        self.rules[id as usize].as_ref().is_some_and(|r| r.spec.cookie & m == v)
+        self.rules[id as usize].as_ref().is_some_and(|r| sel.cookie_matches(r.spec.cookie))
+    }
+
+    /// Removes the rules with these identities (those still there).
+    pub(crate) fn delete_keys(&mut self, keys: &[RuleKey]) -> usize {
+        let mut n = 0;
+        for key in keys {
+            if let Some(id) = self.identity.get(key).copied() {
+                self.remove_id(id);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.changed();
+        }
+        n
+    }
+
+    /// Replaces the actions of the rules with these identities.
+    pub(crate) fn modify_keys(&mut self, keys: &[RuleKey], actions: &[Action]) {
+        for key in keys {
+            if let Some(r) = self.identity.get(key).and_then(|&id| self.rules[id as usize].as_mut()) {
+                r.spec.actions = actions.to_vec();
+            }
+        }
+        if !keys.is_empty() {
+            self.changed();
+        }
     }
 
     /// Removes the selected rules (OpenFlow's loose or strict delete);
@@ -388,10 +446,7 @@ impl FlowTable {
             .enumerate()
             .filter_map(|(i, r)| {
                 let r = r.as_ref()?;
-                let idle =
-                    r.spec.idle_timeout != 0 && now_ms >= r.stats.last_used_ms() + r.spec.idle_timeout as u64 * 1000;
-                let hard = r.spec.hard_timeout != 0 && now_ms >= r.stats.created_ms + r.spec.hard_timeout as u64 * 1000;
-                (idle || hard).then_some(i as u32)
+                is_expired(&r.spec, &r.stats, now_ms).then_some(i as u32)
             })
             .collect();
         for &id in &doomed {
@@ -407,20 +462,6 @@ impl FlowTable {
     pub fn dump(&self, now_ms: u64) -> Vec<FlowStats> {
         let mut rules: Vec<&Rule> = self.rules.iter().flatten().collect();
         rules.sort_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.seq.cmp(&b.seq)));
-        rules
-            .into_iter()
-            .map(|r| FlowStats {
-                cookie: r.spec.cookie,
-                duration_secs: now_ms.saturating_sub(r.stats.created_ms) as f64 / 1000.0,
-                n_packets: r.stats.packets(),
-                n_bytes: r.stats.bytes(),
-                priority: r.spec.priority,
-                matching: r.spec.matching.to_text(),
-                actions: super::action::actions_to_text(&r.spec.actions),
-                idle_timeout: r.spec.idle_timeout,
-                hard_timeout: r.spec.hard_timeout,
-                idle_age_secs: now_ms.saturating_sub(r.stats.last_used_ms()) / 1000,
-            })
-            .collect()
+        rules.into_iter().map(|r| flow_stats(&r.spec, &r.stats, now_ms)).collect()
     }
 }

@@ -3,11 +3,12 @@
 //! what a daemon saves after each change and replays at start.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::Switch;
+use crate::config::ConfigChange;
 use crate::config::{BridgeConfig, PortSpec, StaticMac, SwitchConfig};
-use crate::flow::{FlowStats, TableError};
+use crate::flow::{RuleSet, TableError};
 use crate::port::afpacket::AfPacketPort;
 use crate::port::afxdp::AfXdpPort;
 use crate::port::deferred::{Deferred, Opener, PortStatus};
@@ -58,26 +59,6 @@ fn kind_str(kind: &str) -> &'static str {
         "gre" => "gre",
         _ => "internal",
     }
-}
-
-/// A rule as `ovs-ofctl add-flow` text that recreates it.
-fn flow_text(f: &FlowStats) -> String {
-    let mut parts = Vec::new();
-    if f.cookie != 0 {
-        parts.push(format!("cookie={:#x}", f.cookie));
-    }
-    parts.push(format!("priority={}", f.priority));
-    if !f.matching.is_empty() {
-        parts.push(f.matching.clone());
-    }
-    if f.idle_timeout != 0 {
-        parts.push(format!("idle_timeout={}", f.idle_timeout));
-    }
-    if f.hard_timeout != 0 {
-        parts.push(format!("hard_timeout={}", f.hard_timeout));
-    }
-    parts.push(format!("actions={}", f.actions));
-    parts.join(",")
 }
 
 impl Switch {
@@ -167,25 +148,58 @@ impl Switch {
     pub fn replace_flows(&self, bridge: &str, flows: &[String]) -> Result<()> {
         let _change = self.change();
         let (index, rules) = self.parse_rules(bridge, flows)?;
-        self.apply(move |dp| {
-            dp.flows_mut(index).map(|t| {
+        let mut fresh = RuleSet::new(self.flow_limit);
+        fresh.check_room(&rules).map_err(|TableError::Full| Error::Full("flow table"))?;
+        let set = self.rule_set(bridge)?;
+        let mut set = super::lock_rules(&set);
+        let copy = Arc::new(rules.clone());
+        let r = self.apply_sized(rules.len(), move |dp| {
+            if let Some(t) = dp.flows_mut(index) {
                 t.delete(&Default::default(), false);
-                t.add_with_stats(rules.clone())
-            })
-        })?
-        .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?
-        .map_err(|TableError::Full| Error::Full("flow table"))
+                let _ = t.add_with_stats(copy.to_vec());
+            }
+        });
+        if super::took_effect(&r) {
+            let texts = rules.iter().map(|(s, _)| s.to_text()).collect();
+            fresh.add(rules);
+            *set = fresh;
+            self.record(ConfigChange::SetFlows { bridge: bridge.to_string(), flows: texts });
+        }
+        r
     }
 
     /// The configuration: every bridge with its MAC-table settings, the
     /// ports the switch created (with `include_transient`, the transient
     /// ones too; an embedder's ports never), flow rules and static MACs.
+    /// Read on the control side: no datapath thread is involved.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] if the datapath has stopped.
+    /// None today; kept for configurations that may need the datapath.
     pub fn config(&self, include_transient: bool) -> Result<SwitchConfig> {
-        // Read under the registry lock; flows are fetched after it.
-        type Snapshot = (String, Arc<crate::mac::MacTable>, Vec<PortSpec>, BTreeMap<PortNo, String>);
+        Ok(SwitchConfig { bridges: self.bridge_configs(include_transient, true), ..SwitchConfig::default() })
+    }
+
+    /// Every bridge's settings, ports and static MACs as journal records,
+    /// by name (what [`Switch::config`] says less the flows).
+    pub(crate) fn bridge_settings(&self) -> BTreeMap<String, ConfigChange> {
+        self.bridge_configs(false, false)
+            .into_iter()
+            .map(|b| {
+                let c = ConfigChange::SetBridge {
+                    name: b.name.clone(),
+                    mac_table: b.mac_table,
+                    ports: b.ports,
+                    static_macs: b.static_macs,
+                };
+                (b.name, c)
+            })
+            .collect()
+    }
+
+    fn bridge_configs(&self, include_transient: bool, with_flows: bool) -> Vec<BridgeConfig> {
+        // Read under the registry lock; flows are read after it.
+        type Snapshot =
+            (String, Arc<crate::mac::MacTable>, Vec<PortSpec>, BTreeMap<PortNo, String>, Arc<Mutex<RuleSet>>);
         let bridges: Vec<Snapshot> = {
             let reg = self.registry();
             reg.bridges
@@ -207,23 +221,24 @@ impl Switch {
                         .filter(|(_, p)| include_transient || listed(p))
                         .map(|(n, p)| (p.port_no, n.clone()))
                         .collect();
-                    (name.clone(), b.mac.clone(), ports, names)
+                    (name.clone(), b.mac.clone(), ports, names, b.rules.clone())
                 })
                 .collect()
         };
         let now = self.now_ms();
-        let mut out = SwitchConfig::default();
-        for (name, mac, ports, names) in bridges {
-            let flows = self.dump_flows(&name)?.iter().map(flow_text).collect();
-            let static_macs = mac
-                .entries(now)
-                .into_iter()
-                .filter(|e| e.is_static)
-                .filter_map(|e| Some(StaticMac { port: names.get(&e.port)?.clone(), vlan: e.vlan, mac: e.mac }))
-                .collect();
-            out.bridges.push(BridgeConfig { name, mac_table: mac.config(), ports, flows, static_macs });
-        }
-        Ok(out)
+        bridges
+            .into_iter()
+            .map(|(name, mac, ports, names, rules)| {
+                let flows = if with_flows { super::lock_rules(&rules).texts(now) } else { Vec::new() };
+                let static_macs = mac
+                    .entries(now)
+                    .into_iter()
+                    .filter(|e| e.is_static)
+                    .filter_map(|e| Some(StaticMac { port: names.get(&e.port)?.clone(), vlan: e.vlan, mac: e.mac }))
+                    .collect();
+                BridgeConfig { name, mac_table: mac.config(), ports, flows, static_macs }
+            })
+            .collect()
     }
 
     /// Adds the bridge `b` describes, whole: its ports (a kernel port that

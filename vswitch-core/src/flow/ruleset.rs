@@ -1,0 +1,145 @@
+//! The control side's copy of a bridge's rules.
+//!
+//! [`RuleSet`] is the truth that listings, selections and the saved
+//! configuration are read from, with no datapath thread involved: a
+//! `del-flows` selects its rules here and sends the datapath threads only
+//! the identities to remove; `dump-flows` and a save read here. Each rule
+//! shares its [`RuleStats`] with every datapath thread's copy, so the
+//! counters read here are the datapath's. It has no classifier: it is
+//! never asked which rule a packet matches.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::spec::{FlowSelector, FlowSpec, FlowStats};
+use super::table::{RuleKey, RuleStats, TableError, flow_stats, is_expired};
+
+#[derive(Debug)]
+struct Entry {
+    spec: FlowSpec,
+    stats: Arc<RuleStats>,
+    /// Order of addition, for a stable listing.
+    seq: u64,
+}
+
+/// A bridge's rules, by identity (match and priority).
+#[derive(Debug)]
+pub(crate) struct RuleSet {
+    rules: HashMap<RuleKey, Entry, foldhash::fast::RandomState>,
+    next_seq: u64,
+    limit: usize,
+    /// Rules with a timeout (expiry is skipped while there are none).
+    timed: usize,
+}
+
+fn key(spec: &FlowSpec) -> RuleKey {
+    (spec.matching, spec.priority)
+}
+
+fn timed(spec: &FlowSpec) -> bool {
+    spec.idle_timeout != 0 || spec.hard_timeout != 0
+}
+
+impl RuleSet {
+    /// An empty set holding at most `limit` rules.
+    pub(crate) fn new(limit: usize) -> RuleSet {
+        RuleSet { rules: HashMap::default(), next_seq: 0, limit, timed: 0 }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether `specs` fit (a rule replacing one of the same identity
+    /// takes no room).
+    pub(crate) fn check_room(&self, specs: &[(FlowSpec, Arc<RuleStats>)]) -> Result<(), TableError> {
+        let mut new: HashSet<RuleKey, foldhash::fast::RandomState> = HashSet::default();
+        new.extend(specs.iter().map(|(s, _)| key(s)).filter(|k| !self.rules.contains_key(k)));
+        if self.len() + new.len() > self.limit { Err(TableError::Full) } else { Ok(()) }
+    }
+
+    /// Adds rules, each replacing one of the same identity; the caller has
+    /// checked [`check_room`](Self::check_room).
+    pub(crate) fn add(&mut self, specs: Vec<(FlowSpec, Arc<RuleStats>)>) {
+        for (spec, stats) in specs {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            if timed(&spec) {
+                self.timed += 1;
+            }
+            if let Some(old) = self.rules.insert(key(&spec), Entry { spec, stats, seq })
+                && timed(&old.spec)
+            {
+                self.timed -= 1;
+            }
+        }
+    }
+
+    /// The identities of the rules `sel` selects (OpenFlow's loose or
+    /// strict selection).
+    pub(crate) fn select(&self, sel: &FlowSelector, strict: bool) -> Vec<RuleKey> {
+        if strict {
+            let k = (sel.matching, sel.priority.unwrap_or(super::spec::DEFAULT_PRIORITY));
+            return self.rules.get(&k).filter(|e| sel.cookie_matches(e.spec.cookie)).map(|_| k).into_iter().collect();
+        }
+        self.rules
+            .iter()
+            .filter(|(_, e)| sel.matching.covers(&e.spec.matching) && sel.cookie_matches(e.spec.cookie))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Removes these rules; returns those that were there.
+    pub(crate) fn remove(&mut self, keys: &[RuleKey]) -> Vec<FlowSpec> {
+        let removed: Vec<FlowSpec> = keys.iter().filter_map(|k| self.rules.remove(k)).map(|e| e.spec).collect();
+        self.timed -= removed.iter().filter(|s| timed(s)).count();
+        removed
+    }
+
+    /// Replaces the actions of these rules (counters kept); returns the
+    /// rules as they now are.
+    pub(crate) fn modify(&mut self, keys: &[RuleKey], actions: &[super::Action]) -> Vec<FlowSpec> {
+        let mut changed = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(e) = self.rules.get_mut(k) {
+                e.spec.actions = actions.to_vec();
+                changed.push(e.spec.clone());
+            }
+        }
+        changed
+    }
+
+    /// The identities of the rules whose timeout has passed at `now_ms`.
+    pub(crate) fn expired(&self, now_ms: u64) -> Vec<RuleKey> {
+        if self.timed == 0 {
+            return Vec::new();
+        }
+        self.rules.iter().filter(|(_, e)| is_expired(&e.spec, &e.stats, now_ms)).map(|(k, _)| *k).collect()
+    }
+
+    fn ordered(&self) -> Vec<&Entry> {
+        let mut v: Vec<&Entry> = self.rules.values().collect();
+        v.sort_unstable_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.seq.cmp(&b.seq)));
+        v
+    }
+
+    /// Every rule not expired at `now_ms`, with its counters, highest
+    /// priority first, then in order of addition.
+    pub(crate) fn dump(&self, now_ms: u64) -> Vec<FlowStats> {
+        self.ordered()
+            .into_iter()
+            .filter(|e| !is_expired(&e.spec, &e.stats, now_ms))
+            .map(|e| flow_stats(&e.spec, &e.stats, now_ms))
+            .collect()
+    }
+
+    /// Every rule not expired at `now_ms` as canonical `ovs-ofctl` text,
+    /// in [`dump`](Self::dump)'s order: what a saved configuration holds.
+    pub(crate) fn texts(&self, now_ms: u64) -> Vec<String> {
+        self.ordered()
+            .into_iter()
+            .filter(|e| !is_expired(&e.spec, &e.stats, now_ms))
+            .map(|e| e.spec.to_text())
+            .collect()
+    }
+}
