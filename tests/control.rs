@@ -281,7 +281,7 @@ fn changes_are_saved_and_failures_leave_the_file_alone() {
     let saved = std::fs::read(&path).unwrap();
     let Loaded::Config(c) = Store::new(&path).unwrap().load().unwrap() else { panic!("not loadable") };
     assert_eq!(c.bridges[0].name, "br0");
-    assert_eq!(c.bridges[0].flows, vec!["priority=5,arp,actions=FLOOD", "priority=0,actions=NORMAL"]);
+    assert_eq!(c.bridges[0].flows, vec!["priority=5,arp actions=FLOOD", "priority=0 actions=NORMAL"]);
     assert_eq!(call("config.get", json!({}))["result"], serde_json::to_value(&c).unwrap());
 
     let v = call("bridge.add", json!({ "name": "br0" }));

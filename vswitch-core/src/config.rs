@@ -294,7 +294,8 @@ pub enum ConfigChange {
 /// A bridge's rules while a journal is replayed: by identity, in order.
 #[derive(Default)]
 struct FlowList {
-    texts: Vec<Option<String>>,
+    /// (priority, text), in order of addition.
+    texts: Vec<Option<(u16, String)>>,
     index: std::collections::HashMap<crate::flow::RuleKey, usize>,
 }
 
@@ -319,7 +320,7 @@ impl FlowList {
             self.texts[i] = None;
         }
         self.index.insert(key, self.texts.len());
-        self.texts.push(Some(text.to_string()));
+        self.texts.push(Some((key.1, text.to_string())));
         Ok(())
     }
 
@@ -330,8 +331,12 @@ impl FlowList {
         Ok(())
     }
 
+    /// The rules as a switch lists them: highest priority first, then in
+    /// order of addition.
     fn into_texts(self) -> Vec<String> {
-        self.texts.into_iter().flatten().collect()
+        let mut v: Vec<(u16, String)> = self.texts.into_iter().flatten().collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.into_iter().map(|(_, t)| t).collect()
     }
 }
 
@@ -547,14 +552,14 @@ impl Store {
         let jpath = self.journal_path();
         let text = match std::fs::read(&jpath) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(config),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SwitchConfig { generation: 0, ..config }),
             Err(e) => return Err(file_error(format!("read {}", jpath.display()), e)),
         };
         let mut lines = text.split(|&b| b == b'\n');
         let header = lines.next().and_then(|l| serde_json::from_slice::<JournalHeader>(l).ok());
         if header.is_none_or(|h| h.base != config.generation) {
             // Written before the snapshot, which holds all of it.
-            return Ok(config);
+            return Ok(SwitchConfig { generation: 0, ..config });
         }
         let lines: Vec<&[u8]> = lines.collect();
         let mut changes = Vec::with_capacity(lines.len());
@@ -568,6 +573,7 @@ impl Store {
             }
         }
         config.replay(&changes)?;
+        config.generation = 0;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(&jpath)
@@ -718,7 +724,7 @@ mod tests {
         };
         store.save(&cfg).unwrap();
         match Store::new(&path).unwrap().load().unwrap() {
-            Loaded::Config(c) => assert_eq!(c, SwitchConfig { generation: 1, ..cfg }),
+            Loaded::Config(c) => assert_eq!(c, cfg),
             other => panic!("{other:?}"),
         }
         assert_eq!(temporaries(&path), 0);
@@ -761,7 +767,7 @@ mod tests {
         let del = ConfigChange::DelFlows { bridge: "br0".into(), flows: vec!["priority=6,arp actions=NORMAL".into()] };
         assert!(store.append(&[del]).unwrap());
         let c = loaded(&path);
-        assert_eq!(c.bridges[0].flows, ["priority=0 actions=NORMAL", "priority=5,ip actions=output:1"]);
+        assert_eq!(c.bridges[0].flows, ["priority=5,ip actions=output:1", "priority=0 actions=NORMAL"]);
 
         // A torn last line (a crash mid-append, never acknowledged) is
         // dropped, and appending goes on after the good part.

@@ -87,7 +87,8 @@ enum Command {
     FdbDel { bridge: String, vlan: u16, mac: String },
     /// Add a flow (ovs-ofctl syntax).
     AddFlow { bridge: String, flow: String },
-    /// Add the flows in FILE (one per line, # comments), all or none.
+    /// Add the flows in FILE (- for standard input; one per line, #
+    /// comments), all or none, however many.
     AddFlows { bridge: String, file: String },
     /// Delete flows matching FLOW (all without one).
     DelFlows {
@@ -304,15 +305,47 @@ enum Render {
 struct Plan {
     ops: Vec<(&'static str, Value)>,
     render: Render,
+    /// Rules too many for one request: staged in a bundle first, which the
+    /// plan's single `flow.commit` then adds.
+    staged: Option<(String, Vec<String>)>,
+}
+
+/// Bytes of rules sent in one request (the daemon takes lines up to 1 MiB).
+const STAGE_BYTES: usize = 512 * 1024;
+
+/// Stages `flows` for `bridge` in requests of at most STAGE_BYTES; the
+/// bundle's id. On an error the bundle is discarded.
+fn stage(c: &mut Client, bridge: &str, flows: &[String]) -> Result<u64, CallError> {
+    let mut bundle: Option<u64> = None;
+    let mut start = 0;
+    while start < flows.len() {
+        let (mut end, mut bytes) = (start, 0);
+        while end < flows.len() && (end == start || bytes + flows[end].len() + 4 <= STAGE_BYTES) {
+            bytes += flows[end].len() + 4;
+            end += 1;
+        }
+        let r = c.call("flow.stage", json!({ "bridge": bridge, "flows": &flows[start..end], "bundle": bundle }));
+        match r {
+            Ok(v) => bundle = v["bundle"].as_u64(),
+            Err(e) => {
+                if let Some(id) = bundle {
+                    let _ = c.call("flow.discard", json!({ "bundle": id }));
+                }
+                return Err(e);
+            }
+        }
+        start = end;
+    }
+    bundle.ok_or_else(|| CallError::Rpc("invalid_argument".into(), "no flows to add".into()))
 }
 
 fn plan(command: Command) -> Result<Plan, String> {
-    let one = |method, params, render| Plan { ops: vec![(method, params)], render };
+    let one = |method, params, render| Plan { ops: vec![(method, params)], render, staged: None };
     let none = Render::Nothing;
     Ok(match command {
         Command::Show => {
             let ops = vec![("bridge.list", Value::Null), ("stats.get", Value::Null), ("system.status", Value::Null)];
-            Plan { ops, render: Render::Show }
+            Plan { ops, render: Render::Show, staged: None }
         }
         Command::AddBr { bridge, may_exist } => {
             one("bridge.add", json!({ "name": bridge, "may_exist": may_exist }), none)
@@ -358,10 +391,24 @@ fn plan(command: Command) -> Result<Plan, String> {
         }
         Command::AddFlow { bridge, flow } => one("flow.add", json!({ "bridge": bridge, "flows": [flow] }), none),
         Command::AddFlows { bridge, file } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
-            let flows: Vec<&str> =
-                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-            one("flow.add", json!({ "bridge": bridge, "flows": flows }), none)
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?
+            };
+            let flows: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            if flows.iter().map(|f| f.len() + 4).sum::<usize>() > STAGE_BYTES {
+                let mut p = one("flow.commit", Value::Null, none);
+                p.staged = Some((bridge, flows));
+                p
+            } else {
+                one("flow.add", json!({ "bridge": bridge, "flows": flows }), none)
+            }
         }
         Command::DelFlows { bridge, flow, strict } => {
             one("flow.del", json!({ "bridge": bridge, "flow": flow, "strict": strict }), none)
@@ -418,7 +465,12 @@ fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
         }
         return Ok(if r == json!(true) { ExitCode::SUCCESS } else { ExitCode::from(2) });
     }
-    let plans = std::iter::once(cli.command).chain(more).map(plan).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    let mut plans = std::iter::once(cli.command).chain(more).map(plan).collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    for p in &mut plans {
+        if let Some((bridge, flows)) = p.staged.take() {
+            p.ops[0].1 = json!({ "bundle": stage(&mut c, &bridge, &flows)? });
+        }
+    }
     let outputs: Vec<(Value, String)> = if plans.len() == 1 {
         let results = plans[0].ops.iter().map(|(m, p)| c.call(m, p.clone())).collect::<Result<Vec<_>, _>>()?;
         vec![render(plans[0].render, &results)]

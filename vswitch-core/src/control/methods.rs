@@ -28,6 +28,9 @@ pub const METHODS: &[&str] = &[
     "fdb.add",
     "fdb.del",
     "flow.add",
+    "flow.stage",
+    "flow.commit",
+    "flow.discard",
     "flow.del",
     "flow.mod",
     "flow.dump",
@@ -48,6 +51,7 @@ const CHANGES: &[&str] = &[
     "fdb.add",
     "fdb.del",
     "flow.add",
+    "flow.commit",
     "flow.del",
     "flow.mod",
 ];
@@ -188,6 +192,82 @@ struct FlowsAdd {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FlowsStage {
+    bridge: String,
+    flows: Vec<String>,
+    /// Adds to this bundle (none: starts one).
+    #[serde(default)]
+    bundle: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleArg {
+    bundle: u64,
+}
+
+/// Most bundles open at once.
+const MAX_BUNDLES: usize = 16;
+/// Most rules one bundle holds.
+const MAX_BUNDLE_RULES: usize = 4_000_000;
+/// A bundle untouched this long is dropped.
+const BUNDLE_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Rules staged for one `flow.commit`: how a load too large for one
+/// request line (see [`MAX_LINE`](super::MAX_LINE)) is still added all at
+/// once or not at all, as Open vSwitch's bundles are.
+#[derive(Debug)]
+struct Bundle {
+    bridge: String,
+    flows: Vec<String>,
+    touched: std::time::Instant,
+}
+
+/// The open bundles.
+#[derive(Debug, Default)]
+pub(crate) struct Bundles {
+    open: std::sync::Mutex<(u64, BTreeMap<u64, Bundle>)>,
+}
+
+impl Bundles {
+    fn stage(&self, a: FlowsStage) -> Result<Value, RpcError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, bundles) = &mut *open;
+        bundles.retain(|_, b| b.touched.elapsed() < BUNDLE_IDLE);
+        let id = match a.bundle {
+            Some(id) => id,
+            None if bundles.len() >= MAX_BUNDLES => {
+                return Err(Error::Full("open bundles (commit or discard one)").into());
+            }
+            None => {
+                *next += 1;
+                bundles.insert(
+                    *next,
+                    Bundle { bridge: a.bridge.clone(), flows: Vec::new(), touched: std::time::Instant::now() },
+                );
+                *next
+            }
+        };
+        let b = bundles.get_mut(&id).ok_or_else(|| RpcError::params(format!("no open bundle {id}")))?;
+        if b.bridge != a.bridge {
+            return Err(RpcError::params(format!("bundle {id} is for bridge '{}'", b.bridge)));
+        }
+        if b.flows.len() + a.flows.len() > MAX_BUNDLE_RULES {
+            return Err(Error::Full("bundle").into());
+        }
+        b.flows.extend(a.flows);
+        b.touched = std::time::Instant::now();
+        ok(json!({ "bundle": id, "staged": b.flows.len() }))
+    }
+
+    fn take(&self, id: u64) -> Result<Bundle, RpcError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.1.remove(&id).ok_or_else(|| RpcError::params(format!("no open bundle {id}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FlowSel {
     bridge: String,
     #[serde(default)]
@@ -236,7 +316,7 @@ fn port_no(sw: &Switch, bridge: &str, port: Option<Value>) -> Result<u32, RpcErr
     }
 }
 
-fn call(sw: &Switch, kernel_type: &str, method: &str, p: Value) -> Result<Value, RpcError> {
+fn call(sw: &Switch, kernel_type: &str, bundles: &Bundles, method: &str, p: Value) -> Result<Value, RpcError> {
     match method {
         "system.version" => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
         "system.list_methods" => ok(METHODS),
@@ -362,6 +442,17 @@ fn call(sw: &Switch, kernel_type: &str, method: &str, p: Value) -> Result<Value,
             let flows: Vec<&str> = a.flows.iter().map(String::as_str).collect();
             ok(json!({ "added": sw.add_flows(&a.bridge, &flows)? }))
         }
+        "flow.stage" => bundles.stage(params(p)?),
+        "flow.commit" => {
+            let a: BundleArg = params(p)?;
+            let b = bundles.take(a.bundle)?;
+            let flows: Vec<&str> = b.flows.iter().map(String::as_str).collect();
+            ok(json!({ "added": sw.add_flows(&b.bridge, &flows)? }))
+        }
+        "flow.discard" => {
+            let a: BundleArg = params(p)?;
+            ok(json!({ "discarded": bundles.take(a.bundle)?.flows.len() }))
+        }
         "flow.del" => {
             let a: FlowSel = params(p)?;
             ok(json!({ "deleted": sw.del_flows(&a.bridge, a.flow.as_deref(), a.strict)? }))
@@ -416,9 +507,11 @@ fn call(sw: &Switch, kernel_type: &str, method: &str, p: Value) -> Result<Value,
 /// assert!(r.contains(r#""code":-32700"#) && r.contains("parse_error"));
 /// ```
 pub fn dispatch(sw: &Switch, line: &str) -> String {
+    // Stateless: a bundle staged here is gone with the call.
+    let bundles = Bundles::default();
     respond(line, |method, p| match method {
-        "transact" => transact(sw, DEFAULT_KERNEL_TYPE, p),
-        _ => call(sw, DEFAULT_KERNEL_TYPE, method, p),
+        "transact" => transact(sw, DEFAULT_KERNEL_TYPE, &bundles, p),
+        _ => call(sw, DEFAULT_KERNEL_TYPE, &bundles, method, p),
     })
 }
 
@@ -471,7 +564,7 @@ fn str_param<'a>(p: &'a Value, key: &str) -> &'a str {
 }
 
 /// What undoes `method(p)`, from the state before it runs.
-fn undo_for(sw: &Switch, method: &str, p: &Value) -> Result<Undo, RpcError> {
+fn undo_for(sw: &Switch, bundles: &Bundles, method: &str, p: &Value) -> Result<Undo, RpcError> {
     if !CHANGES.contains(&method) {
         return Ok(Undo::Nothing);
     }
@@ -492,6 +585,13 @@ fn undo_for(sw: &Switch, method: &str, p: &Value) -> Result<Undo, RpcError> {
             Ok((_, Some(spec))) => Undo::SetPort(spec),
             _ => Undo::Nothing,
         },
+        "flow.commit" => {
+            let id = p.get("bundle").and_then(Value::as_u64).unwrap_or_default();
+            let open = bundles.open.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(b) = open.1.get(&id).map(|b| b.bridge.clone()) else { return Ok(Undo::Nothing) };
+            drop(open);
+            before()?.bridge(&b).map_or(Undo::Nothing, |c| Undo::Flows(b.clone(), c.flows.clone()))
+        }
         "flow.add" | "flow.del" | "flow.mod" => {
             before()?.bridge(bridge).map_or(Undo::Nothing, |b| Undo::Flows(bridge.to_string(), b.flows.clone()))
         }
@@ -534,7 +634,7 @@ fn run_undo(sw: &Switch, u: Undo) -> crate::Result<()> {
 /// Runs every operation in order; if one fails, the ones before it are
 /// undone (newest first) and the error names the failing operation.
 /// Returns each operation's result.
-fn transact(sw: &Switch, kernel_type: &str, p: Value) -> Result<Value, RpcError> {
+fn transact(sw: &Switch, kernel_type: &str, bundles: &Bundles, p: Value) -> Result<Value, RpcError> {
     let t: Transact = params(p)?;
     let mut undo = Vec::with_capacity(t.ops.len());
     let mut results = Vec::with_capacity(t.ops.len());
@@ -542,8 +642,8 @@ fn transact(sw: &Switch, kernel_type: &str, p: Value) -> Result<Value, RpcError>
         let outcome = if op.method == "transact" {
             Err(RpcError::params("a transaction cannot contain 'transact'"))
         } else {
-            undo_for(sw, &op.method, &op.params)
-                .and_then(|u| call(sw, kernel_type, &op.method, op.params).map(|r| (u, r)))
+            undo_for(sw, bundles, &op.method, &op.params)
+                .and_then(|u| call(sw, kernel_type, bundles, &op.method, op.params).map(|r| (u, r)))
         };
         match outcome {
             Ok((u, r)) => {
@@ -597,6 +697,7 @@ pub struct Control {
     /// from several clients apply and save one at a time; reads need not.
     writer: std::sync::Mutex<()>,
     test_hooks: bool,
+    bundles: Bundles,
 }
 
 #[derive(Deserialize)]
@@ -629,6 +730,7 @@ impl Control {
             kernel_type: DEFAULT_KERNEL_TYPE.to_string(),
             writer: Default::default(),
             test_hooks: false,
+            bundles: Bundles::default(),
         }
     }
 
@@ -643,6 +745,7 @@ impl Control {
             kernel_type: DEFAULT_KERNEL_TYPE.to_string(),
             writer: Default::default(),
             test_hooks: false,
+            bundles: Bundles::default(),
         }
     }
 
@@ -683,9 +786,9 @@ impl Control {
             let _writer = changes.then(|| self.writer.lock().unwrap_or_else(|e| e.into_inner()));
             let before = (changes && self.store.is_some()).then(|| sw.bridge_settings());
             let r = match method {
-                "transact" => transact(sw, &self.kernel_type, p),
+                "transact" => transact(sw, &self.kernel_type, &self.bundles, p),
                 "debug.stall_datapath" | "debug.panic_datapath" if self.test_hooks => test_hook(sw, method, p),
-                _ => call(sw, &self.kernel_type, method, p),
+                _ => call(sw, &self.kernel_type, &self.bundles, method, p),
             };
             // Whatever changed is saved, even by a request that failed (a
             // transaction's undone steps, a change a late thread will
