@@ -335,7 +335,7 @@ impl FlowList {
     /// order of addition.
     fn into_texts(self) -> Vec<String> {
         let mut v: Vec<(u16, String)> = self.texts.into_iter().flatten().collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         v.into_iter().map(|(_, t)| t).collect()
     }
 }
