@@ -14,10 +14,27 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
-    echo "== not root (or no iproute2): running the in-process switch instead"
+in_process() {
+    echo "== $1: running the in-process switch instead"
     exec cargo run --release --example tcp_transfer
+}
+
+[ "$(id -u)" = 0 ] || in_process "not root (namespaces need root)"
+
+# What the kernel demo runs: ip (iproute2) and ping (iputils-ping). As
+# root on a Debian-like machine, missing ones are installed; otherwise the
+# demo says exactly what is missing and runs in process.
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v ping >/dev/null || missing+=(iputils-ping)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${missing[*]} (apt-get)"
+    if DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+        missing=()
+    fi
 fi
+[ ${#missing[@]} -eq 0 ] || in_process "missing ${missing[*]} (install them for the kernel-port demo)"
 
 if [ -z "${VSWITCH_BIN:-}" ]; then
     cargo build --release -q -p vswitch-ctl --bins
@@ -81,6 +98,7 @@ ip netns exec "$ns0" ping -c 2 -i 0.2 -W 2 10.77.0.2 >/dev/null && echo "== rule
 ctl fdb-show br0
 ctl dump-flows br0
 ctl stats br0
-echo "== the saved configuration ($work/conf.json)"
+echo "== the saved configuration: a snapshot ($work/conf.json) and the changes since ($work/conf.json.journal)"
 cat "$work/conf.json"
+cat "$work/conf.json.journal"
 echo "== stopping vswitchd"

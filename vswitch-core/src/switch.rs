@@ -27,6 +27,7 @@ use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
 use crate::port::deferred::PortStatus;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
+use crate::port::upkeep::SlowPath;
 use crate::port::vlan_mode::VlanDescription;
 use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
 use crate::{Error, Outcome, Result};
@@ -212,6 +213,7 @@ impl SwitchBuilder {
             next_sweep_ms: Mutex::new(0),
             timeout: self.timeout,
             runner,
+            slow: SlowPath::spawn(clock.clone())?,
             clock,
             mac_defaults: self.mac,
             queue_len: self.queue_len,
@@ -254,6 +256,8 @@ struct PortEntry {
     counters: Arc<PortCounters>,
     /// How the switch created the port (None: an embedder's port).
     spec: Option<PortSpec>,
+    /// Its slow half on the slow-path thread, if it has one.
+    upkeep: Option<u64>,
     /// Why the port does not work, if it does not.
     status: PortStatus,
 }
@@ -369,6 +373,8 @@ pub struct Switch {
     next_sweep_ms: Mutex<u64>,
     timeout: Duration,
     runner: Runner,
+    /// Runs the ports' slow halves (see [`crate::port::upkeep`]).
+    slow: SlowPath,
     clock: Arc<dyn Clock>,
     mac_defaults: MacTableConfig,
     queue_len: usize,
@@ -641,6 +647,9 @@ impl Switch {
             if let Some(b) = reg.bridges.remove(name) {
                 for p in b.ports.values() {
                     reg.owned[p.owner] -= 1;
+                    if let Some(id) = p.upkeep {
+                        self.slow.remove(id);
+                    }
                 }
             }
         }
@@ -755,8 +764,9 @@ impl Switch {
         };
         // The device is opened with no lock held but the change lock:
         // listings and counters go on being served meanwhile.
-        let port = make(port_no, self.thread_wakeup(owner))?;
+        let mut port = make(port_no, self.thread_wakeup(owner))?;
         let kind = port.kind();
+        let upkeep = port.upkeep();
         let counters = Arc::new(PortCounters::default());
         counters.link_up.store(port.link_up(), Ordering::Relaxed);
         let shared: SharedPort = Arc::new(Mutex::new(port));
@@ -768,9 +778,10 @@ impl Switch {
             let spec = spec.map(|s| PortSpec { port_no: Some(port_no), ..s });
             let mut reg = self.registry();
             let br = reg.bridges.get_mut(bridge).expect("bridges change only under the change lock");
+            let upkeep = upkeep.map(|u| self.slow.add(u));
             br.ports.insert(
                 name.to_string(),
-                PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, status },
+                PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, status, upkeep },
             );
             reg.owned[owner] += 1;
         }
@@ -792,6 +803,9 @@ impl Switch {
             let removed = reg.bridges.values_mut().find_map(|b| b.ports.remove(name));
             if let Some(p) = removed {
                 reg.owned[p.owner] -= 1;
+                if let Some(id) = p.upkeep {
+                    self.slow.remove(id);
+                }
             }
         }
         r

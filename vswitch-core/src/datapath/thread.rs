@@ -237,7 +237,13 @@ fn run(
     loop {
         loop {
             match commands.try_recv() {
-                Ok(Message::Run(f)) => f(&mut dp),
+                Ok(Message::Run(f)) => {
+                    f(&mut dp);
+                    // Control calls come in runs (a script of add-flow
+                    // calls): keep spinning for the next one rather than
+                    // paying a wake-up for each.
+                    last_work = Instant::now();
+                }
                 Ok(Message::Stop) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => break,
             }

@@ -25,7 +25,9 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use super::upkeep::{Mailbox, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
 use crate::sys::packet_ring::{PacketRing, RingConfig, VnetHdr};
@@ -169,14 +171,51 @@ pub(crate) fn claim(ifname: &str) -> Result<(u32, AttachLock)> {
 /// A kernel interface on the bridge through AF_PACKET.
 #[derive(Debug)]
 pub struct AfPacketPort {
-    name: String,
-    cfg: RingConfig,
     ring: Option<PacketRing>,
-    ifindex: u32,
-    link_up: bool,
     truncated: u64,
     ring_full: u64,
+    mailbox: Arc<Mailbox<PacketRing>>,
+    /// The slow half, until the switch takes it.
+    upkeep: Option<Reattach>,
     _lock: AttachLock,
+}
+
+/// The slow half of an AF_PACKET port: follows its interface by name,
+/// reopening the ring when the interface comes back (or is recreated),
+/// and reads its link state.
+#[derive(Debug)]
+struct Reattach {
+    name: String,
+    cfg: RingConfig,
+    /// The interface index the port's ring is bound to (None: no ring).
+    ifindex: Option<u32>,
+    mailbox: Arc<Mailbox<PacketRing>>,
+}
+
+impl Upkeep for Reattach {
+    fn run(&mut self, _now_ms: u64) {
+        self.mailbox.close_retired();
+        match ifindex(&self.name) {
+            None => {
+                // The interface is gone (a deleted veth): let go of it.
+                if self.ifindex.take().is_some() {
+                    self.mailbox.post(None);
+                }
+                self.mailbox.set_link(false);
+            }
+            Some(index) => {
+                // Back (or recreated with the same name): reattach. A
+                // failure is tried again next round.
+                if self.ifindex != Some(index)
+                    && let Ok(ring) = PacketRing::open(index, self.cfg)
+                {
+                    self.mailbox.post(Some(ring));
+                    self.ifindex = Some(index);
+                }
+                self.mailbox.set_link(self.ifindex == Some(index) && link_is_up(&self.name));
+            }
+        }
+    }
 }
 
 impl AfPacketPort {
@@ -199,16 +238,9 @@ impl AfPacketPort {
         }
         let lock = AttachLock::acquire(ifname)?;
         let ring = PacketRing::open(index, cfg).map_err(|e| Error::io("AF_PACKET socket setup", e))?;
-        Ok(AfPacketPort {
-            name: ifname.to_string(),
-            cfg,
-            ring: Some(ring),
-            ifindex: index,
-            link_up: link_is_up(ifname),
-            truncated: 0,
-            ring_full: 0,
-            _lock: lock,
-        })
+        let mailbox = Mailbox::new(link_is_up(ifname));
+        let upkeep = Reattach { name: ifname.to_string(), cfg, ifindex: Some(index), mailbox: mailbox.clone() };
+        Ok(AfPacketPort { ring: Some(ring), truncated: 0, ring_full: 0, mailbox, upkeep: Some(upkeep), _lock: lock })
     }
 }
 
@@ -274,7 +306,7 @@ impl Port for AfPacketPort {
     }
 
     fn link_up(&self) -> bool {
-        self.link_up && self.ring.is_some()
+        self.mailbox.link_up() && self.ring.is_some()
     }
 
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
@@ -285,24 +317,22 @@ impl Port for AfPacketPort {
         true
     }
 
-    fn housekeeping(&mut self, _now_ms: u64) {
+    fn housekeeping(&mut self, now_ms: u64) {
+        if let Some(u) = self.upkeep.as_mut() {
+            // Nobody took the slow half: do it here.
+            u.run(now_ms);
+        }
         if let Some(r) = &self.ring {
             self.ring_full += r.take_ring_drops().unwrap_or(0);
         }
-        match ifindex(&self.name) {
-            None => {
-                // The interface is gone (a deleted veth): let go of it.
-                self.ring = None;
-                self.link_up = false;
-            }
-            Some(index) => {
-                if self.ring.is_none() || index != self.ifindex {
-                    // Back (or recreated with the same name): reattach.
-                    self.ring = PacketRing::open(index, self.cfg).ok();
-                    self.ifindex = index;
-                }
-                self.link_up = link_is_up(&self.name);
-            }
+        if let Some(next) = self.mailbox.collect()
+            && let Some(old) = std::mem::replace(&mut self.ring, next)
+        {
+            self.mailbox.retire(old);
         }
+    }
+
+    fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
+        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
     }
 }

@@ -28,7 +28,10 @@
 //! segments); in generic mode it does not, which is why native is tried
 //! first.
 
+use std::sync::Arc;
+
 use super::afpacket::{AttachLock, claim, ifindex, link_is_up};
+use super::upkeep::{Mailbox, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::flow::complete_l4_checksum;
 use crate::packet::{Packet, PacketPool};
@@ -126,13 +129,50 @@ fn attach(ifname: &str, ifindex: u32, request: XdpModeRequest) -> std::io::Resul
     Err(last.unwrap_or_else(|| std::io::Error::other("no XDP mode to try")))
 }
 
+/// The slow half of an AF_XDP port: follows its interface by name and
+/// attaches anew (program, sockets; the bind may retry for seconds) when
+/// it comes back or is recreated; reads its link state.
+#[derive(Debug)]
+struct Reattach {
+    name: String,
+    request: XdpModeRequest,
+    /// The interface index the port is attached to (None: not attached).
+    ifindex: Option<u32>,
+    mailbox: Arc<Mailbox<Attached>>,
+}
+
+impl Upkeep for Reattach {
+    fn run(&mut self, _now_ms: u64) {
+        // The old attachment detaches its program here, not on the
+        // datapath thread.
+        self.mailbox.close_retired();
+        match ifindex(&self.name) {
+            None => {
+                if self.ifindex.take().is_some() {
+                    self.mailbox.post(None);
+                }
+                self.mailbox.set_link(false);
+            }
+            Some(index) => {
+                if self.ifindex != Some(index)
+                    && let Ok(a) = attach(&self.name, index, self.request)
+                {
+                    self.mailbox.post(Some(a));
+                    self.ifindex = Some(index);
+                }
+                self.mailbox.set_link(self.ifindex == Some(index) && link_is_up(&self.name));
+            }
+        }
+    }
+}
+
 /// A kernel interface on the bridge through AF_XDP.
 #[derive(Debug)]
 pub struct AfXdpPort {
-    name: String,
-    request: XdpModeRequest,
     attached: Option<Attached>,
-    link_up: bool,
+    mailbox: Arc<Mailbox<Attached>>,
+    /// The slow half, until the switch takes it.
+    upkeep: Option<Reattach>,
     /// Recompute received TCP/UDP checksums (a virtual interface).
     fix_checksums: bool,
     next_queue: usize,
@@ -153,12 +193,13 @@ impl AfXdpPort {
     pub fn open(ifname: &str, request: XdpModeRequest) -> Result<AfXdpPort> {
         let (index, lock) = claim(ifname)?;
         let attached = attach(ifname, index, request).map_err(|e| Error::io("AF_XDP setup", e))?;
+        let mailbox = Mailbox::new(link_is_up(ifname));
+        let upkeep = Reattach { name: ifname.to_string(), request, ifindex: Some(index), mailbox: mailbox.clone() };
         Ok(AfXdpPort {
-            name: ifname.to_string(),
-            request,
             drops_seen: vec![0; attached.queues.len()],
             attached: Some(attached),
-            link_up: link_is_up(ifname),
+            mailbox,
+            upkeep: Some(upkeep),
             fix_checksums: std::path::Path::new(&format!("/sys/devices/virtual/net/{ifname}")).exists(),
             next_queue: 0,
             drops: 0,
@@ -231,7 +272,7 @@ impl Port for AfXdpPort {
     }
 
     fn link_up(&self) -> bool {
-        self.link_up && self.attached.is_some()
+        self.mailbox.link_up() && self.attached.is_some()
     }
 
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
@@ -243,7 +284,11 @@ impl Port for AfXdpPort {
         count(DropReason::RxRingFull, std::mem::take(&mut self.drops));
     }
 
-    fn housekeeping(&mut self, _now_ms: u64) {
+    fn housekeeping(&mut self, now_ms: u64) {
+        if let Some(u) = self.upkeep.as_mut() {
+            // Nobody took the slow half: do it here.
+            u.run(now_ms);
+        }
         if let Some(a) = &self.attached {
             for (q, seen) in a.queues.iter().zip(self.drops_seen.iter_mut()) {
                 let total = q.rx_drops();
@@ -251,19 +296,16 @@ impl Port for AfXdpPort {
                 *seen = total;
             }
         }
-        match ifindex(&self.name) {
-            None => {
-                self.attached = None;
-                self.link_up = false;
-            }
-            Some(index) => {
-                if self.attached.as_ref().is_none_or(|a| a.ifindex != index) {
-                    self.attached = None;
-                    self.attached = attach(&self.name, index, self.request).ok();
-                    self.drops_seen = vec![0; self.attached.as_ref().map_or(0, |a| a.queues.len())];
-                }
-                self.link_up = link_is_up(&self.name);
+        if let Some(next) = self.mailbox.collect() {
+            self.drops_seen = vec![0; next.as_ref().map_or(0, |a| a.queues.len())];
+            self.next_queue = 0;
+            if let Some(old) = std::mem::replace(&mut self.attached, next) {
+                self.mailbox.retire(old);
             }
         }
+    }
+
+    fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
+        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::upkeep::{Mailbox, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::Result;
 use crate::datapath::Wakeup;
@@ -60,17 +61,57 @@ impl PortStatus {
 /// A port opened once its interface exists.
 pub struct Deferred {
     kind: &'static str,
-    ifname: String,
-    open: Opener,
     inner: Option<Box<dyn Port>>,
-    status: PortStatus,
-    wakeup: Arc<Wakeup>,
-    next_try_ms: u64,
+    opened: Arc<Mailbox<Box<dyn Port>>>,
+    /// The slow half (the opening), until the switch takes it.
+    upkeep: Option<Opening>,
 }
 
 impl std::fmt::Debug for Deferred {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deferred").field("ifname", &self.ifname).field("inner", &self.inner).finish()
+        f.debug_struct("Deferred").field("kind", &self.kind).field("inner", &self.inner).finish()
+    }
+}
+
+/// A deferred port's slow half: tries to open the real port every
+/// [`RETRY_MS`] (once its interface exists, for a kernel port), then runs
+/// the real port's own upkeep.
+struct Opening {
+    kind: &'static str,
+    ifname: String,
+    open: Opener,
+    status: PortStatus,
+    wakeup: Arc<Wakeup>,
+    next_try_ms: u64,
+    opened: Arc<Mailbox<Box<dyn Port>>>,
+    done: bool,
+    inner: Option<Box<dyn Upkeep>>,
+}
+
+impl Upkeep for Opening {
+    fn run(&mut self, now_ms: u64) {
+        if let Some(u) = self.inner.as_mut() {
+            return u.run(now_ms);
+        }
+        if self.done || now_ms < self.next_try_ms {
+            return;
+        }
+        self.next_try_ms = now_ms + RETRY_MS;
+        // A kernel port waits for its interface; other ports (which
+        // create their own devices or sockets) just try again.
+        let needs_interface = matches!(self.kind, "afpacket" | "afxdp");
+        if needs_interface && !std::path::Path::new("/sys/class/net").join(&self.ifname).exists() {
+            return;
+        }
+        match (self.open)(&self.wakeup) {
+            Ok(mut p) => {
+                self.inner = p.upkeep();
+                self.done = true;
+                self.status.set_error(None);
+                self.opened.post(Some(p));
+            }
+            Err(e) => self.status.set_error(Some(e.to_string())),
+        }
     }
 }
 
@@ -86,7 +127,19 @@ impl Deferred {
         wakeup: Arc<Wakeup>,
     ) -> Deferred {
         status.set_error(Some(why));
-        Deferred { kind, ifname: ifname.to_string(), open, inner: None, status, wakeup, next_try_ms: 0 }
+        let opened = Mailbox::new(false);
+        let upkeep = Opening {
+            kind,
+            ifname: ifname.to_string(),
+            open,
+            status,
+            wakeup,
+            next_try_ms: 0,
+            opened: opened.clone(),
+            done: false,
+            inner: None,
+        };
+        Deferred { kind, inner: None, opened, upkeep: Some(upkeep) }
     }
 }
 
@@ -119,27 +172,22 @@ impl Port for Deferred {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
+        if let Some(u) = self.upkeep.as_mut() {
+            // Nobody took the slow half: do it here.
+            u.run(now_ms);
+        }
+        if self.inner.is_none()
+            && let Some(Some(p)) = self.opened.collect()
+        {
+            self.inner = Some(p);
+        }
         if let Some(p) = self.inner.as_mut() {
-            return p.housekeeping(now_ms);
+            p.housekeeping(now_ms);
         }
-        if now_ms < self.next_try_ms {
-            return;
-        }
-        self.next_try_ms = now_ms + RETRY_MS;
-        // A kernel port waits for its interface; other ports (which
-        // create their own devices or sockets) just try again.
-        let needs_interface = matches!(self.kind, "afpacket" | "afxdp");
-        if needs_interface && !std::path::Path::new("/sys/class/net").join(&self.ifname).exists() {
-            return;
-        }
-        match (self.open)(&self.wakeup) {
-            Ok(mut p) => {
-                p.housekeeping(now_ms);
-                self.inner = Some(p);
-                self.status.set_error(None);
-            }
-            Err(e) => self.status.set_error(Some(e.to_string())),
-        }
+    }
+
+    fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
+        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
     }
 
     fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {

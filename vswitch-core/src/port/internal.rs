@@ -13,6 +13,9 @@
 //! MTU-sized frames with complete checksums, and GSO frames from other
 //! ports are segmented by the datapath before they reach it.
 
+use std::sync::Arc;
+
+use super::upkeep::{Mailbox, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
 use crate::sys::tap::Tap;
@@ -24,10 +27,24 @@ const MAX_FRAME: usize = 65_536;
 /// A TAP device on the bridge.
 #[derive(Debug)]
 pub struct InternalPort {
-    name: String,
     tap: Tap,
     scratch: Vec<u8>,
-    link_up: bool,
+    link: Arc<Mailbox<()>>,
+    /// The slow half (the link state), until the switch takes it.
+    upkeep: Option<LinkWatch>,
+}
+
+/// An internal port's slow half: the TAP device's link state, from sysfs.
+#[derive(Debug)]
+struct LinkWatch {
+    name: String,
+    link: Arc<Mailbox<()>>,
+}
+
+impl Upkeep for LinkWatch {
+    fn run(&mut self, _now_ms: u64) {
+        self.link.set_link(super::afpacket::link_is_up(&self.name));
+    }
 }
 
 impl InternalPort {
@@ -44,7 +61,9 @@ impl InternalPort {
             _ if e.kind() == std::io::ErrorKind::InvalidInput => Error::invalid("interface", e.to_string()),
             _ => Error::io("create the TAP device", e),
         })?;
-        Ok(InternalPort { name: name.to_string(), tap, scratch: vec![0; MAX_FRAME], link_up: false })
+        let link = Mailbox::new(false);
+        let upkeep = Some(LinkWatch { name: name.to_string(), link: link.clone() });
+        Ok(InternalPort { tap, scratch: vec![0; MAX_FRAME], link, upkeep })
     }
 }
 
@@ -97,14 +116,21 @@ impl Port for InternalPort {
     }
 
     fn link_up(&self) -> bool {
-        self.link_up
+        self.link.link_up()
     }
 
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.tap.fd())
     }
 
-    fn housekeeping(&mut self, _now_ms: u64) {
-        self.link_up = super::afpacket::link_is_up(&self.name);
+    fn housekeeping(&mut self, now_ms: u64) {
+        if let Some(u) = self.upkeep.as_mut() {
+            // Nobody took the slow half: do it here.
+            u.run(now_ms);
+        }
+    }
+
+    fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
+        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
     }
 }

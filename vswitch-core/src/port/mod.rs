@@ -12,6 +12,7 @@ pub mod deferred;
 pub mod internal;
 pub mod memory;
 pub mod tunnel;
+pub mod upkeep;
 pub(crate) mod vlan_mode;
 
 use std::fmt;
@@ -60,9 +61,18 @@ pub trait Port: Send + fmt::Debug {
         None
     }
 
-    /// Periodic upkeep (about ten times a second): refresh link state,
-    /// reattach a vanished interface. The wake descriptor may change.
+    /// Periodic housekeeping on the datapath thread (about ten times a
+    /// second): cheap work only, such as collecting what the port's
+    /// [`upkeep`](Port::upkeep) made. The wake descriptor may change.
     fn housekeeping(&mut self, _now_ms: u64) {}
+
+    /// The port's slow half (see [`upkeep`](crate::port::upkeep)), taken
+    /// once by the switch when the port is attached and run on its
+    /// slow-path thread: looking for a vanished interface, reopening it,
+    /// reading the link state. None for a port that needs none.
+    fn upkeep(&mut self) -> Option<Box<dyn upkeep::Upkeep>> {
+        None
+    }
 
     /// Reports (and forgets) the packets the port or its kernel dropped on
     /// receive since the last call: `count(reason, how_many)` per reason.

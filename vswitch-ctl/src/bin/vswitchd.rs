@@ -55,6 +55,9 @@ struct Args {
     /// What to log on stderr.
     #[arg(long, value_enum, default_value = "info")]
     log_level: Level,
+    /// Most rules a bridge's flow table holds.
+    #[arg(long, default_value_t = 1_000_000)]
+    flow_limit: usize,
     /// Milliseconds a request waits for the datapath threads before it
     /// fails with a `timeout` error.
     #[arg(long, default_value_t = 3000)]
@@ -136,6 +139,7 @@ fn main() {
         .pmd_threads(args.pmd_threads)
         .pin_cpus(&args.pin_cpus)
         .datapath_timeout(Duration::from_millis(args.datapath_timeout_ms.max(1)))
+        .flow_limit(args.flow_limit)
         .on_datapath_failure(move |thread, why| {
             let _ = stop_tx.send(Stop::DatapathFailed { thread: thread.to_string(), why: why.to_string() });
         })

@@ -282,12 +282,36 @@ pub struct TunnelPort {
     tx: TxSocket,
     /// The endpoint's socket again, for this port's own epoll registration.
     wake: OwnedFd,
-    status: PortStatus,
     malformed: u64,
     unknown: u64,
     overflow_seen: u64,
-    next_mtu_ms: u64,
+    /// The slow half (the route's MTU), until the switch takes it.
+    mtu_watch: Option<MtuWatch>,
     headers: Vec<[u8; 16]>,
+}
+
+/// A tunnel port's slow half: the MTU of the route to its remote, read
+/// from the kernel every few seconds and shown as the port's `inner_mtu`.
+#[derive(Debug)]
+struct MtuWatch {
+    cfg: TunnelConfig,
+    status: PortStatus,
+    next_ms: u64,
+}
+
+impl crate::port::upkeep::Upkeep for MtuWatch {
+    fn run(&mut self, now_ms: u64) {
+        if now_ms < self.next_ms {
+            return;
+        }
+        self.next_ms = now_ms + MTU_REFRESH_MS;
+        let Remote::Ip(remote) = self.cfg.remote else { return };
+        if let Ok(mtu) = route_mtu(remote) {
+            let keyed = self.cfg.out_key != Key::None;
+            let inner = mtu.saturating_sub(self.cfg.encap.overhead(keyed) + 14);
+            self.status.set_info("inner_mtu", inner);
+        }
+    }
 }
 
 impl std::fmt::Debug for TunnelPort {
@@ -335,17 +359,17 @@ impl TunnelPort {
         drop(sh);
         let (_, local, port) = ep.key;
         status.set_info("local_endpoint", format!("{local}:{port}").trim_end_matches(":0"));
+        let mtu_watch = Some(MtuWatch { cfg: cfg.clone(), status: status.clone(), next_ms: 0 });
         let mut p = TunnelPort {
             cfg,
             ep,
             id,
             tx,
             wake,
-            status,
             malformed: 0,
             unknown: 0,
             overflow_seen: 0,
-            next_mtu_ms: 0,
+            mtu_watch,
             headers: Vec::new(),
         };
         p.refresh_mtu(0);
@@ -353,15 +377,9 @@ impl TunnelPort {
     }
 
     fn refresh_mtu(&mut self, now_ms: u64) {
-        if now_ms < self.next_mtu_ms {
-            return;
-        }
-        self.next_mtu_ms = now_ms + MTU_REFRESH_MS;
-        let Remote::Ip(remote) = self.cfg.remote else { return };
-        if let Ok(mtu) = route_mtu(remote) {
-            let keyed = self.cfg.out_key != Key::None;
-            let inner = mtu.saturating_sub(self.cfg.encap.overhead(keyed) + 14);
-            self.status.set_info("inner_mtu", inner);
+        use crate::port::upkeep::Upkeep;
+        if let Some(u) = self.mtu_watch.as_mut() {
+            u.run(now_ms);
         }
     }
 
@@ -525,7 +543,12 @@ impl Port for TunnelPort {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
+        // Only while nobody took the slow half.
         self.refresh_mtu(now_ms);
+    }
+
+    fn upkeep(&mut self) -> Option<Box<dyn crate::port::upkeep::Upkeep>> {
+        self.mtu_watch.take().map(|u| Box::new(u) as Box<dyn crate::port::upkeep::Upkeep>)
     }
 
     fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {

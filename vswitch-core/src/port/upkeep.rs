@@ -1,0 +1,166 @@
+//! The slow half of a port: work that reads files, opens devices, retries
+//! or sleeps, done on the switch's slow-path thread and never on a
+//! datapath thread.
+//!
+//! A port hands the switch its [`Upkeep`] when it is attached
+//! ([`Port::upkeep`](super::Port::upkeep)); the slow-path thread runs every
+//! upkeep about ten times a second. What an upkeep makes for its port (a
+//! device reopened after its interface came back, the link state) goes
+//! through a [`Mailbox`]: the upkeep posts, and the port's housekeeping on
+//! the datapath thread collects without ever waiting (a `try_lock`). What
+//! the port lets go of (the old ring of a vanished interface) goes back
+//! through the mailbox, to be closed on the slow-path thread.
+//!
+//! A port used outside a switch (an embedder driving it by hand) whose
+//! upkeep nobody took runs it from its own housekeeping instead.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam::channel::{RecvTimeoutError, Sender};
+use crossbeam::queue::SegQueue;
+
+use crate::clock::Clock;
+use crate::{Error, Result};
+
+/// How often each upkeep runs.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A port's slow-path work (see the [module docs](self)).
+pub trait Upkeep: Send {
+    /// One round, at `now_ms` on the switch's clock. May block.
+    fn run(&mut self, now_ms: u64);
+}
+
+/// What an upkeep hands its port, and what the port hands back.
+#[derive(Debug)]
+pub struct Mailbox<T> {
+    /// A replacement for the port's device: `Some(None)` means "let go of
+    /// it" (the interface is gone).
+    next: Mutex<Option<Option<T>>>,
+    retired: SegQueue<T>,
+    link_up: AtomicBool,
+}
+
+impl<T> Mailbox<T> {
+    /// An empty mailbox, the link as given.
+    pub fn new(link_up: bool) -> Arc<Mailbox<T>> {
+        Arc::new(Mailbox { next: Mutex::new(None), retired: SegQueue::new(), link_up: AtomicBool::new(link_up) })
+    }
+
+    /// Posts a replacement (slow side); one the port has not collected yet
+    /// is retired.
+    pub fn post(&self, device: Option<T>) {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(old)) = next.replace(device) {
+            self.retired.push(old);
+        }
+    }
+
+    /// The posted replacement, if any (datapath side: never waits).
+    pub fn collect(&self) -> Option<Option<T>> {
+        self.next.try_lock().ok()?.take()
+    }
+
+    /// Hands a device the port no longer uses back to be closed on the
+    /// slow side (datapath side: lock-free).
+    pub fn retire(&self, device: T) {
+        self.retired.push(device);
+    }
+
+    /// Closes what the port handed back (slow side).
+    pub fn close_retired(&self) {
+        while self.retired.pop().is_some() {}
+    }
+
+    /// Records the link state (slow side).
+    pub fn set_link(&self, up: bool) {
+        self.link_up.store(up, Ordering::Relaxed);
+    }
+
+    /// The link state last recorded.
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(Ordering::Relaxed)
+    }
+}
+
+enum Message {
+    Add(u64, Box<dyn Upkeep>),
+    Remove(u64),
+}
+
+/// The switch's slow-path thread: runs every attached port's upkeep.
+pub(crate) struct SlowPath {
+    tx: Option<Sender<Message>>,
+    join: Option<JoinHandle<()>>,
+    next_id: Mutex<u64>,
+}
+
+impl std::fmt::Debug for SlowPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlowPath").finish_non_exhaustive()
+    }
+}
+
+impl SlowPath {
+    pub(crate) fn spawn(clock: Arc<dyn Clock>) -> Result<SlowPath> {
+        let (tx, rx) = crossbeam::channel::unbounded::<Message>();
+        let join = std::thread::Builder::new()
+            .name("vswitch-slow".into())
+            .spawn(move || {
+                let mut upkeeps: BTreeMap<u64, Box<dyn Upkeep>> = BTreeMap::new();
+                let mut next = std::time::Instant::now();
+                loop {
+                    match rx.recv_deadline(next) {
+                        Ok(Message::Add(id, mut u)) => {
+                            u.run(clock.now_ms());
+                            upkeeps.insert(id, u);
+                        }
+                        // Dropped here: whatever the upkeep held is closed
+                        // on this thread.
+                        Ok(Message::Remove(id)) => drop(upkeeps.remove(&id)),
+                        Err(RecvTimeoutError::Timeout) => {
+                            let now = clock.now_ms();
+                            upkeeps.values_mut().for_each(|u| u.run(now));
+                            next = std::time::Instant::now() + UPKEEP_INTERVAL;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            })
+            .map_err(|e| Error::io("thread spawn", e))?;
+        Ok(SlowPath { tx: Some(tx), join: Some(join), next_id: Mutex::new(0) })
+    }
+
+    /// Starts running `upkeep`; its id, for [`remove`](Self::remove).
+    pub(crate) fn add(&self, upkeep: Box<dyn Upkeep>) -> u64 {
+        let id = {
+            let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            *n += 1;
+            *n
+        };
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Message::Add(id, upkeep));
+        }
+        id
+    }
+
+    /// Stops running upkeep `id` and drops it.
+    pub(crate) fn remove(&self, id: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Message::Remove(id));
+        }
+    }
+}
+
+impl Drop for SlowPath {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
