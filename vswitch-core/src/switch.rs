@@ -624,7 +624,7 @@ impl Switch {
         let r = self
             .apply_each(move |dp, i| dp.add_bridge(index, t.clone(), FlowTable::for_thread(limit, stats.clone(), i)));
         if took_effect(&r) {
-            self.record(ConfigChange::NewBridge { name: name.to_string(), mac_table: mac });
+            self.record(|| ConfigChange::NewBridge { name: name.to_string(), mac_table: mac });
             let rules = Arc::new(Mutex::new(rules));
             let entry = BridgeEntry { index, rules, mac: table, ports: BTreeMap::new() };
             self.registry().bridges.insert(name.to_string(), entry);
@@ -642,7 +642,7 @@ impl Switch {
         // The ports come back to be closed here, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(drop);
         if took_effect(&r) {
-            self.record(ConfigChange::DelBridge { name: name.to_string() });
+            self.record(|| ConfigChange::DelBridge { name: name.to_string() });
             let mut reg = self.registry();
             if let Some(b) = reg.bridges.remove(name) {
                 for p in b.ports.values() {
@@ -986,7 +986,6 @@ impl Switch {
         let mut set = lock_rules(&set);
         set.check_room(&rules).map_err(|TableError::Full| Error::Full("flow table"))?;
         let n = rules.len();
-        let texts: Vec<String> = rules.iter().map(|(s, _)| s.to_text()).collect();
         let copy = Arc::new(rules.clone());
         let r = self.apply_sized(n, move |dp| {
             if let Some(t) = dp.flows_mut(index) {
@@ -994,8 +993,11 @@ impl Switch {
             }
         });
         if took_effect(&r) {
+            self.record(|| ConfigChange::AddFlows {
+                bridge: bridge.to_string(),
+                flows: rules.iter().map(|(s, _)| s.to_text()).collect(),
+            });
             set.add(rules);
-            self.record(ConfigChange::AddFlows { bridge: bridge.to_string(), flows: texts });
         }
         r.map(|()| n)
     }
@@ -1025,8 +1027,11 @@ impl Switch {
             }
         });
         if took_effect(&r) {
-            let flows = set.modify(&keys, &spec.actions).iter().map(FlowSpec::to_text).collect();
-            self.record(ConfigChange::AddFlows { bridge: bridge.to_string(), flows });
+            let changed = set.modify(&keys, &spec.actions);
+            self.record(|| ConfigChange::AddFlows {
+                bridge: bridge.to_string(),
+                flows: changed.iter().map(FlowSpec::to_text).collect(),
+            });
         }
         r.map(|()| keys.len())
     }
@@ -1067,8 +1072,11 @@ impl Switch {
             }
         });
         if took_effect(&r) {
-            let flows = set.remove(keys).iter().map(FlowSpec::to_text).collect();
-            self.record(ConfigChange::DelFlows { bridge: bridge.to_string(), flows });
+            let removed = set.remove(keys);
+            self.record(|| ConfigChange::DelFlows {
+                bridge: bridge.to_string(),
+                flows: removed.iter().map(FlowSpec::to_text).collect(),
+            });
         }
         r
     }
@@ -1144,9 +1152,11 @@ impl Switch {
         j.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    pub(crate) fn record(&self, change: ConfigChange) {
+    /// Records the change `change` makes, if recording (the record is
+    /// only made then: formatting a million rules is not free).
+    pub(crate) fn record(&self, change: impl FnOnce() -> ConfigChange) {
         if let Some(j) = self.journal.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            j.push(change);
+            j.push(change());
         }
     }
 

@@ -432,7 +432,19 @@ impl Server {
                     .name(format!("vswitch-ctl{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let reply = control.dispatch(&job.line);
+                            // A bug in a handler costs that request, not
+                            // the worker.
+                            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                control.dispatch(&job.line)
+                            }))
+                            .unwrap_or_else(|_| {
+                                let v = serde_json::json!({
+                                    "jsonrpc": "2.0", "id": request_id(&job.line),
+                                    "error": { "code": -32603, "message": "internal error: the request's handler panicked",
+                                               "data": { "kind": "internal" } }
+                                });
+                                v.to_string()
+                            });
                             let _ = tx.send((job.token, reply));
                             let _ = waker.wake();
                         }

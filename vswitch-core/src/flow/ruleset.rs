@@ -53,6 +53,10 @@ impl RuleSet {
     /// Whether `specs` fit (a rule replacing one of the same identity
     /// takes no room).
     pub(crate) fn check_room(&self, specs: &[(FlowSpec, Arc<RuleStats>)]) -> Result<(), TableError> {
+        if self.len() + specs.len() <= self.limit {
+            // Fits even if every one is new: no need to look.
+            return Ok(());
+        }
         let mut new: HashSet<RuleKey, foldhash::fast::RandomState> = HashSet::default();
         new.extend(specs.iter().map(|(s, _)| key(s)).filter(|k| !self.rules.contains_key(k)));
         if self.len() + new.len() > self.limit { Err(TableError::Full) } else { Ok(()) }

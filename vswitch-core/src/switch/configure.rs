@@ -160,10 +160,12 @@ impl Switch {
             }
         });
         if super::took_effect(&r) {
-            let texts = rules.iter().map(|(s, _)| s.to_text()).collect();
+            self.record(|| ConfigChange::SetFlows {
+                bridge: bridge.to_string(),
+                flows: rules.iter().map(|(s, _)| s.to_text()).collect(),
+            });
             fresh.add(rules);
             *set = fresh;
-            self.record(ConfigChange::SetFlows { bridge: bridge.to_string(), flows: texts });
         }
         r
     }
