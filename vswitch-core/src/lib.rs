@@ -35,6 +35,8 @@ pub mod control;
 pub mod datapath;
 mod error;
 pub mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mac;
 pub mod packet;
 pub mod port;
