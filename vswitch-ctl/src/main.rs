@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
+use vswitch_core::flow::{FlowStats, Trace};
 use vswitch_ctl::{CallError, Client, socket_path};
 
 #[derive(Parser, Debug)]
@@ -216,41 +217,16 @@ fn fdb_text(result: &Value) -> String {
     out
 }
 
+/// `dump-flows` text from the core's own printer, so the text and the
+/// JSON never drift.
 fn flows_text(result: &Value) -> String {
-    let mut out = String::new();
-    for f in result.as_array().into_iter().flatten() {
-        let mut line = format!(
-            " cookie={:#x}, duration={:.3}s, table=0, n_packets={}, n_bytes={}, ",
-            f["cookie"].as_u64().unwrap_or(0),
-            f["duration_secs"].as_f64().unwrap_or(0.0),
-            f["n_packets"],
-            f["n_bytes"]
-        );
-        for t in ["idle_timeout", "hard_timeout"] {
-            if f[t].as_u64().unwrap_or(0) != 0 {
-                line.push_str(&format!("{t}={}, ", f[t]));
-            }
-        }
-        line.push_str(&format!("idle_age={}, priority={}", f["idle_age_secs"], f["priority"]));
-        let m = f["match"].as_str().unwrap_or("");
-        if !m.is_empty() {
-            line.push(',');
-            line.push_str(m);
-        }
-        line.push_str(&format!(" actions={}\n", f["actions"].as_str().unwrap_or("")));
-        out.push_str(&line);
-    }
-    out
+    let rows: Vec<FlowStats> = serde_json::from_value(result.clone()).unwrap_or_default();
+    rows.iter().map(|f| f.to_text() + "\n").collect()
 }
 
+/// `trace` text from the core's own printer.
 fn trace_text(t: &Value) -> String {
-    let mut out = format!("Flow: {}\n", t["flow"].as_str().unwrap_or(""));
-    out.push_str(&format!("Rule: {}\n", t["rule"].as_str().unwrap_or("none matched")));
-    for s in t["steps"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  {}\n", s.as_str().unwrap_or("")));
-    }
-    out.push_str(&format!("Datapath actions: {}\n", t["verdict"].as_str().unwrap_or("")));
-    out
+    serde_json::from_value::<Trace>(t.clone()).map(|t| t.to_text() + "\n").unwrap_or_default()
 }
 
 fn stats_text(s: &Value) -> String {

@@ -14,7 +14,7 @@ mod pipeline;
 pub(crate) mod thread;
 mod wakeup;
 
-pub use pipeline::Datapath;
+pub(crate) use pipeline::Datapath;
 pub(crate) use pipeline::SharedPort;
 pub use wakeup::Wakeup;
 

@@ -523,11 +523,6 @@ impl Datapath {
             p.counters.count_drop(out.drop_reason.unwrap_or(DropReason::TxError), out.dropped as u64);
         }
     }
-
-    /// Buffers allocated because the pool was empty (a health figure).
-    pub fn buffers_allocated(&self) -> u64 {
-        self.pool.allocated()
-    }
 }
 
 /// A bridge's parts the action executor uses, borrowed apart so the flow

@@ -1,7 +1,7 @@
 //! A flow rule as text: `priority=100,cookie=0x5,idle_timeout=30,tcp,
 //! tp_dst=80,actions=output:2`, parsed and formatted as `ovs-ofctl` does.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::action::{Action, actions_to_text, check_action_prerequisites, parse_actions};
 use super::matching::{FlowParseError, Match, apply_match_item, check_prerequisites, err, parse_num};
@@ -178,7 +178,7 @@ impl FlowSelector {
 }
 
 /// A rule and its counters, as `dump-flows` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowStats {
     /// The rule's cookie.
     pub cookie: u64,

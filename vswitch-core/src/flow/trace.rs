@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One port a traced packet leaves through.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceOutput {
     /// The port's number.
     pub port_no: u32,
@@ -16,7 +16,7 @@ pub struct TraceOutput {
 }
 
 /// The explanation of one packet's path through a bridge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trace {
     /// The traced packet, as canonical flow text.
     pub flow: String,
