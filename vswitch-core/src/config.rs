@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacTableConfig;
-use crate::port::afpacket::AfPacketConfig;
-use crate::port::afxdp::XdpModeRequest;
+pub use crate::port::spec::{DEFAULT_KERNEL_TYPE, PORT_TYPES, PortSpec};
 use crate::wire::MacAddr;
-use crate::{Error, PortNo, Result, VlanMode};
+use crate::{Error, Result};
 
 /// The file format's version, written into every file.
 pub const FORMAT_VERSION: u32 = 1;
@@ -90,146 +89,6 @@ pub struct StaticMac {
     pub vlan: u16,
     /// The address.
     pub mac: MacAddr,
-}
-
-/// A port the switch creates itself (not an embedder's in-process port).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortSpec {
-    /// The port's name: the kernel interface it attaches (afpacket, afxdp)
-    /// or creates (internal); any name for a tunnel.
-    pub name: String,
-    /// `afpacket`, `afxdp`, `internal`, `vxlan` or `gre`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Its number on the bridge; chosen by the switch when `None`, and
-    /// always recorded in a saved configuration so flow rules that name
-    /// port numbers keep meaning the same port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_no: Option<PortNo>,
-    /// `tag=N`: an access port of VLAN N.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<u16>,
-    /// `trunks=A,B`: the VLANs a trunk carries (empty: all).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub trunks: Vec<u16>,
-    /// Backend options (`options:KEY=VALUE`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub options: BTreeMap<String, String>,
-    /// Not saved: the port lasts until the daemon stops.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub transient: bool,
-}
-
-/// The port types [`PortSpec::kind`] can name.
-pub const PORT_TYPES: &[&str] = &["afpacket", "afxdp", "internal", "vxlan", "gre"];
-
-/// The backend a port on an existing kernel interface gets without `type=`.
-pub const DEFAULT_KERNEL_TYPE: &str = "afpacket";
-
-impl PortSpec {
-    /// A port of type `kind` named `name`, every setting at its default.
-    pub fn new(name: &str, kind: &str) -> PortSpec {
-        PortSpec {
-            name: name.to_string(),
-            kind: kind.to_string(),
-            port_no: None,
-            tag: None,
-            trunks: Vec::new(),
-            options: BTreeMap::new(),
-            transient: false,
-        }
-    }
-
-    /// Its VLAN membership.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for a bad VLAN or both `tag` and `trunks`.
-    pub fn vlan_mode(&self) -> Result<VlanMode> {
-        match (self.tag, self.trunks.is_empty()) {
-            (Some(_), false) => Err(Error::invalid("port", "give 'tag' or 'trunks', not both")),
-            (Some(t), true) => VlanMode::access(t),
-            (None, _) => VlanMode::trunk(&self.trunks),
-        }
-    }
-
-    /// Sets `tag` and `trunks` to describe `vlan`.
-    pub fn set_vlan(&mut self, vlan: &VlanMode) {
-        let d = vlan.describe();
-        (self.tag, self.trunks) = (d.tag, d.trunks);
-    }
-
-    /// Checks the type, the VLAN settings and every option, so a bad port
-    /// is refused before anything is changed.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] naming what is wrong.
-    pub fn validate(&self) -> Result<()> {
-        self.vlan_mode()?;
-        match self.kind.as_str() {
-            "afpacket" => self.afpacket_config().map(|_| ()),
-            "afxdp" => self.xdp_mode().map(|_| ()),
-            "internal" => self.no_options(&[]),
-            "vxlan" | "gre" => crate::port::tunnel::TunnelConfig::from_spec(self).map(|_| ()),
-            other => Err(Error::invalid(
-                "port type",
-                format!("'{other}' is not a port type this switch creates ({})", PORT_TYPES.join(", ")),
-            )),
-        }
-    }
-
-    pub(crate) fn no_options(&self, known: &[&str]) -> Result<()> {
-        match self.options.keys().find(|k| !known.contains(&k.as_str())) {
-            None => Ok(()),
-            Some(k) => Err(Error::invalid(
-                "option",
-                format!(
-                    "'{k}' is not an option of {} ports{}",
-                    self.kind,
-                    if known.is_empty() { String::new() } else { format!(" ({})", known.join(", ")) }
-                ),
-            )),
-        }
-    }
-
-    pub(crate) fn option<T: std::str::FromStr>(&self, key: &str) -> Result<Option<T>> {
-        self.options
-            .get(key)
-            .map(|v| v.parse().map_err(|_| Error::invalid("option", format!("{key}={v} is not a valid value"))))
-            .transpose()
-    }
-
-    /// The AF_PACKET ring settings from `block_size`, `blocks` and
-    /// `block_timeout_ms`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for an unknown option or a bad value.
-    pub fn afpacket_config(&self) -> Result<AfPacketConfig> {
-        self.no_options(&["block_size", "blocks", "block_timeout_ms"])?;
-        let d = AfPacketConfig::default();
-        let c = AfPacketConfig {
-            block_size: self.option("block_size")?.unwrap_or(d.block_size),
-            blocks: self.option("blocks")?.unwrap_or(d.blocks),
-            block_timeout_ms: self.option("block_timeout_ms")?.unwrap_or(d.block_timeout_ms),
-        };
-        c.validate()?;
-        Ok(c)
-    }
-
-    /// The XDP attach mode from `xdp_mode` (`best-effort`, `native`,
-    /// `generic`).
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for an unknown option or a bad value.
-    pub fn xdp_mode(&self) -> Result<XdpModeRequest> {
-        self.no_options(&["xdp_mode"])?;
-        match self.options.get("xdp_mode").map(String::as_str) {
-            None | Some("best-effort") => Ok(XdpModeRequest::BestEffort),
-            Some("native") => Ok(XdpModeRequest::Native),
-            Some("generic") => Ok(XdpModeRequest::Generic),
-            Some(v) => Err(Error::invalid("option", format!("xdp_mode={v}: expected best-effort, native or generic"))),
-        }
-    }
 }
 
 fn file_error(what: String, e: std::io::Error) -> Error {

@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod datapath;
+mod drop_reason;
 mod error;
 pub mod flow;
 #[doc(hidden)]

@@ -5,8 +5,9 @@
 //! front of the insertion point, never the payload. Buffers are recycled
 //! through a [`PacketPool`] so that the steady state allocates nothing.
 
-use crate::port::DropReason;
+use crate::drop_reason::DropReason;
 pub(crate) use crate::sys::packet_ring::VnetHdr;
+pub(crate) use crate::wire::checksum::internet_checksum;
 use crate::wire::{ETHERTYPE_OFFSET, VlanTci, be16, ethertype};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum field holds only the
@@ -316,7 +317,7 @@ impl Packet {
                 flags &= !CWR;
             }
             buf[l4 + 13] = flags;
-            crate::flow::complete_l4_checksum(buf);
+            crate::wire::checksum::complete_l4_checksum(buf);
             p.tunnel = self.tunnel;
             out.push(p);
         }
@@ -394,18 +395,6 @@ impl Packet {
 /// pools draw on it before they allocate. It closes the loop for flood
 /// copies, which are made in the datapath and consumed by runtimes.
 pub type SpareBuffers = std::sync::Arc<crossbeam::queue::ArrayQueue<Packet>>;
-
-/// The Internet checksum (RFC 1071) of `bytes`, complemented.
-pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    for c in bytes.chunks(2) {
-        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
 /// A free list of packet buffers owned by one thread (no atomics on the
 /// fast path), backed by the switch's [`SpareBuffers`].
@@ -592,7 +581,7 @@ mod tests {
             for s in &segs {
                 assert!(s.len() - 14 <= 1450);
                 let mut check = s.clone();
-                crate::flow::complete_l4_checksum(check.data_mut());
+                crate::wire::checksum::complete_l4_checksum(check.data_mut());
                 assert_eq!(check.data(), s.data(), "each segment's checksum is complete");
             }
             // Not TCP (or not IP): nothing to describe.

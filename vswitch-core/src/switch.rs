@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::ConfigChange;
-use crate::config::PortSpec;
 use crate::datapath::SharedPort;
 pub use crate::datapath::thread::IdlePolicy;
 use crate::datapath::thread::{DatapathThread, FailureHook, Late};
@@ -27,6 +26,7 @@ use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
 use crate::port::deferred::PortStatus;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
+use crate::port::spec::PortSpec;
 use crate::port::upkeep::SlowPath;
 use crate::port::vlan_mode::VlanDescription;
 use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use super::matching::{FlowParseError, Match, err, parse_num};
+use super::packed::Headers;
 use crate::packet::Packet;
 use crate::port::PortNo;
 use crate::wire::{MacAddr, be16, ethertype};
@@ -213,19 +214,6 @@ pub(crate) fn check_action_prerequisites(actions: &[Action], m: &Match) -> Resul
     Ok(())
 }
 
-/// Where the headers of a packet being rewritten are.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Headers {
-    pub dl_type: u16,
-    pub l3: usize,
-    /// Offset of the transport header, 0 if there is none to rewrite.
-    pub l4: usize,
-    pub nw_proto: u8,
-    /// The TCP/UDP checksum field holds only the pseudo-header sum (a
-    /// kernel port's checksum offload); the rest is computed later.
-    pub partial_csum: bool,
-}
-
 /// RFC 1624 eqn. 3: the checksum after a 16-bit word changes.
 #[inline]
 fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
@@ -341,50 +329,10 @@ pub(crate) fn dec_ttl(p: &mut Packet, h: &Headers) -> bool {
     }
 }
 
-/// Computes the TCP or UDP checksum of an Ethernet frame afresh (IPv4 or
-/// IPv6 without extension headers, not a fragment), writing it into the
-/// frame. For frames that may carry a partial checksum with nothing to say
-/// so (AF_XDP from a virtual interface with checksum offload). Anything
-/// else is left as it is.
-pub(crate) fn complete_l4_checksum(frame: &mut [u8]) {
-    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
-    let Some((l3, et)) = crate::wire::l3_start(frame) else { return };
-    let fill = |proto: IpProtocol, payload: &mut [u8], src: IpAddress, dst: IpAddress| match proto {
-        IpProtocol::Tcp => {
-            if let Ok(mut t) = TcpPacket::new_checked(payload) {
-                t.fill_checksum(&src, &dst);
-            }
-        }
-        IpProtocol::Udp => {
-            if let Ok(mut u) = UdpPacket::new_checked(payload)
-                && u.checksum() != 0
-            {
-                u.fill_checksum(&src, &dst);
-            }
-        }
-        _ => {}
-    };
-    match et {
-        ethertype::IPV4 => {
-            let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[l3..]) else { return };
-            if ip.more_frags() || ip.frag_offset() != 0 {
-                return;
-            }
-            let (src, dst, proto) = (ip.src_addr().into(), ip.dst_addr().into(), ip.next_header());
-            fill(proto, ip.payload_mut(), src, dst);
-        }
-        ethertype::IPV6 => {
-            let Ok(mut ip) = Ipv6Packet::new_checked(&mut frame[l3..]) else { return };
-            let (src, dst, proto) = (ip.src_addr().into(), ip.dst_addr().into(), ip.next_header());
-            fill(proto, ip.payload_mut(), src, dst);
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::checksum::complete_l4_checksum;
 
     #[test]
     fn completes_a_partial_udp_checksum() {

@@ -20,10 +20,11 @@ mod table;
 mod trace;
 
 pub use action::{Action, actions_to_text};
-pub(crate) use action::{Headers, complete_l4_checksum, dec_ttl, set_ipv4_addr, set_l4_port};
+pub(crate) use action::{dec_ttl, set_ipv4_addr, set_l4_port};
 pub use classifier::Classifier;
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
+pub(crate) use packed::Headers;
 pub use packed::{PackedKey, PackedParse, VLAN_PRESENT, WORDS};
 pub(crate) use ruleset::RuleSet;
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver};

@@ -17,7 +17,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::action::Headers;
 use super::key::{KeySink, parse_ethernet};
 use super::{FlowKey, FragKind, Layer};
 use crate::port::PortNo;
@@ -151,6 +150,20 @@ impl PackedKey {
         self.0[8] = t.id;
         self.0[9] = u32::from(t.src) as u64 | (u32::from(t.dst) as u64) << 32;
     }
+}
+
+/// Where a packet's headers are, as the parser found them: what the
+/// actions that rewrite headers work from.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Headers {
+    pub dl_type: u16,
+    pub l3: usize,
+    /// Offset of the transport header, 0 if there is none to rewrite.
+    pub l4: usize,
+    pub nw_proto: u8,
+    /// The TCP/UDP checksum field holds only the pseudo-header sum (a
+    /// kernel port's checksum offload); the rest is computed later.
+    pub partial_csum: bool,
 }
 
 /// A frame parsed straight into the classifier's packed key, with the

@@ -53,6 +53,23 @@ impl Default for AfPacketConfig {
 }
 
 impl AfPacketConfig {
+    /// The ring settings a port spec gives in its options `block_size`,
+    /// `blocks` and `block_timeout_ms`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown option or a bad value.
+    pub fn from_spec(spec: &super::spec::PortSpec) -> Result<AfPacketConfig> {
+        spec.no_options(&["block_size", "blocks", "block_timeout_ms"])?;
+        let d = AfPacketConfig::default();
+        let c = AfPacketConfig {
+            block_size: spec.option("block_size")?.unwrap_or(d.block_size),
+            blocks: spec.option("blocks")?.unwrap_or(d.blocks),
+            block_timeout_ms: spec.option("block_timeout_ms")?.unwrap_or(d.block_timeout_ms),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
     /// Checks the settings.
     ///
     /// # Errors

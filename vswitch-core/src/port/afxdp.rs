@@ -33,11 +33,11 @@ use std::sync::Arc;
 use super::afpacket::{AttachLock, claim, ifindex, link_is_up};
 use super::upkeep::{Mailbox, Upkeep};
 use super::{DropReason, Port, TxOutcome};
-use crate::flow::complete_l4_checksum;
 use crate::packet::{Packet, PacketPool};
 use crate::sys::bpf::{XdpMode, XdpProgram, set_link_xdp};
 use crate::sys::packet_ring::PromiscGuard;
 use crate::sys::xsk::{BindMode, FRAME_SIZE, XskSocket};
+use crate::wire::checksum::complete_l4_checksum;
 use crate::{Error, Result};
 
 /// How an AF_XDP port is set up.
@@ -50,6 +50,23 @@ pub enum XdpModeRequest {
     Native,
     /// Generic (skb) mode.
     Generic,
+}
+
+impl XdpModeRequest {
+    /// The attach mode a port spec gives in its option `xdp_mode`
+    /// (`best-effort`, `native`, `generic`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown option or a bad value.
+    pub fn from_spec(spec: &super::spec::PortSpec) -> Result<XdpModeRequest> {
+        spec.no_options(&["xdp_mode"])?;
+        match spec.options.get("xdp_mode").map(String::as_str) {
+            None | Some("best-effort") => Ok(XdpModeRequest::BestEffort),
+            Some("native") => Ok(XdpModeRequest::Native),
+            Some("generic") => Ok(XdpModeRequest::Generic),
+            Some(v) => Err(Error::invalid("option", format!("xdp_mode={v}: expected best-effort, native or generic"))),
+        }
+    }
 }
 
 /// The interface's attached state.

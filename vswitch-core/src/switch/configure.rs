@@ -9,8 +9,8 @@ use super::Switch;
 use crate::config::ConfigChange;
 use crate::config::{BridgeConfig, PortSpec, StaticMac, SwitchConfig};
 use crate::flow::{RuleSet, TableError};
-use crate::port::afpacket::AfPacketPort;
-use crate::port::afxdp::AfXdpPort;
+use crate::port::afpacket::{AfPacketConfig, AfPacketPort};
+use crate::port::afxdp::{AfXdpPort, XdpModeRequest};
 use crate::port::deferred::{Deferred, Opener, PortStatus};
 use crate::port::internal::InternalPort;
 use crate::port::tunnel::{TunnelConfig, TunnelPort};
@@ -32,11 +32,11 @@ fn opener(spec: &PortSpec, status: &PortStatus) -> Result<Opener> {
     let name = spec.name.clone();
     Ok(match spec.kind.as_str() {
         "afpacket" => {
-            let cfg = spec.afpacket_config()?;
+            let cfg = AfPacketConfig::from_spec(spec)?;
             Box::new(move |_| Ok(Box::new(AfPacketPort::open(&name, cfg)?) as Box<dyn Port>))
         }
         "afxdp" => {
-            let mode = spec.xdp_mode()?;
+            let mode = XdpModeRequest::from_spec(spec)?;
             Box::new(move |_| Ok(Box::new(AfXdpPort::open(&name, mode)?) as Box<dyn Port>))
         }
         "internal" => Box::new(move |_| Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),

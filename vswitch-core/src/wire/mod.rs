@@ -6,6 +6,7 @@
 //! and serde forms. Every view is validated once with `new_checked`; after
 //! that no accessor can panic.
 
+pub(crate) mod checksum;
 mod mac_addr;
 pub mod vlan;
 

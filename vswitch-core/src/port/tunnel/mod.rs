@@ -33,9 +33,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use super::deferred::PortStatus;
 use super::{DropReason, Port, TxOutcome};
-use crate::config::PortSpec;
 use crate::datapath::Wakeup;
 use crate::packet::{Packet, PacketPool, TunnelMeta};
+use crate::port::spec::PortSpec;
 use crate::sys::tunnel_sock::{Datagram, RxSocket, TxSocket, Underlay, dup, route_mtu, underlay};
 use crate::{Error, Result};
 use wire::Malformed;
@@ -426,7 +426,7 @@ impl TunnelPort {
                 // segments it stands for; any other gets its checksum.
                 let ip_mtu = under.mtu.saturating_sub(encap.overhead(key.is_some()) + 14) as usize;
                 if !p.mark_tcp_gso(ip_mtu) {
-                    crate::flow::complete_l4_checksum(p.data_mut());
+                    crate::wire::checksum::complete_l4_checksum(p.data_mut());
                 }
             }
             p.tunnel = Some(TunnelMeta { id: key.unwrap_or(0) as u64, src, dst });

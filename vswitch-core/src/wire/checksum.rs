@@ -1,0 +1,58 @@
+//! Internet checksums (RFC 1071) and the TCP/UDP checksum of a whole
+//! frame, for the datapath's rewrites, GSO segmentation and ports whose
+//! frames arrive with a checksum left to do.
+
+use super::ethertype;
+
+/// The Internet checksum (RFC 1071) of `bytes`, complemented.
+pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    for c in bytes.chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u64;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Computes the TCP or UDP checksum of an Ethernet frame afresh (IPv4 or
+/// IPv6 without extension headers, not a fragment), writing it into the
+/// frame. For frames that may carry a partial checksum with nothing to say
+/// so (AF_XDP from a virtual interface with checksum offload). Anything
+/// else is left as it is.
+pub(crate) fn complete_l4_checksum(frame: &mut [u8]) {
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
+    let Some((l3, et)) = super::l3_start(frame) else { return };
+    let fill = |proto: IpProtocol, payload: &mut [u8], src: IpAddress, dst: IpAddress| match proto {
+        IpProtocol::Tcp => {
+            if let Ok(mut t) = TcpPacket::new_checked(payload) {
+                t.fill_checksum(&src, &dst);
+            }
+        }
+        IpProtocol::Udp => {
+            if let Ok(mut u) = UdpPacket::new_checked(payload)
+                && u.checksum() != 0
+            {
+                u.fill_checksum(&src, &dst);
+            }
+        }
+        _ => {}
+    };
+    match et {
+        ethertype::IPV4 => {
+            let Ok(mut ip) = Ipv4Packet::new_checked(&mut frame[l3..]) else { return };
+            if ip.more_frags() || ip.frag_offset() != 0 {
+                return;
+            }
+            let (src, dst, proto) = (ip.src_addr().into(), ip.dst_addr().into(), ip.next_header());
+            fill(proto, ip.payload_mut(), src, dst);
+        }
+        ethertype::IPV6 => {
+            let Ok(mut ip) = Ipv6Packet::new_checked(&mut frame[l3..]) else { return };
+            let (src, dst, proto) = (ip.src_addr().into(), ip.dst_addr().into(), ip.next_header());
+            fill(proto, ip.payload_mut(), src, dst);
+        }
+        _ => {}
+    }
+}
