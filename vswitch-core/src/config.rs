@@ -133,6 +133,14 @@ pub enum ConfigChange {
         /// The rules, as text.
         flows: Vec<String>,
     },
+    /// Rules' actions were changed in place (each keeps its place in the
+    /// table's order; its priority and match identify it).
+    ModFlows {
+        /// The bridge.
+        bridge: String,
+        /// The rules as they now are, as text.
+        flows: Vec<String>,
+    },
     /// Rules were removed (each named by its text: its priority and match
     /// identify it).
     DelFlows {
@@ -180,6 +188,15 @@ impl FlowList {
         }
         self.index.insert(key, self.texts.len());
         self.texts.push(Some((key.1, text.to_string())));
+        Ok(())
+    }
+
+    fn modify(&mut self, text: &str) -> Result<()> {
+        let key = Self::key(text)?;
+        match self.index.get(&key) {
+            Some(&i) => self.texts[i] = Some((key.1, text.to_string())),
+            None => self.add(text)?,
+        }
         Ok(())
     }
 
@@ -243,6 +260,12 @@ impl SwitchConfig {
                         flows.iter().try_for_each(|f| l.add(f))?;
                     }
                 }
+                ConfigChange::ModFlows { bridge, flows } => {
+                    if list(&self.bridges, &mut lists, bridge)? {
+                        let l = lists.get_mut(bridge).expect("made above");
+                        flows.iter().try_for_each(|f| l.modify(f))?;
+                    }
+                }
                 ConfigChange::DelFlows { bridge, flows } => {
                     if list(&self.bridges, &mut lists, bridge)? {
                         let l = lists.get_mut(bridge).expect("made above");
@@ -270,8 +293,9 @@ impl SwitchConfig {
 /// The snapshot (`PATH`) is the whole [`SwitchConfig`], written atomically
 /// (a temporary file of a unique name, fsync, rename, fsync of the
 /// directory), numbered by a generation. The journal (`PATH.journal`)
-/// names the generation it follows on its first line, then holds one
-/// [`ConfigChange`] per line, appended and synced after each change, so a
+/// names the generation it follows on its first line, then holds one line
+/// per change (a JSON array of the [`ConfigChange`]s one request made),
+/// appended and synced after each change, so a
 /// change costs what it changed, not the size of the configuration. When
 /// the journal outgrows the snapshot, the caller writes a new snapshot
 /// ([`Store::save`]), which starts a new journal. A journal that follows
@@ -424,8 +448,8 @@ impl Store {
         let mut changes = Vec::with_capacity(lines.len());
         let mut good = text.len();
         for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_slice::<ConfigChange>(line) {
-                Ok(c) => changes.push(c),
+            match serde_json::from_slice::<Vec<ConfigChange>>(line) {
+                Ok(c) => changes.extend(c),
                 Err(_) if line.is_empty() && i + 1 == lines.len() => {}
                 Err(_) if i + 1 == lines.len() => good -= line.len(),
                 Err(e) => return Err(Error::invalid("journal", format!("line {}: {e}", i + 2))),
@@ -535,13 +559,15 @@ impl Store {
         if changes.is_empty() {
             return Ok(true);
         }
-        let mut text = Vec::new();
-        for c in changes {
-            serde_json::to_writer(&mut text, c).map_err(|e| file_error("serialize a change".into(), e.into()))?;
-            text.push(b'\n');
-        }
+        // One line per request: a crash mid-write loses the whole line,
+        // never half of one request's changes.
+        let mut text = serde_json::to_vec(changes).map_err(|e| file_error("serialize a change".into(), e.into()))?;
+        text.push(b'\n');
         if let Err(e) = f.write_all(&text).and_then(|_| f.sync_data()) {
+            // Cut back and stop appending: the next change writes a whole
+            // snapshot, which holds these changes too.
             let _ = f.set_len(before);
+            state.file = None;
             return Err(file_error(format!("append to {}", self.journal_path().display()), e));
         }
         state.bytes += text.len() as u64;

@@ -433,6 +433,11 @@ impl Switch {
             Runner::Threads(threads) => threads,
             Runner::Manual { dp, .. } => return Ok(vec![f(&mut dp.lock().unwrap_or_else(|e| e.into_inner()), 0)]),
         };
+        // A failed thread takes nothing: refuse before any thread has the
+        // change, rather than apply it on some and report a failure.
+        if let Some(dead) = threads.iter().find(|t| t.failure().is_some()) {
+            return Err(dead.gone());
+        }
         let f = Arc::new(f);
         let submit = |i: usize| {
             let f = f.clone();
@@ -643,14 +648,16 @@ impl Switch {
         let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(drop);
         if took_effect(&r) {
             self.record(|| ConfigChange::DelBridge { name: name.to_string() });
-            let mut reg = self.registry();
-            if let Some(b) = reg.bridges.remove(name) {
-                for p in b.ports.values() {
+            let upkeeps: Vec<u64> = {
+                let mut reg = self.registry();
+                let ports = reg.bridges.remove(name).map(|b| b.ports).unwrap_or_default();
+                for p in ports.values() {
                     reg.owned[p.owner] -= 1;
-                    if let Some(id) = p.upkeep {
-                        self.slow.remove(id);
-                    }
                 }
+                ports.values().filter_map(|p| p.upkeep).collect()
+            };
+            for id in upkeeps {
+                self.slow.remove(id);
             }
         }
         r
@@ -799,13 +806,18 @@ impl Switch {
         // when the last one drops, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(drop);
         if took_effect(&r) {
-            let mut reg = self.registry();
-            let removed = reg.bridges.values_mut().find_map(|b| b.ports.remove(name));
-            if let Some(p) = removed {
-                reg.owned[p.owner] -= 1;
-                if let Some(id) = p.upkeep {
-                    self.slow.remove(id);
-                }
+            let upkeep = {
+                let mut reg = self.registry();
+                let removed = reg.bridges.values_mut().find_map(|b| b.ports.remove(name));
+                removed.and_then(|p| {
+                    reg.owned[p.owner] -= 1;
+                    p.upkeep
+                })
+            };
+            // Waits for the slow half to be gone, with no lock but the
+            // change lock held.
+            if let Some(id) = upkeep {
+                self.slow.remove(id);
             }
         }
         r
@@ -982,9 +994,11 @@ impl Switch {
         let _change = self.change();
         self.sweep_expired(false);
         let (index, rules) = self.parse_rules(bridge, flows)?;
+        // The rules' lock is held only to read and to commit, never across
+        // the wait for the datapath (the change lock keeps writers apart),
+        // so listings go on meanwhile.
         let set = self.rule_set(bridge)?;
-        let mut set = lock_rules(&set);
-        set.check_room(&rules).map_err(|TableError::Full| Error::Full("flow table"))?;
+        lock_rules(&set).check_room(&rules).map_err(|TableError::Full| Error::Full("flow table"))?;
         let n = rules.len();
         let copy = Arc::new(rules.clone());
         let r = self.apply_sized(n, move |dp| {
@@ -997,7 +1011,7 @@ impl Switch {
                 bridge: bridge.to_string(),
                 flows: rules.iter().map(|(s, _)| s.to_text()).collect(),
             });
-            set.add(rules);
+            lock_rules(&set).add(rules);
         }
         r.map(|()| n)
     }
@@ -1015,8 +1029,7 @@ impl Switch {
         let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
         let sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
         let set = self.rule_set(bridge)?;
-        let mut set = lock_rules(&set);
-        let keys = set.select(&sel, strict);
+        let keys = lock_rules(&set).select(&sel, strict);
         if keys.is_empty() {
             return Ok(0);
         }
@@ -1027,8 +1040,8 @@ impl Switch {
             }
         });
         if took_effect(&r) {
-            let changed = set.modify(&keys, &spec.actions);
-            self.record(|| ConfigChange::AddFlows {
+            let changed = lock_rules(&set).modify(&keys, &spec.actions);
+            self.record(|| ConfigChange::ModFlows {
                 bridge: bridge.to_string(),
                 flows: changed.iter().map(FlowSpec::to_text).collect(),
             });
@@ -1064,7 +1077,6 @@ impl Switch {
         }
         let (index, _) = self.bridge_ports(bridge)?;
         let set = self.rule_set(bridge)?;
-        let mut set = lock_rules(&set);
         let k = Arc::new(keys.to_vec());
         let r = self.apply_sized(keys.len(), move |dp| {
             if let Some(t) = dp.flows_mut(index) {
@@ -1072,7 +1084,7 @@ impl Switch {
             }
         });
         if took_effect(&r) {
-            let removed = set.remove(keys);
+            let removed = lock_rules(&set).remove(keys);
             self.record(|| ConfigChange::DelFlows {
                 bridge: bridge.to_string(),
                 flows: removed.iter().map(FlowSpec::to_text).collect(),

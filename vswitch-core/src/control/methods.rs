@@ -820,9 +820,9 @@ impl Control {
     /// timeout passed are removed, and the removal saved.
     pub fn tick(&self) {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if self.switch.expire_flows() > 0 {
-            // A failure here is retried with the next change's save.
-            let _ = self.persist(&self.switch.take_changes());
-        }
+        self.switch.expire_flows();
+        // A failure stops the journal, so the next save is a whole
+        // snapshot, which holds this too.
+        let _ = self.persist(&self.switch.take_changes());
     }
 }

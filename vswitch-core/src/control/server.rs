@@ -227,6 +227,13 @@ fn request_id(line: &str) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("id").cloned()).unwrap_or_default()
 }
 
+/// What the accept loop does after a connection taken under EMFILE.
+enum Next {
+    Continue,
+    Done,
+    Retry,
+}
+
 /// A request for a worker, and its reply.
 struct Job {
     token: Token,
@@ -409,6 +416,8 @@ struct Server {
     /// Accepting failed for want of a descriptor: try again on the tick.
     retry_accept: bool,
     jobs: Option<Sender<Job>>,
+    /// Set when the shutdown grace is over: queued requests are dropped.
+    discard: Arc<AtomicBool>,
     done: Receiver<(Token, String)>,
     workers: Vec<JoinHandle<()>>,
     shutting_down: bool,
@@ -425,13 +434,20 @@ impl Server {
     ) -> Result<Server> {
         let (jobs, job_rx) = crossbeam::channel::unbounded::<Job>();
         let (done_tx, done) = crossbeam::channel::unbounded();
+        let discard = Arc::new(AtomicBool::new(false));
         let workers = (0..options.workers)
             .map(|i| {
                 let (rx, tx, control, waker) = (job_rx.clone(), done_tx.clone(), control.clone(), waker.clone());
+                let discard = discard.clone();
                 std::thread::Builder::new()
                     .name(format!("vswitch-ctl{i}"))
                     .spawn(move || {
                         for job in rx {
+                            // Past the shutdown grace nobody waits for
+                            // replies: what is still queued is not run.
+                            if discard.load(Ordering::Acquire) {
+                                continue;
+                            }
                             // A bug in a handler costs that request, not
                             // the worker.
                             let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -463,6 +479,7 @@ impl Server {
             spare: std::fs::File::open("/dev/null").ok(),
             retry_accept: false,
             jobs: Some(jobs),
+            discard,
             done,
             workers,
             shutting_down: false,
@@ -512,8 +529,9 @@ impl Server {
             }
             self.sweep_idle();
         }
-        // Workers finish what they hold (each call has its own deadline),
-        // then the switch is theirs no more.
+        // Workers finish what they hold (each call has its own deadline)
+        // and drop what is queued; then the switch is theirs no more.
+        self.discard.store(true, Ordering::Release);
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -547,18 +565,33 @@ impl Server {
                     // queue, so an empty queue shows only now.)
                     self.spare = None;
                     let taken = self.listener.as_ref().map(|l| l.accept());
-                    let got = matches!(taken, Some(Ok(_)));
-                    if let Some(Ok((stream, _))) = taken {
-                        if self.evict_idle() {
-                            self.admit(stream);
-                        } else {
-                            refuse(stream, "too many connections and none idle: try again");
+                    let next = match taken {
+                        Some(Ok((stream, _))) => {
+                            if self.evict_idle() {
+                                self.admit(stream);
+                            } else {
+                                refuse(stream, "too many connections and none idle: try again");
+                            }
+                            Next::Continue
                         }
-                    }
+                        Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Next::Done,
+                        Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EINTR)) => {
+                            Next::Continue
+                        }
+                        _ => Next::Retry,
+                    };
                     self.spare = std::fs::File::open("/dev/null").ok();
-                    if !got || self.spare.is_none() {
-                        self.retry_accept = self.spare.is_none();
-                        return;
+                    match next {
+                        _ if self.spare.is_none() => {
+                            self.retry_accept = true;
+                            return;
+                        }
+                        Next::Continue => {}
+                        Next::Done => return,
+                        Next::Retry => {
+                            self.retry_accept = true;
+                            return;
+                        }
                     }
                 }
                 Err(_) => {

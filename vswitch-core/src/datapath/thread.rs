@@ -80,10 +80,19 @@ pub(crate) enum Late {
 }
 
 /// A command submitted to a datapath thread: its result, or its fate.
-#[derive(Debug)]
 pub(crate) struct Submitted<R> {
     state: Arc<AtomicU8>,
+    /// The command itself, until the thread runs it or it is withdrawn
+    /// (then dropped here: whatever it holds, a port being added, is
+    /// released at once, not when the thread resumes).
+    payload: Arc<Mutex<Option<Command>>>,
     result: Receiver<R>,
+}
+
+impl<R> std::fmt::Debug for Submitted<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submitted").field("state", &self.state.load(Ordering::Relaxed)).finish_non_exhaustive()
+    }
 }
 
 impl<R> Submitted<R> {
@@ -101,7 +110,10 @@ impl<R> Submitted<R> {
     /// otherwise says what it is doing with it.
     pub(crate) fn withdraw(&self) -> Late {
         match self.state.compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Late::Withdrawn,
+            Ok(_) => {
+                drop(self.payload.lock().unwrap_or_else(|e| e.into_inner()).take());
+                Late::Withdrawn
+            }
             Err(WITHDRAWN) => Late::Withdrawn,
             Err(_) => Late::Running,
         }
@@ -173,11 +185,22 @@ impl DatapathThread {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The error a call gets once the thread is gone.
+    /// The error a call gets once the thread is gone. A thread that is
+    /// panicking drops its channels while it unwinds, a moment before its
+    /// failure is recorded: wait that moment, so the caller that made it
+    /// fail learns why.
     pub(crate) fn gone(&self) -> Error {
-        match self.failure() {
-            Some(why) => Error::DatapathFailed { thread: self.name.clone(), why },
-            None => Error::Unavailable,
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            if let Some(why) = self.failure() {
+                return Error::DatapathFailed { thread: self.name.clone(), why };
+            }
+            if self.join.as_ref().is_none_or(|j| j.is_finished()) || Instant::now() >= deadline {
+                return self
+                    .failure()
+                    .map_or(Error::Unavailable, |why| Error::DatapathFailed { thread: self.name.clone(), why });
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -188,18 +211,24 @@ impl DatapathThread {
     ) -> Result<Submitted<R>> {
         let (tx, rx) = crossbeam::channel::bounded(1);
         let state = Arc::new(AtomicU8::new(QUEUED));
-        let s = state.clone();
+        let job: Command = Box::new(move |dp| {
+            let _ = tx.send(f(dp));
+        });
+        let payload = Arc::new(Mutex::new(Some(job)));
+        let (s, p) = (state.clone(), payload.clone());
         self.commands
             .send(Message::Run(Box::new(move |dp| {
                 if s.compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    let r = f(dp);
+                    let job = p.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(job) = job {
+                        job(dp);
+                    }
                     s.store(DONE, Ordering::Release);
-                    let _ = tx.send(r);
                 }
             })))
             .map_err(|_| self.gone())?;
         self.wakeup.notify();
-        Ok(Submitted { state, result: rx })
+        Ok(Submitted { state, payload, result: rx })
     }
 }
 

@@ -8,7 +8,7 @@
 //! counters read here are the datapath's. It has no classifier: it is
 //! never asked which rule a packet matches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::spec::{FlowSelector, FlowSpec, FlowStats};
@@ -50,16 +50,17 @@ impl RuleSet {
         self.rules.len()
     }
 
-    /// Whether `specs` fit (a rule replacing one of the same identity
-    /// takes no room).
+    /// Whether `specs` fit: a rule replacing one of the same identity
+    /// takes no room. Counted as each datapath copy counts
+    /// ([`FlowTable::add_with_stats`](super::FlowTable::add_with_stats)),
+    /// so the two never disagree near the limit.
     pub(crate) fn check_room(&self, specs: &[(FlowSpec, Arc<RuleStats>)]) -> Result<(), TableError> {
         if self.len() + specs.len() <= self.limit {
             // Fits even if every one is new: no need to look.
             return Ok(());
         }
-        let mut new: HashSet<RuleKey, foldhash::fast::RandomState> = HashSet::default();
-        new.extend(specs.iter().map(|(s, _)| key(s)).filter(|k| !self.rules.contains_key(k)));
-        if self.len() + new.len() > self.limit { Err(TableError::Full) } else { Ok(()) }
+        let new = specs.iter().filter(|(s, _)| !self.rules.contains_key(&key(s))).count();
+        if self.len() + new > self.limit { Err(TableError::Full) } else { Ok(()) }
     }
 
     /// Adds rules, each replacing one of the same identity; the caller has

@@ -193,24 +193,43 @@ pub struct AfPacketPort {
     ring_full: u64,
     mailbox: Arc<Mailbox<PacketRing>>,
     /// The slow half, until the switch takes it.
-    upkeep: Option<Reattach>,
+    upkeep: Option<Reattach<PacketRing>>,
     _lock: AttachLock,
 }
 
-/// The slow half of an AF_PACKET port: follows its interface by name,
-/// reopening the ring when the interface comes back (or is recreated),
-/// and reads its link state.
-#[derive(Debug)]
-struct Reattach {
+/// The slow half of a kernel port (AF_PACKET, AF_XDP): follows its
+/// interface by name, attaching anew (`attach`, given the interface index)
+/// when it comes back or is recreated with the same name, and reads its
+/// link state. A failed attach is tried again next round.
+pub(crate) struct Reattach<T> {
     name: String,
-    cfg: RingConfig,
-    /// The interface index the port's ring is bound to (None: no ring).
+    /// The interface index the port is attached to (None: not attached).
     ifindex: Option<u32>,
-    mailbox: Arc<Mailbox<PacketRing>>,
+    mailbox: Arc<Mailbox<T>>,
+    attach: Box<dyn FnMut(u32) -> Option<T> + Send>,
 }
 
-impl Upkeep for Reattach {
+impl<T> std::fmt::Debug for Reattach<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reattach").field("name", &self.name).field("ifindex", &self.ifindex).finish()
+    }
+}
+
+impl<T> Reattach<T> {
+    /// The slow half of a port attached to `name` (index `ifindex`).
+    pub(crate) fn new(
+        name: &str,
+        ifindex: u32,
+        mailbox: Arc<Mailbox<T>>,
+        attach: impl FnMut(u32) -> Option<T> + Send + 'static,
+    ) -> Self {
+        Reattach { name: name.to_string(), ifindex: Some(ifindex), mailbox, attach: Box::new(attach) }
+    }
+}
+
+impl<T: Send> Upkeep for Reattach<T> {
     fn run(&mut self, _now_ms: u64) {
+        // What the port let go of is closed here, not on the datapath.
         self.mailbox.close_retired();
         match ifindex(&self.name) {
             None => {
@@ -221,12 +240,10 @@ impl Upkeep for Reattach {
                 self.mailbox.set_link(false);
             }
             Some(index) => {
-                // Back (or recreated with the same name): reattach. A
-                // failure is tried again next round.
                 if self.ifindex != Some(index)
-                    && let Ok(ring) = PacketRing::open(index, self.cfg)
+                    && let Some(device) = (self.attach)(index)
                 {
-                    self.mailbox.post(Some(ring));
+                    self.mailbox.post(Some(device));
                     self.ifindex = Some(index);
                 }
                 self.mailbox.set_link(self.ifindex == Some(index) && link_is_up(&self.name));
@@ -256,7 +273,7 @@ impl AfPacketPort {
         let lock = AttachLock::acquire(ifname)?;
         let ring = PacketRing::open(index, cfg).map_err(|e| Error::io("AF_PACKET socket setup", e))?;
         let mailbox = Mailbox::new(link_is_up(ifname));
-        let upkeep = Reattach { name: ifname.to_string(), cfg, ifindex: Some(index), mailbox: mailbox.clone() };
+        let upkeep = Reattach::new(ifname, index, mailbox.clone(), move |i| PacketRing::open(i, cfg).ok());
         Ok(AfPacketPort { ring: Some(ring), truncated: 0, ring_full: 0, mailbox, upkeep: Some(upkeep), _lock: lock })
     }
 }

@@ -30,7 +30,7 @@
 
 use std::sync::Arc;
 
-use super::afpacket::{AttachLock, claim, ifindex, link_is_up};
+use super::afpacket::{AttachLock, Reattach, claim, link_is_up};
 use super::upkeep::{Mailbox, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
@@ -146,50 +146,14 @@ fn attach(ifname: &str, ifindex: u32, request: XdpModeRequest) -> std::io::Resul
     Err(last.unwrap_or_else(|| std::io::Error::other("no XDP mode to try")))
 }
 
-/// The slow half of an AF_XDP port: follows its interface by name and
-/// attaches anew (program, sockets; the bind may retry for seconds) when
-/// it comes back or is recreated; reads its link state.
-#[derive(Debug)]
-struct Reattach {
-    name: String,
-    request: XdpModeRequest,
-    /// The interface index the port is attached to (None: not attached).
-    ifindex: Option<u32>,
-    mailbox: Arc<Mailbox<Attached>>,
-}
-
-impl Upkeep for Reattach {
-    fn run(&mut self, _now_ms: u64) {
-        // The old attachment detaches its program here, not on the
-        // datapath thread.
-        self.mailbox.close_retired();
-        match ifindex(&self.name) {
-            None => {
-                if self.ifindex.take().is_some() {
-                    self.mailbox.post(None);
-                }
-                self.mailbox.set_link(false);
-            }
-            Some(index) => {
-                if self.ifindex != Some(index)
-                    && let Ok(a) = attach(&self.name, index, self.request)
-                {
-                    self.mailbox.post(Some(a));
-                    self.ifindex = Some(index);
-                }
-                self.mailbox.set_link(self.ifindex == Some(index) && link_is_up(&self.name));
-            }
-        }
-    }
-}
-
 /// A kernel interface on the bridge through AF_XDP.
 #[derive(Debug)]
 pub struct AfXdpPort {
     attached: Option<Attached>,
     mailbox: Arc<Mailbox<Attached>>,
-    /// The slow half, until the switch takes it.
-    upkeep: Option<Reattach>,
+    /// The slow half (its attach retries the bind for seconds), until
+    /// the switch takes it.
+    upkeep: Option<Reattach<Attached>>,
     /// Recompute received TCP/UDP checksums (a virtual interface).
     fix_checksums: bool,
     next_queue: usize,
@@ -211,7 +175,8 @@ impl AfXdpPort {
         let (index, lock) = claim(ifname)?;
         let attached = attach(ifname, index, request).map_err(|e| Error::io("AF_XDP setup", e))?;
         let mailbox = Mailbox::new(link_is_up(ifname));
-        let upkeep = Reattach { name: ifname.to_string(), request, ifindex: Some(index), mailbox: mailbox.clone() };
+        let name = ifname.to_string();
+        let upkeep = Reattach::new(ifname, index, mailbox.clone(), move |i| attach(&name, i, request).ok());
         Ok(AfXdpPort {
             drops_seen: vec![0; attached.queues.len()],
             attached: Some(attached),

@@ -89,7 +89,8 @@ impl<T> Mailbox<T> {
 
 enum Message {
     Add(u64, Box<dyn Upkeep>),
-    Remove(u64),
+    /// Drop the upkeep, then say so.
+    Remove(u64, Sender<()>),
 }
 
 /// The switch's slow-path thread: runs every attached port's upkeep.
@@ -121,7 +122,10 @@ impl SlowPath {
                         }
                         // Dropped here: whatever the upkeep held is closed
                         // on this thread.
-                        Ok(Message::Remove(id)) => drop(upkeeps.remove(&id)),
+                        Ok(Message::Remove(id, done)) => {
+                            drop(upkeeps.remove(&id));
+                            let _ = done.send(());
+                        }
                         Err(RecvTimeoutError::Timeout) => {
                             let now = clock.now_ms();
                             upkeeps.values_mut().for_each(|u| u.run(now));
@@ -148,10 +152,16 @@ impl SlowPath {
         id
     }
 
-    /// Stops running upkeep `id` and drops it.
+    /// Stops running upkeep `id` and drops it; returns once it is gone
+    /// (at most after the round it may be in, such as an AF_XDP bind being
+    /// retried), so nothing it does can touch an interface a new port
+    /// attaches afterwards.
     pub(crate) fn remove(&self, id: u64) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Message::Remove(id));
+            let (done, wait) = crossbeam::channel::bounded(1);
+            if tx.send(Message::Remove(id, done)).is_ok() {
+                let _ = wait.recv_timeout(Duration::from_secs(10));
+            }
         }
     }
 }

@@ -151,7 +151,6 @@ impl Switch {
         let mut fresh = RuleSet::new(self.flow_limit);
         fresh.check_room(&rules).map_err(|TableError::Full| Error::Full("flow table"))?;
         let set = self.rule_set(bridge)?;
-        let mut set = super::lock_rules(&set);
         let copy = Arc::new(rules.clone());
         let r = self.apply_sized(rules.len(), move |dp| {
             if let Some(t) = dp.flows_mut(index) {
@@ -165,7 +164,7 @@ impl Switch {
                 flows: rules.iter().map(|(s, _)| s.to_text()).collect(),
             });
             fresh.add(rules);
-            *set = fresh;
+            *super::lock_rules(&set) = fresh;
         }
         r
     }

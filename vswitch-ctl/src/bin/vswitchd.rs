@@ -218,7 +218,13 @@ fn main() {
     };
     // The server first (no new requests; replies in flight are flushed),
     // then the switch: its ports are detached, XDP programs removed,
-    // datapath threads joined.
+    // datapath threads joined. A datapath thread stuck for good would hold
+    // that up forever: give it half a minute.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        eprintln!("vswitchd: error: shutdown did not finish in 30 s (a datapath thread is stuck); exiting now");
+        std::process::exit(if status == 0 { 1 } else { status });
+    });
     drop(server);
     drop(switch);
     log(Level::Info, "stopped");
