@@ -250,3 +250,30 @@ fn the_readme_demo_runs() {
     assert!(text.contains("(no replies, as intended)") && text.contains("rule removed: ping works again"), "{text}");
     assert!(text.contains("\"type\": \"internal\""), "the saved configuration is shown: {text}");
 }
+
+/// A port's static MACs survive what re-creates the port: a transaction
+/// that deletes it and then fails (the undo re-adds it), and a set-port
+/// that changes its options (the port is reopened).
+#[test]
+fn static_macs_survive_undo_and_reopen() {
+    let ns = NetNs::new();
+    let v = Veth::new(&ns, "10.91.0.1/24");
+    let d = Daemon::start();
+    d.ok(&["add-br", "br0"]);
+    d.ok(&["add-port", "br0", &v.host]);
+    d.ok(&["fdb-add", "br0", &v.host, "0", "02:00:00:00:00:77"]);
+    let statics = || {
+        d.json(&["fdb-show", "br0"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["is_static"] == true && e["mac"] == "02:00:00:00:00:77")
+            .count()
+    };
+    assert_eq!(statics(), 1);
+    let out = d.ctl(&["del-port", &v.host, "--", "del-br", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "the transaction fails");
+    assert_eq!(statics(), 1, "undoing the del-port put the static MAC back");
+    d.ok(&["set-port", &v.host, "options:blocks=32"]);
+    assert_eq!(statics(), 1, "reopening the port kept it");
+}

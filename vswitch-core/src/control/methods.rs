@@ -552,7 +552,8 @@ enum Undo {
     DelBridge(String),
     AddBridge(BridgeConfig),
     DelPort(String),
-    AddPort(String, PortSpec),
+    /// Re-add the port, and its static MACs.
+    AddPort(String, PortSpec, Vec<(u16, MacAddr)>),
     SetPort(PortSpec),
     Flows(String, Vec<String>),
     DelStatic(String, u16, MacAddr),
@@ -578,7 +579,7 @@ fn undo_for(sw: &Switch, bundles: &Bundles, method: &str, p: &Value) -> Result<U
         "bridge.del" => before()?.bridge(name).cloned().map_or(Undo::Nothing, Undo::AddBridge),
         "port.add" if sw.port_spec(name).is_err() => Undo::DelPort(name.to_string()),
         "port.del" => match sw.port_spec(name) {
-            Ok((b, Some(spec))) => Undo::AddPort(b, spec),
+            Ok((b, Some(spec))) => Undo::AddPort(b, spec, sw.static_macs_on(name)?),
             _ => Undo::Nothing,
         },
         "port.set" => match sw.port_spec(name) {
@@ -618,7 +619,11 @@ fn run_undo(sw: &Switch, u: Undo) -> crate::Result<()> {
         Undo::DelBridge(b) => sw.del_bridge(&b),
         Undo::AddBridge(b) => sw.add_bridge_config(&b),
         Undo::DelPort(p) => sw.del_port(&p),
-        Undo::AddPort(b, spec) => sw.add_port_spec(&b, &spec, OnOpenError::Defer).map(|_| ()),
+        Undo::AddPort(b, spec, macs) => {
+            sw.add_port_spec(&b, &spec, OnOpenError::Defer)?;
+            sw.put_static_macs(&spec.name, &macs);
+            Ok(())
+        }
         Undo::SetPort(spec) => sw.set_port_spec(&spec),
         Undo::Flows(b, flows) => sw.replace_flows(&b, &flows),
         Undo::DelStatic(b, vlan, mac) => sw.mac_table(&b).map(|t| {

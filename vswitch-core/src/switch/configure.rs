@@ -128,13 +128,46 @@ impl Switch {
             return Ok(());
         }
         let new = PortSpec { port_no: old.port_no, ..spec.clone() };
+        // Removing the port forgets its static MACs: they come back with it.
+        let macs = self.static_macs_on(&spec.name)?;
         self.del_port(&spec.name)?;
-        match self.add_port_spec(&bridge, &new, OnOpenError::Fail) {
+        let r = match self.add_port_spec(&bridge, &new, OnOpenError::Fail) {
             Ok(_) => Ok(()),
             Err(e) => {
                 // Put the old port back as it was; its interface was fine.
                 let _ = self.add_port_spec(&bridge, &old, OnOpenError::Defer);
                 Err(e)
+            }
+        };
+        self.put_static_macs(&spec.name, &macs);
+        r
+    }
+
+    /// The static MAC entries (VLAN, MAC) on port `name`.
+    ///
+    /// # Errors
+    /// [`Error::PortNotFound`].
+    pub(crate) fn static_macs_on(&self, name: &str) -> Result<Vec<(u16, crate::MacAddr)>> {
+        let (bridge, _) = self.port_spec(name)?;
+        let port_no = self.port_entry(name, |p| p.port_no)?;
+        let table = self.mac_table(&bridge)?;
+        Ok(table
+            .entries(self.now_ms())
+            .into_iter()
+            .filter(|e| e.is_static && e.port == port_no)
+            .map(|e| (e.vlan, e.mac))
+            .collect())
+    }
+
+    /// Puts `macs` back as static entries on port `name` (as many as its
+    /// bridge takes; a port that is gone takes none).
+    pub(crate) fn put_static_macs(&self, name: &str, macs: &[(u16, crate::MacAddr)]) {
+        let (Ok((bridge, _)), Ok(port_no)) = (self.port_spec(name), self.port_entry(name, |p| p.port_no)) else {
+            return;
+        };
+        if let Ok(table) = self.mac_table(&bridge) {
+            for &(vlan, mac) in macs {
+                let _ = table.add_static(vlan, mac, port_no);
             }
         }
     }
