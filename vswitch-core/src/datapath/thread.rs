@@ -99,6 +99,16 @@ impl<R> Submitted<R> {
     /// Waits until `deadline` for the result. `Ok(None)` if the deadline
     /// passed; `Err` if the thread is gone.
     pub(crate) fn wait(&self, deadline: Instant) -> Result<Option<R>, ()> {
+        // A running thread answers in microseconds: look for a while
+        // before paying for a sleep and a wake-up.
+        let spin_until = Instant::now() + Duration::from_micros(20);
+        while Instant::now() < spin_until {
+            match self.result.try_recv() {
+                Ok(r) => return Ok(Some(r)),
+                Err(TryRecvError::Disconnected) => return Err(()),
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
         match self.result.recv_deadline(deadline) {
             Ok(r) => Ok(Some(r)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
