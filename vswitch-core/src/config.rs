@@ -216,6 +216,20 @@ impl FlowList {
     }
 }
 
+/// The rules of bridge `name` while replaying (made from the bridge's
+/// flows on first use); None if there is no such bridge.
+fn flow_list<'a>(
+    bridges: &[BridgeConfig],
+    lists: &'a mut BTreeMap<String, FlowList>,
+    name: &str,
+) -> Result<Option<&'a mut FlowList>> {
+    if !lists.contains_key(name) {
+        let Some(b) = bridges.iter().find(|b| b.name == name) else { return Ok(None) };
+        lists.insert(name.to_string(), FlowList::of(&b.flows)?);
+    }
+    Ok(lists.get_mut(name))
+}
+
 impl SwitchConfig {
     /// Applies journalled `changes` in order.
     ///
@@ -223,13 +237,6 @@ impl SwitchConfig {
     /// [`Error::InvalidArgument`] for a rule text that does not parse.
     pub fn replay(&mut self, changes: &[ConfigChange]) -> Result<()> {
         let mut lists: BTreeMap<String, FlowList> = BTreeMap::new();
-        let list = |bridges: &Vec<BridgeConfig>, lists: &mut BTreeMap<String, FlowList>, name: &str| -> Result<bool> {
-            if !lists.contains_key(name) {
-                let Some(b) = bridges.iter().find(|b| b.name == name) else { return Ok(false) };
-                lists.insert(name.to_string(), FlowList::of(&b.flows)?);
-            }
-            Ok(true)
-        };
         for c in changes {
             match c {
                 ConfigChange::NewBridge { name, mac_table } => {
@@ -255,20 +262,17 @@ impl SwitchConfig {
                     }
                 }
                 ConfigChange::AddFlows { bridge, flows } => {
-                    if list(&self.bridges, &mut lists, bridge)? {
-                        let l = lists.get_mut(bridge).expect("made above");
+                    if let Some(l) = flow_list(&self.bridges, &mut lists, bridge)? {
                         flows.iter().try_for_each(|f| l.add(f))?;
                     }
                 }
                 ConfigChange::ModFlows { bridge, flows } => {
-                    if list(&self.bridges, &mut lists, bridge)? {
-                        let l = lists.get_mut(bridge).expect("made above");
+                    if let Some(l) = flow_list(&self.bridges, &mut lists, bridge)? {
                         flows.iter().try_for_each(|f| l.modify(f))?;
                     }
                 }
                 ConfigChange::DelFlows { bridge, flows } => {
-                    if list(&self.bridges, &mut lists, bridge)? {
-                        let l = lists.get_mut(bridge).expect("made above");
+                    if let Some(l) = flow_list(&self.bridges, &mut lists, bridge)? {
                         flows.iter().try_for_each(|f| l.remove(f))?;
                     }
                 }

@@ -17,7 +17,7 @@ use crate::clock::{Clock, MonotonicClock};
 use crate::config::ConfigChange;
 use crate::datapath::SharedPort;
 pub use crate::datapath::thread::IdlePolicy;
-use crate::datapath::thread::{DatapathThread, FailureHook, Late};
+use crate::datapath::thread::{DatapathThread, FailureHook};
 use crate::datapath::{Datapath, Wakeup};
 use crate::flow::{
     DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleKey, RuleSet, RuleStats, TableError, Trace,
@@ -454,13 +454,13 @@ impl Switch {
         };
         let mut outcome = Outcome::WillApply;
         if results.iter().all(Option::is_none) {
-            let fates: Vec<Late> = pending.iter().map(|p| p.withdraw()).collect();
-            if fates.iter().all(|&f| f == Late::Withdrawn) {
+            let withdrawn: Vec<bool> = pending.iter().map(|p| p.withdraw()).collect();
+            if withdrawn.iter().all(|&w| w) {
                 outcome = Outcome::NotApplied;
             } else {
                 // A thread took it just before the deadline: the others
                 // must run it too.
-                for (i, _) in fates.iter().enumerate().filter(|(_, f)| **f == Late::Withdrawn) {
+                for (i, _) in withdrawn.iter().enumerate().filter(|(_, w)| **w) {
                     submit(i)?;
                 }
             }
@@ -493,10 +493,7 @@ impl Switch {
                 match pending.wait(Instant::now() + self.timeout).map_err(|()| t.gone())? {
                     Some(r) => Ok(r),
                     None => {
-                        let outcome = match pending.withdraw() {
-                            Late::Withdrawn => Outcome::NotApplied,
-                            Late::Running => Outcome::WillApply,
-                        };
+                        let outcome = if pending.withdraw() { Outcome::NotApplied } else { Outcome::WillApply };
                         Err(Error::Timeout { thread: t.name().to_string(), waited: self.timeout, outcome })
                     }
                 }

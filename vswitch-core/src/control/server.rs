@@ -211,20 +211,18 @@ impl Drop for ControlServer {
     }
 }
 
-fn error_line(code: i64, kind: &str, message: &str) -> Vec<u8> {
+/// An error reply (one line, newline included) to the request `line`
+/// (its `id` if it has a readable one, else null).
+fn error_line(line: &str, code: i64, kind: &str, message: &str) -> Vec<u8> {
+    let id = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("id").cloned());
     let mut v = serde_json::json!({
-        "jsonrpc": "2.0", "id": null,
+        "jsonrpc": "2.0", "id": id,
         "error": { "code": code, "message": message, "data": { "kind": kind } }
     })
     .to_string()
     .into_bytes();
     v.push(b'\n');
     v
-}
-
-/// The `id` of a request line, for an error about it (null if unreadable).
-fn request_id(line: &str) -> serde_json::Value {
-    serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("id").cloned()).unwrap_or_default()
 }
 
 /// What the accept loop does after a connection taken under EMFILE.
@@ -450,17 +448,13 @@ impl Server {
                             }
                             // A bug in a handler costs that request, not
                             // the worker.
-                            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                control.dispatch(&job.line)
-                            }))
-                            .unwrap_or_else(|_| {
-                                let v = serde_json::json!({
-                                    "jsonrpc": "2.0", "id": request_id(&job.line),
-                                    "error": { "code": -32603, "message": "internal error: the request's handler panicked",
-                                               "data": { "kind": "internal" } }
-                                });
-                                v.to_string()
-                            });
+                            let reply =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control.dispatch(&job.line)))
+                                    .unwrap_or_else(|_| {
+                                        let why = "internal error: the request's handler panicked";
+                                        String::from_utf8_lossy(&error_line(&job.line, -32603, "internal", why))
+                                            .into_owned()
+                                    });
                             let _ = tx.send((job.token, reply));
                             let _ = waker.wake();
                         }
@@ -581,14 +575,11 @@ impl Server {
                         _ => Next::Retry,
                     };
                     self.spare = std::fs::File::open("/dev/null").ok();
+                    // Without the spare, the next try needs the tick.
                     match next {
-                        _ if self.spare.is_none() => {
-                            self.retry_accept = true;
-                            return;
-                        }
-                        Next::Continue => {}
-                        Next::Done => return,
-                        Next::Retry => {
+                        Next::Continue if self.spare.is_some() => {}
+                        Next::Done if self.spare.is_some() => return,
+                        _ => {
                             self.retry_accept = true;
                             return;
                         }
@@ -677,17 +668,11 @@ impl Server {
                             c.busy = true;
                             let _ = jobs.send(Job { token, line });
                         }
-                        _ => {
-                            let v = serde_json::json!({
-                                "jsonrpc": "2.0", "id": request_id(&line),
-                                "error": { "code": -32000, "message": "vswitchd is shutting down",
-                                           "data": { "kind": "unavailable" } }
-                            });
-                            c.reply(v.to_string().as_bytes());
-                        }
+                        _ => c.reply(&error_line(&line, -32000, "unavailable", "vswitchd is shutting down")),
                     }
                 } else if c.overlong {
                     c.reply(&error_line(
+                        "",
                         -32600,
                         "invalid_request",
                         &format!("request line longer than {MAX_LINE} bytes; closing the connection"),
@@ -711,5 +696,5 @@ impl Server {
 
 /// Tells a client it cannot be served, without waiting for it.
 fn refuse(mut stream: UnixStream, why: &str) {
-    let _ = stream.write_all(&error_line(-32000, "unavailable", why));
+    let _ = stream.write_all(&error_line("", -32000, "unavailable", why));
 }

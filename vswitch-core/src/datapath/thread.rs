@@ -70,15 +70,6 @@ const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 const WITHDRAWN: u8 = 3;
 
-/// What became of a submitted command whose result did not come in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Late {
-    /// Withdrawn before the thread took it: it will never run.
-    Withdrawn,
-    /// The thread has taken it: it is running it, or has just run it.
-    Running,
-}
-
 /// A command submitted to a datapath thread: its result, or its fate.
 pub(crate) struct Submitted<R> {
     state: Arc<AtomicU8>,
@@ -116,16 +107,15 @@ impl<R> Submitted<R> {
         }
     }
 
-    /// Withdraws the command if the thread has not taken it yet;
-    /// otherwise says what it is doing with it.
-    pub(crate) fn withdraw(&self) -> Late {
+    /// Withdraws the command if the thread has not taken it yet: true if
+    /// it will never run, false if the thread is running it or has run it.
+    pub(crate) fn withdraw(&self) -> bool {
         match self.state.compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 drop(self.payload.lock().unwrap_or_else(|e| e.into_inner()).take());
-                Late::Withdrawn
+                true
             }
-            Err(WITHDRAWN) => Late::Withdrawn,
-            Err(_) => Late::Running,
+            Err(state) => state == WITHDRAWN,
         }
     }
 }

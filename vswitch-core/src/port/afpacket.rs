@@ -27,7 +27,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::upkeep::{Mailbox, Upkeep};
+use super::upkeep::{Mailbox, SlowHalf, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
 use crate::sys::packet_ring::{PacketRing, RingConfig, VnetHdr};
@@ -193,7 +193,7 @@ pub struct AfPacketPort {
     ring_full: u64,
     mailbox: Arc<Mailbox<PacketRing>>,
     /// The slow half, until the switch takes it.
-    upkeep: Option<Reattach<PacketRing>>,
+    upkeep: SlowHalf<Reattach<PacketRing>>,
     _lock: AttachLock,
 }
 
@@ -274,7 +274,14 @@ impl AfPacketPort {
         let ring = PacketRing::open(index, cfg).map_err(|e| Error::io("AF_PACKET socket setup", e))?;
         let mailbox = Mailbox::new(link_is_up(ifname));
         let upkeep = Reattach::new(ifname, index, mailbox.clone(), move |i| PacketRing::open(i, cfg).ok());
-        Ok(AfPacketPort { ring: Some(ring), truncated: 0, ring_full: 0, mailbox, upkeep: Some(upkeep), _lock: lock })
+        Ok(AfPacketPort {
+            ring: Some(ring),
+            truncated: 0,
+            ring_full: 0,
+            mailbox,
+            upkeep: SlowHalf::new(upkeep),
+            _lock: lock,
+        })
     }
 }
 
@@ -352,10 +359,7 @@ impl Port for AfPacketPort {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
-        if let Some(u) = self.upkeep.as_mut() {
-            // Nobody took the slow half: do it here.
-            u.run(now_ms);
-        }
+        self.upkeep.run_here(now_ms);
         if let Some(r) = &self.ring {
             self.ring_full += r.take_ring_drops().unwrap_or(0);
         }
@@ -367,6 +371,6 @@ impl Port for AfPacketPort {
     }
 
     fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
-        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
+        self.upkeep.take()
     }
 }

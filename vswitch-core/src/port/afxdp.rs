@@ -31,7 +31,7 @@
 use std::sync::Arc;
 
 use super::afpacket::{AttachLock, Reattach, claim, link_is_up};
-use super::upkeep::{Mailbox, Upkeep};
+use super::upkeep::{Mailbox, SlowHalf, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
 use crate::sys::bpf::{XdpMode, XdpProgram, set_link_xdp};
@@ -153,7 +153,7 @@ pub struct AfXdpPort {
     mailbox: Arc<Mailbox<Attached>>,
     /// The slow half (its attach retries the bind for seconds), until
     /// the switch takes it.
-    upkeep: Option<Reattach<Attached>>,
+    upkeep: SlowHalf<Reattach<Attached>>,
     /// Recompute received TCP/UDP checksums (a virtual interface).
     fix_checksums: bool,
     next_queue: usize,
@@ -181,7 +181,7 @@ impl AfXdpPort {
             drops_seen: vec![0; attached.queues.len()],
             attached: Some(attached),
             mailbox,
-            upkeep: Some(upkeep),
+            upkeep: SlowHalf::new(upkeep),
             fix_checksums: std::path::Path::new(&format!("/sys/devices/virtual/net/{ifname}")).exists(),
             next_queue: 0,
             drops: 0,
@@ -267,10 +267,7 @@ impl Port for AfXdpPort {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
-        if let Some(u) = self.upkeep.as_mut() {
-            // Nobody took the slow half: do it here.
-            u.run(now_ms);
-        }
+        self.upkeep.run_here(now_ms);
         if let Some(a) = &self.attached {
             for (q, seen) in a.queues.iter().zip(self.drops_seen.iter_mut()) {
                 let total = q.rx_drops();
@@ -288,6 +285,6 @@ impl Port for AfXdpPort {
     }
 
     fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
-        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
+        self.upkeep.take()
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::upkeep::{Mailbox, Upkeep};
+use super::upkeep::{Mailbox, SlowHalf, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::Result;
 use crate::datapath::Wakeup;
@@ -64,7 +64,7 @@ pub struct Deferred {
     inner: Option<Box<dyn Port>>,
     opened: Arc<Mailbox<Box<dyn Port>>>,
     /// The slow half (the opening), until the switch takes it.
-    upkeep: Option<Opening>,
+    upkeep: SlowHalf<Opening>,
 }
 
 impl std::fmt::Debug for Deferred {
@@ -139,7 +139,7 @@ impl Deferred {
             done: false,
             inner: None,
         };
-        Deferred { kind, inner: None, opened, upkeep: Some(upkeep) }
+        Deferred { kind, inner: None, opened, upkeep: SlowHalf::new(upkeep) }
     }
 }
 
@@ -172,10 +172,7 @@ impl Port for Deferred {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
-        if let Some(u) = self.upkeep.as_mut() {
-            // Nobody took the slow half: do it here.
-            u.run(now_ms);
-        }
+        self.upkeep.run_here(now_ms);
         if self.inner.is_none()
             && let Some(Some(p)) = self.opened.collect()
         {
@@ -187,7 +184,7 @@ impl Port for Deferred {
     }
 
     fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
-        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
+        self.upkeep.take()
     }
 
     fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {

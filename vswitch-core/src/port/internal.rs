@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use super::upkeep::{Mailbox, Upkeep};
+use super::upkeep::{Mailbox, SlowHalf, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
 use crate::sys::tap::Tap;
@@ -31,7 +31,7 @@ pub struct InternalPort {
     scratch: Vec<u8>,
     link: Arc<Mailbox<()>>,
     /// The slow half (the link state), until the switch takes it.
-    upkeep: Option<LinkWatch>,
+    upkeep: SlowHalf<LinkWatch>,
 }
 
 /// An internal port's slow half: the TAP device's link state, from sysfs.
@@ -62,7 +62,7 @@ impl InternalPort {
             _ => Error::io("create the TAP device", e),
         })?;
         let link = Mailbox::new(false);
-        let upkeep = Some(LinkWatch { name: name.to_string(), link: link.clone() });
+        let upkeep = SlowHalf::new(LinkWatch { name: name.to_string(), link: link.clone() });
         Ok(InternalPort { tap, scratch: vec![0; MAX_FRAME], link, upkeep })
     }
 }
@@ -124,13 +124,10 @@ impl Port for InternalPort {
     }
 
     fn housekeeping(&mut self, now_ms: u64) {
-        if let Some(u) = self.upkeep.as_mut() {
-            // Nobody took the slow half: do it here.
-            u.run(now_ms);
-        }
+        self.upkeep.run_here(now_ms);
     }
 
     fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
-        self.upkeep.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
+        self.upkeep.take()
     }
 }

@@ -87,6 +87,33 @@ impl<T> Mailbox<T> {
     }
 }
 
+/// A port's slow half until the switch takes it ([`Port::upkeep`]
+/// returns [`take`](Self::take)); a port driven by an embedder's own loop,
+/// whose slow half nobody took, runs it from its housekeeping
+/// ([`run_here`](Self::run_here)).
+///
+/// [`Port::upkeep`]: super::Port::upkeep
+#[derive(Debug)]
+pub(crate) struct SlowHalf<U>(Option<U>);
+
+impl<U: Upkeep + 'static> SlowHalf<U> {
+    pub(crate) fn new(upkeep: U) -> Self {
+        SlowHalf(Some(upkeep))
+    }
+
+    /// Runs the slow half if nobody took it.
+    pub(crate) fn run_here(&mut self, now_ms: u64) {
+        if let Some(u) = self.0.as_mut() {
+            u.run(now_ms);
+        }
+    }
+
+    /// Hands the slow half over, once.
+    pub(crate) fn take(&mut self) -> Option<Box<dyn Upkeep>> {
+        self.0.take().map(|u| Box::new(u) as Box<dyn Upkeep>)
+    }
+}
+
 enum Message {
     Add(u64, Box<dyn Upkeep>),
     /// Drop the upkeep, then say so.

@@ -148,9 +148,7 @@ impl Switch {
     /// # Errors
     /// [`Error::PortNotFound`].
     pub(crate) fn static_macs_on(&self, name: &str) -> Result<Vec<(u16, crate::MacAddr)>> {
-        let (bridge, _) = self.port_spec(name)?;
-        let port_no = self.port_entry(name, |p| p.port_no)?;
-        let table = self.mac_table(&bridge)?;
+        let (table, port_no) = self.port_mac_table(name)?;
         Ok(table
             .entries(self.now_ms())
             .into_iter()
@@ -162,14 +160,20 @@ impl Switch {
     /// Puts `macs` back as static entries on port `name` (as many as its
     /// bridge takes; a port that is gone takes none).
     pub(crate) fn put_static_macs(&self, name: &str, macs: &[(u16, crate::MacAddr)]) {
-        let (Ok((bridge, _)), Ok(port_no)) = (self.port_spec(name), self.port_entry(name, |p| p.port_no)) else {
-            return;
-        };
-        if let Ok(table) = self.mac_table(&bridge) {
+        if let Ok((table, port_no)) = self.port_mac_table(name) {
             for &(vlan, mac) in macs {
                 let _ = table.add_static(vlan, mac, port_no);
             }
         }
+    }
+
+    /// The MAC table of port `name`'s bridge, and the port's number.
+    fn port_mac_table(&self, name: &str) -> Result<(Arc<crate::mac::MacTable>, PortNo)> {
+        let reg = self.registry();
+        reg.bridges
+            .values()
+            .find_map(|b| b.ports.get(name).map(|p| (b.mac.clone(), p.port_no)))
+            .ok_or_else(|| Error::PortNotFound(name.to_string()))
     }
 
     /// Replaces `bridge`'s whole flow table with `flows` (`ovs-ofctl`

@@ -36,6 +36,7 @@ use super::{DropReason, Port, TxOutcome};
 use crate::datapath::Wakeup;
 use crate::packet::{Packet, PacketPool, TunnelMeta};
 use crate::port::spec::PortSpec;
+use crate::port::upkeep::{SlowHalf, Upkeep};
 use crate::sys::tunnel_sock::{Datagram, RxSocket, TxSocket, Underlay, dup, route_mtu, underlay};
 use crate::{Error, Result};
 use wire::Malformed;
@@ -286,7 +287,7 @@ pub struct TunnelPort {
     unknown: u64,
     overflow_seen: u64,
     /// The slow half (the route's MTU), until the switch takes it.
-    mtu_watch: Option<MtuWatch>,
+    mtu_watch: SlowHalf<MtuWatch>,
     headers: Vec<[u8; 16]>,
 }
 
@@ -299,7 +300,7 @@ struct MtuWatch {
     next_ms: u64,
 }
 
-impl crate::port::upkeep::Upkeep for MtuWatch {
+impl Upkeep for MtuWatch {
     fn run(&mut self, now_ms: u64) {
         if now_ms < self.next_ms {
             return;
@@ -359,7 +360,7 @@ impl TunnelPort {
         drop(sh);
         let (_, local, port) = ep.key;
         status.set_info("local_endpoint", format!("{local}:{port}").trim_end_matches(":0"));
-        let mtu_watch = Some(MtuWatch { cfg: cfg.clone(), status: status.clone(), next_ms: 0 });
+        let mtu_watch = SlowHalf::new(MtuWatch { cfg: cfg.clone(), status: status.clone(), next_ms: 0 });
         let mut p = TunnelPort {
             cfg,
             ep,
@@ -372,15 +373,8 @@ impl TunnelPort {
             mtu_watch,
             headers: Vec::new(),
         };
-        p.refresh_mtu(0);
+        p.mtu_watch.run_here(0);
         Ok(p)
-    }
-
-    fn refresh_mtu(&mut self, now_ms: u64) {
-        use crate::port::upkeep::Upkeep;
-        if let Some(u) = self.mtu_watch.as_mut() {
-            u.run(now_ms);
-        }
     }
 
     /// Reads one batch from the endpoint's socket and hands each packet
@@ -544,11 +538,11 @@ impl Port for TunnelPort {
 
     fn housekeeping(&mut self, now_ms: u64) {
         // Only while nobody took the slow half.
-        self.refresh_mtu(now_ms);
+        self.mtu_watch.run_here(now_ms);
     }
 
-    fn upkeep(&mut self) -> Option<Box<dyn crate::port::upkeep::Upkeep>> {
-        self.mtu_watch.take().map(|u| Box::new(u) as Box<dyn crate::port::upkeep::Upkeep>)
+    fn upkeep(&mut self) -> Option<Box<dyn Upkeep>> {
+        self.mtu_watch.take()
     }
 
     fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {
