@@ -260,6 +260,11 @@ impl Bundles {
         ok(json!({ "bundle": id, "staged": b.flows.len() }))
     }
 
+    /// The bridge bundle `id` is for, if it is open.
+    fn bridge_of(&self, id: u64) -> Option<String> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).1.get(&id).map(|b| b.bridge.clone())
+    }
+
     fn take(&self, id: u64) -> Result<Bundle, RpcError> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.1.remove(&id).ok_or_else(|| RpcError::params(format!("no open bundle {id}")))
@@ -588,9 +593,7 @@ fn undo_for(sw: &Switch, bundles: &Bundles, method: &str, p: &Value) -> Result<U
         },
         "flow.commit" => {
             let id = p.get("bundle").and_then(Value::as_u64).unwrap_or_default();
-            let open = bundles.open.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(b) = open.1.get(&id).map(|b| b.bridge.clone()) else { return Ok(Undo::Nothing) };
-            drop(open);
+            let Some(b) = bundles.bridge_of(id) else { return Ok(Undo::Nothing) };
             before()?.bridge(&b).map_or(Undo::Nothing, |c| Undo::Flows(b.clone(), c.flows.clone()))
         }
         "flow.add" | "flow.del" | "flow.mod" => {
