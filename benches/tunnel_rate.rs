@@ -30,7 +30,7 @@ fn run_switch(access: &str, remote: &str) {
     let sw = Switch::builder().build().expect("switch");
     sw.add_bridge("br0").unwrap();
     sw.add_afpacket_port("br0", access, PortConfig::default()).expect("access port");
-    let mut vx = PortSpec::new("vx0", "vxlan");
+    let mut vx = PortSpec::new("vx0", vswitch_core::config::PortKind::Vxlan);
     vx.options.insert("remote_ip".into(), remote.into());
     vx.options.insert("key".into(), VNI.into());
     sw.add_port_spec("br0", &vx, OnOpenError::Fail).expect("vxlan port");

@@ -161,7 +161,7 @@ fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool, pin
             add(&sa, a)?;
             add(&sb, b)?;
             for (sw, local, remote) in [(&sa, "127.0.0.1", "127.0.0.2"), (&sb, "127.0.0.2", "127.0.0.1")] {
-                let mut vx = PortSpec::new(&unique("vx"), "vxlan");
+                let mut vx = PortSpec::new(&unique("vx"), vswitch_core::config::PortKind::Vxlan);
                 vx.options.insert("local_ip".into(), local.into());
                 vx.options.insert("remote_ip".into(), remote.into());
                 vx.options.insert("key".into(), "1".into());

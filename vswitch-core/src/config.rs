@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacTableConfig;
-pub use crate::port::spec::{DEFAULT_KERNEL_TYPE, PORT_TYPES, PortSpec};
+pub use crate::port::spec::{DEFAULT_KERNEL_TYPE, PortKind, PortSpec};
 use crate::wire::MacAddr;
 use crate::{Error, Result};
 
@@ -592,7 +592,7 @@ mod tests {
         let path = temp("rt");
         let store = Store::new(&path).unwrap();
         assert!(matches!(store.load().unwrap(), Loaded::Missing));
-        let mut p = PortSpec::new("veth0", "afxdp");
+        let mut p = PortSpec::new("veth0", PortKind::AfXdp);
         p.port_no = Some(3);
         p.tag = Some(10);
         p.options.insert("xdp_mode".into(), "generic".into());
@@ -711,18 +711,28 @@ mod tests {
 
     #[test]
     fn port_specs_are_checked_whole() {
-        let mut p = PortSpec::new("x", "afpacket");
+        let mut p = PortSpec::new("x", PortKind::AfPacket);
         p.options.insert("blocks".into(), "lots".into());
         assert!(p.validate().unwrap_err().to_string().contains("blocks=lots"));
         p.options.clear();
         p.options.insert("remote_ip".into(), "1.2.3.4".into());
         assert!(p.validate().unwrap_err().to_string().contains("'remote_ip' is not an option of afpacket"));
-        assert!(PortSpec::new("x", "patch").validate().is_err());
-        assert!(PortSpec::new("x", "vxlan").validate().unwrap_err().to_string().contains("remote_ip"));
-        let mut p = PortSpec::new("x", "internal");
+        assert!("patch".parse::<PortKind>().unwrap_err().to_string().contains("afpacket, afxdp, internal, vxlan, gre"));
+        assert!(PortSpec::new("x", PortKind::Vxlan).validate().unwrap_err().to_string().contains("remote_ip"));
+        let mut p = PortSpec::new("x", PortKind::Internal);
         p.tag = Some(5000);
         assert!(p.validate().is_err());
         p.tag = Some(5);
         p.validate().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_port_type_in_a_file_is_an_error_not_a_guess() {
+        let text = r#"{"version":1,"bridges":[{"name":"br0","ports":[{"name":"p","type":"patch"}]}]}"#;
+        let e = serde_json::from_str::<SwitchConfig>(text).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `patch`") && e.contains("afpacket"), "{e}");
+        let ok = text.replace("patch", "afxdp");
+        let c: SwitchConfig = serde_json::from_str(&ok).unwrap();
+        assert_eq!(c.bridges[0].ports[0].kind, PortKind::AfXdp);
     }
 }

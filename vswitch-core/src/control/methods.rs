@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::config::{BridgeConfig, DEFAULT_KERNEL_TYPE, PortSpec, Store};
+use crate::config::{BridgeConfig, DEFAULT_KERNEL_TYPE, PortKind, PortSpec, Store};
 use crate::wire::MacAddr;
 use crate::{Error, ErrorKind, OnOpenError, PortNo, Switch, VlanMode};
 
@@ -321,7 +321,7 @@ fn port_no(sw: &Switch, bridge: &str, port: Option<Value>) -> Result<u32, RpcErr
     }
 }
 
-fn call(sw: &Switch, kernel_type: &str, bundles: &Bundles, method: &str, p: Value) -> Result<Value, RpcError> {
+fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: Value) -> Result<Value, RpcError> {
     match method {
         "system.version" => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
         "system.list_methods" => ok(METHODS),
@@ -350,7 +350,7 @@ fn call(sw: &Switch, kernel_type: &str, bundles: &Bundles, method: &str, p: Valu
             vlan_mode(a.tag, &a.trunks)?;
             let spec = PortSpec {
                 name: a.name,
-                kind: a.kind.unwrap_or_else(|| kernel_type.to_string()),
+                kind: a.kind.as_deref().map_or(Ok(kernel_type), str::parse)?,
                 port_no: a.port_no,
                 tag: a.tag,
                 trunks: a.trunks,
@@ -642,7 +642,7 @@ fn run_undo(sw: &Switch, u: Undo) -> crate::Result<()> {
 /// Runs every operation in order; if one fails, the ones before it are
 /// undone (newest first) and the error names the failing operation.
 /// Returns each operation's result.
-fn transact(sw: &Switch, kernel_type: &str, bundles: &Bundles, p: Value) -> Result<Value, RpcError> {
+fn transact(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, p: Value) -> Result<Value, RpcError> {
     let t: Transact = params(p)?;
     let mut undo = Vec::with_capacity(t.ops.len());
     let mut results = Vec::with_capacity(t.ops.len());
@@ -700,7 +700,7 @@ fn transact(sw: &Switch, kernel_type: &str, bundles: &Bundles, p: Value) -> Resu
 pub struct Control {
     switch: Arc<Switch>,
     store: Option<Store>,
-    kernel_type: String,
+    kernel_type: PortKind,
     /// Held by a change from its first step to its save, so that changes
     /// from several clients apply and save one at a time; reads need not.
     writer: std::sync::Mutex<()>,
@@ -735,7 +735,7 @@ impl Control {
         Control {
             switch,
             store: None,
-            kernel_type: DEFAULT_KERNEL_TYPE.to_string(),
+            kernel_type: DEFAULT_KERNEL_TYPE,
             writer: Default::default(),
             test_hooks: false,
             bundles: Bundles::default(),
@@ -750,7 +750,7 @@ impl Control {
         Control {
             switch,
             store: Some(store),
-            kernel_type: DEFAULT_KERNEL_TYPE.to_string(),
+            kernel_type: DEFAULT_KERNEL_TYPE,
             writer: Default::default(),
             test_hooks: false,
             bundles: Bundles::default(),
@@ -763,10 +763,10 @@ impl Control {
     /// # Errors
     /// [`Error::InvalidArgument`] for a type that is not a kernel backend.
     pub fn default_port_type(mut self, kind: &str) -> crate::Result<Control> {
-        if !matches!(kind, "afpacket" | "afxdp") {
-            return Err(Error::invalid("default port type", format!("'{kind}' is not afpacket or afxdp")));
+        match kind.parse::<PortKind>() {
+            Ok(k) if k.needs_interface() => self.kernel_type = k,
+            _ => return Err(Error::invalid("default port type", format!("'{kind}' is not afpacket or afxdp"))),
         }
-        self.kernel_type = kind.to_string();
         Ok(self)
     }
 
@@ -794,9 +794,9 @@ impl Control {
             let _writer = changes.then(|| self.writer.lock().unwrap_or_else(|e| e.into_inner()));
             let before = (changes && self.store.is_some()).then(|| sw.bridge_settings());
             let r = match method {
-                "transact" => transact(sw, &self.kernel_type, &self.bundles, p),
+                "transact" => transact(sw, self.kernel_type, &self.bundles, p),
                 "debug.stall_datapath" | "debug.panic_datapath" if self.test_hooks => test_hook(sw, method, p),
-                _ => call(sw, &self.kernel_type, &self.bundles, method, p),
+                _ => call(sw, self.kernel_type, &self.bundles, method, p),
             };
             // Whatever changed is saved, even by a request that failed (a
             // transaction's undone steps, a change a late thread will

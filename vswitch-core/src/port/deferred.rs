@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::spec::PortKind;
 use super::upkeep::{Mailbox, SlowHalf, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::Result;
@@ -60,7 +61,7 @@ impl PortStatus {
 
 /// A port opened once its interface exists.
 pub struct Deferred {
-    kind: &'static str,
+    kind: PortKind,
     inner: Option<Box<dyn Port>>,
     opened: Arc<Mailbox<Box<dyn Port>>>,
     /// The slow half (the opening), until the switch takes it.
@@ -77,7 +78,7 @@ impl std::fmt::Debug for Deferred {
 /// [`RETRY_MS`] (once its interface exists, for a kernel port), then runs
 /// the real port's own upkeep.
 struct Opening {
-    kind: &'static str,
+    kind: PortKind,
     ifname: String,
     open: Opener,
     status: PortStatus,
@@ -99,7 +100,7 @@ impl Upkeep for Opening {
         self.next_try_ms = now_ms + RETRY_MS;
         // A kernel port waits for its interface; other ports (which
         // create their own devices or sockets) just try again.
-        let needs_interface = matches!(self.kind, "afpacket" | "afxdp");
+        let needs_interface = self.kind.needs_interface();
         if needs_interface && !std::path::Path::new("/sys/class/net").join(&self.ifname).exists() {
             return;
         }
@@ -119,7 +120,7 @@ impl Deferred {
     /// A port of backend `kind` on `ifname`, opened by `open` when the
     /// interface exists; `why` is the error shown until then.
     pub fn new(
-        kind: &'static str,
+        kind: PortKind,
         ifname: &str,
         open: Opener,
         why: String,
@@ -145,7 +146,7 @@ impl Deferred {
 
 impl Port for Deferred {
     fn kind(&self) -> &'static str {
-        self.kind
+        self.kind.as_str()
     }
 
     fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, pool: &mut PacketPool) -> usize {
@@ -194,6 +195,6 @@ impl Port for Deferred {
     }
 
     fn carries_offloads(&self) -> bool {
-        self.inner.as_ref().map_or(self.kind == "afpacket", |p| p.carries_offloads())
+        self.inner.as_ref().map_or(self.kind == PortKind::AfPacket, |p| p.carries_offloads())
     }
 }

@@ -20,9 +20,9 @@ pub struct PortSpec {
     /// The port's name: the kernel interface it attaches (afpacket, afxdp)
     /// or creates (internal); any name for a tunnel.
     pub name: String,
-    /// `afpacket`, `afxdp`, `internal`, `vxlan` or `gre`.
+    /// What backs the port (`type` in the saved file and the protocol).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: PortKind,
     /// Its number on the bridge; chosen by the switch when `None`, and
     /// always recorded in a saved configuration so flow rules that name
     /// port numbers keep meaning the same port.
@@ -42,18 +42,77 @@ pub struct PortSpec {
     pub transient: bool,
 }
 
-/// The port types [`PortSpec::kind`] can name.
-pub const PORT_TYPES: &[&str] = &["afpacket", "afxdp", "internal", "vxlan", "gre"];
+/// The kinds of port the switch creates itself. An unknown name is an
+/// error wherever it is read (a request, a saved file), never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// An existing kernel interface through an AF_PACKET ring.
+    AfPacket,
+    /// An existing kernel interface through AF_XDP sockets.
+    AfXdp,
+    /// A TAP device the switch creates (the host's own port).
+    Internal,
+    /// A VXLAN tunnel endpoint.
+    Vxlan,
+    /// A GRE tunnel endpoint.
+    Gre,
+}
+
+impl PortKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [PortKind; 5] =
+        [PortKind::AfPacket, PortKind::AfXdp, PortKind::Internal, PortKind::Vxlan, PortKind::Gre];
+
+    /// Its name, as `type=` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::AfPacket => "afpacket",
+            PortKind::AfXdp => "afxdp",
+            PortKind::Internal => "internal",
+            PortKind::Vxlan => "vxlan",
+            PortKind::Gre => "gre",
+        }
+    }
+
+    /// A port on an existing kernel interface (it waits for the interface
+    /// to exist); the others create their own device or socket.
+    pub fn needs_interface(self) -> bool {
+        matches!(self, PortKind::AfPacket | PortKind::AfXdp)
+    }
+
+    /// A tunnel endpoint.
+    pub fn is_tunnel(self) -> bool {
+        matches!(self, PortKind::Vxlan | PortKind::Gre)
+    }
+}
+
+impl std::fmt::Display for PortKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PortKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<PortKind> {
+        PortKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = PortKind::ALL.iter().map(|k| k.as_str()).collect();
+            Error::invalid("port type", format!("'{s}' is not a port type this switch creates ({})", names.join(", ")))
+        })
+    }
+}
 
 /// The backend a port on an existing kernel interface gets without `type=`.
-pub const DEFAULT_KERNEL_TYPE: &str = "afpacket";
+pub const DEFAULT_KERNEL_TYPE: PortKind = PortKind::AfPacket;
 
 impl PortSpec {
     /// A port of type `kind` named `name`, every setting at its default.
-    pub fn new(name: &str, kind: &str) -> PortSpec {
+    pub fn new(name: &str, kind: PortKind) -> PortSpec {
         PortSpec {
             name: name.to_string(),
-            kind: kind.to_string(),
+            kind,
             port_no: None,
             tag: None,
             trunks: Vec::new(),
@@ -80,22 +139,18 @@ impl PortSpec {
         (self.tag, self.trunks) = (d.tag, d.trunks);
     }
 
-    /// Checks the type, the VLAN settings and every option, so a bad port
+    /// Checks the VLAN settings and every option, so a bad port
     /// is refused before anything is changed.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] naming what is wrong.
     pub fn validate(&self) -> Result<()> {
         self.vlan_mode()?;
-        match self.kind.as_str() {
-            "afpacket" => super::afpacket::AfPacketConfig::from_spec(self).map(|_| ()),
-            "afxdp" => super::afxdp::XdpModeRequest::from_spec(self).map(|_| ()),
-            "internal" => self.no_options(&[]),
-            "vxlan" | "gre" => crate::port::tunnel::TunnelConfig::from_spec(self).map(|_| ()),
-            other => Err(Error::invalid(
-                "port type",
-                format!("'{other}' is not a port type this switch creates ({})", PORT_TYPES.join(", ")),
-            )),
+        match self.kind {
+            PortKind::AfPacket => super::afpacket::AfPacketConfig::from_spec(self).map(|_| ()),
+            PortKind::AfXdp => super::afxdp::XdpModeRequest::from_spec(self).map(|_| ()),
+            PortKind::Internal => self.no_options(&[]),
+            PortKind::Vxlan | PortKind::Gre => crate::port::tunnel::TunnelConfig::from_spec(self).map(|_| ()),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::Switch;
 use crate::config::ConfigChange;
-use crate::config::{BridgeConfig, PortSpec, StaticMac, SwitchConfig};
+use crate::config::{BridgeConfig, PortKind, PortSpec, StaticMac, SwitchConfig};
 use crate::flow::{RuleSet, TableError};
 use crate::port::afpacket::{AfPacketConfig, AfPacketPort};
 use crate::port::afxdp::{AfXdpPort, XdpModeRequest};
@@ -30,35 +30,24 @@ pub enum OnOpenError {
 /// Opens the backend `spec` names (checked by [`PortSpec::validate`]).
 fn opener(spec: &PortSpec, status: &PortStatus) -> Result<Opener> {
     let name = spec.name.clone();
-    Ok(match spec.kind.as_str() {
-        "afpacket" => {
+    Ok(match spec.kind {
+        PortKind::AfPacket => {
             let cfg = AfPacketConfig::from_spec(spec)?;
             Box::new(move |_| Ok(Box::new(AfPacketPort::open(&name, cfg)?) as Box<dyn Port>))
         }
-        "afxdp" => {
+        PortKind::AfXdp => {
             let mode = XdpModeRequest::from_spec(spec)?;
             Box::new(move |_| Ok(Box::new(AfXdpPort::open(&name, mode)?) as Box<dyn Port>))
         }
-        "internal" => Box::new(move |_| Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),
-        "vxlan" | "gre" => {
+        PortKind::Internal => Box::new(move |_| Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),
+        PortKind::Vxlan | PortKind::Gre => {
             let cfg = TunnelConfig::from_spec(spec)?;
             let status = status.clone();
             Box::new(move |wakeup| {
                 Ok(Box::new(TunnelPort::open(&name, cfg.clone(), wakeup.clone(), status.clone())?) as Box<dyn Port>)
             })
         }
-        _ => return Err(spec.validate().expect_err("validate refuses unknown types")),
     })
-}
-
-fn kind_str(kind: &str) -> &'static str {
-    match kind {
-        "afpacket" => "afpacket",
-        "afxdp" => "afxdp",
-        "vxlan" => "vxlan",
-        "gre" => "gre",
-        _ => "internal",
-    }
 }
 
 impl Switch {
@@ -84,7 +73,7 @@ impl Switch {
         self.attach_as(bridge, &spec.name, config, Some(spec.clone()), status, move |_, wakeup| match open(&wakeup) {
             Ok(p) => Ok(p),
             Err(why) if on_error == OnOpenError::Defer => {
-                Ok(Box::new(Deferred::new(kind_str(&spec.kind), &spec.name, open, why.to_string(), s, wakeup)))
+                Ok(Box::new(Deferred::new(spec.kind, &spec.name, open, why.to_string(), s, wakeup)))
             }
             Err(why) => Err(why),
         })

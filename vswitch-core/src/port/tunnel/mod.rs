@@ -35,7 +35,7 @@ use super::deferred::PortStatus;
 use super::{DropReason, Port, TxOutcome};
 use crate::datapath::Wakeup;
 use crate::packet::{Packet, PacketPool, TunnelMeta};
-use crate::port::spec::PortSpec;
+use crate::port::spec::{PortKind, PortSpec};
 use crate::port::upkeep::{SlowHalf, Upkeep};
 use crate::sys::tunnel_sock::{Datagram, RxSocket, TxSocket, Underlay, dup, route_mtu, underlay};
 use crate::{Error, Result};
@@ -137,9 +137,9 @@ impl TunnelConfig {
     /// # Errors
     /// [`Error::InvalidArgument`] naming a missing, unknown or bad option.
     pub fn from_spec(spec: &PortSpec) -> Result<TunnelConfig> {
-        let encap = match spec.kind.as_str() {
-            "vxlan" => Encap::Vxlan,
-            "gre" => Encap::Gre,
+        let encap = match spec.kind {
+            PortKind::Vxlan => Encap::Vxlan,
+            PortKind::Gre => Encap::Gre,
             other => return Err(Error::invalid("port type", format!("'{other}' is not a tunnel"))),
         };
         let mut known = vec!["remote_ip", "local_ip", "key", "in_key", "out_key", "tos", "ttl"];
