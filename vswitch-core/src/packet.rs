@@ -332,15 +332,19 @@ impl Packet {
         self.push_tag(ethertype::VLAN, tci);
     }
 
-    /// True if the frame's outer EtherType is a VLAN TPID (0x8100, 0x88a8).
+    /// The frame's outer tag (TPID 0x8100 or 0x88a8), if it has a whole one.
+    pub fn outer_tag(&self) -> Option<crate::wire::Tag> {
+        crate::wire::vlan::walk(self.data()).and_then(|t| t.outer())
+    }
+
+    /// True if the frame carries a whole outer VLAN tag.
     pub fn is_tagged(&self) -> bool {
-        let d = self.data();
-        d.len() >= ETHERTYPE_OFFSET + 4 && matches!(be16(d, ETHERTYPE_OFFSET), ethertype::VLAN | ethertype::QINQ)
+        self.outer_tag().is_some()
     }
 
     /// The outer tag's TCI, if the frame is tagged.
     pub fn vlan_tci(&self) -> Option<VlanTci> {
-        self.is_tagged().then(|| VlanTci(be16(self.data(), ETHERTYPE_OFFSET + 2)))
+        self.outer_tag().map(|t| t.tci)
     }
 
     /// Inserts a tag with TPID `tpid` (0x8100 or 0x88a8) after the MACs.
@@ -366,15 +370,7 @@ impl Packet {
     /// Removes the outer VLAN tag (TPID 0x8100 or 0x88a8) and returns its
     /// TCI, or `None` (frame unchanged) if the frame is not tagged.
     pub fn pop_vlan(&mut self) -> Option<VlanTci> {
-        let d = self.data();
-        if d.len() < ETHERTYPE_OFFSET + 4 + 2 {
-            return None;
-        }
-        let tpid = be16(d, ETHERTYPE_OFFSET);
-        if tpid != ethertype::VLAN && tpid != ethertype::QINQ {
-            return None;
-        }
-        let tci = VlanTci(be16(d, ETHERTYPE_OFFSET + 2));
+        let tci = self.outer_tag()?.tci;
         self.buf.copy_within(self.start..self.start + ETHERTYPE_OFFSET, self.start + 4);
         self.start += 4;
         self.shift_offload(-4);
@@ -383,8 +379,8 @@ impl Packet {
 
     /// Rewrites the outer tag's TCI in place; the frame must be tagged.
     pub fn set_vlan_tci(&mut self, tci: VlanTci) {
-        let d = self.data_mut();
-        if d.len() >= ETHERTYPE_OFFSET + 4 {
+        if self.outer_tag().is_some() {
+            let d = self.data_mut();
             d[ETHERTYPE_OFFSET + 2..ETHERTYPE_OFFSET + 4].copy_from_slice(&tci.0.to_be_bytes());
         }
     }

@@ -8,7 +8,7 @@ use crate::flow::{Action, FlowTable, Headers, PackedParse, dec_ttl, set_ipv4_add
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
-use crate::wire::{ETHERNET_HEADER_LEN, ETHERTYPE_OFFSET, MacAddr, VlanTci, be16, ethertype};
+use crate::wire::{ETHERNET_HEADER_LEN, MacAddr, VlanTci, ethertype};
 
 #[path = "trace.rs"]
 mod trace;
@@ -785,19 +785,16 @@ struct Tagging {
 /// `mode`, or why it must be dropped.
 #[inline]
 fn classify_l2(d: &[u8], mode: &VlanMode) -> Result<L2, DropReason> {
-    if d.len() < ETHERNET_HEADER_LEN {
-        return Err(DropReason::Runt);
-    }
+    let tags = crate::wire::vlan::walk(d).ok_or(DropReason::Runt)?;
     let dst = MacAddr::from_slice(&d[0..6]);
     let src = MacAddr::from_slice(&d[6..12]);
-    let tagged = be16(d, ETHERTYPE_OFFSET) == ethertype::VLAN;
-    let tci = if tagged {
-        if d.len() < ETHERNET_HEADER_LEN + 4 {
-            return Err(DropReason::TruncatedVlan);
-        }
-        Some(VlanTci(be16(d, ETHERTYPE_OFFSET + 2)))
-    } else {
-        None
+    // NORMAL switches on the outer 802.1Q tag; an 802.1ad S-tag frame is
+    // untagged to it, as before.
+    let tci = match tags.outer() {
+        Some(t) if t.tpid == ethertype::VLAN => Some(t.tci),
+        Some(_) => None,
+        None if tags.cut && tags.ethertype == ethertype::VLAN => return Err(DropReason::TruncatedVlan),
+        None => None,
     };
     let vid = tci.map_or(0, VlanTci::vid);
     let vlan = match mode {

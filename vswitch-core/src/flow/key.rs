@@ -4,7 +4,7 @@ use serde::Serialize;
 use smoltcp::wire::{ArpHardware, ArpPacket, Ipv4Packet, Ipv6ExtHeader, Ipv6Packet, TcpPacket, UdpPacket};
 
 use crate::port::PortNo;
-use crate::wire::{MacAddr, VlanTci, be16, ethertype, vlan::VLAN_TAG_LEN};
+use crate::wire::{MacAddr, VlanTci, be16, ethertype};
 
 /// How far [`FlowKey::extract`] understood a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
@@ -283,29 +283,22 @@ impl FlowKey {
 /// Parses `frame` into `sink`.
 #[inline]
 pub(crate) fn parse_ethernet<S: KeySink>(sink: &mut S, frame: &[u8]) {
-    if frame.len() < crate::wire::ETHERNET_HEADER_LEN {
+    let Some(tags) = crate::wire::vlan::walk(frame) else {
+        sink.truncated();
+        return;
+    };
+    sink.ethernet(&frame[0..6], &frame[6..12]);
+    sink.layer(Layer::Ethernet);
+    for (depth, tag) in tags.tags.iter().enumerate() {
+        let Some(tag) = tag else { break };
+        sink.vlan(depth, tag.tpid, tag.tci);
+    }
+    if tags.cut {
         sink.truncated();
         return;
     }
-    sink.ethernet(&frame[0..6], &frame[6..12]);
-    sink.layer(Layer::Ethernet);
-    let mut off = crate::wire::ETHERTYPE_OFFSET;
-    let mut et = be16(frame, off);
-    // Up to two tags (802.1ad S-tag over 802.1Q C-tag, or two C-tags).
-    for depth in 0..2 {
-        if et != ethertype::VLAN && et != ethertype::QINQ {
-            break;
-        }
-        if frame.len() < off + 2 + VLAN_TAG_LEN {
-            sink.truncated();
-            return;
-        }
-        sink.vlan(depth, et, VlanTci(be16(frame, off + 2)));
-        off += VLAN_TAG_LEN;
-        et = be16(frame, off);
-    }
+    let (et, l3) = (tags.ethertype, tags.l3);
     sink.dl_type(et);
-    let l3 = off + 2;
     let payload = &frame[l3..];
     match et {
         ethertype::IPV4 => parse_ipv4(sink, payload, l3),

@@ -15,7 +15,7 @@ pub use smoltcp::wire::{
     ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol, Ipv4Packet,
     Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet, TcpPacket, UdpPacket,
 };
-pub use vlan::{VlanHeader, VlanTci};
+pub use vlan::{Tag, Tags, VlanHeader, VlanTci};
 
 /// Length of an Ethernet II header (destination, source, EtherType).
 pub const ETHERNET_HEADER_LEN: usize = 14;
@@ -38,22 +38,12 @@ pub mod ethertype {
     pub const TEB: u16 = 0x6558;
 }
 
-/// Where the network header of an Ethernet frame starts, past any 802.1Q
-/// and 802.1ad tags, and the ethertype found there; None for a frame
-/// shorter than an Ethernet header. A tag cut short ends the walk with its
-/// TPID as the ethertype.
+/// Where the network header of an Ethernet frame starts, past its tags
+/// ([`vlan::walk`]), and the EtherType found there; None for a frame
+/// shorter than an Ethernet header.
 #[inline]
 pub(crate) fn l3_start(frame: &[u8]) -> Option<(usize, u16)> {
-    let mut l3 = ETHERNET_HEADER_LEN;
-    if frame.len() < l3 {
-        return None;
-    }
-    let mut et = be16(frame, ETHERTYPE_OFFSET);
-    while matches!(et, ethertype::VLAN | ethertype::QINQ) && frame.len() >= l3 + 4 {
-        et = be16(frame, l3 + 2);
-        l3 += 4;
-    }
-    Some((l3, et))
+    vlan::walk(frame).map(|t| (t.l3, t.ethertype))
 }
 
 /// Reads a big-endian u16 at `at`; the caller has checked the length.
