@@ -57,11 +57,14 @@ pub enum DropReason {
     /// Sent to a flow-based tunnel port (`remote_ip=flow`) without a
     /// `set_field:IP->tun_dst` (tx).
     TunnelNoRemote,
+    /// Resubmits and table gotos nested deeper than 64, or more than 4,096
+    /// lookups for one packet: a loop in the rules (rx).
+    ResubmitLimit,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -81,6 +84,7 @@ impl DropReason {
         DropReason::TunnelMalformed,
         DropReason::TunnelUnknown,
         DropReason::TunnelNoRemote,
+        DropReason::ResubmitLimit,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -105,6 +109,7 @@ impl DropReason {
             DropReason::TunnelMalformed => "tunnel_malformed",
             DropReason::TunnelUnknown => "tunnel_unknown",
             DropReason::TunnelNoRemote => "tunnel_no_remote",
+            DropReason::ResubmitLimit => "resubmit_limit",
         }
     }
 }

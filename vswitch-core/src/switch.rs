@@ -20,7 +20,8 @@ pub use crate::datapath::thread::IdlePolicy;
 use crate::datapath::thread::{DatapathThread, FailureHook};
 use crate::datapath::{Datapath, Wakeup};
 use crate::flow::{
-    DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleKey, RuleSet, RuleStats, TableError, Trace,
+    DEFAULT_FLOW_LIMIT, FlowSelector, FlowSpec, FlowStats, FlowTable, RuleKey, RuleSet, RuleStats, TableError,
+    TableRow, TableStats, Trace,
 };
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
@@ -242,6 +243,8 @@ struct BridgeEntry {
     /// The rules, as the control side keeps them (see [`RuleSet`]).
     rules: Arc<Mutex<RuleSet>>,
     mac: Arc<MacTable>,
+    /// Per-table lookup counts, shared with every thread's copy.
+    table_stats: Arc<TableStats>,
     ports: BTreeMap<String, PortEntry>,
 }
 
@@ -621,14 +624,17 @@ impl Switch {
         let (t, limit) = (table.clone(), self.flow_limit);
         // Every thread's copy of the default rule counts into the same stats.
         let stats = RuleStats::new(self.now_ms(), self.threads());
+        let table_stats = TableStats::new(self.threads());
         let mut rules = RuleSet::new(limit);
         rules.add(vec![(crate::flow::default_rule(), stats.clone())]);
-        let r = self
-            .apply_each(move |dp, i| dp.add_bridge(index, t.clone(), FlowTable::for_thread(limit, stats.clone(), i)));
+        let ts = table_stats.clone();
+        let r = self.apply_each(move |dp, i| {
+            dp.add_bridge(index, t.clone(), FlowTable::for_thread(limit, stats.clone(), Some(ts.clone()), i))
+        });
         if took_effect(&r) {
             self.record(|| ConfigChange::NewBridge { name: name.to_string(), mac_table: mac });
             let rules = Arc::new(Mutex::new(rules));
-            let entry = BridgeEntry { index, rules, mac: table, ports: BTreeMap::new() };
+            let entry = BridgeEntry { index, rules, mac: table, table_stats, ports: BTreeMap::new() };
             self.registry().bridges.insert(name.to_string(), entry);
         }
         r
@@ -1024,7 +1030,11 @@ impl Switch {
         self.sweep_expired(false);
         let (index, ports) = self.bridge_ports(bridge)?;
         let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
-        let sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
+        let mut sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
+        if !flow.split([',', ' ']).any(|item| item.trim_start().starts_with("table=")) {
+            // No table named: every table, as ovs-ofctl does.
+            sel.matching.clear_table();
+        }
         let set = self.rule_set(bridge)?;
         let keys = lock_rules(&set).select(&sel, strict);
         if keys.is_empty() {
@@ -1132,6 +1142,42 @@ impl Switch {
         let now = self.now_ms();
         let set = self.rule_set(bridge)?;
         Ok(lock_rules(&set).dump(now))
+    }
+
+    /// The rules of `bridge` that `filter` covers (a loose selection, as
+    /// `del-flows` takes: `table=1`, `tcp,nw_dst=10.0.0.0/8`,
+    /// `cookie=0x5/-1`), in the order of [`dump_flows`](Self::dump_flows).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad text, [`Error::BridgeNotFound`].
+    pub fn dump_flows_matching(&self, bridge: &str, filter: &str) -> Result<Vec<FlowStats>> {
+        let (_, ports) = self.bridge_ports(bridge)?;
+        let sel = FlowSelector::parse(filter, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
+        let now = self.now_ms();
+        let set = self.rule_set(bridge)?;
+        Ok(lock_rules(&set).dump_selected(&sel, now))
+    }
+
+    /// Each table of `bridge` that has rules or has been looked up in:
+    /// its rule count, lookups and matches (the rest are table misses).
+    ///
+    /// # Errors
+    /// [`Error::BridgeNotFound`].
+    pub fn dump_tables(&self, bridge: &str) -> Result<Vec<TableRow>> {
+        let (sizes, stats) = {
+            let reg = self.registry();
+            let b = reg.bridges.get(bridge).ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
+            (lock_rules(&b.rules).table_sizes(), b.table_stats.clone())
+        };
+        Ok((0..crate::flow::TABLES as u8)
+            .map(|t| TableRow {
+                table: t,
+                active: sizes.get(&t).copied().unwrap_or(0),
+                lookups: stats.lookups(t),
+                matched: stats.matched(t),
+            })
+            .filter(|r| r.active > 0 || r.lookups > 0)
+            .collect())
     }
 
     /// The control side's rules of `bridge`.

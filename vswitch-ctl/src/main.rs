@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use vswitch_core::flow::{FlowStats, Trace};
+use vswitch_core::flow::{FlowStats, TableRow, Trace};
 use vswitch_ctl::{CallError, Client, socket_path};
 
 #[derive(Parser, Debug)]
@@ -105,8 +105,11 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
-    /// Flows with their counters.
-    DumpFlows { bridge: String },
+    /// Flows with their counters; FILTER selects as del-flows does
+    /// (`table=1`, `tcp,nw_dst=10.0.0.0/8`).
+    DumpFlows { bridge: String, filter: Option<String> },
+    /// Each flow table in use: rules, lookups, matches, misses.
+    DumpTables { bridge: String },
     /// Explain what the bridge does with a packet (a flow description).
     Trace { bridge: String, flow: String },
     /// Port counters, drops by reason.
@@ -272,6 +275,7 @@ enum Render {
     Fdb,
     Map,
     Flows,
+    Tables,
     Trace,
     Stats,
     Version,
@@ -392,7 +396,10 @@ fn plan(command: Command) -> Result<Plan, String> {
         Command::ModFlows { bridge, flow, strict } => {
             one("flow.mod", json!({ "bridge": bridge, "flow": flow, "strict": strict }), none)
         }
-        Command::DumpFlows { bridge } => one("flow.dump", json!({ "bridge": bridge }), Render::Flows),
+        Command::DumpFlows { bridge, filter } => {
+            one("flow.dump", json!({ "bridge": bridge, "filter": filter }), Render::Flows)
+        }
+        Command::DumpTables { bridge } => one("flow.tables", json!({ "bridge": bridge }), Render::Tables),
         Command::Trace { bridge, flow } => one("trace", json!({ "bridge": bridge, "flow": flow }), Render::Trace),
         Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
         Command::Version => one("system.version", Value::Null, Render::Version),
@@ -409,6 +416,10 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
         Render::Fdb => fdb_text(&r),
         Render::Map => r.as_object().into_iter().flatten().map(|(k, v)| format!("{k}: {v}\n")).collect(),
         Render::Flows => flows_text(&r),
+        Render::Tables => {
+            let rows: Vec<TableRow> = serde_json::from_value(r.clone()).unwrap_or_default();
+            rows.iter().map(|t| t.to_text() + "\n").collect()
+        }
         Render::Trace => trace_text(&r),
         Render::Stats => stats_text(&r),
         Render::Version => {

@@ -34,6 +34,7 @@ pub const METHODS: &[&str] = &[
     "flow.del",
     "flow.mod",
     "flow.dump",
+    "flow.tables",
     "trace",
     "stats.get",
     "config.get",
@@ -283,6 +284,15 @@ struct FlowSel {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DumpArg {
+    bridge: String,
+    /// A loose selection (`table=1,tcp`); every rule without one.
+    #[serde(default)]
+    filter: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TraceArg {
     bridge: String,
     flow: String,
@@ -468,8 +478,15 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
             ok(json!({ "modified": sw.mod_flows(&a.bridge, &flow, a.strict)? }))
         }
         "flow.dump" => {
+            let a: DumpArg = params(p)?;
+            match a.filter.as_deref().map(str::trim).filter(|f| !f.is_empty()) {
+                Some(f) => ok(sw.dump_flows_matching(&a.bridge, f)?),
+                None => ok(sw.dump_flows(&a.bridge)?),
+            }
+        }
+        "flow.tables" => {
             let a: BridgeArg = params(p)?;
-            ok(sw.dump_flows(&a.bridge)?)
+            ok(sw.dump_tables(&a.bridge)?)
         }
         "trace" => {
             let a: TraceArg = params(p)?;

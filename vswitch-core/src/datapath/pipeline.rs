@@ -4,14 +4,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::unix::SourceFd;
 
-use crate::flow::{Action, FlowTable, Headers, PackedParse, dec_ttl, set_ipv4_addr, set_l4_port};
+use crate::flow::{Emc, FlowTable, PackedParse, Tables};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
-use crate::wire::{ETHERNET_HEADER_LEN, MacAddr, VlanTci, ethertype};
+use crate::wire::{MacAddr, VlanTci, ethertype};
 
-#[path = "trace.rs"]
-mod trace;
+#[path = "exec.rs"]
+mod exec;
+
+use exec::{Drops, TraceLog};
 
 /// How often ports get their housekeeping call.
 const HOUSEKEEPING_MS: u64 = 100;
@@ -98,6 +100,8 @@ pub struct Datapath {
     /// The descriptor registered for each slot.
     fds: Vec<Option<RawFd>>,
     next_housekeeping_ms: u64,
+    /// Set for the length of a `trace`: a dry run (see the executor).
+    tracing: Option<Box<TraceLog>>,
 }
 
 impl Default for Datapath {
@@ -135,6 +139,7 @@ impl Datapath {
             registry: None,
             fds: Vec::new(),
             next_housekeeping_ms: 0,
+            tracing: None,
         }
     }
 
@@ -451,7 +456,7 @@ impl Datapath {
                 }
             }
         }
-        self.enqueue(slot, pkt);
+        self.send(slot, pkt);
     }
 
     /// Queues `pkt` on `slot` as it is, flushing a full batch.
@@ -532,6 +537,8 @@ struct BridgeParts<'a> {
     cache: &'a mut MacCache,
     slots: &'a [usize],
     by_port_no: &'a [Option<usize>],
+    tables: &'a Tables,
+    emc: &'a mut Emc,
 }
 
 /// The input side of a packet being executed.
@@ -571,18 +578,12 @@ impl Datapath {
         for (p, rule) in parsed.iter_mut() {
             *rule = bridge.flows.lookup(&p.key).unwrap_or(u32::MAX);
         }
+        let BridgeState { mac, cache, flows, slots, by_port_no } = &mut bridge;
+        let (tables, emc) = flows.split();
+        let mut parts = BridgeParts { mac, cache, slots, by_port_no, tables, emc };
         for (pkt, &(ref p, id)) in rx.drain(..).zip(parsed.iter()) {
-            let headers = p.headers;
-            if id == u32::MAX {
-                drops[DropReason::NoMatch as usize] += 1;
-                self.pool.put(pkt);
-                continue;
-            }
-            bridge.flows.hit(id, 1, pkt.len() as u64, now_ms);
-            let BridgeState { mac, cache, flows, slots, by_port_no } = &mut bridge;
-            let actions = &flows.rule(id).expect("a rule just matched").spec.actions;
-            let parts = BridgeParts { mac, cache, slots, by_port_no };
-            self.execute(actions, parts, ingress, pkt, headers, &mut drops);
+            let first = (id != u32::MAX).then_some(id);
+            self.run_pipeline(&mut parts, ingress, pkt, p, first, &mut drops);
         }
         self.parsed = parsed;
         self.bridges[bridge_idx] = Some(bridge);
@@ -590,116 +591,6 @@ impl Datapath {
         PortCounters::add(&counters.rx_bytes, rx_bytes);
         for (i, &n) in drops.iter().enumerate() {
             PortCounters::add(&counters.drops[i], n);
-        }
-    }
-
-    /// Executes a rule's actions on one packet. Each output sends the
-    /// packet as it is at that point (a copy, except for the last output,
-    /// which takes the packet itself).
-    fn execute(
-        &mut self,
-        actions: &[Action],
-        mut br: BridgeParts<'_>,
-        at: Ingress,
-        pkt: Packet,
-        mut h: Headers,
-        drops: &mut [u64; DropReason::ALL.len()],
-    ) {
-        let last_output = actions.iter().rposition(Action::is_output);
-        let Some(last_output) = last_output else {
-            drops[DropReason::FlowDrop as usize] += 1;
-            self.pool.put(pkt);
-            return;
-        };
-        h.partial_csum = pkt.needs_csum();
-        let mut pkt = Some(pkt);
-        for (i, action) in actions.iter().enumerate().take(last_output + 1) {
-            let Some(p) = pkt.as_mut() else { break };
-            let shift = |h: &mut Headers, by: isize| {
-                h.l3 = h.l3.saturating_add_signed(by);
-                if h.l4 != 0 {
-                    h.l4 = h.l4.saturating_add_signed(by);
-                }
-            };
-            if action.is_output() {
-                let out = if i == last_output { pkt.take().expect("present") } else { self.pool.clone_packet(p) };
-                match *action {
-                    Action::Output(port) => self.output_port(&br, at, port, out, drops),
-                    Action::InPort => self.enqueue(at.slot, out),
-                    Action::Flood | Action::All => self.flood_raw(br.slots, at.slot, out),
-                    Action::Normal => self.normal_one(&mut br, at, out, drops),
-                    _ => unreachable!("is_output covers exactly these"),
-                }
-                continue;
-            }
-            match *action {
-                Action::SetVlanVid(vid) => match p.vlan_tci() {
-                    Some(t) => p.set_vlan_tci(VlanTci::new(vid, t.pcp())),
-                    None => {
-                        p.push_vlan(VlanTci::new(vid, 0));
-                        shift(&mut h, 4);
-                    }
-                },
-                Action::SetVlanPcp(pcp) => match p.vlan_tci() {
-                    Some(t) => p.set_vlan_tci(VlanTci::new(t.vid(), pcp)),
-                    None => {
-                        p.push_vlan(VlanTci::new(0, pcp));
-                        shift(&mut h, 4);
-                    }
-                },
-                Action::PushVlan(tpid) => {
-                    p.push_tag(tpid, VlanTci::new(0, 0));
-                    shift(&mut h, 4);
-                }
-                Action::StripVlan => {
-                    let popped = p.pop_vlan().is_some();
-                    shift(&mut h, if popped { -4 } else { 0 });
-                }
-                Action::SetDlSrc(m) if p.len() >= ETHERNET_HEADER_LEN => p.data_mut()[6..12].copy_from_slice(&m.0),
-                Action::SetDlDst(m) if p.len() >= ETHERNET_HEADER_LEN => p.data_mut()[0..6].copy_from_slice(&m.0),
-                Action::SetNwSrc(a) => set_ipv4_addr(p, &h, true, a),
-                Action::SetNwDst(a) => set_ipv4_addr(p, &h, false, a),
-                Action::SetTpSrc(port) => set_l4_port(p, &h, true, port),
-                Action::SetTpDst(port) => set_l4_port(p, &h, false, port),
-                Action::DecTtl => {
-                    let alive = dec_ttl(p, &h);
-                    if !alive {
-                        drops[DropReason::TtlExpired as usize] += 1;
-                        let p = pkt.take().expect("present");
-                        self.pool.put(p);
-                    }
-                }
-                // Carried with the packet to the tunnel port it is output to.
-                Action::SetTunnelId(id) => p.tunnel.get_or_insert_with(Default::default).id = id,
-                Action::SetTunnelDst(a) => p.tunnel.get_or_insert_with(Default::default).dst = a,
-                _ => {}
-            }
-        }
-        if let Some(p) = pkt {
-            self.pool.put(p);
-        }
-    }
-
-    /// `output:PORT`: as the packet is, never back out of the input port.
-    fn output_port(
-        &mut self,
-        br: &BridgeParts<'_>,
-        at: Ingress,
-        port: PortNo,
-        pkt: Packet,
-        drops: &mut [u64; DropReason::ALL.len()],
-    ) {
-        if port == at.port {
-            drops[DropReason::SamePort as usize] += 1;
-            self.pool.put(pkt);
-            return;
-        }
-        match br.by_port_no.get(port as usize).copied().flatten() {
-            Some(slot) => self.enqueue(slot, pkt),
-            None => {
-                drops[DropReason::NoPort as usize] += 1;
-                self.pool.put(pkt);
-            }
         }
     }
 
@@ -711,9 +602,9 @@ impl Datapath {
         if let Some((&last, rest)) = targets.split_last() {
             for &out in rest {
                 let copy = self.pool.clone_packet(&pkt);
-                self.enqueue(out, copy);
+                self.send(out, copy);
             }
-            self.enqueue(last, pkt);
+            self.send(last, pkt);
         } else {
             self.pool.put(pkt);
         }
@@ -722,42 +613,49 @@ impl Datapath {
 
     /// The NORMAL action for one packet: learn, look up, forward or flood
     /// within the VLAN, tagging per output port.
-    fn normal_one(
-        &mut self,
-        br: &mut BridgeParts<'_>,
-        at: Ingress,
-        pkt: Packet,
-        drops: &mut [u64; DropReason::ALL.len()],
-    ) {
-        let in_vlan = &self.ports[at.slot].as_ref().expect("input port exists").vlan;
-        let l2 = match classify_l2(pkt.data(), in_vlan) {
+    fn normal_one(&mut self, br: &mut BridgeParts<'_>, at: Ingress, pkt: Packet, drops: &mut Drops) {
+        let Some(input) = self.ports.get(at.slot).and_then(Option::as_ref) else {
+            self.note(|| format!("NORMAL: input port {} does not exist", at.port));
+            return self.discard(pkt, DropReason::NoPort, drops);
+        };
+        let l2 = match classify_l2(pkt.data(), &input.vlan) {
             Ok(l2) => l2,
             Err(reason) => {
-                drops[reason as usize] += 1;
-                self.pool.put(pkt);
-                return;
+                self.note(|| format!("NORMAL: the frame cannot enter port {} ({reason})", at.port));
+                return self.discard(pkt, reason, drops);
             }
         };
         let t = l2.tagging;
-        if l2.src.is_unicast() {
+        if l2.src.is_unicast() && !self.dry_run() {
             br.cache.learn(br.mac, t.vlan, l2.src, at.port, at.now_ms);
         }
         if is_reserved_group(l2.dst) {
-            drops[DropReason::ReservedGroup as usize] += 1;
-            self.pool.put(pkt);
-            return;
+            self.note(|| format!("NORMAL: {} is a reserved group address", l2.dst));
+            return self.discard(pkt, DropReason::ReservedGroup, drops);
         }
         let known = if l2.dst.is_unicast() { br.cache.lookup(br.mac, t.vlan, l2.dst) } else { None };
         match known {
             Some(p) if p == at.port => {
-                drops[DropReason::SamePort as usize] += 1;
-                self.pool.put(pkt);
+                self.note(|| format!("NORMAL: {} was learned on the input port", l2.dst));
+                self.discard(pkt, DropReason::SamePort, drops);
             }
             Some(p) => match br.by_port_no.get(p as usize).copied().flatten() {
-                Some(out) if self.carries(out, t.vlan) => self.output(out, pkt, t),
-                _ => self.flood(br.slots, at.slot, pkt, t),
+                Some(out) if self.carries(out, t.vlan) => {
+                    self.note(|| format!("NORMAL: {} learned on port {p} in VLAN {}", l2.dst, t.vlan));
+                    self.output(out, pkt, t)
+                }
+                _ => {
+                    self.note(|| format!("NORMAL: {} learned on port {p}, which is gone: flood", l2.dst));
+                    self.flood(br.slots, at.slot, pkt, t)
+                }
             },
-            None => self.flood(br.slots, at.slot, pkt, t),
+            None => {
+                self.note(|| {
+                    let why = if l2.dst.is_unicast() { "not learned" } else { "a group address" };
+                    format!("NORMAL: {} is {why} in VLAN {}: flood", l2.dst, t.vlan)
+                });
+                self.flood(br.slots, at.slot, pkt, t)
+            }
         }
     }
 }

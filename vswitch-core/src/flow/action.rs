@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
+use super::field::{Field, SubField};
 use super::matching::{FlowParseError, Match, err, parse_num};
 use super::packed::Headers;
 use crate::packet::Packet;
@@ -19,7 +20,7 @@ use crate::wire::{MacAddr, be16, ethertype};
 
 /// One action of a rule. Actions run in order; every output action sends
 /// the packet as it is at that point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "arg")]
 pub enum Action {
     /// `output:PORT`: send out of that port (never back out of the input
@@ -63,12 +64,60 @@ pub enum Action {
     /// `set_field:IP->tun_dst`: the remote endpoint, for flow-based tunnel
     /// ports.
     SetTunnelDst(Ipv4Addr),
+    /// `set_field:VALUE[/MASK]->FIELD` or `load:VALUE->FIELD[a..b]`: the
+    /// field's bits under `mask` become those of `value` (registers,
+    /// `metadata`, `pkt_mark`, or a header field, which is rewritten in
+    /// the packet too).
+    SetField {
+        /// The field written.
+        field: Field,
+        /// The new bits (already within `mask`).
+        value: u64,
+        /// Which bits change.
+        mask: u64,
+    },
+    /// `move:SRC[a..b]->DST[c..d]`: copies bits from one field to another.
+    Move {
+        /// Where the bits come from.
+        src: SubField,
+        /// Where they go (as wide as `src`).
+        dst: SubField,
+    },
+    /// `resubmit(PORT,TABLE)` / `resubmit(,TABLE)` / `resubmit:PORT`: looks
+    /// the packet up again in `table` (this rule's table when `None`), as
+    /// if it came from `port` (its input port when `None`), runs that
+    /// rule's actions, and carries on here.
+    Resubmit {
+        /// The input port for the lookup (`None`: unchanged).
+        port: Option<PortNo>,
+        /// The table (`None`: the current one).
+        table: Option<u8>,
+    },
+    /// `goto_table:N`: continues in a later table; the last action.
+    GotoTable(u8),
+    /// `clone(ACTIONS)`: runs `ACTIONS` on a copy of the packet; changes
+    /// they make are not seen by the actions after it.
+    Clone(Vec<Action>),
+    /// `note:HEX`: does nothing; carries bytes for people reading rules.
+    Note(Vec<u8>),
 }
+
+/// How deep resubmits and gotos may nest for one packet before it is
+/// dropped (as `resubmit_limit`); Open vSwitch's limit too.
+pub const MAX_DEPTH: u32 = 64;
+/// How many lookups one packet may make in all (Open vSwitch: 4096).
+pub const MAX_LOOKUPS: u32 = 4096;
 
 impl Action {
     /// True for the actions that send the packet somewhere.
     pub fn is_output(&self) -> bool {
         matches!(self, Action::Output(_) | Action::Normal | Action::Flood | Action::All | Action::InPort)
+    }
+
+    /// True for the actions that use the packet as it is at that point:
+    /// outputs, and those that run more actions on it.
+    pub fn uses_packet(&self) -> bool {
+        self.is_output() || matches!(self, Action::Resubmit { .. } | Action::GotoTable(_) | Action::Clone(_))
     }
 }
 
@@ -93,8 +142,154 @@ impl fmt::Display for Action {
             Action::DecTtl => f.write_str("dec_ttl"),
             Action::SetTunnelId(id) => write!(f, "set_tunnel:{id:#x}"),
             Action::SetTunnelDst(a) => write!(f, "set_field:{a}->tun_dst"),
+            Action::SetField { field, value, mask } => {
+                let full = super::packed::ones(field.bits());
+                let name = field.name();
+                if *mask == full {
+                    write!(f, "set_field:{value:#x}->{name}")
+                } else if mask.count_ones() == 64 - mask.leading_zeros() - mask.trailing_zeros() {
+                    let sub =
+                        SubField { field: *field, ofs: mask.trailing_zeros() as u8, n_bits: mask.count_ones() as u8 };
+                    write!(f, "load:{:#x}->{sub}", value >> mask.trailing_zeros())
+                } else {
+                    write!(f, "set_field:{value:#x}/{mask:#x}->{name}")
+                }
+            }
+            Action::Move { src, dst } => write!(f, "move:{src}->{dst}"),
+            Action::Resubmit { port, table } => {
+                let p =
+                    port.map_or(if table.is_none() { "in_port".to_string() } else { String::new() }, |p| p.to_string());
+                match table {
+                    Some(t) => write!(f, "resubmit({p},{t})"),
+                    None => write!(f, "resubmit({p},)"),
+                }
+            }
+            Action::GotoTable(t) => write!(f, "goto_table:{t}"),
+            Action::Clone(inner) => write!(f, "clone({})", actions_to_text(inner)),
+            Action::Note(bytes) => {
+                f.write_str("note:")?;
+                for (i, b) in bytes.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// Splits `text` at the commas that are not inside parentheses.
+pub(crate) fn split_top_level(text: &str) -> Result<Vec<&str>, FlowParseError> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.checked_sub(1).ok_or_else(|| FlowParseError(format!("unbalanced ')' in '{text}'")))?;
+            }
+            ',' if depth == 0 => {
+                out.push(text[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return err(format!("unbalanced '(' in '{text}'"));
+    }
+    out.push(text[start..].trim());
+    Ok(out.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// Parses a `set_field`/`load` value for `field`: a number, or for
+/// address fields an address.
+fn parse_field_value(field: Field, v: &str) -> Result<u64, FlowParseError> {
+    let v = v.trim();
+    match field {
+        Field::EthSrc | Field::EthDst if v.contains(':') => Ok(parse_mac(v, "set_field")?.to_u64()),
+        Field::IpSrc | Field::IpDst | Field::TunDst if v.contains('.') => {
+            Ok(u32::from(parse_v4(v, "set_field")?) as u64)
+        }
+        _ => parse_num(v, "set_field", super::packed::ones(field.bits())),
+    }
+}
+
+fn parse_resubmit(arg: &str, ports: &dyn Fn(&str) -> Option<u32>) -> Result<Action, FlowParseError> {
+    let (p, t) = arg.split_once(',').map_or((arg, None), |(p, t)| (p, Some(t)));
+    let port = match p.trim() {
+        "" | "in_port" => None,
+        p => Some(parse_port(p, ports)?),
+    };
+    let table = match t.map(str::trim) {
+        None | Some("") | Some("255") => None,
+        Some(t) => Some(parse_num(t, "resubmit table", 254)? as u8),
+    };
+    if port.is_none() && table.is_none() && !p.trim().eq_ignore_ascii_case("in_port") {
+        return err("resubmit needs a port or a table ('resubmit(,1)')");
+    }
+    Ok(Action::Resubmit { port, table })
+}
+
+fn parse_note(arg: &str) -> Result<Action, FlowParseError> {
+    let hex: String = arg.chars().filter(|c| !matches!(c, '.' | ' ')).collect();
+    if !hex.len().is_multiple_of(2) {
+        return err(format!("note '{arg}' must be whole hex bytes"));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map(Action::Note)
+        .map_err(|_| FlowParseError(format!("note '{arg}' is not hex bytes")))
+}
+
+/// `set_field:VALUE[/MASK]->FIELD` for fields with no dedicated action.
+fn parse_set_field(value: &str, field: &str) -> Result<Action, FlowParseError> {
+    let Some(f) = Field::from_name(field) else {
+        return err(format!("set_field cannot set '{field}'"));
+    };
+    if !f.is_writable() {
+        return err(format!("set_field cannot set '{field}'"));
+    }
+    let full = super::packed::ones(f.bits());
+    let (v, m) = value.split_once('/').map_or((value, None), |(v, m)| (v, Some(m)));
+    let v = parse_field_value(f, v)?;
+    let mask = match m {
+        Some(m) => parse_field_value(f, m)?,
+        None => full,
+    };
+    Ok(Action::SetField { field: f, value: v & mask, mask })
+}
+
+/// `load:VALUE->DST[a..b]`.
+fn parse_load(arg: &str) -> Result<Action, FlowParseError> {
+    let Some((value, dst)) = arg.split_once("->") else {
+        return err(format!("load argument '{arg}' must be 'VALUE->FIELD[a..b]'"));
+    };
+    let dst = SubField::parse(dst)?;
+    if !dst.field.is_writable() {
+        return err(format!("load cannot write '{}'", dst.field.name()));
+    }
+    let v = parse_num(value.trim(), "load", super::packed::ones(dst.n_bits as u32))?;
+    Ok(Action::SetField { field: dst.field, value: v << dst.ofs, mask: dst.mask() })
+}
+
+/// `move:SRC[a..b]->DST[c..d]`.
+fn parse_move(arg: &str) -> Result<Action, FlowParseError> {
+    let Some((src, dst)) = arg.split_once("->") else {
+        return err(format!("move argument '{arg}' must be 'SRC[a..b]->DST[c..d]'"));
+    };
+    let (src, dst) = (SubField::parse(src)?, SubField::parse(dst)?);
+    if src.n_bits != dst.n_bits {
+        return err(format!("move: {src} is {} bits but {dst} is {}", src.n_bits, dst.n_bits));
+    }
+    if !dst.field.is_writable() {
+        return err(format!("move cannot write '{}'", dst.field.name()));
+    }
+    Ok(Action::Move { src, dst })
 }
 
 /// Formats an action list as `ovs-ofctl` does (`drop` when empty).
@@ -123,12 +318,25 @@ fn parse_v4(s: &str, what: &str) -> Result<Ipv4Addr, FlowParseError> {
 
 /// Parses the text after `actions=`.
 pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> Result<Vec<Action>, FlowParseError> {
-    let items: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let items = split_top_level(text)?;
     if items.is_empty() {
         return err("'actions=' needs at least one action (or 'drop')");
     }
     let mut out = Vec::with_capacity(items.len());
-    for item in &items {
+    for (i, item) in items.iter().enumerate() {
+        // `name(args)` for the actions that nest or take a list.
+        if let Some(open) = item.find('(')
+            && item.ends_with(')')
+            && !item[..open].contains(':')
+        {
+            let (name, inner) = (item[..open].trim().to_ascii_lowercase(), &item[open + 1..item.len() - 1]);
+            out.push(match name.as_str() {
+                "resubmit" => parse_resubmit(inner, ports)?,
+                "clone" => Action::Clone(parse_actions(inner, ports)?),
+                other => return err(format!("unknown action '{other}'")),
+            });
+            continue;
+        }
         let (name, arg) = match item.split_once(':') {
             Some((n, a)) => (n.trim(), Some(a.trim())),
             None => (*item, None),
@@ -165,6 +373,17 @@ pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> 
             "mod_tp_src" => Action::SetTpSrc(parse_num(need("mod_tp_src")?, "mod_tp_src", 0xffff)? as u16),
             "mod_tp_dst" => Action::SetTpDst(parse_num(need("mod_tp_dst")?, "mod_tp_dst", 0xffff)? as u16),
             "dec_ttl" => Action::DecTtl,
+            "resubmit" => parse_resubmit(need("resubmit")?, ports)?,
+            "goto_table" => {
+                let t = parse_num(need("goto_table")?, "goto_table", 254)? as u8;
+                if i + 1 != items.len() {
+                    return err("goto_table must be the last action");
+                }
+                Action::GotoTable(t)
+            }
+            "load" => parse_load(need("load")?)?,
+            "move" => parse_move(need("move")?)?,
+            "note" => parse_note(need("note")?)?,
             "set_tunnel" | "set_tunnel64" => {
                 Action::SetTunnelId(parse_num(need("set_tunnel")?, "set_tunnel", u64::MAX)?)
             }
@@ -183,7 +402,7 @@ pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> 
                     "tp_src" | "tcp_src" | "udp_src" => Action::SetTpSrc(parse_num(value, "set_field", 0xffff)? as u16),
                     "tp_dst" | "tcp_dst" | "udp_dst" => Action::SetTpDst(parse_num(value, "set_field", 0xffff)? as u16),
                     "vlan_vid" => Action::SetVlanVid(parse_num(value, "set_field", 4095)? as u16),
-                    other => return err(format!("set_field cannot set '{other}'")),
+                    other => parse_set_field(value, other)?,
                 }
             }
             _ if arg.is_none() && name.bytes().all(|b| b.is_ascii_digit()) => Action::Output(parse_port(name, ports)?),
@@ -195,10 +414,35 @@ pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> 
 }
 
 /// Checks that header rewrites have the match they need (OpenFlow's
-/// action prerequisites).
+/// action prerequisites), and that `goto_table` goes forward from the
+/// rule's table.
 pub(crate) fn check_action_prerequisites(actions: &[Action], m: &Match) -> Result<(), FlowParseError> {
+    let ip = m.dl_type() == Some(ethertype::IPV4);
+    let l4 = matches!(m.nw_proto(), Some(6 | 17));
     for a in actions {
+        let header_field = |f: &Field| match f {
+            Field::IpSrc | Field::IpDst if !ip => Some("an IPv4 match ('ip,')"),
+            Field::TpSrc | Field::TpDst if !(ip || m.dl_type() == Some(ethertype::IPV6)) || !l4 => {
+                Some("a tcp or udp match")
+            }
+            _ => None,
+        };
         match a {
+            Action::GotoTable(t) if *t <= m.table().unwrap_or(0) => {
+                return err(format!(
+                    "goto_table:{t} must go to a later table than this rule's ({})",
+                    m.table().unwrap_or(0)
+                ));
+            }
+            Action::SetField { field, .. } | Action::Move { dst: SubField { field, .. }, .. }
+                if header_field(field).is_some() =>
+            {
+                return err(format!("{a} requires {}", header_field(field).expect("checked")));
+            }
+            Action::Move { src: SubField { field, .. }, .. } if header_field(field).is_some() => {
+                return err(format!("{a} requires {}", header_field(field).expect("checked")));
+            }
+            Action::Clone(inner) => check_action_prerequisites(inner, m)?,
             Action::SetNwSrc(_) | Action::SetNwDst(_) if m.dl_type() != Some(ethertype::IPV4) => {
                 return err(format!("{a} requires an IPv4 match ('ip,')"));
             }
@@ -437,6 +681,38 @@ mod tests {
         assert_eq!(parse_actions("output:vm2,4", &ports).unwrap(), vec![Action::Output(2), Action::Output(4)]);
         assert_eq!(parse_actions("drop", &ports).unwrap(), vec![]);
         assert_eq!(parse_actions("set_field:0x10->tun_id", &ports).unwrap(), vec![Action::SetTunnelId(16)]);
+    }
+
+    #[test]
+    fn pipeline_actions_parse_and_print() {
+        let ports = |s: &str| (s == "vm2").then_some(2);
+        let text = "set_field:0x5->reg0,load:0x3->reg1[4..7],set_field:0x1/0x5->metadata,move:reg0[0..7]->pkt_mark[8..15],\
+                    resubmit(,3),resubmit(2,),resubmit(2,4),clone(mod_vlan_vid:7,output:2),note:01.ab,goto_table:9";
+        let a = parse_actions(text, &ports).unwrap();
+        assert_eq!(actions_to_text(&a), text);
+        assert_eq!(a[1], Action::SetField { field: Field::Reg(1), value: 0x30, mask: 0xf0 });
+        assert_eq!(parse_actions(&actions_to_text(&a), &ports).unwrap(), a);
+        assert_eq!(
+            parse_actions("resubmit:vm2,load:1->NXM_NX_REG3[],set_field:7->xreg2", &ports).unwrap(),
+            vec![
+                Action::Resubmit { port: Some(2), table: None },
+                Action::SetField { field: Field::Reg(3), value: 1, mask: 0xffff_ffff },
+                Action::SetField { field: Field::Xreg(2), value: 7, mask: u64::MAX },
+            ]
+        );
+        for (bad, why) in [
+            ("goto_table:3,output:1", "last action"),
+            ("load:0x10->reg0[0..3]", "out of range"),
+            ("move:reg0[0..3]->reg1[0..4]", "is 4 bits but"),
+            ("clone(output:1", "unbalanced"),
+            ("resubmit(,)", "needs a port or a table"),
+            ("note:abc", "whole hex bytes"),
+            ("set_field:1->eth_type", "cannot set"),
+            ("frobnicate(1)", "unknown action 'frobnicate'"),
+        ] {
+            let e = parse_actions(bad, &ports).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -105,7 +105,8 @@ fn errors_point_at_the_token() {
         ("ip,nw_tos=3,actions=drop", "ECN bits"),
         ("tcp,nw_proto=17,actions=drop", "conflicts"),
         ("nw_proto=6/0xf,actions=drop", "cannot be masked"),
-        ("table=1,actions=drop", "only table 0"),
+        ("table=255,actions=drop", "out of range"),
+        ("table=2,actions=goto_table:1", "later table"),
         ("cookie=1/1,actions=drop", "cookie mask"),
         ("ip,actions=", "at least one action"),
     ] {

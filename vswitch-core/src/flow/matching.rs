@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::packed::{PackedKey, VLAN_PRESENT, ones};
+use super::packed::{MARK_WORD, METADATA_WORD, PackedKey, REG_WORD, TABLE_SHIFT, VLAN_PRESENT, ones};
 use crate::wire::{MacAddr, ethertype};
 
 /// A value and mask over a packed key. `value` has no bits outside `mask`.
@@ -84,6 +84,35 @@ impl Match {
     pub fn in_port(&self) -> Option<u32> {
         self.exact(&IN_PORT).map(|v| v as u32)
     }
+
+    /// The table a rule with this match lives in, or a selection is
+    /// limited to (`None`: every table).
+    pub fn table(&self) -> Option<u8> {
+        self.exact(&TABLE).map(|v| v as u8)
+    }
+
+    /// Puts the match in table `table`.
+    pub fn set_table(&mut self, table: u8) {
+        self.mask.set(MARK_WORD, TABLE_SHIFT, 8, 0xff);
+        self.value.set(MARK_WORD, TABLE_SHIFT, 8, table as u64);
+    }
+
+    /// Makes the match cover every table (a selection with no `table=`).
+    pub fn clear_table(&mut self) {
+        self.mask.set(MARK_WORD, TABLE_SHIFT, 8, 0);
+        self.value.set(MARK_WORD, TABLE_SHIFT, 8, 0);
+    }
+
+    /// The same match with the metadata words (registers, `metadata`,
+    /// `pkt_mark`, the table) left out: what describes a packet's headers.
+    pub(crate) fn headers_only(&self) -> Match {
+        let mut m = *self;
+        for w in METADATA_WORD..super::packed::WORDS {
+            m.value.0[w] = 0;
+            m.mask.0[w] = 0;
+        }
+        m
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +126,8 @@ enum Kind {
     Ipv4,
     Ports,
     Icmp,
-    TunId,
+    /// Maskable, printed in hexadecimal (tun_id, registers, metadata).
+    Hex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,19 +171,62 @@ const TP_SRC: FieldDef = fd("tp_src", 7, 0, 16, Kind::Ports, Prereq::Transport);
 const TP_DST: FieldDef = fd("tp_dst", 7, 16, 16, Kind::Ports, Prereq::Transport);
 const ICMP_TYPE: FieldDef = fd("icmp_type", 7, 0, 16, Kind::Icmp, Prereq::Icmp);
 const ICMP_CODE: FieldDef = fd("icmp_code", 7, 16, 16, Kind::Icmp, Prereq::Icmp);
-const TUN_ID: FieldDef = fd("tun_id", 8, 0, 64, Kind::TunId, Prereq::None);
+const TUN_ID: FieldDef = fd("tun_id", 8, 0, 64, Kind::Hex, Prereq::None);
 const TUN_SRC: FieldDef = fd("tun_src", 9, 0, 32, Kind::Ipv4, Prereq::None);
 const TUN_DST: FieldDef = fd("tun_dst", 9, 32, 32, Kind::Ipv4, Prereq::None);
+const METADATA: FieldDef = fd("metadata", METADATA_WORD, 0, 64, Kind::Hex, Prereq::None);
+const PKT_MARK: FieldDef = fd("pkt_mark", MARK_WORD, 0, 32, Kind::Hex, Prereq::None);
+/// Not a match field as text (`table=` is the rule's, parsed with the
+/// priority), but matched like one: a lookup's key carries its table.
+const TABLE: FieldDef = fd("table", MARK_WORD, TABLE_SHIFT, 8, Kind::Dec8, Prereq::None);
+
+const REG_NAMES: [&str; 16] = [
+    "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7", "reg8", "reg9", "reg10", "reg11", "reg12", "reg13",
+    "reg14", "reg15",
+];
+
+/// `reg0`..`reg15`: reg(2N) is the high half of word REG_WORD + N.
+static REGS: [FieldDef; 16] = {
+    let mut regs = [const { fd("", 0, 0, 0, Kind::Hex, Prereq::None) }; 16];
+    let mut i = 0;
+    while i < 16 {
+        regs[i] = fd(REG_NAMES[i], REG_WORD + i / 2, if i % 2 == 0 { 32 } else { 0 }, 32, Kind::Hex, Prereq::None);
+        i += 1;
+    }
+    regs
+};
+
+/// `xreg0`..`xreg7`: the register pairs as 64-bit fields.
+static XREGS: [FieldDef; 8] = {
+    const NAMES: [&str; 8] = ["xreg0", "xreg1", "xreg2", "xreg3", "xreg4", "xreg5", "xreg6", "xreg7"];
+    let mut x = [const { fd("", 0, 0, 0, Kind::Hex, Prereq::None) }; 8];
+    let mut i = 0;
+    while i < 8 {
+        x[i] = fd(NAMES[i], REG_WORD + i, 0, 64, Kind::Hex, Prereq::None);
+        i += 1;
+    }
+    x
+};
 
 /// Fields in canonical print order (dl_type, nw_proto and the VLAN fields
-/// are printed specially).
-const PRINTED: [&FieldDef; 16] = [
-    &IN_PORT, &DL_SRC, &DL_DST, &NW_SRC, &NW_DST, &ARP_SPA, &ARP_TPA, &NW_TOS, &NW_TTL, &TP_SRC, &TP_DST, &ICMP_TYPE,
-    &ICMP_CODE, &TUN_ID, &TUN_SRC, &TUN_DST,
+/// are printed specially; registers after these).
+const PRINTED: [&FieldDef; 18] = [
+    &IN_PORT, &METADATA, &PKT_MARK, &DL_SRC, &DL_DST, &NW_SRC, &NW_DST, &ARP_SPA, &ARP_TPA, &NW_TOS, &NW_TTL, &TP_SRC,
+    &TP_DST, &ICMP_TYPE, &ICMP_CODE, &TUN_ID, &TUN_SRC, &TUN_DST,
 ];
 
 fn lookup_field(name: &str) -> Option<&'static FieldDef> {
+    if let Some(i) = REG_NAMES.iter().position(|&n| n == name) {
+        return Some(&REGS[i]);
+    }
+    if let Some(i) = name.strip_prefix("xreg").and_then(|d| d.parse::<usize>().ok()).filter(|&i| i < 8)
+        && name == XREGS[i].name
+    {
+        return Some(&XREGS[i]);
+    }
     Some(match name {
+        "metadata" => &METADATA,
+        "pkt_mark" => &PKT_MARK,
         "in_port" => &IN_PORT,
         "dl_type" | "eth_type" => &DL_TYPE,
         "vlan_tci" => &VLAN_TCI,
@@ -291,8 +364,8 @@ pub(crate) fn apply_match_item(
             };
             m.set_field(f, n, u64::MAX)
         }
-        Kind::Hex16 | Kind::Dec8 | Kind::Ports | Kind::Icmp | Kind::TunId => {
-            let maskable = matches!(f.kind, Kind::Hex16 | Kind::Ports | Kind::TunId);
+        Kind::Hex16 | Kind::Dec8 | Kind::Ports | Kind::Icmp | Kind::Hex => {
+            let maskable = matches!(f.kind, Kind::Hex16 | Kind::Ports | Kind::Hex);
             let (val, mask) = split(v);
             let max = match f.kind {
                 Kind::Dec8 | Kind::Icmp => 0xff,
@@ -451,7 +524,7 @@ impl Match {
         let v6 = dl_type == Some(ethertype::IPV6);
         let arp = dl_type == Some(ethertype::ARP);
         let icmp = matches!(proto, Some(1 | 58));
-        for f in PRINTED {
+        for f in PRINTED.iter().copied().chain(REGS.iter()) {
             // Fields that share bits: print the one the match's type means.
             let applies = match f.prereq {
                 Prereq::Arp => arp,
@@ -488,8 +561,8 @@ impl Match {
                 Kind::Mac => format!("{}/{}", MacAddr::from_u64(v), MacAddr::from_u64(m)),
                 Kind::Ipv4 => fmt_ipv4(v, m),
                 Kind::Tos => format!("{v}"),
-                Kind::TunId if full => format!("{v:#x}"),
-                Kind::TunId => format!("{v:#x}/{m:#x}"),
+                Kind::Hex if full => format!("{v:#x}"),
+                Kind::Hex => format!("{v:#x}/{m:#x}"),
                 Kind::Ports if !full => format!("{v:#x}/{m:#x}"),
                 _ => format!("{v}"),
             };

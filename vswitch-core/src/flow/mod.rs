@@ -11,24 +11,30 @@
 
 mod action;
 mod classifier;
+mod field;
 mod key;
 mod matching;
 mod packed;
 mod ruleset;
 mod spec;
+mod synth;
 mod table;
 mod trace;
 
-pub use action::{Action, actions_to_text};
+pub use action::{Action, MAX_DEPTH, MAX_LOOKUPS, actions_to_text};
 pub(crate) use action::{dec_ttl, set_ipv4_addr, set_l4_port};
 pub use classifier::Classifier;
+pub use field::{Field, SubField};
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
 pub(crate) use packed::Headers;
-pub use packed::{PackedKey, PackedParse, VLAN_PRESENT, WORDS};
+pub use packed::{METADATA_WORD, PackedKey, PackedParse, VLAN_PRESENT, WORDS};
 pub(crate) use ruleset::RuleSet;
-pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver};
-pub use table::{DEFAULT_FLOW_LIMIT, FlowTable, Rule, RuleKey, RuleStats, TableError, default_rule};
+pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver, TableRow};
+pub(crate) use synth::packet_for;
+pub use table::{
+    DEFAULT_FLOW_LIMIT, Emc, FlowTable, Rule, RuleKey, RuleStats, TABLES, TableError, TableStats, Tables, default_rule,
+};
 pub use trace::{Trace, TraceOutput};
 
 #[cfg(test)]

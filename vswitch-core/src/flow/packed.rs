@@ -14,6 +14,12 @@
 //! | 7 | tp_src 0..16, tp_dst 16..32 (ICMP: type and code) |
 //! | 8 | tun_id |
 //! | 9 | tun_src 0..32, tun_dst 32..64 (IPv4 tunnel endpoints) |
+//! | 10 | metadata |
+//! | 11 | pkt_mark 0..32, the table being searched 32..40 |
+//! | 12..20 | xreg0..xreg7: word 12 + N is xregN, reg(2N) in bits 32..64 and reg(2N+1) in 0..32 |
+//!
+//! Words 10 and up are the packet's metadata: zero when it is received,
+//! written by actions as it moves through the tables.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -23,7 +29,16 @@ use crate::port::PortNo;
 use crate::wire::{VlanTci, ethertype};
 
 /// Number of words in a [`PackedKey`].
-pub const WORDS: usize = 10;
+pub const WORDS: usize = 20;
+
+/// The word holding `metadata`.
+pub const METADATA_WORD: usize = 10;
+/// The word holding `pkt_mark` and the table number.
+pub const MARK_WORD: usize = 11;
+/// Where the table number sits in [`MARK_WORD`].
+pub const TABLE_SHIFT: u32 = 32;
+/// The first register word (xreg0).
+pub const REG_WORD: usize = 12;
 
 /// A packed flow key, or a mask over one.
 #[derive(Debug, Clone, Copy, Default, PartialOrd, Ord)]
@@ -72,15 +87,32 @@ impl PackedKey {
         self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
     }
 
-    /// A fast, well-mixed hash of the words (for the exact-match cache).
+    /// A fast, well-mixed hash of the words (for the exact-match cache):
+    /// four independent lanes, so the multiplications overlap.
     #[inline]
     pub fn hash64(&self) -> u64 {
-        let mut h: u64 = 0x243f_6a88_85a3_08d3;
-        for &w in &self.0 {
-            h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            h ^= h >> 29;
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut lanes = [0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344, 0xa409_3822_299f_31d0, 0x082e_fa98_ec4e_6c89];
+        for (i, &w) in self.0.iter().enumerate() {
+            let l = &mut lanes[i % 4];
+            *l = (*l ^ w).wrapping_mul(K);
+            *l ^= *l >> 29;
         }
-        h
+        let mut h = lanes[0] ^ lanes[1].rotate_left(17) ^ lanes[2].rotate_left(31) ^ lanes[3].rotate_left(47);
+        h = h.wrapping_mul(K);
+        h ^ (h >> 32)
+    }
+
+    /// The table this key is being looked up in.
+    #[inline]
+    pub fn table(&self) -> u8 {
+        (self.0[MARK_WORD] >> TABLE_SHIFT) as u8
+    }
+
+    /// Sets the table this key is looked up in.
+    #[inline]
+    pub fn set_table(&mut self, table: u8) {
+        self.set(MARK_WORD, TABLE_SHIFT, 8, table as u64);
     }
 
     /// Reads `bits` bits at `shift` of word `word`.

@@ -84,8 +84,10 @@ impl RuleSet {
     /// strict selection).
     pub(crate) fn select(&self, sel: &FlowSelector, strict: bool) -> Vec<RuleKey> {
         if strict {
-            let k = (sel.matching, sel.priority.unwrap_or(super::spec::DEFAULT_PRIORITY));
-            return self.rules.get(&k).filter(|e| sel.cookie_matches(e.spec.cookie)).map(|_| k).into_iter().collect();
+            return sel
+                .strict_keys()
+                .filter(|k| self.rules.get(k).is_some_and(|e| sel.cookie_matches(e.spec.cookie)))
+                .collect();
         }
         self.rules
             .iter()
@@ -122,9 +124,30 @@ impl RuleSet {
         self.rules.iter().filter(|(_, e)| is_expired(&e.spec, &e.stats, now_ms)).map(|(k, _)| *k).collect()
     }
 
+    /// How many rules each table holds (tables with none left out).
+    pub(crate) fn table_sizes(&self) -> std::collections::BTreeMap<u8, usize> {
+        let mut sizes = std::collections::BTreeMap::new();
+        for e in self.rules.values() {
+            *sizes.entry(e.spec.table()).or_default() += 1;
+        }
+        sizes
+    }
+
+    /// The rules `sel` covers (loose), with their counters, as [`dump`](Self::dump) orders them.
+    pub(crate) fn dump_selected(&self, sel: &FlowSelector, now_ms: u64) -> Vec<FlowStats> {
+        self.ordered()
+            .into_iter()
+            .filter(|e| !is_expired(&e.spec, &e.stats, now_ms))
+            .filter(|e| sel.matching.covers(&e.spec.matching) && sel.cookie_matches(e.spec.cookie))
+            .map(|e| flow_stats(&e.spec, &e.stats, now_ms))
+            .collect()
+    }
+
     fn ordered(&self) -> Vec<&Entry> {
         let mut v: Vec<&Entry> = self.rules.values().collect();
-        v.sort_unstable_by(|a, b| b.spec.priority.cmp(&a.spec.priority).then(a.seq.cmp(&b.seq)));
+        v.sort_unstable_by(|a, b| {
+            (a.spec.table().cmp(&b.spec.table())).then(b.spec.priority.cmp(&a.spec.priority)).then(a.seq.cmp(&b.seq))
+        });
         v
     }
 

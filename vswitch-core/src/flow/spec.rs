@@ -60,6 +60,7 @@ fn split_actions(text: &str) -> (&str, Option<&str>) {
 
 struct Parsed {
     matching: Match,
+    table: Option<u8>,
     priority: Option<u16>,
     cookie: Option<(u64, u64)>,
     idle: u16,
@@ -67,7 +68,7 @@ struct Parsed {
 }
 
 fn parse_match_part(text: &str, ports: PortResolver<'_>) -> Result<Parsed, FlowParseError> {
-    let mut p = Parsed { matching: Match::any(), priority: None, cookie: None, idle: 0, hard: 0 };
+    let mut p = Parsed { matching: Match::any(), table: None, priority: None, cookie: None, idle: 0, hard: 0 };
     let mut names = Vec::new();
     for item in split_items(text) {
         let (name, value) = match item.split_once('=') {
@@ -79,11 +80,7 @@ fn parse_match_part(text: &str, ports: PortResolver<'_>) -> Result<Parsed, FlowP
             "priority" => p.priority = Some(parse_num(need()?, "priority", 0xffff)? as u16),
             "idle_timeout" => p.idle = parse_num(need()?, "idle_timeout", 0xffff)? as u16,
             "hard_timeout" => p.hard = parse_num(need()?, "hard_timeout", 0xffff)? as u16,
-            "table" => {
-                if parse_num(need()?, "table", 254)? != 0 {
-                    return err("only table 0 exists");
-                }
-            }
+            "table" => p.table = Some(parse_num(need()?, "table", 254)? as u8),
             "cookie" => {
                 let v = need()?;
                 let (c, m) = v.split_once('/').map_or((v, None), |(c, m)| (c, Some(m)));
@@ -119,7 +116,8 @@ impl FlowSpec {
         let Some(a) = a else {
             return err("a flow needs 'actions=' (e.g. 'actions=normal' or 'actions=drop')");
         };
-        let p = parse_match_part(m, ports)?;
+        let mut p = parse_match_part(m, ports)?;
+        p.matching.set_table(p.table.unwrap_or(0));
         if p.cookie.is_some_and(|(_, mask)| mask != u64::MAX) {
             return err("a cookie mask only applies when selecting flows");
         }
@@ -135,6 +133,11 @@ impl FlowSpec {
         })
     }
 
+    /// The table the rule is in (its match carries it; 0 unless `table=`).
+    pub fn table(&self) -> u8 {
+        self.matching.table().unwrap_or(0)
+    }
+
     /// The canonical text: parses back to an equal spec.
     pub fn to_text(&self) -> String {
         let mut head = Vec::new();
@@ -147,6 +150,9 @@ impl FlowSpec {
         if self.hard_timeout != 0 {
             head.push(format!("hard_timeout={}", self.hard_timeout));
         }
+        if self.table() != 0 {
+            head.push(format!("table={}", self.table()));
+        }
         head.push(format!("priority={}", self.priority));
         let m = self.matching.to_text();
         if !m.is_empty() {
@@ -157,6 +163,21 @@ impl FlowSpec {
 }
 
 impl FlowSelector {
+    /// The identities a strict selection names: its match in its table,
+    /// or in every table when it names none (as `ovs-ofctl` does).
+    pub(crate) fn strict_keys(&self) -> impl Iterator<Item = (Match, u16)> + '_ {
+        let prio = self.priority.unwrap_or(DEFAULT_PRIORITY);
+        let tables = match self.matching.table() {
+            Some(t) => t..=t,
+            None => 0..=(super::table::TABLES - 1) as u8,
+        };
+        tables.map(move |t| {
+            let mut m = self.matching;
+            m.set_table(t);
+            (m, prio)
+        })
+    }
+
     /// Whether the cookie condition (if any) admits `cookie`.
     pub fn cookie_matches(&self, cookie: u64) -> bool {
         self.cookie.is_none_or(|(v, m)| cookie & m == v)
@@ -172,8 +193,38 @@ impl FlowSelector {
         if a.is_some() {
             return err("'actions=' does not belong in a flow selection");
         }
-        let p = parse_match_part(m, ports)?;
+        let mut p = parse_match_part(m, ports)?;
+        if let Some(t) = p.table {
+            p.matching.set_table(t);
+        }
         Ok(FlowSelector { matching: p.matching, priority: p.priority, cookie: p.cookie })
+    }
+}
+
+/// One table's use, as `dump-tables` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRow {
+    /// The table's number.
+    pub table: u8,
+    /// Rules in it.
+    pub active: usize,
+    /// Packets looked up in it (including `resubmit` and `goto_table`).
+    pub lookups: u64,
+    /// Lookups that found a rule; the others were table misses.
+    pub matched: u64,
+}
+
+impl TableRow {
+    /// One line in `ovs-ofctl dump-tables` spirit.
+    pub fn to_text(&self) -> String {
+        format!(
+            "  table {}: active={}, lookup={}, matched={}, missed={}",
+            self.table,
+            self.active,
+            self.lookups,
+            self.matched,
+            self.lookups.saturating_sub(self.matched)
+        )
     }
 }
 
@@ -188,9 +239,12 @@ pub struct FlowStats {
     pub n_packets: u64,
     /// Bytes in those packets.
     pub n_bytes: u64,
+    /// Its table.
+    #[serde(default)]
+    pub table: u8,
     /// Its priority.
     pub priority: u16,
-    /// Its match, canonical text.
+    /// Its match, canonical text (without the table).
     #[serde(rename = "match")]
     pub matching: String,
     /// Its actions, canonical text.
@@ -207,8 +261,8 @@ impl FlowStats {
     /// One line in `ovs-ofctl dump-flows` layout.
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            " cookie={:#x}, duration={:.3}s, table=0, n_packets={}, n_bytes={}, ",
-            self.cookie, self.duration_secs, self.n_packets, self.n_bytes
+            " cookie={:#x}, duration={:.3}s, table={}, n_packets={}, n_bytes={}, ",
+            self.cookie, self.duration_secs, self.table, self.n_packets, self.n_bytes
         );
         if self.idle_timeout != 0 {
             s.push_str(&format!("idle_timeout={}, ", self.idle_timeout));

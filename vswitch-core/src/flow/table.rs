@@ -1,5 +1,7 @@
-//! A bridge's flow table: the rules, their counters and timeouts, the
-//! classifier, and the exact-match cache in front of it.
+//! A bridge's flow tables (0 to 254): the rules, their counters and
+//! timeouts, one classifier per table, and the exact-match cache in front
+//! of them all (its key carries the table being searched, so a packet's
+//! trip through several tables is one probe per table).
 //!
 //! The table is owned by the datapath thread and changed only between
 //! bursts (the control plane sends the change as a closure), so a packet
@@ -90,14 +92,9 @@ impl RuleStats {
 
 /// The rule a new bridge's table holds: `priority=0,actions=NORMAL`.
 pub fn default_rule() -> FlowSpec {
-    FlowSpec {
-        priority: 0,
-        matching: Match::any(),
-        actions: vec![Action::Normal],
-        cookie: 0,
-        idle_timeout: 0,
-        hard_timeout: 0,
-    }
+    let mut matching = Match::any();
+    matching.set_table(0);
+    FlowSpec { priority: 0, matching, actions: vec![Action::Normal], cookie: 0, idle_timeout: 0, hard_timeout: 0 }
 }
 
 /// The identity of a rule in its table: no two rules share a match and a
@@ -119,6 +116,7 @@ pub(crate) fn flow_stats(spec: &FlowSpec, stats: &RuleStats, now_ms: u64) -> Flo
         duration_secs: now_ms.saturating_sub(stats.created_ms) as f64 / 1000.0,
         n_packets: stats.packets(),
         n_bytes: stats.bytes(),
+        table: spec.table(),
         priority: spec.priority,
         matching: spec.matching.to_text(),
         actions: super::action::actions_to_text(&spec.actions),
@@ -146,6 +144,57 @@ struct EmcEntry {
     generation: u64,
 }
 
+/// Number of flow tables (0 to 254; 255 means "all" in selections).
+pub const TABLES: usize = 255;
+
+/// Per-table lookup counts, shared by every datapath thread's copy of a
+/// bridge's tables (each thread writes its own cache-padded slot).
+#[derive(Debug)]
+pub struct TableStats {
+    per_thread: Box<[crossbeam::utils::CachePadded<TableCounts>]>,
+}
+
+#[derive(Debug)]
+struct TableCounts {
+    lookups: [AtomicU64; TABLES],
+    matched: [AtomicU64; TABLES],
+}
+
+impl TableStats {
+    /// Zeroed counts for `threads` threads.
+    pub fn new(threads: usize) -> Arc<TableStats> {
+        let per_thread = (0..threads.max(1))
+            .map(|_| {
+                crossbeam::utils::CachePadded::new(TableCounts {
+                    lookups: std::array::from_fn(|_| AtomicU64::new(0)),
+                    matched: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+            })
+            .collect();
+        Arc::new(TableStats { per_thread })
+    }
+
+    #[inline]
+    fn record(&self, thread: usize, table: u8, matched: bool) {
+        let Some(c) = self.per_thread.get(thread) else { return };
+        let t = table as usize % TABLES;
+        c.lookups[t].store(c.lookups[t].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if matched {
+            c.matched[t].store(c.matched[t].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lookups in `table` (every thread).
+    pub fn lookups(&self, table: u8) -> u64 {
+        self.per_thread.iter().map(|c| c.lookups[table as usize % TABLES].load(Ordering::Relaxed)).sum()
+    }
+
+    /// Lookups in `table` that found a rule.
+    pub fn matched(&self, table: u8) -> u64 {
+        self.per_thread.iter().map(|c| c.matched[table as usize % TABLES].load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// Why a change to the table was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableError {
@@ -153,14 +202,83 @@ pub enum TableError {
     Full,
 }
 
-/// The flow table of one bridge. See the [module docs](self).
+/// The flow tables of one bridge and the cache in front of them. See the
+/// [module docs](self). Derefs to its [`Tables`].
 #[derive(Debug)]
 pub struct FlowTable {
+    tables: Tables,
+    emc: Emc,
+}
+
+/// The exact-match cache: a key (with its table) to the rule it matched.
+#[derive(Debug)]
+pub struct Emc {
+    entries: Box<[EmcEntry]>,
+}
+
+impl Default for Emc {
+    fn default() -> Self {
+        let empty = EmcEntry { hash: 0, key: PackedKey::default(), rule: NO_RULE, generation: 0 };
+        Emc { entries: vec![empty; EMC_SETS * 2].into_boxed_slice() }
+    }
+}
+
+impl Emc {
+    /// The rule `key` matches in `tables` (in the table the key names),
+    /// using and filling the cache, and counting the lookup.
+    ///
+    /// The cache is two-way set associative: a new entry goes in the first
+    /// way and pushes the old first way into the second, so a set keeps
+    /// its two most recently missed flows.
+    #[inline]
+    pub fn lookup(&mut self, tables: &Tables, key: &PackedKey) -> Option<u32> {
+        let hash = key.hash64();
+        let set = ((hash as usize) & (EMC_SETS - 1)) * 2;
+        let mut found = None;
+        let mut hit = false;
+        for way in set..set + 2 {
+            let e = &self.entries[way];
+            if e.hash == hash && e.generation == tables.generation && e.key == *key {
+                found = (e.rule != NO_RULE).then_some(e.rule);
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            found = tables.classify(key);
+            self.entries[set + 1] = self.entries[set];
+            self.entries[set] =
+                EmcEntry { hash, key: *key, rule: found.unwrap_or(NO_RULE), generation: tables.generation };
+        }
+        if let Some(s) = &tables.table_stats {
+            s.record(tables.thread, key.table(), found.is_some());
+        }
+        found
+    }
+}
+
+impl std::ops::Deref for FlowTable {
+    type Target = Tables;
+    fn deref(&self) -> &Tables {
+        &self.tables
+    }
+}
+
+impl std::ops::DerefMut for FlowTable {
+    fn deref_mut(&mut self) -> &mut Tables {
+        &mut self.tables
+    }
+}
+
+/// A bridge's rules in their tables, with one classifier per table.
+#[derive(Debug)]
+pub struct Tables {
     rules: Vec<Option<Rule>>,
     free: Vec<u32>,
     identity: HashMap<(Match, u16), u32, foldhash::fast::RandomState>,
-    classifier: Classifier,
-    emc: Box<[EmcEntry]>,
+    /// Indexed by table; grown as tables get rules.
+    classifiers: Vec<Classifier>,
+    table_stats: Option<Arc<TableStats>>,
     generation: u64,
     next_seq: u64,
     limit: usize,
@@ -170,25 +288,31 @@ pub struct FlowTable {
     default_normal: Option<u32>,
     /// Which slot of the rules' stats this copy's hits go to.
     thread: usize,
+    len: usize,
 }
 
 impl FlowTable {
     /// A table holding only `priority=0,actions=normal`: a learning switch.
     pub fn new(limit: usize, now_ms: u64) -> Self {
-        Self::for_thread(limit, RuleStats::new(now_ms, 1), 0)
+        Self::for_thread(limit, RuleStats::new(now_ms, 1), None, 0)
     }
 
     /// The copy of a table held by datapath thread `thread`: its default
-    /// rule counts into `stats` (shared by every thread's copy), and its
-    /// hits go to the thread's slot of each rule's stats.
-    pub fn for_thread(limit: usize, stats: Arc<RuleStats>, thread: usize) -> Self {
-        let empty = EmcEntry { hash: 0, key: PackedKey::default(), rule: NO_RULE, generation: 0 };
-        let mut t = FlowTable {
+    /// rule counts into `stats` (shared by every thread's copy), its
+    /// lookups into `table_stats`, and its hits go to the thread's slot of
+    /// each rule's stats.
+    pub fn for_thread(
+        limit: usize,
+        stats: Arc<RuleStats>,
+        table_stats: Option<Arc<TableStats>>,
+        thread: usize,
+    ) -> Self {
+        let mut tables = Tables {
             rules: Vec::new(),
             free: Vec::new(),
             identity: HashMap::default(),
-            classifier: Classifier::new(),
-            emc: vec![empty; EMC_SETS * 2].into_boxed_slice(),
+            classifiers: Vec::new(),
+            table_stats,
             generation: 1,
             next_seq: 0,
             limit,
@@ -196,14 +320,30 @@ impl FlowTable {
             next_expiry_ms: 0,
             default_normal: None,
             thread,
+            len: 0,
         };
-        let _ = t.add_with_stats(vec![(default_rule(), stats)]);
-        t
+        let _ = tables.add_with_stats(vec![(default_rule(), stats)]);
+        FlowTable { tables, emc: Emc::default() }
     }
 
+    /// The rule `key` matches in the table it names, through the cache.
+    #[inline]
+    pub fn lookup(&mut self, key: &PackedKey) -> Option<u32> {
+        self.emc.lookup(&self.tables, key)
+    }
+
+    /// The rules, and the cache to look them up through, borrowed apart
+    /// (the executor reads one rule's actions while it looks up the next).
+    #[inline]
+    pub fn split(&mut self) -> (&Tables, &mut Emc) {
+        (&self.tables, &mut self.emc)
+    }
+}
+
+impl Tables {
     /// Number of rules.
     pub fn len(&self) -> usize {
-        self.classifier.len()
+        self.len
     }
 
     /// True if the table has no rules (every packet is dropped).
@@ -211,9 +351,14 @@ impl FlowTable {
         self.len() == 0
     }
 
-    /// Number of distinct masks.
+    /// Number of distinct masks, over every table.
     pub fn masks(&self) -> usize {
-        self.classifier.subtables()
+        self.classifiers.iter().map(Classifier::subtables).sum()
+    }
+
+    /// Rules in each table that has any: (table, rules).
+    pub fn table_sizes(&self) -> Vec<(u8, usize)> {
+        self.classifiers.iter().enumerate().filter(|(_, c)| !c.is_empty()).map(|(t, c)| (t as u8, c.len())).collect()
     }
 
     /// True if the table is exactly `priority=0,actions=normal`; the
@@ -236,7 +381,7 @@ impl FlowTable {
         self.default_normal = None;
         if self.len() == 1
             && let Some((id, r)) = self.rules.iter().enumerate().find_map(|(i, r)| r.as_ref().map(|r| (i, r)))
-            && r.spec.matching == Match::any()
+            && r.spec.matching == default_rule().matching
             && r.spec.actions == [Action::Normal]
             && r.spec.idle_timeout == 0
             && r.spec.hard_timeout == 0
@@ -274,7 +419,10 @@ impl FlowTable {
         if self.len() + new > self.limit {
             return Err(TableError::Full);
         }
-        for (spec, stats) in specs {
+        for (mut spec, stats) in specs {
+            if spec.matching.table().is_none() {
+                spec.matching.set_table(0);
+            }
             if let Some(&id) = self.identity.get(&(spec.matching, spec.priority)) {
                 self.remove_id(id);
             }
@@ -295,8 +443,13 @@ impl FlowTable {
                 }
             };
             let r = self.rules[id as usize].as_ref().expect("just inserted");
-            self.classifier.insert(id, &r.spec.matching, r.spec.priority, seq);
+            let table = r.spec.table() as usize;
+            if self.classifiers.len() <= table {
+                self.classifiers.resize_with(table + 1, Classifier::new);
+            }
+            self.classifiers[table].insert(id, &r.spec.matching, r.spec.priority, seq);
             self.identity.insert((r.spec.matching, r.spec.priority), id);
+            self.len += 1;
         }
         self.changed();
         Ok(())
@@ -304,7 +457,8 @@ impl FlowTable {
 
     fn remove_id(&mut self, id: u32) -> Option<Rule> {
         let r = self.rules.get_mut(id as usize)?.take()?;
-        self.classifier.remove(id, &r.spec.matching, r.spec.priority);
+        self.classifiers[r.spec.table() as usize].remove(id, &r.spec.matching, r.spec.priority);
+        self.len -= 1;
         self.identity.remove(&(r.spec.matching, r.spec.priority));
         if r.spec.idle_timeout != 0 || r.spec.hard_timeout != 0 {
             self.timed -= 1;
@@ -315,13 +469,10 @@ impl FlowTable {
 
     fn selected(&self, sel: &FlowSelector, strict: bool) -> Vec<u32> {
         if strict {
-            let prio = sel.priority.unwrap_or(super::spec::DEFAULT_PRIORITY);
-            return self
-                .identity
-                .get(&(sel.matching, prio))
-                .copied()
+            return sel
+                .strict_keys()
+                .filter_map(|k| self.identity.get(&k).copied())
                 .filter(|&id| self.cookie_ok(id, sel))
-                .into_iter()
                 .collect();
         }
         self.rules
@@ -392,31 +543,11 @@ impl FlowTable {
         ids.len()
     }
 
-    /// The rule `key` matches, using and filling the exact-match cache.
-    ///
-    /// The cache is two-way set associative: a new entry goes in the first
-    /// way and pushes the old first way into the second, so a set keeps
-    /// its two most recently missed flows.
+    /// The rule `key` matches in the table it names, from the classifier
+    /// alone (no cache, no counters).
     #[inline]
-    pub fn lookup(&mut self, key: &PackedKey) -> Option<u32> {
-        let hash = key.hash64();
-        let set = ((hash as usize) & (EMC_SETS - 1)) * 2;
-        for way in set..set + 2 {
-            let e = &self.emc[way];
-            if e.hash == hash && e.generation == self.generation && e.key == *key {
-                return (e.rule != NO_RULE).then_some(e.rule);
-            }
-        }
-        let found = self.classifier.lookup(key);
-        self.emc[set + 1] = self.emc[set];
-        self.emc[set] = EmcEntry { hash, key: *key, rule: found.unwrap_or(NO_RULE), generation: self.generation };
-        found
-    }
-
-    /// The rule `key` matches, from the classifier alone (no cache, no
-    /// counters): for `trace` and tests.
     pub fn classify(&self, key: &PackedKey) -> Option<u32> {
-        self.classifier.lookup(key)
+        self.classifiers.get(key.table() as usize)?.lookup(key)
     }
 
     /// Rule `id`.
@@ -427,7 +558,7 @@ impl FlowTable {
 
     /// Counts a packet of `bytes` against rule `id`.
     #[inline]
-    pub fn hit(&mut self, id: u32, packets: u64, bytes: u64, now_ms: u64) {
+    pub fn hit(&self, id: u32, packets: u64, bytes: u64, now_ms: u64) {
         if let Some(Some(r)) = self.rules.get(id as usize) {
             r.stats.record(self.thread, packets, bytes, now_ms);
         }
