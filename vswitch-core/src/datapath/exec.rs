@@ -42,10 +42,11 @@ pub(super) struct TraceLog {
 }
 
 /// One packet on its way through the tables.
-struct InFlight {
+struct InFlight<'k> {
     /// `None` once it has been given away (its last output) or dropped.
     pkt: Option<Packet>,
-    key: PackedKey,
+    /// Its key as the actions change it (the burst's own copy: not moved).
+    key: &'k mut PackedKey,
     h: Headers,
     /// Some action sent it (or a copy) somewhere.
     sent: bool,
@@ -79,7 +80,7 @@ impl Datapath {
     }
 
     /// Queues `pkt` on `slot` for transmission, or in a dry run records it.
-    #[inline]
+    #[inline(always)]
     pub(super) fn send(&mut self, slot: usize, pkt: Packet) {
         match self.tracing.as_mut() {
             Some(t) => t.outputs.push((slot, pkt)),
@@ -89,18 +90,19 @@ impl Datapath {
 
     /// Runs one packet through the bridge's tables; `first` is the rule its
     /// key matched in table 0 (already looked up, with the burst's others).
+    #[inline]
     pub(super) fn run_pipeline(
         &mut self,
         br: &mut BridgeParts<'_>,
         at: Ingress,
         pkt: Packet,
-        parsed: &PackedParse,
+        parsed: &mut PackedParse,
         first: Option<u32>,
         drops: &mut Drops,
     ) {
         let mut h = parsed.headers;
         h.partial_csum = pkt.needs_csum();
-        let mut f = InFlight { pkt: Some(pkt), key: parsed.key, h, sent: false, missed: false, lookups: 1 };
+        let mut f = InFlight { pkt: Some(pkt), key: &mut parsed.key, h, sent: false, missed: false, lookups: 1 };
         self.apply_rule(br, at, &mut f, first, 0, true, drops);
         if let Some(p) = f.pkt.take() {
             if f.sent {
@@ -124,7 +126,7 @@ impl Datapath {
         &mut self,
         br: &mut BridgeParts<'_>,
         at: Ingress,
-        f: &mut InFlight,
+        f: &mut InFlight<'_>,
         id: Option<u32>,
         depth: u32,
         tail: bool,
@@ -139,7 +141,7 @@ impl Datapath {
         };
         if !self.dry_run() {
             let len = f.pkt.as_ref().map_or(0, Packet::len) as u64;
-            tables.hit(id.expect("a rule was found"), 1, len, at.now_ms);
+            tables.hit_rule(rule, len, at.now_ms);
         }
         self.note(|| format!("table {table}: {}", rule.spec.to_text()));
         self.run_actions(br, at, f, &rule.spec.actions, depth, tail, drops);
@@ -151,7 +153,7 @@ impl Datapath {
         &mut self,
         br: &mut BridgeParts<'_>,
         at: Ingress,
-        f: &mut InFlight,
+        f: &mut InFlight<'_>,
         actions: &[Action],
         depth: u32,
         tail: bool,
@@ -176,7 +178,7 @@ impl Datapath {
                     }
                     f.key.set_table(table.unwrap_or(saved_table));
                     self.note(|| format!("{action}"));
-                    let id = self.lookup(br, &f.key);
+                    let id = self.lookup(br, f.key);
                     self.enter(|dp| dp.apply_rule(br, at, f, id, next, final_use, drops));
                     f.key.set(0, 0, 32, saved_port);
                     f.key.set_table(saved_table);
@@ -184,12 +186,13 @@ impl Datapath {
                 Action::GotoTable(t) => {
                     let Some(next) = self.next_lookup(f, depth, drops) else { return };
                     f.key.set_table(*t);
-                    let id = self.lookup(br, &f.key);
+                    let id = self.lookup(br, f.key);
                     self.apply_rule(br, at, f, id, next, final_use, drops);
                 }
                 Action::Clone(inner) => {
                     let copy = self.pool.clone_packet(p);
-                    let mut c = InFlight { pkt: Some(copy), key: f.key, ..*f };
+                    let mut key = *f.key;
+                    let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
                     self.note(|| "clone:".into());
                     self.enter(|dp| dp.run_actions(br, at, &mut c, inner, depth + 1, true, drops));
                     if let Some(p) = c.pkt {
@@ -203,7 +206,7 @@ impl Datapath {
     }
 
     /// Counts one more nested lookup; drops the packet past the limits.
-    fn next_lookup(&mut self, f: &mut InFlight, depth: u32, drops: &mut Drops) -> Option<u32> {
+    fn next_lookup(&mut self, f: &mut InFlight<'_>, depth: u32, drops: &mut Drops) -> Option<u32> {
         f.lookups += 1;
         if depth + 1 < MAX_DEPTH && f.lookups <= MAX_LOOKUPS {
             return Some(depth + 1);
@@ -229,6 +232,7 @@ impl Datapath {
     }
 
     /// `output`, `in_port`, `flood`/`all`, `normal`.
+    #[inline]
     fn output_action(
         &mut self,
         br: &mut BridgeParts<'_>,
@@ -268,9 +272,9 @@ impl Datapath {
     }
 
     /// Rewrites the packet and its key as `action` says.
-    fn modify(&mut self, f: &mut InFlight, action: &Action, drops: &mut Drops) {
+    fn modify(&mut self, f: &mut InFlight<'_>, action: &Action, drops: &mut Drops) {
         let p = f.pkt.as_mut().expect("the caller checked");
-        let (k, h) = (&mut f.key, &mut f.h);
+        let (k, h) = (&mut *f.key, &mut f.h);
         let shift = |h: &mut Headers, by: isize| {
             h.l3 = h.l3.saturating_add_signed(by);
             if h.l4 != 0 {
@@ -377,7 +381,7 @@ impl Datapath {
 
     /// Writes a whole field's new value: into the key, and for a header
     /// field into the packet too (through the header action's own code).
-    fn write_field(&mut self, f: &mut InFlight, field: Field, v: u64, drops: &mut Drops) {
+    fn write_field(&mut self, f: &mut InFlight<'_>, field: Field, v: u64, drops: &mut Drops) {
         let header = match field {
             Field::EthSrc => Action::SetDlSrc(MacAddr::from_u64(v)),
             Field::EthDst => Action::SetDlDst(MacAddr::from_u64(v)),
@@ -389,7 +393,7 @@ impl Datapath {
             Field::TunId => Action::SetTunnelId(v),
             Field::TunDst => Action::SetTunnelDst((v as u32).into()),
             _ => {
-                field.set(&mut f.key, v);
+                field.set(f.key, v);
                 return;
             }
         };
@@ -431,7 +435,7 @@ impl Datapath {
         let (tables, emc) = b.flows.split();
         let mut parts =
             BridgeParts { mac: &b.mac, cache: &mut b.cache, slots: &b.slots, by_port_no: &b.by_port_no, tables, emc };
-        self.run_pipeline(&mut parts, at, pkt, &parsed, first, &mut drops);
+        self.run_pipeline(&mut parts, at, pkt, &mut parsed, first, &mut drops);
         let log = self.tracing.take().expect("set above");
         self.bridges[bridge] = Some(b);
         let mut outputs = Vec::new();

@@ -575,13 +575,12 @@ impl Datapath {
                 p.key.set_tunnel(t);
             }
         }
-        for (p, rule) in parsed.iter_mut() {
-            *rule = bridge.flows.lookup(&p.key).unwrap_or(u32::MAX);
-        }
         let BridgeState { mac, cache, flows, slots, by_port_no } = &mut bridge;
         let (tables, emc) = flows.split();
+        emc.lookup_burst(tables, &mut parsed);
         let mut parts = BridgeParts { mac, cache, slots, by_port_no, tables, emc };
-        for (pkt, &(ref p, id)) in rx.drain(..).zip(parsed.iter()) {
+        for (pkt, (p, id)) in rx.drain(..).zip(parsed.iter_mut()) {
+            let id = *id;
             let first = (id != u32::MAX).then_some(id);
             self.run_pipeline(&mut parts, ingress, pkt, p, first, &mut drops);
         }

@@ -87,18 +87,24 @@ impl PackedKey {
         self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
     }
 
-    /// A fast, well-mixed hash of the words (for the exact-match cache):
-    /// four independent lanes, so the multiplications overlap.
+    /// A fast hash of the words (for the exact-match cache, which
+    /// compares whole keys, so it need only spread keys well): the header
+    /// words mixed in two independent lanes, the metadata words (mostly
+    /// zero) folded in with rotations and mixed once.
     #[inline]
     pub fn hash64(&self) -> u64 {
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut lanes = [0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344, 0xa409_3822_299f_31d0, 0x082e_fa98_ec4e_6c89];
-        for (i, &w) in self.0.iter().enumerate() {
-            let l = &mut lanes[i % 4];
+        let mut lanes = [0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344];
+        for (i, &w) in self.0[..METADATA_WORD].iter().enumerate() {
+            let l = &mut lanes[i % 2];
             *l = (*l ^ w).wrapping_mul(K);
             *l ^= *l >> 29;
         }
-        let mut h = lanes[0] ^ lanes[1].rotate_left(17) ^ lanes[2].rotate_left(31) ^ lanes[3].rotate_left(47);
+        let mut meta = 0u64;
+        for (i, &w) in self.0[METADATA_WORD..].iter().enumerate() {
+            meta ^= w.rotate_left(i as u32 * 7);
+        }
+        let mut h = lanes[0] ^ lanes[1].rotate_left(31) ^ meta.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
         h = h.wrapping_mul(K);
         h ^ (h >> 32)
     }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::action::Action;
 use super::classifier::Classifier;
 use super::matching::Match;
-use super::packed::PackedKey;
+use super::packed::{PackedKey, PackedParse};
 use super::spec::{FlowSelector, FlowSpec, FlowStats};
 
 /// Exact-match cache sets (a power of two), of two entries each.
@@ -136,12 +136,16 @@ pub struct Rule {
     seq: u64,
 }
 
+/// One cached lookup. The fields checked first share the entry's first
+/// cache line with the start of the key, and an entry is exactly three
+/// lines (so it never straddles a fourth).
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 struct EmcEntry {
     hash: u64,
-    key: PackedKey,
-    rule: u32,
     generation: u64,
+    rule: u32,
+    key: PackedKey,
 }
 
 /// Number of flow tables (0 to 254; 255 means "all" in selections).
@@ -156,8 +160,9 @@ pub struct TableStats {
 
 #[derive(Debug)]
 struct TableCounts {
-    lookups: [AtomicU64; TABLES],
-    matched: [AtomicU64; TABLES],
+    // 256 so that any table number indexes without a check.
+    lookups: [AtomicU64; 256],
+    matched: [AtomicU64; 256],
 }
 
 impl TableStats {
@@ -177,7 +182,7 @@ impl TableStats {
     #[inline]
     fn record(&self, thread: usize, table: u8, matched: bool) {
         let Some(c) = self.per_thread.get(thread) else { return };
-        let t = table as usize % TABLES;
+        let t = table as usize;
         c.lookups[t].store(c.lookups[t].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if matched {
             c.matched[t].store(c.matched[t].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -186,12 +191,12 @@ impl TableStats {
 
     /// Lookups in `table` (every thread).
     pub fn lookups(&self, table: u8) -> u64 {
-        self.per_thread.iter().map(|c| c.lookups[table as usize % TABLES].load(Ordering::Relaxed)).sum()
+        self.per_thread.iter().map(|c| c.lookups[table as usize].load(Ordering::Relaxed)).sum()
     }
 
     /// Lookups in `table` that found a rule.
     pub fn matched(&self, table: u8) -> u64 {
-        self.per_thread.iter().map(|c| c.matched[table as usize % TABLES].load(Ordering::Relaxed)).sum()
+        self.per_thread.iter().map(|c| c.matched[table as usize].load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -232,7 +237,30 @@ impl Emc {
     /// its two most recently missed flows.
     #[inline]
     pub fn lookup(&mut self, tables: &Tables, key: &PackedKey) -> Option<u32> {
-        let hash = key.hash64();
+        self.lookup_hashed(tables, key, key.hash64())
+    }
+
+    /// Looks up a burst of keys (each with its result slot, `u32::MAX` for
+    /// no rule): hashes them all and touches their cache sets first, so the
+    /// burst's memory accesses overlap rather than follow one another.
+    pub fn lookup_burst(&mut self, tables: &Tables, keys: &mut [(PackedParse, u32)]) {
+        const CHUNK: usize = 32;
+        for chunk in keys.chunks_mut(CHUNK) {
+            let mut hashes = [0u64; CHUNK];
+            let mut touched = 0u64;
+            for (h, (p, _)) in hashes.iter_mut().zip(chunk.iter()) {
+                *h = p.key.hash64();
+                touched ^= self.entries[((*h as usize) & (EMC_SETS - 1)) * 2].hash;
+            }
+            std::hint::black_box(touched);
+            for (h, (p, rule)) in hashes.iter().zip(chunk.iter_mut()) {
+                *rule = self.lookup_hashed(tables, &p.key, *h).unwrap_or(NO_RULE);
+            }
+        }
+    }
+
+    #[inline]
+    fn lookup_hashed(&mut self, tables: &Tables, key: &PackedKey, hash: u64) -> Option<u32> {
         let set = ((hash as usize) & (EMC_SETS - 1)) * 2;
         let mut found = None;
         let mut hit = false;
@@ -554,6 +582,12 @@ impl Tables {
     #[inline]
     pub fn rule(&self, id: u32) -> Option<&Rule> {
         self.rules.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Counts a packet of `bytes` against `rule` (one of these tables').
+    #[inline]
+    pub fn hit_rule(&self, rule: &Rule, bytes: u64, now_ms: u64) {
+        rule.stats.record(self.thread, 1, bytes, now_ms);
     }
 
     /// Counts a packet of `bytes` against rule `id`.
