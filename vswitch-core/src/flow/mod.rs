@@ -23,6 +23,7 @@ mod trace;
 
 pub use action::{Action, MAX_DEPTH, MAX_LOOKUPS, actions_to_text};
 pub(crate) use action::{dec_ttl, set_ipv4_addr, set_l4_port};
+#[cfg(feature = "internals")]
 pub use classifier::Classifier;
 pub use field::{Field, SubField};
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
@@ -32,9 +33,11 @@ pub use packed::{METADATA_WORD, PackedKey, PackedParse, VLAN_PRESENT, WORDS};
 pub(crate) use ruleset::RuleSet;
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver, TableRow};
 pub(crate) use synth::packet_for;
-pub use table::{
-    DEFAULT_FLOW_LIMIT, Emc, FlowTable, Rule, RuleKey, RuleStats, TABLES, TableError, TableStats, Tables, default_rule,
-};
+pub use table::{DEFAULT_FLOW_LIMIT, TABLES, TableError, default_rule};
+#[cfg(feature = "internals")]
+pub use table::{Emc, FlowTable, Rule, RuleKey, RuleStats, TableStats, Tables};
+#[cfg(not(feature = "internals"))]
+pub(crate) use table::{Emc, FlowTable, RuleKey, RuleStats, TableStats, Tables};
 pub use trace::{Trace, TraceOutput};
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::action::Action;
 use super::classifier::Classifier;
 use super::matching::Match;
-use super::packed::{PackedKey, PackedParse};
+use super::packed::{METADATA_WORD, PackedKey, PackedParse, WORDS};
 use super::spec::{FlowSelector, FlowSpec, FlowStats};
 
 /// Exact-match cache sets (a power of two), of two entries each.
@@ -136,16 +136,57 @@ pub struct Rule {
     seq: u64,
 }
 
-/// One cached lookup. The fields checked first share the entry's first
-/// cache line with the start of the key, and an entry is exactly three
-/// lines (so it never straddles a fourth).
+/// One cached lookup of a key's first `W` words (the rest zero). The
+/// fields checked first share the entry's first cache line with the start
+/// of the key, and an entry is a whole number of lines.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
-struct EmcEntry {
+struct EmcEntry<const W: usize> {
     hash: u64,
     generation: u64,
     rule: u32,
-    key: PackedKey,
+    key: [u64; W],
+}
+
+/// One two-way set-associative cache of keys `W` words long.
+#[derive(Debug)]
+struct Ways<const W: usize> {
+    entries: Box<[EmcEntry<W>]>,
+}
+
+impl<const W: usize> Ways<W> {
+    fn new(sets: usize) -> Self {
+        let empty = EmcEntry { hash: 0, generation: 0, rule: NO_RULE, key: [0; W] };
+        Ways { entries: vec![empty; sets * 2].into_boxed_slice() }
+    }
+
+    #[inline]
+    fn set_of(&self, hash: u64) -> usize {
+        ((hash as usize) & (self.entries.len() / 2 - 1)) * 2
+    }
+
+    /// Reads the first way of `hash`'s set (to bring it into the cache).
+    #[inline]
+    fn touch(&self, hash: u64) -> u64 {
+        self.entries[self.set_of(hash)].hash
+    }
+
+    #[inline]
+    fn lookup(&mut self, tables: &Tables, key: &PackedKey, hash: u64) -> Option<u32> {
+        let set = self.set_of(hash);
+        let words: &[u64; W] = key.0[..W].try_into().expect("W fits in a key");
+        for way in set..set + 2 {
+            let e = &self.entries[way];
+            if e.hash == hash && e.generation == tables.generation && e.key == *words {
+                return (e.rule != NO_RULE).then_some(e.rule);
+            }
+        }
+        let found = tables.classify(key);
+        self.entries[set + 1] = self.entries[set];
+        self.entries[set] =
+            EmcEntry { hash, generation: tables.generation, rule: found.unwrap_or(NO_RULE), key: *words };
+        found
+    }
 }
 
 /// Number of flow tables (0 to 254; 255 means "all" in selections).
@@ -216,25 +257,43 @@ pub struct FlowTable {
 }
 
 /// The exact-match cache: a key (with its table) to the rule it matched.
+///
+/// Two caches in one: keys whose metadata words are all zero (a packet's
+/// first lookup, in table 0, before any register is written: by far the
+/// commonest) are cached by their header words alone, in entries of two
+/// cache lines; the others (later tables, registers set) whole, in entries
+/// of three. Each is two-way set associative: a new entry goes in the
+/// first way and pushes the old first way into the second, so a set keeps
+/// its two most recently missed flows.
 #[derive(Debug)]
 pub struct Emc {
-    entries: Box<[EmcEntry]>,
+    headers: Ways<METADATA_WORD>,
+    whole: Ways<WORDS>,
 }
 
 impl Default for Emc {
     fn default() -> Self {
-        let empty = EmcEntry { hash: 0, key: PackedKey::default(), rule: NO_RULE, generation: 0 };
-        Emc { entries: vec![empty; EMC_SETS * 2].into_boxed_slice() }
+        Emc { headers: Ways::new(EMC_SETS), whole: Ways::new(EMC_SETS) }
     }
+}
+
+/// A rule's match as its table's classifier holds it: without the table
+/// bits (every rule there has the same), so subtables hash and compare
+/// one word fewer.
+fn in_table(m: &Match) -> Match {
+    let mut m = *m;
+    m.clear_table();
+    m
+}
+
+#[inline]
+fn no_metadata(key: &PackedKey) -> bool {
+    key.0[METADATA_WORD..].iter().fold(0, |acc, &w| acc | w) == 0
 }
 
 impl Emc {
     /// The rule `key` matches in `tables` (in the table the key names),
     /// using and filling the cache, and counting the lookup.
-    ///
-    /// The cache is two-way set associative: a new entry goes in the first
-    /// way and pushes the old first way into the second, so a set keeps
-    /// its two most recently missed flows.
     #[inline]
     pub fn lookup(&mut self, tables: &Tables, key: &PackedKey) -> Option<u32> {
         self.lookup_hashed(tables, key, key.hash64())
@@ -250,7 +309,7 @@ impl Emc {
             let mut touched = 0u64;
             for (h, (p, _)) in hashes.iter_mut().zip(chunk.iter()) {
                 *h = p.key.hash64();
-                touched ^= self.entries[((*h as usize) & (EMC_SETS - 1)) * 2].hash;
+                touched ^= if no_metadata(&p.key) { self.headers.touch(*h) } else { self.whole.touch(*h) };
             }
             std::hint::black_box(touched);
             for (h, (p, rule)) in hashes.iter().zip(chunk.iter_mut()) {
@@ -261,23 +320,11 @@ impl Emc {
 
     #[inline]
     fn lookup_hashed(&mut self, tables: &Tables, key: &PackedKey, hash: u64) -> Option<u32> {
-        let set = ((hash as usize) & (EMC_SETS - 1)) * 2;
-        let mut found = None;
-        let mut hit = false;
-        for way in set..set + 2 {
-            let e = &self.entries[way];
-            if e.hash == hash && e.generation == tables.generation && e.key == *key {
-                found = (e.rule != NO_RULE).then_some(e.rule);
-                hit = true;
-                break;
-            }
-        }
-        if !hit {
-            found = tables.classify(key);
-            self.entries[set + 1] = self.entries[set];
-            self.entries[set] =
-                EmcEntry { hash, key: *key, rule: found.unwrap_or(NO_RULE), generation: tables.generation };
-        }
+        let found = if no_metadata(key) {
+            self.headers.lookup(tables, key, hash)
+        } else {
+            self.whole.lookup(tables, key, hash)
+        };
         if let Some(s) = &tables.table_stats {
             s.record(tables.thread, key.table(), found.is_some());
         }
@@ -475,7 +522,7 @@ impl Tables {
             if self.classifiers.len() <= table {
                 self.classifiers.resize_with(table + 1, Classifier::new);
             }
-            self.classifiers[table].insert(id, &r.spec.matching, r.spec.priority, seq);
+            self.classifiers[table].insert(id, &in_table(&r.spec.matching), r.spec.priority, seq);
             self.identity.insert((r.spec.matching, r.spec.priority), id);
             self.len += 1;
         }
@@ -485,7 +532,7 @@ impl Tables {
 
     fn remove_id(&mut self, id: u32) -> Option<Rule> {
         let r = self.rules.get_mut(id as usize)?.take()?;
-        self.classifiers[r.spec.table() as usize].remove(id, &r.spec.matching, r.spec.priority);
+        self.classifiers[r.spec.table() as usize].remove(id, &in_table(&r.spec.matching), r.spec.priority);
         self.len -= 1;
         self.identity.remove(&(r.spec.matching, r.spec.priority));
         if r.spec.idle_timeout != 0 || r.spec.hard_timeout != 0 {
