@@ -10,6 +10,8 @@
 //! cache, and [`trace`](crate::Switch::trace)'s [`Trace`].
 
 mod action;
+// Without `internals`, what only the benchmarks and tests call is unused.
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod classifier;
 mod field;
 mod key;
@@ -18,6 +20,7 @@ mod packed;
 mod ruleset;
 mod spec;
 mod synth;
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod table;
 mod trace;
 
