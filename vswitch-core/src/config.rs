@@ -77,6 +77,9 @@ pub struct BridgeConfig {
     /// MAC table entries configured by hand.
     #[serde(default)]
     pub static_macs: Vec<StaticMac>,
+    /// Its groups, one `ovs-ofctl add-group` text per entry, by number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// A static MAC table entry.
@@ -132,6 +135,14 @@ pub enum ConfigChange {
         bridge: String,
         /// The rules, as text.
         flows: Vec<String>,
+    },
+    /// A bridge's groups are now these (after any group change: groups
+    /// are few, so the whole list is recorded).
+    SetGroups {
+        /// The bridge.
+        bridge: String,
+        /// Its groups, as `add-group` text.
+        groups: Vec<String>,
     },
     /// Rules' actions were changed in place (each keeps its place in the
     /// table's order; its priority and match identify it).
@@ -248,6 +259,7 @@ impl SwitchConfig {
                         ports: Vec::new(),
                         flows: vec![crate::flow::default_rule().to_text()],
                         static_macs: Vec::new(),
+                        groups: Vec::new(),
                     });
                 }
                 ConfigChange::DelBridge { name } => {
@@ -279,6 +291,11 @@ impl SwitchConfig {
                 ConfigChange::SetFlows { bridge, flows } => {
                     if self.bridges.iter().any(|b| &b.name == bridge) {
                         lists.insert(bridge.clone(), FlowList::of(flows)?);
+                    }
+                }
+                ConfigChange::SetGroups { bridge, groups } => {
+                    if let Some(b) = self.bridges.iter_mut().find(|b| &b.name == bridge) {
+                        b.groups = groups.clone();
                     }
                 }
             }
@@ -609,6 +626,7 @@ mod tests {
                     vlan: 10,
                     mac: "02:00:00:00:00:01".parse().unwrap(),
                 }],
+                groups: vec!["group_id=1,type=all,bucket=bucket_id:0,actions=output:1".into()],
             }],
         };
         store.save(&cfg).unwrap();

@@ -34,6 +34,7 @@ use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
 use crate::{Error, Outcome, Result};
 
 mod configure;
+mod groups;
 pub use configure::OnOpenError;
 
 /// A parsed rule with its counters, ready for a flow table.
@@ -245,6 +246,8 @@ struct BridgeEntry {
     mac: Arc<MacTable>,
     /// Per-table lookup counts, shared with every thread's copy.
     table_stats: Arc<TableStats>,
+    /// Its groups, by number (the datapath threads hold the same `Arc`s).
+    groups: BTreeMap<u32, Arc<crate::flow::Group>>,
     ports: BTreeMap<String, PortEntry>,
 }
 
@@ -634,7 +637,8 @@ impl Switch {
         if took_effect(&r) {
             self.record(|| ConfigChange::NewBridge { name: name.to_string(), mac_table: mac });
             let rules = Arc::new(Mutex::new(rules));
-            let entry = BridgeEntry { index, rules, mac: table, table_stats, ports: BTreeMap::new() };
+            let entry =
+                BridgeEntry { index, rules, mac: table, table_stats, groups: BTreeMap::new(), ports: BTreeMap::new() };
             self.registry().bridges.insert(name.to_string(), entry);
         }
         r
@@ -973,16 +977,19 @@ impl Switch {
     /// bridge's datapath index with them. Nothing changes.
     pub(crate) fn parse_rules(&self, bridge: &str, flows: &[impl AsRef<str>]) -> Result<(usize, Vec<ParsedRule>)> {
         let (index, ports) = self.bridge_ports(bridge)?;
+        let groups = self.group_ids(bridge)?;
         let resolve = |n: &str| ports.get(n).copied();
         let (now, threads) = (self.now_ms(), self.threads());
         let rules = flows
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let spec = FlowSpec::parse(f.as_ref(), &resolve).map_err(|e| {
-                    let why = if flows.len() > 1 { format!("flow {}: {}", i + 1, e.0) } else { e.0 };
-                    Error::invalid("flow", why)
-                })?;
+                let spec = FlowSpec::parse(f.as_ref(), &resolve)
+                    .and_then(|s| groups::known_groups(&s.actions, &groups).map(|()| s))
+                    .map_err(|e| {
+                        let why = if flows.len() > 1 { format!("flow {}: {}", i + 1, e.0) } else { e.0 };
+                        Error::invalid("flow", why)
+                    })?;
                 Ok((spec, RuleStats::new(now, threads)))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1029,7 +1036,9 @@ impl Switch {
         let _change = self.change();
         self.sweep_expired(false);
         let (index, ports) = self.bridge_ports(bridge)?;
-        let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
+        let spec = FlowSpec::parse(flow, &|n: &str| ports.get(n).copied())
+            .and_then(|s| groups::known_groups(&s.actions, &self.group_ids(bridge).unwrap_or_default()).map(|()| s))
+            .map_err(flow_error)?;
         let mut sel = FlowSelector { matching: spec.matching, priority: Some(spec.priority), cookie: None };
         if !flow.split([',', ' ']).any(|item| item.trim_start().starts_with("table=")) {
             // No table named: every table, as ovs-ofctl does.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use vswitch_core::flow::{FlowStats, TableRow, Trace};
+use vswitch_core::flow::{FlowStats, GroupStats, TableRow, Trace};
 use vswitch_ctl::{CallError, Client, socket_path};
 
 #[derive(Parser, Debug)]
@@ -110,6 +110,14 @@ enum Command {
     DumpFlows { bridge: String, filter: Option<String> },
     /// Each flow table in use: rules, lookups, matches, misses.
     DumpTables { bridge: String },
+    /// Add a group (`group_id=1,type=select,bucket=output:1,bucket=output:2`).
+    AddGroup { bridge: String, group: String },
+    /// Replace a group's type and buckets.
+    ModGroup { bridge: String, group: String },
+    /// Delete a group (`group_id=N`), or every group, with the flows that use it.
+    DelGroups { bridge: String, group: Option<String> },
+    /// Groups with their counters, per bucket.
+    DumpGroups { bridge: String },
     /// Explain what the bridge does with a packet (a flow description).
     Trace { bridge: String, flow: String },
     /// Port counters, drops by reason.
@@ -276,6 +284,7 @@ enum Render {
     Map,
     Flows,
     Tables,
+    Groups,
     Trace,
     Stats,
     Version,
@@ -400,6 +409,16 @@ fn plan(command: Command) -> Result<Plan, String> {
             one("flow.dump", json!({ "bridge": bridge, "filter": filter }), Render::Flows)
         }
         Command::DumpTables { bridge } => one("flow.tables", json!({ "bridge": bridge }), Render::Tables),
+        Command::AddGroup { bridge, group } => one("group.add", json!({ "bridge": bridge, "group": group }), none),
+        Command::ModGroup { bridge, group } => one("group.mod", json!({ "bridge": bridge, "group": group }), none),
+        Command::DelGroups { bridge, group } => {
+            let id = match group.as_deref().map(|g| g.trim().trim_start_matches("group_id=")) {
+                None | Some("") => None,
+                Some(n) => Some(n.parse::<u32>().map_err(|_| format!("'{n}' is not a group number (group_id=N)"))?),
+            };
+            one("group.del", json!({ "bridge": bridge, "group_id": id }), none)
+        }
+        Command::DumpGroups { bridge } => one("group.dump", json!({ "bridge": bridge }), Render::Groups),
         Command::Trace { bridge, flow } => one("trace", json!({ "bridge": bridge, "flow": flow }), Render::Trace),
         Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
         Command::Version => one("system.version", Value::Null, Render::Version),
@@ -416,6 +435,10 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
         Render::Fdb => fdb_text(&r),
         Render::Map => r.as_object().into_iter().flatten().map(|(k, v)| format!("{k}: {v}\n")).collect(),
         Render::Flows => flows_text(&r),
+        Render::Groups => {
+            let rows: Vec<GroupStats> = serde_json::from_value(r.clone()).unwrap_or_default();
+            rows.iter().map(|g| g.to_text() + "\n").collect()
+        }
         Render::Tables => {
             let rows: Vec<TableRow> = serde_json::from_value(r.clone()).unwrap_or_default();
             rows.iter().map(|t| t.to_text() + "\n").collect()

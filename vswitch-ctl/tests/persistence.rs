@@ -106,3 +106,39 @@ fn the_journal_is_compacted_into_a_snapshot_and_both_restore() {
     drop(d2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn groups_are_saved_restored_and_undone_with_their_transaction() {
+    let dir = std::env::temp_dir().join(unique("vsp"));
+    let mut d = Daemon::start_in(&dir);
+    d.ok(&["add-br", "br0"]);
+    d.ok(&["add-group", "br0", "group_id=1,type=select,bucket=output:1,bucket=weight:2,output:2"]);
+    d.ok(&["add-flow", "br0", "table=0,priority=10,udp,actions=group:1"]);
+    // A transaction that fails after adding a group leaves no group.
+    let e = d.ctl(&["add-group", "br0", "group_id=2,type=all,bucket=output:1", "--", "add-flow", "br0", "bad"]);
+    assert_eq!(e.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("nothing was changed"),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    let groups = d.json(&["dump-groups", "br0"]);
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    let text = d.ok(&["dump-groups", "br0"]);
+    assert!(text.contains("group_id=1,type=select") && text.contains("ref_count=1"), "{text}");
+    let d2 = restart(&mut d, &dir);
+    let groups = d2.json(&["dump-groups", "br0"]);
+    assert_eq!(
+        groups[0]["group"],
+        "group_id=1,type=select,bucket=bucket_id:0,actions=output:1,bucket=bucket_id:1,weight:2,actions=output:2"
+    );
+    assert!(d2.ok(&["dump-flows", "br0"]).contains("actions=group:1"));
+    // Deleting the group takes its rule along, and that is saved too.
+    d2.ok(&["del-groups", "br0", "group_id=1"]);
+    assert!(!d2.ok(&["dump-flows", "br0"]).contains("group:1"));
+    let mut d2 = d2;
+    let d3 = restart(&mut d2, &dir);
+    assert!(d3.json(&["dump-groups", "br0"]).as_array().unwrap().is_empty());
+    drop(d3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

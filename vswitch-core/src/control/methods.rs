@@ -35,6 +35,10 @@ pub const METHODS: &[&str] = &[
     "flow.mod",
     "flow.dump",
     "flow.tables",
+    "group.add",
+    "group.mod",
+    "group.del",
+    "group.dump",
     "trace",
     "stats.get",
     "config.get",
@@ -55,6 +59,9 @@ const CHANGES: &[&str] = &[
     "flow.commit",
     "flow.del",
     "flow.mod",
+    "group.add",
+    "group.mod",
+    "group.del",
 ];
 
 /// A JSON-RPC error.
@@ -284,6 +291,23 @@ struct FlowSel {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct GroupArg {
+    bridge: String,
+    /// The group, in `add-group` syntax.
+    group: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupDel {
+    bridge: String,
+    /// The group to delete; every group without one.
+    #[serde(default)]
+    group_id: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DumpArg {
     bridge: String,
     /// A loose selection (`table=1,tcp`); every rule without one.
@@ -488,6 +512,23 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
             let a: BridgeArg = params(p)?;
             ok(sw.dump_tables(&a.bridge)?)
         }
+        "group.add" | "group.mod" => {
+            let a: GroupArg = params(p)?;
+            if method == "group.add" {
+                sw.add_group(&a.bridge, &a.group)?;
+            } else {
+                sw.mod_group(&a.bridge, &a.group)?;
+            }
+            ok(Value::Null)
+        }
+        "group.del" => {
+            let a: GroupDel = params(p)?;
+            ok(json!({ "deleted": sw.del_groups(&a.bridge, a.group_id)? }))
+        }
+        "group.dump" => {
+            let a: BridgeArg = params(p)?;
+            ok(sw.dump_groups(&a.bridge)?)
+        }
         "trace" => {
             let a: TraceArg = params(p)?;
             ok(sw.trace(&a.bridge, &a.flow)?)
@@ -578,6 +619,8 @@ enum Undo {
     AddPort(String, PortSpec, Vec<(u16, MacAddr)>),
     SetPort(PortSpec),
     Flows(String, Vec<String>),
+    /// Put the groups back, then the flows (which may send to them).
+    Groups(String, Vec<String>, Vec<String>),
     DelStatic(String, u16, MacAddr),
     AddStatic(String, u16, MacAddr, String),
 }
@@ -613,6 +656,9 @@ fn undo_for(sw: &Switch, bundles: &Bundles, method: &str, p: &Value) -> Result<U
             let Some(b) = bundles.bridge_of(id) else { return Ok(Undo::Nothing) };
             before()?.bridge(&b).map_or(Undo::Nothing, |c| Undo::Flows(b.clone(), c.flows.clone()))
         }
+        "group.add" | "group.mod" | "group.del" => before()?
+            .bridge(bridge)
+            .map_or(Undo::Nothing, |b| Undo::Groups(bridge.to_string(), b.groups.clone(), b.flows.clone())),
         "flow.add" | "flow.del" | "flow.mod" => {
             before()?.bridge(bridge).map_or(Undo::Nothing, |b| Undo::Flows(bridge.to_string(), b.flows.clone()))
         }
@@ -646,6 +692,9 @@ fn run_undo(sw: &Switch, u: Undo) -> crate::Result<()> {
         }
         Undo::SetPort(spec) => sw.set_port_spec(&spec),
         Undo::Flows(b, flows) => sw.replace_flows(&b, &flows),
+        // (Later operations, which might send to a group being taken
+        // back, were undone first.)
+        Undo::Groups(b, groups, flows) => sw.replace_groups(&b, &groups).and_then(|()| sw.replace_flows(&b, &flows)),
         Undo::DelStatic(b, vlan, mac) => sw.mac_table(&b).map(|t| {
             t.remove(vlan, mac);
         }),

@@ -22,12 +22,23 @@
 
 use super::{BridgeParts, Datapath, Ingress};
 use crate::flow::{
-    Action, Field, Headers, MAX_DEPTH, MAX_LOOKUPS, Match, PackedKey, PackedParse, Trace, TraceOutput, VLAN_PRESENT,
-    dec_ttl, packet_for, set_ipv4_addr, set_l4_port,
+    Action, Field, GroupType, Headers, MAX_BUCKETS, MAX_DEPTH, MAX_LOOKUPS, Match, PackedKey, PackedParse, Trace,
+    TraceOutput, VLAN_PRESENT, dec_ttl, packet_for, set_ipv4_addr, set_l4_port,
 };
 use crate::packet::Packet;
 use crate::port::{DropReason, PortNo};
 use crate::wire::{ETHERNET_HEADER_LEN, MacAddr, VlanTci, ethertype};
+
+/// Bucket indices for an `all` group (a group has at most this many).
+const ALL_BUCKETS: [usize; MAX_BUCKETS] = {
+    let mut a = [0; MAX_BUCKETS];
+    let mut i = 0;
+    while i < MAX_BUCKETS {
+        a[i] = i;
+        i += 1;
+    }
+    a
+};
 
 /// Per-reason drop counts for one burst.
 pub(super) type Drops = [u64; DropReason::ALL.len()];
@@ -200,7 +211,92 @@ impl Datapath {
                     }
                     (f.sent, f.missed, f.lookups) = (f.sent || c.sent, f.missed || c.missed, c.lookups);
                 }
+                Action::Group(id) => self.group(br, at, f, *id, depth, final_use, drops),
                 _ => self.modify(f, action, drops),
+            }
+        }
+    }
+
+    /// `group:N`: the buckets the group's type picks, each as inside
+    /// `clone` (a bucket in tail position takes the packet itself).
+    #[allow(clippy::too_many_arguments)]
+    fn group(
+        &mut self,
+        br: &mut BridgeParts<'_>,
+        at: Ingress,
+        f: &mut InFlight<'_>,
+        id: u32,
+        depth: u32,
+        final_use: bool,
+        drops: &mut Drops,
+    ) {
+        let groups = br.groups;
+        let Some(g) = groups.get(&id) else {
+            self.note(|| format!("group:{id}: no such group"));
+            return;
+        };
+        if depth + 1 >= MAX_DEPTH {
+            self.note(|| format!("group:{id}: nested too deep"));
+            if let Some(p) = f.pkt.take() {
+                self.discard(p, DropReason::ResubmitLimit, drops);
+            }
+            f.sent = true;
+            return;
+        }
+        let len = f.pkt.as_ref().map_or(0, Packet::len) as u64;
+        let dry = self.dry_run();
+        let thread = br.tables.thread();
+        if !dry {
+            g.stats.record(thread, 1, len, at.now_ms);
+        }
+        let mut picked: [usize; 1] = [0];
+        let chosen: &[usize] = match g.spec.kind {
+            GroupType::All => &ALL_BUCKETS[..g.spec.buckets.len().min(ALL_BUCKETS.len())],
+            GroupType::Indirect => &picked,
+            GroupType::Select => match g.spec.choose(g.spec.select_hash(f.key), |_| true) {
+                Some(i) => {
+                    picked[0] = i;
+                    &picked
+                }
+                None => &[],
+            },
+            GroupType::FastFailover => {
+                let up = |p: Option<PortNo>| {
+                    p.and_then(|p| br.by_port_no.get(p as usize).copied().flatten())
+                        .and_then(|s| self.ports.get(s).and_then(Option::as_ref))
+                        .is_some_and(|s| s.link_up)
+                };
+                match g.spec.buckets.iter().position(|b| up(b.watch_port)) {
+                    Some(i) => {
+                        picked[0] = i;
+                        &picked
+                    }
+                    None => &[],
+                }
+            }
+        };
+        if chosen.is_empty() {
+            self.note(|| format!("group:{id}: no live bucket"));
+            return;
+        }
+        for (n, &i) in chosen.iter().enumerate() {
+            let bucket = &g.spec.buckets[i];
+            if !dry {
+                g.buckets[i].record(thread, 1, len, at.now_ms);
+            }
+            self.note(|| format!("group:{id} ({:?}): bucket {}", g.spec.kind, bucket.bucket_id));
+            let Some(p) = f.pkt.as_mut() else { return };
+            if final_use && n + 1 == chosen.len() {
+                self.enter(|dp| dp.run_actions(br, at, f, &bucket.actions, depth + 1, true, drops));
+            } else {
+                let copy = self.pool.clone_packet(p);
+                let mut key = *f.key;
+                let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
+                self.enter(|dp| dp.run_actions(br, at, &mut c, &bucket.actions, depth + 1, true, drops));
+                if let Some(p) = c.pkt {
+                    self.pool.put(p);
+                }
+                (f.sent, f.missed, f.lookups) = (f.sent || c.sent, f.missed || c.missed, c.lookups);
             }
         }
     }
@@ -433,8 +529,15 @@ impl Datapath {
             self.note(|| format!("input port {in_port} does not exist: NORMAL cannot switch it"));
         }
         let (tables, emc) = b.flows.split();
-        let mut parts =
-            BridgeParts { mac: &b.mac, cache: &mut b.cache, slots: &b.slots, by_port_no: &b.by_port_no, tables, emc };
+        let mut parts = BridgeParts {
+            mac: &b.mac,
+            cache: &mut b.cache,
+            slots: &b.slots,
+            by_port_no: &b.by_port_no,
+            tables,
+            emc,
+            groups: &b.groups,
+        };
         self.run_pipeline(&mut parts, at, pkt, &mut parsed, first, &mut drops);
         let log = self.tracing.take().expect("set above");
         self.bridges[bridge] = Some(b);

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::unix::SourceFd;
 
-use crate::flow::{Emc, FlowTable, PackedParse, Tables};
+use crate::flow::{Emc, FlowTable, GroupTable, PackedParse, Tables};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
@@ -61,6 +61,7 @@ struct BridgeState {
     mac: Arc<MacTable>,
     cache: MacCache,
     flows: FlowTable,
+    groups: GroupTable,
     /// Slots of this bridge's ports, in port-number order (flood order).
     slots: Vec<usize>,
     /// Port number to slot.
@@ -175,7 +176,14 @@ impl Datapath {
     /// Adds a bridge at `index` (the control side allocates indices) using
     /// `mac` as its learning table.
     pub(crate) fn add_bridge(&mut self, index: usize, mac: Arc<MacTable>, flows: FlowTable) {
-        let state = BridgeState { mac, cache: MacCache::new(), flows, slots: Vec::new(), by_port_no: Vec::new() };
+        let state = BridgeState {
+            mac,
+            cache: MacCache::new(),
+            flows,
+            groups: GroupTable::default(),
+            slots: Vec::new(),
+            by_port_no: Vec::new(),
+        };
         if self.bridges.len() <= index {
             self.bridges.resize_with(index + 1, || None);
         }
@@ -310,6 +318,13 @@ impl Datapath {
             }
         }
         work
+    }
+
+    /// Replaces bridge `bridge`'s groups.
+    pub(crate) fn set_groups(&mut self, bridge: usize, groups: GroupTable) {
+        if let Some(b) = self.bridges.get_mut(bridge).and_then(Option::as_mut) {
+            b.groups = groups;
+        }
     }
 
     /// The flow table of bridge `bridge`.
@@ -539,6 +554,7 @@ struct BridgeParts<'a> {
     by_port_no: &'a [Option<usize>],
     tables: &'a Tables,
     emc: &'a mut Emc,
+    groups: &'a GroupTable,
 }
 
 /// The input side of a packet being executed.
@@ -575,10 +591,10 @@ impl Datapath {
                 p.key.set_tunnel(t);
             }
         }
-        let BridgeState { mac, cache, flows, slots, by_port_no } = &mut bridge;
+        let BridgeState { mac, cache, flows, groups, slots, by_port_no } = &mut bridge;
         let (tables, emc) = flows.split();
         emc.lookup_burst(tables, &mut parsed);
-        let mut parts = BridgeParts { mac, cache, slots, by_port_no, tables, emc };
+        let mut parts = BridgeParts { mac, cache, slots, by_port_no, tables, emc, groups };
         for (pkt, (p, id)) in rx.drain(..).zip(parsed.iter_mut()) {
             let id = *id;
             let first = (id != u32::MAX).then_some(id);

@@ -100,6 +100,19 @@ pub enum Action {
     Clone(Vec<Action>),
     /// `note:HEX`: does nothing; carries bytes for people reading rules.
     Note(Vec<u8>),
+    /// `group:N`: runs the group's buckets (see [`GroupSpec`](super::GroupSpec)).
+    Group(u32),
+}
+
+/// Appends the groups `actions` send to (inside `clone` too).
+pub(crate) fn groups_in(actions: &[Action], out: &mut Vec<u32>) {
+    for a in actions {
+        match a {
+            Action::Group(g) => out.push(*g),
+            Action::Clone(inner) => groups_in(inner, out),
+            _ => {}
+        }
+    }
 }
 
 /// How deep resubmits and gotos may nest for one packet before it is
@@ -117,7 +130,8 @@ impl Action {
     /// True for the actions that use the packet as it is at that point:
     /// outputs, and those that run more actions on it.
     pub fn uses_packet(&self) -> bool {
-        self.is_output() || matches!(self, Action::Resubmit { .. } | Action::GotoTable(_) | Action::Clone(_))
+        self.is_output()
+            || matches!(self, Action::Resubmit { .. } | Action::GotoTable(_) | Action::Clone(_) | Action::Group(_))
     }
 }
 
@@ -165,6 +179,7 @@ impl fmt::Display for Action {
                 }
             }
             Action::GotoTable(t) => write!(f, "goto_table:{t}"),
+            Action::Group(g) => write!(f, "group:{g}"),
             Action::Clone(inner) => write!(f, "clone({})", actions_to_text(inner)),
             Action::Note(bytes) => {
                 f.write_str("note:")?;
@@ -382,6 +397,7 @@ pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> 
                 Action::GotoTable(t)
             }
             "load" => parse_load(need("load")?)?,
+            "group" => Action::Group(parse_num(need("group")?, "group", super::group::MAX_GROUP_ID as u64)? as u32),
             "move" => parse_move(need("move")?)?,
             "note" => parse_note(need("note")?)?,
             "set_tunnel" | "set_tunnel64" => {

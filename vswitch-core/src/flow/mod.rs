@@ -14,6 +14,7 @@ mod action;
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod classifier;
 mod field;
+mod group;
 mod key;
 mod matching;
 mod packed;
@@ -24,11 +25,14 @@ mod synth;
 mod table;
 mod trace;
 
+pub(crate) use action::groups_in;
 pub use action::{Action, MAX_DEPTH, MAX_LOOKUPS, actions_to_text};
 pub(crate) use action::{dec_ttl, set_ipv4_addr, set_l4_port};
 #[cfg(feature = "internals")]
 pub use classifier::Classifier;
 pub use field::{Field, SubField};
+pub use group::{Bucket, BucketStats, GroupSpec, GroupStats, GroupType, MAX_BUCKETS, MAX_GROUP_ID};
+pub(crate) use group::{Group, GroupTable};
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
 pub(crate) use packed::Headers;

@@ -96,6 +96,26 @@ impl RuleSet {
             .collect()
     }
 
+    /// The identities of the rules whose actions `pred` accepts.
+    pub(crate) fn select_where(&self, pred: impl Fn(&[super::Action]) -> bool) -> Vec<RuleKey> {
+        self.rules.iter().filter(|(_, e)| pred(&e.spec.actions)).map(|(k, _)| *k).collect()
+    }
+
+    /// How many rules send to each group.
+    pub(crate) fn group_refs(&self) -> HashMap<u32, usize> {
+        let mut refs = HashMap::new();
+        for e in self.rules.values() {
+            let mut used = Vec::new();
+            super::groups_in(&e.spec.actions, &mut used);
+            used.sort_unstable();
+            used.dedup();
+            for g in used {
+                *refs.entry(g).or_default() += 1;
+            }
+        }
+        refs
+    }
+
     /// Removes these rules; returns those that were there.
     pub(crate) fn remove(&mut self, keys: &[RuleKey]) -> Vec<FlowSpec> {
         let removed: Vec<FlowSpec> = keys.iter().filter_map(|k| self.rules.remove(k)).map(|e| e.spec).collect();

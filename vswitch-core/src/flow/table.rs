@@ -64,7 +64,7 @@ impl RuleStats {
 
     /// Counts for thread `thread` (its single writer).
     #[inline]
-    fn record(&self, thread: usize, packets: u64, bytes: u64, now_ms: u64) {
+    pub(crate) fn record(&self, thread: usize, packets: u64, bytes: u64, now_ms: u64) {
         let Some(c) = self.per_thread.get(thread) else { return };
         // One writer per slot: load and store, no read-modify-write.
         c.packets.store(c.packets.load(Ordering::Relaxed) + packets, Ordering::Relaxed);
@@ -629,6 +629,12 @@ impl Tables {
     #[inline]
     pub fn rule(&self, id: u32) -> Option<&Rule> {
         self.rules.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Which datapath thread's slot of the shared counters this copy writes.
+    #[inline]
+    pub fn thread(&self) -> usize {
+        self.thread
     }
 
     /// Counts a packet of `bytes` against `rule` (one of these tables').

@@ -227,6 +227,13 @@ impl Switch {
         // Read under the registry lock; flows are read after it.
         type Snapshot =
             (String, Arc<crate::mac::MacTable>, Vec<PortSpec>, BTreeMap<PortNo, String>, Arc<Mutex<RuleSet>>);
+        let groups: BTreeMap<String, Vec<String>> = {
+            let reg = self.registry();
+            reg.bridges
+                .iter()
+                .map(|(n, b)| (n.clone(), b.groups.values().map(|g| g.spec.to_text()).collect()))
+                .collect()
+        };
         let bridges: Vec<Snapshot> = {
             let reg = self.registry();
             reg.bridges
@@ -263,7 +270,8 @@ impl Switch {
                     .filter(|e| e.is_static)
                     .filter_map(|e| Some(StaticMac { port: names.get(&e.port)?.clone(), vlan: e.vlan, mac: e.mac }))
                     .collect();
-                BridgeConfig { name, mac_table: mac.config(), ports, flows, static_macs }
+                let groups = if with_flows { groups.get(&name).cloned().unwrap_or_default() } else { Vec::new() };
+                BridgeConfig { name, mac_table: mac.config(), ports, flows, static_macs, groups }
             })
             .collect()
     }
@@ -285,6 +293,7 @@ impl Switch {
             for p in &b.ports {
                 self.add_port_spec(&b.name, p, OnOpenError::Defer)?;
             }
+            self.replace_groups(&b.name, &b.groups)?;
             self.replace_flows(&b.name, &b.flows)?;
             let table = self.mac_table(&b.name)?;
             let (_, ports) = self.bridge_ports(&b.name)?;
