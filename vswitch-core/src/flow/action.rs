@@ -159,8 +159,11 @@ impl fmt::Display for Action {
             Action::SetField { field, value, mask } => {
                 let full = super::packed::ones(field.bits());
                 let name = field.name();
-                if *mask == full {
+                if *mask == full && field.is_metadata() {
                     write!(f, "set_field:{value:#x}->{name}")
+                } else if *mask == full {
+                    // (`set_field` on a header field means its own action.)
+                    write!(f, "load:{value:#x}->{name}[]")
                 } else if mask.count_ones() == 64 - mask.leading_zeros() - mask.trailing_zeros() {
                     let sub =
                         SubField { field: *field, ofs: mask.trailing_zeros() as u8, n_bits: mask.count_ones() as u8 };
@@ -708,6 +711,12 @@ mod tests {
         assert_eq!(actions_to_text(&a), text);
         assert_eq!(a[1], Action::SetField { field: Field::Reg(1), value: 0x30, mask: 0xf0 });
         assert_eq!(parse_actions(&actions_to_text(&a), &ports).unwrap(), a);
+        // A whole header field loaded prints as a load, which parses back
+        // to the same action (set_field on it would be the field's own).
+        for text in ["load:0xa000001->ip_src[]", "load:0x2a->tun_id[]", "set_field:0x3->in_port"] {
+            let a = parse_actions(text, &ports).unwrap();
+            assert_eq!(actions_to_text(&a), text);
+        }
         assert_eq!(
             parse_actions("resubmit:vm2,load:1->NXM_NX_REG3[],set_field:7->xreg2", &ports).unwrap(),
             vec![

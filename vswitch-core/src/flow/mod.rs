@@ -15,6 +15,7 @@ mod action;
 mod classifier;
 mod field;
 mod group;
+mod identity;
 mod key;
 mod matching;
 mod packed;

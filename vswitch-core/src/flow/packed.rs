@@ -45,8 +45,12 @@ pub const REG_WORD: usize = 12;
 pub struct PackedKey(pub [u64; WORDS]);
 
 impl std::hash::Hash for PackedKey {
+    /// One word from [`hash64`](PackedKey::hash64), so that maps keyed by
+    /// matches (every rule's identity) hash 20 words in a few cycles, not
+    /// as 160 bytes.
+    #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
+        state.write_u64(self.hash64());
     }
 }
 

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::identity::IdentityIndex;
+use super::matching::Match;
 use super::spec::{FlowSelector, FlowSpec, FlowStats};
 use super::table::{RuleKey, RuleStats, TableError, flow_stats, is_expired};
 
@@ -22,10 +24,76 @@ struct Entry {
     seq: u64,
 }
 
+/// Entries by identity: a slab of entries and an [`IdentityIndex`] into it
+/// (so the index does not hold a second copy of every match).
+#[derive(Debug, Default)]
+struct Rules {
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    index: IdentityIndex,
+    len: usize,
+}
+
+impl Rules {
+    fn slot_of(&self, k: &RuleKey) -> Option<u32> {
+        let slots = &self.slots;
+        self.index.get(k, |s| slots[s as usize].as_ref().map_or((Match::default(), 0), |e| key(&e.spec)))
+    }
+
+    fn contains_key(&self, k: &RuleKey) -> bool {
+        self.slot_of(k).is_some()
+    }
+
+    fn get(&self, k: &RuleKey) -> Option<&Entry> {
+        self.slot_of(k).and_then(|s| self.slots[s as usize].as_ref())
+    }
+
+    fn get_mut(&mut self, k: &RuleKey) -> Option<&mut Entry> {
+        self.slot_of(k).and_then(|s| self.slots[s as usize].as_mut())
+    }
+
+    fn insert(&mut self, k: RuleKey, e: Entry) -> Option<Entry> {
+        if let Some(s) = self.slot_of(&k) {
+            return self.slots[s as usize].replace(e);
+        }
+        let s = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[s as usize] = Some(e);
+        self.index.insert(&k, s);
+        self.len += 1;
+        None
+    }
+
+    fn remove(&mut self, k: &RuleKey) -> Option<Entry> {
+        let slots = &self.slots;
+        let s = self.index.remove(k, |s| slots[s as usize].as_ref().map_or((Match::default(), 0), |e| key(&e.spec)))?;
+        self.free.push(s);
+        self.len -= 1;
+        self.slots[s as usize].take()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().flatten()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (RuleKey, &Entry)> {
+        self.values().map(|e| (key(&e.spec), e))
+    }
+}
+
 /// A bridge's rules, by identity (match and priority).
 #[derive(Debug)]
 pub(crate) struct RuleSet {
-    rules: HashMap<RuleKey, Entry, foldhash::fast::RandomState>,
+    rules: Rules,
     next_seq: u64,
     limit: usize,
     /// Rules with a timeout (expiry is skipped while there are none).
@@ -43,7 +111,7 @@ fn timed(spec: &FlowSpec) -> bool {
 impl RuleSet {
     /// An empty set holding at most `limit` rules.
     pub(crate) fn new(limit: usize) -> RuleSet {
-        RuleSet { rules: HashMap::default(), next_seq: 0, limit, timed: 0 }
+        RuleSet { rules: Rules::default(), next_seq: 0, limit, timed: 0 }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -92,13 +160,13 @@ impl RuleSet {
         self.rules
             .iter()
             .filter(|(_, e)| sel.matching.covers(&e.spec.matching) && sel.cookie_matches(e.spec.cookie))
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect()
     }
 
     /// The identities of the rules whose actions `pred` accepts.
     pub(crate) fn select_where(&self, pred: impl Fn(&[super::Action]) -> bool) -> Vec<RuleKey> {
-        self.rules.iter().filter(|(_, e)| pred(&e.spec.actions)).map(|(k, _)| *k).collect()
+        self.rules.iter().filter(|(_, e)| pred(&e.spec.actions)).map(|(k, _)| k).collect()
     }
 
     /// How many rules send to each group.
@@ -141,7 +209,7 @@ impl RuleSet {
         if self.timed == 0 {
             return Vec::new();
         }
-        self.rules.iter().filter(|(_, e)| is_expired(&e.spec, &e.stats, now_ms)).map(|(k, _)| *k).collect()
+        self.rules.iter().filter(|(_, e)| is_expired(&e.spec, &e.stats, now_ms)).map(|(k, _)| k).collect()
     }
 
     /// How many rules each table holds (tables with none left out).

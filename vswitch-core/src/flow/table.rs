@@ -9,7 +9,6 @@
 //! path takes no lock. Every change moves the table's generation, which
 //! invalidates the exact-match cache.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -97,9 +96,8 @@ pub fn default_rule() -> FlowSpec {
     FlowSpec { priority: 0, matching, actions: vec![Action::Normal], cookie: 0, idle_timeout: 0, hard_timeout: 0 }
 }
 
-/// The identity of a rule in its table: no two rules share a match and a
-/// priority.
-pub type RuleKey = (Match, u16);
+use super::identity::IdentityIndex;
+pub use super::identity::RuleKey;
 
 /// Whether `spec`, counting into `stats`, has passed its idle or hard
 /// timeout at `now_ms`.
@@ -350,7 +348,7 @@ impl std::ops::DerefMut for FlowTable {
 pub struct Tables {
     rules: Vec<Option<Rule>>,
     free: Vec<u32>,
-    identity: HashMap<(Match, u16), u32, foldhash::fast::RandomState>,
+    identity: IdentityIndex,
     /// Indexed by table; grown as tables get rules.
     classifiers: Vec<Classifier>,
     table_stats: Option<Arc<TableStats>>,
@@ -385,7 +383,7 @@ impl FlowTable {
         let mut tables = Tables {
             rules: Vec::new(),
             free: Vec::new(),
-            identity: HashMap::default(),
+            identity: IdentityIndex::default(),
             classifiers: Vec::new(),
             table_stats,
             generation: 1,
@@ -490,7 +488,7 @@ impl Tables {
     /// # Errors
     /// [`TableError::Full`]; nothing changes.
     pub fn add_with_stats(&mut self, specs: Vec<(FlowSpec, Arc<RuleStats>)>) -> Result<(), TableError> {
-        let new = specs.iter().filter(|(s, _)| !self.identity.contains_key(&(s.matching, s.priority))).count();
+        let new = specs.iter().filter(|(s, _)| self.id_of(&(s.matching, s.priority)).is_none()).count();
         if self.len() + new > self.limit {
             return Err(TableError::Full);
         }
@@ -498,7 +496,7 @@ impl Tables {
             if spec.matching.table().is_none() {
                 spec.matching.set_table(0);
             }
-            if let Some(&id) = self.identity.get(&(spec.matching, spec.priority)) {
+            if let Some(id) = self.id_of(&(spec.matching, spec.priority)) {
                 self.remove_id(id);
             }
             let seq = self.next_seq;
@@ -523,18 +521,31 @@ impl Tables {
                 self.classifiers.resize_with(table + 1, Classifier::new);
             }
             self.classifiers[table].insert(id, &in_table(&r.spec.matching), r.spec.priority, seq);
-            self.identity.insert((r.spec.matching, r.spec.priority), id);
+            self.identity.insert(&(r.spec.matching, r.spec.priority), id);
             self.len += 1;
         }
         self.changed();
         Ok(())
     }
 
+    /// The rule with this identity.
+    #[inline]
+    fn id_of(&self, key: &RuleKey) -> Option<u32> {
+        let rules = &self.rules;
+        self.identity.get(key, |id| {
+            rules[id as usize].as_ref().map_or((Match::default(), 0), |r| (r.spec.matching, r.spec.priority))
+        })
+    }
+
     fn remove_id(&mut self, id: u32) -> Option<Rule> {
+        let key = self.rules.get(id as usize)?.as_ref().map(|r| (r.spec.matching, r.spec.priority))?;
+        let rules = &self.rules;
+        self.identity.remove(&key, |id| {
+            rules[id as usize].as_ref().map_or((Match::default(), 0), |r| (r.spec.matching, r.spec.priority))
+        });
         let r = self.rules.get_mut(id as usize)?.take()?;
         self.classifiers[r.spec.table() as usize].remove(id, &in_table(&r.spec.matching), r.spec.priority);
         self.len -= 1;
-        self.identity.remove(&(r.spec.matching, r.spec.priority));
         if r.spec.idle_timeout != 0 || r.spec.hard_timeout != 0 {
             self.timed -= 1;
         }
@@ -544,11 +555,7 @@ impl Tables {
 
     fn selected(&self, sel: &FlowSelector, strict: bool) -> Vec<u32> {
         if strict {
-            return sel
-                .strict_keys()
-                .filter_map(|k| self.identity.get(&k).copied())
-                .filter(|&id| self.cookie_ok(id, sel))
-                .collect();
+            return sel.strict_keys().filter_map(|k| self.id_of(&k)).filter(|&id| self.cookie_ok(id, sel)).collect();
         }
         self.rules
             .iter()
@@ -567,7 +574,7 @@ impl Tables {
     pub(crate) fn delete_keys(&mut self, keys: &[RuleKey]) -> usize {
         let mut n = 0;
         for key in keys {
-            if let Some(id) = self.identity.get(key).copied() {
+            if let Some(id) = self.id_of(key) {
                 self.remove_id(id);
                 n += 1;
             }
@@ -581,7 +588,7 @@ impl Tables {
     /// Replaces the actions of the rules with these identities.
     pub(crate) fn modify_keys(&mut self, keys: &[RuleKey], actions: &[Action]) {
         for key in keys {
-            if let Some(r) = self.identity.get(key).and_then(|&id| self.rules[id as usize].as_mut()) {
+            if let Some(r) = self.id_of(key).and_then(|id| self.rules[id as usize].as_mut()) {
                 r.spec.actions = actions.to_vec();
             }
         }
