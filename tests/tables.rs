@@ -194,3 +194,41 @@ fn trace_runs_the_real_pipeline() {
     assert_eq!(vid_of(drain(&p[2])[0].data()), Some(30));
     assert_eq!(vid_of(drain(&p[1])[0].data()), None);
 }
+
+#[test]
+fn a_pipeline_built_in_code_without_text() {
+    use vswitch_core::flow::{Action, Bucket, Field, FlowSpec, GroupSpec, GroupType, Match};
+    let (sw, p) = setup();
+    let group = GroupSpec {
+        group_id: 4,
+        kind: GroupType::All,
+        fields: vec![],
+        buckets: [2, 3]
+            .into_iter()
+            .enumerate()
+            .map(|(i, port)| Bucket {
+                bucket_id: i as u32,
+                weight: 1,
+                watch_port: None,
+                actions: vec![Action::Output(port)],
+            })
+            .collect(),
+    };
+    sw.add_group_spec("br0", &group).unwrap();
+    let mut classify = FlowSpec::new(
+        Match::any().with(Field::InPort, 1),
+        vec![Action::SetField { field: Field::Reg(5), value: 9, mask: 0xffff_ffff }, Action::GotoTable(3)],
+    );
+    classify.priority = 10;
+    let mut fan_out = FlowSpec::new(Match::any().with(Field::Reg(5), 9), vec![Action::Group(4)]);
+    fan_out.matching.set_table(3);
+    sw.add_flow_specs("br0", &[classify, fan_out]).unwrap();
+    assert_eq!(sw.dump_flows_matching("br0", "table=3").unwrap()[0].matching, "reg5=0x9");
+    p[0].send_frame(&frame(mac(2), mac(1), 0)).unwrap();
+    sw.run_until_idle().unwrap();
+    assert_eq!((drain(&p[1]).len(), drain(&p[2]).len()), (1, 1), "through reg5 and the group");
+    assert_eq!(Match::any().with(Field::VlanVid, 10).to_text(), "dl_vlan=10");
+    // Checked as text is: an IPv4 rewrite needs an IPv4 match.
+    let bad = FlowSpec::new(Match::any(), vec![Action::SetNwDst("10.0.0.1".parse().unwrap())]);
+    assert!(sw.add_flow_specs("br0", &[bad]).unwrap_err().to_string().contains("requires an IPv4 match"));
+}

@@ -1026,6 +1026,34 @@ impl Switch {
         r.map(|()| n)
     }
 
+    /// Adds rules built in code (see [`Match::with`](crate::flow::Match::with)
+    /// and [`Action`](crate::flow::Action)), all or none, checked exactly
+    /// as their text would be (prerequisites, tables, groups).
+    ///
+    /// ```
+    /// # use vswitch_core::Switch;
+    /// use vswitch_core::flow::{Action, Field, FlowSpec, Match};
+    /// let sw = Switch::builder().manual().build()?;
+    /// sw.add_bridge("br0")?;
+    /// let mut classify = FlowSpec::new(Match::any().with(Field::InPort, 1), vec![
+    ///     Action::SetField { field: Field::Reg(0), value: 7, mask: 0xffff_ffff },
+    ///     Action::GotoTable(1),
+    /// ]);
+    /// classify.priority = 10;
+    /// let mut steer = FlowSpec::new(Match::any().with(Field::Reg(0), 7), vec![Action::Output(2)]);
+    /// steer.matching.set_table(1);
+    /// sw.add_flow_specs("br0", &[classify, steer])?;
+    /// assert_eq!(sw.dump_flows_matching("br0", "table=1")?[0].matching, "reg0=0x7");
+    /// # Ok::<(), vswitch_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Switch::add_flows`].
+    pub fn add_flow_specs(&self, bridge: &str, specs: &[FlowSpec]) -> Result<usize> {
+        let texts: Vec<String> = specs.iter().map(FlowSpec::to_text).collect();
+        self.add_flows(bridge, &texts.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// Replaces the actions of the rules `flow` selects (its match, and
     /// with `strict` its priority too), keeping their counters; returns
     /// how many rules changed.

@@ -97,6 +97,31 @@ impl Match {
         self.value.set(MARK_WORD, TABLE_SHIFT, 8, table as u64);
     }
 
+    /// The match with `field` equal to `value` too (for building rules in
+    /// code: `Match::any().with(Field::Reg(0), 7).with(Field::EthType, 0x0800)`).
+    /// Prerequisites (`ip_src` needs `eth_type` 0x0800) are checked when
+    /// the rule is added, as for text.
+    pub fn with(self, field: super::Field, value: u64) -> Match {
+        self.with_masked(field, value, u64::MAX)
+    }
+
+    /// The match with the bits of `field` under `mask` equal to `value`'s.
+    pub fn with_masked(mut self, field: super::Field, value: u64, mask: u64) -> Match {
+        let (word, shift, bits) = field.location();
+        let (value, mask) = match field {
+            // A VLAN ID matches tagged frames only (the "present" bit).
+            super::Field::VlanVid => ((value & 0xfff) | VLAN_PRESENT as u64, (mask & 0xfff) | VLAN_PRESENT as u64),
+            _ => (value, mask),
+        };
+        let bits = if field == super::Field::VlanVid { 13 } else { bits };
+        let mask = mask & ones(bits);
+        let old_mask = self.mask.get(word, shift, bits);
+        let old_value = self.value.get(word, shift, bits);
+        self.mask.set(word, shift, bits, old_mask | mask);
+        self.value.set(word, shift, bits, (old_value & !mask) | (value & mask));
+        self
+    }
+
     /// Makes the match cover every table (a selection with no `table=`).
     pub fn clear_table(&mut self) {
         self.mask.set(MARK_WORD, TABLE_SHIFT, 8, 0);

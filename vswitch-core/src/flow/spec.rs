@@ -133,6 +133,12 @@ impl FlowSpec {
         })
     }
 
+    /// A rule of the default priority in table 0 (unless `matching` names
+    /// another, with [`Match::set_table`]), no cookie, no timeouts.
+    pub fn new(matching: Match, actions: Vec<Action>) -> FlowSpec {
+        FlowSpec { priority: DEFAULT_PRIORITY, matching, actions, cookie: 0, idle_timeout: 0, hard_timeout: 0 }
+    }
+
     /// The table the rule is in (its match carries it; 0 unless `table=`).
     pub fn table(&self) -> u8 {
         self.matching.table().unwrap_or(0)

@@ -59,6 +59,22 @@ impl Switch {
         self.install_groups(bridge, groups)
     }
 
+    /// Adds a group built in code, checked exactly as its text would be.
+    ///
+    /// # Errors
+    /// As [`Switch::add_group`].
+    pub fn add_group_spec(&self, bridge: &str, spec: &GroupSpec) -> Result<()> {
+        self.add_group(bridge, &spec.to_text())
+    }
+
+    /// Replaces a group built in code (see [`Switch::mod_group`]).
+    ///
+    /// # Errors
+    /// As [`Switch::mod_group`].
+    pub fn mod_group_spec(&self, bridge: &str, spec: &GroupSpec) -> Result<()> {
+        self.mod_group(bridge, &spec.to_text())
+    }
+
     /// Replaces a group's type and buckets (its counters restart).
     ///
     /// # Errors
