@@ -152,3 +152,45 @@ fn select_hashes_the_fields_asked_for() {
     let first = where_does(&sw, &p, 1);
     assert!((2..200).all(|s| where_does(&sw, &p, s) == first));
 }
+
+#[test]
+fn loops_and_fan_out_are_bounded() {
+    let (sw, p) = setup();
+    sw.add_group("br0", "group_id=2,type=all,bucket=output:2").unwrap();
+    sw.add_group("br0", "group_id=1,type=all,bucket=group:2,bucket=group:2").unwrap();
+    let e = sw.mod_group("br0", "group_id=2,type=all,bucket=group:1,bucket=group:1").unwrap_err();
+    assert!(
+        e.to_string().contains("groups loop: 1 -> 2 -> 1") || e.to_string().contains("groups loop: 2 -> 1 -> 2"),
+        "{e}"
+    );
+    assert!(sw.add_group("br0", "group_id=3,type=all,bucket=group:3").unwrap_err().to_string().contains("loop"));
+    // A chain of nine groups is refused; eight is the limit.
+    for g in 10..18u32 {
+        let next = if g == 10 { "output:3".to_string() } else { format!("group:{}", g - 1) };
+        sw.add_group("br0", &format!("group_id={g},type=indirect,bucket={next}")).unwrap();
+    }
+    let e = sw.add_group("br0", "group_id=18,type=indirect,bucket=group:17").unwrap_err();
+    assert!(e.to_string().contains("chain of 9"), "{e}");
+    // Wide fan-out within the chain limit is cut off by the lookup limit,
+    // as a loop of resubmits is: dropped and counted, the thread goes on.
+    let wide = |g: u32, to: &str| {
+        let buckets: Vec<String> = (0..32).map(|_| format!("bucket={to}")).collect();
+        format!("group_id={g},type=all,{}", buckets.join(","))
+    };
+    sw.add_group("br0", &wide(30, "output:4")).unwrap();
+    sw.add_group("br0", &wide(31, "group:30")).unwrap();
+    sw.add_group("br0", &wide(32, "group:31")).unwrap();
+    sw.add_flow("br0", "priority=10,in_port=1,actions=group:32").unwrap();
+    p[0].send_frame(&frame(mac(2), mac(1), 0)).unwrap();
+    sw.run_until_idle().unwrap();
+    let out = drain(&p[3]).len();
+    assert!(out > 0 && out < 32 * 32 * 32, "{out} copies");
+    assert_eq!(sw.stats().port("a").unwrap().drops[&vswitch_core::DropReason::ResubmitLimit], 1);
+    // A copy dropped inside clone() is the packet's one drop.
+    sw.add_flow("br0", "priority=20,in_port=1,ip,actions=clone(dec_ttl,output:2)").unwrap();
+    p[0].send_frame(&udp(mac(9), mac(1), A, VIP, 1, 2, 1, b"x")).unwrap();
+    sw.run_until_idle().unwrap();
+    let stats = sw.stats();
+    let drops = &stats.port("a").unwrap().drops;
+    assert_eq!((drops[&vswitch_core::DropReason::TtlExpired], drops[&vswitch_core::DropReason::FlowDrop]), (1, 0));
+}

@@ -155,6 +155,12 @@ fn selections_by_table_and_strict_without_table() {
     assert!(sw.dump_flows("br0").unwrap().is_empty());
     let e = sw.add_flow("br0", "table=3,actions=goto_table:3").unwrap_err();
     assert!(e.to_string().contains("later table"), "{e}");
+    // A mod-flows checked against table 0 may not land a backward goto on
+    // a rule in table 5: refused whole, nothing changed.
+    sw.add_flows("br0", &["table=5,priority=1,actions=drop", "table=0,priority=1,actions=drop"]).unwrap();
+    let e = sw.mod_flows("br0", "actions=goto_table:3", false).unwrap_err();
+    assert!(e.to_string().contains("table=5,priority=1"), "{e}");
+    assert!(sw.dump_flows("br0").unwrap().iter().all(|f| f.actions == "drop"));
 }
 
 #[test]

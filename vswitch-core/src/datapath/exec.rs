@@ -64,6 +64,8 @@ struct InFlight<'k> {
     /// Some lookup missed.
     missed: bool,
     lookups: u32,
+    /// A limit was hit (and counted, once): the whole traversal stops.
+    aborted: bool,
 }
 
 impl Datapath {
@@ -113,7 +115,15 @@ impl Datapath {
     ) {
         let mut h = parsed.headers;
         h.partial_csum = pkt.needs_csum();
-        let mut f = InFlight { pkt: Some(pkt), key: &mut parsed.key, h, sent: false, missed: false, lookups: 1 };
+        let mut f = InFlight {
+            pkt: Some(pkt),
+            key: &mut parsed.key,
+            h,
+            sent: false,
+            missed: false,
+            lookups: 1,
+            aborted: false,
+        };
         self.apply_rule(br, at, &mut f, first, 0, true, drops);
         if let Some(p) = f.pkt.take() {
             if f.sent {
@@ -201,15 +211,16 @@ impl Datapath {
                     self.apply_rule(br, at, f, id, next, final_use, drops);
                 }
                 Action::Clone(inner) => {
+                    if depth + 1 >= MAX_DEPTH {
+                        self.note(|| "clone: nested too deep".into());
+                        return self.abort(f, drops);
+                    }
                     let copy = self.pool.clone_packet(p);
                     let mut key = *f.key;
                     let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
                     self.note(|| "clone:".into());
                     self.enter(|dp| dp.run_actions(br, at, &mut c, inner, depth + 1, true, drops));
-                    if let Some(p) = c.pkt {
-                        self.pool.put(p);
-                    }
-                    (f.sent, f.missed, f.lookups) = (f.sent || c.sent, f.missed || c.missed, c.lookups);
+                    self.join(f, c);
                 }
                 Action::Group(id) => self.group(br, at, f, *id, depth, final_use, drops),
                 _ => self.modify(f, action, drops),
@@ -237,11 +248,7 @@ impl Datapath {
         };
         if depth + 1 >= MAX_DEPTH {
             self.note(|| format!("group:{id}: nested too deep"));
-            if let Some(p) = f.pkt.take() {
-                self.discard(p, DropReason::ResubmitLimit, drops);
-            }
-            f.sent = true;
-            return;
+            return self.abort(f, drops);
         }
         let len = f.pkt.as_ref().map_or(0, Packet::len) as u64;
         let dry = self.dry_run();
@@ -250,36 +257,46 @@ impl Datapath {
             g.stats.record(thread, 1, len, at.now_ms);
         }
         let mut picked: [usize; 1] = [0];
+        // A bucket with a watched port is live while that port's link is up.
+        let live = |b: &crate::flow::Bucket| {
+            b.watch_port.is_none_or(|p| {
+                br.by_port_no
+                    .get(p as usize)
+                    .copied()
+                    .flatten()
+                    .and_then(|s| self.ports.get(s).and_then(Option::as_ref))
+                    .is_some_and(|s| s.link_up)
+            })
+        };
         let chosen: &[usize] = match g.spec.kind {
             GroupType::All => &ALL_BUCKETS[..g.spec.buckets.len().min(ALL_BUCKETS.len())],
             GroupType::Indirect => &picked,
-            GroupType::Select => match g.spec.choose(g.spec.select_hash(f.key), |_| true) {
+            GroupType::Select => match g.spec.choose(g.spec.select_hash(f.key), live) {
                 Some(i) => {
                     picked[0] = i;
                     &picked
                 }
                 None => &[],
             },
-            GroupType::FastFailover => {
-                let up = |p: Option<PortNo>| {
-                    p.and_then(|p| br.by_port_no.get(p as usize).copied().flatten())
-                        .and_then(|s| self.ports.get(s).and_then(Option::as_ref))
-                        .is_some_and(|s| s.link_up)
-                };
-                match g.spec.buckets.iter().position(|b| up(b.watch_port)) {
-                    Some(i) => {
-                        picked[0] = i;
-                        &picked
-                    }
-                    None => &[],
+            GroupType::FastFailover => match g.spec.buckets.iter().position(|b| b.watch_port.is_some() && live(b)) {
+                Some(i) => {
+                    picked[0] = i;
+                    &picked
                 }
-            }
+                None => &[],
+            },
         };
         if chosen.is_empty() {
             self.note(|| format!("group:{id}: no live bucket"));
             return;
         }
         for (n, &i) in chosen.iter().enumerate() {
+            // Every bucket run counts as a lookup, so fan-out is bounded too.
+            f.lookups += 1;
+            if f.lookups > MAX_LOOKUPS {
+                self.note(|| format!("group:{id}: {} lookups and bucket runs: too many", f.lookups));
+                return self.abort(f, drops);
+            }
             let bucket = &g.spec.buckets[i];
             if !dry {
                 g.buckets[i].record(thread, 1, len, at.now_ms);
@@ -293,10 +310,7 @@ impl Datapath {
                 let mut key = *f.key;
                 let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
                 self.enter(|dp| dp.run_actions(br, at, &mut c, &bucket.actions, depth + 1, true, drops));
-                if let Some(p) = c.pkt {
-                    self.pool.put(p);
-                }
-                (f.sent, f.missed, f.lookups) = (f.sent || c.sent, f.missed || c.missed, c.lookups);
+                self.join(f, c);
             }
         }
     }
@@ -308,11 +322,35 @@ impl Datapath {
             return Some(depth + 1);
         }
         self.note(|| format!("resubmits nested {} deep or {} lookups: too many", depth + 1, f.lookups));
+        self.abort(f, drops);
+        None
+    }
+
+    /// A limit was hit: the packet is dropped, counted once as
+    /// `resubmit_limit`, and the traversal stops at every level.
+    fn abort(&mut self, f: &mut InFlight<'_>, drops: &mut Drops) {
         if let Some(p) = f.pkt.take() {
             self.discard(p, DropReason::ResubmitLimit, drops);
         }
-        f.sent = true;
-        None
+        (f.sent, f.aborted) = (true, true);
+    }
+
+    /// After running a copy `c` of the packet in flight `f`: carries its
+    /// outcome back, and stops `f` too if `c` hit a limit.
+    fn join(&mut self, f: &mut InFlight<'_>, c: InFlight<'_>) {
+        // A copy given away or dropped (and counted) was handled.
+        let handled = c.pkt.is_none();
+        if let Some(p) = c.pkt {
+            self.pool.put(p);
+        }
+        (f.sent, f.missed, f.lookups) = (f.sent || c.sent || handled, f.missed || c.missed, c.lookups);
+        if c.aborted {
+            // Counted already, by the copy.
+            if let Some(p) = f.pkt.take() {
+                self.pool.put(p);
+            }
+            (f.sent, f.aborted) = (true, true);
+        }
     }
 
     /// Runs `inner` one level deeper in a dry run's notes.

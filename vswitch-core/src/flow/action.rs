@@ -159,7 +159,9 @@ impl fmt::Display for Action {
             Action::SetField { field, value, mask } => {
                 let full = super::packed::ones(field.bits());
                 let name = field.name();
-                if *mask == full && field.is_metadata() {
+                if *mask == 0 {
+                    write!(f, "set_field:{value:#x}/0x0->{name}")
+                } else if *mask == full && field.is_metadata() {
                     write!(f, "set_field:{value:#x}->{name}")
                 } else if *mask == full {
                     // (`set_field` on a header field means its own action.)
@@ -253,6 +255,9 @@ fn parse_resubmit(arg: &str, ports: &dyn Fn(&str) -> Option<u32>) -> Result<Acti
 
 fn parse_note(arg: &str) -> Result<Action, FlowParseError> {
     let hex: String = arg.chars().filter(|c| !matches!(c, '.' | ' ')).collect();
+    if !hex.is_ascii() {
+        return err(format!("note '{arg}' is not hex bytes"));
+    }
     if !hex.len().is_multiple_of(2) {
         return err(format!("note '{arg}' must be whole hex bytes"));
     }
@@ -279,6 +284,9 @@ fn parse_set_field(value: &str, field: &str) -> Result<Action, FlowParseError> {
         Some(m) => parse_field_value(f, m)?,
         None => full,
     };
+    if mask == 0 {
+        return err(format!("set_field mask 0 on {field} sets nothing"));
+    }
     Ok(Action::SetField { field: f, value: v & mask, mask })
 }
 
@@ -336,6 +344,21 @@ fn parse_v4(s: &str, what: &str) -> Result<Ipv4Addr, FlowParseError> {
 
 /// Parses the text after `actions=`.
 pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> Result<Vec<Action>, FlowParseError> {
+    parse_actions_nested(text, ports, 0)
+}
+
+/// How deep `clone(...)` may nest in one rule (each level is a copy of
+/// the packet; the executor's nesting limit applies as well).
+pub const MAX_NESTING: u32 = 16;
+
+fn parse_actions_nested(
+    text: &str,
+    ports: &dyn Fn(&str) -> Option<u32>,
+    depth: u32,
+) -> Result<Vec<Action>, FlowParseError> {
+    if depth > MAX_NESTING {
+        return err(format!("clone() nests deeper than {MAX_NESTING} levels"));
+    }
     let items = split_top_level(text)?;
     if items.is_empty() {
         return err("'actions=' needs at least one action (or 'drop')");
@@ -350,7 +373,7 @@ pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> 
             let (name, inner) = (item[..open].trim().to_ascii_lowercase(), &item[open + 1..item.len() - 1]);
             out.push(match name.as_str() {
                 "resubmit" => parse_resubmit(inner, ports)?,
-                "clone" => Action::Clone(parse_actions(inner, ports)?),
+                "clone" => Action::Clone(parse_actions_nested(inner, ports, depth + 1)?),
                 other => return err(format!("unknown action '{other}'")),
             });
             continue;
@@ -412,6 +435,8 @@ pub(crate) fn parse_actions(text: &str, ports: &dyn Fn(&str) -> Option<u32>) -> 
                     return err(format!("set_field argument '{a}' must be 'VALUE->FIELD'"));
                 };
                 match field.trim() {
+                    // A masked value is a partial write: the general form.
+                    f if value.contains('/') => parse_set_field(value, f)?,
                     "tun_id" | "tunnel_id" => Action::SetTunnelId(parse_num(value, "set_field", u64::MAX)?),
                     "tun_dst" => Action::SetTunnelDst(parse_v4(value, "set_field")?),
                     "eth_src" | "dl_src" => Action::SetDlSrc(parse_mac(value, "set_field")?),
@@ -713,9 +738,15 @@ mod tests {
         assert_eq!(parse_actions(&actions_to_text(&a), &ports).unwrap(), a);
         // A whole header field loaded prints as a load, which parses back
         // to the same action (set_field on it would be the field's own).
-        for text in ["load:0xa000001->ip_src[]", "load:0x2a->tun_id[]", "set_field:0x3->in_port"] {
+        for text in
+            ["load:0xa000001->ip_src[]", "load:0x2a->tun_id[]", "set_field:0x3->in_port", "load:0x1->vlan_vid[0]"]
+        {
             let a = parse_actions(text, &ports).unwrap();
             assert_eq!(actions_to_text(&a), text);
+        }
+        for text in ["set_field:0x1/0x5->dl_vlan", "set_field:0x1/0x5->ETH_SRC", "set_field:0x10->NXM_NX_TUN_ID"] {
+            let a = parse_actions(text, &ports).unwrap();
+            assert_eq!(parse_actions(&actions_to_text(&a), &ports).unwrap(), a, "{text}");
         }
         assert_eq!(
             parse_actions("resubmit:vm2,load:1->NXM_NX_REG3[],set_field:7->xreg2", &ports).unwrap(),
@@ -734,6 +765,9 @@ mod tests {
             ("note:abc", "whole hex bytes"),
             ("set_field:1->eth_type", "cannot set"),
             ("frobnicate(1)", "unknown action 'frobnicate'"),
+            ("note:a\u{20ac}", "not hex bytes"),
+            ("set_field:0/0->reg0", "sets nothing"),
+            (format!("{}drop{}", "clone(".repeat(40), ")".repeat(40)).leak(), "nests deeper"),
         ] {
             let e = parse_actions(bad, &ports).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

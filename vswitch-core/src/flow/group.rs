@@ -114,6 +114,9 @@ fn parse_bucket(text: &str, index: usize, ports: &dyn Fn(&str) -> Option<u32>) -
     if !rest.is_empty() {
         b.actions = parse_actions(&rest.join(","), ports)?;
     }
+    if b.actions.iter().any(|a| matches!(a, Action::GotoTable(_))) {
+        return err("goto_table cannot be used in a group bucket (resubmit can)");
+    }
     Ok(b)
 }
 
@@ -394,6 +397,7 @@ mod tests {
             ("group_id=1,type=all,bucket=bucket_id:1,output:1,bucket=bucket_id:1,output:2", "same bucket_id"),
             ("group_id=1,type=all,fields(ip_src),bucket=output:1", "select groups only"),
             ("group_id=1,type=all,bucket=outptu:1", "unknown action"),
+            ("group_id=1,type=all,bucket=goto_table:3", "cannot be used in a group bucket"),
         ] {
             let e = GroupSpec::parse(text, &|_| None).unwrap_err().0;
             assert!(e.contains(why), "{text}: {e}");

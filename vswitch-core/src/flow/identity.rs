@@ -12,38 +12,44 @@ use super::matching::Match;
 /// carries the table) and a priority.
 pub type RuleKey = (Match, u16);
 
-#[inline]
-fn hash_of(key: &RuleKey) -> u64 {
-    let (m, prio) = key;
-    let h = m.value.hash64() ^ m.mask.hash64().rotate_left(23) ^ (*prio as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ (h >> 29)
-}
-
 /// Identity → slot, for slots whose identity `key_of` reads.
 #[derive(Debug, Default)]
 pub(crate) struct IdentityIndex {
     table: HashTable<(u64, u32)>,
+    /// Seeded per index, so rules cannot be chosen to collide.
+    seed: foldhash::fast::RandomState,
 }
 
 impl IdentityIndex {
+    #[inline]
+    fn hash_of(&self, key: &RuleKey) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.seed.build_hasher();
+        for w in key.0.value.0.iter().chain(key.0.mask.0.iter()) {
+            h.write_u64(*w);
+        }
+        h.write_u16(key.1);
+        h.finish()
+    }
+
     /// The slot holding `key`.
     #[inline]
     pub(crate) fn get(&self, key: &RuleKey, key_of: impl Fn(u32) -> RuleKey) -> Option<u32> {
-        let h = hash_of(key);
+        let h = self.hash_of(key);
         self.table.find(h, |&(eh, slot)| eh == h && key_of(slot) == *key).map(|&(_, slot)| slot)
     }
 
     /// Records that `slot` holds `key` (which no slot held).
     #[inline]
     pub(crate) fn insert(&mut self, key: &RuleKey, slot: u32) {
-        let h = hash_of(key);
+        let h = self.hash_of(key);
         self.table.insert_unique(h, (h, slot), |&(eh, _)| eh);
     }
 
     /// Forgets `key`; returns the slot that held it.
     #[inline]
     pub(crate) fn remove(&mut self, key: &RuleKey, key_of: impl Fn(u32) -> RuleKey) -> Option<u32> {
-        let h = hash_of(key);
+        let h = self.hash_of(key);
         match self.table.find_entry(h, |&(eh, slot)| eh == h && key_of(slot) == *key) {
             Ok(e) => Some(e.remove().0.1),
             Err(_) => None,

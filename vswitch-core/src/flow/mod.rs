@@ -26,8 +26,8 @@ mod synth;
 mod table;
 mod trace;
 
-pub(crate) use action::groups_in;
 pub use action::{Action, MAX_DEPTH, MAX_LOOKUPS, actions_to_text};
+pub(crate) use action::{check_action_prerequisites, groups_in};
 pub(crate) use action::{dec_ttl, set_ipv4_addr, set_l4_port};
 #[cfg(feature = "internals")]
 pub use classifier::Classifier;

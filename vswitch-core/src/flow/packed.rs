@@ -45,12 +45,13 @@ pub const REG_WORD: usize = 12;
 pub struct PackedKey(pub [u64; WORDS]);
 
 impl std::hash::Hash for PackedKey {
-    /// One word from [`hash64`](PackedKey::hash64), so that maps keyed by
-    /// matches (every rule's identity) hash 20 words in a few cycles, not
-    /// as 160 bytes.
+    /// Word by word (a seeded map's hasher takes words much faster than
+    /// the same 160 bytes as a slice).
     #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash64());
+        for &w in &self.0 {
+            state.write_u64(w);
+        }
     }
 }
 
@@ -92,9 +93,9 @@ impl PackedKey {
     }
 
     /// A fast hash of the words (for the exact-match cache, which
-    /// compares whole keys, so it need only spread keys well): the header
-    /// words mixed in two independent lanes, the metadata words (mostly
-    /// zero) folded in with rotations and mixed once.
+    /// compares whole keys, so it need only spread keys well): the words
+    /// mixed in two independent lanes, the metadata words only when any is
+    /// set.
     #[inline]
     pub fn hash64(&self) -> u64 {
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -104,11 +105,16 @@ impl PackedKey {
             *l = (*l ^ w).wrapping_mul(K);
             *l ^= *l >> 29;
         }
-        let mut meta = 0u64;
-        for (i, &w) in self.0[METADATA_WORD..].iter().enumerate() {
-            meta ^= w.rotate_left(i as u32 * 7);
+        // Metadata words are mixed as the header words are, but only when
+        // there are any (a packet's first lookup has none).
+        if self.0[METADATA_WORD..].iter().fold(0, |a, &w| a | w) != 0 {
+            for (i, &w) in self.0[METADATA_WORD..].iter().enumerate() {
+                let l = &mut lanes[i % 2];
+                *l = (*l ^ w).wrapping_mul(K);
+                *l ^= *l >> 29;
+            }
         }
-        let mut h = lanes[0] ^ lanes[1].rotate_left(31) ^ meta.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        let mut h = lanes[0] ^ lanes[1].rotate_left(31);
         h = h.wrapping_mul(K);
         h ^ (h >> 32)
     }

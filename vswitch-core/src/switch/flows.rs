@@ -144,6 +144,16 @@ impl Switch {
         if keys.is_empty() {
             return Ok(0);
         }
+        // The new actions must suit every rule they land on (a rule in a
+        // later table than the one the text was checked against).
+        for (m, prio) in &keys {
+            crate::flow::check_action_prerequisites(&spec.actions, m).map_err(|e| {
+                Error::invalid(
+                    "flow",
+                    format!("for the rule table={},priority={prio}: {}", m.table().unwrap_or(0), e.0),
+                )
+            })?;
+        }
         let (k, actions) = (keys.clone(), spec.actions.clone());
         let r = self.apply_sized(keys.len(), move |dp| {
             if let Some(t) = dp.flows_mut(index) {

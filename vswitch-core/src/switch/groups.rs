@@ -23,6 +23,53 @@ pub(super) fn known_groups(actions: &[Action], known: &BTreeSet<u32>) -> std::re
     }
 }
 
+/// How many groups one packet may pass through in a chain (group:1 in a
+/// bucket of group 2 in a bucket of ...).
+pub const MAX_GROUP_CHAIN: usize = 8;
+
+/// Refuses group sets with a loop (a group that reaches itself through
+/// the groups its buckets send to) or a chain longer than
+/// [`MAX_GROUP_CHAIN`]: either would make one packet's copies explode.
+fn check_chains(groups: &BTreeMap<u32, Arc<Group>>) -> Result<()> {
+    // Longest chain from each group, by depth-first search with the path
+    // on a stack (a group on the path again is a loop).
+    fn longest(
+        id: u32,
+        groups: &BTreeMap<u32, Arc<Group>>,
+        path: &mut Vec<u32>,
+        memo: &mut BTreeMap<u32, usize>,
+    ) -> Result<usize> {
+        if let Some(&n) = memo.get(&id) {
+            return Ok(n);
+        }
+        if let Some(at) = path.iter().position(|&g| g == id) {
+            let cycle: Vec<String> = path[at..].iter().chain([&id]).map(|g| g.to_string()).collect();
+            return Err(Error::invalid("group", format!("groups loop: {}", cycle.join(" -> "))));
+        }
+        path.push(id);
+        let mut deepest = 0;
+        if let Some(g) = groups.get(&id) {
+            for used in g.spec.referenced_groups() {
+                deepest = deepest.max(longest(used, groups, path, memo)?);
+            }
+        }
+        path.pop();
+        memo.insert(id, deepest + 1);
+        Ok(deepest + 1)
+    }
+    let mut memo = BTreeMap::new();
+    for &id in groups.keys() {
+        let n = longest(id, groups, &mut Vec::new(), &mut memo)?;
+        if n > MAX_GROUP_CHAIN {
+            return Err(Error::invalid(
+                "group",
+                format!("group {id} starts a chain of {n} groups (at most {MAX_GROUP_CHAIN})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Switch {
     /// The numbers of `bridge`'s groups.
     pub(super) fn group_ids(&self, bridge: &str) -> Result<BTreeSet<u32>> {
@@ -168,9 +215,6 @@ impl Switch {
     fn install_groups(&self, bridge: &str, groups: BTreeMap<u32, Arc<Group>>) -> Result<()> {
         for (id, g) in &groups {
             for used in g.spec.referenced_groups() {
-                if used == *id {
-                    return Err(Error::invalid("group", format!("group {id} sends to itself")));
-                }
                 if !groups.contains_key(&used) {
                     return Err(Error::invalid(
                         "group",
@@ -179,6 +223,7 @@ impl Switch {
                 }
             }
         }
+        check_chains(&groups)?;
         let (index, _) = self.bridge_ports(bridge)?;
         let table: GroupTable = groups.iter().map(|(id, g)| (*id, g.clone())).collect();
         let table = Arc::new(table);
