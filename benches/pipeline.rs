@@ -156,6 +156,22 @@ fn loop_rig(macs: u32) -> (Switch, std::sync::Arc<std::sync::atomic::AtomicU64>)
     (sw, sent)
 }
 
+/// Benchmarks the flow path on the loop rig with `rules` installed, once
+/// every flow is in the exact-match cache (checking each frame is steered).
+fn steering(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, rules: &[String]) {
+    let (sw, sent) = loop_rig(1_000);
+    sw.add_flows("br0", &rules.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    for _ in 0..64 {
+        sw.poll().unwrap();
+    }
+    let before = sent.load(std::sync::atomic::Ordering::Relaxed);
+    sw.poll().unwrap();
+    assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed) - before, BURST as u64, "every frame steered");
+    g.bench_function(BenchmarkId::new("datapath_flows_emc_hit_64B", name), |b| {
+        b.iter(|| black_box(sw.poll().unwrap()))
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("normal_pipeline");
     g.throughput(Throughput::Elements(BURST as u64));
@@ -168,43 +184,18 @@ fn bench(c: &mut Criterion) {
     // The flow-table path: 1,000 steering rules (one per UDP source
     // port), every flow already in the exact-match cache, next to the
     // NORMAL fast path measured just below on the same rig.
-    {
-        let (sw, sent) = loop_rig(1_000);
-        let rules: Vec<String> = (0..1_000u32)
-            .map(|i| format!("priority=100,udp,tp_src={i},actions=output:{}", 2 + i % (PORTS - 1)))
-            .collect();
-        sw.add_flows("br0", &rules.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-        for _ in 0..64 {
-            sw.poll().unwrap();
-        }
-        let before = sent.load(std::sync::atomic::Ordering::Relaxed);
-        sw.poll().unwrap();
-        assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed) - before, BURST as u64, "every frame steered");
-        g.bench_function(BenchmarkId::new("datapath_flows_emc_hit_64B", "1000rules"), |b| {
-            b.iter(|| black_box(sw.poll().unwrap()))
-        });
-    }
+    let one_table: Vec<String> =
+        (0..1_000u32).map(|i| format!("priority=100,udp,tp_src={i},actions=output:{}", 2 + i % (PORTS - 1))).collect();
+    steering(&mut g, "1000rules", &one_table);
     // The same steering as a three-table pipeline: table 0 classifies,
     // table 1 marks the flow in a register, table 2 outputs by register:
     // three lookups per packet, each an exact-match cache hit.
-    {
-        let (sw, sent) = loop_rig(1_000);
-        let mut rules: Vec<String> = vec!["table=0,priority=10,udp,actions=goto_table:1".into()];
-        for i in 0..1_000u32 {
-            rules.push(format!("table=1,priority=100,udp,tp_src={i},actions=set_field:{i}->reg0,goto_table:2"));
-            rules.push(format!("table=2,priority=100,reg0={i},actions=output:{}", 2 + i % (PORTS - 1)));
-        }
-        sw.add_flows("br0", &rules.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-        for _ in 0..64 {
-            sw.poll().unwrap();
-        }
-        let before = sent.load(std::sync::atomic::Ordering::Relaxed);
-        sw.poll().unwrap();
-        assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed) - before, BURST as u64, "every frame steered");
-        g.bench_function(BenchmarkId::new("datapath_flows_emc_hit_64B", "3tables_2001rules"), |b| {
-            b.iter(|| black_box(sw.poll().unwrap()))
-        });
+    let mut three_tables: Vec<String> = vec!["table=0,priority=10,udp,actions=goto_table:1".into()];
+    for i in 0..1_000u32 {
+        three_tables.push(format!("table=1,priority=100,udp,tp_src={i},actions=set_field:{i}->reg0,goto_table:2"));
+        three_tables.push(format!("table=2,priority=100,reg0={i},actions=output:{}", 2 + i % (PORTS - 1)));
     }
+    steering(&mut g, "3tables_2001rules", &three_tables);
     for &macs in &[1_000u32, 1_000_000] {
         let (sw, sent) = loop_rig(macs);
         sw.poll().unwrap();
