@@ -79,8 +79,22 @@ fn a_reattaching_port_does_not_stall_the_others_on_its_thread() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (flaps, last) = flapper.join().unwrap();
     assert!(flaps >= 5, "the interface was recreated {flaps} times");
+    // A stall of the datapath thread fills a's queue: nothing refused
+    // means it kept forwarding. What it forwarded either reached this
+    // test's receiver or, if that thread was starved of CPU (two cores,
+    // one busy-polling), found b's queue full: counted on b, not lost
+    // unseen, and not the datapath's doing.
     assert_eq!(refused, 0, "the datapath thread kept taking a's frames");
-    assert_eq!(got.len(), 20_000, "every frame arrived");
+    let stats = sw.stats();
+    let b_stats = stats.port("b").expect("port b");
+    let queue_full = b_stats.drops[&vswitch_core::DropReason::TxQueueFull];
+    let other_drops = b_stats.total_drops() - queue_full;
+    assert_eq!(other_drops, 0, "no other drop on b: {:?}", b_stats.drops);
+    // (b's queue also holds the new veths' own chatter, flooded to it.)
+    assert!(got.len() as u64 + queue_full >= 20_000, "every frame arrived or is counted at b's full queue");
+    if queue_full > 0 {
+        eprintln!("note: the receiving thread fell behind; {queue_full} frames met b's full queue");
+    }
     let disorder: Vec<_> = got.windows(2).filter(|w| w[0] >= w[1]).take(5).collect();
     assert!(disorder.is_empty(), "in order: {disorder:?}");
     // And the flapping port came back each time: it is up on its last veth.
