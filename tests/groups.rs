@@ -101,7 +101,7 @@ fn fast_failover_and_chained_indirect() {
     assert_eq!(drain(&p[2]).len(), 1, "failed over to port 3");
     let t = sw.trace("br0", "in_port=1").unwrap();
     let steps = t.steps.join("\n");
-    assert!(steps.contains("group:2 (Indirect)") && steps.contains("group:1 (FastFailover): bucket 1"), "{steps}");
+    assert!(steps.contains("group:2 (indirect)") && steps.contains("group:1 (fast_failover): bucket 1"), "{steps}");
     assert_eq!(t.verdict, "3");
 }
 

@@ -164,7 +164,11 @@ impl Datapath {
             let len = f.pkt.as_ref().map_or(0, Packet::len) as u64;
             tables.hit_rule(rule, len, at.now_ms);
         }
-        self.note(|| format!("table {table}: {}", rule.spec.to_text()));
+        self.note(|| {
+            let text = rule.spec.to_text();
+            let text = text.strip_prefix(&format!("table={table},")).unwrap_or(&text).to_string();
+            format!("table {table}: {text}")
+        });
         self.run_actions(br, at, f, &rule.spec.actions, depth, tail, drops);
     }
 
@@ -301,7 +305,7 @@ impl Datapath {
             if !dry {
                 g.buckets[i].record(thread, 1, len, at.now_ms);
             }
-            self.note(|| format!("group:{id} ({:?}): bucket {}", g.spec.kind, bucket.bucket_id));
+            self.note(|| format!("group:{id} ({}): bucket {}", g.spec.kind.name(), bucket.bucket_id));
             let Some(p) = f.pkt.as_mut() else { return };
             if final_use && n + 1 == chosen.len() {
                 self.enter(|dp| dp.run_actions(br, at, f, &bucket.actions, depth + 1, true, drops));

@@ -45,7 +45,8 @@ pub enum GroupType {
 }
 
 impl GroupType {
-    fn name(self) -> &'static str {
+    /// Its name, as `type=` spells it.
+    pub fn name(self) -> &'static str {
         match self {
             GroupType::All => "all",
             GroupType::Select => "select",
