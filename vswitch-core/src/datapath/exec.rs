@@ -219,12 +219,8 @@ impl Datapath {
                         self.note(|| "clone: nested too deep".into());
                         return self.abort(f, drops);
                     }
-                    let copy = self.pool.clone_packet(p);
-                    let mut key = *f.key;
-                    let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
                     self.note(|| "clone:".into());
-                    self.enter(|dp| dp.run_actions(br, at, &mut c, inner, depth + 1, true, drops));
-                    self.join(f, c);
+                    self.run_on_copy(br, at, f, inner, depth, drops);
                 }
                 Action::Group(id) => self.group(br, at, f, *id, depth, final_use, drops),
                 _ => self.modify(f, action, drops),
@@ -306,15 +302,13 @@ impl Datapath {
                 g.buckets[i].record(thread, 1, len, at.now_ms);
             }
             self.note(|| format!("group:{id} ({}): bucket {}", g.spec.kind.name(), bucket.bucket_id));
-            let Some(p) = f.pkt.as_mut() else { return };
+            if f.pkt.is_none() {
+                return;
+            }
             if final_use && n + 1 == chosen.len() {
                 self.enter(|dp| dp.run_actions(br, at, f, &bucket.actions, depth + 1, true, drops));
             } else {
-                let copy = self.pool.clone_packet(p);
-                let mut key = *f.key;
-                let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
-                self.enter(|dp| dp.run_actions(br, at, &mut c, &bucket.actions, depth + 1, true, drops));
-                self.join(f, c);
+                self.run_on_copy(br, at, f, &bucket.actions, depth, drops);
             }
         }
     }
@@ -337,6 +331,25 @@ impl Datapath {
             self.discard(p, DropReason::ResubmitLimit, drops);
         }
         (f.sent, f.aborted) = (true, true);
+    }
+
+    /// Runs `actions` one level deeper on a copy of the packet and its key
+    /// (`clone`, a group's buckets), then carries the copy's outcome back.
+    fn run_on_copy(
+        &mut self,
+        br: &mut BridgeParts<'_>,
+        at: Ingress,
+        f: &mut InFlight<'_>,
+        actions: &[Action],
+        depth: u32,
+        drops: &mut Drops,
+    ) {
+        let Some(p) = f.pkt.as_ref() else { return };
+        let copy = self.pool.clone_packet(p);
+        let mut key = *f.key;
+        let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
+        self.enter(|dp| dp.run_actions(br, at, &mut c, actions, depth + 1, true, drops));
+        self.join(f, c);
     }
 
     /// After running a copy `c` of the packet in flight `f`: carries its
