@@ -632,17 +632,8 @@ mod tests {
         assert_eq!(p.data(), &good[..]);
     }
 
-    /// The Internet checksum from scratch (RFC 1071), to check updates.
-    fn checksum(bytes: &[u8]) -> u16 {
-        let mut sum: u32 = 0;
-        for c in bytes.chunks(2) {
-            sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-        }
-        while sum >> 16 != 0 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
+    // The Internet checksum computed from scratch, to check updates.
+    use crate::wire::checksum::internet_checksum as checksum;
 
     fn udp_packet() -> Packet {
         let mut f = vec![0u8; 14 + 20 + 8 + 6];

@@ -32,11 +32,12 @@ impl IdentityIndex {
         h.finish()
     }
 
-    /// The slot holding `key`.
+    /// The slot of `slots` holding `key` (`key_of` reads an entry's).
     #[inline]
-    pub(crate) fn get(&self, key: &RuleKey, key_of: impl Fn(u32) -> RuleKey) -> Option<u32> {
+    pub(crate) fn get<T>(&self, key: &RuleKey, slots: &[Option<T>], key_of: impl Fn(&T) -> RuleKey) -> Option<u32> {
         let h = self.hash_of(key);
-        self.table.find(h, |&(eh, slot)| eh == h && key_of(slot) == *key).map(|&(_, slot)| slot)
+        let holds = holds(key, slots, key_of);
+        self.table.find(h, |&(eh, slot)| eh == h && holds(slot)).map(|&(_, slot)| slot)
     }
 
     /// Records that `slot` holds `key` (which no slot held).
@@ -46,13 +47,29 @@ impl IdentityIndex {
         self.table.insert_unique(h, (h, slot), |&(eh, _)| eh);
     }
 
-    /// Forgets `key`; returns the slot that held it.
+    /// Forgets `key`; returns the slot of `slots` that held it.
     #[inline]
-    pub(crate) fn remove(&mut self, key: &RuleKey, key_of: impl Fn(u32) -> RuleKey) -> Option<u32> {
+    pub(crate) fn remove<T>(
+        &mut self,
+        key: &RuleKey,
+        slots: &[Option<T>],
+        key_of: impl Fn(&T) -> RuleKey,
+    ) -> Option<u32> {
         let h = self.hash_of(key);
-        match self.table.find_entry(h, |&(eh, slot)| eh == h && key_of(slot) == *key) {
+        let holds = holds(key, slots, key_of);
+        match self.table.find_entry(h, |&(eh, slot)| eh == h && holds(slot)) {
             Ok(e) => Some(e.remove().0.1),
             Err(_) => None,
         }
     }
+}
+
+/// Whether a slot of `slots` holds an entry whose identity is `key`.
+#[inline]
+fn holds<'a, T>(
+    key: &'a RuleKey,
+    slots: &'a [Option<T>],
+    key_of: impl Fn(&T) -> RuleKey + 'a,
+) -> impl Fn(u32) -> bool + 'a {
+    move |slot| slots.get(slot as usize).and_then(Option::as_ref).is_some_and(|e| key_of(e) == *key)
 }

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::identity::IdentityIndex;
-use super::matching::Match;
 use super::spec::{FlowSelector, FlowSpec, FlowStats};
 use super::table::{RuleKey, RuleStats, TableError, flow_stats, is_expired};
 
@@ -36,8 +35,7 @@ struct Rules {
 
 impl Rules {
     fn slot_of(&self, k: &RuleKey) -> Option<u32> {
-        let slots = &self.slots;
-        self.index.get(k, |s| slots[s as usize].as_ref().map_or((Match::default(), 0), |e| key(&e.spec)))
+        self.index.get(k, &self.slots, |e| e.spec.identity())
     }
 
     fn contains_key(&self, k: &RuleKey) -> bool {
@@ -70,8 +68,7 @@ impl Rules {
     }
 
     fn remove(&mut self, k: &RuleKey) -> Option<Entry> {
-        let slots = &self.slots;
-        let s = self.index.remove(k, |s| slots[s as usize].as_ref().map_or((Match::default(), 0), |e| key(&e.spec)))?;
+        let s = self.index.remove(k, &self.slots, |e| e.spec.identity())?;
         self.free.push(s);
         self.len -= 1;
         self.slots[s as usize].take()
@@ -86,7 +83,7 @@ impl Rules {
     }
 
     fn iter(&self) -> impl Iterator<Item = (RuleKey, &Entry)> {
-        self.values().map(|e| (key(&e.spec), e))
+        self.values().map(|e| (e.spec.identity(), e))
     }
 }
 
@@ -98,10 +95,6 @@ pub(crate) struct RuleSet {
     limit: usize,
     /// Rules with a timeout (expiry is skipped while there are none).
     timed: usize,
-}
-
-fn key(spec: &FlowSpec) -> RuleKey {
-    (spec.matching, spec.priority)
 }
 
 fn timed(spec: &FlowSpec) -> bool {
@@ -127,7 +120,7 @@ impl RuleSet {
             // Fits even if every one is new: no need to look.
             return Ok(());
         }
-        let new = specs.iter().filter(|(s, _)| !self.rules.contains_key(&key(s))).count();
+        let new = specs.iter().filter(|(s, _)| !self.rules.contains_key(&s.identity())).count();
         if self.len() + new > self.limit { Err(TableError::Full) } else { Ok(()) }
     }
 
@@ -140,7 +133,7 @@ impl RuleSet {
             if timed(&spec) {
                 self.timed += 1;
             }
-            if let Some(old) = self.rules.insert(key(&spec), Entry { spec, stats, seq })
+            if let Some(old) = self.rules.insert(spec.identity(), Entry { spec, stats, seq })
                 && timed(&old.spec)
             {
                 self.timed -= 1;

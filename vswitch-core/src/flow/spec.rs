@@ -139,6 +139,11 @@ impl FlowSpec {
         FlowSpec { priority: DEFAULT_PRIORITY, matching, actions, cookie: 0, idle_timeout: 0, hard_timeout: 0 }
     }
 
+    /// Its identity in its table set: match (with the table) and priority.
+    pub fn identity(&self) -> super::RuleKey {
+        (self.matching, self.priority)
+    }
+
     /// The table the rule is in (its match carries it; 0 unless `table=`).
     pub fn table(&self) -> u8 {
         self.matching.table().unwrap_or(0)

@@ -488,7 +488,7 @@ impl Tables {
     /// # Errors
     /// [`TableError::Full`]; nothing changes.
     pub fn add_with_stats(&mut self, specs: Vec<(FlowSpec, Arc<RuleStats>)>) -> Result<(), TableError> {
-        let new = specs.iter().filter(|(s, _)| self.id_of(&(s.matching, s.priority)).is_none()).count();
+        let new = specs.iter().filter(|(s, _)| self.id_of(&s.identity()).is_none()).count();
         if self.len() + new > self.limit {
             return Err(TableError::Full);
         }
@@ -496,7 +496,7 @@ impl Tables {
             if spec.matching.table().is_none() {
                 spec.matching.set_table(0);
             }
-            if let Some(id) = self.id_of(&(spec.matching, spec.priority)) {
+            if let Some(id) = self.id_of(&spec.identity()) {
                 self.remove_id(id);
             }
             let seq = self.next_seq;
@@ -521,7 +521,7 @@ impl Tables {
                 self.classifiers.resize_with(table + 1, Classifier::new);
             }
             self.classifiers[table].insert(id, &in_table(&r.spec.matching), r.spec.priority, seq);
-            self.identity.insert(&(r.spec.matching, r.spec.priority), id);
+            self.identity.insert(&r.spec.identity(), id);
             self.len += 1;
         }
         self.changed();
@@ -531,18 +531,12 @@ impl Tables {
     /// The rule with this identity.
     #[inline]
     fn id_of(&self, key: &RuleKey) -> Option<u32> {
-        let rules = &self.rules;
-        self.identity.get(key, |id| {
-            rules[id as usize].as_ref().map_or((Match::default(), 0), |r| (r.spec.matching, r.spec.priority))
-        })
+        self.identity.get(key, &self.rules, |r| r.spec.identity())
     }
 
     fn remove_id(&mut self, id: u32) -> Option<Rule> {
-        let key = self.rules.get(id as usize)?.as_ref().map(|r| (r.spec.matching, r.spec.priority))?;
-        let rules = &self.rules;
-        self.identity.remove(&key, |id| {
-            rules[id as usize].as_ref().map_or((Match::default(), 0), |r| (r.spec.matching, r.spec.priority))
-        });
+        let key = self.rules.get(id as usize)?.as_ref()?.spec.identity();
+        self.identity.remove(&key, &self.rules, |r| r.spec.identity());
         let r = self.rules.get_mut(id as usize)?.take()?;
         self.classifiers[r.spec.table() as usize].remove(id, &in_table(&r.spec.matching), r.spec.priority);
         self.len -= 1;
