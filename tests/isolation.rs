@@ -17,11 +17,23 @@ use vswitch_tests::netns::{NetNs, Veth};
 fn a_reattaching_port_does_not_stall_the_others_on_its_thread() {
     use vswitch_tests::{frame, mac, seq_of};
     const QUEUE: usize = 256;
+    // The datapath thread gets CPU 1 to itself, as a deployment pins its
+    // poll-mode threads; this test's threads (sender, receiver, the
+    // flapper and the `ip` commands it runs) and the switch's slow-path
+    // thread inherit CPU 0 from this thread. Otherwise, on two cores, the
+    // scheduler alone can hold the datapath thread off for longer than
+    // a's queue lasts, and the test would measure the scheduler.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cpus >= 2, "this test needs two CPUs (one for the datapath thread); the machine has {cpus}");
+    let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = me.file_name().and_then(|t| t.to_str()).expect("a thread id").to_string();
+    let pinned = std::process::Command::new("taskset").args(["-p", "-c", "0", &tid]).output().expect("taskset");
+    assert!(pinned.status.success(), "taskset: {}", String::from_utf8_lossy(&pinned.stderr));
     let ns = std::sync::Arc::new(NetNs::new());
     let cidr = "10.98.0.1/24".to_string();
     let first = Veth::new(&ns, &cidr);
     let host = first.host.clone();
-    let sw = std::sync::Arc::new(Switch::builder().memory_queue_len(QUEUE).build().unwrap());
+    let sw = std::sync::Arc::new(Switch::builder().memory_queue_len(QUEUE).pin_cpus(&[1]).build().unwrap());
     sw.add_bridge("br0").unwrap();
     sw.add_afxdp_port("br0", &host, PortConfig::default()).unwrap();
     let a = sw.add_memory_port("br0", "a", PortConfig::default()).unwrap();
