@@ -60,11 +60,14 @@ pub enum DropReason {
     /// Resubmits and table gotos nested deeper than 64, or more than 4,096
     /// lookups for one packet: a loop in the rules (rx).
     ResubmitLimit,
+    /// A `ct` action could not commit the connection: the global or the
+    /// zone's limit, or no free NAT mapping (`ct-stats` says which) (rx).
+    Conntrack,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -85,6 +88,7 @@ impl DropReason {
         DropReason::TunnelUnknown,
         DropReason::TunnelNoRemote,
         DropReason::ResubmitLimit,
+        DropReason::Conntrack,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -110,6 +114,7 @@ impl DropReason {
             DropReason::TunnelUnknown => "tunnel_unknown",
             DropReason::TunnelNoRemote => "tunnel_no_remote",
             DropReason::ResubmitLimit => "resubmit_limit",
+            DropReason::Conntrack => "conntrack",
         }
     }
 }

@@ -32,6 +32,7 @@
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod conntrack;
 pub mod datapath;
 mod drop_reason;
 mod error;

@@ -60,6 +60,7 @@ pub struct SwitchBuilder {
     pin_cpus: Vec<usize>,
     timeout: Duration,
     on_failure: Option<FailureHook>,
+    ct_size: usize,
 }
 
 impl std::fmt::Debug for SwitchBuilder {
@@ -86,6 +87,7 @@ impl Default for SwitchBuilder {
             pin_cpus: Vec::new(),
             timeout: DEFAULT_DATAPATH_TIMEOUT,
             on_failure: None,
+            ct_size: crate::conntrack::DEFAULT_LIMIT as usize,
         }
     }
 }
@@ -157,6 +159,14 @@ impl SwitchBuilder {
         self
     }
 
+    /// How many connections conntrack's index is sized for, and its
+    /// initial global limit (default 262,144; the limit can be changed
+    /// later with [`Conntrack::apply_config`](crate::conntrack::Conntrack::apply_config)).
+    pub fn conntrack_size(mut self, connections: usize) -> Self {
+        self.ct_size = connections;
+        self
+    }
+
     /// Depth of each queue of a memory port (default 1024).
     pub fn memory_queue_len(mut self, len: usize) -> Self {
         self.queue_len = len;
@@ -185,17 +195,21 @@ impl SwitchBuilder {
             return Err(Error::invalid("datapath timeout", "must be above zero"));
         }
         let on_failure = self.on_failure.unwrap_or_else(|| Arc::new(|_: &str, _: &str| {}));
+        if self.ct_size == 0 || self.ct_size > 1 << 24 {
+            return Err(Error::invalid("conntrack size", format!("{} is not in 1..=16777216", self.ct_size)));
+        }
+        let ct = Arc::new(crate::conntrack::Conntrack::new(self.ct_size));
         let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
         let runner = if self.manual {
             Runner::Manual {
-                dp: Box::new(Mutex::new(Datapath::with_spare(spare.clone()))),
+                dp: Box::new(Mutex::new(Datapath::with_spare(spare.clone(), ct.clone()))),
                 wakeup: Arc::new(Wakeup::default()),
             }
         } else {
             let threads = (0..self.pmd_threads)
                 .map(|i| {
                     let cpu = (!self.pin_cpus.is_empty()).then(|| self.pin_cpus[i % self.pin_cpus.len()]);
-                    let dp = Datapath::with_spare(spare.clone());
+                    let dp = Datapath::with_spare(spare.clone(), ct.clone());
                     let name = format!("vswitch-pmd{i}");
                     DatapathThread::spawn(dp, clock.clone(), self.idle, name, cpu, on_failure.clone())
                 })
@@ -206,6 +220,8 @@ impl SwitchBuilder {
             Runner::Threads(t) => t.len(),
             Runner::Manual { .. } => 1,
         };
+        let slow = SlowPath::spawn(clock.clone())?;
+        slow.add(Box::new(crate::conntrack::Sweeper(ct.clone())));
         Ok(Switch {
             registry: Mutex::new(Registry { bridges: BTreeMap::new(), owned: vec![0; threads] }),
             changes: Mutex::new(()),
@@ -213,7 +229,8 @@ impl SwitchBuilder {
             next_sweep_ms: Mutex::new(0),
             timeout: self.timeout,
             runner,
-            slow: SlowPath::spawn(clock.clone())?,
+            slow,
+            ct,
             clock,
             mac_defaults: self.mac,
             queue_len: self.queue_len,
@@ -384,6 +401,8 @@ pub struct Switch {
     queue_len: usize,
     flow_limit: usize,
     spare: SpareBuffers,
+    /// The connection table the datapath threads share.
+    ct: Arc<crate::conntrack::Conntrack>,
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -897,6 +916,12 @@ impl Switch {
                 BridgeInfo { name: name.clone(), ports, mac_table: b.mac.config() }
             })
             .collect()
+    }
+
+    /// The connection table (`ct` actions): dump, flush, statistics and
+    /// settings.
+    pub fn conntrack(&self) -> &crate::conntrack::Conntrack {
+        &self.ct
     }
 
     /// Counters of every bridge, port and MAC table.

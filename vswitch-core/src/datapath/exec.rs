@@ -21,8 +21,9 @@
 //! written down.
 
 use super::{BridgeParts, Datapath, Ingress};
+use crate::conntrack::{self, Hit, PacketInfo, Request, Rewrite, Untrackable, Verdict};
 use crate::flow::{
-    Action, Field, GroupType, Headers, MAX_BUCKETS, MAX_DEPTH, MAX_LOOKUPS, Match, PackedKey, PackedParse, Trace,
+    Action, CtAction, CtZone, Field, GroupType, Headers, MAX_BUCKETS, MAX_DEPTH, MAX_LOOKUPS, Match, PackedKey, PackedParse, Trace,
     TraceOutput, VLAN_PRESENT, dec_ttl, packet_for, set_ipv4_addr, set_l4_port,
 };
 use crate::packet::Packet;
@@ -66,6 +67,8 @@ struct InFlight<'k> {
     lookups: u32,
     /// A limit was hit (and counted, once): the whole traversal stops.
     aborted: bool,
+    /// What the last `ct` found (a later `ct` in its zone reuses it).
+    ct: Option<Hit>,
 }
 
 impl Datapath {
@@ -123,6 +126,7 @@ impl Datapath {
             missed: false,
             lookups: 1,
             aborted: false,
+            ct: None,
         };
         self.apply_rule(br, at, &mut f, first, 0, true, drops);
         if let Some(p) = f.pkt.take() {
@@ -223,7 +227,105 @@ impl Datapath {
                     self.run_on_copy(br, at, f, inner, depth, drops);
                 }
                 Action::Group(id) => self.group(br, at, f, *id, depth, final_use, drops),
+                Action::Ct(ct) => self.conntrack(br, at, f, ct, depth, final_use, drops),
                 _ => self.modify(f, action, drops),
+            }
+        }
+    }
+
+    /// `ct(...)`: tracks the packet. With `table=`, the tracked packet goes
+    /// on in that table (the packet itself in tail position, otherwise a
+    /// copy, and this one carries on untracked, as Open vSwitch forks it);
+    /// without, the packet carries on through the following actions,
+    /// translated if the action has `nat`.
+    #[allow(clippy::too_many_arguments)]
+    fn conntrack(
+        &mut self,
+        br: &mut BridgeParts<'_>,
+        at: Ingress,
+        f: &mut InFlight<'_>,
+        ct: &CtAction,
+        depth: u32,
+        final_use: bool,
+        drops: &mut Drops,
+    ) {
+        let Some(table) = ct.table else {
+            self.ct_track(f, ct, at.now_ms, drops);
+            return;
+        };
+        let Some(next) = self.next_lookup(f, depth, drops) else { return };
+        if final_use {
+            if self.ct_track(f, ct, at.now_ms, drops) {
+                f.key.set_table(table);
+                let id = self.lookup(br, f.key);
+                self.enter(|dp| dp.apply_rule(br, at, f, id, next, true, drops));
+            }
+            return;
+        }
+        let Some(p) = f.pkt.as_ref() else { return };
+        let copy = self.pool.clone_packet(p);
+        let mut key = *f.key;
+        let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
+        if self.ct_track(&mut c, ct, at.now_ms, drops) {
+            c.key.set_table(table);
+            let id = self.lookup(br, c.key);
+            self.enter(|dp| dp.apply_rule(br, at, &mut c, id, next, true, drops));
+        }
+        self.join(f, c);
+    }
+
+    /// Runs the packet through conntrack, sets its `ct_*` fields and
+    /// applies NAT. False if conntrack dropped it (a limit, or no NAT
+    /// mapping free).
+    fn ct_track(&mut self, f: &mut InFlight<'_>, ct: &CtAction, now_ms: u64, drops: &mut Drops) -> bool {
+        let Some(p) = f.pkt.as_mut() else { return false };
+        let zone = match ct.zone {
+            CtZone::Value(z) => z,
+            CtZone::Field(s) => s.read(f.key) as u16,
+        };
+        let info = match f.h.dl_type {
+            ethertype::IPV4 | ethertype::IPV6 => PacketInfo::parse(p.data(), &f.h, zone),
+            _ => Err(Untrackable::NotIp),
+        };
+        let prev = f.ct.filter(|h| h.zone == zone);
+        let req = Request {
+            zone,
+            commit: ct.commit,
+            force: ct.force,
+            nat: ct.nat.as_ref(),
+            mark: ct.mark,
+            label: ct.label,
+            now_ms,
+            dry: self.dry_run(),
+        };
+        match self.ct.execute(info, prev, &req) {
+            Verdict::Drop(why) => {
+                let p = f.pkt.take().expect("present");
+                self.note(|| format!("{ct}: {}: cannot commit", why.name()));
+                self.discard(p, DropReason::Conntrack, drops);
+                false
+            }
+            Verdict::Tracked(hit, rewrite) => {
+                match rewrite {
+                    Some(Rewrite::Headers(to)) => {
+                        conntrack::translate(p, &f.h, &to);
+                        let k = &mut *f.key;
+                        (k.0[3], k.0[4], k.0[5], k.0[6]) = (to.0[0], to.0[1], to.0[2], to.0[3]);
+                        if matches!(to.proto(), 6 | 17 | 132) {
+                            k.0[7] = (k.0[7] & !0xffff_ffff) | to.sport() as u64 | (to.dport() as u64) << 16;
+                        }
+                    }
+                    Some(Rewrite::Error { outer, quoted, at }) => {
+                        conntrack::translate_error(p, &f.h, at, &outer, &quoted);
+                        let k = &mut *f.key;
+                        (k.0[3], k.0[4], k.0[5], k.0[6]) = (outer.0[0], outer.0[1], outer.0[2], outer.0[3]);
+                    }
+                    None => {}
+                }
+                hit.write_key(f.key);
+                f.ct = Some(hit);
+                self.note(|| ct_note(ct, &hit, prev.is_some(), req.dry, rewrite.as_ref()));
+                true
             }
         }
     }
@@ -509,6 +611,10 @@ impl Datapath {
                 p.tunnel.get_or_insert_with(Default::default).dst = a;
                 k.set(9, 32, 32, u32::from(a) as u64);
             }
+            Action::CtClear => {
+                Hit::clear_key(k);
+                f.ct = None;
+            }
             Action::SetField { field, value, mask } => {
                 let v = (field.get(k) & !mask) | value;
                 self.write_field(f, field, v, drops);
@@ -610,4 +716,31 @@ impl Datapath {
         };
         Some(Trace { flow, rule, steps: log.steps, outputs, verdict })
     }
+}
+
+/// A dry run's note of what a `ct` action found.
+fn ct_note(ct: &CtAction, hit: &Hit, reused: bool, dry: bool, rewrite: Option<&Rewrite>) -> String {
+    use conntrack::state::*;
+    let st = crate::flow::Match::any().with(Field::CtState, hit.state as u64).to_text();
+    let mut s = format!("{ct}: zone {} ", hit.zone);
+    s.push_str(if reused { "(tracked already in this zone) " } else { "" });
+    s.push_str(match hit.state {
+        x if x & INV != 0 => "invalid",
+        x if x & REL != 0 => "related to a connection",
+        _ if hit.found.is_none() => "new connection",
+        x if x & RPL != 0 => "connection, reply direction",
+        _ => "connection, original direction",
+    });
+    if ct.commit && hit.found.is_none() && hit.state & INV == 0 {
+        s.push_str(if dry { " (would be committed)" } else { "" });
+    } else if hit.committed {
+        s.push_str(", committed");
+    }
+    s.push_str(&format!(": {st}"));
+    if let Some(Rewrite::Headers(k)) = rewrite {
+        s.push_str(&format!(", NAT to {}:{} -> {}:{}", k.src(), k.sport(), k.dst(), k.dport()));
+    } else if let Some(Rewrite::Error { quoted, .. }) = rewrite {
+        s.push_str(&format!(", quoted packet translated to {}:{} -> {}:{}", quoted.src(), quoted.sport(), quoted.dst(), quoted.dport()));
+    }
+    s
 }

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::unix::SourceFd;
 
+use crate::conntrack::Conntrack;
 use crate::flow::{Emc, FlowTable, GroupTable, PackedParse, Tables};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
@@ -103,6 +104,8 @@ pub struct Datapath {
     next_housekeeping_ms: u64,
     /// Set for the length of a `trace`: a dry run (see the executor).
     tracing: Option<Box<TraceLog>>,
+    /// The switch's connection table.
+    ct: Arc<Conntrack>,
 }
 
 impl Default for Datapath {
@@ -114,15 +117,15 @@ impl Default for Datapath {
 impl Datapath {
     /// A datapath with no bridges.
     pub fn new() -> Self {
-        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER))
+        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER), Arc::new(Conntrack::default()))
     }
 
     /// A datapath whose buffer pool also draws on `spare`.
-    pub fn with_spare(spare: SpareBuffers) -> Self {
-        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER).with_spare(spare))
+    pub fn with_spare(spare: SpareBuffers, ct: Arc<Conntrack>) -> Self {
+        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER).with_spare(spare), ct)
     }
 
-    fn with_pool(pool: PacketPool) -> Self {
+    fn with_pool(pool: PacketPool, ct: Arc<Conntrack>) -> Self {
         Datapath {
             ports: Vec::new(),
             bridges: Vec::new(),
@@ -141,6 +144,7 @@ impl Datapath {
             fds: Vec::new(),
             next_housekeeping_ms: 0,
             tracing: None,
+            ct,
         }
     }
 

@@ -6,6 +6,7 @@
 //! checksum for address (pseudo-header) and port changes. A UDP checksum
 //! of zero means "none" (RFC 768) and stays zero.
 
+use super::ct_action::CtAction;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -102,6 +103,11 @@ pub enum Action {
     Note(Vec<u8>),
     /// `group:N`: runs the group's buckets (see [`GroupSpec`](super::GroupSpec)).
     Group(u32),
+    /// `ct(...)`: connection tracking (see [`CtAction`]).
+    Ct(Box<CtAction>),
+    /// `ct_clear`: forgets what conntrack found (the `ct_*` fields are
+    /// zero again).
+    CtClear,
 }
 
 /// Appends the groups `actions` send to (inside `clone` too).
@@ -132,6 +138,7 @@ impl Action {
     pub fn uses_packet(&self) -> bool {
         self.is_output()
             || matches!(self, Action::Resubmit { .. } | Action::GotoTable(_) | Action::Clone(_) | Action::Group(_))
+            || matches!(self, Action::Ct(ct) if ct.table.is_some())
     }
 }
 
@@ -186,6 +193,8 @@ impl fmt::Display for Action {
             Action::GotoTable(t) => write!(f, "goto_table:{t}"),
             Action::Group(g) => write!(f, "group:{g}"),
             Action::Clone(inner) => write!(f, "clone({})", actions_to_text(inner)),
+            Action::Ct(ct) => write!(f, "{ct}"),
+            Action::CtClear => f.write_str("ct_clear"),
             Action::Note(bytes) => {
                 f.write_str("note:")?;
                 for (i, b) in bytes.iter().enumerate() {
@@ -374,6 +383,7 @@ fn parse_actions_nested(
             out.push(match name.as_str() {
                 "resubmit" => parse_resubmit(inner, ports)?,
                 "clone" => Action::Clone(parse_actions_nested(inner, ports, depth + 1)?),
+                "ct" => Action::Ct(Box::new(super::ct_action::parse_ct(inner)?)),
                 other => return err(format!("unknown action '{other}'")),
             });
             continue;
@@ -414,6 +424,8 @@ fn parse_actions_nested(
             "mod_tp_src" => Action::SetTpSrc(parse_num(need("mod_tp_src")?, "mod_tp_src", 0xffff)? as u16),
             "mod_tp_dst" => Action::SetTpDst(parse_num(need("mod_tp_dst")?, "mod_tp_dst", 0xffff)? as u16),
             "dec_ttl" => Action::DecTtl,
+            "ct" => Action::Ct(Box::default()),
+            "ct_clear" => Action::CtClear,
             "resubmit" => parse_resubmit(need("resubmit")?, ports)?,
             "goto_table" => {
                 let t = parse_num(need("goto_table")?, "goto_table", 254)? as u8;

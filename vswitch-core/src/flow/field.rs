@@ -50,6 +50,12 @@ pub enum Field {
     EthType,
     /// `ip_proto` (read only).
     IpProto,
+    /// `ct_state` (read only).
+    CtState,
+    /// `ct_zone` (read only).
+    CtZone,
+    /// `ct_mark` (read only here; `ct(commit,exec(...))` sets it).
+    CtMark,
 }
 
 impl Field {
@@ -80,6 +86,9 @@ impl Field {
             "tun_dst" | "nxm_nx_tun_ipv4_dst" => Field::TunDst,
             "eth_type" | "dl_type" | "nxm_of_eth_type" => Field::EthType,
             "ip_proto" | "nw_proto" | "nxm_of_ip_proto" => Field::IpProto,
+            "ct_state" | "nxm_nx_ct_state" => Field::CtState,
+            "ct_zone" | "nxm_nx_ct_zone" => Field::CtZone,
+            "ct_mark" | "nxm_nx_ct_mark" => Field::CtMark,
             _ => return None,
         })
     }
@@ -104,6 +113,9 @@ impl Field {
                 Field::TunDst => "tun_dst",
                 Field::EthType => "eth_type",
                 Field::IpProto => "ip_proto",
+                Field::CtState => "ct_state",
+                Field::CtZone => "ct_zone",
+                Field::CtMark => "ct_mark",
                 Field::Reg(_) | Field::Xreg(_) => unreachable!("handled above"),
             }
             .to_string(),
@@ -129,6 +141,9 @@ impl Field {
             Field::TunDst => (9, 32, 32),
             Field::EthType => (0, 32, 16),
             Field::IpProto => (1, 48, 8),
+            Field::CtState => (MARK_WORD, super::packed::CT_STATE_SHIFT, 8),
+            Field::CtZone => (MARK_WORD, super::packed::CT_ZONE_SHIFT, 16),
+            Field::CtMark => (super::packed::CT_WORD, 0, 32),
         }
     }
 
@@ -139,12 +154,22 @@ impl Field {
 
     /// True for the fields that only live in the switch (no header bytes).
     pub fn is_metadata(self) -> bool {
-        matches!(self, Field::Reg(_) | Field::Xreg(_) | Field::Metadata | Field::PktMark | Field::InPort)
+        matches!(
+            self,
+            Field::Reg(_)
+                | Field::Xreg(_)
+                | Field::Metadata
+                | Field::PktMark
+                | Field::InPort
+                | Field::CtState
+                | Field::CtZone
+                | Field::CtMark
+        )
     }
 
     /// True if actions may write it.
     pub fn is_writable(self) -> bool {
-        !matches!(self, Field::EthType | Field::IpProto)
+        !matches!(self, Field::EthType | Field::IpProto | Field::CtState | Field::CtZone | Field::CtMark)
     }
 
     /// Its value in `key`.

@@ -9,7 +9,11 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::packed::{MARK_WORD, METADATA_WORD, PackedKey, REG_WORD, TABLE_SHIFT, VLAN_PRESENT, ones};
+use super::packed::{
+    CT_DST_WORD, CT_LABEL_WORD, CT_PROTO_SHIFT, CT_SRC_WORD, CT_STATE_SHIFT, CT_WORD, CT_ZONE_SHIFT, MARK_WORD,
+    METADATA_WORD, PackedKey, REG_WORD, TABLE_SHIFT, VLAN_PRESENT, ones,
+};
+use crate::conntrack::state as ct_state;
 use crate::wire::{MacAddr, ethertype};
 
 /// A value and mask over a packed key. `value` has no bits outside `mask`.
@@ -136,6 +140,8 @@ impl Match {
             m.value.0[w] = 0;
             m.mask.0[w] = 0;
         }
+        m.value.set(2, CT_PROTO_SHIFT, 8, 0);
+        m.mask.set(2, CT_PROTO_SHIFT, 8, 0);
         m
     }
 }
@@ -153,6 +159,10 @@ enum Kind {
     Icmp,
     /// Maskable, printed in hexadecimal (tun_id, registers, metadata).
     Hex,
+    /// `ct_state`: flags (`+trk+est-new`) or a value and mask.
+    CtState,
+    /// 128 bits over two words, high first (`ct_label`).
+    Hex128,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +214,15 @@ const PKT_MARK: FieldDef = fd("pkt_mark", MARK_WORD, 0, 32, Kind::Hex, Prereq::N
 /// Not a match field as text (`table=` is the rule's, parsed with the
 /// priority), but matched like one: a lookup's key carries its table.
 const TABLE: FieldDef = fd("table", MARK_WORD, TABLE_SHIFT, 8, Kind::Dec8, Prereq::None);
+const CT_STATE: FieldDef = fd("ct_state", MARK_WORD, CT_STATE_SHIFT, 8, Kind::CtState, Prereq::None);
+const CT_ZONE: FieldDef = fd("ct_zone", MARK_WORD, CT_ZONE_SHIFT, 16, Kind::Ports, Prereq::None);
+const CT_MARK: FieldDef = fd("ct_mark", CT_WORD, 0, 32, Kind::Hex, Prereq::None);
+const CT_LABEL: FieldDef = fd("ct_label", CT_LABEL_WORD, 0, 64, Kind::Hex128, Prereq::None);
+const CT_NW_SRC: FieldDef = fd("ct_nw_src", CT_SRC_WORD, 0, 64, Kind::Ip, Prereq::Ip);
+const CT_NW_DST: FieldDef = fd("ct_nw_dst", CT_DST_WORD, 0, 64, Kind::Ip, Prereq::Ip);
+const CT_NW_PROTO: FieldDef = fd("ct_nw_proto", 2, CT_PROTO_SHIFT, 8, Kind::Dec8, Prereq::None);
+const CT_TP_SRC: FieldDef = fd("ct_tp_src", CT_WORD, 32, 16, Kind::Ports, Prereq::None);
+const CT_TP_DST: FieldDef = fd("ct_tp_dst", CT_WORD, 48, 16, Kind::Ports, Prereq::None);
 
 const REG_NAMES: [&str; 16] = [
     "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7", "reg8", "reg9", "reg10", "reg11", "reg12", "reg13",
@@ -235,9 +254,10 @@ static XREGS: [FieldDef; 8] = {
 
 /// Fields in canonical print order (dl_type, nw_proto and the VLAN fields
 /// are printed specially; registers after these).
-const PRINTED: [&FieldDef; 18] = [
-    &IN_PORT, &METADATA, &PKT_MARK, &DL_SRC, &DL_DST, &NW_SRC, &NW_DST, &ARP_SPA, &ARP_TPA, &NW_TOS, &NW_TTL, &TP_SRC,
-    &TP_DST, &ICMP_TYPE, &ICMP_CODE, &TUN_ID, &TUN_SRC, &TUN_DST,
+const PRINTED: [&FieldDef; 27] = [
+    &CT_STATE, &CT_ZONE, &CT_MARK, &CT_LABEL, &CT_NW_SRC, &CT_NW_DST, &CT_NW_PROTO, &CT_TP_SRC, &CT_TP_DST, &IN_PORT,
+    &METADATA, &PKT_MARK, &DL_SRC, &DL_DST, &NW_SRC, &NW_DST, &ARP_SPA, &ARP_TPA, &NW_TOS, &NW_TTL, &TP_SRC, &TP_DST,
+    &ICMP_TYPE, &ICMP_CODE, &TUN_ID, &TUN_SRC, &TUN_DST,
 ];
 
 fn lookup_field(name: &str) -> Option<&'static FieldDef> {
@@ -272,6 +292,15 @@ fn lookup_field(name: &str) -> Option<&'static FieldDef> {
         "tun_id" | "tunnel_id" => &TUN_ID,
         "tun_src" => &TUN_SRC,
         "tun_dst" => &TUN_DST,
+        "ct_state" => &CT_STATE,
+        "ct_zone" => &CT_ZONE,
+        "ct_mark" => &CT_MARK,
+        "ct_label" => &CT_LABEL,
+        "ct_nw_src" | "ct_ipv6_src" => &CT_NW_SRC,
+        "ct_nw_dst" | "ct_ipv6_dst" => &CT_NW_DST,
+        "ct_nw_proto" => &CT_NW_PROTO,
+        "ct_tp_src" => &CT_TP_SRC,
+        "ct_tp_dst" => &CT_TP_DST,
         _ => return None,
     })
 }
@@ -404,6 +433,21 @@ pub(crate) fn apply_match_item(
             };
             m.set_field(f, n & mk, mk)
         }
+        Kind::CtState => {
+            let (val, mask) = parse_ct_state(v)?;
+            m.set_field(f, val as u64, mask as u64)
+        }
+        Kind::Hex128 => {
+            let (val, mask) = split(v);
+            let n = parse_u128(&val, name)?;
+            let mk = match mask {
+                Some(mk) => parse_u128(&mk, name)?,
+                None => u128::MAX,
+            };
+            let lo = FieldDef { word: f.word + 1, ..*f };
+            m.set_field(f, ((n & mk) >> 64) as u64, (mk >> 64) as u64)?;
+            m.set_field(&lo, (n & mk) as u64, mk as u64)
+        }
         Kind::Tos => {
             let n = parse_num(v, name, 0xff)?;
             if n & 3 != 0 {
@@ -480,6 +524,63 @@ pub(crate) fn check_prerequisites(m: &Match, names: &[&str]) -> Result<(), FlowP
         return err("nw_src and nw_dst do not apply to arp; use arp_spa and arp_tpa");
     }
     Ok(())
+}
+
+/// Parses `ct_state`: `+trk+est-new` (each flag set or clear, others
+/// ignored) or a number with an optional mask.
+fn parse_ct_state(v: &str) -> Result<(u8, u8), FlowParseError> {
+    if !v.starts_with(['+', '-']) {
+        let (val, mask) = v.split_once('/').map_or((v, None), |(a, b)| (a, Some(b)));
+        let n = parse_num(val, "ct_state", 0xff)? as u8;
+        let m = match mask {
+            Some(mk) => parse_num(mk, "ct_state", 0xff)? as u8,
+            None => 0xff,
+        };
+        return Ok((n & m, m));
+    }
+    let (mut val, mut mask) = (0u8, 0u8);
+    let mut rest = v;
+    while !rest.is_empty() {
+        let set = rest.starts_with('+');
+        if !set && !rest.starts_with('-') {
+            return err(format!("ct_state '{v}': flags must each start with '+' or '-'"));
+        }
+        let end = rest[1..].find(['+', '-']).map_or(rest.len(), |i| i + 1);
+        let name = &rest[1..end];
+        let Some(&(_, bit)) = ct_state::NAMES.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = ct_state::NAMES.iter().map(|(n, _)| *n).collect();
+            return err(format!("ct_state '{v}': unknown flag '{name}' (one of {})", known.join(", ")));
+        };
+        if mask & bit != 0 && (val & bit != 0) != set {
+            return err(format!("ct_state '{v}': '{name}' is both set and cleared"));
+        }
+        mask |= bit;
+        if set {
+            val |= bit;
+        }
+        rest = &rest[end..];
+    }
+    Ok((val, mask))
+}
+
+/// `ct_state` as flags, in bit order.
+fn fmt_ct_state(v: u8, m: u8) -> String {
+    let mut out = String::new();
+    for (name, bit) in ct_state::NAMES {
+        if m & bit != 0 {
+            out.push(if v & bit != 0 { '+' } else { '-' });
+            out.push_str(name);
+        }
+    }
+    out
+}
+
+fn parse_u128(s: &str, what: &str) -> Result<u128, FlowParseError> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u128::from_str_radix(h, 16),
+        None => s.parse::<u128>(),
+    };
+    r.map_err(|_| FlowParseError(format!("{what} value '{s}' is not a 128-bit number")))
 }
 
 fn fmt_ipv4(v: u64, m: u64) -> String {
@@ -562,6 +663,21 @@ impl Match {
                 continue;
             }
             let (v, m) = self.field(f);
+            if f.kind == Kind::Hex128 {
+                let lo = FieldDef { word: f.word + 1, ..*f };
+                let (vl, ml) = self.field(&lo);
+                let (v, m) = ((v as u128) << 64 | vl as u128, (m as u128) << 64 | ml as u128);
+                if m != 0 {
+                    parts.push(if m == u128::MAX { format!("{}={v:#x}", f.name) } else { format!("{}={v:#x}/{m:#x}", f.name) });
+                }
+                continue;
+            }
+            if f.kind == Kind::CtState {
+                if m != 0 {
+                    parts.push(format!("ct_state={}", fmt_ct_state(v as u8, m as u8)));
+                }
+                continue;
+            }
             if f.kind == Kind::Ip {
                 let lo = FieldDef { word: f.word + 1, ..*f };
                 let (vl, ml) = self.field(&lo);

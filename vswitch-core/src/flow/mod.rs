@@ -10,6 +10,7 @@
 //! cache, and [`trace`](crate::Switch::trace)'s [`Trace`].
 
 mod action;
+mod ct_action;
 // Without `internals`, what only the benchmarks and tests call is unused.
 #[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod classifier;
@@ -27,6 +28,7 @@ mod table;
 mod trace;
 
 pub use action::{Action, MAX_DEPTH, MAX_LOOKUPS, actions_to_text};
+pub use ct_action::{CtAction, CtZone};
 pub(crate) use action::{check_action_prerequisites, groups_in};
 pub(crate) use action::{dec_ttl, set_ipv4_addr, set_l4_port};
 #[cfg(feature = "internals")]
@@ -36,8 +38,10 @@ pub use group::{Bucket, BucketStats, GroupSpec, GroupStats, GroupType, MAX_BUCKE
 pub(crate) use group::{Group, GroupTable};
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
+pub(crate) use matching::{err as matching_err, parse_num};
 pub(crate) use packed::Headers;
 pub use packed::{METADATA_WORD, PackedKey, PackedParse, VLAN_PRESENT, WORDS};
+pub(crate) use packed::{CT_DST_WORD, CT_LABEL_WORD, CT_PROTO_SHIFT, CT_SRC_WORD, CT_STATE_SHIFT, CT_WORD, CT_ZONE_SHIFT, MARK_WORD};
 pub(crate) use ruleset::RuleSet;
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver, TableRow};
 pub(crate) use synth::packet_for;

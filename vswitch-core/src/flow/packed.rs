@@ -8,18 +8,23 @@
 //! |---|---|
 //! | 0 | in_port 0..32, dl_type 32..48, vlan_tci 48..64 (0x1000 = tag present) |
 //! | 1 | dl_dst 0..48, nw_proto 48..56 (ARP: opcode), nw_tos 56..64 |
-//! | 2 | dl_src 0..48, nw_ttl 48..56 |
+//! | 2 | dl_src 0..48, nw_ttl 48..56, ct_nw_proto 56..64 |
 //! | 3, 4 | nw_src: IPv6 high and low halves; IPv4 (and ARP spa) in word 4 bits 0..32 |
 //! | 5, 6 | nw_dst likewise (ARP tpa) |
 //! | 7 | tp_src 0..16, tp_dst 16..32 (ICMP: type and code) |
 //! | 8 | tun_id |
 //! | 9 | tun_src 0..32, tun_dst 32..64 (IPv4 tunnel endpoints) |
 //! | 10 | metadata |
-//! | 11 | pkt_mark 0..32, the table being searched 32..40 |
+//! | 11 | pkt_mark 0..32, the table being searched 32..40, ct_state 40..48, ct_zone 48..64 |
 //! | 12..20 | xreg0..xreg7: word 12 + N is xregN, reg(2N) in bits 32..64 and reg(2N+1) in 0..32 |
+//! | 20 | ct_mark 0..32, ct_tp_src 32..48, ct_tp_dst 48..64 |
+//! | 21, 22 | ct_nw_src / ct_ipv6_src (IPv4 in word 22 bits 0..32) |
+//! | 23, 24 | ct_nw_dst / ct_ipv6_dst likewise |
+//! | 25, 26 | ct_label: high and low halves |
 //!
 //! Words 10 and up are the packet's metadata: zero when it is received,
-//! written by actions as it moves through the tables.
+//! written by actions (and `ct`) as it moves through the tables. So is
+//! `ct_nw_proto`, kept in a header word's spare bits.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -29,7 +34,7 @@ use crate::port::PortNo;
 use crate::wire::{VlanTci, ethertype};
 
 /// Number of words in a [`PackedKey`].
-pub const WORDS: usize = 20;
+pub const WORDS: usize = 27;
 
 /// The word holding `metadata`.
 pub const METADATA_WORD: usize = 10;
@@ -39,6 +44,20 @@ pub const MARK_WORD: usize = 11;
 pub const TABLE_SHIFT: u32 = 32;
 /// The first register word (xreg0).
 pub const REG_WORD: usize = 12;
+/// Where `ct_state` sits in [`MARK_WORD`].
+pub const CT_STATE_SHIFT: u32 = 40;
+/// Where `ct_zone` sits in [`MARK_WORD`].
+pub const CT_ZONE_SHIFT: u32 = 48;
+/// The word holding `ct_mark`, `ct_tp_src` and `ct_tp_dst`.
+pub const CT_WORD: usize = 20;
+/// The first of the two words of `ct_nw_src`/`ct_ipv6_src`.
+pub const CT_SRC_WORD: usize = 21;
+/// The first of the two words of `ct_nw_dst`/`ct_ipv6_dst`.
+pub const CT_DST_WORD: usize = 23;
+/// The high word of `ct_label`.
+pub const CT_LABEL_WORD: usize = 25;
+/// Where `ct_nw_proto` sits in word 2.
+pub const CT_PROTO_SHIFT: u32 = 56;
 
 /// A packed flow key, or a mask over one.
 #[derive(Debug, Clone, Copy, Default, PartialOrd, Ord)]

@@ -1,0 +1,998 @@
+//! Connection tracking and NAT: what the `ct` action consults and
+//! commits to, shared by every datapath thread of a switch.
+//!
+//! One entry per connection holds both directions' keys (the reply key
+//! already translated when the connection is NATed), the protocol state
+//! (TCP: state and both sequence windows), the mark and label, and when
+//! it expires. A packet's key finds its connection and direction with one
+//! lock-free probe (see [`table`](self::table) for the design). Zones
+//! separate connections (each zone its own tuple space, limit and
+//! timeouts). Expired connections are removed by a sweep on the switch's
+//! slow-path thread, never on the datapath's.
+//!
+//! What Linux's nf_conntrack and Open vSwitch's userspace conntrack do
+//! was the model: the TCP state machine and window checks, the timeouts
+//! (Linux's defaults), NAT port selection (keep the port if free, else one
+//! of the same class), ICMP errors as `+rel` with their quoted header
+//! translated. docs/conntrack.md has the semantics and where they differ.
+
+mod nat;
+mod table;
+mod tcp;
+mod tuple;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+pub use nat::{Nat, NatKind, NatRange, NatSelect};
+pub(crate) use nat::{parse_nat, translate, translate_error};
+pub use tcp::TcpState;
+use tcp::{Side, Tcp};
+pub(crate) use table::Found;
+use table::{Entry, InsertError, LIVE, Table};
+pub use tuple::Tuple;
+pub(crate) use tuple::{Key, Kind, PacketInfo, Untrackable};
+
+/// `ct_state` bits, with Open vSwitch's values.
+pub mod state {
+    /// The first packet(s) of a connection: not yet answered.
+    pub const NEW: u8 = 0x01;
+    /// Part of a connection that has seen traffic both ways.
+    pub const EST: u8 = 0x02;
+    /// Related to a connection (an ICMP error about it).
+    pub const REL: u8 = 0x04;
+    /// In the reply direction.
+    pub const RPL: u8 = 0x08;
+    /// Conntrack could not make sense of it.
+    pub const INV: u8 = 0x10;
+    /// Went through conntrack.
+    pub const TRK: u8 = 0x20;
+    /// Its connection is source-NATed (and `nat` was asked for).
+    pub const SNAT: u8 = 0x40;
+    /// Its connection is destination-NATed (and `nat` was asked for).
+    pub const DNAT: u8 = 0x80;
+    /// Names, in bit order, as `ct_state=+new+trk` spells them.
+    pub const NAMES: [(&str, u8); 8] = [
+        ("new", NEW),
+        ("est", EST),
+        ("rel", REL),
+        ("rpl", RPL),
+        ("inv", INV),
+        ("trk", TRK),
+        ("snat", SNAT),
+        ("dnat", DNAT),
+    ];
+}
+
+// The `info` word of an entry.
+const SEEN_REPLY: u64 = 1 << 8;
+const F_SNAT: u64 = 1 << 9;
+const F_DNAT: u64 = 1 << 10;
+const TCP_SHIFT: u32 = 16;
+const ZONE_SHIFT: u32 = 32;
+const PROTO_SHIFT: u32 = 48;
+
+#[inline]
+fn info_tcp(info: u64) -> TcpState {
+    TcpState::from_u8((info >> TCP_SHIFT) as u8)
+}
+
+#[inline]
+fn info_zone(info: u64) -> u16 {
+    (info >> ZONE_SHIFT) as u16
+}
+
+/// Timeouts in seconds, per protocol and state. The defaults are Linux
+/// nf_conntrack's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP after the first SYN.
+    pub tcp_syn_sent: u32,
+    /// TCP after the SYN-ACK.
+    pub tcp_syn_recv: u32,
+    /// TCP established.
+    pub tcp_established: u32,
+    /// TCP after the first FIN.
+    pub tcp_fin_wait: u32,
+    /// TCP after the first FIN was acknowledged.
+    pub tcp_close_wait: u32,
+    /// TCP after both FINs.
+    pub tcp_last_ack: u32,
+    /// TCP after the last FIN was acknowledged.
+    pub tcp_time_wait: u32,
+    /// TCP after a RST.
+    pub tcp_close: u32,
+    /// UDP not answered yet.
+    pub udp: u32,
+    /// UDP answered.
+    pub udp_stream: u32,
+    /// ICMP echo.
+    pub icmp: u32,
+    /// Any other protocol.
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 432_000,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 60,
+            tcp_last_ack: 30,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+            icmp: 30,
+            other: 600,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The names `ct-set-timeouts` takes.
+    pub const NAMES: [&str; 12] = [
+        "tcp_syn_sent",
+        "tcp_syn_recv",
+        "tcp_established",
+        "tcp_fin_wait",
+        "tcp_close_wait",
+        "tcp_last_ack",
+        "tcp_time_wait",
+        "tcp_close",
+        "udp",
+        "udp_stream",
+        "icmp",
+        "other",
+    ];
+
+    fn slots(&mut self) -> [&mut u32; 12] {
+        [
+            &mut self.tcp_syn_sent,
+            &mut self.tcp_syn_recv,
+            &mut self.tcp_established,
+            &mut self.tcp_fin_wait,
+            &mut self.tcp_close_wait,
+            &mut self.tcp_last_ack,
+            &mut self.tcp_time_wait,
+            &mut self.tcp_close,
+            &mut self.udp,
+            &mut self.udp_stream,
+            &mut self.icmp,
+            &mut self.other,
+        ]
+    }
+
+    /// Sets the timeout called `name` to `secs`.
+    ///
+    /// # Errors
+    /// An unknown name, or 0 seconds.
+    pub fn set(&mut self, name: &str, secs: u32) -> Result<(), String> {
+        let Some(i) = Self::NAMES.iter().position(|&n| n == name) else {
+            return Err(format!("unknown timeout '{name}' (one of {})", Self::NAMES.join(", ")));
+        };
+        if secs == 0 {
+            return Err(format!("timeout {name} must be at least 1 second"));
+        }
+        *self.slots()[i] = secs;
+        Ok(())
+    }
+
+    fn as_array(mut self) -> [u32; 12] {
+        self.slots().map(|s| *s)
+    }
+}
+
+/// One zone's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Most connections the zone may hold (`None`: the default limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Its timeouts (`None`: the defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// No TCP window checks in this zone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub liberal: bool,
+}
+
+/// Conntrack's settings: what `ct-set-limits` and `ct-set-timeouts`
+/// change, and what the daemon saves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConntrackConfig {
+    /// Most connections in all zones together.
+    pub limit: u32,
+    /// Most connections in a zone without its own limit (`None`: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_zone_limit: Option<u32>,
+    /// Timeouts of zones without their own.
+    pub timeouts: Timeouts,
+    /// Zones with settings of their own.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<u16, ZoneConfig>,
+}
+
+/// The default global limit.
+pub const DEFAULT_LIMIT: u32 = 262_144;
+/// Most zones with timeouts or `liberal` of their own.
+pub const MAX_ZONE_POLICIES: usize = 255;
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            limit: DEFAULT_LIMIT,
+            default_zone_limit: None,
+            timeouts: Timeouts::default(),
+            zones: BTreeMap::new(),
+        }
+    }
+}
+
+impl ConntrackConfig {
+    /// Checks the settings can be applied.
+    ///
+    /// # Errors
+    /// A limit out of range, or too many zones with their own timeouts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.limit == 0 || self.limit as usize > table::MAX_ENTRIES {
+            return Err(format!("the conntrack limit must be 1 to {}", table::MAX_ENTRIES));
+        }
+        let policies = self.zones.values().filter(|z| z.timeouts.is_some() || z.liberal).count();
+        if policies > MAX_ZONE_POLICIES {
+            return Err(format!("at most {MAX_ZONE_POLICIES} zones may have their own timeouts or liberal setting"));
+        }
+        for (name, t) in std::iter::once((None, &self.timeouts))
+            .chain(self.zones.iter().filter_map(|(z, c)| c.timeouts.as_ref().map(|t| (Some(z), t))))
+        {
+            if t.as_array().contains(&0) {
+                let which = name.map_or("the default timeouts".to_string(), |z| format!("zone {z}'s timeouts"));
+                return Err(format!("{which} must all be at least 1 second"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why conntrack dropped a packet or called it invalid (`ct-stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CtDrop {
+    /// Committing a new connection would pass the global limit (dropped).
+    Full,
+    /// Committing would pass the zone's limit (dropped).
+    ZoneFull,
+    /// No NAT mapping was free (dropped).
+    NatExhausted,
+    /// Not trackable or not valid for its connection (`+inv`).
+    Invalid,
+    /// A fragment: not reassembled, so `+inv`.
+    Fragment,
+}
+
+impl CtDrop {
+    /// Every reason.
+    pub const ALL: [CtDrop; 5] = [CtDrop::Full, CtDrop::ZoneFull, CtDrop::NatExhausted, CtDrop::Invalid, CtDrop::Fragment];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CtDrop::Full => "full",
+            CtDrop::ZoneFull => "zone_full",
+            CtDrop::NatExhausted => "nat_exhausted",
+            CtDrop::Invalid => "invalid",
+            CtDrop::Fragment => "fragment",
+        }
+    }
+}
+
+/// One connection, as `dump-conntrack` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// Its zone.
+    pub zone: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// The original direction, as the first packet carried it.
+    pub orig: Tuple,
+    /// The reply direction, as replies carry it (translated by NAT).
+    pub reply: Tuple,
+    /// TCP state (TCP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_state: Option<TcpState>,
+    /// Seconds until it expires.
+    pub timeout: u64,
+    /// `ct_mark`.
+    pub mark: u32,
+    /// `ct_label`, as hexadecimal.
+    pub label: String,
+    /// Replies were seen.
+    pub seen_reply: bool,
+    /// Source NAT.
+    pub snat: bool,
+    /// Destination NAT.
+    pub dnat: bool,
+}
+
+/// One zone's numbers in [`CtStats`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ZoneStats {
+    /// Connections now.
+    pub connections: u64,
+    /// Its limit (`None`: none).
+    pub limit: Option<u32>,
+    /// Connections by protocol and state (`tcp ESTABLISHED`, `udp`, ...).
+    pub by_state: BTreeMap<String, u64>,
+}
+
+/// What `ct-stats` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct CtStats {
+    /// Connections in all zones.
+    pub connections: u64,
+    /// The global limit.
+    pub limit: u32,
+    /// Bytes of memory per connection (entry and its share of the index).
+    pub bytes_per_connection: usize,
+    /// Per zone (zones with connections or a limit of their own).
+    pub zones: BTreeMap<u16, ZoneStats>,
+    /// Packets dropped or marked invalid, by reason (every reason).
+    pub drops: BTreeMap<CtDrop, u64>,
+}
+
+/// A zone policy slot, as the datapath reads it.
+#[derive(Debug)]
+struct Policy {
+    /// Milliseconds, in [`Timeouts::NAMES`] order.
+    timeouts: [AtomicU64; 12],
+    liberal: AtomicBool,
+}
+
+impl Policy {
+    fn new(t: &Timeouts, liberal: bool) -> Policy {
+        let p = Policy { timeouts: Default::default(), liberal: AtomicBool::new(liberal) };
+        p.store(t, liberal);
+        p
+    }
+
+    fn store(&self, t: &Timeouts, liberal: bool) {
+        for (slot, secs) in self.timeouts.iter().zip(t.as_array()) {
+            slot.store(secs as u64 * 1000, Ordering::Relaxed);
+        }
+        self.liberal.store(liberal, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn ms(&self, i: usize) -> u64 {
+        self.timeouts[i].load(Ordering::Relaxed)
+    }
+
+    /// The timeout for a connection of `proto` in `info`'s state.
+    fn timeout(&self, proto: u8, info: u64) -> u64 {
+        let seen_reply = info & SEEN_REPLY != 0;
+        match proto {
+            tuple::TCP => match info_tcp(info) {
+                TcpState::SynSent | TcpState::SynSent2 | TcpState::None => self.ms(0),
+                TcpState::SynRecv => self.ms(1),
+                TcpState::Established => self.ms(2),
+                TcpState::FinWait => self.ms(3),
+                TcpState::CloseWait => self.ms(4),
+                TcpState::LastAck => self.ms(5),
+                TcpState::TimeWait => self.ms(6),
+                TcpState::Close => self.ms(7),
+            },
+            tuple::UDP | 132 => self.ms(if seen_reply { 9 } else { 8 }),
+            tuple::ICMP | tuple::ICMPV6 => self.ms(10),
+            _ => self.ms(11),
+        }
+    }
+}
+
+/// What one `ct` action asks of conntrack for a packet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub zone: u16,
+    pub commit: bool,
+    pub force: bool,
+    pub nat: Option<&'a Nat>,
+    /// `exec(set_field:V/M->ct_mark)`.
+    pub mark: Option<(u32, u32)>,
+    /// `exec(set_field:V/M->ct_label)`.
+    pub label: Option<(u128, u128)>,
+    pub now_ms: u64,
+    /// A `trace`: look, change nothing.
+    pub dry: bool,
+}
+
+/// What conntrack made of a packet, carried with it through the tables
+/// (a later `ct` in the same zone reuses it instead of looking again).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Hit {
+    pub zone: u16,
+    /// `ct_state`.
+    pub state: u8,
+    /// Its connection (`None`: new and not committed, or invalid).
+    pub found: Option<Found>,
+    /// The packet's key as tracked (before any NAT this pass applied).
+    pub key: Key,
+    /// The connection's original-direction key (`ct_nw_src`, ...).
+    pub orig: Key,
+    pub mark: u32,
+    pub label: u128,
+    /// Where an ICMP error's quoted header starts (related packets).
+    pub quoted_at: usize,
+    /// The packet was committed just now.
+    pub committed: bool,
+}
+
+/// What the executor must do to the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rewrite {
+    /// Its headers become this key's.
+    Headers(Key),
+    /// An ICMP error: outer addresses and the quoted packet.
+    Error { outer: Key, quoted: Key, at: usize },
+}
+
+/// What `execute` decided.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Verdict {
+    /// Tracked (possibly `+inv`), and how to rewrite it for NAT.
+    Tracked(Hit, Option<Rewrite>),
+    /// Dropped: a limit or NAT mapping failed.
+    Drop(CtDrop),
+}
+
+/// The connection table and its settings (see the [module docs](self)).
+pub struct Conntrack {
+    table: Table,
+    /// Live connections.
+    count: AtomicUsize,
+    limit: AtomicUsize,
+    zone_count: Box<[AtomicU32]>,
+    /// 0: the default zone limit; otherwise limit + 1.
+    zone_limit: Box<[AtomicU32]>,
+    /// 0: none; otherwise limit + 1.
+    default_zone_limit: AtomicU32,
+    /// Which policy slot each zone uses (0: the default).
+    zone_policy: Box<[AtomicU8]>,
+    policies: Box<[Policy]>,
+    drops: [AtomicU64; CtDrop::ALL.len()],
+    /// The settings as set (the control side's copy; also the lock that
+    /// orders changes to them).
+    config: Mutex<ConntrackConfig>,
+    sweep_at: AtomicUsize,
+    salt: AtomicU64,
+}
+
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack").field("connections", &self.count).finish_non_exhaustive()
+    }
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Self::new(DEFAULT_LIMIT as usize)
+    }
+}
+
+/// How many entries one sweep step looks at (a whole table of a million
+/// in about a second at the slow path's 100 ms rounds).
+const SWEEP_STEP: usize = 100_000;
+
+impl Conntrack {
+    /// A table whose hash index is sized for `expected` connections (the
+    /// global limit starts there too; it can be raised later, at the cost
+    /// of longer chains).
+    pub fn new(expected: usize) -> Conntrack {
+        let expected = expected.clamp(1, table::MAX_ENTRIES);
+        let zones = 1usize << 16;
+        let config = ConntrackConfig { limit: expected as u32, ..ConntrackConfig::default() };
+        Conntrack {
+            table: Table::new(expected),
+            count: AtomicUsize::new(0),
+            limit: AtomicUsize::new(expected),
+            zone_count: (0..zones).map(|_| AtomicU32::new(0)).collect(),
+            zone_limit: (0..zones).map(|_| AtomicU32::new(0)).collect(),
+            default_zone_limit: AtomicU32::new(0),
+            zone_policy: (0..zones).map(|_| AtomicU8::new(0)).collect(),
+            policies: (0..=MAX_ZONE_POLICIES).map(|_| Policy::new(&Timeouts::default(), false)).collect(),
+            drops: Default::default(),
+            config: Mutex::new(config),
+            sweep_at: AtomicUsize::new(0),
+            salt: AtomicU64::new(0x1234_5678),
+        }
+    }
+
+    fn config_lock(&self) -> std::sync::MutexGuard<'_, ConntrackConfig> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> ConntrackConfig {
+        self.config_lock().clone()
+    }
+
+    /// Applies `c` as a whole (checked first: nothing changes on error).
+    ///
+    /// # Errors
+    /// See [`ConntrackConfig::validate`].
+    pub fn apply_config(&self, c: &ConntrackConfig) -> Result<(), String> {
+        c.validate()?;
+        let mut cur = self.config_lock();
+        self.limit.store(c.limit as usize, Ordering::Relaxed);
+        self.default_zone_limit.store(c.default_zone_limit.map_or(0, |l| l.saturating_add(1)), Ordering::Relaxed);
+        for (z, _) in cur.zones.iter() {
+            self.zone_limit[*z as usize].store(0, Ordering::Relaxed);
+            self.zone_policy[*z as usize].store(0, Ordering::Relaxed);
+        }
+        self.policies[0].store(&c.timeouts, false);
+        let mut slot = 0usize;
+        for (z, zc) in &c.zones {
+            if let Some(l) = zc.limit {
+                self.zone_limit[*z as usize].store(l.saturating_add(1), Ordering::Relaxed);
+            }
+            if zc.timeouts.is_some() || zc.liberal {
+                slot += 1;
+                self.policies[slot].store(zc.timeouts.as_ref().unwrap_or(&c.timeouts), zc.liberal);
+                self.zone_policy[*z as usize].store(slot as u8, Ordering::Relaxed);
+            }
+        }
+        *cur = c.clone();
+        Ok(())
+    }
+
+    #[inline]
+    fn policy(&self, zone: u16) -> &Policy {
+        &self.policies[self.zone_policy[zone as usize].load(Ordering::Relaxed) as usize]
+    }
+
+    fn zone_limit_of(&self, zone: u16) -> Option<u32> {
+        match self.zone_limit[zone as usize].load(Ordering::Relaxed) {
+            0 => self.default_zone_limit.load(Ordering::Relaxed).checked_sub(1),
+            l => Some(l - 1),
+        }
+    }
+
+    fn count_drop(&self, why: CtDrop) {
+        self.drops[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True with no connections.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn invalid(&self, zone: u16, why: CtDrop, dry: bool) -> Verdict {
+        if !dry {
+            self.count_drop(why);
+        }
+        Verdict::Tracked(Hit { zone, state: state::TRK | state::INV, ..Hit::default() }, None)
+    }
+
+    /// Runs a packet through conntrack for one `ct` action. `prev` is what
+    /// an earlier `ct` in the same zone found for it (no second lookup).
+    pub(crate) fn execute(&self, pkt: Result<PacketInfo, Untrackable>, prev: Option<Hit>, req: &Request<'_>) -> Verdict {
+        let info = match pkt {
+            Ok(i) => i,
+            Err(Untrackable::Fragment) => return self.invalid(req.zone, CtDrop::Fragment, req.dry),
+            Err(_) => return self.invalid(req.zone, CtDrop::Invalid, req.dry),
+        };
+        let mut hit = match prev {
+            Some(h) => h,
+            None => match self.lookup(&info, req) {
+                Some(h) => h,
+                None => return self.invalid(req.zone, CtDrop::Invalid, req.dry),
+            },
+        };
+        if hit.state & state::INV != 0 {
+            return Verdict::Tracked(hit, None);
+        }
+        if req.commit && !req.dry {
+            if hit.found.is_none() {
+                match self.commit_new(&info, &hit, req) {
+                    Ok(f) => {
+                        hit.found = Some(f);
+                        hit.committed = true;
+                    }
+                    Err(why) => {
+                        self.count_drop(why);
+                        return Verdict::Drop(why);
+                    }
+                }
+            } else if let Some(f) = hit.found
+                && (req.mark.is_some() || req.label.is_some())
+                && hit.state & state::REL == 0
+                && let Some((e, _g)) = self.table.lock_found(f)
+            {
+                set_mark_label(e, req);
+            }
+        }
+        let Some(f) = hit.found else { return Verdict::Tracked(hit, None) };
+        let e = self.table.entry(f.idx);
+        let (orig, reply) = (e.key(0), e.key(1));
+        if e.seq() != f.seq {
+            // Removed under our feet: report what was found, rewrite nothing.
+            return Verdict::Tracked(hit, None);
+        }
+        hit.orig = orig;
+        hit.mark = e.mark.load(Ordering::Relaxed);
+        hit.label = (e.label[0].load(Ordering::Relaxed) as u128) << 64 | e.label[1].load(Ordering::Relaxed) as u128;
+        let info_word = e.info.load(Ordering::Relaxed);
+        let natted = info_word & (F_SNAT | F_DNAT) != 0;
+        let rewrite = if req.nat.is_some() && natted {
+            hit.state |= if info_word & F_SNAT != 0 { state::SNAT } else { 0 };
+            hit.state |= if info_word & F_DNAT != 0 { state::DNAT } else { 0 };
+            // The packet leaves looking like the other direction reversed.
+            let (this, other) = if f.dir == 0 { (orig, reply) } else { (reply, orig) };
+            if hit.state & state::REL != 0 {
+                // The quoted packet went the other way: it becomes what
+                // the other side sent; the outer header follows it.
+                let quoted = if f.dir == 0 { reply } else { orig };
+                let outer_dst = quoted.src();
+                let mut outer = info.key.with_dst(outer_dst, 0);
+                if info.key.src() == this.src() {
+                    outer = outer.with_src(other.dst(), 0);
+                }
+                Some(Rewrite::Error { outer, quoted, at: hit.quoted_at })
+            } else {
+                Some(Rewrite::Headers(other.reversed()))
+            }
+        } else {
+            None
+        };
+        Verdict::Tracked(hit, rewrite)
+    }
+
+    /// Finds the packet's connection and checks the packet against it,
+    /// moving its state on (not in a dry run). `None`: invalid.
+    fn lookup(&self, info: &PacketInfo, req: &Request<'_>) -> Option<Hit> {
+        let zone = req.zone;
+        let mut hit = Hit { zone, key: info.key, orig: info.key, ..Hit::default() };
+        if let Kind::Error { quoted, at } = info.kind {
+            // The error travels the way a reply to the quoted packet would.
+            let f = self.table.find(&quoted.reversed())?;
+            let e = self.table.entry(f.idx);
+            if e.expires.load(Ordering::Relaxed) <= req.now_ms {
+                return None;
+            }
+            hit.state = state::TRK | state::REL | if f.dir == 1 { state::RPL } else { 0 };
+            hit.found = Some(f);
+            hit.quoted_at = at;
+            return Some(hit);
+        }
+        let policy = self.policy(zone);
+        let mut found = self.table.find(&info.key);
+        if let Some(f) = found {
+            let e = self.table.entry(f.idx);
+            let stale = e.expires.load(Ordering::Relaxed) <= req.now_ms;
+            let forced = req.force && req.commit && f.dir == 1;
+            if stale || forced {
+                if !req.dry {
+                    self.remove(f);
+                }
+                found = None;
+            }
+        }
+        let Some(f) = found else {
+            // A new connection, if this packet may open one.
+            let ok = match info.kind {
+                Kind::Tcp(seg) => tcp::can_open(&seg),
+                Kind::Echo(request) => request,
+                _ => true,
+            };
+            if !ok {
+                return None;
+            }
+            hit.state = state::TRK | state::NEW;
+            return Some(hit);
+        };
+        let reply = f.dir == 1;
+        let Some((e, _g)) = self.table.lock_found(f) else {
+            // Removed since the lookup: as if it had not been there.
+            hit.state = state::TRK | state::NEW;
+            return Some(hit);
+        };
+        let mut word = e.info.load(Ordering::Relaxed);
+        match info.kind {
+            Kind::Tcp(seg) => {
+                let mut t = load_tcp(e, word);
+                if !t.update(&seg, reply, policy.liberal.load(Ordering::Relaxed)) {
+                    return None;
+                }
+                if !req.dry {
+                    store_tcp(e, &t);
+                }
+                word = (word & !(0xff << TCP_SHIFT)) | (t.state as u64) << TCP_SHIFT;
+            }
+            Kind::Echo(request) if request == reply => return None,
+            _ => {}
+        }
+        if reply {
+            word |= SEEN_REPLY;
+        }
+        if !req.dry {
+            e.info.store(word, Ordering::Relaxed);
+            let proto = (word >> PROTO_SHIFT) as u8;
+            e.expires.store(req.now_ms + policy.timeout(proto, word), Ordering::Relaxed);
+        }
+        hit.state = state::TRK
+            | if reply {
+                state::EST | state::RPL
+            } else if word & SEEN_REPLY != 0 {
+                state::EST
+            } else {
+                state::NEW
+            };
+        hit.found = Some(f);
+        Some(hit)
+    }
+
+    /// Commits the new connection `hit` describes, choosing its NAT.
+    fn commit_new(&self, info: &PacketInfo, hit: &Hit, req: &Request<'_>) -> Result<Found, CtDrop> {
+        let zone = req.zone;
+        if let Some(limit) = self.zone_limit_of(zone)
+            && self.zone_count[zone as usize].load(Ordering::Relaxed) >= limit
+        {
+            return Err(CtDrop::ZoneFull);
+        }
+        if self.count.load(Ordering::Relaxed) >= self.limit.load(Ordering::Relaxed) {
+            return Err(CtDrop::Full);
+        }
+        let orig = hit.key;
+        let proto = orig.proto();
+        let tcp = match info.kind {
+            Kind::Tcp(seg) => Some(Tcp::opened_by(&seg)),
+            _ => None,
+        };
+        let range = match req.nat {
+            Some(Nat::Range(r)) if r.addr_min.is_ipv4() != orig.is_v6() => Some(r),
+            _ => None,
+        };
+        let flags = match range.map(|r| r.kind) {
+            Some(NatKind::Src) => F_SNAT,
+            Some(NatKind::Dst) => F_DNAT,
+            None => 0,
+        };
+        let policy = self.policy(zone);
+        let word = flags
+            | tcp.map_or(0, |t| (t.state as u64) << TCP_SHIFT)
+            | (zone as u64) << ZONE_SHIFT
+            | (proto as u64) << PROTO_SHIFT;
+        let fill = |e: &Entry| {
+            e.info.store(word, Ordering::Relaxed);
+            e.expires.store(req.now_ms + policy.timeout(proto, word), Ordering::Relaxed);
+            e.mark.store(0, Ordering::Relaxed);
+            e.label[0].store(0, Ordering::Relaxed);
+            e.label[1].store(0, Ordering::Relaxed);
+            store_tcp(e, &tcp.unwrap_or_default());
+            set_mark_label(e, req);
+        };
+        let salt = self.salt.fetch_add(1, Ordering::Relaxed);
+        let plain = [orig.reversed()];
+        let mut tries: Box<dyn Iterator<Item = Key>> = match range {
+            Some(r) => Box::new(nat::candidates(&orig, r, salt)),
+            None => Box::new(plain.into_iter()),
+        };
+        for reply in &mut tries {
+            match self.table.insert(&orig, &reply, fill) {
+                Ok(f) => {
+                    self.count.fetch_add(1, Ordering::Relaxed);
+                    self.zone_count[zone as usize].fetch_add(1, Ordering::Relaxed);
+                    return Ok(f);
+                }
+                Err(InsertError::ReplyExists) => continue,
+                Err(InsertError::OrigExists) => {
+                    // Another thread committed it first: use theirs.
+                    return self.table.find(&orig).ok_or(CtDrop::Invalid);
+                }
+                Err(InsertError::Full) => return Err(CtDrop::Full),
+            }
+        }
+        Err(CtDrop::NatExhausted)
+    }
+
+    fn remove(&self, f: Found) -> bool {
+        match self.table.remove(f) {
+            Some(info) => {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                self.zone_count[info_zone(info) as usize].fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One step of the expiry sweep (the slow-path thread calls it every
+    /// round): looks at up to [`SWEEP_STEP`] entries, removes those that
+    /// expired. Returns how many it removed.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        let mut expired = Vec::new();
+        let from = self.sweep_at.load(Ordering::Relaxed);
+        let next = self.table.scan(from, SWEEP_STEP, |f, e| {
+            if e.expires.load(Ordering::Relaxed) <= now_ms {
+                expired.push(f);
+            }
+            true
+        });
+        self.sweep_at.store(next, Ordering::Relaxed);
+        expired.into_iter().filter(|&f| self.remove(f)).count()
+    }
+
+    /// Removes the connections `select` picks; returns how many.
+    pub fn flush(&self, mut select: impl FnMut(&Connection) -> bool) -> usize {
+        let mut gone = Vec::new();
+        self.table.scan(0, usize::MAX, |f, e| {
+            if let Some(c) = describe(e, f, 0)
+                && select(&c)
+            {
+                gone.push(f);
+            }
+            true
+        });
+        gone.into_iter().filter(|&f| self.remove(f)).count()
+    }
+
+    /// Every connection (at most `limit`), as of `now_ms`.
+    pub fn dump(&self, now_ms: u64, limit: usize, mut select: impl FnMut(&Connection) -> bool) -> Vec<Connection> {
+        let mut out = Vec::new();
+        self.table.scan(0, usize::MAX, |f, e| {
+            if let Some(c) = describe(e, f, now_ms)
+                && select(&c)
+            {
+                out.push(c);
+            }
+            out.len() < limit
+        });
+        out
+    }
+
+    /// The numbers `ct-stats` shows.
+    pub fn stats(&self) -> CtStats {
+        let mut zones: BTreeMap<u16, ZoneStats> = BTreeMap::new();
+        let mut total = 0;
+        self.table.scan(0, usize::MAX, |f, e| {
+            if let Some(c) = describe(e, f, 0) {
+                total += 1;
+                let z = zones.entry(c.zone).or_default();
+                z.connections += 1;
+                let what = match (c.proto, c.tcp_state) {
+                    (_, Some(s)) => format!("tcp {}", s.name()),
+                    (tuple::UDP, _) => "udp".to_string(),
+                    (tuple::ICMP | tuple::ICMPV6, _) => "icmp".to_string(),
+                    (p, _) => format!("proto {p}"),
+                };
+                *z.by_state.entry(what).or_default() += 1;
+            }
+            true
+        });
+        let config = self.config();
+        for z in config.zones.iter().filter(|(_, c)| c.limit.is_some()).map(|(z, _)| *z) {
+            zones.entry(z).or_default();
+        }
+        for (z, s) in zones.iter_mut() {
+            s.limit = self.zone_limit_of(*z);
+        }
+        CtStats {
+            connections: total,
+            limit: self.limit.load(Ordering::Relaxed) as u32,
+            bytes_per_connection: std::mem::size_of::<Entry>() + 4 * self.table_buckets() / self.limit.load(Ordering::Relaxed).max(1),
+            zones,
+            drops: CtDrop::ALL.iter().map(|&d| (d, self.drops[d as usize].load(Ordering::Relaxed))).collect(),
+        }
+    }
+
+    fn table_buckets(&self) -> usize {
+        self.table.buckets()
+    }
+
+    /// Connections in `zone`.
+    pub fn zone_len(&self, zone: u16) -> usize {
+        self.zone_count[zone as usize].load(Ordering::Relaxed) as usize
+    }
+
+    /// How many packets were dropped or called invalid for `why`.
+    pub fn drops(&self, why: CtDrop) -> u64 {
+        self.drops[why as usize].load(Ordering::Relaxed)
+    }
+}
+
+fn set_mark_label(e: &Entry, req: &Request<'_>) {
+    if let Some((v, m)) = req.mark {
+        let old = e.mark.load(Ordering::Relaxed);
+        e.mark.store((old & !m) | (v & m), Ordering::Relaxed);
+    }
+    if let Some((v, m)) = req.label {
+        for (i, shift) in [(0, 64), (1, 0)] {
+            let (v, m) = ((v >> shift) as u64, (m >> shift) as u64);
+            let old = e.label[i].load(Ordering::Relaxed);
+            e.label[i].store((old & !m) | (v & m), Ordering::Relaxed);
+        }
+    }
+}
+
+fn load_tcp(e: &Entry, info: u64) -> Tcp {
+    let w: Vec<u64> = e.tcp.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    Tcp { state: info_tcp(info), sides: [Side::from_words(w[0], w[1]), Side::from_words(w[2], w[3])] }
+}
+
+fn store_tcp(e: &Entry, t: &Tcp) {
+    let (a, b) = t.sides[0].to_words();
+    let (c, d) = t.sides[1].to_words();
+    for (slot, v) in e.tcp.iter().zip([a, b, c, d]) {
+        slot.store(v, Ordering::Relaxed);
+    }
+}
+
+/// An entry as a [`Connection`], read consistently (`None` if it changed
+/// or went while being read).
+fn describe(e: &Entry, f: Found, now_ms: u64) -> Option<Connection> {
+    let info = e.info.load(Ordering::Relaxed);
+    let (orig, reply) = (e.key(0), e.key(1));
+    let expires = e.expires.load(Ordering::Relaxed);
+    let mark = e.mark.load(Ordering::Relaxed);
+    let label = (e.label[0].load(Ordering::Relaxed) as u128) << 64 | e.label[1].load(Ordering::Relaxed) as u128;
+    if e.seq() != f.seq || info & LIVE == 0 {
+        return None;
+    }
+    let proto = orig.proto();
+    Some(Connection {
+        zone: info_zone(info),
+        proto,
+        orig: orig.tuple(),
+        reply: reply.tuple(),
+        tcp_state: (proto == tuple::TCP).then(|| info_tcp(info)),
+        timeout: expires.saturating_sub(now_ms) / 1000,
+        mark,
+        label: format!("{label:#x}"),
+        seen_reply: info & SEEN_REPLY != 0,
+        snat: info & F_SNAT != 0,
+        dnat: info & F_DNAT != 0,
+    })
+}
+
+impl Hit {
+    /// Writes the `ct_*` fields into a packet's key: state and zone
+    /// always, the connection's fields when there is one (or would be).
+    pub(crate) fn write_key(&self, key: &mut crate::flow::PackedKey) {
+        use crate::flow::{
+            CT_DST_WORD, CT_LABEL_WORD, CT_PROTO_SHIFT, CT_SRC_WORD, CT_STATE_SHIFT, CT_WORD, CT_ZONE_SHIFT, MARK_WORD,
+        };
+        key.set(MARK_WORD, CT_STATE_SHIFT, 8, self.state as u64);
+        key.set(MARK_WORD, CT_ZONE_SHIFT, 16, self.zone as u64);
+        let o = if self.state & state::INV != 0 { Key::default() } else { self.orig };
+        key.0[CT_WORD] = self.mark as u64 | (o.sport() as u64) << 32 | (o.dport() as u64) << 48;
+        (key.0[CT_SRC_WORD], key.0[CT_SRC_WORD + 1]) = (o.0[0], o.0[1]);
+        (key.0[CT_DST_WORD], key.0[CT_DST_WORD + 1]) = (o.0[2], o.0[3]);
+        (key.0[CT_LABEL_WORD], key.0[CT_LABEL_WORD + 1]) = ((self.label >> 64) as u64, self.label as u64);
+        key.set(2, CT_PROTO_SHIFT, 8, o.proto() as u64);
+    }
+
+    /// Clears the `ct_*` fields of a key (`ct_clear`).
+    pub(crate) fn clear_key(key: &mut crate::flow::PackedKey) {
+        Hit { state: 0, zone: 0, orig: Key::default(), mark: 0, label: 0, ..Hit::default() }.write_key(key);
+    }
+}
+
+/// The expiry sweep, as the slow-path thread runs it.
+pub(crate) struct Sweeper(pub std::sync::Arc<Conntrack>);
+
+impl crate::port::upkeep::Upkeep for Sweeper {
+    fn run(&mut self, now_ms: u64) {
+        self.0.sweep(now_ms);
+    }
+}

@@ -1,0 +1,442 @@
+//! NAT: what `ct(commit,nat(...))` asks for, the mapping it picks, and
+//! the packet rewrites that apply it.
+//!
+//! A connection's NAT is its reply key: SNAT replaces the reply's
+//! destination (the original source), DNAT the reply's source (the
+//! original destination). A packet of the original direction is rewritten
+//! to the reverse of the reply key, a reply to the reverse of the original
+//! key, so one entry carries both directions and no second lookup is
+//! needed.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::tuple::{ICMP, ICMPV6, Key, TCP, UDP};
+use crate::flow::{FlowParseError, Headers, matching_err as err, parse_num};
+use crate::packet::Packet;
+use crate::wire::be16;
+
+/// Source or destination NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatKind {
+    /// Rewrite the source (masquerade).
+    Src,
+    /// Rewrite the destination (port mapping, load balancing).
+    Dst,
+}
+
+/// How a mapping is chosen from a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatSelect {
+    /// By a hash of the connection's addresses (the default; Open
+    /// vSwitch's `hash`).
+    #[default]
+    Hash,
+    /// At random.
+    Random,
+}
+
+/// `nat(src=...)` / `nat(dst=...)`: a translation to set up on commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct NatRange {
+    /// Which side is rewritten.
+    pub kind: NatKind,
+    /// The lowest address of the range.
+    pub addr_min: IpAddr,
+    /// The highest (equal to `addr_min` for one address).
+    pub addr_max: IpAddr,
+    /// The port range (`None`: keep the port if it is free, otherwise
+    /// pick one of the same class, as Linux does).
+    pub ports: Option<(u16, u16)>,
+    /// How addresses and ports are picked.
+    pub select: NatSelect,
+    /// `persistent`: the address depends on the source address only.
+    pub persistent: bool,
+}
+
+/// The `nat` part of a `ct` action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Nat {
+    /// `nat` (or `nat(src)`/`nat(dst)`): apply the connection's existing
+    /// translation, if it has one.
+    Existing,
+    /// `nat(src=...)` / `nat(dst=...)`: on commit, set one up.
+    Range(NatRange),
+}
+
+fn addr_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u32::from(v) as u128,
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+fn u128_addr(v: u128, like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4((v as u32).into()),
+        IpAddr::V6(_) => IpAddr::V6(v.into()),
+    }
+}
+
+fn parse_addr(s: &str) -> Result<IpAddr, FlowParseError> {
+    let t = s.trim().trim_start_matches('[').trim_end_matches(']');
+    t.parse().map_err(|_| FlowParseError(format!("nat: '{s}' is not an IP address")))
+}
+
+/// Parses the inside of `nat(...)`.
+pub(crate) fn parse_nat(arg: &str) -> Result<Nat, FlowParseError> {
+    let mut parts = arg.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let Some(first) = parts.next() else { return Ok(Nat::Existing) };
+    let (kind, range) = match first.split_once('=') {
+        Some(("src", r)) => (NatKind::Src, Some(r)),
+        Some(("dst", r)) => (NatKind::Dst, Some(r)),
+        None if first == "src" || first == "dst" => (NatKind::Src, None),
+        _ => return err(format!("nat: '{first}' must be src=ADDRESS[-ADDRESS][:PORT[-PORT]] or dst=...")),
+    };
+    let mut select = NatSelect::Hash;
+    let mut persistent = false;
+    for flag in parts {
+        match flag {
+            "random" => select = NatSelect::Random,
+            "hash" => select = NatSelect::Hash,
+            "persistent" => persistent = true,
+            other => return err(format!("nat: unknown flag '{other}' (random, hash or persistent)")),
+        }
+    }
+    let Some(range) = range else { return Ok(Nat::Existing) };
+    // Addresses, then an optional ":PORT[-PORT]" (IPv6 in brackets).
+    let (addrs, ports) = if let Some(rest) = range.strip_prefix('[') {
+        let close = rest.rfind(']').ok_or_else(|| FlowParseError(format!("nat: '{range}' is missing a ']'")))?;
+        let tail = &rest[close + 1..];
+        match tail.strip_prefix(':') {
+            Some(p) => (&range[..close + 2], Some(p)),
+            None if tail.is_empty() => (range, None),
+            None => return err(format!("nat: '{range}' has '{tail}' after the addresses")),
+        }
+    } else if range.matches(':').count() > 1 {
+        (range, None) // a bare IPv6 address
+    } else {
+        match range.split_once(':') {
+            Some((a, p)) => (a, Some(p)),
+            None => (range, None),
+        }
+    };
+    let (lo, hi) = match addrs.split_once("]-[").map(|(a, b)| (format!("{a}]"), format!("[{b}"))) {
+        Some((a, b)) => (parse_addr(&a)?, parse_addr(&b)?),
+        None => match addrs.split_once('-') {
+            Some((a, b)) => (parse_addr(a)?, parse_addr(b)?),
+            None => {
+                let a = parse_addr(addrs)?;
+                (a, a)
+            }
+        },
+    };
+    if lo.is_ipv4() != hi.is_ipv4() || addr_u128(lo) > addr_u128(hi) {
+        return err(format!("nat: '{addrs}' is not an address range (low-high, one family)"));
+    }
+    let ports = match ports {
+        None => None,
+        Some(p) => {
+            let (a, b) = p.split_once('-').unwrap_or((p, p));
+            let (a, b) = (parse_num(a.trim(), "nat port", 65535)? as u16, parse_num(b.trim(), "nat port", 65535)? as u16);
+            if a == 0 || a > b {
+                return err(format!("nat: '{p}' is not a port range (1-65535, low-high)"));
+            }
+            Some((a, b))
+        }
+    };
+    Ok(Nat::Range(NatRange { kind, addr_min: lo, addr_max: hi, ports, select, persistent }))
+}
+
+fn fmt_addr(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(v) => v.to_string(),
+        IpAddr::V6(v) => format!("[{v}]"),
+    }
+}
+
+impl fmt::Display for Nat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Nat::Range(r) = self else { return f.write_str("nat") };
+        let kind = match r.kind {
+            NatKind::Src => "src",
+            NatKind::Dst => "dst",
+        };
+        write!(f, "nat({kind}={}", fmt_addr(r.addr_min))?;
+        if r.addr_max != r.addr_min {
+            write!(f, "-{}", fmt_addr(r.addr_max))?;
+        }
+        match r.ports {
+            Some((a, b)) if a == b => write!(f, ":{a}")?,
+            Some((a, b)) => write!(f, ":{a}-{b}")?,
+            None => {}
+        }
+        if r.select == NatSelect::Random {
+            f.write_str(",random")?;
+        }
+        if r.persistent {
+            f.write_str(",persistent")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// A fast mix, for picking from ranges.
+#[inline]
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The ports a mapping may use for an original port `p` with no range
+/// given: Linux's classes (below 512, below 1024, the rest).
+fn port_class(p: u16) -> (u16, u16) {
+    match p {
+        0..=511 => (1, 511),
+        512..=1023 => (600, 1023),
+        _ => (1024, 65535),
+    }
+}
+
+/// How many mappings to try before calling a range exhausted.
+pub(crate) const MAX_ATTEMPTS: usize = 1024;
+
+/// The reply keys to try, best first, for connection `orig` under `r`
+/// (`salt` varies random picks).
+pub(crate) fn candidates(orig: &Key, r: &NatRange, salt: u64) -> impl Iterator<Item = Key> {
+    let proto = orig.proto();
+    let has_ports = matches!(proto, TCP | UDP | 132 | ICMP | ICMPV6);
+    let base = orig.reversed();
+    let (lo, hi) = (addr_u128(r.addr_min), addr_u128(r.addr_max));
+    let n_addrs = hi - lo + 1;
+    let h = {
+        let (s, d) = (addr_u128(orig.src()), addr_u128(orig.dst()));
+        let d = if r.persistent { 0 } else { d };
+        mix((s as u64) ^ ((s >> 64) as u64).rotate_left(17) ^ mix(d as u64 ^ (d >> 64) as u64))
+    };
+    let pick = if r.select == NatSelect::Random { mix(salt) } else { h };
+    let addr = u128_addr(lo + (pick as u128 % n_addrs), r.addr_min);
+    let old_port = match r.kind {
+        NatKind::Src => orig.sport(),
+        NatKind::Dst => orig.dport(),
+    };
+    let (pmin, pmax) = match (r.ports, r.kind, has_ports) {
+        (_, _, false) => (0, 0),
+        (Some(p), _, _) => p,
+        // ICMP identifiers: any.
+        (None, NatKind::Src, true) if matches!(proto, ICMP | ICMPV6) => (1, 65535),
+        (None, NatKind::Src, true) => port_class(old_port),
+        (None, NatKind::Dst, true) => (old_port, old_port),
+    };
+    let n_ports = (pmax - pmin) as usize + 1;
+    // The original port first (unless random), then from a hashed start.
+    let keep = (r.select != NatSelect::Random && (pmin..=pmax).contains(&old_port)).then_some(old_port);
+    let start = (mix(pick ^ 0x5bd1_e995) % n_ports as u64) as usize;
+    let kind = r.kind;
+    let ports = keep.into_iter().chain((0..n_ports).map(move |i| pmin + ((start + i) % n_ports) as u16).filter(move |&p| Some(p) != keep));
+    ports.take(MAX_ATTEMPTS).map(move |p| match kind {
+        NatKind::Src => base.with_dst(addr, p),
+        NatKind::Dst => base.with_src(addr, p),
+    })
+}
+
+/// RFC 1624: a checksum after a 16-bit word changes.
+#[inline]
+fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!csum as u32) + (!old as u32 & 0xffff) + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Writes the 16-bit word at `at` and fixes the checksum at `csum`
+/// (`None`: there is none; `Some((at, udp))`: a UDP checksum of 0 means
+/// "none" and stays 0).
+fn put16(d: &mut [u8], at: usize, new: u16, csums: &[Option<(usize, bool)>]) {
+    let old = be16(d, at);
+    if old == new {
+        return;
+    }
+    for &(c, udp) in csums.iter().flatten() {
+        let v = be16(d, c);
+        if udp && v == 0 {
+            continue;
+        }
+        let mut n = csum_replace(v, old, new);
+        if udp && n == 0 {
+            n = 0xffff;
+        }
+        d[c..c + 2].copy_from_slice(&n.to_be_bytes());
+    }
+    d[at..at + 2].copy_from_slice(&new.to_be_bytes());
+}
+
+fn addr_words(a: IpAddr) -> ([u16; 8], usize) {
+    match a {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            ([u16::from_be_bytes([o[0], o[1]]), u16::from_be_bytes([o[2], o[3]]), 0, 0, 0, 0, 0, 0], 2)
+        }
+        IpAddr::V6(v) => (v.segments(), 8),
+    }
+}
+
+/// Where a packet's headers are, for rewriting one IP header and the
+/// transport header behind it.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    l3: usize,
+    l4: usize,
+    v6: bool,
+    proto: u8,
+    /// The transport checksum is the pseudo-header sum only (offload).
+    partial: bool,
+    /// The transport header is complete enough to hold its checksum.
+    l4_csum: Option<(usize, bool)>,
+}
+
+impl Layout {
+    fn new(d: &[u8], l3: usize, l4: usize, v6: bool, proto: u8, partial: bool) -> Layout {
+        let off = match proto {
+            TCP => Some((16, false)),
+            UDP => Some((6, true)),
+            ICMP | ICMPV6 => Some((2, false)),
+            _ => None,
+        };
+        let l4_csum = off.filter(|(o, _)| l4 != 0 && l4 + o + 2 <= d.len()).map(|(o, udp)| (l4 + o, udp));
+        Layout { l3, l4, v6, proto, partial, l4_csum }
+    }
+
+    /// The checksums an address change touches.
+    fn addr_csums(&self) -> [Option<(usize, bool)>; 2] {
+        let ip = (!self.v6).then_some((self.l3 + 10, false));
+        // ICMPv4 has no pseudo-header; a partial checksum is fixed apart.
+        let l4 = if self.proto == ICMP || self.partial { None } else { self.l4_csum };
+        [ip, l4]
+    }
+
+    fn set_addr(&self, d: &mut [u8], src: bool, a: IpAddr) {
+        let (words, n) = addr_words(a);
+        let base = if self.v6 { self.l3 + if src { 8 } else { 24 } } else { self.l3 + if src { 12 } else { 16 } };
+        if base + 2 * n > d.len() || a.is_ipv6() != self.v6 {
+            return;
+        }
+        for (i, &w) in words[..n].iter().enumerate() {
+            let at = base + 2 * i;
+            if self.partial
+                && let Some((c, _)) = self.l4_csum
+            {
+                // The field holds the uncomplemented pseudo-header sum.
+                let (old, v) = (be16(d, at), be16(d, c));
+                d[c..c + 2].copy_from_slice(&(!csum_replace(!v, old, w)).to_be_bytes());
+            }
+            put16(d, at, w, &self.addr_csums());
+        }
+    }
+
+    fn set_port(&self, d: &mut [u8], src: bool, p: u16) {
+        let at = match self.proto {
+            TCP | UDP | 132 if src => self.l4,
+            TCP | UDP | 132 => self.l4 + 2,
+            ICMP | ICMPV6 if src => self.l4 + 4,
+            _ => return,
+        };
+        if self.l4 == 0 || at + 2 > d.len() {
+            return;
+        }
+        let csum = if self.partial { None } else { self.l4_csum };
+        put16(d, at, p, &[csum]);
+    }
+
+    /// Rewrites the headers to `to`'s addresses and ports.
+    fn rewrite(&self, d: &mut [u8], to: &Key) {
+        self.set_addr(d, true, to.src());
+        self.set_addr(d, false, to.dst());
+        self.set_port(d, true, to.sport());
+        self.set_port(d, false, to.dport());
+    }
+}
+
+/// Rewrites a packet's IP and transport headers to `to` (the key it must
+/// carry after translation).
+pub(crate) fn translate(p: &mut Packet, h: &Headers, to: &Key) {
+    let partial = p.needs_csum();
+    let d = p.data_mut();
+    let l = Layout::new(d, h.l3, h.l4, to.is_v6(), to.proto(), partial);
+    l.rewrite(d, to);
+}
+
+/// Translates an ICMP error: the outer destination (and source, if the
+/// error came from the far end itself) and the quoted packet, whose
+/// header starts at `at`, to `quoted`. The ICMP checksum covers the
+/// quoted packet, so it is fixed for every word changed there.
+pub(crate) fn translate_error(p: &mut Packet, h: &Headers, at: usize, outer_to: &Key, quoted: &Key) {
+    let d = p.data_mut();
+    let v6 = quoted.is_v6();
+    let outer = Layout::new(d, h.l3, h.l4, v6, if v6 { ICMPV6 } else { ICMP }, false);
+    outer.set_addr(d, true, outer_to.src());
+    outer.set_addr(d, false, outer_to.dst());
+    let Some(icmp_csum) = outer.l4_csum.map(|(c, _)| c) else { return };
+    // The quoted packet: its own header checksum and (UDP) checksum are
+    // kept right, and every change is folded into the ICMP checksum.
+    let ihl = if v6 { 40 } else { d.get(at).map_or(20, |b| (b & 0xf) as usize * 4) };
+    let ql4 = at + ihl;
+    let inner = Layout::new(d, at, ql4, v6, quoted.proto(), false);
+    let before = d.to_vec();
+    inner.rewrite(d, quoted);
+    // Fold the changes of the quoted bytes into the ICMP checksum.
+    let mut i = at & !1;
+    while i + 2 <= d.len() {
+        let (o, n) = (be16(&before, i), be16(d, i));
+        if o != n {
+            let c = csum_replace(be16(d, icmp_csum), o, n);
+            d[icmp_csum..icmp_csum + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        i += 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_ovs_syntax() {
+        for (text, canonical) in [
+            ("", "nat"),
+            ("src", "nat"),
+            ("src=10.0.0.1", "nat(src=10.0.0.1)"),
+            ("src=10.0.0.1-10.0.0.9:1000-2000,random", "nat(src=10.0.0.1-10.0.0.9:1000-2000,random)"),
+            ("dst=10.1.1.2:80", "nat(dst=10.1.1.2:80)"),
+            ("dst=[fd00::2]:80", "nat(dst=[fd00::2]:80)"),
+            ("src=[fd00::1]-[fd00::3],persistent", "nat(src=[fd00::1]-[fd00::3],persistent)"),
+            ("src=fd00::1", "nat(src=[fd00::1])"),
+        ] {
+            assert_eq!(parse_nat(text).unwrap().to_string(), canonical, "{text}");
+        }
+        for bad in ["src=10.0.0.9-10.0.0.1", "dst=1.2.3.4:0", "src=1.2.3.4:9-8", "src=x", "foo", "src=1.2.3.4,fast"] {
+            assert!(parse_nat(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn candidates_keep_the_port_first_and_stay_in_range() {
+        let orig = Key::new("10.0.0.2".parse().unwrap(), "8.8.8.8".parse().unwrap(), UDP, 5353, 53, 0);
+        let Nat::Range(r) = parse_nat("src=192.0.2.1").unwrap() else { panic!() };
+        let c: Vec<Key> = candidates(&orig, &r, 0).collect();
+        assert_eq!(c.len(), MAX_ATTEMPTS);
+        assert_eq!((c[0].dst().to_string().as_str(), c[0].dport()), ("192.0.2.1", 5353));
+        assert!(c.iter().all(|k| k.dport() >= 1024 && k.src() == orig.dst() && k.sport() == 53));
+        let Nat::Range(r) = parse_nat("dst=10.9.0.1-10.9.0.3:8000-8001").unwrap() else { panic!() };
+        let c: Vec<Key> = candidates(&orig, &r, 0).collect();
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|k| (8000..=8001).contains(&k.sport()) && k.dst() == orig.src()));
+    }
+}
