@@ -31,8 +31,8 @@
 
 pub mod clock;
 pub mod config;
-pub mod control;
 pub mod conntrack;
+pub mod control;
 pub mod datapath;
 mod drop_reason;
 mod error;

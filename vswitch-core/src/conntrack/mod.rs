@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 
 pub use nat::{Nat, NatKind, NatRange, NatSelect};
 pub(crate) use nat::{parse_nat, translate, translate_error};
-pub use tcp::TcpState;
-use tcp::{Side, Tcp};
 pub(crate) use table::Found;
 use table::{Entry, InsertError, LIVE, Table};
+pub use tcp::TcpState;
+use tcp::{Side, Tcp};
 pub use tuple::Tuple;
 pub(crate) use tuple::{Key, Kind, PacketInfo, Untrackable};
 
@@ -280,7 +280,8 @@ pub enum CtDrop {
 
 impl CtDrop {
     /// Every reason.
-    pub const ALL: [CtDrop; 5] = [CtDrop::Full, CtDrop::ZoneFull, CtDrop::NatExhausted, CtDrop::Invalid, CtDrop::Fragment];
+    pub const ALL: [CtDrop; 5] =
+        [CtDrop::Full, CtDrop::ZoneFull, CtDrop::NatExhausted, CtDrop::Invalid, CtDrop::Fragment];
 
     /// Its name.
     pub fn name(self) -> &'static str {
@@ -442,8 +443,9 @@ pub(crate) enum Rewrite {
     Error { outer: Key, quoted: Key, at: usize },
 }
 
-/// What `execute` decided.
+/// What `execute` decided (returned by value on the packet path: not boxed).
 #[derive(Debug, Clone, Copy)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Verdict {
     /// Tracked (possibly `+inv`), and how to rewrite it for NAT.
     Tracked(Hit, Option<Rewrite>),
@@ -586,7 +588,12 @@ impl Conntrack {
 
     /// Runs a packet through conntrack for one `ct` action. `prev` is what
     /// an earlier `ct` in the same zone found for it (no second lookup).
-    pub(crate) fn execute(&self, pkt: Result<PacketInfo, Untrackable>, prev: Option<Hit>, req: &Request<'_>) -> Verdict {
+    pub(crate) fn execute(
+        &self,
+        pkt: Result<PacketInfo, Untrackable>,
+        prev: Option<Hit>,
+        req: &Request<'_>,
+    ) -> Verdict {
         let info = match pkt {
             Ok(i) => i,
             Err(Untrackable::Fragment) => return self.invalid(req.zone, CtDrop::Fragment, req.dry),
@@ -890,7 +897,8 @@ impl Conntrack {
         CtStats {
             connections: total,
             limit: self.limit.load(Ordering::Relaxed) as u32,
-            bytes_per_connection: std::mem::size_of::<Entry>() + 4 * self.table_buckets() / self.limit.load(Ordering::Relaxed).max(1),
+            bytes_per_connection: std::mem::size_of::<Entry>()
+                + 4 * self.table_buckets() / self.limit.load(Ordering::Relaxed).max(1),
             zones,
             drops: CtDrop::ALL.iter().map(|&d| (d, self.drops[d as usize].load(Ordering::Relaxed))).collect(),
         }

@@ -143,7 +143,8 @@ pub(crate) fn parse_nat(arg: &str) -> Result<Nat, FlowParseError> {
         None => None,
         Some(p) => {
             let (a, b) = p.split_once('-').unwrap_or((p, p));
-            let (a, b) = (parse_num(a.trim(), "nat port", 65535)? as u16, parse_num(b.trim(), "nat port", 65535)? as u16);
+            let (a, b) =
+                (parse_num(a.trim(), "nat port", 65535)? as u16, parse_num(b.trim(), "nat port", 65535)? as u16);
             if a == 0 || a > b {
                 return err(format!("nat: '{p}' is not a port range (1-65535, low-high)"));
             }
@@ -240,7 +241,9 @@ pub(crate) fn candidates(orig: &Key, r: &NatRange, salt: u64) -> impl Iterator<I
     let keep = (r.select != NatSelect::Random && (pmin..=pmax).contains(&old_port)).then_some(old_port);
     let start = (mix(pick ^ 0x5bd1_e995) % n_ports as u64) as usize;
     let kind = r.kind;
-    let ports = keep.into_iter().chain((0..n_ports).map(move |i| pmin + ((start + i) % n_ports) as u16).filter(move |&p| Some(p) != keep));
+    let ports = keep
+        .into_iter()
+        .chain((0..n_ports).map(move |i| pmin + ((start + i) % n_ports) as u16).filter(move |&p| Some(p) != keep));
     ports.take(MAX_ATTEMPTS).map(move |p| match kind {
         NatKind::Src => base.with_dst(addr, p),
         NatKind::Dst => base.with_src(addr, p),

@@ -347,7 +347,6 @@ impl Table {
     pub(crate) fn buckets(&self) -> usize {
         self.heads.len()
     }
-
 }
 /// An entry's state lock, released on drop.
 pub(crate) struct EntryGuard<'a>(&'a Entry);
@@ -431,7 +430,13 @@ mod tests {
             assert_eq!(t.find(k).is_some(), i % 3 != 0, "key {i}");
         }
         let mut live = 0;
-        assert_eq!(t.scan(0, usize::MAX, |_, _| { live += 1; true }), 0);
+        assert_eq!(
+            t.scan(0, usize::MAX, |_, _| {
+                live += 1;
+                true
+            }),
+            0
+        );
         assert_eq!(live, 2000 - 667);
     }
 

@@ -147,11 +147,20 @@ pub(crate) struct Side {
 impl Side {
     /// Packs the side into two words.
     pub(crate) fn to_words(self) -> (u64, u64) {
-        (self.end as u64 | (self.maxend as u64) << 32, self.maxwin as u64 | (self.scale as u64) << 32 | (self.scale_ok as u64) << 40)
+        (
+            self.end as u64 | (self.maxend as u64) << 32,
+            self.maxwin as u64 | (self.scale as u64) << 32 | (self.scale_ok as u64) << 40,
+        )
     }
 
     pub(crate) fn from_words(a: u64, b: u64) -> Side {
-        Side { end: a as u32, maxend: (a >> 32) as u32, maxwin: b as u32, scale: (b >> 32) as u8, scale_ok: b >> 40 & 1 == 1 }
+        Side {
+            end: a as u32,
+            maxend: (a >> 32) as u32,
+            maxwin: b as u32,
+            scale: (b >> 32) as u8,
+            scale_ok: b >> 40 & 1 == 1,
+        }
     }
 }
 
@@ -175,7 +184,10 @@ fn after(a: u32, b: u32) -> bool {
 
 /// The sequence number just past a segment (SYN and FIN count one).
 fn seg_end(s: &Segment) -> u32 {
-    s.seq.wrapping_add(s.len).wrapping_add((s.flags & flags::SYN != 0) as u32).wrapping_add((s.flags & flags::FIN != 0) as u32)
+    s.seq
+        .wrapping_add(s.len)
+        .wrapping_add((s.flags & flags::SYN != 0) as u32)
+        .wrapping_add((s.flags & flags::FIN != 0) as u32)
 }
 
 /// How the first segment of a connection is judged.

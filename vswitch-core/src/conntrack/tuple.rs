@@ -43,7 +43,13 @@ impl Key {
         let (s0, s1) = ip_words(src);
         let (d0, d1) = ip_words(dst);
         let v6 = matches!(src, IpAddr::V6(_)) as u64;
-        Key([s0, s1, d0, d1, sport as u64 | (dport as u64) << 16 | (proto as u64) << 32 | (zone as u64) << 40 | v6 << 56])
+        Key([
+            s0,
+            s1,
+            d0,
+            d1,
+            sport as u64 | (dport as u64) << 16 | (proto as u64) << 32 | (zone as u64) << 40 | v6 << 56,
+        ])
     }
 
     /// True for an IPv6 connection.
@@ -165,7 +171,10 @@ pub(crate) enum Kind {
     Echo(bool),
     /// An ICMP(v6) error about the packet whose header it quotes: the
     /// quoted packet's key, and where its IP header starts in the frame.
-    Error { quoted: Key, at: usize },
+    Error {
+        quoted: Key,
+        at: usize,
+    },
     /// Another IP protocol (tracked by addresses only) or an ICMP type
     /// that is neither an echo nor an error.
     Other,

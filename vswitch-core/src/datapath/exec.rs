@@ -23,8 +23,8 @@
 use super::{BridgeParts, Datapath, Ingress};
 use crate::conntrack::{self, Hit, PacketInfo, Request, Rewrite, Untrackable, Verdict};
 use crate::flow::{
-    Action, CtAction, CtZone, Field, GroupType, Headers, MAX_BUCKETS, MAX_DEPTH, MAX_LOOKUPS, Match, PackedKey, PackedParse, Trace,
-    TraceOutput, VLAN_PRESENT, dec_ttl, packet_for, set_ipv4_addr, set_l4_port,
+    Action, CtAction, CtZone, Field, GroupType, Headers, MAX_BUCKETS, MAX_DEPTH, MAX_LOOKUPS, Match, PackedKey,
+    PackedParse, Trace, TraceOutput, VLAN_PRESENT, dec_ttl, packet_for, set_ipv4_addr, set_l4_port,
 };
 use crate::packet::Packet;
 use crate::port::{DropReason, PortNo};
@@ -721,7 +721,7 @@ impl Datapath {
 /// A dry run's note of what a `ct` action found.
 fn ct_note(ct: &CtAction, hit: &Hit, reused: bool, dry: bool, rewrite: Option<&Rewrite>) -> String {
     use conntrack::state::*;
-    let st = crate::flow::Match::any().with(Field::CtState, hit.state as u64).to_text();
+    let st: String = NAMES.iter().filter(|(_, bit)| hit.state & bit != 0).map(|(n, _)| format!("+{n}")).collect();
     let mut s = format!("{ct}: zone {} ", hit.zone);
     s.push_str(if reused { "(tracked already in this zone) " } else { "" });
     s.push_str(match hit.state {
@@ -736,11 +736,17 @@ fn ct_note(ct: &CtAction, hit: &Hit, reused: bool, dry: bool, rewrite: Option<&R
     } else if hit.committed {
         s.push_str(", committed");
     }
-    s.push_str(&format!(": {st}"));
+    s.push_str(&format!(": ct_state={st}"));
     if let Some(Rewrite::Headers(k)) = rewrite {
         s.push_str(&format!(", NAT to {}:{} -> {}:{}", k.src(), k.sport(), k.dst(), k.dport()));
     } else if let Some(Rewrite::Error { quoted, .. }) = rewrite {
-        s.push_str(&format!(", quoted packet translated to {}:{} -> {}:{}", quoted.src(), quoted.sport(), quoted.dst(), quoted.dport()));
+        s.push_str(&format!(
+            ", quoted packet translated to {}:{} -> {}:{}",
+            quoted.src(),
+            quoted.sport(),
+            quoted.dst(),
+            quoted.dport()
+        ));
     }
     s
 }

@@ -46,7 +46,15 @@ pub struct CtAction {
 
 impl Default for CtAction {
     fn default() -> Self {
-        CtAction { commit: false, force: false, zone: CtZone::Value(0), table: None, nat: None, mark: None, label: None }
+        CtAction {
+            commit: false,
+            force: false,
+            zone: CtZone::Value(0),
+            table: None,
+            nat: None,
+            mark: None,
+            label: None,
+        }
     }
 }
 
@@ -143,7 +151,9 @@ pub(crate) fn parse_ct(arg: &str) -> Result<CtAction, FlowParseError> {
                 };
             }
             _ if lower.starts_with("table=") => ct.table = Some(parse_num(&item[6..], "ct table", 254)? as u8),
-            _ if lower.starts_with("alg=") => return err(format!("ct: application helpers ('{item}') are not supported")),
+            _ if lower.starts_with("alg=") => {
+                return err(format!("ct: application helpers ('{item}') are not supported"));
+            }
             _ => return err(format!("ct: unknown argument '{item}'")),
         }
     }
@@ -178,7 +188,11 @@ impl fmt::Display for CtAction {
         }
         let mut exec = Vec::new();
         if let Some((v, m)) = self.mark {
-            exec.push(if m == u32::MAX { format!("set_field:{v:#x}->ct_mark") } else { format!("set_field:{v:#x}/{m:#x}->ct_mark") });
+            exec.push(if m == u32::MAX {
+                format!("set_field:{v:#x}->ct_mark")
+            } else {
+                format!("set_field:{v:#x}/{m:#x}->ct_mark")
+            });
         }
         if let Some((v, m)) = self.label {
             exec.push(if m == u128::MAX {

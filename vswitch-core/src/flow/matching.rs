@@ -255,9 +255,33 @@ static XREGS: [FieldDef; 8] = {
 /// Fields in canonical print order (dl_type, nw_proto and the VLAN fields
 /// are printed specially; registers after these).
 const PRINTED: [&FieldDef; 27] = [
-    &CT_STATE, &CT_ZONE, &CT_MARK, &CT_LABEL, &CT_NW_SRC, &CT_NW_DST, &CT_NW_PROTO, &CT_TP_SRC, &CT_TP_DST, &IN_PORT,
-    &METADATA, &PKT_MARK, &DL_SRC, &DL_DST, &NW_SRC, &NW_DST, &ARP_SPA, &ARP_TPA, &NW_TOS, &NW_TTL, &TP_SRC, &TP_DST,
-    &ICMP_TYPE, &ICMP_CODE, &TUN_ID, &TUN_SRC, &TUN_DST,
+    &CT_STATE,
+    &CT_ZONE,
+    &CT_MARK,
+    &CT_LABEL,
+    &CT_NW_SRC,
+    &CT_NW_DST,
+    &CT_NW_PROTO,
+    &CT_TP_SRC,
+    &CT_TP_DST,
+    &IN_PORT,
+    &METADATA,
+    &PKT_MARK,
+    &DL_SRC,
+    &DL_DST,
+    &NW_SRC,
+    &NW_DST,
+    &ARP_SPA,
+    &ARP_TPA,
+    &NW_TOS,
+    &NW_TTL,
+    &TP_SRC,
+    &TP_DST,
+    &ICMP_TYPE,
+    &ICMP_CODE,
+    &TUN_ID,
+    &TUN_SRC,
+    &TUN_DST,
 ];
 
 fn lookup_field(name: &str) -> Option<&'static FieldDef> {
@@ -668,7 +692,11 @@ impl Match {
                 let (vl, ml) = self.field(&lo);
                 let (v, m) = ((v as u128) << 64 | vl as u128, (m as u128) << 64 | ml as u128);
                 if m != 0 {
-                    parts.push(if m == u128::MAX { format!("{}={v:#x}", f.name) } else { format!("{}={v:#x}/{m:#x}", f.name) });
+                    parts.push(if m == u128::MAX {
+                        format!("{}={v:#x}", f.name)
+                    } else {
+                        format!("{}={v:#x}/{m:#x}", f.name)
+                    });
                 }
                 continue;
             }

@@ -28,11 +28,11 @@ mod table;
 mod trace;
 
 pub use action::{Action, MAX_DEPTH, MAX_LOOKUPS, actions_to_text};
-pub use ct_action::{CtAction, CtZone};
 pub(crate) use action::{check_action_prerequisites, groups_in};
 pub(crate) use action::{dec_ttl, set_ipv4_addr, set_l4_port};
 #[cfg(feature = "internals")]
 pub use classifier::Classifier;
+pub use ct_action::{CtAction, CtZone};
 pub use field::{Field, SubField};
 pub use group::{Bucket, BucketStats, GroupSpec, GroupStats, GroupType, MAX_BUCKETS, MAX_GROUP_ID};
 pub(crate) use group::{Group, GroupTable};
@@ -40,8 +40,10 @@ pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
 pub(crate) use matching::{err as matching_err, parse_num};
 pub(crate) use packed::Headers;
+pub(crate) use packed::{
+    CT_DST_WORD, CT_LABEL_WORD, CT_PROTO_SHIFT, CT_SRC_WORD, CT_STATE_SHIFT, CT_WORD, CT_ZONE_SHIFT, MARK_WORD,
+};
 pub use packed::{METADATA_WORD, PackedKey, PackedParse, VLAN_PRESENT, WORDS};
-pub(crate) use packed::{CT_DST_WORD, CT_LABEL_WORD, CT_PROTO_SHIFT, CT_SRC_WORD, CT_STATE_SHIFT, CT_WORD, CT_ZONE_SHIFT, MARK_WORD};
 pub(crate) use ruleset::RuleSet;
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver, TableRow};
 pub(crate) use synth::packet_for;
