@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::conntrack::ConntrackConfig;
 use crate::mac::MacTableConfig;
 pub use crate::port::spec::{DEFAULT_KERNEL_TYPE, PortKind, PortSpec};
 use crate::wire::MacAddr;
@@ -34,11 +35,14 @@ pub struct SwitchConfig {
     pub generation: u64,
     /// The bridges, by name.
     pub bridges: Vec<BridgeConfig>,
+    /// Conntrack's limits and timeouts (shared by every bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackConfig>,
 }
 
 impl Default for SwitchConfig {
     fn default() -> Self {
-        SwitchConfig { version: FORMAT_VERSION, generation: 0, bridges: Vec::new() }
+        SwitchConfig { version: FORMAT_VERSION, generation: 0, bridges: Vec::new(), conntrack: None }
     }
 }
 
@@ -135,6 +139,11 @@ pub enum ConfigChange {
         bridge: String,
         /// The rules, as text.
         flows: Vec<String>,
+    },
+    /// Conntrack's settings are now these.
+    SetConntrack {
+        /// The whole of them.
+        config: ConntrackConfig,
     },
     /// A bridge's groups are now these (after any group change: groups
     /// are few, so the whole list is recorded).
@@ -293,6 +302,7 @@ impl SwitchConfig {
                         lists.insert(bridge.clone(), FlowList::of(flows)?);
                     }
                 }
+                ConfigChange::SetConntrack { config } => self.conntrack = Some(config.clone()),
                 ConfigChange::SetGroups { bridge, groups } => {
                     if let Some(b) = self.bridges.iter_mut().find(|b| &b.name == bridge) {
                         b.groups = groups.clone();

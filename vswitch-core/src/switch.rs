@@ -31,6 +31,7 @@ use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
 use crate::{Error, Outcome, Result};
 
 mod configure;
+mod conntrack;
 mod flows;
 mod groups;
 pub use configure::OnOpenError;

@@ -120,6 +120,22 @@ enum Command {
     DumpGroups { bridge: String },
     /// Explain what the bridge does with a packet (a flow description).
     Trace { bridge: String, flow: String },
+    /// Connections conntrack holds. FILTER: zone=N, ct_nw_src=A, ct_nw_dst=A,
+    /// ct_nw_proto=P (or tcp, udp, icmp), ct_tp_src=N, ct_tp_dst=N.
+    DumpConntrack { filter: Vec<String> },
+    /// Remove every connection, or those FILTER selects (as dump-conntrack).
+    FlushConntrack { filter: Vec<String> },
+    /// Connections per zone and state, limits, memory, drops by reason.
+    CtStats,
+    /// Connection limits: default=N (zones without their own; 0: none),
+    /// global=N (all zones together), zone=Z,limit=N (0: none; limit=default:
+    /// back to the default).
+    CtSetLimits { limits: Vec<String> },
+    /// Timeouts in seconds: [zone=Z] NAME=SECS... (tcp_syn_sent, tcp_syn_recv,
+    /// tcp_established, tcp_fin_wait, tcp_close_wait, tcp_last_ack,
+    /// tcp_time_wait, tcp_close, udp, udp_stream, icmp, other), liberal=true|false
+    /// (a zone's TCP window checks off or on), reset (back to the defaults first).
+    CtSetTimeouts { settings: Vec<String> },
     /// Port counters, drops by reason.
     Stats { bridge: Option<String>, port: Option<String> },
     /// Versions of this tool and of the daemon.
@@ -270,6 +286,115 @@ fn stats_text(s: &Value) -> String {
     out
 }
 
+/// `ct-set-limits` arguments as `ct.set_limits` parameters.
+fn ct_limits(items: &[String]) -> Result<Value, String> {
+    let mut p = serde_json::Map::new();
+    let mut zones = serde_json::Map::new();
+    let num = |k: &str, v: &str| v.parse::<u32>().map_err(|_| format!("{k} '{v}' is not a number"));
+    for item in items {
+        if let Some(rest) = item.strip_prefix("zone=") {
+            let (z, l) = rest.split_once(",limit=").ok_or_else(|| format!("'{item}' must be zone=Z,limit=N"))?;
+            z.parse::<u16>().map_err(|_| format!("zone '{z}' is not a zone number (0-65535)"))?;
+            zones.insert(z.to_string(), if l == "default" { Value::Null } else { json!(num("limit", l)?) });
+            continue;
+        }
+        match item.split_once('=') {
+            Some(("default", v)) => p.insert("default".into(), json!(num("default", v)?)),
+            Some(("global", v)) => p.insert("global".into(), json!(num("global", v)?)),
+            _ => return Err(format!("'{item}' is not default=N, global=N or zone=Z,limit=N")),
+        };
+    }
+    if p.is_empty() && zones.is_empty() {
+        return Err("ct-set-limits needs default=N, global=N or zone=Z,limit=N".into());
+    }
+    p.insert("zones".into(), Value::Object(zones));
+    Ok(Value::Object(p))
+}
+
+/// `ct-set-timeouts` arguments as `ct.set_timeouts` parameters.
+fn ct_timeouts(items: &[String]) -> Result<Value, String> {
+    let mut p = serde_json::Map::new();
+    let mut t = serde_json::Map::new();
+    for item in items {
+        match item.split_once('=') {
+            None if item == "reset" => {
+                p.insert("reset".into(), json!(true));
+            }
+            Some(("zone", z)) => {
+                let z = z.parse::<u16>().map_err(|_| format!("zone '{z}' is not a zone number (0-65535)"))?;
+                p.insert("zone".into(), json!(z));
+            }
+            Some(("liberal", v)) => {
+                let v = v.parse::<bool>().map_err(|_| format!("liberal '{v}' is not true or false"))?;
+                p.insert("liberal".into(), json!(v));
+            }
+            Some((name, secs)) => {
+                let secs = secs.parse::<u32>().map_err(|_| format!("{name} '{secs}' is not a number of seconds"))?;
+                t.insert(name.to_string(), json!(secs));
+            }
+            None => return Err(format!("'{item}' is not NAME=SECONDS, zone=Z, liberal=BOOL or reset")),
+        }
+    }
+    p.insert("timeouts".into(), Value::Object(t));
+    Ok(Value::Object(p))
+}
+
+fn tuple_text(t: &Value) -> String {
+    format!(
+        "src={},dst={},sport={},dport={}",
+        t["src"].as_str().unwrap_or("?"),
+        t["dst"].as_str().unwrap_or("?"),
+        t["sport"],
+        t["dport"]
+    )
+}
+
+/// `dump-conntrack` text, as `ovs-dpctl dump-conntrack` prints it.
+fn conntrack_text(r: &Value) -> String {
+    let mut out = String::new();
+    for c in r.as_array().into_iter().flatten() {
+        let proto = match c["proto"].as_u64() {
+            Some(6) => "tcp".to_string(),
+            Some(17) => "udp".to_string(),
+            Some(1) => "icmp".to_string(),
+            Some(58) => "icmpv6".to_string(),
+            p => format!("proto={}", p.unwrap_or(0)),
+        };
+        let mut line = format!("{proto},orig=({}),reply=({})", tuple_text(&c["orig"]), tuple_text(&c["reply"]));
+        if c["zone"].as_u64().unwrap_or(0) != 0 {
+            line.push_str(&format!(",zone={}", c["zone"]));
+        }
+        if c["mark"].as_u64().unwrap_or(0) != 0 {
+            line.push_str(&format!(",mark={}", c["mark"]));
+        }
+        if c["label"].as_str().is_some_and(|l| l != "0x0") {
+            line.push_str(&format!(",labels={}", c["label"].as_str().unwrap_or("?")));
+        }
+        line.push_str(&format!(",timeout={}", c["timeout"]));
+        if let Some(s) = c["tcp_state"].as_str() {
+            line.push_str(&format!(",protoinfo=(state={s})"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+fn ct_stats_text(r: &Value) -> String {
+    let mut out =
+        format!("connections: {} (limit {}, {} bytes each)\n", r["connections"], r["limit"], r["bytes_per_connection"]);
+    for (z, s) in r["zones"].as_object().into_iter().flatten() {
+        let limit = s["limit"].as_u64().map_or("none".to_string(), |l| l.to_string());
+        out.push_str(&format!("zone {z}: {} connections (limit {limit})\n", s["connections"]));
+        for (what, n) in s["by_state"].as_object().into_iter().flatten() {
+            out.push_str(&format!("    {what}: {n}\n"));
+        }
+    }
+    let drops: Vec<String> = r["drops"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&format!("drops: {}\n", drops.join(" ")));
+    out
+}
+
 fn lines_of(result: &Value, field: &str) -> String {
     result.as_array().into_iter().flatten().map(|v| format!("{}\n", v[field].as_str().unwrap_or("?"))).collect()
 }
@@ -288,6 +413,8 @@ enum Render {
     Trace,
     Stats,
     Version,
+    Conntrack,
+    CtStats,
 }
 
 /// A command as requests to the daemon.
@@ -420,6 +547,11 @@ fn plan(command: Command) -> Result<Plan, String> {
         }
         Command::DumpGroups { bridge } => one("group.dump", json!({ "bridge": bridge }), Render::Groups),
         Command::Trace { bridge, flow } => one("trace", json!({ "bridge": bridge, "flow": flow }), Render::Trace),
+        Command::DumpConntrack { filter } => one("ct.dump", json!({ "filter": filter.join(",") }), Render::Conntrack),
+        Command::FlushConntrack { filter } => one("ct.flush", json!({ "filter": filter.join(",") }), Render::Map),
+        Command::CtStats => one("ct.stats", Value::Null, Render::CtStats),
+        Command::CtSetLimits { limits } => one("ct.set_limits", ct_limits(&limits)?, none),
+        Command::CtSetTimeouts { settings } => one("ct.set_timeouts", ct_timeouts(&settings)?, none),
         Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
         Command::Version => one("system.version", Value::Null, Render::Version),
     })
@@ -445,6 +577,8 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
         }
         Render::Trace => trace_text(&r),
         Render::Stats => stats_text(&r),
+        Render::Conntrack => conntrack_text(&r),
+        Render::CtStats => ct_stats_text(&r),
         Render::Version => {
             format!("vswitch-ctl {}\nvswitchd {}\n", env!("CARGO_PKG_VERSION"), r["version"].as_str().unwrap_or("?"))
         }

@@ -1004,3 +1004,68 @@ impl crate::port::upkeep::Upkeep for Sweeper {
         self.0.sweep(now_ms);
     }
 }
+
+/// Which connections `dump-conntrack` and `flush-conntrack` act on: a
+/// zone and fields of the original direction, in `ovs-dpctl`'s spelling
+/// (`zone=1,ct_nw_src=10.0.0.2,ct_nw_proto=6,ct_tp_dst=80`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnFilter {
+    /// Only this zone.
+    pub zone: Option<u16>,
+    /// Original source address.
+    pub src: Option<std::net::IpAddr>,
+    /// Original destination address.
+    pub dst: Option<std::net::IpAddr>,
+    /// IP protocol.
+    pub proto: Option<u8>,
+    /// Original source port.
+    pub sport: Option<u16>,
+    /// Original destination port.
+    pub dport: Option<u16>,
+}
+
+impl ConnFilter {
+    /// Parses `zone=N` and `ct_nw_src=`, `ct_nw_dst=`, `ct_ipv6_src=`,
+    /// `ct_ipv6_dst=`, `ct_nw_proto=`, `ct_tp_src=`, `ct_tp_dst=` (or
+    /// `tcp`, `udp`, `icmp`), separated by commas or spaces.
+    ///
+    /// # Errors
+    /// An unknown field or a bad value, naming it.
+    pub fn parse(text: &str) -> Result<ConnFilter, String> {
+        let mut f = ConnFilter::default();
+        for item in text.split([',', ' ']).map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = item.split_once('=').unwrap_or((item, ""));
+            let num = |max: u64| -> Result<u64, String> { crate::flow::parse_num(v, k, max).map_err(|e| e.0) };
+            let addr = || v.parse::<std::net::IpAddr>().map_err(|_| format!("{k}: '{v}' is not an IP address"));
+            match k {
+                "zone" => f.zone = Some(num(0xffff)? as u16),
+                "ct_nw_src" | "ct_ipv6_src" | "src" => f.src = Some(addr()?),
+                "ct_nw_dst" | "ct_ipv6_dst" | "dst" => f.dst = Some(addr()?),
+                "ct_nw_proto" | "proto" => f.proto = Some(num(0xff)? as u8),
+                "ct_tp_src" | "sport" => f.sport = Some(num(0xffff)? as u16),
+                "ct_tp_dst" | "dport" => f.dport = Some(num(0xffff)? as u16),
+                "tcp" | "tcp6" if v.is_empty() => f.proto = Some(tuple::TCP),
+                "udp" | "udp6" if v.is_empty() => f.proto = Some(tuple::UDP),
+                "icmp" if v.is_empty() => f.proto = Some(tuple::ICMP),
+                "icmp6" if v.is_empty() => f.proto = Some(tuple::ICMPV6),
+                _ => {
+                    return Err(format!(
+                        "unknown connection field '{k}' (zone, ct_nw_src, ct_nw_dst, ct_ipv6_src, ct_ipv6_dst, ct_nw_proto, ct_tp_src, ct_tp_dst)"
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// True if `c` is selected.
+    pub fn matches(&self, c: &Connection) -> bool {
+        self.zone.is_none_or(|z| z == c.zone)
+            && self.src.is_none_or(|a| a == c.orig.src)
+            && self.dst.is_none_or(|a| a == c.orig.dst)
+            && self.proto.is_none_or(|p| p == c.proto)
+            && self.sport.is_none_or(|p| p == c.orig.sport)
+            && self.dport.is_none_or(|p| p == c.orig.dport)
+    }
+}

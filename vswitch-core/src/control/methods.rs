@@ -39,6 +39,11 @@ pub const METHODS: &[&str] = &[
     "group.mod",
     "group.del",
     "group.dump",
+    "ct.dump",
+    "ct.flush",
+    "ct.stats",
+    "ct.set_limits",
+    "ct.set_timeouts",
     "trace",
     "stats.get",
     "config.get",
@@ -62,6 +67,8 @@ const CHANGES: &[&str] = &[
     "group.add",
     "group.mod",
     "group.del",
+    "ct.set_limits",
+    "ct.set_timeouts",
 ];
 
 /// A JSON-RPC error.
@@ -317,6 +324,105 @@ struct DumpArg {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct CtSelect {
+    /// `zone=N,ct_nw_src=...` (see `ConnFilter::parse`); all without.
+    #[serde(default)]
+    filter: Option<String>,
+    /// Most connections to list.
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CtLimits {
+    /// The limit of zones without their own (0: none).
+    #[serde(default)]
+    default: Option<u32>,
+    /// The limit of all zones together.
+    #[serde(default)]
+    global: Option<u32>,
+    /// Zone number to its limit (0: none; null: back to the default).
+    #[serde(default)]
+    zones: BTreeMap<u16, Option<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CtTimeouts {
+    /// The zone (none: the default timeouts).
+    #[serde(default)]
+    zone: Option<u16>,
+    /// Timeout name to seconds.
+    #[serde(default)]
+    timeouts: BTreeMap<String, u32>,
+    /// The zone's TCP window checks off (true) or on.
+    #[serde(default)]
+    liberal: Option<bool>,
+    /// Back to the defaults first.
+    #[serde(default)]
+    reset: bool,
+}
+
+fn ct_filter(f: Option<&str>) -> Result<crate::conntrack::ConnFilter, RpcError> {
+    crate::conntrack::ConnFilter::parse(f.unwrap_or_default())
+        .map_err(|e| RpcError::from(Error::invalid("connection filter", e)))
+}
+
+fn set_ct_limits(sw: &Switch, a: CtLimits) -> crate::Result<crate::conntrack::ConntrackConfig> {
+    sw.set_conntrack_config(|c| {
+        if let Some(d) = a.default {
+            c.default_zone_limit = (d > 0).then_some(d);
+        }
+        if let Some(g) = a.global {
+            c.limit = g;
+        }
+        for (z, l) in a.zones {
+            let zc = c.zones.entry(z).or_default();
+            zc.limit = l.map(|l| if l == 0 { u32::MAX } else { l });
+        }
+        c.zones.retain(|_, zc| *zc != crate::conntrack::ZoneConfig::default());
+        Ok(())
+    })
+}
+
+fn set_ct_timeouts(sw: &Switch, a: CtTimeouts) -> crate::Result<crate::conntrack::ConntrackConfig> {
+    sw.set_conntrack_config(|c| {
+        let base = c.timeouts;
+        let t = match a.zone {
+            None => &mut c.timeouts,
+            Some(z) => {
+                let zc = c.zones.entry(z).or_default();
+                if let Some(l) = a.liberal {
+                    zc.liberal = l;
+                }
+                if a.reset {
+                    zc.timeouts = None;
+                }
+                if a.timeouts.is_empty() {
+                    c.zones.retain(|_, zc| *zc != crate::conntrack::ZoneConfig::default());
+                    return Ok(());
+                }
+                zc.timeouts.get_or_insert(base)
+            }
+        };
+        if a.zone.is_none() {
+            if a.liberal.is_some() {
+                return Err("liberal is set per zone (zone=N)".into());
+            }
+            if a.reset {
+                *t = crate::conntrack::Timeouts::default();
+            }
+        }
+        for (name, secs) in &a.timeouts {
+            t.set(name, *secs)?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TraceArg {
     bridge: String,
     flow: String,
@@ -529,6 +635,19 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
             let a: BridgeArg = params(p)?;
             ok(sw.dump_groups(&a.bridge)?)
         }
+        "ct.dump" => {
+            let a: CtSelect = params(p)?;
+            let f = ct_filter(a.filter.as_deref())?;
+            ok(sw.conntrack().dump(sw.now_ms(), a.limit.unwrap_or(usize::MAX), |c| f.matches(c)))
+        }
+        "ct.flush" => {
+            let a: CtSelect = params(p)?;
+            let f = ct_filter(a.filter.as_deref())?;
+            ok(json!({ "flushed": sw.conntrack().flush(|c| f.matches(c)) }))
+        }
+        "ct.stats" => ok(sw.conntrack().stats()),
+        "ct.set_limits" => ok(set_ct_limits(sw, params(p)?)?),
+        "ct.set_timeouts" => ok(set_ct_timeouts(sw, params(p)?)?),
         "trace" => {
             let a: TraceArg = params(p)?;
             ok(sw.trace(&a.bridge, &a.flow)?)
@@ -623,6 +742,7 @@ enum Undo {
     Groups(String, Vec<String>, Vec<String>),
     DelStatic(String, u16, MacAddr),
     AddStatic(String, u16, MacAddr, String),
+    Conntrack(crate::conntrack::ConntrackConfig),
 }
 
 fn str_param<'a>(p: &'a Value, key: &str) -> &'a str {
@@ -656,6 +776,7 @@ fn undo_for(sw: &Switch, bundles: &Bundles, method: &str, p: &Value) -> Result<U
             let Some(b) = bundles.bridge_of(id) else { return Ok(Undo::Nothing) };
             before()?.bridge(&b).map_or(Undo::Nothing, |c| Undo::Flows(b.clone(), c.flows.clone()))
         }
+        "ct.set_limits" | "ct.set_timeouts" => Undo::Conntrack(sw.conntrack().config()),
         "group.add" | "group.mod" | "group.del" => before()?
             .bridge(bridge)
             .map_or(Undo::Nothing, |b| Undo::Groups(bridge.to_string(), b.groups.clone(), b.flows.clone())),
@@ -695,6 +816,12 @@ fn run_undo(sw: &Switch, u: Undo) -> crate::Result<()> {
         // (Later operations, which might send to a group being taken
         // back, were undone first.)
         Undo::Groups(b, groups, flows) => sw.replace_groups(&b, &groups).and_then(|()| sw.replace_flows(&b, &flows)),
+        Undo::Conntrack(c) => sw
+            .set_conntrack_config(|cur| {
+                *cur = c;
+                Ok(())
+            })
+            .map(|_| ()),
         Undo::DelStatic(b, vlan, mac) => sw.mac_table(&b).map(|t| {
             t.remove(vlan, mac);
         }),

@@ -203,7 +203,9 @@ impl Switch {
     /// # Errors
     /// None today; kept for configurations that may need the datapath.
     pub fn config(&self, include_transient: bool) -> Result<SwitchConfig> {
-        Ok(SwitchConfig { bridges: self.bridge_configs(include_transient, true), ..SwitchConfig::default() })
+        let ct = self.ct.config();
+        let conntrack = (ct != crate::conntrack::ConntrackConfig::default()).then_some(ct);
+        Ok(SwitchConfig { bridges: self.bridge_configs(include_transient, true), conntrack, ..SwitchConfig::default() })
     }
 
     /// Every bridge's settings, ports and static MACs as journal records,
@@ -317,6 +319,9 @@ impl Switch {
     /// # Errors
     /// As [`Switch::add_bridge_config`], naming the bridge.
     pub fn apply_config(&self, config: &SwitchConfig) -> Result<()> {
+        if let Some(ct) = &config.conntrack {
+            ct.validate().map_err(|why| Error::invalid("conntrack settings", why))?;
+        }
         for (i, b) in config.bridges.iter().enumerate() {
             if let Err(e) = self.add_bridge_config(b) {
                 for done in &config.bridges[..i] {
@@ -329,6 +334,9 @@ impl Switch {
                     e => e,
                 });
             }
+        }
+        if let Some(ct) = &config.conntrack {
+            self.ct.apply_config(ct).map_err(|why| Error::invalid("conntrack settings", why))?;
         }
         Ok(())
     }
