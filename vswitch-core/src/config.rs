@@ -638,6 +638,7 @@ mod tests {
                 }],
                 groups: vec!["group_id=1,type=all,bucket=bucket_id:0,actions=output:1".into()],
             }],
+            conntrack: Some(ConntrackConfig { limit: 1000, ..ConntrackConfig::default() }),
         };
         store.save(&cfg).unwrap();
         match Store::new(&path).unwrap().load().unwrap() {
