@@ -316,3 +316,60 @@ fn trace_shows_each_conntrack_lookup_and_changes_nothing() {
     assert!(text.contains("NAT to 192.0.2.50:53 -> 10.88.0.2:5000"), "{text}");
     assert_eq!(t.verdict, "1");
 }
+
+/// Splits an Ethernet/IPv4 frame's payload into two fragments at `at`
+/// bytes of IP payload (a multiple of 8).
+fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
+    let (eth, ip) = (&frame[..14], &frame[14..]);
+    let payload = &ip[20..];
+    let mk = |part: &[u8], offset: usize, more: bool| {
+        let mut h = ip[..20].to_vec();
+        h[2..4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+        let fo = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&fo.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let mut sum: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        [eth, &h, part].concat()
+    };
+    (mk(&payload[..at], 0, true), mk(&payload[at..], at, false))
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_through_nat() {
+    let (sw, _clock, p) = setup();
+    sw.add_flows("br0", MASQUERADE).unwrap();
+    let big = udp(mac(3), mac(1), IN1, OUT, 5000, 53, 64, &[7u8; 1000]);
+    let (first, second) = fragments(&big, 512);
+    send(&sw, &p[0], &first);
+    send(&sw, &p[0], &second);
+    let out = drain(&p[2]);
+    assert_eq!(out.len(), 2, "both fragments pass");
+    for f in &out {
+        assert_eq!(&f.data()[26..30], &HOST, "each fragment leaves with the host's address");
+    }
+    // Reassembled, the datagram's UDP checksum still verifies.
+    let mut whole = out[0].data()[..34].to_vec();
+    whole.extend_from_slice(&out[0].data()[34..]);
+    whole.extend_from_slice(&out[1].data()[34..]);
+    let total = (whole.len() - 14) as u16;
+    whole[16..18].copy_from_slice(&total.to_be_bytes());
+    whole[20..22].copy_from_slice(&[0, 0]);
+    whole[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = whole[14..34].chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    whole[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    assert!(checksums_ok(&whole), "the reassembled datagram's checksums verify");
+    // A later fragment of a datagram nobody saw the start of is invalid.
+    let before = sw.conntrack().drops(CtDrop::Fragment);
+    let (_, orphan) = fragments(&udp(mac(3), mac(1), IN2, OUT, 6000, 53, 64, &[1u8; 1000]), 512);
+    send(&sw, &p[1], &orphan);
+    assert!(drain(&p[2]).is_empty());
+    assert_eq!(sw.conntrack().drops(CtDrop::Fragment), before + 1);
+}

@@ -274,7 +274,8 @@ pub enum CtDrop {
     NatExhausted,
     /// Not trackable or not valid for its connection (`+inv`).
     Invalid,
-    /// A fragment: not reassembled, so `+inv`.
+    /// A later fragment whose datagram's first fragment was not seen
+    /// (or not within 30 seconds): `+inv`.
     Fragment,
 }
 
@@ -473,7 +474,17 @@ pub struct Conntrack {
     config: Mutex<ConntrackConfig>,
     sweep_at: AtomicUsize,
     salt: AtomicU64,
+    /// Datagrams whose first fragment was tracked, by addresses, protocol,
+    /// zone and IP identification.
+    frags: Box<[Mutex<std::collections::HashMap<Key, (Hit, u64)>>]>,
 }
+
+/// Fragment table shards, and the datagrams each remembers.
+const FRAG_SHARDS: usize = 16;
+const MAX_FRAGS_PER_SHARD: usize = 256;
+/// How long the later fragments of a datagram are recognised (Linux's
+/// reassembly timeout).
+const FRAG_TIMEOUT_MS: u64 = 30_000;
 
 impl std::fmt::Debug for Conntrack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -512,6 +523,7 @@ impl Conntrack {
             config: Mutex::new(config),
             sweep_at: AtomicUsize::new(0),
             salt: AtomicU64::new(0x1234_5678),
+            frags: (0..FRAG_SHARDS).map(|_| Mutex::new(std::collections::HashMap::new())).collect(),
         }
     }
 
@@ -596,12 +608,29 @@ impl Conntrack {
     ) -> Verdict {
         let info = match pkt {
             Ok(i) => i,
-            Err(Untrackable::Fragment) => return self.invalid(req.zone, CtDrop::Fragment, req.dry),
             Err(_) => return self.invalid(req.zone, CtDrop::Invalid, req.dry),
         };
+        let v = self.execute_info(&info, prev, req);
+        // A first fragment's fate is its datagram's: later fragments find it.
+        if let (Verdict::Tracked(hit, _), Some(key)) = (&v, info.frag_key())
+            && info.frag.is_some_and(|f| f.first)
+            && !req.dry
+            && hit.state & state::INV == 0
+        {
+            self.frag_record(key, hit, req.now_ms);
+        }
+        v
+    }
+
+    fn execute_info(&self, info: &PacketInfo, prev: Option<Hit>, req: &Request<'_>) -> Verdict {
+        let later = info.frag.is_some_and(|f| !f.first);
         let mut hit = match prev {
             Some(h) => h,
-            None => match self.lookup(&info, req) {
+            None if later => match info.frag_key().and_then(|k| self.frag_hit(&k, req.now_ms)) {
+                Some(h) => h,
+                None => return self.invalid(req.zone, CtDrop::Fragment, req.dry),
+            },
+            None => match self.lookup(info, req) {
                 Some(h) => h,
                 None => return self.invalid(req.zone, CtDrop::Invalid, req.dry),
             },
@@ -611,7 +640,7 @@ impl Conntrack {
         }
         if req.commit && !req.dry {
             if hit.found.is_none() {
-                match self.commit_new(&info, &hit, req) {
+                match self.commit_new(info, &hit, req) {
                     Ok(f) => {
                         hit.found = Some(f);
                         hit.committed = true;
@@ -811,6 +840,29 @@ impl Conntrack {
             }
         }
         Err(CtDrop::NatExhausted)
+    }
+
+    /// Remembers what a first fragment found, for the datagram's other
+    /// fragments (bounded: a full shard forgets its oldest).
+    fn frag_record(&self, key: Key, hit: &Hit, now_ms: u64) {
+        let shard = &self.frags[(nat::mix(key.0[1] ^ key.0[3] ^ key.0[4]) as usize) % FRAG_SHARDS];
+        let mut m = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MAX_FRAGS_PER_SHARD {
+            m.retain(|_, (_, exp)| *exp > now_ms);
+            if m.len() >= MAX_FRAGS_PER_SHARD
+                && let Some(oldest) = m.iter().min_by_key(|(_, (_, exp))| *exp).map(|(k, _)| *k)
+            {
+                m.remove(&oldest);
+            }
+        }
+        m.insert(key, (*hit, now_ms + FRAG_TIMEOUT_MS));
+    }
+
+    /// What the first fragment of a later fragment's datagram found.
+    fn frag_hit(&self, key: &Key, now_ms: u64) -> Option<Hit> {
+        let shard = &self.frags[(nat::mix(key.0[1] ^ key.0[3] ^ key.0[4]) as usize) % FRAG_SHARDS];
+        let m = shard.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key).filter(|(_, exp)| *exp > now_ms).map(|(h, _)| *h)
     }
 
     fn remove(&self, f: Found) -> bool {

@@ -372,7 +372,14 @@ impl Layout {
 pub(crate) fn translate(p: &mut Packet, h: &Headers, to: &Key) {
     let partial = p.needs_csum();
     let d = p.data_mut();
-    let l = Layout::new(d, h.l3, h.l4, to.is_v6(), to.proto(), partial);
+    // The transport header as conntrack found it (the flow parser skips a
+    // first fragment's, which is cut short); none in a later fragment.
+    let l4 = match super::tuple::ip_header(d, h.l3, h.dl_type) {
+        Ok((.., l4, _, None)) => l4,
+        Ok((.., l4, _, Some(f))) if f.first => l4,
+        _ => 0,
+    };
+    let l = Layout::new(d, h.l3, l4, to.is_v6(), to.proto(), partial);
     l.rewrite(d, to);
 }
 

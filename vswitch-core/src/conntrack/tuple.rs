@@ -100,6 +100,12 @@ impl Key {
         (self.0[4] >> 40) as u16
     }
 
+    /// The key with `other`'s zone.
+    pub(crate) fn with_zone_of(mut self, other: &Key) -> Key {
+        self.0[4] = (self.0[4] & !(0xffff << 40)) | (other.0[4] & (0xffff << 40));
+        self
+    }
+
     /// The key of the other direction: addresses and ports swapped.
     #[inline]
     pub(crate) fn reversed(&self) -> Key {
@@ -180,12 +186,35 @@ pub(crate) enum Kind {
     Other,
 }
 
+/// A fragment's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frag {
+    /// The IP identification.
+    pub id: u32,
+    /// The first fragment (it carries the transport header).
+    pub first: bool,
+}
+
 /// A packet as the tracker sees it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PacketInfo {
     /// Its key, as on the wire (in the zone it is tracked in).
     pub key: Key,
     pub kind: Kind,
+    /// Set for a fragment.
+    pub frag: Option<Frag>,
+}
+
+impl PacketInfo {
+    /// The key fragments of one datagram share: addresses, protocol, zone
+    /// and the IP identification in place of the ports.
+    pub(crate) fn frag_key(&self) -> Option<Key> {
+        let f = self.frag?;
+        Some(
+            Key::new(self.key.src(), self.key.dst(), self.key.proto(), f.id as u16, (f.id >> 16) as u16, 0)
+                .with_zone_of(&self.key),
+        )
+    }
 }
 
 /// Why a packet cannot be tracked (`+inv`).
@@ -195,12 +224,13 @@ pub(crate) enum Untrackable {
     NotIp,
     /// Headers cut short or inconsistent.
     Malformed,
-    /// A fragment (fragments are reassembled first, or are invalid).
-    Fragment,
 }
 
-/// Reads the IP addresses and protocol at `l3`; with the transport offset.
-fn ip_header(d: &[u8], l3: usize, dl_type: u16) -> Result<(IpAddr, IpAddr, u8, usize, usize, bool), Untrackable> {
+pub(crate) type IpHeader = (IpAddr, IpAddr, u8, usize, usize, Option<Frag>);
+
+/// Reads the IP addresses and protocol at `l3`, the transport offset and
+/// where the packet ends, and whether it is a fragment.
+pub(crate) fn ip_header(d: &[u8], l3: usize, dl_type: u16) -> Result<IpHeader, Untrackable> {
     match dl_type {
         ethertype::IPV4 => {
             let ip = d.get(l3..l3 + 20).ok_or(Untrackable::Malformed)?;
@@ -209,7 +239,8 @@ fn ip_header(d: &[u8], l3: usize, dl_type: u16) -> Result<(IpAddr, IpAddr, u8, u
                 return Err(Untrackable::Malformed);
             }
             let total = be16(ip, 2) as usize;
-            let frag = be16(ip, 6) & 0x3fff != 0;
+            let fo = be16(ip, 6);
+            let frag = (fo & 0x3fff != 0).then_some(Frag { id: be16(ip, 4) as u32, first: fo & 0x1fff == 0 });
             let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
             let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
             // A GSO super-frame may carry 0 as its total length.
@@ -226,7 +257,7 @@ fn ip_header(d: &[u8], l3: usize, dl_type: u16) -> Result<(IpAddr, IpAddr, u8, u
             let payload = be16(ip, 4) as usize;
             let end = if payload == 0 { d.len() } else { (l3 + 40 + payload).min(d.len()) };
             // Walk the extension headers to the transport header.
-            let (mut next, mut at, mut frag) = (ip[6], l3 + 40, false);
+            let (mut next, mut at, mut frag) = (ip[6], l3 + 40, None);
             for _ in 0..8 {
                 match next {
                     0 | 43 | 60 => {
@@ -237,7 +268,11 @@ fn ip_header(d: &[u8], l3: usize, dl_type: u16) -> Result<(IpAddr, IpAddr, u8, u
                     44 => {
                         let h = d.get(at..at + 8).ok_or(Untrackable::Malformed)?;
                         next = h[0];
-                        frag = frag || be16(h, 2) & 0xfff9 != 0;
+                        let fo = be16(h, 2);
+                        if fo & 0xfff9 != 0 {
+                            let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                            frag = Some(Frag { id, first: fo & 0xfff8 == 0 });
+                        }
                         at += 8;
                     }
                     _ => break,
@@ -315,15 +350,16 @@ impl PacketInfo {
     /// Reads a packet whose headers the flow parser found at `h`.
     pub(crate) fn parse(d: &[u8], h: &Headers, zone: u16) -> Result<PacketInfo, Untrackable> {
         let (src, dst, proto, l4, end, frag) = ip_header(d, h.l3, h.dl_type)?;
-        if frag {
-            return Err(Untrackable::Fragment);
+        if frag.is_some_and(|f| !f.first) {
+            // No transport header: the datagram's first fragment decides.
+            return Ok(PacketInfo { key: Key::new(src, dst, proto, 0, 0, zone), kind: Kind::Other, frag });
         }
         let v6 = h.dl_type == ethertype::IPV6;
         let (sport, dport, mut kind) = transport(d, proto, l4, end, v6)?;
         if let Kind::Error { at, .. } = kind {
             // The quoted header: as much of it as identifies the packet.
             let (qs, qd, qp, ql4, _, qfrag) = ip_header(d, at, h.dl_type)?;
-            if qfrag {
+            if qfrag.is_some_and(|f| !f.first) {
                 return Err(Untrackable::Malformed);
             }
             let ports = d.get(ql4..ql4 + 8).ok_or(Untrackable::Malformed)?;
@@ -334,7 +370,7 @@ impl PacketInfo {
             };
             kind = Kind::Error { quoted: Key::new(qs, qd, qp, qsp, qdp, zone), at };
         }
-        Ok(PacketInfo { key: Key::new(src, dst, proto, sport, dport, zone), kind })
+        Ok(PacketInfo { key: Key::new(src, dst, proto, sport, dport, zone), kind, frag })
     }
 }
 
