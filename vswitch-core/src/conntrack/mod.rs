@@ -476,8 +476,11 @@ pub struct Conntrack {
     salt: AtomicU64,
     /// Datagrams whose first fragment was tracked, by addresses, protocol,
     /// zone and IP identification.
-    frags: Box<[Mutex<std::collections::HashMap<Key, (Hit, u64)>>]>,
+    frags: Box<[Mutex<FragShard>]>,
 }
+
+/// A datagram's key to what its first fragment found and when that is forgotten.
+type FragShard = std::collections::HashMap<Key, (Hit, u64)>;
 
 /// Fragment table shards, and the datagrams each remembers.
 const FRAG_SHARDS: usize = 16;
