@@ -373,3 +373,54 @@ fn fragments_follow_their_first_fragment_through_nat() {
     assert!(drain(&p[2]).is_empty());
     assert_eq!(sw.conntrack().drops(CtDrop::Fragment), before + 1);
 }
+
+/// A service VIP balanced over three backends by a select group whose
+/// buckets commit with DNAT: the spread, a removed bucket, and existing
+/// connections kept on their backend by conntrack.
+#[test]
+fn select_group_balances_connections_and_conntrack_keeps_them() {
+    let (sw, _clock, p) = setup();
+    let bucket = |id: u8| format!("bucket=bucket_id:{id},actions=ct(commit,zone=3,nat(dst=10.1.0.{id}:53)),output:3");
+    sw.add_group("br0", &format!("group_id=1,type=select,{},{},{}", bucket(1), bucket(2), bucket(3))).unwrap();
+    sw.add_flows(
+        "br0",
+        &[
+            "table=0,priority=10,ip,actions=ct(table=1,zone=3,nat)",
+            "table=1,priority=20,ct_state=+new+trk,udp,nw_dst=10.96.0.10,tp_dst=53,actions=group:1",
+            "table=1,priority=10,ct_state=+trk,ip,actions=output:3",
+        ],
+    )
+    .unwrap();
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+    let flows: Vec<Vec<u8>> = (0..1000u16).map(|i| udp(mac(3), mac(1), IN1, VIP, 10_000 + i, 53, 64, b"q")).collect();
+    let backends = |sw: &Switch| -> Vec<u8> {
+        let mut got = Vec::new();
+        for f in &flows {
+            send(sw, &p[0], f);
+            let out = drain(&p[2]);
+            assert_eq!(out.len(), 1);
+            let (_, dst, _, _, dport) = fields(out[0].data());
+            assert_eq!((dst[..3].to_vec(), dport), (vec![10, 1, 0], 53));
+            got.push(dst[3]);
+        }
+        got
+    };
+    let first = backends(&sw);
+    for b in 1..=3 {
+        let n = first.iter().filter(|&&x| x == b).count();
+        assert!((283..=383).contains(&n), "backend {b} has {n} of 1000 connections (333 ± 15 %)");
+    }
+    // Bucket 2 goes: existing connections stay where conntrack put them.
+    sw.mod_group("br0", &format!("group_id=1,type=select,{},{}", bucket(1), bucket(3))).unwrap();
+    assert_eq!(backends(&sw), first, "established mappings are kept by conntrack");
+    // New connections: only bucket 2's move.
+    sw.conntrack().flush(|_| true);
+    let after = backends(&sw);
+    for (old, new) in first.iter().zip(&after) {
+        if *old == 2 {
+            assert_ne!(*new, 2);
+        } else {
+            assert_eq!(old, new, "a connection of a remaining bucket did not move");
+        }
+    }
+}

@@ -280,3 +280,93 @@ fn limits_and_timeouts_are_set_shown_and_saved() {
         "the settings are saved: {saved} {journal}"
     );
 }
+
+/// Each container in its own zone (chosen into reg0 and passed to `ct` as
+/// `zone=reg0[0..15]`), zone 10 limited to 50 connections.
+const ZONED: &[&str] = &[
+    "table=0,priority=10,ip,in_port=1,actions=load:10->reg0[0..15],ct(table=1,zone=reg0[0..15])",
+    "table=0,priority=10,ip,in_port=2,actions=load:20->reg0[0..15],ct(table=1,zone=reg0[0..15])",
+    "table=0,priority=10,ip,in_port=3,nw_dst=10.88.0.2,actions=load:10->reg0[0..15],ct(table=2,zone=reg0[0..15])",
+    "table=0,priority=10,ip,in_port=3,nw_dst=10.88.0.3,actions=load:20->reg0[0..15],ct(table=2,zone=reg0[0..15])",
+    "table=0,priority=0,actions=drop",
+    "table=1,priority=10,ct_state=+new+trk,ip,actions=ct(commit,zone=reg0[0..15]),mod_dl_src:02:00:00:00:00:01,mod_dl_dst:02:00:02:00:00:32,dec_ttl,output:3",
+    "table=1,priority=10,ct_state=+est+trk,ip,actions=mod_dl_src:02:00:00:00:00:01,mod_dl_dst:02:00:02:00:00:32,dec_ttl,output:3",
+    "table=2,priority=10,ct_state=+est+trk,ip,nw_dst=10.88.0.2,actions=mod_dl_src:02:00:00:00:00:01,mod_dl_dst:02:88:00:00:00:02,dec_ttl,output:1",
+    "table=2,priority=10,ct_state=+est+trk,ip,nw_dst=10.88.0.3,actions=mod_dl_src:02:00:00:00:00:01,mod_dl_dst:02:88:00:00:00:03,dec_ttl,output:2",
+    "table=2,priority=0,actions=drop",
+];
+
+#[test]
+fn a_syn_flood_fills_its_own_zone_and_no_other() {
+    let h = host();
+    h.d.ok(&["del-flows", "br0"]);
+    for f in ZONED {
+        h.d.ok(&["add-flow", "br0", f]);
+    }
+    h.ext.run(&["ip", "route", "add", "10.88.0.0/24", "via", "192.0.2.1"]);
+    h.d.ok(&["ct-set-limits", "zone=10,limit=50"]);
+    // c2 holds a connection open across the flood.
+    const ECHO_SERVER: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("192.0.2.50", 7000))
+s.listen(1)
+s.settimeout(30)
+c, _ = s.accept()
+c.settimeout(30)
+while True:
+    d = c.recv(100)
+    if not d:
+        break
+    c.sendall(d)
+"#;
+    const HOLDER: &str = r#"
+import socket, sys, time
+deadline = time.time() + 10
+while True:
+    try:
+        c = socket.create_connection(("192.0.2.50", 7000), timeout=2)
+        break
+    except OSError:
+        if time.time() > deadline:
+            sys.exit("cannot connect")
+        time.sleep(0.2)
+c.settimeout(5)
+c.sendall(b"before")
+assert c.recv(100) == b"before"
+open(sys.argv[1], "w").write("connected")
+time.sleep(4)
+c.sendall(b"after")
+assert c.recv(100) == b"after"
+print("held")
+"#;
+    const FLOOD: &str = r#"
+import socket, time
+socks = []
+for i in range(300):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex(("192.0.2.50", 20000 + i))
+    socks.append(s)
+time.sleep(1)
+"#;
+    let mut server = spawn_py(&h.ext, ECHO_SERVER, &[]);
+    let marker = std::env::temp_dir().join(vswitch_tests::netns::unique("held"));
+    let holder = spawn_py(&h.c2, HOLDER, &[marker.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "c2's connection did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    py(&h.c1, FLOOD, &[]);
+    let stats = h.d.json(&["ct-stats"]);
+    assert_eq!(stats["zones"]["10"]["connections"], 50, "zone 10 is full: {stats}");
+    assert!(stats["drops"]["zone_full"].as_u64().unwrap() >= 250, "{stats}");
+    assert_eq!(stats["zones"]["20"]["by_state"]["tcp ESTABLISHED"], 1, "zone 20's connection is untouched: {stats}");
+    let out = holder.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "held", "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&marker);
+}

@@ -142,3 +142,29 @@ fn groups_are_saved_restored_and_undone_with_their_transaction() {
     drop(d3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn conntrack_settings_survive_a_restart_and_a_failed_transaction_leaves_them() {
+    let dir = std::env::temp_dir().join(unique("vsp"));
+    let mut d = Daemon::start_in(&dir);
+    d.ok(&["ct-set-limits", "global=5000", "default=300", "zone=4,limit=40"]);
+    d.ok(&["ct-set-timeouts", "zone=4", "tcp_established=600", "liberal=true"]);
+    d.ok(&["ct-set-timeouts", "icmp=9"]);
+    // A transaction whose second part fails takes its first part back.
+    let e = d.ctl(&["ct-set-limits", "zone=5,limit=1", "--", "add-flow", "nobr", "actions=drop"]);
+    assert_eq!(e.status.code(), Some(1));
+    let before = d.json(&["ct-stats"]);
+    assert!(before["zones"].get("5").is_none(), "undone: {before}");
+    let mut d = restart(&mut d, &dir);
+    let cfg = match Store::new(&d.db).unwrap().load().unwrap() {
+        Loaded::Config(c) => c.conntrack.expect("conntrack settings are saved"),
+        other => panic!("{other:?}: {}", d.log()),
+    };
+    assert_eq!((cfg.limit, cfg.default_zone_limit, cfg.timeouts.icmp), (5000, Some(300), 9));
+    let z = &cfg.zones[&4];
+    assert_eq!((z.limit, z.timeouts.unwrap().tcp_established, z.liberal), (Some(40), 600, true));
+    let stats = d.json(&["ct-stats"]);
+    assert_eq!((stats["limit"].as_u64(), stats["zones"]["4"]["limit"].as_u64()), (Some(5000), Some(40)), "{stats}");
+    d.owns_dir = true;
+    d.stop();
+}

@@ -217,8 +217,34 @@ pub struct ConntrackConfig {
     /// Timeouts of zones without their own.
     pub timeouts: Timeouts,
     /// Zones with settings of their own.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", with = "zone_keys")]
     pub zones: BTreeMap<u16, ZoneConfig>,
+}
+
+/// Zone numbers as the JSON object's (string) keys, read back through
+/// strings: the journal's records are an internally tagged enum, whose
+/// buffered maps do not turn "4" into a number by themselves.
+mod zone_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ZoneConfig;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u16, ZoneConfig>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<String, &ZoneConfig>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u16, ZoneConfig>, D::Error> {
+        BTreeMap::<String, ZoneConfig>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse::<u16>()
+                    .map(|z| (z, v))
+                    .map_err(|_| serde::de::Error::custom(format!("zone '{k}' is not 0-65535")))
+            })
+            .collect()
+    }
 }
 
 /// The default global limit.
