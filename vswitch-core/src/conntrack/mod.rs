@@ -540,7 +540,8 @@ impl Conntrack {
         let zones = 1usize << 16;
         let config = ConntrackConfig { limit: expected as u32, ..ConntrackConfig::default() };
         Conntrack {
-            table: Table::new(expected),
+            // Two buckets per connection: each has two keys in the index.
+            table: Table::new(2 * expected),
             count: AtomicUsize::new(0),
             limit: AtomicUsize::new(expected),
             zone_count: (0..zones).map(|_| AtomicU32::new(0)).collect(),
@@ -689,7 +690,7 @@ impl Conntrack {
         }
         let Some(f) = hit.found else { return Verdict::Tracked(hit, None) };
         let e = self.table.entry(f.idx);
-        let (orig, reply) = (e.key(0), e.key(1));
+        let orig = e.key(0);
         if e.seq() != f.seq {
             // Removed under our feet: report what was found, rewrite nothing.
             return Verdict::Tracked(hit, None);
@@ -703,6 +704,7 @@ impl Conntrack {
             hit.state |= if info_word & F_SNAT != 0 { state::SNAT } else { 0 };
             hit.state |= if info_word & F_DNAT != 0 { state::DNAT } else { 0 };
             // The packet leaves looking like the other direction reversed.
+            let reply = e.key(1);
             let (this, other) = if f.dir == 0 { (orig, reply) } else { (reply, orig) };
             if hit.state & state::REL != 0 {
                 // The quoted packet went the other way: it becomes what
@@ -1015,7 +1017,7 @@ fn set_mark_label(e: &Entry, req: &Request<'_>) {
 }
 
 fn load_tcp(e: &Entry, info: u64) -> Tcp {
-    let w: Vec<u64> = e.tcp.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    let w: [u64; 4] = std::array::from_fn(|i| e.tcp[i].load(Ordering::Relaxed));
     Tcp { state: info_tcp(info), sides: [Side::from_words(w[0], w[1]), Side::from_words(w[2], w[3])] }
 }
 
@@ -1148,5 +1150,38 @@ impl ConnFilter {
             && self.proto.is_none_or(|p| p == c.proto)
             && self.sport.is_none_or(|p| p == c.orig.sport)
             && self.dport.is_none_or(|p| p == c.orig.dport)
+    }
+}
+
+/// A frame with its headers found, for timing conntrack alone
+/// (benchmarks only; the `internals` feature).
+#[cfg(feature = "internals")]
+#[derive(Debug, Clone)]
+pub struct PreparedFrame {
+    frame: Vec<u8>,
+    headers: crate::flow::Headers,
+}
+
+#[cfg(feature = "internals")]
+impl PreparedFrame {
+    /// Parses `frame` once.
+    pub fn new(frame: &[u8]) -> PreparedFrame {
+        PreparedFrame { frame: frame.to_vec(), headers: crate::flow::PackedParse::extract(frame, 0).headers }
+    }
+}
+
+#[cfg(feature = "internals")]
+impl Conntrack {
+    /// Tracks `p` as `ct(zone=ZONE[,commit][,nat...])` does in the
+    /// datapath (the transport header read, the connection found, its
+    /// state moved on, or committed), without rewriting it; returns its
+    /// `ct_state`, 0 if conntrack dropped it.
+    pub fn track(&self, p: &PreparedFrame, zone: u16, commit: bool, nat: Option<&Nat>, now_ms: u64) -> u8 {
+        let info = PacketInfo::parse(&p.frame, &p.headers, zone);
+        let req = Request { zone, commit, force: false, nat, mark: None, label: None, now_ms, dry: false };
+        match self.execute(info, None, &req) {
+            Verdict::Tracked(h, _) => h.state,
+            Verdict::Drop(_) => 0,
+        }
     }
 }

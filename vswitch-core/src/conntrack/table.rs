@@ -37,21 +37,31 @@ pub(crate) const SHARDS: usize = 256;
 /// `info` bits.
 pub(crate) const LIVE: u64 = 1;
 
-/// One connection: both directions' keys, links and state. 192 bytes.
+/// One direction of a connection: its key and its link in the chain of
+/// the bucket it hashes to.
 #[derive(Debug, Default)]
-#[repr(align(64))]
+#[repr(C)]
+pub(crate) struct Node {
+    next: AtomicU32,
+    /// The bucket the node is chained in.
+    home: AtomicU32,
+    key: [AtomicU64; KEY_WORDS],
+}
+
+/// One connection: both directions' keys, links and state. 192 bytes,
+/// laid out so that a lookup in the original direction reads one cache
+/// line (sequence number, state word, node 0) and one in the reply
+/// direction two.
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
 pub(crate) struct Entry {
     /// Odd while the entry is being (re)written; bumped when it is freed.
     seq: AtomicU32,
     /// Guards changes to a live connection's state.
     lock: AtomicU32,
-    /// Next node in each direction's bucket chain.
-    next: [AtomicU32; 2],
-    /// The bucket each direction's node is chained in.
-    home: [AtomicU32; 2],
-    key: [[AtomicU64; KEY_WORDS]; 2],
     /// LIVE, protocol state and flags (see `super::Info`).
     pub info: AtomicU64,
+    nodes: [Node; 2],
     /// When the connection expires (milliseconds on the switch's clock).
     pub expires: AtomicU64,
     pub mark: AtomicU32,
@@ -116,7 +126,7 @@ const RETRIES: usize = 4;
 impl Table {
     /// A table with `buckets` hash buckets (rounded up to a power of two).
     pub(crate) fn new(buckets: usize) -> Table {
-        let n = buckets.clamp(64, MAX_ENTRIES).next_power_of_two();
+        let n = buckets.clamp(64, 2 * MAX_ENTRIES).next_power_of_two();
         let s = foldhash::fast::RandomState::default();
         use std::hash::BuildHasher;
         Table {
@@ -165,16 +175,18 @@ impl Table {
                 }
                 let mut same = true;
                 for (i, w) in key.0.iter().enumerate() {
-                    same &= e.key[dir][i].load(Ordering::Relaxed) == *w;
+                    same &= e.nodes[dir].key[i].load(Ordering::Relaxed) == *w;
                 }
-                let next = e.next[dir].load(Ordering::Relaxed);
-                let home = e.home[dir].load(Ordering::Relaxed);
-                let live = e.info.load(Ordering::Relaxed) & LIVE != 0;
+                let next = e.nodes[dir].next.load(Ordering::Relaxed);
+                let home = e.nodes[dir].home.load(Ordering::Relaxed);
                 fence(Ordering::Acquire);
                 if e.seq.load(Ordering::Relaxed) != seq || home as usize != b {
                     continue 'walk;
                 }
-                if same && live {
+                // (No liveness check: a removed entry is unlinked before
+                // it is marked dead and its number bumped, and whoever
+                // acts on a find locks it and checks both.)
+                if same {
                     return Some(Found { idx, dir, seq });
                 }
                 n = next;
@@ -194,7 +206,7 @@ impl Table {
             if e.info.load(Ordering::Relaxed) & LIVE != 0 && e.key_is(dir, key) {
                 return Some(Found { idx, dir, seq: e.seq.load(Ordering::Relaxed) });
             }
-            n = e.next[dir].load(Ordering::Relaxed);
+            n = e.nodes[dir].next.load(Ordering::Relaxed);
         }
         None
     }
@@ -244,20 +256,20 @@ impl Table {
         fence(Ordering::Release);
         for (dir, key) in [orig, reply].into_iter().enumerate() {
             for (i, w) in key.0.iter().enumerate() {
-                e.key[dir][i].store(*w, Ordering::Relaxed);
+                e.nodes[dir].key[i].store(*w, Ordering::Relaxed);
             }
         }
-        e.home[0].store(b0 as u32, Ordering::Relaxed);
-        e.home[1].store(b1 as u32, Ordering::Relaxed);
+        e.nodes[0].home.store(b0 as u32, Ordering::Relaxed);
+        e.nodes[1].home.store(b1 as u32, Ordering::Relaxed);
         fill(e);
         e.info.fetch_or(LIVE, Ordering::Relaxed);
         let (n0, n1) = (node(idx, 0), node(idx, 1));
         if b0 == b1 {
-            e.next[0].store(self.heads[b0].load(Ordering::Relaxed), Ordering::Relaxed);
-            e.next[1].store(n0, Ordering::Relaxed);
+            e.nodes[0].next.store(self.heads[b0].load(Ordering::Relaxed), Ordering::Relaxed);
+            e.nodes[1].next.store(n0, Ordering::Relaxed);
         } else {
-            e.next[0].store(self.heads[b0].load(Ordering::Relaxed), Ordering::Relaxed);
-            e.next[1].store(self.heads[b1].load(Ordering::Relaxed), Ordering::Relaxed);
+            e.nodes[0].next.store(self.heads[b0].load(Ordering::Relaxed), Ordering::Relaxed);
+            e.nodes[1].next.store(self.heads[b1].load(Ordering::Relaxed), Ordering::Relaxed);
         }
         e.seq.store(seq.wrapping_add(1), Ordering::Release);
         if b0 == b1 {
@@ -273,19 +285,20 @@ impl Table {
     /// Returns its `info` word if it removed it.
     pub(crate) fn remove(&self, f: Found) -> Option<u64> {
         let e = self.entry(f.idx);
-        let (b0, b1) = (e.home[0].load(Ordering::Relaxed) as usize, e.home[1].load(Ordering::Relaxed) as usize);
+        let (b0, b1) =
+            (e.nodes[0].home.load(Ordering::Relaxed) as usize, e.nodes[1].home.load(Ordering::Relaxed) as usize);
         let _g = self.lock_shards(b0, b1);
         // Homes are stable while the entry is live and the shards held.
         if e.seq.load(Ordering::Relaxed) != f.seq
             || e.info.load(Ordering::Relaxed) & LIVE == 0
-            || e.home[0].load(Ordering::Relaxed) as usize != b0
-            || e.home[1].load(Ordering::Relaxed) as usize != b1
+            || e.nodes[0].home.load(Ordering::Relaxed) as usize != b0
+            || e.nodes[1].home.load(Ordering::Relaxed) as usize != b1
         {
             return None;
         }
         for (dir, b) in [(0, b0), (1, b1)] {
             let me = node(f.idx, dir);
-            let after = e.next[dir].load(Ordering::Relaxed);
+            let after = e.nodes[dir].next.load(Ordering::Relaxed);
             let mut at = &self.heads[b];
             loop {
                 let n = at.load(Ordering::Relaxed);
@@ -297,7 +310,7 @@ impl Table {
                     break;
                 }
                 let (i, d) = unnode(n);
-                at = &self.entry(i).next[d];
+                at = &self.entry(i).nodes[d].next;
             }
         }
         let guard = self.lock_entry(e);
@@ -359,14 +372,14 @@ impl Drop for EntryGuard<'_> {
 
 impl Entry {
     fn key_is(&self, dir: usize, key: &Key) -> bool {
-        key.0.iter().enumerate().all(|(i, w)| self.key[dir][i].load(Ordering::Relaxed) == *w)
+        key.0.iter().enumerate().all(|(i, w)| self.nodes[dir].key[i].load(Ordering::Relaxed) == *w)
     }
 
     /// Direction `dir`'s key.
     pub(crate) fn key(&self, dir: usize) -> Key {
         let mut k = Key::default();
         for (i, w) in k.0.iter_mut().enumerate() {
-            *w = self.key[dir][i].load(Ordering::Relaxed);
+            *w = self.nodes[dir].key[i].load(Ordering::Relaxed);
         }
         k
     }
