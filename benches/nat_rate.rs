@@ -115,6 +115,9 @@ fn measure(l: &Lab, seconds: u32) -> (f64, f64) {
     let _ = srv.kill();
     let _ = srv.wait();
     let cps: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0);
+    if cps == 0.0 {
+        eprintln!("connection client: {}", String::from_utf8_lossy(&out.stderr));
+    }
     (tcp.bits_per_second / 1e9, cps)
 }
 

@@ -424,3 +424,102 @@ fn select_group_balances_connections_and_conntrack_keeps_them() {
         }
     }
 }
+
+/// An Ethernet/IPv4/ICMP echo request (`request`) or reply with valid
+/// checksums.
+fn echo(sip: [u8; 4], dip: [u8; 4], id: u16, request: bool) -> Vec<u8> {
+    let mut f = udp(mac(9), mac(8), sip, dip, 0, 0, 64, &[0u8; 8]);
+    f[23] = 1; // protocol ICMP
+    f[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = f[14..34].chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let icmp = &mut f[34..];
+    icmp.fill(0);
+    icmp[0] = if request { 8 } else { 0 };
+    icmp[4..6].copy_from_slice(&id.to_be_bytes());
+    icmp[6..8].copy_from_slice(&1u16.to_be_bytes());
+    let mut sum: u32 = icmp.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f
+}
+
+fn icmp_ok(f: &[u8]) -> bool {
+    let mut sum: u32 = f[34..].chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[test]
+fn ping_through_masquerade_has_its_identifier_mapped() {
+    let (sw, _clock, p) = setup();
+    sw.add_flows("br0", MASQUERADE).unwrap();
+    // Two hosts ping the same server with the same identifier.
+    send(&sw, &p[0], &echo(IN1, OUT, 77, true));
+    send(&sw, &p[1], &echo(IN2, OUT, 77, true));
+    let out = drain(&p[2]);
+    assert_eq!(out.len(), 2);
+    let ids: Vec<u16> = out.iter().map(|f| u16::from_be_bytes([f.data()[38], f.data()[39]])).collect();
+    assert_eq!(ids[0], 77, "the first keeps its identifier");
+    assert_ne!(ids[1], 77, "the second gets another");
+    assert!(out.iter().all(|f| f.data()[26..30] == HOST && icmp_ok(f.data()) && checksums_ok(f.data())));
+    // The replies find their connections (+est+rpl) and go back translated.
+    send(&sw, &p[2], &echo(OUT, HOST, ids[0], false));
+    send(&sw, &p[2], &echo(OUT, HOST, ids[1], false));
+    let (r1, r2) = (drain(&p[0]), drain(&p[1]));
+    assert_eq!((r1.len(), r2.len()), (1, 1), "both replies delivered");
+    for (r, ip) in [(&r1[0], IN1), (&r2[0], IN2)] {
+        assert_eq!(&r.data()[30..34], &ip);
+        assert_eq!(u16::from_be_bytes([r.data()[38], r.data()[39]]), 77, "the reply carries the host's own identifier");
+        assert!(icmp_ok(r.data()) && checksums_ok(r.data()));
+    }
+    // An echo reply nobody asked for is invalid.
+    let before = sw.conntrack().drops(CtDrop::Invalid);
+    send(&sw, &p[2], &echo(OUT, HOST, 4242, false));
+    assert_eq!(sw.conntrack().drops(CtDrop::Invalid), before + 1);
+}
+
+#[test]
+fn a_syn_after_time_wait_opens_a_fresh_connection_and_commit_after_output_commits() {
+    let (sw, _clock, p) = setup();
+    sw.add_flows("br0", FIREWALL).unwrap();
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    let steps: &[(usize, Vec<u8>)] = &[
+        (0, tcp(IN1, OUT, 40000, 80, SYN, 1000, 0)),
+        (2, tcp(OUT, IN1, 80, 40000, SYN | ACK, 5000, 1001)),
+        (0, tcp(IN1, OUT, 40000, 80, ACK, 1001, 5001)),
+        (0, tcp(IN1, OUT, 40000, 80, FIN | ACK, 1001, 5001)),
+        (2, tcp(OUT, IN1, 80, 40000, FIN | ACK, 5001, 1002)),
+        (0, tcp(IN1, OUT, 40000, 80, ACK, 1002, 5002)),
+    ];
+    for (i, (port, f)) in steps.iter().enumerate() {
+        send(&sw, &p[*port], f);
+        let to = if *port == 0 { 2 } else { 0 };
+        assert_eq!(drain(&p[to]).len(), 1, "step {i} passes");
+    }
+    let state = |sw: &Switch| sw.conntrack().dump(0, 10, |_| true)[0].tcp_state;
+    assert_eq!(state(&sw), Some(vswitch_core::conntrack::TcpState::TimeWait));
+    // The same 4-tuple again, with a new initial sequence number.
+    send(&sw, &p[0], &tcp(IN1, OUT, 40000, 80, SYN, 0x8000_0000, 0));
+    assert_eq!(drain(&p[2]).len(), 1, "the new SYN opens a new connection");
+    let c = &sw.conntrack().dump(0, 10, |_| true)[0];
+    assert_eq!((c.tcp_state, c.seen_reply), (Some(vswitch_core::conntrack::TcpState::SynSent), false));
+    send(&sw, &p[2], &tcp(OUT, IN1, 80, 40000, SYN | ACK, 9, 0x8000_0001));
+    assert_eq!(drain(&p[0]).len(), 1, "and its SYN-ACK is its reply");
+
+    // `output` then `ct(commit)`: the copy goes out and the connection is committed.
+    let (sw, _clock, p) = setup();
+    sw.add_flows("br0", &["table=0,priority=10,ip,actions=output:3,ct(commit,zone=9)"]).unwrap();
+    send(&sw, &p[0], &udp(mac(3), mac(1), IN1, OUT, 6000, 53, 64, b"a"));
+    assert_eq!(drain(&p[2]).len(), 1);
+    assert_eq!(sw.conntrack().zone_len(9), 1, "committed after the output");
+}

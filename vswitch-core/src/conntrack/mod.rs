@@ -71,6 +71,8 @@ pub mod state {
 const SEEN_REPLY: u64 = 1 << 8;
 const F_SNAT: u64 = 1 << 9;
 const F_DNAT: u64 = 1 << 10;
+/// The connection's mark or label is not zero.
+const F_MARKED: u64 = 1 << 11;
 const TCP_SHIFT: u32 = 16;
 const ZONE_SHIFT: u32 = 32;
 const PROTO_SHIFT: u32 = 48;
@@ -193,7 +195,8 @@ impl Timeouts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ZoneConfig {
-    /// Most connections the zone may hold (`None`: the default limit).
+    /// Most connections the zone may hold (`None`: the default limit; 0:
+    /// no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// Its timeouts (`None`: the defaults).
@@ -211,7 +214,8 @@ pub struct ZoneConfig {
 pub struct ConntrackConfig {
     /// Most connections in all zones together.
     pub limit: u32,
-    /// Most connections in a zone without its own limit (`None`: no limit).
+    /// Most connections in a zone without its own limit (`None` or 0: no
+    /// limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_zone_limit: Option<u32>,
     /// Timeouts of zones without their own.
@@ -498,6 +502,9 @@ pub struct Conntrack {
     /// The settings as set (the control side's copy; also the lock that
     /// orders changes to them).
     config: Mutex<ConntrackConfig>,
+    /// Which policy slot each zone with timeouts or `liberal` of its own
+    /// holds (changed under `config`'s lock).
+    slots: Mutex<BTreeMap<u16, u8>>,
     sweep_at: AtomicUsize,
     salt: AtomicU64,
     /// Datagrams whose first fragment was tracked, by addresses, protocol,
@@ -551,6 +558,7 @@ impl Conntrack {
             policies: (0..=MAX_ZONE_POLICIES).map(|_| Policy::new(&Timeouts::default(), false)).collect(),
             drops: Default::default(),
             config: Mutex::new(config),
+            slots: Mutex::new(BTreeMap::new()),
             sweep_at: AtomicUsize::new(0),
             salt: AtomicU64::new(0x1234_5678),
             frags: (0..FRAG_SHARDS).map(|_| Mutex::new(std::collections::HashMap::new())).collect(),
@@ -573,23 +581,44 @@ impl Conntrack {
     pub fn apply_config(&self, c: &ConntrackConfig) -> Result<(), String> {
         c.validate()?;
         let mut cur = self.config_lock();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // New values are written before old ones are cleared, and a zone
+        // keeps its policy slot, so a packet never sees a zone without the
+        // settings it had or is getting.
         self.limit.store(c.limit as usize, Ordering::Relaxed);
-        self.default_zone_limit.store(c.default_zone_limit.map_or(0, |l| l.saturating_add(1)), Ordering::Relaxed);
-        for (z, _) in cur.zones.iter() {
-            self.zone_limit[*z as usize].store(0, Ordering::Relaxed);
-            self.zone_policy[*z as usize].store(0, Ordering::Relaxed);
-        }
+        self.default_zone_limit
+            .store(c.default_zone_limit.filter(|&l| l > 0).map_or(0, |l| l.saturating_add(1)), Ordering::Relaxed);
         self.policies[0].store(&c.timeouts, false);
-        let mut slot = 0usize;
+        let has_policy = |zc: &ZoneConfig| zc.timeouts.is_some() || zc.liberal;
+        let gone: Vec<u16> = slots.keys().copied().filter(|z| !c.zones.get(z).is_some_and(has_policy)).collect();
+        for z in &gone {
+            self.zone_policy[*z as usize].store(0, Ordering::Relaxed);
+            slots.remove(z);
+        }
+        for (z, zc) in c.zones.iter().filter(|(_, zc)| has_policy(zc)) {
+            let slot = match slots.get(z) {
+                Some(&s) => s,
+                None => {
+                    let used: std::collections::BTreeSet<u8> = slots.values().copied().collect();
+                    let s = (1..=MAX_ZONE_POLICIES as u8).find(|s| !used.contains(s)).expect("validated: enough slots");
+                    slots.insert(*z, s);
+                    s
+                }
+            };
+            self.policies[slot as usize].store(zc.timeouts.as_ref().unwrap_or(&c.timeouts), zc.liberal);
+            self.zone_policy[*z as usize].store(slot, Ordering::Relaxed);
+        }
         for (z, zc) in &c.zones {
-            if let Some(l) = zc.limit {
-                self.zone_limit[*z as usize].store(l.saturating_add(1), Ordering::Relaxed);
-            }
-            if zc.timeouts.is_some() || zc.liberal {
-                slot += 1;
-                self.policies[slot].store(zc.timeouts.as_ref().unwrap_or(&c.timeouts), zc.liberal);
-                self.zone_policy[*z as usize].store(slot as u8, Ordering::Relaxed);
-            }
+            // 0 (or the largest number): no limit for this zone.
+            let v = match zc.limit {
+                None => 0,
+                Some(0) => u32::MAX,
+                Some(l) => l.saturating_add(1),
+            };
+            self.zone_limit[*z as usize].store(v, Ordering::Relaxed);
+        }
+        for z in cur.zones.keys().filter(|z| c.zones.get(z).is_none_or(|zc| zc.limit.is_none())) {
+            self.zone_limit[*z as usize].store(0, Ordering::Relaxed);
         }
         *cur = c.clone();
         Ok(())
@@ -603,6 +632,7 @@ impl Conntrack {
     fn zone_limit_of(&self, zone: u16) -> Option<u32> {
         match self.zone_limit[zone as usize].load(Ordering::Relaxed) {
             0 => self.default_zone_limit.load(Ordering::Relaxed).checked_sub(1),
+            u32::MAX => None,
             l => Some(l - 1),
         }
     }
@@ -654,8 +684,17 @@ impl Conntrack {
 
     fn execute_info(&self, info: &PacketInfo, prev: Option<Hit>, req: &Request<'_>) -> Verdict {
         let later = info.frag.is_some_and(|f| !f.first);
+        // What an earlier `ct` in this zone found holds only for the packet
+        // as it was then, or as that `ct`'s NAT left it; a packet rewritten
+        // since is looked up again.
+        let prev = prev.filter(|h| later || h.key == info.key || self.is_translated(h, &info.key));
         let mut hit = match prev {
-            Some(h) => h,
+            Some(mut h) => {
+                if let Kind::Error { at, .. } = info.kind {
+                    h.quoted_at = at;
+                }
+                h
+            }
             None if later => match info.frag_key().and_then(|k| self.frag_hit(&k, req.now_ms)) {
                 Some(h) => h,
                 None => return self.invalid(req.zone, CtDrop::Fragment, req.dry),
@@ -689,40 +728,59 @@ impl Conntrack {
             }
         }
         let Some(f) = hit.found else { return Verdict::Tracked(hit, None) };
+        // Everything read, then the sequence number checked (a seqlock
+        // read: the entry may have been freed and reused meanwhile).
         let e = self.table.entry(f.idx);
+        let info_word = e.info.load(Ordering::Relaxed);
         let orig = e.key(0);
-        if e.seq() != f.seq {
+        let natted = req.nat.is_some() && info_word & (F_SNAT | F_DNAT) != 0;
+        let reply = if natted { e.key(1) } else { Key::default() };
+        let (mark, label) = if info_word & F_MARKED != 0 {
+            let l = (e.label[0].load(Ordering::Relaxed) as u128) << 64 | e.label[1].load(Ordering::Relaxed) as u128;
+            (e.mark.load(Ordering::Relaxed), l)
+        } else {
+            (0, 0)
+        };
+        std::sync::atomic::fence(Ordering::Acquire);
+        if e.seq() != f.seq || info_word & LIVE == 0 {
             // Removed under our feet: report what was found, rewrite nothing.
+            hit.found = None;
             return Verdict::Tracked(hit, None);
         }
-        hit.orig = orig;
-        hit.mark = e.mark.load(Ordering::Relaxed);
-        hit.label = (e.label[0].load(Ordering::Relaxed) as u128) << 64 | e.label[1].load(Ordering::Relaxed) as u128;
-        let info_word = e.info.load(Ordering::Relaxed);
-        let natted = info_word & (F_SNAT | F_DNAT) != 0;
-        let rewrite = if req.nat.is_some() && natted {
+        (hit.orig, hit.mark, hit.label) = (orig, mark, label);
+        let rewrite = if natted {
             hit.state |= if info_word & F_SNAT != 0 { state::SNAT } else { 0 };
             hit.state |= if info_word & F_DNAT != 0 { state::DNAT } else { 0 };
-            // The packet leaves looking like the other direction reversed.
-            let reply = e.key(1);
+            // A packet of this direction leaves as the other direction's
+            // key reversed.
             let (this, other) = if f.dir == 0 { (orig, reply) } else { (reply, orig) };
+            let target = other.reversed();
             if hit.state & state::REL != 0 {
-                // The quoted packet went the other way: it becomes what
-                // the other side sent; the outer header follows it.
+                // The quoted packet went the other way: it becomes what the
+                // other side sent. The outer header gets this direction's
+                // translation, whoever sent the error (as Linux does).
                 let quoted = if f.dir == 0 { reply } else { orig };
-                let outer_dst = quoted.src();
-                let mut outer = info.key.with_dst(outer_dst, 0);
-                if info.key.src() == this.src() {
-                    outer = outer.with_src(other.dst(), 0);
-                }
+                let src = if this.src() != target.src() { target.src() } else { info.key.src() };
+                let dst = if this.dst() != target.dst() { target.dst() } else { info.key.dst() };
+                let outer = info.key.with_src(src, 0).with_dst(dst, 0);
                 Some(Rewrite::Error { outer, quoted, at: hit.quoted_at })
             } else {
-                Some(Rewrite::Headers(other.reversed()))
+                Some(Rewrite::Headers(target))
             }
         } else {
             None
         };
         Verdict::Tracked(hit, rewrite)
+    }
+
+    /// True if `key` is what `h`'s connection's NAT makes of a packet of
+    /// its direction (the same packet, after an earlier `ct(nat)`).
+    fn is_translated(&self, h: &Hit, key: &Key) -> bool {
+        let Some(f) = h.found else { return false };
+        let e = self.table.entry(f.idx);
+        let other = e.key(1 - f.dir);
+        std::sync::atomic::fence(Ordering::Acquire);
+        e.seq() == f.seq && other.reversed() == *key
     }
 
     /// Finds the packet's connection and checks the packet against it,
@@ -748,7 +806,12 @@ impl Conntrack {
             let e = self.table.entry(f.idx);
             let stale = e.expires.load(Ordering::Relaxed) <= req.now_ms;
             let forced = req.force && req.commit && f.dir == 1;
-            if stale || forced {
+            // A new SYN on a connection in TIME_WAIT or CLOSE opens a new
+            // connection (fresh sequence numbers, state and NAT), as in Linux.
+            let reopened = f.dir == 0
+                && matches!(info.kind, Kind::Tcp(seg) if tcp::can_open(&seg))
+                && matches!(info_tcp(e.info.load(Ordering::Relaxed)), TcpState::TimeWait | TcpState::Close);
+            if stale || forced || reopened {
                 if !req.dry {
                     self.remove(f);
                 }
@@ -778,7 +841,10 @@ impl Conntrack {
         match info.kind {
             Kind::Tcp(seg) => {
                 let mut t = load_tcp(e, word);
-                if !t.update(&seg, reply, policy.liberal.load(Ordering::Relaxed)) {
+                // A first fragment's length is not the segment's: its
+                // window is not checked.
+                let liberal = policy.liberal.load(Ordering::Relaxed) || info.frag.is_some();
+                if !t.update(&seg, reply, liberal) {
                     return None;
                 }
                 if !req.dry {
@@ -855,21 +921,30 @@ impl Conntrack {
             Some(r) => Box::new(nat::candidates(&orig, r, salt)),
             None => Box::new(plain.into_iter()),
         };
+        // Counted before the insert (and taken back if it fails), so that a
+        // concurrent removal never sees a count below its own entry's.
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.zone_count[zone as usize].fetch_add(1, Ordering::Relaxed);
+        let uncount = || {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.zone_count[zone as usize].fetch_sub(1, Ordering::Relaxed);
+        };
         for reply in &mut tries {
             match self.table.insert(&orig, &reply, fill) {
-                Ok(f) => {
-                    self.count.fetch_add(1, Ordering::Relaxed);
-                    self.zone_count[zone as usize].fetch_add(1, Ordering::Relaxed);
-                    return Ok(f);
-                }
+                Ok(f) => return Ok(f),
                 Err(InsertError::ReplyExists) => continue,
                 Err(InsertError::OrigExists) => {
                     // Another thread committed it first: use theirs.
+                    uncount();
                     return self.table.find(&orig).ok_or(CtDrop::Invalid);
                 }
-                Err(InsertError::Full) => return Err(CtDrop::Full),
+                Err(InsertError::Full) => {
+                    uncount();
+                    return Err(CtDrop::Full);
+                }
             }
         }
+        uncount();
         Err(CtDrop::NatExhausted)
     }
 
@@ -897,7 +972,11 @@ impl Conntrack {
     }
 
     fn remove(&self, f: Found) -> bool {
-        match self.table.remove(f) {
+        self.remove_if(f, |_| true)
+    }
+
+    fn remove_if(&self, f: Found, still: impl FnOnce(&Entry) -> bool) -> bool {
+        match self.table.remove_if(f, still) {
             Some(info) => {
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 self.zone_count[info_zone(info) as usize].fetch_sub(1, Ordering::Relaxed);
@@ -920,7 +999,8 @@ impl Conntrack {
             true
         });
         self.sweep_at.store(next, Ordering::Relaxed);
-        expired.into_iter().filter(|&f| self.remove(f)).count()
+        // A packet may have refreshed one since: checked again under its locks.
+        expired.into_iter().filter(|&f| self.remove_if(f, |e| e.expires.load(Ordering::Relaxed) <= now_ms)).count()
     }
 
     /// Removes the connections `select` picks; returns how many.
@@ -940,6 +1020,9 @@ impl Conntrack {
     /// Every connection (at most `limit`), as of `now_ms`.
     pub fn dump(&self, now_ms: u64, limit: usize, mut select: impl FnMut(&Connection) -> bool) -> Vec<Connection> {
         let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
         self.table.scan(0, usize::MAX, |f, e| {
             if let Some(c) = describe(e, f, now_ms)
                 && select(&c)
@@ -1014,6 +1097,12 @@ fn set_mark_label(e: &Entry, req: &Request<'_>) {
             e.label[i].store((old & !m) | (v & m), Ordering::Relaxed);
         }
     }
+    let marked = e.mark.load(Ordering::Relaxed) != 0 || e.label.iter().any(|l| l.load(Ordering::Relaxed) != 0);
+    if marked {
+        e.info.fetch_or(F_MARKED, Ordering::Relaxed);
+    } else {
+        e.info.fetch_and(!F_MARKED, Ordering::Relaxed);
+    }
 }
 
 fn load_tcp(e: &Entry, info: u64) -> Tcp {
@@ -1037,6 +1126,7 @@ fn describe(e: &Entry, f: Found, now_ms: u64) -> Option<Connection> {
     let expires = e.expires.load(Ordering::Relaxed);
     let mark = e.mark.load(Ordering::Relaxed);
     let label = (e.label[0].load(Ordering::Relaxed) as u128) << 64 | e.label[1].load(Ordering::Relaxed) as u128;
+    std::sync::atomic::fence(Ordering::Acquire);
     if e.seq() != f.seq || info & LIVE == 0 {
         return None;
     }
@@ -1066,7 +1156,14 @@ impl Hit {
         key.set(MARK_WORD, CT_STATE_SHIFT, 8, self.state as u64);
         key.set(MARK_WORD, CT_ZONE_SHIFT, 16, self.zone as u64);
         let o = if self.state & state::INV != 0 { Key::default() } else { self.orig };
-        key.0[CT_WORD] = self.mark as u64 | (o.sport() as u64) << 32 | (o.dport() as u64) << 48;
+        // ICMP: the original direction's type and code, as Open vSwitch
+        // has them (an echo request; other messages are not told apart).
+        let (tp_src, tp_dst) = match (o.is_echo(), o.is_icmp()) {
+            (true, _) => (if o.is_v6() { 128 } else { 8 }, 0),
+            (false, true) => (0, 0),
+            _ => (o.sport(), o.dport()),
+        };
+        key.0[CT_WORD] = self.mark as u64 | (tp_src as u64) << 32 | (tp_dst as u64) << 48;
         (key.0[CT_SRC_WORD], key.0[CT_SRC_WORD + 1]) = (o.0[0], o.0[1]);
         (key.0[CT_DST_WORD], key.0[CT_DST_WORD + 1]) = (o.0[2], o.0[3]);
         (key.0[CT_LABEL_WORD], key.0[CT_LABEL_WORD + 1]) = ((self.label >> 64) as u64, self.label as u64);

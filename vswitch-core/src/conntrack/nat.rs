@@ -212,41 +212,56 @@ pub(crate) const MAX_ATTEMPTS: usize = 1024;
 /// The reply keys to try, best first, for connection `orig` under `r`
 /// (`salt` varies random picks).
 pub(crate) fn candidates(orig: &Key, r: &NatRange, salt: u64) -> impl Iterator<Item = Key> {
-    let proto = orig.proto();
-    let has_ports = matches!(proto, TCP | UDP | 132 | ICMP | ICMPV6);
+    // What NAT may renumber: TCP and UDP ports, an ICMP echo's identifier
+    // (source NAT only: a destination has none). SCTP is translated by
+    // address only (its CRC32c would need recomputing for ports).
+    let echo = orig.is_echo();
+    let has_ports = matches!(orig.proto(), TCP | UDP) || (echo && r.kind == NatKind::Src);
     let base = orig.reversed();
     let (lo, hi) = (addr_u128(r.addr_min), addr_u128(r.addr_max));
-    let n_addrs = hi - lo + 1;
+    // (The whole IPv6 space has 2^128 addresses: one short is as good.)
+    let n_addrs = (hi - lo).saturating_add(1);
     let h = {
         let (s, d) = (addr_u128(orig.src()), addr_u128(orig.dst()));
         let d = if r.persistent { 0 } else { d };
         mix((s as u64) ^ ((s >> 64) as u64).rotate_left(17) ^ mix(d as u64 ^ (d >> 64) as u64))
     };
-    let pick = if r.select == NatSelect::Random { mix(salt) } else { h };
-    let addr = u128_addr(lo + (pick as u128 % n_addrs), r.addr_min);
+    let random = r.select == NatSelect::Random;
+    let pick = if random { mix(salt) } else { h };
     let old_port = match r.kind {
         NatKind::Src => orig.sport(),
         NatKind::Dst => orig.dport(),
     };
     let (pmin, pmax) = match (r.ports, r.kind, has_ports) {
-        (_, _, false) => (0, 0),
+        (_, _, false) => (old_port, old_port),
         (Some(p), _, _) => p,
-        // ICMP identifiers: any.
-        (None, NatKind::Src, true) if matches!(proto, ICMP | ICMPV6) => (1, 65535),
+        (None, NatKind::Src, true) if echo => (1, 65535),
         (None, NatKind::Src, true) => port_class(old_port),
         (None, NatKind::Dst, true) => (old_port, old_port),
     };
     let n_ports = (pmax - pmin) as usize + 1;
-    // The original port first (unless random), then from a hashed start.
-    let keep = (r.select != NatSelect::Random && (pmin..=pmax).contains(&old_port)).then_some(old_port);
-    let start = (mix(pick ^ 0x5bd1_e995) % n_ports as u64) as usize;
+    let keep = (!random && (pmin..=pmax).contains(&old_port)).then_some(old_port);
     let kind = r.kind;
-    let ports = keep
-        .into_iter()
-        .chain((0..n_ports).map(move |i| pmin + ((start + i) % n_ports) as u16).filter(move |&p| Some(p) != keep));
-    ports.take(MAX_ATTEMPTS).map(move |p| match kind {
-        NatKind::Src => base.with_dst(addr, p),
-        NatKind::Dst => base.with_src(addr, p),
+    let like = r.addr_min;
+    // The hashed address first: its original port (unless random), then
+    // ports from a start that differs per connection (`salt`), so clashing
+    // connections do not all probe the same run of ports; then the
+    // range's other addresses, fewer tries each.
+    (0..n_addrs.min(16)).flat_map(move |a| {
+        let addr = u128_addr(lo + ((pick as u128).wrapping_add(a) % n_addrs), like);
+        let start = (mix(pick ^ salt.rotate_left(29) ^ a as u64) % n_ports as u64) as usize;
+        let first = if a == 0 { keep } else { None };
+        let tries = if a == 0 { MAX_ATTEMPTS } else { MAX_ATTEMPTS / 8 };
+        first
+            .into_iter()
+            .chain((0..n_ports).map(move |i| pmin + ((start + i) % n_ports) as u16).filter(move |&p| Some(p) != first))
+            .take(tries)
+            .map(move |p| match (kind, echo) {
+                // An echo's identifier is the reply key's sport too.
+                (NatKind::Src, true) => base.with_dst(addr, base.dport()).with_src(base.src(), p),
+                (NatKind::Src, false) => base.with_dst(addr, p),
+                (NatKind::Dst, _) => base.with_src(addr, if echo { base.sport() } else { p }),
+            })
     })
 }
 
@@ -344,11 +359,13 @@ impl Layout {
         }
     }
 
-    fn set_port(&self, d: &mut [u8], src: bool, p: u16) {
+    fn set_port(&self, d: &mut [u8], src: bool, p: u16, echo: bool) {
         let at = match self.proto {
-            TCP | UDP | 132 if src => self.l4,
-            TCP | UDP | 132 => self.l4 + 2,
-            ICMP | ICMPV6 if src => self.l4 + 4,
+            TCP | UDP if src => self.l4,
+            TCP | UDP => self.l4 + 2,
+            // Only an echo's identifier: other ICMP messages have other
+            // data there.
+            ICMP | ICMPV6 if src && echo => self.l4 + 4,
             _ => return,
         };
         if self.l4 == 0 || at + 2 > d.len() {
@@ -362,8 +379,8 @@ impl Layout {
     fn rewrite(&self, d: &mut [u8], to: &Key) {
         self.set_addr(d, true, to.src());
         self.set_addr(d, false, to.dst());
-        self.set_port(d, true, to.sport());
-        self.set_port(d, false, to.dport());
+        self.set_port(d, true, to.sport(), to.is_echo());
+        self.set_port(d, false, to.dport(), to.is_echo());
     }
 }
 
@@ -446,7 +463,26 @@ mod tests {
         assert!(c.iter().all(|k| k.dport() >= 1024 && k.src() == orig.dst() && k.sport() == 53));
         let Nat::Range(r) = parse_nat("dst=10.9.0.1-10.9.0.3:8000-8001").unwrap() else { panic!() };
         let c: Vec<Key> = candidates(&orig, &r, 0).collect();
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.len(), 6, "both ports of each of the three addresses");
+        assert_eq!(c.iter().collect::<std::collections::BTreeSet<_>>().len(), 6);
         assert!(c.iter().all(|k| (8000..=8001).contains(&k.sport()) && k.dst() == orig.src()));
+        // Clashing connections of one address pair start at different ports.
+        let Nat::Range(r) = parse_nat("src=192.0.2.1").unwrap() else { panic!() };
+        let starts: std::collections::BTreeSet<u16> =
+            (0..20).map(|salt| candidates(&orig, &r, salt).nth(1).unwrap().dport()).collect();
+        assert!(starts.len() > 10, "{starts:?}");
+        // An echo's identifier is renumbered in the reply key's sport.
+        let echo =
+            Key::new("10.0.0.2".parse().unwrap(), "8.8.8.8".parse().unwrap(), ICMP, 77, super::super::tuple::ECHO, 0);
+        let first = candidates(&echo, &r, 0).next().unwrap();
+        assert_eq!(
+            (first.src().to_string(), first.dst().to_string(), first.sport()),
+            ("8.8.8.8".into(), "192.0.2.1".into(), 77)
+        );
+        assert!(first.is_echo());
+        // The whole IPv6 space as a range does not overflow.
+        let Nat::Range(r) = parse_nat("src=[::]-[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]").unwrap() else { panic!() };
+        let v6 = Key::new("fd00::2".parse().unwrap(), "fd00::9".parse().unwrap(), UDP, 5, 6, 0);
+        assert!(candidates(&v6, &r, 0).next().is_some());
     }
 }

@@ -179,14 +179,12 @@ impl Table {
                 }
                 let next = e.nodes[dir].next.load(Ordering::Relaxed);
                 let home = e.nodes[dir].home.load(Ordering::Relaxed);
+                let live = e.info.load(Ordering::Relaxed) & LIVE != 0;
                 fence(Ordering::Acquire);
                 if e.seq.load(Ordering::Relaxed) != seq || home as usize != b {
                     continue 'walk;
                 }
-                // (No liveness check: a removed entry is unlinked before
-                // it is marked dead and its number bumped, and whoever
-                // acts on a find locks it and checks both.)
-                if same {
+                if same && live {
                     return Some(Found { idx, dir, seq });
                 }
                 n = next;
@@ -283,7 +281,15 @@ impl Table {
 
     /// Removes the connection `f` found, if it is still that connection.
     /// Returns its `info` word if it removed it.
+    #[cfg(test)]
     pub(crate) fn remove(&self, f: Found) -> Option<u64> {
+        self.remove_if(f, |_| true)
+    }
+
+    /// Removes the connection `f` found if it is still that connection and
+    /// `still` says so (asked with the connection locked). Returns its
+    /// `info` word if it removed it.
+    pub(crate) fn remove_if(&self, f: Found, still: impl FnOnce(&Entry) -> bool) -> Option<u64> {
         let e = self.entry(f.idx);
         let (b0, b1) =
             (e.nodes[0].home.load(Ordering::Relaxed) as usize, e.nodes[1].home.load(Ordering::Relaxed) as usize);
@@ -294,6 +300,11 @@ impl Table {
             || e.nodes[0].home.load(Ordering::Relaxed) as usize != b0
             || e.nodes[1].home.load(Ordering::Relaxed) as usize != b1
         {
+            return None;
+        }
+        // Held to the end, so no packet refreshes what `still` judged.
+        let guard = self.lock_entry(e);
+        if !still(e) {
             return None;
         }
         for (dir, b) in [(0, b0), (1, b1)] {
@@ -313,7 +324,6 @@ impl Table {
                 at = &self.entry(i).nodes[d].next;
             }
         }
-        let guard = self.lock_entry(e);
         let info = e.info.fetch_and(!LIVE, Ordering::Relaxed);
         e.seq.store(f.seq.wrapping_add(2), Ordering::Release);
         drop(guard);

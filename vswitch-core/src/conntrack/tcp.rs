@@ -213,22 +213,19 @@ impl Tcp {
     /// acceptable, moves the state on. `liberal` skips the window checks.
     /// Returns false for an invalid segment (the state is unchanged).
     pub(crate) fn update(&mut self, s: &Segment, reply: bool, liberal: bool) -> bool {
-        let next = transition(self.state, reply, s.flags);
-        if next == Next::Invalid {
-            return false;
-        }
+        let next = match transition(self.state, reply, s.flags) {
+            Next::Invalid => return false,
+            // Valid but of no consequence (a retransmitted SYN-ACK, a SYN
+            // on an established connection): no window check, no change,
+            // as Linux does.
+            Next::Ignore => return true,
+            Next::To(st) => st,
+        };
         let mut copy = *self;
         if !copy.in_window(s, reply) && !liberal {
             return false;
         }
-        if let Next::To(st) = next {
-            // A new SYN on a closed or timed-wait connection starts it again.
-            if st == TcpState::SynSent && matches!(self.state, TcpState::TimeWait | TcpState::Close) && !reply {
-                *self = Tcp::opened_by(s);
-                return true;
-            }
-            copy.state = st;
-        }
+        copy.state = next;
         *self = copy;
         true
     }
@@ -280,12 +277,9 @@ impl Tcp {
             && after(end, sender.end.wrapping_sub(receiver.maxwin).wrapping_sub(1))
             && before(ack, receiver.end.wrapping_add(1))
             && after(ack, receiver.end.wrapping_sub(max_ack_window).wrapping_sub(1));
-        // A RST must be exactly where the receiver expects the next byte,
-        // or within the window it advertised (RFC 5961's spirit).
-        let rst_ok = s.flags & flags::RST == 0
-            || (!before(s.seq, receiver.end.wrapping_sub(receiver.maxwin.max(1)))
-                && before(s.seq, sender.maxend.wrapping_add(1)));
-        if !ok || !rst_ok {
+        // (A RST is held to the same window as data: its sequence number
+        // is in the sender's space, so the first two checks bound it.)
+        if !ok {
             return false;
         }
         let sender = &mut self.sides[si];
@@ -377,6 +371,25 @@ mod tests {
         let mut u = before;
         assert!(u.update(&seg(RST, 5001, 0, 0), true, false));
         assert_eq!(u.state, TcpState::Close);
+    }
+
+    /// RSTs are judged in the sender's own sequence space, whatever the two
+    /// initial sequence numbers are.
+    #[test]
+    fn rsts_with_distant_isns_and_refusals() {
+        for (c, srv) in [(0x1000_0000u32, 0xf000_0000u32), (0xf000_0000, 0x1000_0000), (5, 5)] {
+            let mut t = Tcp::opened_by(&seg(SYN, c, 0, 0));
+            assert!(t.update(&seg(SYN | ACK, srv, c + 1, 0), true, false));
+            assert!(t.update(&seg(ACK, c + 1, srv + 1, 0), false, false));
+            let mut from_server = t;
+            assert!(from_server.update(&seg(RST | ACK, srv + 1, c + 1, 0), true, false), "isn {c:#x}/{srv:#x}");
+            assert_eq!(from_server.state, TcpState::Close);
+            assert!(t.update(&seg(RST, c + 1, 0, 0), false, false), "the client's RST, isn {c:#x}/{srv:#x}");
+            // A SYN to a closed port answered by RST+ACK with sequence 0.
+            let mut refused = Tcp::opened_by(&seg(SYN, c, 0, 0));
+            assert!(refused.update(&seg(RST | ACK, 0, c + 1, 0), true, false), "refusal, isn {c:#x}");
+            assert_eq!(refused.state, TcpState::Close);
+        }
     }
 
     #[test]

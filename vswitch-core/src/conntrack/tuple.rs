@@ -21,6 +21,10 @@ pub(crate) const KEY_WORDS: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub(crate) struct Key(pub [u64; KEY_WORDS]);
 
+/// `dport` of an ICMP echo's key (other ICMP keys have 0): echoes carry an
+/// identifier NAT may change, other messages nothing of the kind.
+pub(crate) const ECHO: u16 = 1;
+
 /// ICMP and ICMPv6 protocol numbers.
 pub(crate) const ICMP: u8 = 1;
 pub(crate) const ICMPV6: u8 = 58;
@@ -82,7 +86,7 @@ impl Key {
         self.0[4] as u16
     }
 
-    /// The destination port (ICMP: 0).
+    /// The destination port (ICMP: [`ECHO`] for an echo, otherwise 0).
     #[inline]
     pub(crate) fn dport(&self) -> u16 {
         (self.0[4] >> 16) as u16
@@ -106,12 +110,26 @@ impl Key {
         self
     }
 
-    /// The key of the other direction: addresses and ports swapped.
+    /// The key of the other direction: addresses and ports swapped (an
+    /// ICMP echo's identifier stays where it is: both directions carry it).
     #[inline]
     pub(crate) fn reversed(&self) -> Key {
         let w = &self.0;
-        let ports = (w[4] & 0xffff) << 16 | (w[4] >> 16) & 0xffff;
+        let ports = if self.is_icmp() { w[4] & 0xffff_ffff } else { (w[4] & 0xffff) << 16 | (w[4] >> 16) & 0xffff };
         Key([w[2], w[3], w[0], w[1], (w[4] & !0xffff_ffff) | ports])
+    }
+
+    /// True for ICMP and ICMPv6 keys.
+    #[inline]
+    pub(crate) fn is_icmp(&self) -> bool {
+        matches!(self.proto(), ICMP | ICMPV6)
+    }
+
+    /// True for an ICMP(v6) echo's key (its identifier is `sport`, and
+    /// `dport` is [`ECHO`]).
+    #[inline]
+    pub(crate) fn is_echo(&self) -> bool {
+        self.is_icmp() && self.dport() == ECHO
     }
 
     /// The key with a new source address and port.
@@ -128,7 +146,8 @@ impl Key {
 
     /// The public description.
     pub(crate) fn tuple(&self) -> Tuple {
-        Tuple { src: self.src(), dst: self.dst(), proto: self.proto(), sport: self.sport(), dport: self.dport() }
+        let dport = if self.is_icmp() { 0 } else { self.dport() };
+        Tuple { src: self.src(), dst: self.dst(), proto: self.proto(), sport: self.sport(), dport }
     }
 }
 
@@ -335,7 +354,7 @@ fn transport(d: &[u8], proto: u8, l4: usize, end: usize, v6: bool) -> Result<(u1
             let (echo_req, echo_rep) = if v6 { (128, 129) } else { (8, 0) };
             let error = if v6 { matches!(t[0], 1..=4) } else { matches!(t[0], 3 | 4 | 5 | 11 | 12) };
             if t[0] == echo_req || t[0] == echo_rep {
-                Ok((be16(t, 4), 0, Kind::Echo(t[0] == echo_req)))
+                Ok((be16(t, 4), ECHO, Kind::Echo(t[0] == echo_req)))
             } else if error {
                 Ok((0, 0, Kind::Error { quoted: Key::default(), at: l4 + 8 }))
             } else {
@@ -365,7 +384,7 @@ impl PacketInfo {
             let ports = d.get(ql4..ql4 + 8).ok_or(Untrackable::Malformed)?;
             let (qsp, qdp) = match qp {
                 TCP | UDP | 132 => (be16(ports, 0), be16(ports, 2)),
-                ICMP | ICMPV6 => (be16(ports, 4), 0),
+                ICMP | ICMPV6 if matches!(ports[0], 0 | 8 | 128 | 129) => (be16(ports, 4), ECHO),
                 _ => (0, 0),
             };
             kind = Kind::Error { quoted: Key::new(qs, qd, qp, qsp, qdp, zone), at };

@@ -662,7 +662,7 @@ impl Datapath {
     /// Traces the packet `m` describes through bridge `bridge`: builds it,
     /// then runs it through the real pipeline in a dry run. Output port
     /// names are left empty for the caller to fill in.
-    pub(crate) fn trace(&mut self, bridge: usize, m: &Match) -> Option<Trace> {
+    pub(crate) fn trace(&mut self, bridge: usize, m: &Match, now_ms: u64) -> Option<Trace> {
         let mut b = self.bridges.get_mut(bridge)?.take()?;
         let in_port = m.value.get(0, 0, 32) as PortNo;
         let flow = m.to_text();
@@ -680,7 +680,7 @@ impl Datapath {
         let at = Ingress {
             slot: b.by_port_no.get(in_port as usize).copied().flatten().unwrap_or(usize::MAX),
             port: in_port,
-            now_ms: 0,
+            now_ms,
         };
         self.tracing = Some(Box::default());
         let first = b.flows.classify(&parsed.key);

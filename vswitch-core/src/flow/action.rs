@@ -138,7 +138,8 @@ impl Action {
     pub fn uses_packet(&self) -> bool {
         self.is_output()
             || matches!(self, Action::Resubmit { .. } | Action::GotoTable(_) | Action::Clone(_) | Action::Group(_))
-            || matches!(self, Action::Ct(ct) if ct.table.is_some())
+            // Every `ct`: one after the packet's last output still commits.
+            || matches!(self, Action::Ct(_))
     }
 }
 

@@ -310,8 +310,9 @@ impl Switch {
     pub fn trace(&self, bridge: &str, flow: &str) -> Result<Trace> {
         let (index, ports) = self.bridge_ports(bridge)?;
         let sel = FlowSelector::parse(flow, &|n: &str| ports.get(n).copied()).map_err(flow_error)?;
+        let now_ms = self.clock.now_ms();
         let mut trace = self
-            .on_first(move |dp| dp.trace(index, &sel.matching))?
+            .on_first(move |dp| dp.trace(index, &sel.matching, now_ms))?
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
         for o in &mut trace.outputs {
             o.port = ports.iter().find(|(_, n)| **n == o.port_no).map(|(name, _)| name.clone()).unwrap_or_default();
