@@ -534,6 +534,11 @@ impl Default for Conntrack {
     }
 }
 
+/// A connection's timeout is rewritten once it is this much staler than a
+/// packet would make it (so at most once a second per connection, not once
+/// a packet; a connection may expire this much early).
+const REFRESH_MS: u64 = 1000;
+
 /// How many entries one sweep step looks at (a whole table of a million
 /// in about a second at the slow path's 100 ms rounds).
 const SWEEP_STEP: usize = 100_000;
@@ -639,6 +644,19 @@ impl Conntrack {
 
     fn count_drop(&self, why: CtDrop) {
         self.drops[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts fetching what looking `keys` up will read: their buckets,
+    /// then the entries they start with, so a burst's cache misses
+    /// overlap instead of following one another.
+    pub(crate) fn prefetch(&self, keys: &[Key]) {
+        let mut buckets = [0usize; 64];
+        for (b, k) in buckets.iter_mut().zip(keys) {
+            *b = self.table.prefetch_bucket(k);
+        }
+        for &b in &buckets[..keys.len().min(64)] {
+            self.table.prefetch_chain(b);
+        }
     }
 
     /// Live connections.
@@ -832,6 +850,38 @@ impl Conntrack {
             return Some(hit);
         };
         let reply = f.dir == 1;
+        let state_of = |word: u64| {
+            state::TRK
+                | if reply {
+                    state::EST | state::RPL
+                } else if word & SEEN_REPLY != 0 {
+                    state::EST
+                } else {
+                    state::NEW
+                }
+        };
+        if !matches!(info.kind, Kind::Tcp(_)) {
+            // Without TCP's windows, an established connection usually has
+            // nothing to change: then no lock and no write (its timeout is
+            // refreshed once it is a second stale), a read validated by
+            // the sequence number as a lookup is.
+            let e = self.table.entry(f.idx);
+            let word = e.info.load(Ordering::Relaxed);
+            let expires = e.expires.load(Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if e.seq() == f.seq && word & LIVE != 0 {
+                if matches!(info.kind, Kind::Echo(request) if request == reply) {
+                    return None;
+                }
+                let proto = (word >> PROTO_SHIFT) as u8;
+                let fresh = req.now_ms + policy.timeout(proto, word) < expires + REFRESH_MS;
+                if (req.dry || fresh) && !(reply && word & SEEN_REPLY == 0) {
+                    hit.state = state_of(word);
+                    hit.found = Some(f);
+                    return Some(hit);
+                }
+            }
+        }
         let Some((e, _g)) = self.table.lock_found(f) else {
             // Removed since the lookup: as if it had not been there.
             hit.state = state::TRK | state::NEW;
@@ -863,14 +913,7 @@ impl Conntrack {
             let proto = (word >> PROTO_SHIFT) as u8;
             e.expires.store(req.now_ms + policy.timeout(proto, word), Ordering::Relaxed);
         }
-        hit.state = state::TRK
-            | if reply {
-                state::EST | state::RPL
-            } else if word & SEEN_REPLY != 0 {
-                state::EST
-            } else {
-                state::NEW
-            };
+        hit.state = state_of(word);
         hit.found = Some(f);
         Some(hit)
     }
@@ -1255,15 +1298,18 @@ impl ConnFilter {
 #[cfg(feature = "internals")]
 #[derive(Debug, Clone)]
 pub struct PreparedFrame {
-    frame: Vec<u8>,
+    frame: [u8; 128],
+    len: usize,
     headers: crate::flow::Headers,
 }
 
 #[cfg(feature = "internals")]
 impl PreparedFrame {
-    /// Parses `frame` once.
+    /// Parses `frame` (at most 128 bytes) once.
     pub fn new(frame: &[u8]) -> PreparedFrame {
-        PreparedFrame { frame: frame.to_vec(), headers: crate::flow::PackedParse::extract(frame, 0).headers }
+        let mut f = [0u8; 128];
+        f[..frame.len()].copy_from_slice(frame);
+        PreparedFrame { frame: f, len: frame.len(), headers: crate::flow::PackedParse::extract(frame, 0).headers }
     }
 }
 
@@ -1274,11 +1320,26 @@ impl Conntrack {
     /// state moved on, or committed), without rewriting it; returns its
     /// `ct_state`, 0 if conntrack dropped it.
     pub fn track(&self, p: &PreparedFrame, zone: u16, commit: bool, nat: Option<&Nat>, now_ms: u64) -> u8 {
-        let info = PacketInfo::parse(&p.frame, &p.headers, zone);
+        let info = PacketInfo::parse(&p.frame[..p.len], &p.headers, zone);
         let req = Request { zone, commit, force: false, nat, mark: None, label: None, now_ms, dry: false };
         match self.execute(info, None, &req) {
             Verdict::Tracked(h, _) => h.state,
             Verdict::Drop(_) => 0,
         }
+    }
+
+    /// Tracks a burst as the datapath does: every packet's bucket and
+    /// first entry fetched ahead, then each tracked; returns the sum of
+    /// their `ct_state`s.
+    pub fn track_burst(&self, burst: &[PreparedFrame], zone: u16, now_ms: u64) -> u32 {
+        let mut keys = [Key::default(); 32];
+        let n = burst.len().min(32);
+        for (k, p) in keys.iter_mut().zip(&burst[..n]) {
+            if let Ok(i) = PacketInfo::parse(&p.frame[..p.len], &p.headers, zone) {
+                *k = i.key;
+            }
+        }
+        self.prefetch(&keys[..n]);
+        burst[..n].iter().map(|p| self.track(p, zone, false, None, now_ms) as u32).sum()
     }
 }

@@ -26,8 +26,8 @@ use crossbeam::queue::SegQueue;
 
 use super::tuple::{KEY_WORDS, Key};
 
-/// Entries per chunk.
-pub(crate) const CHUNK: usize = 4096;
+/// Entries per chunk (6 MiB: whole 2 MiB huge pages inside each).
+pub(crate) const CHUNK: usize = 32768;
 const CHUNK_SHIFT: u32 = CHUNK.trailing_zeros();
 /// Most entries a table can hold.
 pub(crate) const MAX_ENTRIES: usize = 1 << 24;
@@ -133,7 +133,12 @@ impl Table {
             chunks: (0..MAX_ENTRIES / CHUNK).map(|_| OnceLock::new()).collect(),
             next_chunk: AtomicUsize::new(0),
             free: SegQueue::new(),
-            heads: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            heads: {
+                let mut v: Vec<AtomicU32> = Vec::with_capacity(n);
+                crate::sys::advise_huge_pages(v.spare_capacity_mut());
+                v.extend((0..n).map(|_| AtomicU32::new(0)));
+                v.into_boxed_slice()
+            },
             bucket_mask: n - 1,
             shards: (0..SHARDS).map(|_| Mutex::new(())).collect(),
             seed: [s.hash_one(1u64) | 1, s.hash_one(2u64)],
@@ -157,6 +162,28 @@ impl Table {
     pub(crate) fn entry(&self, idx: u32) -> &Entry {
         let chunk = self.chunks[(idx >> CHUNK_SHIFT) as usize].get().expect("entries are handed out from live chunks");
         &chunk[idx as usize & (CHUNK - 1)]
+    }
+
+    /// Starts fetching `key`'s bucket; returns it.
+    #[inline]
+    pub(crate) fn prefetch_bucket(&self, key: &Key) -> usize {
+        let b = self.bucket(key);
+        crate::sys::prefetch(&self.heads[b]);
+        b
+    }
+
+    /// Starts fetching the node bucket `b`'s chain starts with.
+    #[inline]
+    pub(crate) fn prefetch_chain(&self, b: usize) {
+        let n = self.heads[b].load(Ordering::Relaxed);
+        if n != 0 {
+            let (idx, dir) = unnode(n);
+            let e = self.entry(idx);
+            crate::sys::prefetch(e);
+            crate::sys::prefetch(&e.nodes[dir]);
+            // The expiry time, written by every packet.
+            crate::sys::prefetch(&e.expires);
+        }
     }
 
     /// Finds `key` without taking a lock.
@@ -229,7 +256,14 @@ impl Table {
             self.next_chunk.store(self.chunks.len(), Ordering::Relaxed);
             return None;
         }
-        self.chunks[c].get_or_init(|| (0..CHUNK).map(|_| Entry::default()).collect());
+        self.chunks[c].get_or_init(|| {
+            let mut v: Vec<Entry> = Vec::with_capacity(CHUNK);
+            // Huge pages before the first touch: a lookup in a large table
+            // then costs no page walk for the entry.
+            crate::sys::advise_huge_pages(v.spare_capacity_mut());
+            v.extend((0..CHUNK).map(|_| Entry::default()));
+            v.into_boxed_slice()
+        });
         let base = (c * CHUNK) as u32;
         for i in 1..CHUNK as u32 {
             self.free.push(base + i);

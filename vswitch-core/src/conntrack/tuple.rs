@@ -249,6 +249,7 @@ pub(crate) type IpHeader = (IpAddr, IpAddr, u8, usize, usize, Option<Frag>);
 
 /// Reads the IP addresses and protocol at `l3`, the transport offset and
 /// where the packet ends, and whether it is a fragment.
+#[inline]
 pub(crate) fn ip_header(d: &[u8], l3: usize, dl_type: u16) -> Result<IpHeader, Untrackable> {
     match dl_type {
         ethertype::IPV4 => {
@@ -304,6 +305,7 @@ pub(crate) fn ip_header(d: &[u8], l3: usize, dl_type: u16) -> Result<IpHeader, U
 }
 
 /// The ports (or echo identifier) and kind of the transport header at `l4`.
+#[inline]
 fn transport(d: &[u8], proto: u8, l4: usize, end: usize, v6: bool) -> Result<(u16, u16, Kind), Untrackable> {
     let need = |n: usize| d.get(l4..l4 + n).filter(|_| l4 + n <= end).ok_or(Untrackable::Malformed);
     match proto {
@@ -367,6 +369,7 @@ fn transport(d: &[u8], proto: u8, l4: usize, end: usize, v6: bool) -> Result<(u1
 
 impl PacketInfo {
     /// Reads a packet whose headers the flow parser found at `h`.
+    #[inline]
     pub(crate) fn parse(d: &[u8], h: &Headers, zone: u16) -> Result<PacketInfo, Untrackable> {
         let (src, dst, proto, l4, end, frag) = ip_header(d, h.l3, h.dl_type)?;
         if frag.is_some_and(|f| !f.first) {

@@ -19,6 +19,10 @@ use exec::{Drops, TraceLog};
 /// How often ports get their housekeeping call.
 const HOUSEKEEPING_MS: u64 = 100;
 
+/// Connections above which a burst's lookups are fetched ahead (below,
+/// the table sits in the caches and fetching ahead is only work).
+const CT_PREFETCH_MIN: usize = 4_096;
+
 /// Free buffers a datapath keeps for flood copies.
 const POOL_BUFFERS: usize = 4 * BURST * 16;
 
@@ -598,6 +602,9 @@ impl Datapath {
         let BridgeState { mac, cache, flows, groups, slots, by_port_no } = &mut bridge;
         let (tables, emc) = flows.split();
         emc.lookup_burst(tables, &mut parsed);
+        if self.ct.len() > CT_PREFETCH_MIN {
+            self.prefetch_connections(tables, rx, &parsed);
+        }
         let mut parts = BridgeParts { mac, cache, slots, by_port_no, tables, emc, groups };
         for (pkt, (p, id)) in rx.drain(..).zip(parsed.iter_mut()) {
             let id = *id;
@@ -611,6 +618,33 @@ impl Datapath {
         for (i, &n) in drops.iter().enumerate() {
             PortCounters::add(&counters.drops[i], n);
         }
+    }
+
+    /// For a large connection table: the connections the burst's `ct`
+    /// actions will look up (those of table-0 rules with a `ct` of a fixed
+    /// zone) are fetched ahead, so their cache misses overlap.
+    fn prefetch_connections(&self, tables: &Tables, rx: &[Packet], parsed: &[(PackedParse, u32)]) {
+        let mut keys = [crate::conntrack::Key::default(); 2 * BURST];
+        let mut n = 0;
+        for (pkt, (p, id)) in rx.iter().zip(parsed) {
+            let zone = tables.rule(*id).and_then(|r| {
+                r.spec.actions.iter().find_map(|a| match a {
+                    crate::flow::Action::Ct(ct) => match ct.zone {
+                        crate::flow::CtZone::Value(z) => Some(z),
+                        crate::flow::CtZone::Field(_) => None,
+                    },
+                    _ => None,
+                })
+            });
+            if let Some(z) = zone
+                && n < keys.len()
+                && let Ok(info) = crate::conntrack::PacketInfo::parse(pkt.data(), &p.headers, z)
+            {
+                keys[n] = info.key;
+                n += 1;
+            }
+        }
+        self.ct.prefetch(&keys[..n]);
     }
 
     /// `flood`/`all`: every port of the bridge but the input, as it is.

@@ -86,3 +86,39 @@ pub(crate) fn peer_groups(sock: &impl std::os::fd::AsRawFd) -> io::Result<Vec<u3
         }
     }
 }
+
+/// Asks the kernel to back `mem` with transparent huge pages
+/// (madvise(2) MADV_HUGEPAGE; a hint: failure changes nothing). For large
+/// tables read at random (conntrack's), where a TLB miss per lookup is
+/// what costs.
+pub(crate) fn advise_huge_pages<T>(mem: &[T]) {
+    let start = mem.as_ptr() as usize;
+    let len = std::mem::size_of_val(mem);
+    // madvise wants a page-aligned start: advise the whole pages inside.
+    let page = 4096;
+    let aligned = start.next_multiple_of(page);
+    let end = (start + len) & !(page - 1);
+    if end <= aligned {
+        return;
+    }
+    // SAFETY: the range lies within `mem`, which this process owns for the
+    // call's duration; MADV_HUGEPAGE only changes how the kernel backs
+    // those pages (their contents are kept), and its result is ignored.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+    }
+}
+
+/// Starts fetching the cache line holding `value` (no effect on what the
+/// program computes; a hint for the hardware).
+#[inline(always)]
+pub(crate) fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults and reads nothing the program sees;
+    // `value` is a valid reference. SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(value as *const T as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
