@@ -523,3 +523,46 @@ fn a_syn_after_time_wait_opens_a_fresh_connection_and_commit_after_output_commit
     assert_eq!(drain(&p[2]).len(), 1);
     assert_eq!(sw.conntrack().zone_len(9), 1, "committed after the output");
 }
+
+/// docs/embedding.md's "Connection tracking in code", as written there.
+#[test]
+fn the_embedding_guides_pipeline_in_code() -> vswitch_core::Result<()> {
+    let (sw, _clock, p) = setup();
+    use vswitch_core::conntrack::{Nat, state};
+    use vswitch_core::flow::{Action, CtAction, CtZone, Field, FlowSpec, Match};
+
+    let ip = Match::any().with(Field::EthType, 0x0800);
+    // Table 0: every IPv4 packet through zone 1, on to table 1.
+    let track = FlowSpec::new(
+        ip,
+        vec![Action::Ct(Box::new(CtAction {
+            zone: CtZone::Value(1),
+            table: Some(1),
+            nat: Some(Nat::Existing),
+            ..CtAction::default()
+        }))],
+    );
+    // Table 1: connections from port 1 are committed; established ones pass.
+    let (new, est) = ((state::TRK | state::NEW) as u64, (state::TRK | state::EST) as u64);
+    let mut open = FlowSpec::new(
+        ip.with(Field::InPort, 1).with_masked(Field::CtState, new, new),
+        vec![
+            Action::Ct(Box::new(CtAction { commit: true, zone: CtZone::Value(1), ..CtAction::default() })),
+            Action::Output(2),
+        ],
+    );
+    open.matching.set_table(1);
+    let mut pass = FlowSpec::new(ip.with_masked(Field::CtState, est, est), vec![Action::Normal]);
+    pass.matching.set_table(1);
+    sw.add_flow_specs("br0", &[track, open, pass])?;
+    assert_eq!(sw.conntrack().len(), 0);
+
+    send(&sw, &p[0], &udp(mac(2), mac(1), IN1, IN2, 7000, 53, 64, b"q"));
+    assert_eq!(drain(&p[1]).len(), 1);
+    assert_eq!(sw.conntrack().len(), 1);
+    send(&sw, &p[1], &udp(mac(1), mac(2), IN2, IN1, 53, 7000, 64, b"a"));
+    assert_eq!(drain(&p[0]).len(), 1, "the reply passes (NORMAL)");
+    send(&sw, &p[1], &udp(mac(1), mac(2), IN2, IN1, 54, 7000, 64, b"x"));
+    assert!(drain(&p[0]).is_empty(), "a stranger does not");
+    Ok(())
+}

@@ -1343,3 +1343,105 @@ impl Conntrack {
         burst[..n].iter().map(|p| self.track(p, zone, false, None, now_ms) as u32).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn udp_info(src: u32, sport: u16, dst: u32, dport: u16, zone: u16) -> PacketInfo {
+        let key = Key::new(Ipv4Addr::from(src).into(), Ipv4Addr::from(dst).into(), tuple::UDP, sport, dport, zone);
+        PacketInfo { key, kind: Kind::Udp, frag: None }
+    }
+
+    fn req<'a>(nat: Option<&'a Nat>) -> Request<'a> {
+        Request { zone: 1, commit: true, force: false, nat, mark: None, label: None, now_ms: 0, dry: false }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Random SNAT allocation over a small address and port space
+        /// never gives two connections one reply tuple, and each reply
+        /// finds its own connection.
+        #[test]
+        fn nat_mappings_are_unique(
+            conns in proptest::collection::vec((0u32..4, 1000u16..1008, 0u32..2), 1..300),
+            random in any::<bool>(),
+        ) {
+            let ct = Conntrack::new(1024);
+            let text = if random { "src=192.0.2.1-192.0.2.2:2000-2063,random" } else { "src=192.0.2.1-192.0.2.2:2000-2063" };
+            let nat = parse_nat(text).unwrap();
+            let mut replies: HashMap<Key, Key> = HashMap::new();
+            let mut committed = HashSet::new();
+            for (src, sport, dst) in conns {
+                let info = udp_info(0x0a00_0000 + src, sport, 0x0808_0800 + dst, 53, 1);
+                let fresh = !committed.contains(&info.key);
+                match ct.execute(Ok(info), None, &req(Some(&nat))) {
+                    Verdict::Tracked(h, Some(Rewrite::Headers(to))) => {
+                        let f = h.found.expect("committed");
+                        let reply = ct.table.entry(f.idx).key(1);
+                        prop_assert_eq!(to.reversed(), reply);
+                        prop_assert!(matches!(to.src(), IpAddr::V4(a) if (0xc000_0201..=0xc000_0202).contains(&u32::from(a))));
+                        prop_assert!((2000..=2063).contains(&to.sport()));
+                        if fresh {
+                            prop_assert!(replies.insert(reply, info.key).is_none(), "reply tuple given twice");
+                            committed.insert(info.key);
+                        }
+                    }
+                    Verdict::Drop(CtDrop::NatExhausted) => prop_assert!(fresh),
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+            for (reply, orig) in &replies {
+                let (a, b) = (ct.table.find(reply).unwrap(), ct.table.find(orig).unwrap());
+                prop_assert_eq!((a.idx, a.dir, b.dir), (b.idx, 1, 0));
+            }
+            prop_assert_eq!(ct.len(), replies.len());
+            prop_assert_eq!(ct.zone_len(1), replies.len());
+        }
+
+        /// The shared table against a plain map: inserts (refused when a
+        /// key is taken), removals and lookups of random keys agree.
+        #[test]
+        fn the_table_behaves_like_a_map(ops in proptest::collection::vec((0u8..3, 0u32..40, 0u32..40), 1..400)) {
+            let t = table::Table::new(64);
+            let mut model: HashMap<Key, (Key, bool)> = HashMap::new(); // key -> (orig key, is reply)
+            let mut found: HashMap<Key, Found> = HashMap::new(); // orig -> handle
+            let key = |i: u32| Key::new(Ipv4Addr::from(i).into(), Ipv4Addr::from(1000 + i % 7).into(), tuple::TCP, 1, 2, 0);
+            for (op, a, b) in ops {
+                let (ka, kb) = (key(a), key(b + 100));
+                match op {
+                    0 => {
+                        let r = t.insert(&ka, &kb, |e| e.info.store(0, Ordering::Relaxed));
+                        let want_ok = !model.contains_key(&ka) && !model.contains_key(&kb);
+                        prop_assert_eq!(r.is_ok(), want_ok, "insert {:?}", r);
+                        if let Ok(f) = r {
+                            model.insert(ka, (ka, false));
+                            model.insert(kb, (ka, true));
+                            found.insert(ka, f);
+                        }
+                    }
+                    1 => {
+                        if let Some((orig, _)) = model.get(&ka).copied() {
+                            let f = found.remove(&orig).unwrap();
+                            prop_assert!(t.remove(f).is_some());
+                            model.retain(|_, (o, _)| *o != orig);
+                        }
+                    }
+                    _ => {
+                        for k in [ka, kb] {
+                            let got = t.find(&k).map(|f| f.dir == 1);
+                            prop_assert_eq!(got, model.get(&k).map(|(_, r)| *r));
+                        }
+                    }
+                }
+            }
+            let mut live = 0;
+            t.scan(0, usize::MAX, |_, _| { live += 1; true });
+            prop_assert_eq!(live, found.len());
+        }
+    }
+}
