@@ -30,6 +30,19 @@ fn send(sw: &Switch, port: &MemoryPortHandle, frame: &[u8]) {
     sw.run_until_idle().unwrap();
 }
 
+/// The 16-bit one's-complement sum of `b` (odd length padded), added to `sum`.
+fn sum16(b: &[u8], sum: u32) -> u32 {
+    b.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum::<u32>() + sum
+}
+
+/// The Internet checksum of a sum: folded and complemented.
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// A TCP segment with the given flags, sequence and acknowledgement.
 fn tcp(sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     let mut f = tcp_syn(mac(9), mac(8), sip, dip, sport, dport);
@@ -42,18 +55,9 @@ fn tcp(sip: [u8; 4], dip: [u8; 4], sport: u16, dport: u16, flags: u8, seq: u32, 
 
 fn fix_tcp_checksum(f: &mut [u8]) {
     f[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = 0;
-    for i in (26..34).step_by(2) {
-        sum += u16::from_be_bytes([f[i], f[i + 1]]) as u32;
-    }
-    sum += 6 + (f.len() - 34) as u32;
-    for c in f[34..].chunks(2) {
-        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[34 + 16..34 + 18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let pseudo = sum16(&f[26..34], 6 + (f.len() - 34) as u32);
+    let c = fold(sum16(&f[34..], pseudo));
+    f[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Inside (ports 1, 2) may start connections to the outside (3); the
@@ -329,11 +333,8 @@ fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
         let fo = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
         h[6..8].copy_from_slice(&fo.to_be_bytes());
         h[10..12].copy_from_slice(&[0, 0]);
-        let mut sum: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        h[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        let c = fold(sum16(&h, 0));
+        h[10..12].copy_from_slice(&c.to_be_bytes());
         [eth, &h, part].concat()
     };
     (mk(&payload[..at], 0, true), mk(&payload[at..], at, false))
@@ -360,11 +361,8 @@ fn fragments_follow_their_first_fragment_through_nat() {
     whole[16..18].copy_from_slice(&total.to_be_bytes());
     whole[20..22].copy_from_slice(&[0, 0]);
     whole[24..26].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = whole[14..34].chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    whole[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let c = fold(sum16(&whole[14..34], 0));
+    whole[24..26].copy_from_slice(&c.to_be_bytes());
     assert!(checksums_ok(&whole), "the reassembled datagram's checksums verify");
     // A later fragment of a datagram nobody saw the start of is invalid.
     let before = sw.conntrack().drops(CtDrop::Fragment);
@@ -431,30 +429,20 @@ fn echo(sip: [u8; 4], dip: [u8; 4], id: u16, request: bool) -> Vec<u8> {
     let mut f = udp(mac(9), mac(8), sip, dip, 0, 0, 64, &[0u8; 8]);
     f[23] = 1; // protocol ICMP
     f[24..26].copy_from_slice(&[0, 0]);
-    let mut sum: u32 = f[14..34].chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let c = fold(sum16(&f[14..34], 0));
+    f[24..26].copy_from_slice(&c.to_be_bytes());
     let icmp = &mut f[34..];
     icmp.fill(0);
     icmp[0] = if request { 8 } else { 0 };
     icmp[4..6].copy_from_slice(&id.to_be_bytes());
     icmp[6..8].copy_from_slice(&1u16.to_be_bytes());
-    let mut sum: u32 = icmp.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let c = fold(sum16(icmp, 0));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
     f
 }
 
 fn icmp_ok(f: &[u8]) -> bool {
-    let mut sum: u32 = f[34..].chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum == 0xffff
+    fold(sum16(&f[34..], 0)) == 0
 }
 
 #[test]

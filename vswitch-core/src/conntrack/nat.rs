@@ -17,6 +17,7 @@ use super::tuple::{ICMP, ICMPV6, Key, TCP, UDP};
 use crate::flow::{FlowParseError, Headers, matching_err as err, parse_num};
 use crate::packet::Packet;
 use crate::wire::be16;
+use crate::wire::checksum::csum_replace;
 
 /// Source or destination NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -263,15 +264,6 @@ pub(crate) fn candidates(orig: &Key, r: &NatRange, salt: u64) -> impl Iterator<I
                 (NatKind::Dst, _) => base.with_src(addr, if echo { base.sport() } else { p }),
             })
     })
-}
-
-/// RFC 1624: a checksum after a 16-bit word changes.
-#[inline]
-fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = (!csum as u32) + (!old as u32 & 0xffff) + new as u32;
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 /// Writes the 16-bit word at `at` and fixes the checksum at `csum`

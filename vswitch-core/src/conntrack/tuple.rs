@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-use crate::flow::Headers;
+use crate::flow::{Headers, ip_words};
 use crate::wire::{be16, ethertype};
 
 /// Words in a [`Key`].
@@ -30,16 +30,6 @@ pub(crate) const ICMP: u8 = 1;
 pub(crate) const ICMPV6: u8 = 58;
 pub(crate) const TCP: u8 = 6;
 pub(crate) const UDP: u8 = 17;
-
-fn ip_words(ip: IpAddr) -> (u64, u64) {
-    match ip {
-        IpAddr::V4(a) => (0, u32::from(a) as u64),
-        IpAddr::V6(a) => {
-            let v = u128::from(a);
-            ((v >> 64) as u64, v as u64)
-        }
-    }
-}
 
 impl Key {
     /// A key from its parts.

@@ -17,6 +17,7 @@ use super::matching::{FlowParseError, Match, err, parse_num};
 use super::packed::Headers;
 use crate::packet::Packet;
 use crate::port::PortNo;
+use crate::wire::checksum::csum_replace;
 use crate::wire::{MacAddr, be16, ethertype};
 
 /// One action of a rule. Actions run in order; every output action sends
@@ -513,15 +514,6 @@ pub(crate) fn check_action_prerequisites(actions: &[Action], m: &Match) -> Resul
         }
     }
     Ok(())
-}
-
-/// RFC 1624 eqn. 3: the checksum after a 16-bit word changes.
-#[inline]
-fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
-    let mut sum = (!csum as u32) + (!old as u32 & 0xffff) + new as u32;
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 fn get16(d: &[u8], at: usize) -> u16 {

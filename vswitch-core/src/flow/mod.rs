@@ -39,10 +39,10 @@ pub(crate) use group::{Group, GroupTable};
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
 pub(crate) use matching::{err as matching_err, parse_num};
-pub(crate) use packed::Headers;
 pub(crate) use packed::{
     CT_DST_WORD, CT_LABEL_WORD, CT_PROTO_SHIFT, CT_SRC_WORD, CT_STATE_SHIFT, CT_WORD, CT_ZONE_SHIFT, MARK_WORD,
 };
+pub(crate) use packed::{Headers, ip_words};
 pub use packed::{METADATA_WORD, PackedKey, PackedParse, VLAN_PRESENT, WORDS};
 pub(crate) use ruleset::RuleSet;
 pub use spec::{DEFAULT_PRIORITY, FlowSelector, FlowSpec, FlowStats, PortResolver, TableRow};

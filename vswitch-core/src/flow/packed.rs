@@ -169,7 +169,9 @@ pub(crate) fn ones(bits: u32) -> u64 {
     if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
 }
 
-fn ip_words(ip: IpAddr) -> (u64, u64) {
+/// An address as two key words: IPv6 high and low halves; IPv4 in the
+/// low half of the second.
+pub(crate) fn ip_words(ip: IpAddr) -> (u64, u64) {
     match ip {
         IpAddr::V4(a) => (0, u32::from(a) as u64),
         IpAddr::V6(a) => {

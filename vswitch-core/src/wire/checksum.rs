@@ -5,6 +5,16 @@
 use super::ethertype;
 
 /// The Internet checksum (RFC 1071) of `bytes`, complemented.
+/// RFC 1624 eqn. 3: a checksum after one of the 16-bit words it covers
+/// changed from `old` to `new`.
+#[inline]
+pub(crate) fn csum_replace(csum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!csum as u32) + (!old as u32 & 0xffff) + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
 pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum: u64 = 0;
     for c in bytes.chunks(2) {
