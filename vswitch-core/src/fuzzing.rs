@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("flow_text", flow_text),
     ("control_request", control_request),
     ("config_file", config_file),
+    ("conntrack_packet", conntrack_packet),
 ];
 
 /// Frame to flow key, through both sinks of the one parser: the full
@@ -189,4 +190,60 @@ pub fn config_file(data: &[u8]) {
     } else {
         assert!(sw.bridges().is_empty(), "a refused configuration leaves nothing behind");
     }
+}
+
+thread_local! {
+    static CONNTRACK: crate::conntrack::Conntrack = crate::conntrack::Conntrack::new(4096);
+}
+
+/// A frame through conntrack, as `ct(commit,zone=Z,nat(...))` runs it, into
+/// a table kept across inputs (so later frames meet earlier connections):
+/// never a panic, and a translated frame parses back to the key its
+/// translation promised. The first byte picks the zone and the NAT.
+pub fn conntrack_packet(data: &[u8]) {
+    use crate::conntrack::{Nat, PacketInfo, Request, Rewrite, Verdict, parse_nat};
+    let Some((&sel, frame)) = data.split_first() else { return };
+    let nat = match sel & 3 {
+        0 => None,
+        1 => Some(Nat::Existing),
+        2 => parse_nat("src=192.0.2.1-192.0.2.3:2000-2010").ok(),
+        _ => parse_nat("dst=[fd00::1]-[fd00::2]:80")
+            .ok()
+            .filter(|_| sel & 4 != 0)
+            .or_else(|| parse_nat("dst=10.9.0.1:80").ok()),
+    };
+    let parsed = PackedParse::extract(frame, 1);
+    let zone = (sel >> 4) as u16;
+    let req = Request {
+        zone,
+        commit: sel & 8 != 0,
+        force: sel & 0x80 != 0,
+        nat: nat.as_ref(),
+        mark: None,
+        label: None,
+        now_ms: 1,
+        dry: false,
+    };
+    let info = PacketInfo::parse(frame, &parsed.headers, zone);
+    let fragment = info.as_ref().is_ok_and(|i| i.frag.is_some());
+    CONNTRACK.with(|ct| {
+        let v = ct.execute(info, None, &req);
+        let mut p = Packet::from_frame(frame);
+        match v {
+            Verdict::Tracked(_, Some(Rewrite::Headers(to))) => {
+                crate::conntrack::translate(&mut p, &parsed.headers, &to);
+                let again = PackedParse::extract(p.data(), 1);
+                if !fragment && let Ok(i) = PacketInfo::parse(p.data(), &again.headers, zone) {
+                    assert_eq!((i.key.src(), i.key.dst()), (to.src(), to.dst()), "translated as promised");
+                }
+            }
+            Verdict::Tracked(_, Some(Rewrite::Error { outer, quoted, at })) => {
+                crate::conntrack::translate_error(&mut p, &parsed.headers, at, &outer, &quoted);
+            }
+            _ => {}
+        }
+        if ct.len() > 3000 {
+            ct.flush(|_| true);
+        }
+    });
 }
