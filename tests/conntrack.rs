@@ -554,3 +554,66 @@ fn the_embedding_guides_pipeline_in_code() -> vswitch_core::Result<()> {
     assert!(drain(&p[0]).is_empty(), "a stranger does not");
     Ok(())
 }
+
+/// An Ethernet/IPv6/UDP frame with a valid checksum.
+fn udp6(src: &str, dst: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let len = 8 + payload.len();
+    let mut f = Vec::new();
+    f.extend_from_slice(&mac(9).0);
+    f.extend_from_slice(&mac(8).0);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(len as u16).to_be_bytes());
+    f.extend_from_slice(&[17, 64]);
+    f.extend_from_slice(&s.octets());
+    f.extend_from_slice(&d.octets());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&(len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    let c = fold(sum16(&f[22..54], 17 + len as u32) + sum16(&f[54..], 0));
+    f[60..62].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn udp6_ok(f: &[u8]) -> bool {
+    let len = f.len() - 54;
+    fold(sum16(&f[22..54], 17 + len as u32) + sum16(&f[54..], 0)) == 0
+}
+
+#[test]
+fn ipv6_is_tracked_and_translated() {
+    let (sw, _clock, p) = setup();
+    sw.add_flows(
+        "br0",
+        &[
+            "table=0,priority=10,ipv6,in_port=1,actions=ct(table=1,zone=6,nat)",
+            "table=0,priority=10,ipv6,in_port=3,actions=ct(table=2,zone=6,nat)",
+            "table=1,priority=10,ct_state=+new+trk,ipv6,actions=ct(commit,zone=6,nat(src=[2001:db8::1])),output:3",
+            "table=1,priority=10,ct_state=+est+trk,ipv6,actions=output:3",
+            "table=2,priority=10,ct_state=+est+trk,ipv6,ct_ipv6_src=fd00::2,actions=output:1",
+        ],
+    )
+    .unwrap();
+    let out = udp6("fd00::2", "2001:db8::50", 5000, 53, b"query");
+    assert!(udp6_ok(&out), "the test's own frame");
+    send(&sw, &p[0], &out);
+    let got = drain(&p[2]);
+    assert_eq!(got.len(), 1);
+    let f = got[0].data();
+    assert_eq!(&f[22..38], &"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets(), "source translated");
+    assert_eq!(u16::from_be_bytes([f[54], f[55]]), 5000);
+    assert!(udp6_ok(f), "the UDP checksum follows the new address");
+    send(&sw, &p[2], &udp6("2001:db8::50", "2001:db8::1", 53, 5000, b"answer"));
+    let back = drain(&p[0]);
+    assert_eq!(back.len(), 1, "the reply matches ct_ipv6_src and goes back");
+    let f = back[0].data();
+    assert_eq!(&f[38..54], &"fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets(), "destination translated back");
+    assert!(udp6_ok(f));
+    let c = &sw.conntrack().dump(0, 10, |_| true)[0];
+    assert_eq!(
+        (c.orig.src.to_string(), c.reply.dst.to_string(), c.snat),
+        ("fd00::2".into(), "2001:db8::1".into(), true)
+    );
+}
