@@ -4,8 +4,9 @@
 //!
 //! - `kernel`: a Linux bridge with the container's veth and the gateway
 //!   address, IP forwarding, and nftables `masquerade` (nf_conntrack).
-//! - `afpacket`, `afxdp`: this switch on AF_PACKET (the default port
-//!   type) or AF_XDP ports with examples/conntrack/host.flows (ct() with
+//! - `afpacket`, `afpsock`, `afxdp`: this switch on AF_PACKET ports (the
+//!   default type; `afpsock` with `options:rx_mode=socket`, recvmmsg) or
+//!   AF_XDP ports, with examples/conntrack/host.flows (ct() with
 //!   nat(src=192.0.2.1)).
 //!
 //! Measured for each, repetitions interleaved: iperf3 TCP throughput
@@ -25,11 +26,14 @@ use vswitch_tests::netns::{NetNs, iperf3, veth_between};
 const GW_MAC: &str = "02:00:00:00:00:01";
 
 /// `--switch FLOWS TYPE`: the switch in the host namespace, until killed.
-fn run_switch(flows: &str, kind: PortKind) {
+fn run_switch(flows: &str, kind: PortKind, socket: bool) {
     let sw = Switch::builder().build().expect("switch");
     sw.add_bridge("br0").unwrap();
     for (name, no) in [("hc", 1), ("hu", 3)] {
         let mut p = PortSpec::new(name, kind);
+        if socket {
+            p.options.insert("rx_mode".into(), "socket".into());
+        }
         p.port_no = Some(no);
         sw.add_port_spec("br0", &p, OnOpenError::Fail).expect("port");
     }
@@ -132,14 +136,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--switch") {
         let kind = if args.get(3).map(String::as_str) == Some("afxdp") { PortKind::AfXdp } else { PortKind::AfPacket };
-        return run_switch(&args[2], kind);
+        let socket = args.get(3).map(String::as_str) == Some("afpsock");
+        return run_switch(&args[2], kind, socket);
     }
     let seconds: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/conntrack/host.flows");
     let me = std::env::current_exe().expect("own path");
     let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> =
-        vec![("kernel", vec![], vec![]), ("afpacket", vec![], vec![]), ("afxdp", vec![], vec![])];
+        vec![("kernel", vec![], vec![]), ("afpacket", vec![], vec![]), ("afpsock", vec![], vec![]), ("afxdp", vec![], vec![])];
     for rep in 0..reps {
         for (name, tcp, cps) in results.iter_mut() {
             let kernel = *name == "kernel";

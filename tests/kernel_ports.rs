@@ -1,5 +1,6 @@
 //! Kernel ports over veth pairs between network namespaces, as root, the
-//! same suite over each backend (AF_PACKET, AF_XDP): ping both ways,
+//! same suite over each backend (AF_PACKET with its ring and with
+//! recvmmsg, AF_XDP): ping both ways,
 //! iperf3 TCP with the kernel's default offloads, VLAN isolation, a
 //! namespace joining under traffic, an interface deleted under traffic and
 //! coming back, attach hygiene.
@@ -12,6 +13,8 @@ use vswitch_tests::netns::{NetNs, Veth, iperf3, is_promiscuous, run};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     AfPacket,
+    /// AF_PACKET receiving with recvmmsg (`rx_mode=socket`).
+    AfPacketSocket,
     AfXdp,
 }
 
@@ -19,13 +22,18 @@ impl Backend {
     fn add(self, sw: &Switch, ifname: &str, config: PortConfig) -> vswitch_core::Result<PortNo> {
         match self {
             Backend::AfPacket => sw.add_afpacket_port("br0", ifname, config),
+            Backend::AfPacketSocket => {
+                use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort, AfPacketRx};
+                let cfg = AfPacketConfig { rx_mode: AfPacketRx::Socket, ..AfPacketConfig::default() };
+                sw.add_port("br0", ifname, Box::new(AfPacketPort::open(ifname, cfg)?), config)
+            }
             Backend::AfXdp => sw.add_afxdp_port("br0", ifname, config),
         }
     }
 
     fn kind(self) -> &'static str {
         match self {
-            Backend::AfPacket => "afpacket",
+            Backend::AfPacket | Backend::AfPacketSocket => "afpacket",
             Backend::AfXdp => "afxdp",
         }
     }
@@ -39,6 +47,9 @@ macro_rules! over_backends {
         }
         mod afxdp {
             $(#[test] fn $name() { super::$name(super::Backend::AfXdp) })*
+        }
+        mod afpacket_socket {
+            $(#[test] fn $name() { super::$name(super::Backend::AfPacketSocket) })*
         }
     };
 }

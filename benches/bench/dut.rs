@@ -15,6 +15,9 @@ use vswitch_tests::process_cpu_seconds;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     AfPacket,
+    /// AF_PACKET receiving with recvmmsg (`options:rx_mode=socket`; this
+    /// switch only).
+    AfPacketSocket,
     AfXdp,
 }
 
@@ -22,6 +25,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::AfPacket => "afpacket",
+            Backend::AfPacketSocket => "afpsock",
             Backend::AfXdp => "afxdp",
         }
     }
@@ -58,8 +62,9 @@ impl Dut {
     pub fn parse(s: &str, rules: usize) -> Result<Dut, String> {
         let backend = |b: &str| match b {
             "afpacket" => Ok(Backend::AfPacket),
+            "afpsock" => Ok(Backend::AfPacketSocket),
             "afxdp" => Ok(Backend::AfXdp),
-            _ => Err(format!("unknown backend '{b}' in '{s}' (afpacket, afxdp)")),
+            _ => Err(format!("unknown backend '{b}' in '{s}' (afpacket, afpsock, afxdp)")),
         };
         let parts: Vec<&str> = s.split('-').collect();
         match parts.as_slice() {
@@ -123,6 +128,11 @@ fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool, pin
     let add = |sw: &Switch, ifname: &str| -> Result<(), String> {
         match backend {
             Backend::AfPacket => sw.add_afpacket_port("br0", ifname, PortConfig::default()),
+            Backend::AfPacketSocket => {
+                let mut spec = PortSpec::new(ifname, vswitch_core::config::PortKind::AfPacket);
+                spec.options.insert("rx_mode".into(), "socket".into());
+                sw.add_port_spec("br0", &spec, OnOpenError::Fail)
+            }
             Backend::AfXdp => sw.add_afxdp_port("br0", ifname, PortConfig::default()),
         }
         .map(|_| ())
@@ -270,7 +280,8 @@ impl Ovs {
         vsctl(&["add-br", &br, "--", "set", "bridge", &br, "datapath_type=netdev"])?;
         for p in [a, b] {
             match backend {
-                Backend::AfPacket => vsctl(&["add-port", &br, p])?,
+                // (OVS's own AF_PACKET netdev receives with recvmmsg already.)
+                Backend::AfPacket | Backend::AfPacketSocket => vsctl(&["add-port", &br, p])?,
                 Backend::AfXdp => vsctl(&["add-port", &br, p, "--", "set", "interface", p, "type=afxdp"])?,
             }
         }

@@ -43,12 +43,44 @@ pub struct AfPacketConfig {
     pub blocks: u32,
     /// Milliseconds after which the kernel hands over a part-filled block.
     pub block_timeout_ms: u32,
+    /// Receive through the ring (`ring`) or with `recvmmsg` (`socket`):
+    /// see [`AfPacketRx`].
+    pub rx_mode: AfPacketRx,
+}
+
+/// How an AF_PACKET port receives (option `rx_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfPacketRx {
+    /// A TPACKET_V3 ring: no system call per burst, but at low rates a
+    /// frame waits for its block's timeout (`block_timeout_ms`, 1 ms at
+    /// least).
+    #[default]
+    Ring,
+    /// `recvmmsg(2)`: a system call per burst, every frame as soon as it
+    /// arrives (the ring's size becomes the socket's receive queue).
+    Socket,
+}
+
+impl std::str::FromStr for AfPacketRx {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        match s {
+            "ring" => Ok(AfPacketRx::Ring),
+            "socket" => Ok(AfPacketRx::Socket),
+            _ => Err(()),
+        }
+    }
 }
 
 impl Default for AfPacketConfig {
     fn default() -> Self {
         let r = RingConfig::default();
-        AfPacketConfig { block_size: r.block_size, blocks: r.blocks, block_timeout_ms: r.block_timeout_ms }
+        AfPacketConfig {
+            block_size: r.block_size,
+            blocks: r.blocks,
+            block_timeout_ms: r.block_timeout_ms,
+            rx_mode: AfPacketRx::default(),
+        }
     }
 }
 
@@ -59,12 +91,15 @@ impl AfPacketConfig {
     /// # Errors
     /// [`Error::InvalidArgument`] for an unknown option or a bad value.
     pub fn from_spec(spec: &super::spec::PortSpec) -> Result<AfPacketConfig> {
-        spec.no_options(&["block_size", "blocks", "block_timeout_ms"])?;
+        spec.no_options(&["block_size", "blocks", "block_timeout_ms", "rx_mode"])?;
         let d = AfPacketConfig::default();
         let c = AfPacketConfig {
             block_size: spec.option("block_size")?.unwrap_or(d.block_size),
             blocks: spec.option("blocks")?.unwrap_or(d.blocks),
             block_timeout_ms: spec.option("block_timeout_ms")?.unwrap_or(d.block_timeout_ms),
+            rx_mode: spec.option("rx_mode").map_err(|_| {
+                Error::invalid("afpacket rx_mode", "must be ring (a TPACKET_V3 ring) or socket (recvmmsg)")
+            })?.unwrap_or(d.rx_mode),
         };
         c.validate()?;
         Ok(c)
@@ -92,6 +127,10 @@ impl AfPacketConfig {
             block_size: self.block_size,
             blocks: self.blocks,
             block_timeout_ms: self.block_timeout_ms.max(1),
+            mode: match self.rx_mode {
+                AfPacketRx::Ring => crate::sys::packet_ring::RxMode::Ring,
+                AfPacketRx::Socket => crate::sys::packet_ring::RxMode::Socket,
+            },
         })
     }
 }

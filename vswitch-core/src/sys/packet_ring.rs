@@ -1,11 +1,19 @@
-//! An AF_PACKET socket with a TPACKET_V3 receive ring (packet(7)).
+//! An AF_PACKET socket (packet(7)) receiving in one of two ways:
 //!
-//! The kernel fills fixed-size blocks of a shared memory ring with
-//! variable-size frames and hands a block to user space by setting
-//! `TP_STATUS_USER` in its header, either when it is full or when the block
-//! timeout expires. We read the frames of a block (possibly across several
-//! bursts), then give the block back by setting `TP_STATUS_KERNEL`.
-//! Transmission is batched with `sendmmsg(2)`.
+//! - **A TPACKET_V3 ring** ([`RxMode::Ring`]): the kernel fills fixed-size
+//!   blocks of a shared memory ring with variable-size frames and hands a
+//!   block to user space by setting `TP_STATUS_USER` in its header, either
+//!   when it is full or when the block timeout expires (1 ms at least). We
+//!   read the frames of a block (possibly across several bursts), then give
+//!   the block back by setting `TP_STATUS_KERNEL`. No system call per
+//!   burst, but a frame at a low rate waits for its block's timeout.
+//! - **`recvmmsg(2)`** ([`RxMode::Socket`]): each burst is one call that
+//!   returns the frames queued on the socket as soon as they arrive, each
+//!   with its virtio-net header and (in a control message) the VLAN tag
+//!   the kernel took out, into 32 buffers large enough for a 64 KiB GSO
+//!   frame. A system call per burst, no added latency.
+//!
+//! Transmission is batched with `sendmmsg(2)` in both.
 
 use std::io;
 use std::mem::{offset_of, size_of};
@@ -68,7 +76,38 @@ pub struct RxFrame<'a> {
     pub vnet: VnetHdr,
 }
 
-/// Ring geometry.
+/// How a packet socket receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxMode {
+    /// The TPACKET_V3 ring.
+    Ring,
+    /// `recvmmsg(2)`.
+    Socket,
+}
+
+/// Frames one `recvmmsg` call takes at most.
+const RECV_BATCH: usize = 32;
+/// Bytes each `recvmmsg` buffer holds: a 64 KiB GSO frame and its headers.
+const RECV_SLOT: usize = 65536 + 256;
+/// Control-message room per frame (one `tpacket_auxdata`).
+const CTL_WORDS: usize = 8;
+
+/// What socket mode reads into.
+struct SockRx {
+    buf: Vec<u8>,
+    hdrs: [[u8; VNET_HDR_LEN]; RECV_BATCH],
+    ctl: [[u64; CTL_WORDS]; RECV_BATCH],
+    /// The last call filled its batch: more may be queued.
+    more: bool,
+}
+
+impl std::fmt::Debug for SockRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SockRx").field("more", &self.more).finish_non_exhaustive()
+    }
+}
+
+/// Ring geometry (and the receive mode).
 #[derive(Debug, Clone, Copy)]
 pub struct RingConfig {
     /// Bytes per block (a multiple of the page size, at least 128 KiB so a
@@ -79,11 +118,13 @@ pub struct RingConfig {
     /// Milliseconds after which the kernel hands over a block that is not
     /// full: the worst added latency at low rates.
     pub block_timeout_ms: u32,
+    /// Ring or `recvmmsg`.
+    pub mode: RxMode,
 }
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { block_size: 256 * 1024, blocks: 16, block_timeout_ms: 1 }
+        RingConfig { block_size: 256 * 1024, blocks: 16, block_timeout_ms: 1, mode: RxMode::Ring }
     }
 }
 
@@ -91,8 +132,11 @@ impl Default for RingConfig {
 #[derive(Debug)]
 pub struct PacketRing {
     fd: OwnedFd,
+    /// The ring (ring mode), or `NonNull::dangling()` with length 0.
     map: NonNull<u8>,
     map_len: usize,
+    /// Socket mode's buffers.
+    sock: Option<Box<SockRx>>,
     cfg: RingConfig,
     block: u32,
     /// Frames left in the block being read (0: not holding a block).
@@ -133,12 +177,41 @@ impl PacketRing {
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let f = fd.as_raw_fd();
-        let version: libc::c_int = 2; // TPACKET_V3
-        setsockopt(f, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
         let one: libc::c_int = 1;
         setsockopt(f, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)?;
         setsockopt(f, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)?;
         setsockopt(f, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
+        if cfg.mode == RxMode::Socket {
+            // The VLAN tag the kernel takes out comes in a control message.
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)?;
+            // As much queue as the ring would have had (beyond the
+            // default limit with CAP_NET_ADMIN; the default otherwise).
+            let bytes = (cfg.block_size as libc::c_int).saturating_mul(cfg.blocks as libc::c_int);
+            if setsockopt(f, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes).is_err() {
+                let _ = setsockopt(f, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes);
+            }
+            let sock = Box::new(SockRx {
+                buf: vec![0u8; RECV_BATCH * RECV_SLOT],
+                hdrs: [[0; VNET_HDR_LEN]; RECV_BATCH],
+                ctl: [[0; CTL_WORDS]; RECV_BATCH],
+                more: false,
+            });
+            let ring = PacketRing {
+                fd,
+                map: NonNull::dangling(),
+                map_len: 0,
+                sock: Some(sock),
+                cfg,
+                block: 0,
+                left: 0,
+                next: 0,
+                holding: false,
+            };
+            bind_promisc(f, proto, ifindex)?;
+            return Ok(ring);
+        }
+        let version: libc::c_int = 2; // TPACKET_V3
+        setsockopt(f, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
         let frame_size = 2048u32;
         let req = libc::tpacket_req3 {
             tp_block_size: cfg.block_size,
@@ -160,23 +233,8 @@ impl PacketRing {
             return Err(io::Error::last_os_error());
         }
         let map = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let ring = PacketRing { fd, map, map_len, cfg, block: 0, left: 0, next: 0, holding: false };
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto as u16;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll and its size is passed.
-        cvt(unsafe {
-            libc::bind(f, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
-        })?;
-        let mreq = libc::packet_mreq {
-            mr_ifindex: ifindex as i32,
-            mr_type: libc::PACKET_MR_PROMISC as u16,
-            mr_alen: 0,
-            mr_address: [0; 8],
-        };
-        setsockopt(f, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
+        let ring = PacketRing { fd, map, map_len, sock: None, cfg, block: 0, left: 0, next: 0, holding: false };
+        bind_promisc(f, proto, ifindex)?;
         Ok(ring)
     }
 
@@ -206,8 +264,12 @@ impl PacketRing {
         unsafe { self.block_ptr(i).add(off).cast::<u32>().read_unaligned() }
     }
 
-    /// True if a block (or the rest of one) is waiting to be read.
+    /// True if a block (or the rest of one) is waiting to be read; in
+    /// socket mode, if the last burst was full (more may be queued).
     pub fn rx_ready(&self) -> bool {
+        if let Some(s) = &self.sock {
+            return s.more;
+        }
         self.holding || self.status(self.block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
 
@@ -220,6 +282,9 @@ impl PacketRing {
 
     /// Hands at most `max` frames to `f`; returns how many.
     pub fn recv_burst(&mut self, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
+        if self.sock.is_some() {
+            return self.recv_socket(max, f);
+        }
         let bs = self.cfg.block_size as usize;
         let mut n = 0;
         while n < max {
@@ -269,6 +334,59 @@ impl PacketRing {
             }
         }
         n
+    }
+
+    /// Socket mode's receive: one `recvmmsg` of up to 32 frames.
+    fn recv_socket(&mut self, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
+        let fd = self.fd();
+        let Some(s) = self.sock.as_mut() else { return 0 };
+        let n = max.min(RECV_BATCH);
+        if n == 0 {
+            return 0;
+        }
+        let base = s.buf.as_mut_ptr();
+        let mut iovs = [[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]; RECV_BATCH];
+        // SAFETY: msghdr/mmsghdr are plain data; all-zero is valid.
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            iovs[i] = [
+                libc::iovec { iov_base: s.hdrs[i].as_mut_ptr().cast(), iov_len: VNET_HDR_LEN },
+                // SAFETY: slot i lies inside `buf` (RECV_BATCH slots).
+                libc::iovec { iov_base: unsafe { base.add(i * RECV_SLOT) }.cast(), iov_len: RECV_SLOT },
+            ];
+            let m = &mut msgs[i].msg_hdr;
+            m.msg_iov = iovs[i].as_mut_ptr();
+            m.msg_iovlen = 2;
+            m.msg_control = s.ctl[i].as_mut_ptr().cast();
+            m.msg_controllen = size_of::<[u64; CTL_WORDS]>();
+        }
+        // SAFETY: each of the first `n` msghdrs points at two iovecs over
+        // live buffers of the lengths given (a header of `hdrs`, a slot of
+        // `buf`) and at a control buffer of `ctl`, all owned by `s` and
+        // alive for the call; MSG_TRUNC makes msg_len the frame's length.
+        let r = unsafe {
+            libc::recvmmsg(fd, msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT | libc::MSG_TRUNC, std::ptr::null_mut())
+        };
+        if r <= 0 {
+            s.more = false;
+            return 0;
+        }
+        let r = r as usize;
+        s.more = r == n;
+        let mut delivered = 0;
+        for (i, m) in msgs.iter().enumerate().take(r) {
+            let total = m.msg_len as usize;
+            if total < VNET_HDR_LEN {
+                continue;
+            }
+            let wire_len = total - VNET_HDR_LEN;
+            let len = wire_len.min(RECV_SLOT);
+            let vlan = auxdata_vlan(&m.msg_hdr);
+            let data = &s.buf[i * RECV_SLOT..i * RECV_SLOT + len];
+            f(RxFrame { data, wire_len, vlan, vnet: VnetHdr::from_bytes(&s.hdrs[i]) });
+            delivered += 1;
+        }
+        delivered
     }
 
     /// Frames the kernel dropped because the ring was full, since the last
@@ -335,12 +453,58 @@ impl PacketRing {
 
 impl Drop for PacketRing {
     fn drop(&mut self) {
+        if self.map_len == 0 {
+            return; // socket mode: nothing mapped
+        }
         // SAFETY: unmapping exactly the mapping made in `open`; no slice
         // into it outlives a `recv_burst` call. Closing the socket (after
         // this) drops the promiscuous membership and the ring.
         unsafe {
             libc::munmap(self.map.as_ptr().cast(), self.map_len);
         }
+    }
+}
+
+/// Binds packet socket `f` to `ifindex` for protocol `proto` and makes the
+/// interface promiscuous for as long as the socket lives.
+fn bind_promisc(f: RawFd, proto: libc::c_int, ifindex: u32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto as u16;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll and its size is passed.
+    cvt(unsafe {
+        libc::bind(f, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+    })?;
+    let mreq =
+        libc::packet_mreq { mr_ifindex: ifindex as i32, mr_type: libc::PACKET_MR_PROMISC as u16, mr_alen: 0, mr_address: [0; 8] };
+    setsockopt(f, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
+}
+
+/// The VLAN tag a received message's `PACKET_AUXDATA` says the kernel took
+/// out of the frame: (TPID, TCI).
+fn auxdata_vlan(m: &libc::msghdr) -> Option<(u16, u16)> {
+    // SAFETY: `m` came back from recvmmsg, which set msg_control and
+    // msg_controllen to the control messages it wrote into our buffer; the
+    // CMSG_* macros walk exactly that range.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_PACKET
+                && (*c).cmsg_type == libc::PACKET_AUXDATA
+                && (*c).cmsg_len as usize >= libc::CMSG_LEN(size_of::<libc::tpacket_auxdata>() as u32) as usize
+            {
+                let aux = libc::CMSG_DATA(c).cast::<libc::tpacket_auxdata>().read_unaligned();
+                if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                    let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { aux.tp_vlan_tpid } else { 0x8100 };
+                    return Some((tpid, aux.tp_vlan_tci));
+                }
+                return None;
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+        None
     }
 }
 
