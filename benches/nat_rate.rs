@@ -143,8 +143,12 @@ fn main() {
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let flows = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/conntrack/host.flows");
     let me = std::env::current_exe().expect("own path");
-    let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> =
-        vec![("kernel", vec![], vec![]), ("afpacket", vec![], vec![]), ("afpsock", vec![], vec![]), ("afxdp", vec![], vec![])];
+    let mut results: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+        ("kernel", vec![], vec![]),
+        ("afpacket", vec![], vec![]),
+        ("afpsock", vec![], vec![]),
+        ("afxdp", vec![], vec![]),
+    ];
     for rep in 0..reps {
         for (name, tcp, cps) in results.iter_mut() {
             let kernel = *name == "kernel";

@@ -97,9 +97,12 @@ impl AfPacketConfig {
             block_size: spec.option("block_size")?.unwrap_or(d.block_size),
             blocks: spec.option("blocks")?.unwrap_or(d.blocks),
             block_timeout_ms: spec.option("block_timeout_ms")?.unwrap_or(d.block_timeout_ms),
-            rx_mode: spec.option("rx_mode").map_err(|_| {
-                Error::invalid("afpacket rx_mode", "must be ring (a TPACKET_V3 ring) or socket (recvmmsg)")
-            })?.unwrap_or(d.rx_mode),
+            rx_mode: spec
+                .option("rx_mode")
+                .map_err(|_| {
+                    Error::invalid("afpacket rx_mode", "must be ring (a TPACKET_V3 ring) or socket (recvmmsg)")
+                })?
+                .unwrap_or(d.rx_mode),
         };
         c.validate()?;
         Ok(c)

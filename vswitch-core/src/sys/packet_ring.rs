@@ -477,8 +477,12 @@ fn bind_promisc(f: RawFd, proto: libc::c_int, ifindex: u32) -> io::Result<()> {
     cvt(unsafe {
         libc::bind(f, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
     })?;
-    let mreq =
-        libc::packet_mreq { mr_ifindex: ifindex as i32, mr_type: libc::PACKET_MR_PROMISC as u16, mr_alen: 0, mr_address: [0; 8] };
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex as i32,
+        mr_type: libc::PACKET_MR_PROMISC as u16,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
     setsockopt(f, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
 }
 
@@ -497,7 +501,8 @@ fn auxdata_vlan(m: &libc::msghdr) -> Option<(u16, u16)> {
             {
                 let aux = libc::CMSG_DATA(c).cast::<libc::tpacket_auxdata>().read_unaligned();
                 if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
-                    let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { aux.tp_vlan_tpid } else { 0x8100 };
+                    let tpid =
+                        if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { aux.tp_vlan_tpid } else { 0x8100 };
                     return Some((tpid, aux.tp_vlan_tci));
                 }
                 return None;
