@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use vswitch_core::{DropReason, ErrorKind, PortConfig, PortNo, Switch, VlanMode};
 use vswitch_tests::netns::{NetNs, Veth, iperf3, is_promiscuous, run};
 
+// (Every kernel socket for packets starts with "AF_".)
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     AfPacket,

@@ -12,6 +12,8 @@ use vswitch_tests::netns::{run, unique};
 use vswitch_tests::process_cpu_seconds;
 
 /// A kernel-port backend.
+// (Every kernel socket for packets starts with "AF_".)
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     AfPacket,
