@@ -370,3 +370,12 @@ time.sleep(1)
     let _ = server.wait();
     let _ = std::fs::remove_file(&marker);
 }
+
+#[test]
+fn the_container_host_example_runs() {
+    let text = common::run_script("examples/conntrack/host.sh");
+    for line in ["masquerade: ok", "published port from outside: ok", "hairpin from c2: ok", "outside blocked: ok"] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    assert!(text.ends_with("conntrack ok\n"), "{text}");
+}
