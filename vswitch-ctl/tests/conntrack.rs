@@ -379,3 +379,74 @@ fn the_container_host_example_runs() {
     }
     assert!(text.ends_with("conntrack ok\n"), "{text}");
 }
+
+/// A connection from a container, and a RST forged by the outside host
+/// with a sequence number far outside the window (a raw socket, so its
+/// own kernel's stack stays out of it): conntrack calls it `+inv`, the
+/// recipe drops it, and the connection carries on.
+#[test]
+fn a_forged_out_of_window_rst_is_dropped_and_the_connection_lives() {
+    let h = host();
+    const SERVER: &str = r#"
+import socket, struct, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("192.0.2.50", 7100))
+s.listen(1)
+s.settimeout(20)
+c, (peer, port) = s.accept()
+c.settimeout(10)
+assert c.recv(100) == b"one"
+# The forged RST: from the server's address and port to the client's
+# mapped address, 100 MB beyond any sequence number in use.
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16:
+        t = (t & 0xffff) + (t >> 16)
+    return (~t) & 0xffff
+src, dst = socket.inet_aton("192.0.2.50"), socket.inet_aton(peer)
+tcp = struct.pack("!HHIIBBHHH", 7100, port, 0x12345678, 0, 0x50, 0x04, 0, 0, 0)
+tcp = tcp[:16] + struct.pack("!H", csum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, src, dst)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+r.sendto(ip + tcp, (peer, 0))
+print("forged", flush=True)
+time.sleep(0.5)
+c.sendall(b"two")
+assert c.recv(100) == b"three"
+print("alive")
+"#;
+    const CLIENT: &str = r#"
+import socket, time
+deadline = time.time() + 10
+while True:
+    try:
+        c = socket.create_connection(("192.0.2.50", 7100), timeout=2)
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+c.settimeout(10)
+c.sendall(b"one")
+assert c.recv(100) == b"two", "the connection was reset"
+c.sendall(b"three")
+print("client ok")
+"#;
+    let invalid = |h: &Host| h.d.json(&["ct-stats"])["drops"]["invalid"].as_u64().unwrap();
+    let before = invalid(&h);
+    let server = spawn_py(&h.ext, SERVER, &[]);
+    let client = py(&h.c1, CLIENT, &[]);
+    let out = server.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("forged") && said.contains("alive"), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(client, "client ok");
+    assert!(invalid(&h) > before, "the forged RST was counted invalid");
+    let conns = h.d.json(&["dump-conntrack", "ct_tp_dst=7100"]);
+    // The connection was closed since by both ends' FINs (a first attempt
+    // before the server listened may be there too, closed by its RST).
+    assert!(conns.as_array().unwrap().iter().any(|c| c["tcp_state"] == "TIME_WAIT"), "{conns}");
+}
