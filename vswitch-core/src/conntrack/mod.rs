@@ -1107,14 +1107,10 @@ impl Conntrack {
             connections: total,
             limit: self.limit.load(Ordering::Relaxed) as u32,
             bytes_per_connection: std::mem::size_of::<Entry>()
-                + 4 * self.table_buckets() / self.limit.load(Ordering::Relaxed).max(1),
+                + 4 * self.table.buckets() / self.limit.load(Ordering::Relaxed).max(1),
             zones,
             drops: CtDrop::ALL.iter().map(|&d| (d, self.drops[d as usize].load(Ordering::Relaxed))).collect(),
         }
-    }
-
-    fn table_buckets(&self) -> usize {
-        self.table.buckets()
     }
 
     /// Connections in `zone`.
@@ -1215,7 +1211,7 @@ impl Hit {
 
     /// Clears the `ct_*` fields of a key (`ct_clear`).
     pub(crate) fn clear_key(key: &mut crate::flow::PackedKey) {
-        Hit { state: 0, zone: 0, orig: Key::default(), mark: 0, label: 0, ..Hit::default() }.write_key(key);
+        Hit::default().write_key(key);
     }
 }
 

@@ -254,23 +254,22 @@ impl Datapath {
             return;
         };
         let Some(next) = self.next_lookup(f, depth, drops) else { return };
-        if final_use {
-            if self.ct_track(f, ct, at.now_ms, drops) {
+        // Tracked, then on in `table`: `f` itself, or a copy of it.
+        let mut go_on = |dp: &mut Self, f: &mut InFlight<'_>| {
+            if dp.ct_track(f, ct, at.now_ms, drops) {
                 f.key.set_table(table);
-                let id = self.lookup(br, f.key);
-                self.enter(|dp| dp.apply_rule(br, at, f, id, next, true, drops));
+                let id = dp.lookup(br, f.key);
+                dp.enter(|dp| dp.apply_rule(br, at, f, id, next, true, drops));
             }
-            return;
+        };
+        if final_use {
+            return go_on(self, f);
         }
         let Some(p) = f.pkt.as_ref() else { return };
         let copy = self.pool.clone_packet(p);
         let mut key = *f.key;
         let mut c = InFlight { pkt: Some(copy), key: &mut key, h: f.h, ..*f };
-        if self.ct_track(&mut c, ct, at.now_ms, drops) {
-            c.key.set_table(table);
-            let id = self.lookup(br, c.key);
-            self.enter(|dp| dp.apply_rule(br, at, &mut c, id, next, true, drops));
-        }
+        go_on(self, &mut c);
         self.join(f, c);
     }
 
@@ -721,7 +720,7 @@ impl Datapath {
 /// A dry run's note of what a `ct` action found.
 fn ct_note(ct: &CtAction, hit: &Hit, reused: bool, dry: bool, rewrite: Option<&Rewrite>) -> String {
     use conntrack::state::*;
-    let st: String = NAMES.iter().filter(|(_, bit)| hit.state & bit != 0).map(|(n, _)| format!("+{n}")).collect();
+    let st = crate::flow::fmt_ct_state(hit.state, hit.state);
     let mut s = format!("{ct}: zone {} ", hit.zone);
     s.push_str(if reused { "(tracked already in this zone) " } else { "" });
     s.push_str(match hit.state {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::action::split_top_level;
 use super::field::SubField;
-use super::matching::{FlowParseError, err, parse_num};
+use super::matching::{FlowParseError, err, parse_num, parse_u128 as parse_wide};
 use crate::conntrack::{Nat, parse_nat};
 
 /// The zone a `ct` action tracks in.
@@ -56,15 +56,6 @@ impl Default for CtAction {
             label: None,
         }
     }
-}
-
-fn parse_wide(s: &str, what: &str) -> Result<u128, FlowParseError> {
-    let s = s.trim();
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u128::from_str_radix(h, 16),
-        None => s.parse::<u128>(),
-    };
-    r.map_err(|_| FlowParseError(format!("{what} value '{s}' is not a number")))
 }
 
 /// One `exec(...)` action: sets the mark or label bits.

@@ -587,8 +587,9 @@ fn parse_ct_state(v: &str) -> Result<(u8, u8), FlowParseError> {
     Ok((val, mask))
 }
 
-/// `ct_state` as flags, in bit order.
-fn fmt_ct_state(v: u8, m: u8) -> String {
+/// `ct_state` as flags, in bit order (`+` for bits of `v`, `-` for the
+/// other bits of `m`).
+pub(crate) fn fmt_ct_state(v: u8, m: u8) -> String {
     let mut out = String::new();
     for (name, bit) in ct_state::NAMES {
         if m & bit != 0 {
@@ -599,7 +600,9 @@ fn fmt_ct_state(v: u8, m: u8) -> String {
     out
 }
 
-fn parse_u128(s: &str, what: &str) -> Result<u128, FlowParseError> {
+/// Parses an unsigned number of up to 128 bits, decimal or `0x` hex.
+pub(crate) fn parse_u128(s: &str, what: &str) -> Result<u128, FlowParseError> {
+    let s = s.trim();
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u128::from_str_radix(h, 16),
         None => s.parse::<u128>(),

@@ -38,7 +38,7 @@ pub use group::{Bucket, BucketStats, GroupSpec, GroupStats, GroupType, MAX_BUCKE
 pub(crate) use group::{Group, GroupTable};
 pub use key::{FlowKey, FragKind, Layer, TunnelKey};
 pub use matching::{FlowParseError, Match};
-pub(crate) use matching::{err as matching_err, parse_num};
+pub(crate) use matching::{err as matching_err, fmt_ct_state, parse_num};
 pub(crate) use packed::{
     CT_DST_WORD, CT_LABEL_WORD, CT_PROTO_SHIFT, CT_SRC_WORD, CT_STATE_SHIFT, CT_WORD, CT_ZONE_SHIFT, MARK_WORD,
 };
