@@ -18,6 +18,7 @@ use crate::flow::{FlowParseError, Headers, matching_err as err, parse_num};
 use crate::packet::Packet;
 use crate::wire::be16;
 use crate::wire::checksum::csum_replace;
+use crate::wire::rewrite::Layout;
 
 /// Source or destination NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -266,114 +267,12 @@ pub(crate) fn candidates(orig: &Key, r: &NatRange, salt: u64) -> impl Iterator<I
     })
 }
 
-/// Writes the 16-bit word at `at` and fixes the checksum at `csum`
-/// (`None`: there is none; `Some((at, udp))`: a UDP checksum of 0 means
-/// "none" and stays 0).
-fn put16(d: &mut [u8], at: usize, new: u16, csums: &[Option<(usize, bool)>]) {
-    let old = be16(d, at);
-    if old == new {
-        return;
-    }
-    for &(c, udp) in csums.iter().flatten() {
-        let v = be16(d, c);
-        if udp && v == 0 {
-            continue;
-        }
-        let mut n = csum_replace(v, old, new);
-        if udp && n == 0 {
-            n = 0xffff;
-        }
-        d[c..c + 2].copy_from_slice(&n.to_be_bytes());
-    }
-    d[at..at + 2].copy_from_slice(&new.to_be_bytes());
-}
-
-fn addr_words(a: IpAddr) -> ([u16; 8], usize) {
-    match a {
-        IpAddr::V4(v) => {
-            let o = v.octets();
-            ([u16::from_be_bytes([o[0], o[1]]), u16::from_be_bytes([o[2], o[3]]), 0, 0, 0, 0, 0, 0], 2)
-        }
-        IpAddr::V6(v) => (v.segments(), 8),
-    }
-}
-
-/// Where a packet's headers are, for rewriting one IP header and the
-/// transport header behind it.
-#[derive(Debug, Clone, Copy)]
-struct Layout {
-    l3: usize,
-    l4: usize,
-    v6: bool,
-    proto: u8,
-    /// The transport checksum is the pseudo-header sum only (offload).
-    partial: bool,
-    /// The transport header is complete enough to hold its checksum.
-    l4_csum: Option<(usize, bool)>,
-}
-
-impl Layout {
-    fn new(d: &[u8], l3: usize, l4: usize, v6: bool, proto: u8, partial: bool) -> Layout {
-        let off = match proto {
-            TCP => Some((16, false)),
-            UDP => Some((6, true)),
-            ICMP | ICMPV6 => Some((2, false)),
-            _ => None,
-        };
-        let l4_csum = off.filter(|(o, _)| l4 != 0 && l4 + o + 2 <= d.len()).map(|(o, udp)| (l4 + o, udp));
-        Layout { l3, l4, v6, proto, partial, l4_csum }
-    }
-
-    /// The checksums an address change touches.
-    fn addr_csums(&self) -> [Option<(usize, bool)>; 2] {
-        let ip = (!self.v6).then_some((self.l3 + 10, false));
-        // ICMPv4 has no pseudo-header; a partial checksum is fixed apart.
-        let l4 = if self.proto == ICMP || self.partial { None } else { self.l4_csum };
-        [ip, l4]
-    }
-
-    fn set_addr(&self, d: &mut [u8], src: bool, a: IpAddr) {
-        let (words, n) = addr_words(a);
-        let base = if self.v6 { self.l3 + if src { 8 } else { 24 } } else { self.l3 + if src { 12 } else { 16 } };
-        if base + 2 * n > d.len() || a.is_ipv6() != self.v6 {
-            return;
-        }
-        for (i, &w) in words[..n].iter().enumerate() {
-            let at = base + 2 * i;
-            if self.partial
-                && let Some((c, _)) = self.l4_csum
-            {
-                // The field holds the uncomplemented pseudo-header sum.
-                let (old, v) = (be16(d, at), be16(d, c));
-                d[c..c + 2].copy_from_slice(&(!csum_replace(!v, old, w)).to_be_bytes());
-            }
-            put16(d, at, w, &self.addr_csums());
-        }
-    }
-
-    fn set_port(&self, d: &mut [u8], src: bool, p: u16, echo: bool) {
-        let at = match self.proto {
-            TCP | UDP if src => self.l4,
-            TCP | UDP => self.l4 + 2,
-            // Only an echo's identifier: other ICMP messages have other
-            // data there.
-            ICMP | ICMPV6 if src && echo => self.l4 + 4,
-            _ => return,
-        };
-        if self.l4 == 0 || at + 2 > d.len() {
-            return;
-        }
-        let csum = if self.partial { None } else { self.l4_csum };
-        put16(d, at, p, &[csum]);
-    }
-
-    /// Rewrites the headers to `to`'s addresses and ports.
-    fn rewrite(&self, d: &mut [u8], to: &Key) {
-        self.set_addr(d, true, to.src());
-        self.set_addr(d, false, to.dst());
-        self.set_port(d, true, to.sport(), to.is_echo());
-        self.set_port(d, false, to.dport(), to.is_echo());
-    }
+/// Rewrites the headers `l` locates to `to`'s addresses and ports.
+fn rewrite(l: &Layout, d: &mut [u8], to: &Key) {
+    l.set_addr(d, true, to.src());
+    l.set_addr(d, false, to.dst());
+    l.set_port(d, true, to.sport(), to.is_echo());
+    l.set_port(d, false, to.dport(), to.is_echo());
 }
 
 /// Rewrites a packet's IP and transport headers to `to` (the key it must
@@ -389,12 +288,11 @@ pub(crate) fn translate(p: &mut Packet, h: &Headers, to: &Key) {
         _ => 0,
     };
     let l = Layout::new(d, h.l3, l4, to.is_v6(), to.proto(), partial);
-    l.rewrite(d, to);
+    rewrite(&l, d, to);
 }
 
-/// Translates an ICMP error: the outer destination (and source, if the
-/// error came from the far end itself) and the quoted packet, whose
-/// header starts at `at`, to `quoted`. The ICMP checksum covers the
+/// Translates an ICMP error: its outer addresses to `outer_to`'s and the
+/// quoted packet, whose header starts at `at`, to `quoted`. The ICMP checksum covers the
 /// quoted packet, so it is fixed for every word changed there.
 pub(crate) fn translate_error(p: &mut Packet, h: &Headers, at: usize, outer_to: &Key, quoted: &Key) {
     let d = p.data_mut();
@@ -409,7 +307,7 @@ pub(crate) fn translate_error(p: &mut Packet, h: &Headers, at: usize, outer_to: 
     let ql4 = at + ihl;
     let inner = Layout::new(d, at, ql4, v6, quoted.proto(), false);
     let before = d.to_vec();
-    inner.rewrite(d, quoted);
+    rewrite(&inner, d, quoted);
     // Fold the changes of the quoted bytes into the ICMP checksum.
     let mut i = at & !1;
     while i + 2 <= d.len() {

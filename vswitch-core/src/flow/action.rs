@@ -18,6 +18,7 @@ use super::packed::Headers;
 use crate::packet::Packet;
 use crate::port::PortNo;
 use crate::wire::checksum::csum_replace;
+use crate::wire::rewrite::Layout;
 use crate::wire::{MacAddr, be16, ethertype};
 
 /// One action of a rule. Actions run in order; every output action sends
@@ -524,39 +525,10 @@ fn put16(d: &mut [u8], at: usize, v: u16) {
     d[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Offset of the TCP/UDP checksum within the transport header, if the
-/// packet has one that covers the pseudo-header.
-fn l4_csum_offset(h: &Headers, len: usize) -> Option<usize> {
-    let off = match h.nw_proto {
-        6 => 16,
-        17 => 6,
-        _ => return None,
-    };
-    (h.l4 != 0 && h.l4 + off + 2 <= len).then_some(h.l4 + off)
-}
-
-/// Adjusts the TCP/UDP checksum for a 16-bit change; `pseudo` says the
-/// changed word is part of the pseudo-header (an address).
-fn update_l4_csum(d: &mut [u8], h: &Headers, old: u16, new: u16, pseudo: bool) {
-    if let Some(at) = l4_csum_offset(h, d.len()) {
-        let c = get16(d, at);
-        if h.partial_csum {
-            // The field is the uncomplemented pseudo-header sum: only
-            // pseudo-header changes touch it, the rest is summed later.
-            if pseudo {
-                put16(d, at, !csum_replace(!c, old, new));
-            }
-            return;
-        }
-        if h.nw_proto == 17 && c == 0 {
-            return; // no UDP checksum
-        }
-        let mut n = csum_replace(c, old, new);
-        if h.nw_proto == 17 && n == 0 {
-            n = 0xffff;
-        }
-        put16(d, at, n);
-    }
+/// The rewriter for the headers `h` locates (checksums as the parser and
+/// the packet's offload state say).
+fn layout(d: &[u8], h: &Headers) -> Layout {
+    Layout::new(d, h.l3, h.l4, h.dl_type == ethertype::IPV6, h.nw_proto, h.partial_csum)
 }
 
 /// Rewrites the IPv4 source (`src`) or destination address.
@@ -565,35 +537,13 @@ pub(crate) fn set_ipv4_addr(p: &mut Packet, h: &Headers, src: bool, addr: Ipv4Ad
         return;
     }
     let d = p.data_mut();
-    let at = h.l3 + if src { 12 } else { 16 };
-    if at + 4 > d.len() {
-        return;
-    }
-    let new = addr.octets();
-    for half in 0..2 {
-        let o = at + 2 * half;
-        let old = get16(d, o);
-        let nw = u16::from_be_bytes([new[2 * half], new[2 * half + 1]]);
-        let c = csum_replace(get16(d, h.l3 + 10), old, nw);
-        put16(d, h.l3 + 10, c);
-        update_l4_csum(d, h, old, nw, true);
-        put16(d, o, nw);
-    }
+    layout(d, h).set_addr(d, src, addr.into());
 }
 
 /// Rewrites the TCP/UDP source (`src`) or destination port.
 pub(crate) fn set_l4_port(p: &mut Packet, h: &Headers, src: bool, port: u16) {
-    if !matches!(h.nw_proto, 6 | 17) || h.l4 == 0 {
-        return;
-    }
     let d = p.data_mut();
-    let at = h.l4 + if src { 0 } else { 2 };
-    if at + 2 > d.len() {
-        return;
-    }
-    let old = get16(d, at);
-    update_l4_csum(d, h, old, port, false);
-    put16(d, at, port);
+    layout(d, h).set_port(d, src, port, false);
 }
 
 /// Decrements the TTL / hop limit; false if the packet must be dropped.

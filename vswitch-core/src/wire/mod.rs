@@ -8,6 +8,7 @@
 
 pub(crate) mod checksum;
 mod mac_addr;
+pub(crate) mod rewrite;
 pub mod vlan;
 
 pub use mac_addr::{MacAddr, ParseMacError};
