@@ -73,6 +73,14 @@ pub enum Error {
         /// The bridge that holds it.
         bridge: String,
     },
+    /// Something else the request names does not exist (a network, a
+    /// network namespace, an attachment); the message says what.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something else the request would create exists already (an
+    /// attachment, an interface in a container); the message says what.
+    #[error("{0}")]
+    Exists(String),
     /// An argument was malformed or out of range.
     #[error("invalid {what}: {why}")]
     InvalidArgument {
@@ -121,8 +129,8 @@ impl Error {
     /// The error's category.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::BridgeNotFound(_) | Error::PortNotFound(_) => ErrorKind::NotFound,
-            Error::BridgeExists(_) | Error::PortExists { .. } => ErrorKind::Exists,
+            Error::BridgeNotFound(_) | Error::PortNotFound(_) | Error::NotFound(_) => ErrorKind::NotFound,
+            Error::BridgeExists(_) | Error::PortExists { .. } | Error::Exists(_) => ErrorKind::Exists,
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Full(_) => ErrorKind::Full,
             Error::Io { .. } => ErrorKind::Io,

@@ -40,6 +40,7 @@ pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mac;
+pub mod net;
 pub mod packet;
 pub mod port;
 mod switch;

@@ -311,6 +311,10 @@ pub struct PortInfo {
     /// Backend options.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// What the port is to whoever made it (a container network's port:
+    /// `container_id`, `ifname`, `network`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_ids: BTreeMap<String, String>,
     /// True for a port that is not saved in the daemon's configuration.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub transient: bool,
@@ -908,6 +912,7 @@ impl Switch {
                         kind: p.kind.to_string(),
                         vlan: p.vlan.describe(),
                         options: p.spec.as_ref().map(|s| s.options.clone()).unwrap_or_default(),
+                        external_ids: p.spec.as_ref().map(|s| s.external_ids.clone()).unwrap_or_default(),
                         transient: p.spec.as_ref().is_none_or(|s| s.transient),
                         error: p.status.error(),
                         status: p.status.info(),

@@ -154,6 +154,8 @@ struct PortAdd {
     #[serde(default)]
     transient: bool,
     #[serde(default)]
+    external_ids: BTreeMap<String, String>,
+    #[serde(default)]
     may_exist: bool,
 }
 
@@ -169,6 +171,9 @@ struct PortSet {
     /// Options to set; a null value removes the option.
     #[serde(default)]
     options: BTreeMap<String, Option<String>>,
+    /// External ids to set; a null value removes the id.
+    #[serde(default)]
+    external_ids: BTreeMap<String, Option<String>>,
     #[serde(default)]
     transient: Option<bool>,
 }
@@ -496,6 +501,7 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
                 trunks: a.trunks,
                 options: a.options,
                 transient: a.transient,
+                external_ids: a.external_ids,
             };
             match sw.add_port_spec(&a.bridge, &spec, OnOpenError::Fail) {
                 Err(Error::PortExists { .. }) if a.may_exist => ok(Value::Null),
@@ -540,10 +546,16 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
                             None => new.options.remove(&k),
                         };
                     }
+                    for (k, v) in a.external_ids {
+                        match v {
+                            Some(v) => new.external_ids.insert(k, v),
+                            None => new.external_ids.remove(&k),
+                        };
+                    }
                     new.transient = a.transient.unwrap_or(new.transient);
                     sw.set_port_spec(&new)?;
                 }
-                (_, None) if a.options.is_empty() && a.transient.is_none() => {
+                (_, None) if a.options.is_empty() && a.external_ids.is_empty() && a.transient.is_none() => {
                     if let Some(v) = vlan {
                         sw.set_port_vlan(&a.name, v)?;
                     }
@@ -899,6 +911,7 @@ pub struct Control {
     writer: std::sync::Mutex<()>,
     test_hooks: bool,
     bundles: Bundles,
+    networks: Option<Arc<crate::net::Networks>>,
 }
 
 #[derive(Deserialize)]
@@ -932,6 +945,7 @@ impl Control {
             writer: Default::default(),
             test_hooks: false,
             bundles: Bundles::default(),
+            networks: None,
         }
     }
 
@@ -947,6 +961,7 @@ impl Control {
             writer: Default::default(),
             test_hooks: false,
             bundles: Bundles::default(),
+            networks: None,
         }
     }
 
@@ -972,6 +987,13 @@ impl Control {
         self
     }
 
+    /// Serves container networks too: the `net.*` methods (see
+    /// [`crate::net`]).
+    pub fn with_networks(mut self, networks: Arc<crate::net::Networks>) -> Control {
+        self.networks = Some(networks);
+        self
+    }
+
     /// The switch served.
     pub fn switch(&self) -> &Arc<Switch> {
         &self.switch
@@ -983,12 +1005,18 @@ impl Control {
     pub fn dispatch(&self, line: &str) -> String {
         let sw = &*self.switch;
         respond(line, |method, p| {
-            let changes = method == "transact" || CHANGES.contains(&method);
+            let net = self.networks.as_ref().filter(|_| crate::net::NET_METHODS.contains(&method));
+            let changes =
+                method == "transact" || CHANGES.contains(&method) || crate::net::NET_CHANGES.contains(&method);
             let _writer = changes.then(|| self.writer.lock().unwrap_or_else(|e| e.into_inner()));
             let before = (changes && self.store.is_some()).then(|| sw.bridge_settings());
             let r = match method {
                 "transact" => transact(sw, self.kernel_type, &self.bundles, p),
                 "debug.stall_datapath" | "debug.panic_datapath" if self.test_hooks => test_hook(sw, method, p),
+                "system.list_methods" if self.networks.is_some() => {
+                    ok(METHODS.iter().chain(crate::net::NET_METHODS).collect::<Vec<_>>())
+                }
+                _ if net.is_some() => net.map_or(Ok(Value::Null), |n| n.call(method, p).map_err(RpcError::from)),
                 _ => call(sw, self.kernel_type, &self.bundles, method, p),
             };
             // Whatever changed is saved, even by a request that failed (a

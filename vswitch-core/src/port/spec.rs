@@ -40,6 +40,11 @@ pub struct PortSpec {
     /// Not saved: the port lasts until the daemon stops.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transient: bool,
+    /// What the port is to whoever made it (`external_ids:KEY=VALUE`, as
+    /// Open vSwitch's column): a container network's port carries its
+    /// `container_id`, `ifname` and `network`. The switch never reads them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_ids: BTreeMap<String, String>,
 }
 
 /// The kinds of port the switch creates itself. An unknown name is an
@@ -118,6 +123,7 @@ impl PortSpec {
             trunks: Vec::new(),
             options: BTreeMap::new(),
             transient: false,
+            external_ids: BTreeMap::new(),
         }
     }
 

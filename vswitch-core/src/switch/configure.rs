@@ -106,8 +106,16 @@ impl Switch {
         let old = old.ok_or_else(|| {
             Error::invalid("port", format!("'{}' is an embedder's port; only its VLAN can be set", spec.name))
         })?;
-        let same_backend = PortSpec { tag: None, trunks: vec![], port_no: None, transient: false, ..spec.clone() }
-            == PortSpec { tag: None, trunks: vec![], port_no: None, transient: false, ..old.clone() };
+        // VLANs, persistence and external ids change in place.
+        let backend = |s: &PortSpec| PortSpec {
+            tag: None,
+            trunks: vec![],
+            port_no: None,
+            transient: false,
+            external_ids: Default::default(),
+            ..s.clone()
+        };
+        let same_backend = backend(spec) == backend(&old);
         if same_backend {
             self.set_port_vlan(&spec.name, spec.vlan_mode()?)?;
             let mut reg = self.registry();

@@ -15,6 +15,7 @@ use clap::{Parser, ValueEnum};
 use vswitch_core::Switch;
 use vswitch_core::config::{Loaded, Store};
 use vswitch_core::control::{Control, ControlServer, ServerOptions};
+use vswitch_core::net::Networks;
 
 /// Exit status after a datapath thread failed (EX_SOFTWARE).
 const EXIT_DATAPATH_FAILED: i32 = 70;
@@ -43,6 +44,10 @@ struct Args {
     /// Configuration file: replayed at start, rewritten after each change.
     #[arg(long, default_value = "/var/lib/vswitch/conf.json")]
     db: PathBuf,
+    /// Container networks' state and the built-in IPAM's reservations
+    /// (default: `net` beside the configuration file).
+    #[arg(long)]
+    net_dir: Option<PathBuf>,
     /// Poll-mode datapath threads.
     #[arg(long, default_value_t = 1)]
     pmd_threads: usize,
@@ -178,9 +183,18 @@ fn main() {
             }
         }
     }
+    let net_dir = args.net_dir.clone().unwrap_or_else(|| {
+        args.db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).join("net")
+    });
+    let kernel_type = args
+        .default_port_type
+        .parse()
+        .unwrap_or_else(|_| fail(format_args!("'{}' is not afpacket or afxdp", args.default_port_type)));
+    let networks = Networks::open(switch.clone(), &net_dir, kernel_type).unwrap_or_else(|e| fail(e));
     let mut control = Control::with_store(switch.clone(), store)
         .default_port_type(&args.default_port_type)
-        .unwrap_or_else(|e| fail(e));
+        .unwrap_or_else(|e| fail(e))
+        .with_networks(Arc::new(networks));
     if args.enable_test_hooks {
         control = control.with_test_hooks();
     }

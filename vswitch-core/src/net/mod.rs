@@ -1,0 +1,796 @@
+//! Container networks: a network is a bridge with an address plan (the
+//! built-in IPAM, or addresses a delegated CNI IPAM plugin handed out),
+//! an optional gateway port holding the gateway addresses on the host,
+//! and per-network options (MTU, VLAN, MAC/IP spoof checks); an
+//! attachment is one container interface on it: a veth pair whose host
+//! end is a port of the bridge carrying the attachment's identity
+//! (`external_ids`: `container_id`, `ifname`, `network`).
+//!
+//! [`Networks`] keeps the networks and attachments (saved in its state
+//! file after each change, so DEL stays idempotent and GC is a set
+//! difference across daemon restarts) and serves the `net.*` control
+//! methods that `vswitch-cni` and `vswitch-ctl net-*` call.
+//!
+//! What a network adds to its bridge's flow table carries a cookie of the
+//! network's (upper 32 bits) and the attachment's (lower 32 bits), so it
+//! is removed by cookie and never touches rules someone else added.
+
+mod flows;
+pub mod ipam;
+mod plumb;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::{PortKind, PortSpec};
+use crate::wire::MacAddr;
+use crate::{Error, OnOpenError, Result, Switch};
+pub use ipam::{IpConfig, IpRange, IpamConfig, RouteConfig};
+
+/// Every method [`Networks::call`] serves.
+pub const NET_METHODS: &[&str] =
+    &["net.create", "net.delete", "net.list", "net.attach", "net.detach", "net.check", "net.gc"];
+
+/// The `net.*` methods that change something (run one at a time, and the
+/// switch's configuration saved after them).
+pub const NET_CHANGES: &[&str] = &["net.create", "net.delete", "net.attach", "net.detach", "net.gc"];
+
+/// A network's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Its name (the CNI configuration's `name`).
+    pub name: String,
+    /// The bridge (default: the network's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// The built-in IPAM's configuration; `None` when addresses come
+    /// with each attachment (a delegated IPAM plugin) or there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<IpamConfig>,
+    /// An internal port, named after the bridge, holds the gateway
+    /// addresses on the host.
+    #[serde(default)]
+    pub is_gateway: bool,
+    /// Containers get a default route via the gateway (implies
+    /// `is_gateway`).
+    #[serde(default)]
+    pub is_default_gateway: bool,
+    /// MTU of both ends of each veth pair and of the gateway port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// The VLAN the network's ports are access ports of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Frames from a container whose source MAC or IP is not its own are
+    /// dropped (and counted by the rules that drop them).
+    #[serde(default)]
+    pub macspoofchk: bool,
+    /// Accepted for the reference `bridge` plugin's configurations. The
+    /// switch never sends a frame back out of the port it came in by.
+    #[serde(default)]
+    pub hairpin: bool,
+}
+
+impl NetworkSpec {
+    /// The bridge's name.
+    pub fn bridge(&self) -> &str {
+        self.bridge.as_deref().unwrap_or(&self.name)
+    }
+
+    fn gateway(&self) -> bool {
+        self.is_gateway || self.is_default_gateway
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok_name = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
+        if !ok_name(&self.name) {
+            return Err(Error::invalid(
+                "network",
+                format!("'{}' is not a network name (letters, digits, '-', '_', '.')", self.name),
+            ));
+        }
+        if self.gateway() && (self.bridge().len() >= 16 || self.bridge().contains(['/', ' '])) {
+            return Err(Error::invalid(
+                "network",
+                format!("bridge '{}' cannot name a gateway interface (at most 15 bytes)", self.bridge()),
+            ));
+        }
+        if let Some(ipam) = &self.ipam {
+            ipam.range_sets()?;
+        }
+        if let Some(v) = self.vlan {
+            crate::VlanMode::access(v)?;
+        }
+        if self.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
+            return Err(Error::invalid("network", "mtu must be 68 to 65535"));
+        }
+        Ok(())
+    }
+}
+
+/// One container interface on a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network.
+    pub network: String,
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME.
+    pub ifname: String,
+    /// CNI_NETNS.
+    pub netns: String,
+    /// The host end of the veth pair: the bridge port.
+    pub port: String,
+    /// The container interface's MAC.
+    pub mac: MacAddr,
+    /// The host end's MAC.
+    pub host_mac: MacAddr,
+    /// Its addresses.
+    pub ips: Vec<IpConfig>,
+    /// Its routes.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// DNS settings handed back to the runtime as they came.
+    #[serde(default)]
+    pub dns: Value,
+    /// Labels, for network policy.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The addresses came from the built-in IPAM (and go back to it).
+    #[serde(default)]
+    pub builtin_ipam: bool,
+    /// The low 32 bits of its rules' cookies.
+    pub id: u32,
+}
+
+/// `net.attach`'s parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachArgs {
+    /// The network.
+    pub network: String,
+    /// Creates the network, or updates it to this (a CNI configuration).
+    #[serde(default)]
+    pub spec: Option<NetworkSpec>,
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME.
+    pub ifname: String,
+    /// CNI_NETNS (a path).
+    pub netns: String,
+    /// Addresses from a delegated IPAM plugin (none: the built-in IPAM's).
+    #[serde(default)]
+    pub ips: Option<Vec<IpConfig>>,
+    /// Routes from a delegated IPAM plugin.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// DNS from a delegated IPAM plugin.
+    #[serde(default)]
+    pub dns: Value,
+    /// Addresses asked for (`IP=` in CNI_ARGS, `ips` in runtimeConfig).
+    #[serde(default)]
+    pub request_ips: Vec<IpAddr>,
+    /// The container interface's MAC (none: the kernel's choice).
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// Labels, for network policy.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateArgs {
+    network: NetworkSpec,
+    #[serde(default)]
+    may_exist: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteArgs {
+    name: String,
+    #[serde(default)]
+    if_exists: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetachArgs {
+    network: String,
+    container_id: String,
+    ifname: String,
+    /// A network that was never created (or is gone) is still success.
+    #[serde(default)]
+    spec: Option<NetworkSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckArgs {
+    network: String,
+    container_id: String,
+    ifname: String,
+    /// Addresses the runtime believes the interface has (prevResult).
+    #[serde(default)]
+    ips: Vec<IpConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcArgs {
+    network: String,
+    /// (container id, ifname) pairs that stay.
+    valid: Vec<(String, String)>,
+    #[serde(default)]
+    spec: Option<NetworkSpec>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default)]
+    networks: BTreeMap<String, NetworkSpec>,
+    #[serde(default)]
+    attachments: Vec<Attachment>,
+    #[serde(default)]
+    next_id: u32,
+}
+
+/// The container networks of one switch (what `vswitchd` serves as
+/// `net.*`).
+#[derive(Debug)]
+pub struct Networks {
+    switch: Arc<Switch>,
+    state_path: PathBuf,
+    ipam_dir: PathBuf,
+    kernel_type: PortKind,
+    state: Mutex<State>,
+}
+
+/// FNV-1a: a hash that stays the same across builds and versions (names
+/// derived from it must be found again after an upgrade).
+fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The host end's name: derived, so a DEL without a record finds it.
+pub fn host_ifname(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("vsw{:010x}", stable_hash(&[network, container_id, ifname]) & 0xff_ffff_ffff)
+}
+
+fn network_cookie(network: &str) -> u64 {
+    (stable_hash(&[network]) & 0xffff_ffff) << 32
+}
+
+impl Networks {
+    /// The networks of `switch`, kept in `dir` (`networks.json`; the
+    /// built-in IPAM's reservations under `dir/ipam` unless a network's
+    /// `dataDir` says otherwise). Attachment ports use `kernel_type`.
+    /// Gateway addresses are put back on their ports (an internal port
+    /// is a new TAP device after a restart).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory or state file cannot be read;
+    /// [`Error::InvalidArgument`] if the state file is corrupt.
+    pub fn open(switch: Arc<Switch>, dir: &Path, kernel_type: PortKind) -> Result<Networks> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the networks directory", e))?;
+        let state_path = dir.join("networks.json");
+        let state = match std::fs::read(&state_path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::invalid("networks state", format!("{}: {e}", state_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(Error::io("reading the networks state", e)),
+        };
+        let n = Networks { switch, state_path, ipam_dir: dir.join("ipam"), kernel_type, state: Mutex::new(state) };
+        let s = n.lock();
+        for spec in s.networks.values() {
+            // Best effort: a missing gateway port is reported by `show`.
+            let _ = n.gateway_addresses(&s, spec);
+        }
+        drop(s);
+        Ok(n)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save(&self, s: &State) -> Result<()> {
+        let tmp = self.state_path.with_extension(format!("json.tmp.{}", std::process::id()));
+        let io = |e| Error::io("saving the networks state", e);
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&serde_json::to_vec_pretty(s).map_err(|e| Error::invalid("networks state", e.to_string()))?)
+            .and_then(|()| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &self.state_path).map_err(io)
+    }
+
+    fn pool(&self, spec: &NetworkSpec) -> ipam::Pool {
+        let dir = spec.ipam.as_ref().and_then(|i| i.data_dir.clone()).unwrap_or_else(|| self.ipam_dir.clone());
+        ipam::Pool::new(&dir, &spec.name)
+    }
+
+    /// Serves one `net.*` method.
+    ///
+    /// # Errors
+    /// The method's error; [`Error::InvalidArgument`] for bad parameters
+    /// or an unknown method.
+    pub fn call(&self, method: &str, params: Value) -> Result<Value> {
+        fn args<T: serde::de::DeserializeOwned>(p: Value) -> Result<T> {
+            let p = if p.is_null() { json!({}) } else { p };
+            serde_json::from_value(p).map_err(|e| Error::invalid("params", e.to_string()))
+        }
+        match method {
+            "net.create" => {
+                let a: CreateArgs = args(params)?;
+                self.create(a.network, a.may_exist).map(|()| Value::Null)
+            }
+            "net.delete" => {
+                let a: DeleteArgs = args(params)?;
+                self.delete(&a.name, a.if_exists).map(|()| Value::Null)
+            }
+            "net.list" => Ok(self.list()),
+            "net.attach" => self.attach(args(params)?),
+            "net.detach" => {
+                let a: DetachArgs = args(params)?;
+                self.detach(&a.network, &a.container_id, &a.ifname, a.spec.as_ref())
+            }
+            "net.check" => {
+                let a: CheckArgs = args(params)?;
+                self.check(&a.network, &a.container_id, &a.ifname, &a.ips).map(|()| Value::Null)
+            }
+            "net.gc" => {
+                let a: GcArgs = args(params)?;
+                self.gc(&a.network, a.valid.into_iter().collect(), a.spec.as_ref())
+            }
+            _ => Err(Error::invalid("method", format!("unknown method '{method}'"))),
+        }
+    }
+
+    /// Networks with their attachments.
+    pub fn list(&self) -> Value {
+        let s = self.lock();
+        let nets: Vec<Value> = s
+            .networks
+            .values()
+            .map(|n| {
+                let atts: Vec<&Attachment> = s.attachments.iter().filter(|a| a.network == n.name).collect();
+                json!({ "network": n, "bridge": n.bridge(), "attachments": atts })
+            })
+            .collect();
+        json!(nets)
+    }
+
+    /// Creates network `spec.name`, or with `may_exist` accepts it as it is.
+    ///
+    /// # Errors
+    /// [`Error::Exists`] (different or without `may_exist`), a bad spec,
+    /// the bridge's or gateway port's error.
+    pub fn create(&self, spec: NetworkSpec, may_exist: bool) -> Result<()> {
+        let mut s = self.lock();
+        if let Some(old) = s.networks.get(&spec.name) {
+            if may_exist && *old == spec {
+                return Ok(());
+            }
+            return Err(Error::Exists(format!("network '{}' already exists", spec.name)));
+        }
+        self.apply_network(&mut s, spec)
+    }
+
+    /// Makes `spec` the network's definition: its bridge, gateway port
+    /// and addresses, network-wide rules. The old definition stays if
+    /// anything fails.
+    fn apply_network(&self, s: &mut State, spec: NetworkSpec) -> Result<()> {
+        spec.validate()?;
+        let old = s.networks.get(&spec.name).cloned();
+        if let Some(old) = &old
+            && old.bridge() != spec.bridge()
+            && s.attachments.iter().any(|a| a.network == spec.name)
+        {
+            return Err(Error::invalid(
+                "network",
+                format!(
+                    "network '{}' has attachments on bridge '{}': its bridge cannot change",
+                    spec.name,
+                    old.bridge()
+                ),
+            ));
+        }
+        let sw = &self.switch;
+        let new_bridge = !sw.bridges().iter().any(|b| b.name == spec.bridge());
+        if new_bridge {
+            sw.add_bridge(spec.bridge())?;
+        }
+        let undo = |sw: &Switch| {
+            if new_bridge {
+                let _ = sw.del_bridge(spec.bridge());
+            }
+        };
+        let gw_port = spec.bridge().to_string();
+        let had_gw = sw.port_spec(&gw_port).is_ok();
+        if spec.gateway() {
+            let mut p = PortSpec::new(&gw_port, PortKind::Internal);
+            p.tag = spec.vlan;
+            p.external_ids.insert("network".into(), spec.name.clone());
+            p.external_ids.insert("role".into(), "gateway".into());
+            let r = if had_gw {
+                sw.set_port_spec(&p)
+            } else {
+                sw.add_port_spec(spec.bridge(), &p, OnOpenError::Fail).map(|_| ())
+            };
+            if let Err(e) = r {
+                undo(sw);
+                return Err(e);
+            }
+        } else if had_gw && old.as_ref().is_some_and(NetworkSpec::gateway) {
+            let _ = sw.del_port(&gw_port);
+        }
+        s.networks.insert(spec.name.clone(), spec.clone());
+        let r = self.gateway_addresses(s, &spec).and_then(|()| self.save(s));
+        if let Err(e) = r {
+            match old {
+                Some(o) => {
+                    s.networks.insert(o.name.clone(), o);
+                }
+                None => {
+                    s.networks.remove(&spec.name);
+                    if spec.gateway() && !had_gw {
+                        let _ = sw.del_port(&gw_port);
+                    }
+                    undo(sw);
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Puts every gateway address of the network on its gateway port.
+    fn gateway_addresses(&self, s: &State, spec: &NetworkSpec) -> Result<()> {
+        if !spec.gateway() {
+            return Ok(());
+        }
+        let mut addrs: BTreeSet<IpNet> = BTreeSet::new();
+        if let Some(ipam) = &spec.ipam {
+            for r in ipam.range_sets()?.iter().flatten() {
+                addrs.insert(
+                    IpNet::new(r.gateway(), r.subnet.prefix_len())
+                        .map_err(|e| Error::invalid("ipam", e.to_string()))?,
+                );
+            }
+        }
+        for a in s.attachments.iter().filter(|a| a.network == spec.name) {
+            for ip in &a.ips {
+                if let Some(g) = ip.gateway
+                    && let Ok(n) = IpNet::new(g, ip.address.prefix_len())
+                {
+                    addrs.insert(n);
+                }
+            }
+        }
+        plumb::host_addresses(spec.bridge(), &addrs.into_iter().collect::<Vec<_>>(), spec.mtu)
+    }
+
+    /// Deletes a network without attachments: its rules, its gateway port,
+    /// and its bridge if nothing else is on it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (without `if_exists`); [`Error::InvalidArgument`]
+    /// while it has attachments.
+    pub fn delete(&self, name: &str, if_exists: bool) -> Result<()> {
+        let mut s = self.lock();
+        let Some(spec) = s.networks.get(name).cloned() else {
+            return if if_exists { Ok(()) } else { Err(Error::NotFound(format!("no network named '{name}'"))) };
+        };
+        let n = s.attachments.iter().filter(|a| a.network == name).count();
+        if n > 0 {
+            return Err(Error::invalid(
+                "network",
+                format!("network '{name}' still has {n} attachment(s): detach them first"),
+            ));
+        }
+        let sw = &self.switch;
+        if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
+            flows::remove(sw, spec.bridge(), network_cookie(name), false)?;
+            if spec.gateway() {
+                let _ = sw.del_port(spec.bridge());
+            }
+            if sw.bridges().iter().find(|b| b.name == spec.bridge()).is_some_and(|b| b.ports.is_empty()) {
+                sw.del_bridge(spec.bridge())?;
+            }
+        }
+        s.networks.remove(name);
+        self.save(&s)
+    }
+
+    /// Attaches a container interface (CNI ADD, `vswitch-ctl net-attach`);
+    /// returns the CNI result (interfaces, ips, routes, dns). All or
+    /// nothing: on failure the veth pair, the port and the addresses are
+    /// gone again.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a missing network or namespace,
+    /// [`Error::Exists`] for an interface already in the namespace or an
+    /// attachment already made; IPAM's and the switch's errors.
+    pub fn attach(&self, a: AttachArgs) -> Result<Value> {
+        let mut s = self.lock();
+        if let Some(spec) = a.spec.clone() {
+            if spec.name != a.network {
+                return Err(Error::invalid("network", "the spec's name is not the network's"));
+            }
+            if s.networks.get(&a.network) != Some(&spec) {
+                self.apply_network(&mut s, spec)?;
+            }
+        }
+        let spec = s
+            .networks
+            .get(&a.network)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no network named '{}'", a.network)))?;
+        if s.attachments
+            .iter()
+            .any(|x| x.network == a.network && x.container_id == a.container_id && x.ifname == a.ifname)
+        {
+            return Err(Error::Exists(format!(
+                "container '{}' already has '{}' on network '{}'",
+                a.container_id, a.ifname, a.network
+            )));
+        }
+        if a.container_id.is_empty() || a.ifname.is_empty() || a.ifname.len() >= 16 || a.ifname.contains(['/', ' ']) {
+            return Err(Error::invalid(
+                "attachment",
+                "a container id and an interface name (1 to 15 bytes) are needed",
+            ));
+        }
+        // Addresses: the delegated plugin's, or the built-in IPAM's.
+        let (ips, mut routes, builtin) = match (&a.ips, &spec.ipam) {
+            (Some(ips), _) => (ips.clone(), a.routes.clone(), false),
+            (None, Some(cfg)) => {
+                let ips = self.pool(&spec).allocate(cfg, &a.container_id, &a.ifname, &a.request_ips)?;
+                (ips, cfg.routes.clone(), true)
+            }
+            (None, None) => (Vec::new(), a.routes.clone(), false),
+        };
+        let release = || {
+            if builtin {
+                let _ = self.pool(&spec).release(&a.container_id, &a.ifname);
+            }
+        };
+        if spec.is_default_gateway {
+            for v4 in [true, false] {
+                let dst: IpNet = if v4 { "0.0.0.0/0" } else { "::/0" }.parse().unwrap_or_default();
+                if ips.iter().any(|i| i.address.addr().is_ipv4() == v4 && i.gateway.is_some())
+                    && !routes.iter().any(|r| r.dst == dst)
+                {
+                    routes.push(RouteConfig { dst, gw: None });
+                }
+            }
+        }
+        let port = host_ifname(&a.network, &a.container_id, &a.ifname);
+        let plan = plumb::Plan {
+            netns: &a.netns,
+            ifname: &a.ifname,
+            host_if: &port,
+            mtu: spec.mtu,
+            mac: a.mac,
+            ips: &ips,
+            routes: &routes,
+        };
+        let plumbed = match plumb::create(&plan) {
+            Ok(p) => p,
+            Err(e) => {
+                release();
+                return Err(e);
+            }
+        };
+        s.next_id = s.next_id.wrapping_add(1).max(1);
+        let att = Attachment {
+            network: a.network.clone(),
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+            netns: a.netns.clone(),
+            port: port.clone(),
+            mac: plumbed.container_mac,
+            host_mac: plumbed.host_mac,
+            ips,
+            routes,
+            dns: a.dns.clone(),
+            labels: a.labels.clone(),
+            builtin_ipam: builtin,
+            id: s.next_id,
+        };
+        let mut p = PortSpec::new(&port, self.kernel_type);
+        p.tag = spec.vlan;
+        p.external_ids.insert("network".into(), a.network.clone());
+        p.external_ids.insert("container_id".into(), a.container_id.clone());
+        p.external_ids.insert("ifname".into(), a.ifname.clone());
+        let sw = &self.switch;
+        let r = sw.add_port_spec(spec.bridge(), &p, OnOpenError::Fail).and_then(|_| {
+            s.attachments.push(att.clone());
+            let r = flows::add(sw, &spec, &att, network_cookie(&spec.name))
+                .and_then(|()| self.gateway_addresses(&s, &spec))
+                .and_then(|()| self.save(&s));
+            if r.is_err() {
+                s.attachments.pop();
+                let _ = flows::remove(sw, spec.bridge(), network_cookie(&spec.name) | u64::from(att.id), true);
+                let _ = sw.del_port(&port);
+            }
+            r
+        });
+        if let Err(e) = r {
+            let _ = plumb::remove(&port);
+            release();
+            return Err(e);
+        }
+        Ok(self.result(&spec, &att))
+    }
+
+    /// The CNI result of an attachment (1.x layout; the plugin converts).
+    fn result(&self, spec: &NetworkSpec, att: &Attachment) -> Value {
+        let mut interfaces = Vec::new();
+        if spec.gateway()
+            && let Ok(Some(mac)) = plumb::host_mac(spec.bridge())
+        {
+            interfaces.push(json!({ "name": spec.bridge(), "mac": mac }));
+        }
+        interfaces.push(json!({ "name": att.port, "mac": att.host_mac }));
+        let container = interfaces.len();
+        let mut c = json!({ "name": att.ifname, "mac": att.mac, "sandbox": att.netns });
+        if let Some(mtu) = spec.mtu {
+            c["mtu"] = json!(mtu);
+        }
+        interfaces.push(c);
+        let ips: Vec<Value> = att
+            .ips
+            .iter()
+            .map(|i| {
+                let mut v = json!({ "address": i.address, "interface": container });
+                if let Some(g) = i.gateway {
+                    v["gateway"] = json!(g);
+                }
+                v
+            })
+            .collect();
+        let mut r = json!({ "interfaces": interfaces, "ips": ips, "routes": att.routes });
+        if !att.dns.is_null() {
+            r["dns"] = att.dns.clone();
+        }
+        r
+    }
+
+    /// Detaches a container interface (CNI DEL): port, rules, veth pair,
+    /// addresses. Whatever is already gone is skipped: a repeated DEL, a
+    /// DEL after the namespace went, a DEL after a failed ADD all succeed.
+    ///
+    /// # Errors
+    /// Only a failure to remove something that is there.
+    pub fn detach(&self, network: &str, container_id: &str, ifname: &str, spec: Option<&NetworkSpec>) -> Result<Value> {
+        let mut s = self.lock();
+        let known = s.networks.get(network).cloned().or_else(|| spec.cloned());
+        let at = s
+            .attachments
+            .iter()
+            .position(|x| x.network == network && x.container_id == container_id && x.ifname == ifname);
+        let port = at.map_or_else(|| host_ifname(network, container_id, ifname), |i| s.attachments[i].port.clone());
+        let sw = &self.switch;
+        match sw.del_port(&port) {
+            Ok(()) | Err(Error::PortNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if let (Some(i), Some(spec)) = (at, &known) {
+            let id = s.attachments[i].id;
+            if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
+                flows::remove(sw, spec.bridge(), network_cookie(network) | u64::from(id), true)?;
+            }
+        }
+        let removed = plumb::remove(&port)?;
+        let mut released = Vec::new();
+        if let Some(spec) = &known
+            && (spec.ipam.is_some() || at.is_some_and(|i| s.attachments[i].builtin_ipam))
+        {
+            released = self.pool(spec).release(container_id, ifname)?;
+        }
+        if let Some(i) = at {
+            s.attachments.remove(i);
+            self.save(&s)?;
+        }
+        Ok(json!({ "attachment": at.is_some(), "veth": removed, "released": released }))
+    }
+
+    /// CNI CHECK: the attachment is recorded, its port is on the bridge,
+    /// its interface in the namespace has its addresses (and `ips`, the
+    /// runtime's prevResult) and routes, and built-in reservations hold.
+    ///
+    /// # Errors
+    /// The first thing that is not as it should be.
+    pub fn check(&self, network: &str, container_id: &str, ifname: &str, ips: &[IpConfig]) -> Result<()> {
+        let s = self.lock();
+        let spec = s.networks.get(network).ok_or_else(|| Error::NotFound(format!("no network named '{network}'")))?;
+        let att = s
+            .attachments
+            .iter()
+            .find(|x| x.network == network && x.container_id == container_id && x.ifname == ifname)
+            .ok_or_else(|| {
+                Error::NotFound(format!("container '{container_id}' has no '{ifname}' on network '{network}'"))
+            })?;
+        match self.switch.port_spec(&att.port) {
+            Ok((b, _)) if b == spec.bridge() => {}
+            _ => return Err(Error::NotFound(format!("port '{}' is not on bridge '{}'", att.port, spec.bridge()))),
+        }
+        if let Some(err) = self
+            .switch
+            .bridges()
+            .iter()
+            .flat_map(|b| &b.ports)
+            .find(|p| p.name == att.port)
+            .and_then(|p| p.error.clone())
+        {
+            return Err(Error::invalid("attachment", format!("port '{}' is not working: {err}", att.port)));
+        }
+        for ip in ips {
+            if !att.ips.iter().any(|a| a.address == ip.address) {
+                return Err(Error::invalid(
+                    "attachment",
+                    format!("address {} was not given to this attachment", ip.address),
+                ));
+            }
+        }
+        plumb::check(&att.netns, ifname, &att.ips, &att.routes)?;
+        if att.builtin_ipam {
+            let pool = self.pool(spec);
+            for ip in &att.ips {
+                if !pool.holds(ip.address.addr(), container_id, ifname) {
+                    return Err(Error::NotFound(format!("the reservation of {} is missing", ip.address.addr())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// CNI GC: detaches every attachment of `network` not in `valid`, and
+    /// releases every built-in reservation whose owner is not in it.
+    ///
+    /// # Errors
+    /// The first detachment that fails.
+    pub fn gc(&self, network: &str, valid: BTreeSet<(String, String)>, spec: Option<&NetworkSpec>) -> Result<Value> {
+        let stale: Vec<(String, String)> = self
+            .lock()
+            .attachments
+            .iter()
+            .filter(|a| a.network == network && !valid.contains(&(a.container_id.clone(), a.ifname.clone())))
+            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .collect();
+        for (id, ifname) in &stale {
+            self.detach(network, id, ifname, spec)?;
+        }
+        let known = self.lock().networks.get(network).cloned().or_else(|| spec.cloned());
+        let released = match known {
+            Some(spec) if spec.ipam.is_some() => self.pool(&spec).gc(&valid)?,
+            _ => Vec::new(),
+        };
+        let removed: Vec<Value> = stale.iter().map(|(c, i)| json!({ "container_id": c, "ifname": i })).collect();
+        Ok(json!({ "removed": removed, "released": released }))
+    }
+
+    /// The attachments of `network` (all networks with `None`).
+    pub fn attachments(&self, network: Option<&str>) -> Vec<Attachment> {
+        self.lock().attachments.iter().filter(|a| network.is_none_or(|n| a.network == n)).cloned().collect()
+    }
+}
