@@ -15,6 +15,7 @@
 //! network's (upper 32 bits) and the attachment's (lower 32 bits), so it
 //! is removed by cookie and never touches rules someone else added.
 
+mod agent;
 mod flows;
 pub mod ipam;
 mod plumb;
@@ -77,6 +78,45 @@ pub struct NetworkSpec {
     /// switch never sends a frame back out of the port it came in by.
     #[serde(default)]
     pub hairpin: bool,
+    /// IPv4 to the outside leaves masqueraded behind an address the
+    /// switch owns on an uplink; published ports are reached there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<Masquerade>,
+}
+
+/// Where a network's outside traffic leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Masquerade {
+    /// The uplink: a kernel interface attached to the network's bridge.
+    pub uplink: String,
+    /// The switch's own IPv4 address on the uplink's segment, with its
+    /// prefix (not an address of the host's kernel).
+    pub address: IpNet,
+    /// The uplink segment's router, for destinations off it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+/// A published port: `host_port` at the masquerade address goes to
+/// `container_port` of the attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// The port on the masquerade address.
+    pub host_port: u16,
+    /// The container's port.
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    /// Must be the masquerade address, `0.0.0.0` or absent.
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+fn tcp() -> String {
+    "tcp".to_string()
 }
 
 impl NetworkSpec {
@@ -114,6 +154,28 @@ impl NetworkSpec {
         if self.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
             return Err(Error::invalid("network", "mtu must be 68 to 65535"));
         }
+        if let Some(m) = &self.masquerade {
+            if !self.gateway() {
+                return Err(Error::invalid("network", "masquerade needs a gateway port (isGateway)"));
+            }
+            if !m.address.addr().is_ipv4() || m.address.prefix_len() == 32 {
+                return Err(Error::invalid(
+                    "network",
+                    "the masquerade address is IPv4 with the uplink subnet's prefix (A.B.C.D/N)",
+                ));
+            }
+            if m.uplink.is_empty() || m.uplink.len() >= 16 || m.uplink == self.bridge() {
+                return Err(Error::invalid("network", format!("'{}' cannot be the uplink", m.uplink)));
+            }
+            if let Some(g) = m.gateway
+                && !m.address.contains(&IpAddr::V4(g))
+            {
+                return Err(Error::invalid(
+                    "network",
+                    format!("the uplink gateway {g} is not in {}", m.address.trunc()),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -149,6 +211,9 @@ pub struct Attachment {
     /// The addresses came from the built-in IPAM (and go back to it).
     #[serde(default)]
     pub builtin_ipam: bool,
+    /// Its published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
     /// The low 32 bits of its rules' cookies.
     pub id: u32,
 }
@@ -186,6 +251,9 @@ pub struct AttachArgs {
     /// Labels, for network policy.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Ports to publish (CNI `portMappings`).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +312,9 @@ struct State {
     attachments: Vec<Attachment>,
     #[serde(default)]
     next_id: u32,
+    /// Each masquerading network's conntrack zone.
+    #[serde(default)]
+    zones: BTreeMap<String, u16>,
 }
 
 /// The container networks of one switch (what `vswitchd` serves as
@@ -255,6 +326,8 @@ pub struct Networks {
     ipam_dir: PathBuf,
     kernel_type: PortKind,
     state: Mutex<State>,
+    /// The neighbour agents of masquerading networks.
+    agents: Mutex<BTreeMap<String, agent::Agent>>,
 }
 
 /// FNV-1a: a hash that stays the same across builds and versions (names
@@ -279,6 +352,16 @@ fn network_cookie(network: &str) -> u64 {
     (stable_hash(&[network]) & 0xffff_ffff) << 32
 }
 
+/// A locally administered unicast MAC derived from `parts`.
+fn derived_mac(parts: &[&str]) -> MacAddr {
+    let h = stable_hash(parts).to_be_bytes();
+    MacAddr([0x02, h[0], h[1], h[2], h[3], h[4]])
+}
+
+fn agent_port(network: &str) -> String {
+    format!("vsa{:010x}", stable_hash(&[network, "agent"]) & 0xff_ffff_ffff)
+}
+
 impl Networks {
     /// The networks of `switch`, kept in `dir` (`networks.json`; the
     /// built-in IPAM's reservations under `dir/ipam` unless a network's
@@ -298,11 +381,20 @@ impl Networks {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(Error::io("reading the networks state", e)),
         };
-        let n = Networks { switch, state_path, ipam_dir: dir.join("ipam"), kernel_type, state: Mutex::new(state) };
-        let s = n.lock();
-        for spec in s.networks.values() {
-            // Best effort: a missing gateway port is reported by `show`.
-            let _ = n.gateway_addresses(&s, spec);
+        let n = Networks {
+            switch,
+            state_path,
+            ipam_dir: dir.join("ipam"),
+            kernel_type,
+            state: Mutex::new(state),
+            agents: Mutex::new(BTreeMap::new()),
+        };
+        let mut s = n.lock();
+        let specs: Vec<NetworkSpec> = s.networks.values().cloned().collect();
+        for spec in &specs {
+            // Best effort: a missing gateway or uplink port is reported
+            // by `show`, and the next change retries.
+            let _ = n.gateway_addresses(&s, spec).and_then(|()| n.wire(&mut s, spec));
         }
         drop(s);
         Ok(n)
@@ -442,8 +534,13 @@ impl Networks {
         } else if had_gw && old.as_ref().is_some_and(NetworkSpec::gateway) {
             let _ = sw.del_port(&gw_port);
         }
+        if let Some(om) = old.as_ref().and_then(|o| o.masquerade.as_ref())
+            && spec.masquerade.as_ref().is_none_or(|m| m.uplink != om.uplink)
+        {
+            let _ = sw.del_port(&om.uplink);
+        }
         s.networks.insert(spec.name.clone(), spec.clone());
-        let r = self.gateway_addresses(s, &spec).and_then(|()| self.save(s));
+        let r = self.gateway_addresses(s, &spec).and_then(|()| self.wire(s, &spec)).and_then(|()| self.save(s));
         if let Err(e) = r {
             match old {
                 Some(o) => {
@@ -462,11 +559,83 @@ impl Networks {
         Ok(())
     }
 
-    /// Puts every gateway address of the network on its gateway port.
-    fn gateway_addresses(&self, s: &State, spec: &NetworkSpec) -> Result<()> {
-        if !spec.gateway() {
-            return Ok(());
+    /// The network's wiring for its rules: derived MACs, its zone, its
+    /// gateway addresses; `None` without masquerade.
+    fn wiring(&self, s: &State, spec: &NetworkSpec) -> Option<flows::Wiring> {
+        spec.masquerade.as_ref()?;
+        let gw_ips = self
+            .gateway_set(s, spec)
+            .ok()?
+            .into_iter()
+            .filter_map(|n| match n.addr() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        Some(flows::Wiring {
+            gw_mac: derived_mac(&[&spec.name, "gateway"]),
+            gw_ips,
+            uplink_mac: derived_mac(&[&spec.name, "uplink"]),
+            agent: agent_port(&spec.name),
+            zone: *s.zones.get(&spec.name)?,
+        })
+    }
+
+    /// Brings the network's masquerade side to its spec: zone, gateway
+    /// MAC, uplink port, agent, and the network's own rules.
+    fn wire(&self, s: &mut State, spec: &NetworkSpec) -> Result<()> {
+        let sw = &self.switch;
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = &spec.masquerade else {
+            if agents.remove(&spec.name).is_some() {
+                let _ = sw.del_port(&agent_port(&spec.name));
+            }
+            return flows::network(sw, spec, None, network_cookie(&spec.name));
+        };
+        if !s.zones.contains_key(&spec.name) {
+            let used: BTreeSet<u16> = s.zones.values().copied().collect();
+            let zone = (1000..u16::MAX).find(|z| !used.contains(z)).ok_or(Error::Full("conntrack zones"))?;
+            s.zones.insert(spec.name.clone(), zone);
         }
+        match sw.port_spec(&m.uplink) {
+            Ok((b, _)) if b == spec.bridge() => {}
+            Ok((b, _)) => {
+                return Err(Error::invalid("network", format!("the uplink '{}' is a port of bridge '{b}'", m.uplink)));
+            }
+            Err(_) => {
+                let mut p = PortSpec::new(&m.uplink, self.kernel_type);
+                p.external_ids.insert("network".into(), spec.name.clone());
+                p.external_ids.insert("role".into(), "uplink".into());
+                sw.add_port_spec(spec.bridge(), &p, OnOpenError::Fail)?;
+            }
+        }
+        let name = agent_port(&spec.name);
+        let cfg = agent::AgentConfig {
+            bridge: spec.bridge().to_string(),
+            uplink: m.uplink.clone(),
+            addr: match m.address.addr() {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => return Err(Error::invalid("network", "the masquerade address is IPv4")),
+            },
+            prefix: m.address.prefix_len(),
+            mac: derived_mac(&[&spec.name, "uplink"]),
+            gateway: m.gateway,
+            cookie: network_cookie(&spec.name) | u64::from(flows::NEIGHBOUR_ID),
+        };
+        // A new agent for a new configuration; its port first (the
+        // network's rules name it).
+        if agents.remove(&spec.name).is_some() {
+            let _ = sw.del_port(&name);
+        }
+        let port = sw.add_memory_port(spec.bridge(), &name, crate::PortConfig::default())?;
+        let w = self.wiring(s, spec);
+        flows::network(sw, spec, w.as_ref(), network_cookie(&spec.name))?;
+        agents.insert(spec.name.clone(), agent::start(sw.clone(), port, cfg));
+        Ok(())
+    }
+
+    /// Every gateway address of the network (with its prefix).
+    fn gateway_set(&self, s: &State, spec: &NetworkSpec) -> Result<BTreeSet<IpNet>> {
         let mut addrs: BTreeSet<IpNet> = BTreeSet::new();
         if let Some(ipam) = &spec.ipam {
             for r in ipam.range_sets()?.iter().flatten() {
@@ -485,6 +654,16 @@ impl Networks {
                 }
             }
         }
+        Ok(addrs)
+    }
+
+    /// Puts every gateway address of the network on its gateway port.
+    fn gateway_addresses(&self, s: &State, spec: &NetworkSpec) -> Result<()> {
+        if !spec.gateway() {
+            return Ok(());
+        }
+        let addrs = self.gateway_set(s, spec)?;
+        plumb::host_set_mac(spec.bridge(), derived_mac(&[&spec.name, "gateway"]))?;
         plumb::host_addresses(spec.bridge(), &addrs.into_iter().collect::<Vec<_>>(), spec.mtu)
     }
 
@@ -507,10 +686,17 @@ impl Networks {
             ));
         }
         let sw = &self.switch;
+        if self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some() {
+            let _ = sw.del_port(&agent_port(name));
+        }
+        s.zones.remove(name);
         if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
             flows::remove(sw, spec.bridge(), network_cookie(name), false)?;
             if spec.gateway() {
                 let _ = sw.del_port(spec.bridge());
+            }
+            if let Some(m) = &spec.masquerade {
+                let _ = sw.del_port(&m.uplink);
             }
             if sw.bridges().iter().find(|b| b.name == spec.bridge()).is_some_and(|b| b.ports.is_empty()) {
                 sw.del_bridge(spec.bridge())?;
@@ -553,6 +739,7 @@ impl Networks {
                 a.container_id, a.ifname, a.network
             )));
         }
+        self.check_mappings(&s, &spec, &a.port_mappings)?;
         if a.container_id.is_empty() || a.ifname.is_empty() || a.ifname.len() >= 16 || a.ifname.contains(['/', ' ']) {
             return Err(Error::invalid(
                 "attachment",
@@ -614,8 +801,10 @@ impl Networks {
             dns: a.dns.clone(),
             labels: a.labels.clone(),
             builtin_ipam: builtin,
+            port_mappings: a.port_mappings.clone(),
             id: s.next_id,
         };
+        let gw_before = self.gateway_set(&s, &spec).unwrap_or_default();
         let mut p = PortSpec::new(&port, self.kernel_type);
         p.tag = spec.vlan;
         p.external_ids.insert("network".into(), a.network.clone());
@@ -624,9 +813,15 @@ impl Networks {
         let sw = &self.switch;
         let r = sw.add_port_spec(spec.bridge(), &p, OnOpenError::Fail).and_then(|_| {
             s.attachments.push(att.clone());
-            let r = flows::add(sw, &spec, &att, network_cookie(&spec.name))
-                .and_then(|()| self.gateway_addresses(&s, &spec))
-                .and_then(|()| self.save(&s));
+            let gw_changed = self.gateway_set(&s, &spec).unwrap_or_default() != gw_before;
+            let r = (|| {
+                if gw_changed && spec.masquerade.is_some() {
+                    self.wire(&mut s, &spec)?;
+                }
+                flows::add(sw, &spec, &att, self.wiring(&s, &spec).as_ref(), network_cookie(&spec.name))?;
+                self.gateway_addresses(&s, &spec)?;
+                self.save(&s)
+            })();
             if r.is_err() {
                 s.attachments.pop();
                 let _ = flows::remove(sw, spec.bridge(), network_cookie(&spec.name) | u64::from(att.id), true);
@@ -640,6 +835,52 @@ impl Networks {
             return Err(e);
         }
         Ok(self.result(&spec, &att))
+    }
+
+    /// Published ports must be on a masquerading network, TCP or UDP, at
+    /// its address, and free.
+    fn check_mappings(&self, s: &State, spec: &NetworkSpec, maps: &[PortMapping]) -> Result<()> {
+        if maps.is_empty() {
+            return Ok(());
+        }
+        let Some(m) = &spec.masquerade else {
+            return Err(Error::invalid(
+                "port mapping",
+                format!("network '{}' has no masquerade address to publish ports on", spec.name),
+            ));
+        };
+        let mut seen = BTreeSet::new();
+        for pm in maps {
+            if pm.protocol != "tcp" && pm.protocol != "udp" {
+                return Err(Error::invalid("port mapping", format!("protocol '{}' (tcp or udp)", pm.protocol)));
+            }
+            if pm.host_port == 0 || pm.container_port == 0 {
+                return Err(Error::invalid("port mapping", "ports are 1 to 65535"));
+            }
+            let host_ip = pm.host_ip.as_deref().unwrap_or_default();
+            if !host_ip.is_empty() && host_ip != "0.0.0.0" && host_ip.parse::<IpAddr>().ok() != Some(m.address.addr()) {
+                return Err(Error::invalid(
+                    "port mapping",
+                    format!(
+                        "hostIP {host_ip}: ports are published on the network's masquerade address {}",
+                        m.address.addr()
+                    ),
+                ));
+            }
+            let taken = s
+                .attachments
+                .iter()
+                .filter(|a| a.network == spec.name)
+                .flat_map(|a| &a.port_mappings)
+                .any(|o| o.protocol == pm.protocol && o.host_port == pm.host_port);
+            if taken || !seen.insert((pm.protocol.clone(), pm.host_port)) {
+                return Err(Error::Exists(format!(
+                    "{}/{} is already published on network '{}'",
+                    pm.host_port, pm.protocol, spec.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The CNI result of an attachment (1.x layout; the plugin converts).

@@ -91,6 +91,7 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
             .link(plan.host_if)
             .map_err(nl("reading links"))?
             .ok_or_else(|| Error::io("creating the veth pair", std::io::Error::other("the host end vanished")))?;
+        quiet_host_end(plan.host_if)?;
         r.set_up(link.index, None).map_err(nl("setting the host end up"))?;
         Ok(link)
     });
@@ -135,6 +136,22 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
             Err(e)
         }
     }
+}
+
+/// The host end is a switch port, not an interface of the host's: the
+/// host's kernel sees its frames as well (AF_PACKET), and would answer
+/// ARP for the gateway address with the veth's MAC (its addresses are
+/// the host's, on any interface) and chatter IPv6 link-local on it.
+fn quiet_host_end(ifname: &str) -> Result<()> {
+    let set = |path: String, value: &str| {
+        std::fs::write(&path, value).map_err(|e| Error::io("setting the host end's sysctls", e))
+    };
+    set(format!("/proc/sys/net/ipv4/conf/{ifname}/arp_ignore"), "8")?;
+    let v6 = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if std::path::Path::new(&v6).exists() {
+        set(v6, "1")?;
+    }
+    Ok(())
 }
 
 /// Removes the host end (and with it the container end); `Ok(false)` if
@@ -190,6 +207,21 @@ pub(crate) fn host_addresses(ifname: &str, ips: &[IpNet], mtu: Option<u32>) -> R
         r.set_up(link.index, mtu).map_err(nl("setting the gateway up"))?;
         for ip in ips {
             r.add_addr(link.index, ip.addr(), ip.prefix_len()).map_err(nl("adding the gateway address"))?;
+        }
+        Ok(())
+    })
+}
+
+/// Sets host interface `ifname`'s MAC (a gateway port keeps the same one
+/// across restarts, so containers' neighbour entries stay right).
+pub(crate) fn host_set_mac(ifname: &str, mac: MacAddr) -> Result<()> {
+    here(|r| {
+        let link = r
+            .link(ifname)
+            .map_err(nl("reading links"))?
+            .ok_or_else(|| Error::NotFound(format!("no interface '{ifname}'")))?;
+        if link.mac != mac.0 {
+            r.set_mac(link.index, mac.0).map_err(nl("setting the gateway's MAC"))?;
         }
         Ok(())
     })

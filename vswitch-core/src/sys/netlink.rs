@@ -331,6 +331,13 @@ impl Rtnl {
         self.request(m)
     }
 
+    /// Sets link `index`'s MAC address.
+    pub(crate) fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let m =
+            Msg::new(libc::RTM_NEWLINK, libc::NLM_F_ACK as u16).bytes(&ifinfomsg(index, 0, 0)).attr(IFLA_ADDRESS, &mac);
+        self.request(m)
+    }
+
     /// Deletes link `name`; `Ok(false)` if there was none.
     pub(crate) fn del_link(&mut self, name: &str) -> io::Result<bool> {
         let m =

@@ -194,14 +194,21 @@ impl Call {
                     .ok_or_else(|| err(code::INVALID_CONFIG, format!("'{key}' must be a number up to {max}"))),
             }
         };
-        if self.flag("ipMasq")? {
-            return Err(err(code::UNSUPPORTED_FIELD, "ipMasq: masquerade is not supported by this vswitch-cni yet")
-                .details("use a network without ipMasq; docs/containers.md lists what is supported"));
-        }
-        if self.runtime("portMappings").and_then(Value::as_array).is_some_and(|m| !m.is_empty()) {
+        const CAPABILITIES: &[&str] = &["portMappings", "ips", "mac", "labels"];
+        if let Some(caps) = self.conf.get("capabilities").and_then(Value::as_object)
+            && let Some((c, _)) =
+                caps.iter().find(|(c, on)| on.as_bool() == Some(true) && !CAPABILITIES.contains(&c.as_str()))
+        {
             return Err(err(
                 code::UNSUPPORTED_FIELD,
-                "runtimeConfig.portMappings: published ports are not supported by this vswitch-cni yet",
+                format!("capabilities: '{c}' is not supported (supported: {})", CAPABILITIES.join(", ")),
+            ));
+        }
+        let masquerade = self.conf.get("masquerade").filter(|m| !m.is_null());
+        if self.flag("ipMasq")? && masquerade.is_none() {
+            return Err(err(
+                code::INVALID_CONFIG,
+                "ipMasq needs \"masquerade\": {\"uplink\": IFACE, \"address\": \"A.B.C.D/N\"} (the switch masquerades behind an address of its own on that uplink)",
             ));
         }
         let mut spec = json!({
@@ -220,6 +227,9 @@ impl Call {
         }
         if self.ipam_type() == Some("vswitch") {
             spec["ipam"] = self.conf["ipam"].clone();
+        }
+        if let Some(m) = masquerade {
+            spec["masquerade"] = m.clone();
         }
         Ok(spec)
     }
@@ -359,6 +369,9 @@ impl Call {
         });
         if let Some(mac) = self.mac() {
             params["mac"] = json!(mac);
+        }
+        if let Some(maps) = self.runtime("portMappings") {
+            params["port_mappings"] = maps.clone();
         }
         if let Some(dns) = self.conf.get("dns").filter(|d| !d.is_null()) {
             params["dns"] = dns.clone();

@@ -1,0 +1,288 @@
+//! The neighbour agent of a masquerading network: the switch's own
+//! presence on the uplink segment, where it owns an IPv4 address and a
+//! MAC of its own (the host's kernel keeps its addresses; frames to the
+//! switch's MAC are "other host" to it and it ignores them).
+//!
+//! The agent is an in-process port of the bridge served by a thread of
+//! the daemon, never by a datapath thread. It answers ARP requests for
+//! the switch's uplink address, learns neighbours from every ARP it sees
+//! on the uplink (snooped) and from the replies to its own requests
+//! (solicited), and turns each neighbour into a route rule of table
+//! [`ROUTE`](super::flows::ROUTE): `nw_dst=N → set MACs, dec_ttl, output
+//! to the uplink`, or for the default gateway the table's default. A
+//! packet routed while its next hop is unresolved reaches the agent
+//! instead, waits (a few per neighbour) for the reply, and is sent on.
+//! Neighbours are asked again every [`REFRESH`]; one that stops answering
+//! loses its rule after [`TRIES`] requests.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::wire::MacAddr;
+use crate::{MemoryPortHandle, Switch};
+
+/// How often a known neighbour is asked again.
+pub(crate) const REFRESH: Duration = Duration::from_secs(30);
+/// Requests without a reply before a neighbour is forgotten.
+const TRIES: u32 = 3;
+/// Between two requests for the same address.
+const RETRY: Duration = Duration::from_millis(500);
+/// Packets held per unresolved neighbour.
+const QUEUE: usize = 16;
+
+/// What the agent needs to know of its network.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentConfig {
+    pub(crate) bridge: String,
+    pub(crate) uplink: String,
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) prefix: u8,
+    pub(crate) mac: MacAddr,
+    pub(crate) gateway: Option<Ipv4Addr>,
+    /// The cookie of the rules it installs.
+    pub(crate) cookie: u64,
+}
+
+impl AgentConfig {
+    fn on_link(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// A running agent; stopped when dropped.
+#[derive(Debug)]
+pub(crate) struct Agent {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Neighbour {
+    mac: Option<MacAddr>,
+    asked: Option<Instant>,
+    unanswered: u32,
+    seen: Instant,
+    queue: Vec<Vec<u8>>,
+}
+
+struct State {
+    sw: Arc<Switch>,
+    port: MemoryPortHandle,
+    cfg: AgentConfig,
+    neigh: HashMap<Ipv4Addr, Neighbour>,
+}
+
+/// Starts the agent on `port`.
+pub(crate) fn start(sw: Arc<Switch>, port: MemoryPortHandle, cfg: AgentConfig) -> Agent {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let mut st = State { sw, port, cfg, neigh: HashMap::new() };
+    let thread = std::thread::Builder::new()
+        .name(format!("net-agent-{}", st.cfg.bridge))
+        .spawn(move || {
+            if let Some(gw) = st.cfg.gateway {
+                st.ask(gw);
+            }
+            while !flag.load(Ordering::Relaxed) && !st.port.is_detached() {
+                if let Some(p) = st.port.recv_timeout(Duration::from_millis(100)) {
+                    let frame = p.data().to_vec();
+                    st.port.recycle(p);
+                    st.frame(&frame);
+                }
+                st.tick();
+            }
+        })
+        .ok();
+    Agent { stop, thread }
+}
+
+fn arp(op: u16, src_mac: MacAddr, src_ip: Ipv4Addr, dst_mac: MacAddr, dst_ip: Ipv4Addr) -> Vec<u8> {
+    let eth_dst = if op == 1 { MacAddr([0xff; 6]) } else { dst_mac };
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&eth_dst.0);
+    f.extend_from_slice(&src_mac.0);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&src_mac.0);
+    f.extend_from_slice(&src_ip.octets());
+    f.extend_from_slice(&dst_mac.0);
+    f.extend_from_slice(&dst_ip.octets());
+    f
+}
+
+impl State {
+    fn send(&self, frame: &[u8]) {
+        // A full queue loses this frame; ARP asks again.
+        let _ = self.port.send_frame(frame);
+    }
+
+    fn ask(&mut self, ip: Ipv4Addr) {
+        let now = Instant::now();
+        let n = self.neigh.entry(ip).or_insert(Neighbour {
+            mac: None,
+            asked: None,
+            unanswered: 0,
+            seen: now,
+            queue: Vec::new(),
+        });
+        if n.asked.is_some_and(|t| now.duration_since(t) < RETRY) {
+            return;
+        }
+        n.asked = Some(now);
+        n.unanswered += 1;
+        let f = arp(1, self.cfg.mac, self.cfg.addr, MacAddr([0; 6]), ip);
+        self.send(&f);
+    }
+
+    fn frame(&mut self, f: &[u8]) {
+        if f.len() < 14 {
+            return;
+        }
+        match u16::from_be_bytes([f[12], f[13]]) {
+            0x0806 if f.len() >= 42 => self.arp(f),
+            0x0800 if f.len() >= 34 => {
+                let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+                let hop = if self.cfg.on_link(dst) { Some(dst) } else { self.cfg.gateway };
+                let Some(hop) = hop else { return };
+                match self.neigh.get(&hop).and_then(|n| n.mac) {
+                    Some(mac) => {
+                        let mut out = f.to_vec();
+                        out[0..6].copy_from_slice(&mac.0);
+                        self.send(&out);
+                    }
+                    None => {
+                        self.ask(hop);
+                        if let Some(n) = self.neigh.get_mut(&hop)
+                            && n.queue.len() < QUEUE
+                        {
+                            n.queue.push(f.to_vec());
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn arp(&mut self, f: &[u8]) {
+        let op = u16::from_be_bytes([f[20], f[21]]);
+        let sha = MacAddr(f[22..28].try_into().unwrap_or_default());
+        let spa = Ipv4Addr::new(f[28], f[29], f[30], f[31]);
+        let tpa = Ipv4Addr::new(f[38], f[39], f[40], f[41]);
+        if spa.is_unspecified() || spa == self.cfg.addr || sha == self.cfg.mac {
+            return;
+        }
+        if op == 1 && tpa == self.cfg.addr {
+            let reply = arp(2, self.cfg.mac, self.cfg.addr, sha, spa);
+            self.send(&reply);
+        }
+        // Learn only neighbours someone routes to (or asks for us): the
+        // segment's other hosts stay out of the flow table.
+        let wanted = self.neigh.contains_key(&spa) || tpa == self.cfg.addr;
+        if wanted && self.cfg.on_link(spa) {
+            self.learn(spa, sha);
+        }
+    }
+
+    fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+        let now = Instant::now();
+        let n = self.neigh.entry(ip).or_insert(Neighbour {
+            mac: None,
+            asked: None,
+            unanswered: 0,
+            seen: now,
+            queue: Vec::new(),
+        });
+        let changed = n.mac != Some(mac);
+        n.mac = Some(mac);
+        n.unanswered = 0;
+        n.asked = None;
+        n.seen = now;
+        let queued = std::mem::take(&mut n.queue);
+        if changed {
+            self.install(ip, Some(mac));
+        }
+        for mut p in queued {
+            p[0..6].copy_from_slice(&mac.0);
+            self.send(&p);
+        }
+    }
+
+    /// The route rule for neighbour `ip`: to `mac`, or (`None`) back to
+    /// the agent.
+    fn install(&self, ip: Ipv4Addr, mac: Option<MacAddr>) {
+        let c = &self.cfg;
+        let to = |mac: MacAddr| format!("mod_dl_src:{},mod_dl_dst:{mac},dec_ttl,output:{}", c.mac, c.uplink);
+        let back = format!("mod_dl_src:{},dec_ttl,output:{}", c.mac, self.port.name());
+        let rule = if Some(ip) == c.gateway && !c.on_link(ip) {
+            format!(
+                "cookie={:#x},table={},priority={},ip,actions={}",
+                c.cookie,
+                super::flows::ROUTE,
+                super::flows::ROUTE_DEFAULT,
+                mac.map_or(back, to)
+            )
+        } else {
+            match mac {
+                Some(mac) => format!(
+                    "cookie={:#x},table={},priority={},ip,nw_dst={ip},actions={}",
+                    c.cookie,
+                    super::flows::ROUTE,
+                    super::flows::ROUTE_NEIGHBOUR,
+                    to(mac)
+                ),
+                None => {
+                    let _ = self.sw.del_flows(
+                        &c.bridge,
+                        Some(&format!(
+                            "table={},priority={},ip,nw_dst={ip}",
+                            super::flows::ROUTE,
+                            super::flows::ROUTE_NEIGHBOUR
+                        )),
+                        true,
+                    );
+                    return;
+                }
+            }
+        };
+        let _ = self.sw.add_flow(&c.bridge, &rule);
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let mut ask = Vec::new();
+        let mut forget = Vec::new();
+        for (ip, n) in &mut self.neigh {
+            let stale = n.mac.is_some() && now.duration_since(n.seen) >= REFRESH;
+            let waiting = n.asked.is_some_and(|t| now.duration_since(t) >= RETRY);
+            if n.unanswered >= TRIES && waiting {
+                forget.push(*ip);
+            } else if stale && n.asked.is_none() || waiting {
+                ask.push(*ip);
+            }
+        }
+        for ip in forget {
+            if let Some(n) = self.neigh.remove(&ip)
+                && n.mac.is_some()
+            {
+                self.install(ip, None);
+            }
+            // (The gateway is asked for again when traffic needs it.)
+        }
+        for ip in ask {
+            self.ask(ip);
+        }
+    }
+}
