@@ -138,6 +138,77 @@ enum Command {
     CtSetTimeouts { settings: Vec<String> },
     /// Port counters, drops by reason.
     Stats { bridge: Option<String>, port: Option<String> },
+    /// Create a container network: a bridge, addresses from --subnet
+    /// (twice for dual stack), a gateway port holding the gateway address
+    /// on the host and the containers' default route.
+    NetCreate {
+        name: String,
+        /// CIDR to hand addresses out of (IPv4 or IPv6; repeat for both).
+        #[arg(long, required = true)]
+        subnet: Vec<String>,
+        /// The gateway of the first subnet (default: its first address).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// The bridge (default: the network's name).
+        #[arg(long)]
+        bridge: Option<String>,
+        /// Masquerade IPv4 to the outside through this uplink interface.
+        #[arg(long, requires = "uplink_address")]
+        masquerade: Option<String>,
+        /// The switch's own address on the uplink, A.B.C.D/N (not one of
+        /// the host's).
+        #[arg(long)]
+        uplink_address: Option<String>,
+        /// The router on the uplink, for destinations off its subnet.
+        #[arg(long)]
+        uplink_router: Option<String>,
+        /// Drop frames whose source MAC or IP is not the container's.
+        #[arg(long)]
+        macspoofchk: bool,
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Make the network's ports access ports of this VLAN.
+        #[arg(long)]
+        vlan: Option<u16>,
+    },
+    /// Delete a network without attachments.
+    NetDelete {
+        name: String,
+        #[arg(long)]
+        if_exists: bool,
+    },
+    /// Attach a network namespace (a name under /var/run/netns or a path)
+    /// to a network.
+    NetAttach {
+        name: String,
+        netns: String,
+        /// The interface in the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// The attachment's id (default: the namespace's name).
+        #[arg(long)]
+        container_id: Option<String>,
+        /// Ask for this address (one per subnet).
+        #[arg(long)]
+        ip: Vec<String>,
+        /// Publish HOSTPORT:PORT[/tcp|udp] on the masquerade address.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// A label for network policy, KEY=VALUE.
+        #[arg(long)]
+        label: Vec<String>,
+    },
+    /// Detach a namespace from a network.
+    NetDetach {
+        name: String,
+        netns: String,
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        #[arg(long)]
+        container_id: Option<String>,
+    },
+    /// Networks and their attachments.
+    NetList,
     /// Versions of this tool and of the daemon.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -213,6 +284,10 @@ fn show(result: &Value, stats: &Value, status: &Value) -> String {
             if let Some(o) = p["status"].as_object().filter(|o| !o.is_empty()) {
                 let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
                 out.push_str(&format!("        status: {{{}}}\n", list.join(", ")));
+            }
+            if let Some(o) = p["external_ids"].as_object().filter(|o| !o.is_empty()) {
+                let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
+                out.push_str(&format!("        external_ids: {{{}}}\n", list.join(", ")));
             }
             if p["transient"] == true {
                 out.push_str("        transient: true\n");
@@ -415,6 +490,8 @@ enum Render {
     Version,
     Conntrack,
     CtStats,
+    Networks,
+    Attachment,
 }
 
 /// A command as requests to the daemon.
@@ -554,7 +631,153 @@ fn plan(command: Command) -> Result<Plan, String> {
         Command::CtSetTimeouts { settings } => one("ct.set_timeouts", ct_timeouts(&settings)?, none),
         Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
         Command::Version => one("system.version", Value::Null, Render::Version),
+        Command::NetCreate {
+            name,
+            subnet,
+            gateway,
+            bridge,
+            masquerade,
+            uplink_address,
+            uplink_router,
+            macspoofchk,
+            mtu,
+            vlan,
+        } => {
+            let mut ranges: Vec<Value> = subnet.iter().map(|s| json!([{ "subnet": s }])).collect();
+            if let Some(g) = gateway {
+                ranges[0][0]["gateway"] = json!(g);
+            }
+            let mut spec = json!({
+                "name": name,
+                "ipam": { "type": "vswitch", "ranges": ranges },
+                "is_gateway": true,
+                "is_default_gateway": true,
+                "macspoofchk": macspoofchk,
+            });
+            for (k, v) in [("bridge", json!(bridge)), ("mtu", json!(mtu)), ("vlan", json!(vlan))] {
+                if !v.is_null() {
+                    spec[k] = v;
+                }
+            }
+            if let Some(uplink) = masquerade {
+                spec["masquerade"] = json!({ "uplink": uplink, "address": uplink_address, "gateway": uplink_router });
+            }
+            one("net.create", json!({ "network": spec }), none)
+        }
+        Command::NetDelete { name, if_exists } => {
+            one("net.delete", json!({ "name": name, "if_exists": if_exists }), none)
+        }
+        Command::NetAttach { name, netns, ifname, container_id, ip, publish, label } => {
+            let (path, id) = netns_path(&netns, container_id);
+            let mut maps = Vec::new();
+            for p in &publish {
+                let (ports, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                let (h, c) =
+                    ports.split_once(':').ok_or_else(|| format!("--publish '{p}' is not HOSTPORT:PORT[/PROTO]"))?;
+                let port = |s: &str| s.parse::<u16>().map_err(|_| format!("--publish '{p}': '{s}' is not a port"));
+                maps.push(json!({ "hostPort": port(h)?, "containerPort": port(c)?, "protocol": proto }));
+            }
+            let mut labels = serde_json::Map::new();
+            for l in &label {
+                let (k, v) = l.split_once('=').ok_or_else(|| format!("--label '{l}' is not KEY=VALUE"))?;
+                labels.insert(k.to_string(), json!(v));
+            }
+            let params = json!({
+                "network": name, "container_id": id, "ifname": ifname, "netns": path,
+                "request_ips": ip, "port_mappings": maps, "labels": labels,
+            });
+            one("net.attach", params, Render::Attachment)
+        }
+        Command::NetDetach { name, netns, ifname, container_id } => {
+            let (_, id) = netns_path(&netns, container_id);
+            one("net.detach", json!({ "network": name, "container_id": id, "ifname": ifname }), none)
+        }
+        Command::NetList => one("net.list", Value::Null, Render::Networks),
     })
+}
+
+/// A namespace's path (a bare name is one of `ip netns`'s) and the
+/// attachment id (the given one, else the namespace's name).
+fn netns_path(netns: &str, container_id: Option<String>) -> (String, String) {
+    let path = if netns.contains('/') { netns.to_string() } else { format!("/var/run/netns/{netns}") };
+    let id = container_id.unwrap_or_else(|| netns.rsplit('/').next().unwrap_or(netns).to_string());
+    (path, id)
+}
+
+fn ips_text(ips: &Value) -> String {
+    let list: Vec<&str> = ips.as_array().into_iter().flatten().filter_map(|i| i["address"].as_str()).collect();
+    list.join(" ")
+}
+
+/// `net-list` text: each network, then its attachments.
+fn networks_text(r: &Value) -> String {
+    let mut out = String::new();
+    for n in r.as_array().into_iter().flatten() {
+        let spec = &n["network"];
+        let subnets: Vec<String> = spec["ipam"]["ranges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|set| {
+                set.as_array().into_iter().flatten().filter_map(|r| r["subnet"].as_str().map(str::to_string))
+            })
+            .chain(spec["ipam"]["subnet"].as_str().map(str::to_string))
+            .collect();
+        out.push_str(&format!(
+            "Network {}
+    bridge: {}
+",
+            spec["name"].as_str().unwrap_or("?"),
+            n["bridge"].as_str().unwrap_or("?")
+        ));
+        if !subnets.is_empty() {
+            out.push_str(&format!(
+                "    subnets: {}
+",
+                subnets.join(" ")
+            ));
+        }
+        if let Some(m) = spec.get("masquerade").filter(|m| !m.is_null()) {
+            out.push_str(&format!(
+                "    masquerade: via {} as {}
+",
+                m["uplink"].as_str().unwrap_or("?"),
+                m["address"].as_str().unwrap_or("?")
+            ));
+        }
+        for a in n["attachments"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "    Attachment {} {}
+        netns: {}
+        port: {}
+        addresses: {}
+",
+                a["container_id"].as_str().unwrap_or("?"),
+                a["ifname"].as_str().unwrap_or("?"),
+                a["netns"].as_str().unwrap_or("?"),
+                a["port"].as_str().unwrap_or("?"),
+                ips_text(&a["ips"])
+            ));
+            for m in a["port_mappings"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "        published: {} -> {}/{}
+",
+                    m["hostPort"],
+                    m["containerPort"],
+                    m["protocol"].as_str().unwrap_or("tcp")
+                ));
+            }
+            if let Some(l) = a["labels"].as_object().filter(|l| !l.is_empty()) {
+                let list: Vec<String> = l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
+                out.push_str(&format!(
+                    "        labels: {}
+",
+                    list.join(",")
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// A command's JSON result (its first request's) and its text.
@@ -579,6 +802,8 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
         Render::Stats => stats_text(&r),
         Render::Conntrack => conntrack_text(&r),
         Render::CtStats => ct_stats_text(&r),
+        Render::Networks => networks_text(&r),
+        Render::Attachment => format!("{}\n", ips_text(&r["ips"])),
         Render::Version => {
             format!("vswitch-ctl {}\nvswitchd {}\n", env!("CARGO_PKG_VERSION"), r["version"].as_str().unwrap_or("?"))
         }

@@ -12,12 +12,14 @@
 //!   dropped and counted by the drop rules. With masquerade: the agent's
 //!   frames go out of the uplink, the uplink's to table 3. Everything
 //!   else goes on to table 1.
-//! - 1, from the network: NORMAL; with masquerade, IPv4 to the host's
-//!   gateway addresses NORMAL, other IPv4 through conntrack (zone of the
-//!   network, NAT undone) to table 2.
-//! - 2: new connections to a published port are DNATed (hairpin), new
+//! - 1, from the network: NORMAL; with masquerade, IPv4 through
+//!   conntrack (zone of the network, NAT undone) to table 2.
+//! - 2: IPv4 to the host's gateway addresses is switched to the gateway
+//!   port; new connections to a published port are DNATed (hairpin), new
 //!   ones through the gateway MAC masqueraded behind the uplink address,
-//!   replies through the gateway routed; all to table 5. The rest NORMAL.
+//!   replies through the gateway routed; all to table 5. Invalid packets
+//!   are dropped; new connections between containers committed; the
+//!   rest NORMAL.
 //! - 5, routing by destination: containers (gateway MAC as source, TTL
 //!   decremented); on-link uplink neighbours and the default gateway by
 //!   the agent's rules; unresolved ones to the agent.
@@ -111,6 +113,8 @@ fn network_rules(spec: &NetworkSpec, w: Option<&Wiring>, cookie: u64) -> Vec<Str
         ),
         format!("{c},table={NET_CT},priority=15,ct_state=+est+trk,ip,dl_dst={},actions=goto_table:{ROUTE}", w.gw_mac),
         format!("{c},table={NET_CT},priority=15,ct_state=+rel+trk,ip,dl_dst={},actions=goto_table:{ROUTE}", w.gw_mac),
+        // Between containers: committed, so that replies are not invalid.
+        format!("{c},table={NET_CT},priority=10,ct_state=+new+trk,ip,actions=ct(commit,zone={z}),NORMAL"),
         format!("{c},table={NET_CT},priority=0,actions=NORMAL"),
         format!("{c},table={FROM_UPLINK},priority=30,arp,actions=output:{a}"),
         format!("{c},table={FROM_UPLINK},priority=20,ip,dl_dst={},nw_dst={x},actions=ct(table={UPLINK_CT},zone={z},nat)", w.uplink_mac),
@@ -124,8 +128,14 @@ fn network_rules(spec: &NetworkSpec, w: Option<&Wiring>, cookie: u64) -> Vec<Str
             w.uplink_mac
         ),
     ]);
+    // The host at its gateway addresses: tracked like the rest (its
+    // replies come back through table 1), switched, never routed.
     for g in &w.gw_ips {
-        out.push(format!("{c},table={FROM_NET},priority=100,ip,dl_dst={},nw_dst={g},actions=NORMAL", w.gw_mac));
+        let to_host = format!("ip,dl_dst={},nw_dst={g}", w.gw_mac);
+        out.push(format!(
+            "{c},table={NET_CT},priority=31,ct_state=+new+trk,{to_host},actions=ct(commit,zone={z}),NORMAL"
+        ));
+        out.push(format!("{c},table={NET_CT},priority=30,{to_host},actions=NORMAL"));
     }
     out.push(if m.gateway.is_some() {
         format!("{c},table={ROUTE},priority={ROUTE_DEFAULT},ip,actions=mod_dl_src:{},dec_ttl,output:{a}", w.uplink_mac)

@@ -70,6 +70,12 @@ impl Daemon {
         Self::spawn(&std::env::temp_dir().join(unique("vsd")), Some(ns), &[])
     }
 
+    /// A daemon in `ns` on `dir` (a restart of one whose directory was
+    /// kept with `owns_dir = false`).
+    pub fn start_in_netns(ns: &NetNs, dir: &std::path::Path) -> Daemon {
+        Self::spawn(dir, Some(ns), &[])
+    }
+
     /// As [`start_netns`](Self::start_netns), with more vswitchd arguments.
     pub fn start_netns_with(ns: &NetNs, args: &[&str]) -> Daemon {
         Self::spawn(&std::env::temp_dir().join(unique("vsd")), Some(ns), args)
