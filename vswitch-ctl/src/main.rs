@@ -180,14 +180,8 @@ enum Command {
     /// Attach a network namespace (a name under /var/run/netns or a path)
     /// to a network.
     NetAttach {
-        name: String,
-        netns: String,
-        /// The interface in the namespace.
-        #[arg(long, default_value = "eth0")]
-        ifname: String,
-        /// The attachment's id (default: the namespace's name).
-        #[arg(long)]
-        container_id: Option<String>,
+        #[command(flatten)]
+        which: Which,
         /// Ask for this address (one per subnet).
         #[arg(long)]
         ip: Vec<String>,
@@ -200,12 +194,8 @@ enum Command {
     },
     /// Detach a namespace from a network.
     NetDetach {
-        name: String,
-        netns: String,
-        #[arg(long, default_value = "eth0")]
-        ifname: String,
-        #[arg(long)]
-        container_id: Option<String>,
+        #[command(flatten)]
+        which: Which,
     },
     /// Networks and their attachments.
     NetList,
@@ -213,6 +203,21 @@ enum Command {
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+/// An attachment on the command line: network, namespace, interface, id.
+#[derive(clap::Args, Debug)]
+struct Which {
+    /// The network.
+    name: String,
+    /// The namespace: a name of `ip netns` or a path.
+    netns: String,
+    /// The interface in the namespace.
+    #[arg(long, default_value = "eth0")]
+    ifname: String,
+    /// The attachment's id (default: the namespace's name).
+    #[arg(long)]
+    container_id: Option<String>,
 }
 
 /// A port's `KEY=VALUE` settings as `port.add` / `port.set` parameters:
@@ -257,6 +262,12 @@ fn settings(items: &[String], for_set: bool) -> Result<serde_json::Map<String, V
     Ok(p)
 }
 
+/// A JSON object of strings as `k=v` joined by `sep`; `None` if empty.
+fn pairs(o: &Value, sep: &str) -> Option<String> {
+    let o = o.as_object().filter(|o| !o.is_empty())?;
+    Some(o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect::<Vec<_>>().join(sep))
+}
+
 fn show(result: &Value, stats: &Value, status: &Value) -> String {
     let mut out = String::new();
     for t in status["threads"].as_array().into_iter().flatten() {
@@ -277,17 +288,14 @@ fn show(result: &Value, stats: &Value, status: &Value) -> String {
                 let list: Vec<String> = t.iter().map(|v| v.to_string()).collect();
                 out.push_str(&format!("        trunks: [{}]\n", list.join(", ")));
             }
-            if let Some(o) = p["options"].as_object().filter(|o| !o.is_empty()) {
-                let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
-                out.push_str(&format!("        options: {{{}}}\n", list.join(", ")));
+            if let Some(list) = pairs(&p["options"], ", ") {
+                out.push_str(&format!("        options: {{{list}}}\n"));
             }
-            if let Some(o) = p["status"].as_object().filter(|o| !o.is_empty()) {
-                let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
-                out.push_str(&format!("        status: {{{}}}\n", list.join(", ")));
+            if let Some(list) = pairs(&p["status"], ", ") {
+                out.push_str(&format!("        status: {{{list}}}\n"));
             }
-            if let Some(o) = p["external_ids"].as_object().filter(|o| !o.is_empty()) {
-                let list: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
-                out.push_str(&format!("        external_ids: {{{}}}\n", list.join(", ")));
+            if let Some(list) = pairs(&p["external_ids"], ", ") {
+                out.push_str(&format!("        external_ids: {{{list}}}\n"));
             }
             if p["transient"] == true {
                 out.push_str("        transient: true\n");
@@ -667,8 +675,7 @@ fn plan(command: Command) -> Result<Plan, String> {
         Command::NetDelete { name, if_exists } => {
             one("net.delete", json!({ "name": name, "if_exists": if_exists }), none)
         }
-        Command::NetAttach { name, netns, ifname, container_id, ip, publish, label } => {
-            let (path, id) = netns_path(&netns, container_id);
+        Command::NetAttach { which, ip, publish, label } => {
             let mut maps = Vec::new();
             for p in &publish {
                 let (ports, proto) = p.split_once('/').unwrap_or((p, "tcp"));
@@ -682,26 +689,33 @@ fn plan(command: Command) -> Result<Plan, String> {
                 let (k, v) = l.split_once('=').ok_or_else(|| format!("--label '{l}' is not KEY=VALUE"))?;
                 labels.insert(k.to_string(), json!(v));
             }
-            let params = json!({
-                "network": name, "container_id": id, "ifname": ifname, "netns": path,
-                "request_ips": ip, "port_mappings": maps, "labels": labels,
-            });
+            let mut params = which.attachment();
+            params["netns"] = json!(which.netns_path());
+            params["request_ips"] = json!(ip);
+            params["port_mappings"] = json!(maps);
+            params["labels"] = Value::Object(labels);
             one("net.attach", params, Render::Attachment)
         }
-        Command::NetDetach { name, netns, ifname, container_id } => {
-            let (_, id) = netns_path(&netns, container_id);
-            one("net.detach", json!({ "network": name, "container_id": id, "ifname": ifname }), none)
-        }
+        Command::NetDetach { which } => one("net.detach", which.attachment(), none),
         Command::NetList => one("net.list", Value::Null, Render::Networks),
     })
 }
 
-/// A namespace's path (a bare name is one of `ip netns`'s) and the
-/// attachment id (the given one, else the namespace's name).
-fn netns_path(netns: &str, container_id: Option<String>) -> (String, String) {
-    let path = if netns.contains('/') { netns.to_string() } else { format!("/var/run/netns/{netns}") };
-    let id = container_id.unwrap_or_else(|| netns.rsplit('/').next().unwrap_or(netns).to_string());
-    (path, id)
+impl Which {
+    /// The namespace's path: a bare name is one of `ip netns`'s.
+    fn netns_path(&self) -> String {
+        if self.netns.contains('/') { self.netns.clone() } else { format!("/var/run/netns/{}", self.netns) }
+    }
+
+    /// `network`, `container_id` (the given one, else the namespace's
+    /// name) and `ifname`, as `net.*` parameters.
+    fn attachment(&self) -> Value {
+        let id = self
+            .container_id
+            .clone()
+            .unwrap_or_else(|| self.netns.rsplit('/').next().unwrap_or(&self.netns).to_string());
+        json!({ "network": self.name, "container_id": id, "ifname": self.ifname })
+    }
 }
 
 fn ips_text(ips: &Value) -> String {
@@ -723,57 +737,26 @@ fn networks_text(r: &Value) -> String {
             })
             .chain(spec["ipam"]["subnet"].as_str().map(str::to_string))
             .collect();
-        out.push_str(&format!(
-            "Network {}
-    bridge: {}
-",
-            spec["name"].as_str().unwrap_or("?"),
-            n["bridge"].as_str().unwrap_or("?")
-        ));
+        let name = spec["name"].as_str().unwrap_or("?");
+        out.push_str(&format!("Network {name}\n    bridge: {}\n", n["bridge"].as_str().unwrap_or("?")));
         if !subnets.is_empty() {
-            out.push_str(&format!(
-                "    subnets: {}
-",
-                subnets.join(" ")
-            ));
+            out.push_str(&format!("    subnets: {}\n", subnets.join(" ")));
         }
         if let Some(m) = spec.get("masquerade").filter(|m| !m.is_null()) {
-            out.push_str(&format!(
-                "    masquerade: via {} as {}
-",
-                m["uplink"].as_str().unwrap_or("?"),
-                m["address"].as_str().unwrap_or("?")
-            ));
+            let (uplink, address) = (m["uplink"].as_str().unwrap_or("?"), m["address"].as_str().unwrap_or("?"));
+            out.push_str(&format!("    masquerade: via {uplink} as {address}\n"));
         }
         for a in n["attachments"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "    Attachment {} {}
-        netns: {}
-        port: {}
-        addresses: {}
-",
-                a["container_id"].as_str().unwrap_or("?"),
-                a["ifname"].as_str().unwrap_or("?"),
-                a["netns"].as_str().unwrap_or("?"),
-                a["port"].as_str().unwrap_or("?"),
-                ips_text(&a["ips"])
-            ));
+            let text = |k: &str| a[k].as_str().unwrap_or("?").to_string();
+            out.push_str(&format!("    Attachment {} {}\n", text("container_id"), text("ifname")));
+            out.push_str(&format!("        netns: {}\n        port: {}\n", text("netns"), text("port")));
+            out.push_str(&format!("        addresses: {}\n", ips_text(&a["ips"])));
             for m in a["port_mappings"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "        published: {} -> {}/{}
-",
-                    m["hostPort"],
-                    m["containerPort"],
-                    m["protocol"].as_str().unwrap_or("tcp")
-                ));
+                let proto = m["protocol"].as_str().unwrap_or("tcp");
+                out.push_str(&format!("        published: {} -> {}/{proto}\n", m["hostPort"], m["containerPort"]));
             }
-            if let Some(l) = a["labels"].as_object().filter(|l| !l.is_empty()) {
-                let list: Vec<String> = l.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?"))).collect();
-                out.push_str(&format!(
-                    "        labels: {}
-",
-                    list.join(",")
-                ));
+            if let Some(list) = pairs(&a["labels"], ",") {
+                out.push_str(&format!("        labels: {list}\n"));
             }
         }
     }

@@ -123,6 +123,17 @@ fn arp(op: u16, src_mac: MacAddr, src_ip: Ipv4Addr, dst_mac: MacAddr, dst_ip: Ip
 }
 
 impl State {
+    /// Neighbour `ip`'s entry, a new unresolved one if it had none.
+    fn neighbour(&mut self, ip: Ipv4Addr, now: Instant) -> &mut Neighbour {
+        self.neigh.entry(ip).or_insert_with(|| Neighbour {
+            mac: None,
+            asked: None,
+            unanswered: 0,
+            seen: now,
+            queue: Vec::new(),
+        })
+    }
+
     fn send(&self, frame: &[u8]) {
         // A full queue loses this frame; ARP asks again.
         let _ = self.port.send_frame(frame);
@@ -130,13 +141,7 @@ impl State {
 
     fn ask(&mut self, ip: Ipv4Addr) {
         let now = Instant::now();
-        let n = self.neigh.entry(ip).or_insert(Neighbour {
-            mac: None,
-            asked: None,
-            unanswered: 0,
-            seen: now,
-            queue: Vec::new(),
-        });
+        let n = self.neighbour(ip, now);
         if n.asked.is_some_and(|t| now.duration_since(t) < RETRY) {
             return;
         }
@@ -198,13 +203,7 @@ impl State {
 
     fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr) {
         let now = Instant::now();
-        let n = self.neigh.entry(ip).or_insert(Neighbour {
-            mac: None,
-            asked: None,
-            unanswered: 0,
-            seen: now,
-            queue: Vec::new(),
-        });
+        let n = self.neighbour(ip, now);
         let changed = n.mac != Some(mac);
         n.mac = Some(mac);
         n.unanswered = 0;

@@ -343,9 +343,15 @@ fn stable_hash(parts: &[&str]) -> u64 {
     h
 }
 
+/// An interface or port name: `prefix` and 40 bits of `parts`' hash in
+/// hex (13 bytes with a three-letter prefix, under IFNAMSIZ).
+fn derived_name(prefix: &str, parts: &[&str]) -> String {
+    format!("{prefix}{:010x}", stable_hash(parts) & 0xff_ffff_ffff)
+}
+
 /// The host end's name: derived, so a DEL without a record finds it.
 pub fn host_ifname(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("vsw{:010x}", stable_hash(&[network, container_id, ifname]) & 0xff_ffff_ffff)
+    derived_name("vsw", &[network, container_id, ifname])
 }
 
 fn network_cookie(network: &str) -> u64 {
@@ -358,8 +364,22 @@ fn derived_mac(parts: &[&str]) -> MacAddr {
     MacAddr([0x02, h[0], h[1], h[2], h[3], h[4]])
 }
 
+/// The gateway port's MAC.
+fn gateway_mac(spec: &NetworkSpec) -> MacAddr {
+    derived_mac(&[&spec.name, "gateway"])
+}
+
 fn agent_port(network: &str) -> String {
-    format!("vsa{:010x}", stable_hash(&[network, "agent"]) & 0xff_ffff_ffff)
+    derived_name("vsa", &[network, "agent"])
+}
+
+impl State {
+    /// Where attachment (`network`, `container_id`, `ifname`) is.
+    fn position(&self, network: &str, container_id: &str, ifname: &str) -> Option<usize> {
+        self.attachments
+            .iter()
+            .position(|x| x.network == network && x.container_id == container_id && x.ifname == ifname)
+    }
 }
 
 impl Networks {
@@ -573,7 +593,7 @@ impl Networks {
             })
             .collect();
         Some(flows::Wiring {
-            gw_mac: derived_mac(&[&spec.name, "gateway"]),
+            gw_mac: gateway_mac(spec),
             gw_ips,
             uplink_mac: derived_mac(&[&spec.name, "uplink"]),
             agent: agent_port(&spec.name),
@@ -663,8 +683,7 @@ impl Networks {
             return Ok(());
         }
         let addrs = self.gateway_set(s, spec)?;
-        plumb::host_set_mac(spec.bridge(), derived_mac(&[&spec.name, "gateway"]))?;
-        plumb::host_addresses(spec.bridge(), &addrs.into_iter().collect::<Vec<_>>(), spec.mtu)
+        plumb::gateway_port(spec.bridge(), gateway_mac(spec), &addrs.into_iter().collect::<Vec<_>>(), spec.mtu)
     }
 
     /// Deletes a network without attachments: its rules, its gateway port,
@@ -730,10 +749,7 @@ impl Networks {
             .get(&a.network)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("no network named '{}'", a.network)))?;
-        if s.attachments
-            .iter()
-            .any(|x| x.network == a.network && x.container_id == a.container_id && x.ifname == a.ifname)
-        {
+        if s.position(&a.network, &a.container_id, &a.ifname).is_some() {
             return Err(Error::Exists(format!(
                 "container '{}' already has '{}' on network '{}'",
                 a.container_id, a.ifname, a.network
@@ -886,10 +902,8 @@ impl Networks {
     /// The CNI result of an attachment (1.x layout; the plugin converts).
     fn result(&self, spec: &NetworkSpec, att: &Attachment) -> Value {
         let mut interfaces = Vec::new();
-        if spec.gateway()
-            && let Ok(Some(mac)) = plumb::host_mac(spec.bridge())
-        {
-            interfaces.push(json!({ "name": spec.bridge(), "mac": mac }));
+        if spec.gateway() {
+            interfaces.push(json!({ "name": spec.bridge(), "mac": gateway_mac(spec) }));
         }
         interfaces.push(json!({ "name": att.port, "mac": att.host_mac }));
         let container = interfaces.len();
@@ -925,10 +939,7 @@ impl Networks {
     pub fn detach(&self, network: &str, container_id: &str, ifname: &str, spec: Option<&NetworkSpec>) -> Result<Value> {
         let mut s = self.lock();
         let known = s.networks.get(network).cloned().or_else(|| spec.cloned());
-        let at = s
-            .attachments
-            .iter()
-            .position(|x| x.network == network && x.container_id == container_id && x.ifname == ifname);
+        let at = s.position(network, container_id, ifname);
         let port = at.map_or_else(|| host_ifname(network, container_id, ifname), |i| s.attachments[i].port.clone());
         let sw = &self.switch;
         match sw.del_port(&port) {
@@ -964,13 +975,9 @@ impl Networks {
     pub fn check(&self, network: &str, container_id: &str, ifname: &str, ips: &[IpConfig]) -> Result<()> {
         let s = self.lock();
         let spec = s.networks.get(network).ok_or_else(|| Error::NotFound(format!("no network named '{network}'")))?;
-        let att = s
-            .attachments
-            .iter()
-            .find(|x| x.network == network && x.container_id == container_id && x.ifname == ifname)
-            .ok_or_else(|| {
-                Error::NotFound(format!("container '{container_id}' has no '{ifname}' on network '{network}'"))
-            })?;
+        let att = s.position(network, container_id, ifname).map(|i| &s.attachments[i]).ok_or_else(|| {
+            Error::NotFound(format!("container '{container_id}' has no '{ifname}' on network '{network}'"))
+        })?;
         match self.switch.port_spec(&att.port) {
             Ok((b, _)) if b == spec.bridge() => {}
             _ => return Err(Error::NotFound(format!("port '{}' is not on bridge '{}'", att.port, spec.bridge()))),

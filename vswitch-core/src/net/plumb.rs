@@ -15,6 +15,11 @@ fn nl(call: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::io(call, e)
 }
 
+/// Link `name`, or the error `missing` makes.
+fn link_or(r: &mut Rtnl, name: &str, missing: impl FnOnce() -> Error) -> Result<netlink::Link> {
+    r.link(name).map_err(nl("reading links"))?.ok_or_else(missing)
+}
+
 fn open_netns(path: &str) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::NotFound(format!("no network namespace at {path}")),
@@ -87,10 +92,9 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
                 }
                 _ => Error::io("creating the veth pair", e),
             })?;
-        let link = r
-            .link(plan.host_if)
-            .map_err(nl("reading links"))?
-            .ok_or_else(|| Error::io("creating the veth pair", std::io::Error::other("the host end vanished")))?;
+        let link = link_or(r, plan.host_if, || {
+            Error::io("creating the veth pair", std::io::Error::other("the host end vanished"))
+        })?;
         quiet_host_end(plan.host_if)?;
         r.set_up(link.index, None).map_err(nl("setting the host end up"))?;
         Ok(link)
@@ -103,10 +107,8 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
         }
     };
     let inside = in_netns(plan.netns, |r| {
-        let link = r
-            .link(plan.ifname)
-            .map_err(nl("reading links"))?
-            .ok_or_else(|| Error::NotFound(format!("'{}' did not appear in {}", plan.ifname, plan.netns)))?;
+        let link =
+            link_or(r, plan.ifname, || Error::NotFound(format!("'{}' did not appear in {}", plan.ifname, plan.netns)))?;
         r.set_up(link.index, None).map_err(nl("setting the interface up"))?;
         for ip in plan.ips {
             r.add_addr(link.index, ip.address.addr(), ip.address.prefix_len()).map_err(nl("adding an address"))?;
@@ -164,10 +166,7 @@ pub(crate) fn remove(host_if: &str) -> Result<bool> {
 /// the first thing missing is the error.
 pub(crate) fn check(netns: &str, ifname: &str, ips: &[IpConfig], routes: &[RouteConfig]) -> Result<()> {
     in_netns(netns, |r| {
-        let link = r
-            .link(ifname)
-            .map_err(nl("reading links"))?
-            .ok_or_else(|| Error::NotFound(format!("interface '{ifname}' is missing from {netns}")))?;
+        let link = link_or(r, ifname, || Error::NotFound(format!("interface '{ifname}' is missing from {netns}")))?;
         if !link.up {
             return Err(Error::invalid("attachment", format!("interface '{ifname}' in {netns} is down")));
         }
@@ -196,40 +195,21 @@ pub(crate) fn check(netns: &str, ifname: &str, ips: &[IpConfig], routes: &[Route
     })
 }
 
-/// Puts `ips` (with their prefixes) on the host interface `ifname` and
-/// sets it up: the gateway port of a network.
-pub(crate) fn host_addresses(ifname: &str, ips: &[IpNet], mtu: Option<u32>) -> Result<()> {
+/// Makes host interface `ifname` a network's gateway port: its MAC
+/// `mac` (the same across restarts, so containers' neighbour entries stay
+/// right), up with `mtu`, holding `ips` (with their prefixes).
+pub(crate) fn gateway_port(ifname: &str, mac: MacAddr, ips: &[IpNet], mtu: Option<u32>) -> Result<()> {
     here(|r| {
-        let link = r
-            .link(ifname)
-            .map_err(nl("reading links"))?
-            .ok_or_else(|| Error::NotFound(format!("no interface '{ifname}'")))?;
+        let link = link_or(r, ifname, || Error::NotFound(format!("no interface '{ifname}'")))?;
+        if link.mac != mac.0 {
+            r.set_mac(link.index, mac.0).map_err(nl("setting the gateway's MAC"))?;
+        }
         r.set_up(link.index, mtu).map_err(nl("setting the gateway up"))?;
         for ip in ips {
             r.add_addr(link.index, ip.addr(), ip.prefix_len()).map_err(nl("adding the gateway address"))?;
         }
         Ok(())
     })
-}
-
-/// Sets host interface `ifname`'s MAC (a gateway port keeps the same one
-/// across restarts, so containers' neighbour entries stay right).
-pub(crate) fn host_set_mac(ifname: &str, mac: MacAddr) -> Result<()> {
-    here(|r| {
-        let link = r
-            .link(ifname)
-            .map_err(nl("reading links"))?
-            .ok_or_else(|| Error::NotFound(format!("no interface '{ifname}'")))?;
-        if link.mac != mac.0 {
-            r.set_mac(link.index, mac.0).map_err(nl("setting the gateway's MAC"))?;
-        }
-        Ok(())
-    })
-}
-
-/// The MAC of host interface `ifname`.
-pub(crate) fn host_mac(ifname: &str) -> Result<Option<MacAddr>> {
-    here(|r| Ok(r.link(ifname).map_err(nl("reading links"))?.map(|l| MacAddr(l.mac))))
 }
 
 /// A gratuitous ARP request (IPv4) or an unsolicited neighbour
