@@ -1,10 +1,10 @@
 //! rtnetlink: links (veth pairs), addresses and routes, in this thread's
 //! network namespace, and [`enter_netns`] to move a thread into another.
 //!
-//! Messages are built and parsed here by hand: the handful the container
-//! networks need (RTM_NEWLINK/DELLINK/GETLINK, RTM_NEWADDR/GETADDR,
-//! RTM_NEWROUTE/GETROUTE) are a few lines each on top of one TLV builder,
-//! and the XDP attachment in `bpf.rs` already speaks the same protocol.
+//! Messages are built and parsed here by hand: the handful the switch
+//! needs (RTM_NEWLINK/DELLINK/GETLINK, RTM_SETLINK for XDP programs,
+//! RTM_NEWADDR/GETADDR, RTM_NEWROUTE/GETROUTE) are a few lines each on
+//! top of one TLV builder.
 
 use std::io;
 use std::net::IpAddr;
@@ -22,6 +22,9 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_FD: u16 = 1;
+const IFLA_XDP_FLAGS: u16 = 3;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
@@ -328,6 +331,18 @@ impl Rtnl {
         if let Some(mtu) = mtu {
             m = m.attr_u32(IFLA_MTU, mtu);
         }
+        self.request(m)
+    }
+
+    /// Attaches XDP program `prog` (or detaches, with `None`) on link
+    /// `index` with `flags` (IFLA_XDP { IFLA_XDP_FD, IFLA_XDP_FLAGS }).
+    pub(crate) fn set_xdp(&mut self, index: u32, prog: Option<RawFd>, flags: u32) -> io::Result<()> {
+        let m = Msg::new(libc::RTM_SETLINK, libc::NLM_F_ACK as u16)
+            .bytes(&ifinfomsg(index, 0, 0))
+            .nest(IFLA_XDP)
+            .attr(IFLA_XDP_FD, &prog.unwrap_or(-1).to_ne_bytes())
+            .attr_u32(IFLA_XDP_FLAGS, flags)
+            .end();
         self.request(m)
     }
 
