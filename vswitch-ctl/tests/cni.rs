@@ -375,8 +375,12 @@ fn docker_style_network_masquerade_published_port_macspoofchk() {
         &uplink,
         "--uplink-address",
         "192.0.2.1/24",
+        "--uplink-router",
+        "192.0.2.50",
         "--macspoofchk",
     ]);
+    // Beyond the uplink's router: an address of the outside's own.
+    outside.run(&["ip", "addr", "add", "198.51.100.7/32", "dev", "lo"]);
     let a1 = d.ok(&["net-attach", &net, &c1.name, "--publish", "8080:80/tcp", "--publish", "5353:53/udp"]);
     assert_eq!(a1.trim(), "10.64.0.2/24");
     d.ok(&["net-attach", &net, &c2.name, "--ip", "10.64.0.77"]);
@@ -396,6 +400,19 @@ fn docker_style_network_masquerade_published_port_macspoofchk() {
     assert_eq!(udp_echo(&c2, "192.0.2.50", 7000), "192.0.2.1", "the outside saw another source");
     let _ = echo.kill();
     let _ = echo.wait();
+    // Off the uplink's segment, via its router: once the router is
+    // resolved, the default route goes straight to its MAC (not through
+    // the neighbour agent).
+    assert!(c1.ping("198.51.100.7", 2), "c1 cannot reach beyond the uplink router");
+    let default_route = d
+        .json(&["dump-flows", &net, "table=5"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["priority"] == 5)
+        .map(|f| f["actions"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    assert!(default_route.contains("mod_dl_dst:"), "the default route is not resolved: {default_route}");
     let ct = d.ok(&["dump-conntrack", "ct_nw_src=10.64.0.77"]);
     assert!(ct.contains("reply=(src=192.0.2.50,dst=192.0.2.1,"), "{ct}");
 

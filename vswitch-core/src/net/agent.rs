@@ -157,7 +157,9 @@ impl State {
         }
         match u16::from_be_bytes([f[12], f[13]]) {
             0x0806 if f.len() >= 42 => self.arp(f),
-            0x0800 if f.len() >= 34 => {
+            // Only what table 5 routed here (its source is the agent's
+            // MAC); anything else that reached the port is not its job.
+            0x0800 if f.len() >= 34 && f[6..12] == self.cfg.mac.0 => {
                 let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
                 let hop = if self.cfg.on_link(dst) { Some(dst) } else { self.cfg.gateway };
                 let Some(hop) = hop else { return };
@@ -219,44 +221,42 @@ impl State {
         }
     }
 
-    /// The route rule for neighbour `ip`: to `mac`, or (`None`) back to
-    /// the agent.
+    /// The route rules for neighbour `ip`: to `mac`, or (`None`) gone.
+    /// The default gateway's MAC is also the table's default route, and
+    /// without it that route leads back to the agent, which resolves it.
     fn install(&self, ip: Ipv4Addr, mac: Option<MacAddr>) {
         let c = &self.cfg;
+        let route = super::flows::ROUTE;
         let to = |mac: MacAddr| format!("mod_dl_src:{},mod_dl_dst:{mac},dec_ttl,output:{}", c.mac, c.uplink);
-        let back = format!("mod_dl_src:{},dec_ttl,output:{}", c.mac, self.port.name());
-        let rule = if Some(ip) == c.gateway && !c.on_link(ip) {
-            format!(
-                "cookie={:#x},table={},priority={},ip,actions={}",
+        if Some(ip) == c.gateway {
+            let back = format!("mod_dl_src:{},dec_ttl,output:{}", c.mac, self.port.name());
+            let rule = format!(
+                "cookie={:#x},table={route},priority={},ip,actions={}",
                 c.cookie,
-                super::flows::ROUTE,
                 super::flows::ROUTE_DEFAULT,
                 mac.map_or(back, to)
-            )
-        } else {
-            match mac {
-                Some(mac) => format!(
-                    "cookie={:#x},table={},priority={},ip,nw_dst={ip},actions={}",
+            );
+            let _ = self.sw.add_flow(&c.bridge, &rule);
+        }
+        let _ = match mac {
+            Some(mac) => self.sw.add_flow(
+                &c.bridge,
+                &format!(
+                    "cookie={:#x},table={route},priority={},ip,nw_dst={ip},actions={}",
                     c.cookie,
-                    super::flows::ROUTE,
                     super::flows::ROUTE_NEIGHBOUR,
                     to(mac)
                 ),
-                None => {
-                    let _ = self.sw.del_flows(
-                        &c.bridge,
-                        Some(&format!(
-                            "table={},priority={},ip,nw_dst={ip}",
-                            super::flows::ROUTE,
-                            super::flows::ROUTE_NEIGHBOUR
-                        )),
-                        true,
-                    );
-                    return;
-                }
-            }
+            ),
+            None => self
+                .sw
+                .del_flows(
+                    &c.bridge,
+                    Some(&format!("table={route},priority={},ip,nw_dst={ip}", super::flows::ROUTE_NEIGHBOUR)),
+                    true,
+                )
+                .map(|_| ()),
         };
-        let _ = self.sw.add_flow(&c.bridge, &rule);
     }
 
     fn tick(&mut self) {

@@ -369,6 +369,12 @@ fn gateway_mac(spec: &NetworkSpec) -> MacAddr {
     derived_mac(&[&spec.name, "gateway"])
 }
 
+/// The VLAN of a masquerading network's uplink and agent ports: one its
+/// containers are not on.
+fn outside_vlan(spec: &NetworkSpec) -> u16 {
+    if spec.vlan == Some(4094) { 4093 } else { 4094 }
+}
+
 fn agent_port(network: &str) -> String {
     derived_name("vsa", &[network, "agent"])
 }
@@ -525,6 +531,13 @@ impl Networks {
                 ),
             ));
         }
+        if let Some(other) = s.networks.values().find(|n| n.name != spec.name && n.bridge() == spec.bridge()) {
+            return Err(Error::Exists(format!(
+                "bridge '{}' belongs to network '{}': give this network a bridge of its own",
+                spec.bridge(),
+                other.name
+            )));
+        }
         let sw = &self.switch;
         let new_bridge = !sw.bridges().iter().any(|b| b.name == spec.bridge());
         if new_bridge {
@@ -560,7 +573,11 @@ impl Networks {
             let _ = sw.del_port(&om.uplink);
         }
         s.networks.insert(spec.name.clone(), spec.clone());
-        let r = self.gateway_addresses(s, &spec).and_then(|()| self.wire(s, &spec)).and_then(|()| self.save(s));
+        let r = self
+            .gateway_addresses(s, &spec)
+            .and_then(|()| self.wire(s, &spec))
+            .and_then(|()| if old.is_some() { self.rewire_attachments(s, &spec) } else { Ok(()) })
+            .and_then(|()| self.save(s));
         if let Err(e) = r {
             match old {
                 Some(o) => {
@@ -575,6 +592,25 @@ impl Networks {
                 }
             }
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// After a change of the network's definition: each attachment's
+    /// port in the network's VLAN and its rules made for the new one.
+    fn rewire_attachments(&self, s: &State, spec: &NetworkSpec) -> Result<()> {
+        let sw = &self.switch;
+        let w = self.wiring(s, spec);
+        for att in s.attachments.iter().filter(|a| a.network == spec.name) {
+            if let Ok((_, Some(mut p))) = sw.port_spec(&att.port)
+                && p.tag != spec.vlan
+            {
+                p.tag = spec.vlan;
+                sw.set_port_spec(&p)?;
+            }
+            let cookie = network_cookie(&spec.name) | u64::from(att.id);
+            flows::remove(sw, spec.bridge(), cookie, true)?;
+            flows::add(sw, spec, att, w.as_ref(), network_cookie(&spec.name))?;
         }
         Ok(())
     }
@@ -617,13 +653,25 @@ impl Networks {
             let zone = (1000..u16::MAX).find(|z| !used.contains(z)).ok_or(Error::Full("conntrack zones"))?;
             s.zones.insert(spec.name.clone(), zone);
         }
+        // The uplink and the agent are access ports of a VLAN no
+        // container is on: NORMAL never floods container traffic to
+        // them; only the routing rules send anything there.
+        let outside = outside_vlan(spec);
         match sw.port_spec(&m.uplink) {
-            Ok((b, _)) if b == spec.bridge() => {}
+            Ok((b, p)) if b == spec.bridge() => {
+                if let Some(mut p) = p
+                    && (p.tag != Some(outside) || !p.trunks.is_empty())
+                {
+                    (p.tag, p.trunks) = (Some(outside), Vec::new());
+                    sw.set_port_spec(&p)?;
+                }
+            }
             Ok((b, _)) => {
                 return Err(Error::invalid("network", format!("the uplink '{}' is a port of bridge '{b}'", m.uplink)));
             }
             Err(_) => {
                 let mut p = PortSpec::new(&m.uplink, self.kernel_type);
+                p.tag = Some(outside);
                 p.external_ids.insert("network".into(), spec.name.clone());
                 p.external_ids.insert("role".into(), "uplink".into());
                 sw.add_port_spec(spec.bridge(), &p, OnOpenError::Fail)?;
@@ -647,7 +695,8 @@ impl Networks {
         if agents.remove(&spec.name).is_some() {
             let _ = sw.del_port(&name);
         }
-        let port = sw.add_memory_port(spec.bridge(), &name, crate::PortConfig::default())?;
+        let port =
+            sw.add_memory_port(spec.bridge(), &name, crate::PortConfig { vlan: crate::VlanMode::access(outside)? })?;
         let w = self.wiring(s, spec);
         flows::network(sw, spec, w.as_ref(), network_cookie(&spec.name))?;
         agents.insert(spec.name.clone(), agent::start(sw.clone(), port, cfg));
@@ -850,6 +899,7 @@ impl Networks {
             release();
             return Err(e);
         }
+        plumb::announce(&att.netns, &att.ifname, &att.ips);
         Ok(self.result(&spec, &att))
     }
 
@@ -1025,16 +1075,26 @@ impl Networks {
             .filter(|a| a.network == network && !valid.contains(&(a.container_id.clone(), a.ifname.clone())))
             .map(|a| (a.container_id.clone(), a.ifname.clone()))
             .collect();
+        // One stale attachment that cannot go does not keep the rest.
+        let mut first_error = None;
+        let mut removed = Vec::new();
         for (id, ifname) in &stale {
-            self.detach(network, id, ifname, spec)?;
+            match self.detach(network, id, ifname, spec) {
+                Ok(_) => removed.push(json!({ "container_id": id, "ifname": ifname })),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         let known = self.lock().networks.get(network).cloned().or_else(|| spec.cloned());
         let released = match known {
             Some(spec) if spec.ipam.is_some() => self.pool(&spec).gc(&valid)?,
             _ => Vec::new(),
         };
-        let removed: Vec<Value> = stale.iter().map(|(c, i)| json!({ "container_id": c, "ifname": i })).collect();
-        Ok(json!({ "removed": removed, "released": released }))
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(json!({ "removed": removed, "released": released })),
+        }
     }
 
     /// The attachments of `network` (all networks with `None`).

@@ -123,12 +123,6 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
             })
             .map_err(nl("adding a route"))?;
         }
-        for ip in plan.ips {
-            let frame = announcement(MacAddr(link.mac), ip.address.addr());
-            // Best effort: the address works without it; the switch and
-            // the neighbours learn from the first packet anyway.
-            let _ = netlink::send_frame(link.index, &frame);
-        }
         Ok(MacAddr(link.mac))
     });
     match inside {
@@ -138,6 +132,20 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
             Err(e)
         }
     }
+}
+
+/// Announces the container's addresses from inside (gratuitous ARP,
+/// unsolicited NA), once its port is on the bridge. Best effort: the
+/// addresses work without it; the switch and the neighbours learn from
+/// the first packet anyway.
+pub(crate) fn announce(netns: &str, ifname: &str, ips: &[IpConfig]) {
+    let _ = in_netns(netns, |r| {
+        let link = link_or(r, ifname, || Error::NotFound(format!("'{ifname}' is not in {netns}")))?;
+        for ip in ips {
+            let _ = netlink::send_frame(link.index, &announcement(MacAddr(link.mac), ip.address.addr()));
+        }
+        Ok(())
+    });
 }
 
 /// The host end is a switch port, not an interface of the host's: the

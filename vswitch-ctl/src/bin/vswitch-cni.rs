@@ -204,7 +204,9 @@ impl Call {
                 format!("capabilities: '{c}' is not supported (supported: {})", CAPABILITIES.join(", ")),
             ));
         }
-        let masquerade = self.conf.get("masquerade").filter(|m| !m.is_null());
+        // "masquerade" says where; an explicit "ipMasq": false turns it off.
+        let masq_off = self.conf.get("ipMasq").is_some_and(|v| v == &Value::Bool(false));
+        let masquerade = self.conf.get("masquerade").filter(|m| !m.is_null() && !masq_off);
         if self.flag("ipMasq")? && masquerade.is_none() {
             return Err(err(
                 code::INVALID_CONFIG,
@@ -317,6 +319,9 @@ impl Call {
     /// Runs the delegated IPAM plugin with `command`; its result.
     fn ipam(&self, command: &str) -> Result<Value, CniError> {
         let kind = self.delegated().unwrap_or_default();
+        if self.path.is_empty() {
+            return Err(err(code::INVALID_ENV, format!("CNI_PATH must be set to find the IPAM plugin '{kind}'")));
+        }
         if kind.contains('/') {
             return Err(err(code::INVALID_CONFIG, format!("ipam.type '{kind}' is not a plugin name")));
         }
@@ -355,7 +360,7 @@ impl Call {
     }
 
     fn add(&self) -> Result<Value, CniError> {
-        self.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])?;
+        self.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
         self.check_args()?;
         let spec = self.spec()?;
         let mut params = json!({
@@ -400,8 +405,18 @@ impl Call {
         match self.daemon("net.attach", params, code::TRY_AGAIN) {
             Ok(r) => Ok(r),
             Err(e) => {
-                // The spec: a failed ADD releases what IPAM handed out.
-                if delegated {
+                // The daemon may not have seen the request, or may still
+                // be carrying it out (a timeout): a detach, which it runs
+                // after the attach, undoes whatever it did.
+                if e.code == code::TRY_AGAIN {
+                    let p =
+                        json!({ "network": self.name()?, "container_id": self.container_id, "ifname": self.ifname });
+                    let _ = self.daemon("net.detach", p, code::TRY_AGAIN);
+                }
+                // The spec: a failed ADD releases what IPAM handed out;
+                // not when the attachment already existed (it holds them).
+                let existed = e.code == code::INTERNAL && e.details.ends_with(": exists");
+                if delegated && !existed {
                     let _ = self.ipam("DEL");
                 }
                 Err(e)
@@ -410,7 +425,7 @@ impl Call {
     }
 
     fn del(&self) -> Result<Value, CniError> {
-        self.require(&["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"])?;
+        self.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
         let spec = self.spec().ok();
         let mut params = json!({ "network": self.name()?, "container_id": self.container_id, "ifname": self.ifname });
         if let Some(s) = spec {
@@ -424,7 +439,7 @@ impl Call {
     }
 
     fn check(&self) -> Result<Value, CniError> {
-        self.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])?;
+        self.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
         if version_index(&self.version) < version_index("0.4.0") {
             return Err(err(
                 code::INCOMPATIBLE_VERSION,
@@ -466,8 +481,8 @@ impl Call {
             .conf
             .get("cni.dev/valid-attachments")
             .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
+            .ok_or_else(|| err(code::INVALID_CONFIG, "GC needs \"cni.dev/valid-attachments\" (a list, maybe empty)"))?
+            .iter()
             .map(|a| json!([a["containerID"].as_str().unwrap_or_default(), a["ifname"].as_str().unwrap_or_default()]))
             .collect();
         let mut params = json!({ "network": self.name()?, "valid": valid });
