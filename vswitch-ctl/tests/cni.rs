@@ -405,7 +405,7 @@ fn docker_style_network_masquerade_published_port_macspoofchk() {
     // the neighbour agent).
     assert!(c1.ping("198.51.100.7", 2), "c1 cannot reach beyond the uplink router");
     let default_route = d
-        .json(&["dump-flows", &net, "table=5"])
+        .json(&["dump-flows", &net, "table=240"])
         .as_array()
         .unwrap()
         .iter()

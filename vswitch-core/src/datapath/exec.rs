@@ -228,6 +228,10 @@ impl Datapath {
                 }
                 Action::Group(id) => self.group(br, at, f, *id, depth, final_use, drops),
                 Action::Ct(ct) => self.conntrack(br, at, f, ct, depth, final_use, drops),
+                // A note of text (a controller's explanation) reads as text in a trace.
+                Action::Note(bytes) if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => {
+                    self.note(|| format!("note: {}", String::from_utf8_lossy(bytes)));
+                }
                 _ => self.modify(f, action, drops),
             }
         }

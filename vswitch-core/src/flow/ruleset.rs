@@ -177,6 +177,11 @@ impl RuleSet {
         refs
     }
 
+    /// The rule with identity `k` and its counters.
+    pub(crate) fn get(&self, k: &RuleKey) -> Option<(&FlowSpec, &Arc<RuleStats>)> {
+        self.rules.get(k).map(|e| (&e.spec, &e.stats))
+    }
+
     /// Removes these rules; returns those that were there.
     pub(crate) fn remove(&mut self, keys: &[RuleKey]) -> Vec<FlowSpec> {
         let removed: Vec<FlowSpec> = keys.iter().filter_map(|k| self.rules.remove(k)).map(|e| e.spec).collect();

@@ -89,6 +89,11 @@ pub(crate) fn start(sw: Arc<Switch>, port: MemoryPortHandle, cfg: AgentConfig) -
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let mut st = State { sw, port, cfg, neigh: HashMap::new() };
+    // The default route is the agent's: to itself until the router is
+    // resolved.
+    if let Some(gw) = st.cfg.gateway {
+        st.install(gw, None);
+    }
     let thread = std::thread::Builder::new()
         .name(format!("net-agent-{}", st.cfg.bridge))
         .spawn(move || {

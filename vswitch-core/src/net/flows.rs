@@ -1,8 +1,10 @@
 //! The rules a network puts in its bridge's flow table. Each carries the
 //! network's cookie in its upper 32 bits and, in its lower 32, the
-//! attachment's id (0 for the network's own rules, [`NEIGHBOUR_ID`] for
-//! the agent's), so an attachment's rules go with it (`cookie=C/-1`) and
-//! a network's all at once (`cookie=C/0xffffffff00000000`).
+//! attachment's id (0 for the network's own rules, [`POLICY_ID`] and up
+//! for its policies'); the neighbour agent's rules have a cookie of their
+//! own ([`super::neighbour_cookie`]). The whole set is made what it
+//! should be in one step after every change ([`sync`]): rules that stay
+//! keep their counters, and no packet sees half a change.
 //!
 //! Tables (docs/containers.md draws them):
 //!
@@ -12,43 +14,63 @@
 //!   dropped and counted by the drop rules. With masquerade: the agent's
 //!   frames go out of the uplink, the uplink's to table 3. Everything
 //!   else goes on to table 1.
-//! - 1, from the network: NORMAL; with masquerade, IPv4 through
-//!   conntrack (zone of the network, NAT undone) to table 2.
-//! - 2: IPv4 to the host's gateway addresses is switched to the gateway
-//!   port; new connections to a published port are DNATed (hairpin), new
-//!   ones through the gateway MAC masqueraded behind the uplink address,
-//!   replies through the gateway routed; all to table 5. Invalid packets
-//!   are dropped; new connections between containers committed; the
-//!   rest NORMAL.
-//! - 5, routing by destination: containers (gateway MAC as source, TTL
-//!   decremented); on-link uplink neighbours and the default gateway by
-//!   the agent's rules; unresolved ones to the agent.
+//! - 1, from the network: NORMAL; with conntrack (masquerade or
+//!   policies), IP through conntrack (the network's zone, NAT undone) to
+//!   table 2 (IPv6 neighbour discovery stays out of it).
+//! - 2: invalid packets dropped; established ones (of the current policy
+//!   generation) and related ones to 232; new ones to 231, through the
+//!   policy tables (20-219, [`super::policy`]) when there are policies,
+//!   as are established ones of an older generation.
+//! - 231, new from the network: to the host's gateway addresses
+//!   switched; to a published port DNATed (hairpin); through the gateway
+//!   MAC masqueraded behind the uplink address; between containers
+//!   switched; each committed with the generation in `ct_mark`.
+//! - 232, established from the network: through the gateway MAC routed,
+//!   the rest switched.
 //! - 3, from the uplink: ARP to the agent; IPv4 to the switch's address
 //!   and MAC through conntrack to table 4; the rest is not the switch's.
-//! - 4: new connections to published ports DNATed, replies routed.
+//! - 4: as 2 for the uplink: established and related routed, new ones
+//!   (to 233: published ports DNATed) through the policy tables.
+//! - 230: where the policy tables send what they allow, by `reg9`.
+//! - 240, routing by destination: containers (gateway MAC as source, TTL
+//!   decremented); on-link uplink neighbours and the default gateway by
+//!   the agent's rules; unresolved ones to the agent.
 
 use std::net::IpAddr;
 
+use super::policy::{ENTRY, REG_CONT};
 use super::{Attachment, NetworkSpec, PortMapping};
 use crate::{Result, Switch};
 
 /// The routing table.
-pub(crate) const ROUTE: u8 = 5;
+pub(crate) const ROUTE: u8 = 240;
 /// Priority of an on-link neighbour's route.
 pub(crate) const ROUTE_NEIGHBOUR: u16 = 20;
 /// Priority of the default route.
 pub(crate) const ROUTE_DEFAULT: u16 = 5;
-/// The low cookie bits of the agent's rules.
-pub(crate) const NEIGHBOUR_ID: u32 = u32::MAX;
+/// Where the policy tables send an allowed connection.
+pub(crate) const CONT: u8 = 230;
+/// The low cookie bits of the policy tables' rules (allow and deny rules
+/// have their own, see [`super::policy`]).
+pub(crate) const POLICY_ID: u32 = 0x7fff_ffff;
 
 const FROM_NET: u8 = 1;
 const NET_CT: u8 = 2;
 const FROM_UPLINK: u8 = 3;
 const UPLINK_CT: u8 = 4;
+const NET_NEW: u8 = 231;
+const NET_EST: u8 = 232;
+const UPLINK_NEW: u8 = 233;
 
-/// What the network-wide rules need besides the spec.
+/// What `reg9` says to the continuation table: which check it was.
+const NEW_FROM_NET: u32 = 1;
+const OLD_FROM_NET: u32 = 2;
+const NEW_FROM_UPLINK: u32 = 3;
+const OLD_FROM_UPLINK: u32 = 4;
+
+/// The masquerade side's part of the wiring.
 #[derive(Debug, Clone)]
-pub(crate) struct Wiring {
+pub(crate) struct MasqWiring {
     /// The gateway port's MAC.
     pub(crate) gw_mac: crate::wire::MacAddr,
     /// The gateway's IPv4 addresses (the host's, on the gateway port).
@@ -57,34 +79,46 @@ pub(crate) struct Wiring {
     pub(crate) uplink_mac: crate::wire::MacAddr,
     /// The agent's port.
     pub(crate) agent: String,
-    /// The network's conntrack zone.
-    pub(crate) zone: u16,
 }
 
-/// Adds `att`'s rules.
-pub(super) fn add(
+/// What the network-wide rules need besides the spec.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Wiring {
+    /// The network's conntrack zone (with masquerade or policies).
+    pub(crate) zone: Option<u16>,
+    /// With masquerade.
+    pub(crate) masq: Option<MasqWiring>,
+    /// With policies: the generation committed connections carry in
+    /// `ct_mark`.
+    pub(crate) policy_gen: Option<u32>,
+}
+
+impl Wiring {
+    /// `ct(commit,...)` in the network's zone, marked with the policy
+    /// generation, with `nat` inside if given.
+    fn commit(&self, zone: u16, nat: &str) -> String {
+        let mark = self.policy_gen.map_or(String::new(), |g| format!(",exec(set_field:{g:#x}->ct_mark)"));
+        format!("ct(commit,zone={zone}{nat}{mark})")
+    }
+}
+
+/// Makes the network's rules (its own, its attachments', its policies')
+/// exactly what they should be.
+pub(super) fn sync(
     sw: &Switch,
     spec: &NetworkSpec,
-    att: &Attachment,
-    w: Option<&Wiring>,
+    atts: &[&Attachment],
+    w: &Wiring,
+    policy_rules: Vec<String>,
     network_cookie: u64,
 ) -> Result<()> {
-    install(sw, spec.bridge(), &attachment_rules(spec, att, w, network_cookie | u64::from(att.id)))
-}
-
-/// Replaces the network's own rules (and forgets the agent's).
-pub(super) fn network(sw: &Switch, spec: &NetworkSpec, w: Option<&Wiring>, network_cookie: u64) -> Result<()> {
-    remove(sw, spec.bridge(), network_cookie, true)?;
-    remove(sw, spec.bridge(), network_cookie | u64::from(NEIGHBOUR_ID), true)?;
-    install(sw, spec.bridge(), &network_rules(spec, w, network_cookie))
-}
-
-fn install(sw: &Switch, bridge: &str, rules: &[String]) -> Result<()> {
-    if rules.is_empty() {
-        return Ok(());
+    let mut rules = network_rules(spec, w, network_cookie);
+    for att in atts {
+        rules.extend(attachment_rules(spec, att, w, network_cookie | u64::from(att.id)));
     }
+    rules.extend(policy_rules);
     let refs: Vec<&str> = rules.iter().map(String::as_str).collect();
-    sw.add_flows(bridge, &refs).map(|_| ())
+    sw.sync_flows(spec.bridge(), &format!("cookie={network_cookie:#x}/0xffffffff00000000"), &refs).map(|_| ())
 }
 
 /// Removes the rules with `cookie`: exactly, or every rule of its
@@ -94,65 +128,113 @@ pub(super) fn remove(sw: &Switch, bridge: &str, cookie: u64, exact: bool) -> Res
     sw.del_flows(bridge, Some(&format!("cookie={cookie:#x}/{mask:#x}")), false).map(|_| ())
 }
 
-fn network_rules(spec: &NetworkSpec, w: Option<&Wiring>, cookie: u64) -> Vec<String> {
+fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
     let c = format!("cookie={cookie:#x}");
     let mut out = vec![
         format!("{c},table=0,priority=1,actions=goto_table:{FROM_NET}"),
         format!("{c},table={FROM_NET},priority=0,actions=NORMAL"),
     ];
-    let (Some(m), Some(w)) = (&spec.masquerade, w) else { return out };
-    let (x, u, a, z) = (m.address.addr(), &m.uplink, &w.agent, w.zone);
+    let Some(z) = w.zone else { return out };
+    let policies = w.policy_gen.is_some();
+    let families: &[&str] = if policies { &["ip", "ipv6"] } else { &["ip"] };
+    let commit = w.commit(z, "");
+    let mark = w.policy_gen.map_or(String::new(), |g| format!(",ct_mark={g:#x}"));
+    // New connections: judged by the policy tables (which come back to
+    // the continuation table), or straight on.
+    let check = |cont: u32, fallback: u8| {
+        if policies {
+            format!("set_field:{cont}->{REG_CONT},goto_table:{ENTRY}")
+        } else {
+            format!("goto_table:{fallback}")
+        }
+    };
+    for f in families {
+        out.push(format!("{c},table={FROM_NET},priority=10,{f},actions=ct(table={NET_CT},zone={z},nat)"));
+        out.push(format!("{c},table={NET_NEW},priority=10,{f},actions={commit},NORMAL"));
+    }
+    if policies {
+        // Neighbour discovery and MLD are the link's, not connections.
+        for t in [130, 131, 132, 133, 134, 135, 136, 137, 143] {
+            out.push(format!("{c},table={FROM_NET},priority=20,icmp6,icmp_type={t},actions=NORMAL"));
+        }
+    }
+    out.extend([
+        format!("{c},table={NET_CT},priority=50,ct_state=+inv+trk,actions=drop"),
+        format!("{c},table={NET_CT},priority=40,ct_state=+est+trk{mark},actions=goto_table:{NET_EST}"),
+        format!("{c},table={NET_CT},priority=40,ct_state=+rel+trk,actions=goto_table:{NET_EST}"),
+        format!("{c},table={NET_CT},priority=30,ct_state=+new+trk,actions={}", check(NEW_FROM_NET, NET_NEW)),
+        format!("{c},table={NET_CT},priority=0,actions=NORMAL"),
+        format!("{c},table={NET_EST},priority=0,actions=NORMAL"),
+    ]);
+    if policies {
+        out.extend([
+            format!("{c},table={NET_CT},priority=20,ct_state=+est+trk,actions={}", check(OLD_FROM_NET, NET_EST)),
+            format!("{c},table={CONT},priority=10,{REG_CONT}={NEW_FROM_NET},actions=goto_table:{NET_NEW}"),
+            format!("{c},table={CONT},priority=10,{REG_CONT}={OLD_FROM_NET},actions={commit},goto_table:{NET_EST}"),
+            format!("{c},table={CONT},priority=10,{REG_CONT}={NEW_FROM_UPLINK},actions=goto_table:{UPLINK_NEW}"),
+            format!("{c},table={CONT},priority=10,{REG_CONT}={OLD_FROM_UPLINK},actions={commit},goto_table:{ROUTE}"),
+            format!("{c},table={CONT},priority=0,actions=drop"),
+        ]);
+    }
+    let (Some(m), Some(mw)) = (&spec.masquerade, &w.masq) else { return out };
+    let (x, u, a, gw) = (m.address.addr(), &m.uplink, &mw.agent, mw.gw_mac);
     out.extend([
         format!("{c},table=0,priority=60,in_port={a},actions=output:{u}"),
         format!("{c},table=0,priority=50,in_port={u},actions=goto_table:{FROM_UPLINK}"),
-        format!("{c},table={FROM_NET},priority=10,ip,actions=ct(table={NET_CT},zone={z},nat)"),
-        format!("{c},table={NET_CT},priority=50,ct_state=+inv+trk,ip,actions=drop"),
         format!(
-            "{c},table={NET_CT},priority=20,ct_state=+new+trk,ip,dl_dst={},actions=ct(commit,zone={z},nat(src={x})),goto_table:{ROUTE}",
-            w.gw_mac
+            "{c},table={NET_NEW},priority=20,ip,dl_dst={gw},actions={},goto_table:{ROUTE}",
+            w.commit(z, &format!(",nat(src={x})"))
         ),
-        format!("{c},table={NET_CT},priority=15,ct_state=+est+trk,ip,dl_dst={},actions=goto_table:{ROUTE}", w.gw_mac),
-        format!("{c},table={NET_CT},priority=15,ct_state=+rel+trk,ip,dl_dst={},actions=goto_table:{ROUTE}", w.gw_mac),
-        // Between containers: committed, so that replies are not invalid.
-        format!("{c},table={NET_CT},priority=10,ct_state=+new+trk,ip,actions=ct(commit,zone={z}),NORMAL"),
-        format!("{c},table={NET_CT},priority=0,actions=NORMAL"),
+        format!("{c},table={NET_EST},priority=15,ip,dl_dst={gw},actions=goto_table:{ROUTE}"),
         format!("{c},table={FROM_UPLINK},priority=30,arp,actions=output:{a}"),
-        format!("{c},table={FROM_UPLINK},priority=20,ip,dl_dst={},nw_dst={x},actions=ct(table={UPLINK_CT},zone={z},nat)", w.uplink_mac),
+        format!(
+            "{c},table={FROM_UPLINK},priority=20,ip,dl_dst={},nw_dst={x},actions=ct(table={UPLINK_CT},zone={z},nat)",
+            mw.uplink_mac
+        ),
         format!("{c},table={FROM_UPLINK},priority=0,actions=drop"),
-        format!("{c},table={UPLINK_CT},priority=15,ct_state=+est+trk,ip,actions=goto_table:{ROUTE}"),
-        format!("{c},table={UPLINK_CT},priority=15,ct_state=+rel+trk,ip,actions=goto_table:{ROUTE}"),
+        format!("{c},table={UPLINK_CT},priority=50,ct_state=+inv+trk,actions=drop"),
+        format!("{c},table={UPLINK_CT},priority=40,ct_state=+est+trk{mark},actions=goto_table:{ROUTE}"),
+        format!("{c},table={UPLINK_CT},priority=40,ct_state=+rel+trk,actions=goto_table:{ROUTE}"),
+        format!("{c},table={UPLINK_CT},priority=30,ct_state=+new+trk,actions={}", check(NEW_FROM_UPLINK, UPLINK_NEW)),
         format!("{c},table={UPLINK_CT},priority=0,actions=drop"),
+        format!("{c},table={UPLINK_NEW},priority=0,actions=drop"),
         format!(
             "{c},table={ROUTE},priority=10,ip,nw_dst={},actions=mod_dl_src:{},dec_ttl,output:{a}",
             m.address.trunc(),
-            w.uplink_mac
+            mw.uplink_mac
         ),
     ]);
+    if policies {
+        out.push(format!(
+            "{c},table={UPLINK_CT},priority=20,ct_state=+est+trk,actions={}",
+            check(OLD_FROM_UPLINK, ROUTE)
+        ));
+    }
     // The host at its gateway addresses: tracked like the rest (its
     // replies come back through table 1), switched, never routed.
-    for g in &w.gw_ips {
-        let to_host = format!("ip,dl_dst={},nw_dst={g}", w.gw_mac);
-        out.push(format!(
-            "{c},table={NET_CT},priority=31,ct_state=+new+trk,{to_host},actions=ct(commit,zone={z}),NORMAL"
-        ));
-        out.push(format!("{c},table={NET_CT},priority=30,{to_host},actions=NORMAL"));
+    for g in &mw.gw_ips {
+        let to_host = format!("ip,dl_dst={gw},nw_dst={g}");
+        out.push(format!("{c},table={NET_NEW},priority=31,{to_host},actions={commit},NORMAL"));
+        out.push(format!("{c},table={NET_EST},priority=30,{to_host},actions=NORMAL"));
     }
-    out.push(if m.gateway.is_some() {
-        format!("{c},table={ROUTE},priority={ROUTE_DEFAULT},ip,actions=mod_dl_src:{},dec_ttl,output:{a}", w.uplink_mac)
-    } else {
-        format!("{c},table={ROUTE},priority={ROUTE_DEFAULT},ip,actions=drop")
-    });
+    // With an uplink router the agent owns the default route (to the
+    // router's MAC once resolved); without one there is none.
+    if m.gateway.is_none() {
+        out.push(format!("{c},table={ROUTE},priority={ROUTE_DEFAULT},ip,actions=drop"));
+    }
     out
 }
 
-fn mapping_rule(c: &str, table: u8, x: IpAddr, z: u16, m: &PortMapping, to: IpAddr) -> String {
+fn mapping_rule(c: &str, table: u8, x: IpAddr, w: &Wiring, z: u16, m: &PortMapping, to: IpAddr) -> String {
     format!(
-        "{c},table={table},priority=40,ct_state=+new+trk,{},nw_dst={x},tp_dst={},actions=ct(commit,zone={z},nat(dst={to}:{})),goto_table:{ROUTE}",
-        m.protocol, m.host_port, m.container_port
+        "{c},table={table},priority=40,{},nw_dst={x},tp_dst={},actions={},goto_table:{ROUTE}",
+        m.protocol,
+        m.host_port,
+        w.commit(z, &format!(",nat(dst={to}:{})", m.container_port))
     )
 }
 
-fn attachment_rules(spec: &NetworkSpec, att: &Attachment, w: Option<&Wiring>, cookie: u64) -> Vec<String> {
+fn attachment_rules(spec: &NetworkSpec, att: &Attachment, w: &Wiring, cookie: u64) -> Vec<String> {
     let c = format!("cookie={cookie:#x}");
     let mut out = Vec::new();
     if spec.macspoofchk {
@@ -167,10 +249,10 @@ fn attachment_rules(spec: &NetworkSpec, att: &Attachment, w: Option<&Wiring>, co
                 IpAddr::V6(a) => out.push(format!("{head},ipv6,ipv6_src={a},actions={next}")),
             }
         }
-        if att.ips.iter().any(|i| i.address.addr().is_ipv6()) {
-            out.push(format!("{head},ipv6,ipv6_src=fe80::/10,actions={next}"));
-            out.push(format!("{head},ipv6,ipv6_src=::,actions={next}"));
-        }
+        // IPv6 link-local and the unspecified address (DAD) are every
+        // interface's, with or without a global IPv6 address.
+        out.push(format!("{head},ipv6,ipv6_src=fe80::/10,actions={next}"));
+        out.push(format!("{head},ipv6,ipv6_src=::,actions={next}"));
         // Its MAC but someone else's address: dropped; its MAC and no IP
         // (LLDP, ...): switched; any other MAC: dropped.
         let own = format!("{c},table=0,priority=95,in_port={},dl_src={}", att.port, att.mac);
@@ -180,21 +262,20 @@ fn attachment_rules(spec: &NetworkSpec, att: &Attachment, w: Option<&Wiring>, co
         out.push(format!("{c},table=0,priority=94,in_port={},dl_src={},actions={next}", att.port, att.mac));
         out.push(format!("{c},table=0,priority=90,in_port={},actions=drop", att.port));
     }
-    if let (Some(m), Some(w)) = (&spec.masquerade, w) {
+    if let (Some(m), Some(mw), Some(z)) = (&spec.masquerade, &w.masq, w.zone) {
         for ip in att.ips.iter().filter(|i| i.address.addr().is_ipv4()) {
             out.push(format!(
                 "{c},table={ROUTE},priority=30,ip,nw_dst={},actions=mod_dl_src:{},mod_dl_dst:{},dec_ttl,output:{}",
                 ip.address.addr(),
-                w.gw_mac,
+                mw.gw_mac,
                 att.mac,
                 att.port
             ));
         }
-        let to = att.ips.iter().map(|i| i.address.addr()).find(IpAddr::is_ipv4);
-        if let Some(to) = to {
+        if let Some(to) = att.ips.iter().map(|i| i.address.addr()).find(IpAddr::is_ipv4) {
             for pm in &att.port_mappings {
-                out.push(mapping_rule(&c, UPLINK_CT, m.address.addr(), w.zone, pm, to));
-                out.push(mapping_rule(&c, NET_CT, m.address.addr(), w.zone, pm, to));
+                out.push(mapping_rule(&c, UPLINK_NEW, m.address.addr(), w, z, pm, to));
+                out.push(mapping_rule(&c, NET_NEW, m.address.addr(), w, z, pm, to));
             }
         }
     }

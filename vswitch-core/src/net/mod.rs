@@ -19,6 +19,7 @@ mod agent;
 mod flows;
 pub mod ipam;
 mod plumb;
+pub mod policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -312,9 +313,15 @@ struct State {
     attachments: Vec<Attachment>,
     #[serde(default)]
     next_id: u32,
-    /// Each masquerading network's conntrack zone.
+    /// The conntrack zone of each network with masquerade or policies.
     #[serde(default)]
     zones: BTreeMap<String, u16>,
+    /// Network policies by name.
+    #[serde(default)]
+    policies: BTreeMap<String, policy::Policy>,
+    /// Each network's policy generation (committed connections carry it).
+    #[serde(default)]
+    policy_gen: BTreeMap<String, u32>,
 }
 
 /// The container networks of one switch (what `vswitchd` serves as
@@ -328,6 +335,9 @@ pub struct Networks {
     state: Mutex<State>,
     /// The neighbour agents of masquerading networks.
     agents: Mutex<BTreeMap<String, agent::Agent>>,
+    /// Each network's policy rule slots (in memory: counters do not
+    /// outlive the daemon either).
+    slots: Mutex<BTreeMap<String, policy::Slots>>,
 }
 
 /// FNV-1a: a hash that stays the same across builds and versions (names
@@ -356,6 +366,12 @@ pub fn host_ifname(network: &str, container_id: &str, ifname: &str) -> String {
 
 fn network_cookie(network: &str) -> u64 {
     (stable_hash(&[network]) & 0xffff_ffff) << 32
+}
+
+/// The cookie of the neighbour agent's rules (apart from the network's,
+/// which are made what they should be as one set).
+fn neighbour_cookie(network: &str) -> u64 {
+    (stable_hash(&[network, "neighbours"]) & 0xffff_ffff) << 32
 }
 
 /// A locally administered unicast MAC derived from `parts`.
@@ -414,6 +430,7 @@ impl Networks {
             kernel_type,
             state: Mutex::new(state),
             agents: Mutex::new(BTreeMap::new()),
+            slots: Mutex::new(BTreeMap::new()),
         };
         let mut s = n.lock();
         let specs: Vec<NetworkSpec> = s.networks.values().cloned().collect();
@@ -576,7 +593,7 @@ impl Networks {
         let r = self
             .gateway_addresses(s, &spec)
             .and_then(|()| self.wire(s, &spec))
-            .and_then(|()| if old.is_some() { self.rewire_attachments(s, &spec) } else { Ok(()) })
+            .and_then(|()| if old.is_some() { self.retag_attachments(s, &spec) } else { Ok(()) })
             .and_then(|()| self.save(s));
         if let Err(e) = r {
             match old {
@@ -597,10 +614,9 @@ impl Networks {
     }
 
     /// After a change of the network's definition: each attachment's
-    /// port in the network's VLAN and its rules made for the new one.
-    fn rewire_attachments(&self, s: &State, spec: &NetworkSpec) -> Result<()> {
+    /// port in the network's VLAN.
+    fn retag_attachments(&self, s: &State, spec: &NetworkSpec) -> Result<()> {
         let sw = &self.switch;
-        let w = self.wiring(s, spec);
         for att in s.attachments.iter().filter(|a| a.network == spec.name) {
             if let Ok((_, Some(mut p))) = sw.port_spec(&att.port)
                 && p.tag != spec.vlan
@@ -608,51 +624,119 @@ impl Networks {
                 p.tag = spec.vlan;
                 sw.set_port_spec(&p)?;
             }
-            let cookie = network_cookie(&spec.name) | u64::from(att.id);
-            flows::remove(sw, spec.bridge(), cookie, true)?;
-            flows::add(sw, spec, att, w.as_ref(), network_cookie(&spec.name))?;
         }
         Ok(())
     }
 
-    /// The network's wiring for its rules: derived MACs, its zone, its
-    /// gateway addresses; `None` without masquerade.
-    fn wiring(&self, s: &State, spec: &NetworkSpec) -> Option<flows::Wiring> {
-        spec.masquerade.as_ref()?;
-        let gw_ips = self
-            .gateway_set(s, spec)
-            .ok()?
-            .into_iter()
-            .filter_map(|n| match n.addr() {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        Some(flows::Wiring {
-            gw_mac: gateway_mac(spec),
-            gw_ips,
-            uplink_mac: derived_mac(&[&spec.name, "uplink"]),
-            agent: agent_port(&spec.name),
-            zone: *s.zones.get(&spec.name)?,
-        })
+    fn has_policies(s: &State, network: &str) -> bool {
+        s.policies.values().any(|p| p.network == network)
     }
 
-    /// Brings the network's masquerade side to its spec: zone, gateway
-    /// MAC, uplink port, agent, and the network's own rules.
-    fn wire(&self, s: &mut State, spec: &NetworkSpec) -> Result<()> {
-        let sw = &self.switch;
-        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(m) = &spec.masquerade else {
-            if agents.remove(&spec.name).is_some() {
-                let _ = sw.del_port(&agent_port(&spec.name));
-            }
-            return flows::network(sw, spec, None, network_cookie(&spec.name));
-        };
-        if !s.zones.contains_key(&spec.name) {
+    /// The network's wiring for its rules: its zone, derived MACs and
+    /// gateway addresses with masquerade, its policy generation.
+    fn wiring(&self, s: &State, spec: &NetworkSpec) -> flows::Wiring {
+        let masq = spec.masquerade.as_ref().map(|_| flows::MasqWiring {
+            gw_mac: gateway_mac(spec),
+            gw_ips: self
+                .gateway_set(s, spec)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|n| match n.addr() {
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            uplink_mac: derived_mac(&[&spec.name, "uplink"]),
+            agent: agent_port(&spec.name),
+        });
+        let policy_gen = Self::has_policies(s, &spec.name).then(|| s.policy_gen.get(&spec.name).copied().unwrap_or(1));
+        flows::Wiring { zone: s.zones.get(&spec.name).copied(), masq, policy_gen }
+    }
+
+    /// Gives the network a conntrack zone if it needs one (masquerade or
+    /// policies), and takes it back if not.
+    fn zone(s: &mut State, spec: &NetworkSpec) -> Result<()> {
+        let needed = spec.masquerade.is_some() || Self::has_policies(s, &spec.name);
+        if !needed {
+            s.zones.remove(&spec.name);
+        } else if !s.zones.contains_key(&spec.name) {
             let used: BTreeSet<u16> = s.zones.values().copied().collect();
             let zone = (1000..u16::MAX).find(|z| !used.contains(z)).ok_or(Error::Full("conntrack zones"))?;
             s.zones.insert(spec.name.clone(), zone);
         }
+        Ok(())
+    }
+
+    /// Makes the network's rules in the flow table what its state says:
+    /// its own, its attachments', its policies'.
+    fn sync(&self, s: &State, spec: &NetworkSpec) -> Result<()> {
+        let w = self.wiring(s, spec);
+        let atts: Vec<&Attachment> = s.attachments.iter().filter(|a| a.network == spec.name).collect();
+        let policies: Vec<&policy::Policy> = s.policies.values().filter(|p| p.network == spec.name).collect();
+        let cookie = network_cookie(&spec.name);
+        let policy_rules = if policies.is_empty() {
+            Vec::new()
+        } else {
+            let input = self.policy_input(s, spec, policies, atts.clone());
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            policy::compile(&input, slots.entry(spec.name.clone()).or_default())?.0
+        };
+        flows::sync(&self.switch, spec, &atts, &w, policy_rules, cookie)
+    }
+
+    fn policy_input<'a>(
+        &self,
+        s: &State,
+        spec: &NetworkSpec,
+        policies: Vec<&'a policy::Policy>,
+        attachments: Vec<&'a Attachment>,
+    ) -> policy::Input<'a> {
+        let host = if spec.gateway() {
+            self.gateway_set(s, spec).unwrap_or_default().into_iter().map(|n| n.addr()).collect()
+        } else {
+            Vec::new()
+        };
+        let mut published = Vec::new();
+        if let Some(m) = &spec.masquerade {
+            for a in &attachments {
+                let Some(to) = a.ips.iter().map(|i| i.address.addr()).find(IpAddr::is_ipv4) else { continue };
+                for pm in &a.port_mappings {
+                    published.push(policy::Published {
+                        proto: if pm.protocol == "udp" { 17 } else { 6 },
+                        address: m.address.addr(),
+                        host_port: pm.host_port,
+                        to,
+                        container_port: pm.container_port,
+                    });
+                }
+            }
+        }
+        policy::Input {
+            policies,
+            attachments,
+            host,
+            published,
+            cookie: network_cookie(&spec.name) | u64::from(flows::POLICY_ID),
+            cont: flows::CONT,
+        }
+    }
+
+    /// Brings the network to its spec: zone, uplink port and agent with
+    /// masquerade, and every rule.
+    fn wire(&self, s: &mut State, spec: &NetworkSpec) -> Result<()> {
+        let sw = &self.switch;
+        Self::zone(s, spec)?;
+        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        // A new agent for a new configuration (its rules go with the old).
+        if agents.remove(&spec.name).is_some() {
+            let _ = sw.del_port(&agent_port(&spec.name));
+        }
+        if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
+            flows::remove(sw, spec.bridge(), neighbour_cookie(&spec.name), false)?;
+        }
+        let Some(m) = &spec.masquerade else {
+            return self.sync(s, spec);
+        };
         // The uplink and the agent are access ports of a VLAN no
         // container is on: NORMAL never floods container traffic to
         // them; only the routing rules send anything there.
@@ -688,17 +772,15 @@ impl Networks {
             prefix: m.address.prefix_len(),
             mac: derived_mac(&[&spec.name, "uplink"]),
             gateway: m.gateway,
-            cookie: network_cookie(&spec.name) | u64::from(flows::NEIGHBOUR_ID),
+            cookie: neighbour_cookie(&spec.name),
         };
-        // A new agent for a new configuration; its port first (the
-        // network's rules name it).
-        if agents.remove(&spec.name).is_some() {
-            let _ = sw.del_port(&name);
-        }
+        // The agent's port first: the network's rules name it.
         let port =
             sw.add_memory_port(spec.bridge(), &name, crate::PortConfig { vlan: crate::VlanMode::access(outside)? })?;
-        let w = self.wiring(s, spec);
-        flows::network(sw, spec, w.as_ref(), network_cookie(&spec.name))?;
+        if let Err(e) = self.sync(s, spec) {
+            let _ = sw.del_port(&name);
+            return Err(e);
+        }
         agents.insert(spec.name.clone(), agent::start(sw.clone(), port, cfg));
         Ok(())
     }
@@ -753,13 +835,22 @@ impl Networks {
                 format!("network '{name}' still has {n} attachment(s): detach them first"),
             ));
         }
+        if let Some(p) = s.policies.values().find(|p| p.network == name) {
+            return Err(Error::invalid(
+                "network",
+                format!("network '{name}' still has policy '{}': delete its policies first", p.name),
+            ));
+        }
         let sw = &self.switch;
         if self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some() {
             let _ = sw.del_port(&agent_port(name));
         }
         s.zones.remove(name);
+        s.policy_gen.remove(name);
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
             flows::remove(sw, spec.bridge(), network_cookie(name), false)?;
+            flows::remove(sw, spec.bridge(), neighbour_cookie(name), false)?;
             if spec.gateway() {
                 let _ = sw.del_port(spec.bridge());
             }
@@ -869,7 +960,6 @@ impl Networks {
             port_mappings: a.port_mappings.clone(),
             id: s.next_id,
         };
-        let gw_before = self.gateway_set(&s, &spec).unwrap_or_default();
         let mut p = PortSpec::new(&port, self.kernel_type);
         p.tag = spec.vlan;
         p.external_ids.insert("network".into(), a.network.clone());
@@ -878,18 +968,10 @@ impl Networks {
         let sw = &self.switch;
         let r = sw.add_port_spec(spec.bridge(), &p, OnOpenError::Fail).and_then(|_| {
             s.attachments.push(att.clone());
-            let gw_changed = self.gateway_set(&s, &spec).unwrap_or_default() != gw_before;
-            let r = (|| {
-                if gw_changed && spec.masquerade.is_some() {
-                    self.wire(&mut s, &spec)?;
-                }
-                flows::add(sw, &spec, &att, self.wiring(&s, &spec).as_ref(), network_cookie(&spec.name))?;
-                self.gateway_addresses(&s, &spec)?;
-                self.save(&s)
-            })();
+            let r = self.sync(&s, &spec).and_then(|()| self.gateway_addresses(&s, &spec)).and_then(|()| self.save(&s));
             if r.is_err() {
                 s.attachments.pop();
-                let _ = flows::remove(sw, spec.bridge(), network_cookie(&spec.name) | u64::from(att.id), true);
+                let _ = self.sync(&s, &spec);
                 let _ = sw.del_port(&port);
             }
             r
@@ -996,21 +1078,23 @@ impl Networks {
             Ok(()) | Err(Error::PortNotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        if let (Some(i), Some(spec)) = (at, &known) {
-            let id = s.attachments[i].id;
-            if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
-                flows::remove(sw, spec.bridge(), network_cookie(network) | u64::from(id), true)?;
-            }
+        // Its rules go with it (a retried DEL finds it again on failure).
+        let gone = at.map(|i| s.attachments.remove(i));
+        if let (Some(att), Some(spec)) = (&gone, &known)
+            && s.networks.contains_key(network)
+            && let Err(e) = self.sync(&s, spec)
+        {
+            s.attachments.push(att.clone());
+            return Err(e);
         }
         let removed = plumb::remove(&port)?;
         let mut released = Vec::new();
         if let Some(spec) = &known
-            && (spec.ipam.is_some() || at.is_some_and(|i| s.attachments[i].builtin_ipam))
+            && (spec.ipam.is_some() || gone.as_ref().is_some_and(|a| a.builtin_ipam))
         {
             released = self.pool(spec).release(container_id, ifname)?;
         }
-        if let Some(i) = at {
-            s.attachments.remove(i);
+        if gone.is_some() {
             self.save(&s)?;
         }
         Ok(json!({ "attachment": at.is_some(), "veth": removed, "released": released }))
