@@ -898,7 +898,7 @@ mod tests {
             host: vec!["10.0.0.1".parse().unwrap()],
             published: Vec::new(),
             cookie: 0x1234_0000_0000,
-            cont: 10,
+            cont: crate::net::flows::CONT,
         };
         let (rules, ids) = compile(&input, &mut Slots::default()).unwrap();
         assert_eq!(ids.len(), 40);
