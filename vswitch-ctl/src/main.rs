@@ -199,6 +199,26 @@ enum Command {
     },
     /// Networks and their attachments.
     NetList,
+    /// Add a network policy from a JSON file ("-": standard input), or
+    /// replace the one of its name: this switch's form or a Kubernetes
+    /// NetworkPolicy (its metadata.namespace names the network).
+    PolicyAdd {
+        file: String,
+        /// The network, when the document does not name one.
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Network policies: what each selects, its rules' counters.
+    PolicyList {
+        /// Only this network's.
+        network: Option<String>,
+    },
+    /// Delete a network policy.
+    PolicyDel {
+        name: String,
+        #[arg(long)]
+        if_exists: bool,
+    },
     /// Versions of this tool and of the daemon.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -488,6 +508,7 @@ enum Render {
     Nothing,
     Show,
     Names,
+    Policies,
     Fdb,
     Map,
     Flows,
@@ -698,6 +719,19 @@ fn plan(command: Command) -> Result<Plan, String> {
         }
         Command::NetDetach { which } => one("net.detach", which.attachment(), none),
         Command::NetList => one("net.list", Value::Null, Render::Networks),
+        Command::PolicyAdd { file, network } => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?
+            };
+            let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{file} is not JSON: {e}"))?;
+            one("policy.add", json!({ "policy": doc, "network": network }), none)
+        }
+        Command::PolicyList { network } => one("policy.list", json!({ "network": network }), Render::Policies),
+        Command::PolicyDel { name, if_exists } => {
+            one("policy.del", json!({ "name": name, "if_exists": if_exists }), none)
+        }
     })
 }
 
@@ -763,6 +797,33 @@ fn networks_text(r: &Value) -> String {
     out
 }
 
+/// `policy-list` text: each policy, what it selects, its rules' counters.
+fn policies_text(r: &Value) -> String {
+    let mut out = String::new();
+    for p in r.as_array().into_iter().flatten() {
+        let text = |v: &Value| v.as_str().unwrap_or("?").to_string();
+        out.push_str(&format!("Policy {} (network {})\n", text(&p["name"]), text(&p["network"])));
+        let selects: Vec<String> = p["selects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| format!("{}/{}", text(&a["container_id"]), text(&a["ifname"])))
+            .collect();
+        out.push_str(&format!(
+            "    selects: {}\n",
+            if selects.is_empty() { "nothing".into() } else { selects.join(" ") }
+        ));
+        for rule in p["rules"].as_array().into_iter().flatten() {
+            let d = text(&rule["direction"]).to_lowercase();
+            out.push_str(&format!("    {d} rule {}: allowed {} packets\n", rule["rule"], rule["allowed_packets"]));
+        }
+        for (d, n) in p["network_denied_packets"].as_object().into_iter().flatten() {
+            out.push_str(&format!("    {d} denied on the network: {n} packets\n"));
+        }
+    }
+    out
+}
+
 /// A command's JSON result (its first request's) and its text.
 fn render(how: Render, results: &[Value]) -> (Value, String) {
     let r = results.first().cloned().unwrap_or(Value::Null);
@@ -773,6 +834,7 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
         Render::Fdb => fdb_text(&r),
         Render::Map => r.as_object().into_iter().flatten().map(|(k, v)| format!("{k}: {v}\n")).collect(),
         Render::Flows => flows_text(&r),
+        Render::Policies => policies_text(&r),
         Render::Groups => {
             let rows: Vec<GroupStats> = serde_json::from_value(r.clone()).unwrap_or_default();
             rows.iter().map(|g| g.to_text() + "\n").collect()

@@ -483,3 +483,208 @@ fn fetch_once(ns: &NetNs, url: &str) -> bool {
     );
     py(ns, &program) == "ok"
 }
+
+/// A TCP connection attempt from `ns`: true if it opens within a second.
+fn tcp_opens(ns: &NetNs, addr: &str, port: u16) -> bool {
+    let program = format!(
+        "import socket\ntry:\n    socket.create_connection(('{addr}', {port}), timeout=1); print('open')\nexcept OSError:\n    print('closed')"
+    );
+    py(ns, &program) == "open"
+}
+
+/// A UDP exchange from `ns` (three tries, half a second each): true if
+/// `addr:port` answers.
+fn udp_answers(ns: &NetNs, addr: &str, port: u16) -> bool {
+    let program = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(0.5)\nfor _ in range(3):\n    s.sendto(b'x',('{addr}',{port}))\n    try:\n        s.recvfrom(100); print('yes'); break\n    except OSError:\n        pass\nelse:\n    print('no')"
+    );
+    py(ns, &program) == "yes"
+}
+
+/// A long-lived TCP exchange from `ns`: a line every 0.2 s for `rounds`,
+/// each echo printed as it comes ("ok"), then "done"; "broken" when an
+/// echo does not come back within a second.
+fn chatter(ns: &NetNs, addr: &str, port: u16, rounds: u32) -> std::process::Child {
+    ns.spawn(&[
+        "python3",
+        "-u",
+        "-c",
+        &format!(
+            "import socket,time\ns=socket.create_connection(('{addr}',{port}),timeout=5)\ns.settimeout(1)\nf=s.makefile('rb')\nfor i in range({rounds}):\n    s.sendall(b'x\\n')\n    try:\n        l=f.readline()\n    except OSError:\n        print('broken'); break\n    print('ok' if l else 'closed')\n    if not l: break\n    time.sleep(0.2)\nelse:\n    print('done')"
+        ),
+    ])
+}
+
+/// Reads `child`'s stdout lines until `n` "ok" have come; returns the reader.
+fn after_oks(
+    child: &mut std::process::Child,
+    n: usize,
+) -> std::io::Lines<std::io::BufReader<std::process::ChildStdout>> {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut oks = 0;
+    while oks < n {
+        let l = lines.next().expect("the exchange ended early").unwrap();
+        assert_eq!(l, "ok", "the exchange failed before the change");
+        oks += 1;
+    }
+    lines
+}
+
+#[test]
+fn network_policy_default_deny_labels_ipblock_ports_replies_counters_and_change_under_traffic() {
+    let host = NetNs::new();
+    let (web, client, other, client2) = (NetNs::new(), NetNs::new(), NetNs::new(), NetNs::new());
+    let d = Daemon::start_netns(&host);
+    let net = unique("pol");
+    d.ok(&["net-create", &net, "--subnet", "10.66.0.0/24", "--subnet", "fd66::/64"]);
+    d.ok(&["net-attach", &net, &web.name, "--ip", "10.66.0.2", "--label", "app=web"]);
+    d.ok(&["net-attach", &net, &client.name, "--ip", "10.66.0.3", "--label", "app=client"]);
+    d.ok(&["net-attach", &net, &other.name, "--ip", "10.66.0.4", "--label", "app=other"]);
+    d.ok(&["net-attach", &net, &client2.name, "--ip", "10.66.0.5", "--label", "app=client"]);
+    let mut servers = vec![
+        web.spawn(&[
+            "python3",
+            "-c",
+            "import socketserver,threading\nclass H(socketserver.StreamRequestHandler):\n    def handle(self):\n        for l in self.rfile:\n            self.wfile.write(l)\nsocketserver.ThreadingTCPServer.allow_reuse_address=True\nfor p in (80,7000):\n    s=socketserver.ThreadingTCPServer(('10.66.0.2',p),H)\n    threading.Thread(target=s.serve_forever).start()",
+        ]),
+        web.spawn(&[
+            "python3",
+            "-c",
+            "import socket,threading\ndef serve(p):\n    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n    s.bind(('10.66.0.2',p))\n    while True:\n        d,a=s.recvfrom(100); s.sendto(d,a)\nfor p in (5005,5011):\n    threading.Thread(target=serve,args=(p,)).start()",
+        ]),
+    ];
+    wait_listening(&web, "-t", "10.66.0.2:7000");
+    wait_listening(&web, "-u", "10.66.0.2:5011");
+    // No policy: everything is open.
+    assert!(tcp_opens(&other, "10.66.0.2", 80));
+    assert!(other.ping("10.66.0.2", 1));
+
+    let dir = std::path::Path::new(&d.socket).parent().unwrap().to_path_buf();
+    let add = |name: &str, doc: Value| {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, doc.to_string()).unwrap();
+        d.ok(&["policy-add", file.to_str().unwrap(), "--network", &net]);
+    };
+    // web takes TCP 80 and 7000 from clients (by label) and UDP
+    // 5000-5010 from the subnet but 10.66.0.5 (a Kubernetes document);
+    // "web-other" lets app=other in on anything, for now.
+    add(
+        "web",
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "web"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                     "ports": [{"protocol": "TCP", "port": 80}, {"port": 7000}]},
+                    {"from": [{"ipBlock": {"cidr": "10.66.0.0/24", "except": ["10.66.0.5/32"]}}],
+                     "ports": [{"protocol": "UDP", "port": 5000, "endPort": 5010}]}
+                ]
+            }
+        }),
+    );
+    add(
+        "web-other",
+        json!({"name": "web-other", "podSelector": {"matchLabels": {"app": "web"}},
+               "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["other"]}]}}]}]}),
+    );
+    // Labels and ports.
+    assert!(tcp_opens(&client, "10.66.0.2", 80), "client to web:80 (allowed by label)");
+    assert!(tcp_opens(&client2, "10.66.0.2", 80), "client2 to web:80 (allowed by label)");
+    assert!(!client.ping("10.66.0.2", 1), "client's ping (no rule allows ICMP from it)");
+    // ipBlock with except, and a port range.
+    assert!(udp_answers(&client, "10.66.0.2", 5005), "UDP 5005 from the block");
+    assert!(!udp_answers(&client, "10.66.0.2", 5011), "UDP 5011 is past endPort");
+    assert!(!udp_answers(&client2, "10.66.0.2", 5005), "10.66.0.5 is the block's except");
+    // Replies always pass: web is isolated for ingress, not egress.
+    assert!(web.ping("10.66.0.3", 1), "web's own ping to client (its replies come back)");
+    // Neighbour discovery is not policed; IPv6 is.
+    assert!(other.ping("fd66::2", 3) || other.ping("fd66::2", 3), "other to web over IPv6 (web-other)");
+
+    // trace names the policy and rule that decided.
+    let listed = d.json(&["net-list"]);
+    let port_of = |id: &str| {
+        listed[0]["attachments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["container_id"] == id)
+            .map(|a| (a["port"].as_str().unwrap().to_string(), a["mac"].as_str().unwrap().to_string()))
+            .unwrap()
+    };
+    let (cport, cmac) = port_of(&client.name);
+    let traced = |src: &str, port: u16| {
+        d.ok(&[
+            "trace",
+            &net,
+            &format!("in_port={cport},dl_src={cmac},tcp,nw_src={src},nw_dst=10.66.0.2,tp_dst={port}"),
+        ])
+    };
+    assert!(traced("10.66.0.3", 80).contains("ingress allowed by policy web, rule 0"), "{}", traced("10.66.0.3", 80));
+    let denied = traced("10.66.0.3", 81);
+    assert!(denied.contains("selected by web, web-other") && denied.contains("ingress denied"), "{denied}");
+
+    // A policy change under traffic: established connections are judged
+    // again at their next packet. other's goes (web-other deleted);
+    // client's, still allowed, goes on without a loss.
+    let mut kept = chatter(&client, "10.66.0.2", 7000, 40);
+    let mut cut = chatter(&other, "10.66.0.2", 7000, 200);
+    let mut kept_lines = after_oks(&mut kept, 3);
+    let cut_lines = after_oks(&mut cut, 3);
+    d.ok(&["policy-del", "web-other"]);
+    let rest: Vec<String> = cut_lines.map(Result::unwrap).collect();
+    assert_eq!(rest.last().map(String::as_str), Some("broken"), "other's connection outlived its policy: {rest:?}");
+    assert!(rest.len() < 30, "other's connection went on for {} exchanges after the change", rest.len());
+    let rest: Vec<String> = kept_lines.by_ref().map(Result::unwrap).collect();
+    assert_eq!(rest.last().map(String::as_str), Some("done"), "client's connection broke: {rest:?}");
+    assert!(rest.iter().all(|l| l == "ok" || l == "done"), "{rest:?}");
+    let _ = (kept.wait(), cut.wait());
+    assert!(!tcp_opens(&other, "10.66.0.2", 7000), "a new connection from other after the change");
+    assert!(!other.ping("fd66::2", 1), "IPv6 from other after the change");
+
+    // Egress: client may reach web:80 only; its replies still come back.
+    add(
+        "client-out",
+        json!({"name": "client-out", "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+               "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 80}]}]}),
+    );
+    assert!(tcp_opens(&client, "10.66.0.2", 80), "client to web:80 (egress and ingress allow it)");
+    assert!(!client.ping("10.66.0.4", 1), "client's ping to other (egress denies it)");
+    assert!(other.ping("10.66.0.3", 1), "other's ping to client (client's replies are not egress)");
+
+    // Counters: per rule, and the denials.
+    let policies = d.json(&["policy-list", &net]);
+    let web_p = policies.as_array().unwrap().iter().find(|p| p["name"] == "web").unwrap();
+    let count = |dir: &str, i: u64| {
+        web_p["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["direction"] == dir && r["rule"] == i)
+            .map(|r| r["allowed_packets"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert!(count("Ingress", 0) >= 4, "{web_p}");
+    assert!(count("Ingress", 1) >= 1, "{web_p}");
+    assert!(web_p["network_denied_packets"]["ingress"].as_u64().unwrap() >= 4, "{web_p}");
+    assert_eq!(web_p["selects"].as_array().unwrap().len(), 1);
+    let text = d.ok(&["policy-list"]);
+    assert!(text.contains("Policy client-out") && text.contains("ingress rule 0: allowed"), "{text}");
+
+    // Bad documents are refused whole; the network refuses to go while
+    // it has policies.
+    let file = dir.join("bad.json");
+    std::fs::write(&file, r#"{"name": "bad", "ingress": [{"ports": [{"port": "http"}]}]}"#).unwrap();
+    assert!(!d.ctl(&["policy-add", file.to_str().unwrap(), "--network", &net]).status.success());
+    assert!(!d.ctl(&["net-delete", &net]).status.success());
+    for p in ["web", "client-out"] {
+        d.ok(&["policy-del", p]);
+    }
+    assert!(tcp_opens(&other, "10.66.0.2", 7000), "with no policy left everything is open again");
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}

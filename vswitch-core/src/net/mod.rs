@@ -37,12 +37,23 @@ use crate::{Error, OnOpenError, Result, Switch};
 pub use ipam::{IpConfig, IpRange, IpamConfig, RouteConfig};
 
 /// Every method [`Networks::call`] serves.
-pub const NET_METHODS: &[&str] =
-    &["net.create", "net.delete", "net.list", "net.attach", "net.detach", "net.check", "net.gc"];
+pub const NET_METHODS: &[&str] = &[
+    "net.create",
+    "net.delete",
+    "net.list",
+    "net.attach",
+    "net.detach",
+    "net.check",
+    "net.gc",
+    "policy.add",
+    "policy.del",
+    "policy.list",
+];
 
 /// The `net.*` methods that change something (run one at a time, and the
 /// switch's configuration saved after them).
-pub const NET_CHANGES: &[&str] = &["net.create", "net.delete", "net.attach", "net.detach", "net.gc"];
+pub const NET_CHANGES: &[&str] =
+    &["net.create", "net.delete", "net.attach", "net.detach", "net.gc", "policy.add", "policy.del"];
 
 /// A network's definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +316,24 @@ struct GcArgs {
     spec: Option<NetworkSpec>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyAddArgs {
+    /// The policy document (this switch's form or a Kubernetes
+    /// NetworkPolicy).
+    policy: Value,
+    /// Its network, when the document does not name one.
+    #[serde(default)]
+    network: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyListArgs {
+    #[serde(default)]
+    network: Option<String>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     #[serde(default)]
@@ -494,6 +523,18 @@ impl Networks {
             "net.gc" => {
                 let a: GcArgs = args(params)?;
                 self.gc(&a.network, a.valid.into_iter().collect(), a.spec.as_ref())
+            }
+            "policy.add" => {
+                let a: PolicyAddArgs = args(params)?;
+                self.add_policy(policy::Policy::from_document(a.policy, a.network.as_deref())?).map(|()| Value::Null)
+            }
+            "policy.del" => {
+                let a: DeleteArgs = args(params)?;
+                self.delete_policy(&a.name, a.if_exists).map(|()| Value::Null)
+            }
+            "policy.list" => {
+                let a: PolicyListArgs = args(params)?;
+                Ok(self.list_policies(a.network.as_deref()))
             }
             _ => Err(Error::invalid("method", format!("unknown method '{method}'"))),
         }
@@ -1179,6 +1220,138 @@ impl Networks {
             Some(e) => Err(e),
             None => Ok(json!({ "removed": removed, "released": released })),
         }
+    }
+
+    /// Adds policy `p`, or replaces the one of that name, and applies it
+    /// at once: new connections are judged by it, established ones at
+    /// their next packet.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a missing network, [`Error::Exists`] for a
+    /// name another network's policy has, [`Error::Full`] beyond the
+    /// rules a network's direction can hold; nothing changes then.
+    pub fn add_policy(&self, p: policy::Policy) -> Result<()> {
+        let mut s = self.lock();
+        let spec = s
+            .networks
+            .get(&p.network)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no network named '{}'", p.network)))?;
+        if let Some(old) = s.policies.get(&p.name)
+            && old.network != p.network
+        {
+            return Err(Error::Exists(format!("policy '{}' belongs to network '{}'", p.name, old.network)));
+        }
+        let prev = s.policies.insert(p.name.clone(), p.clone());
+        self.policies_changed(&mut s, &spec, |s| match prev {
+            Some(old) => {
+                s.policies.insert(old.name.clone(), old);
+            }
+            None => {
+                s.policies.remove(&p.name);
+            }
+        })
+    }
+
+    /// Deletes policy `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (without `if_exists`).
+    pub fn delete_policy(&self, name: &str, if_exists: bool) -> Result<()> {
+        let mut s = self.lock();
+        let Some(old) = s.policies.remove(name) else {
+            return if if_exists { Ok(()) } else { Err(Error::NotFound(format!("no policy named '{name}'"))) };
+        };
+        let Some(spec) = s.networks.get(&old.network).cloned() else {
+            return self.save(&s);
+        };
+        self.policies_changed(&mut s, &spec, |s| {
+            s.policies.insert(old.name.clone(), old);
+        })
+    }
+
+    /// After a change to the network's policies (already in `s`): a new
+    /// generation, the zone, the rules, saved; on failure `undo` puts
+    /// the old policies back and they are applied again.
+    fn policies_changed(&self, s: &mut State, spec: &NetworkSpec, undo: impl FnOnce(&mut State)) -> Result<()> {
+        let (gen_before, zone_before) = (s.policy_gen.get(&spec.name).copied(), s.zones.get(&spec.name).copied());
+        let next = gen_before.unwrap_or(0).wrapping_add(1).max(1);
+        s.policy_gen.insert(spec.name.clone(), next);
+        let r = Self::zone(s, spec).and_then(|()| self.sync(s, spec)).and_then(|()| self.save(s));
+        if let Err(e) = r {
+            undo(s);
+            match gen_before {
+                Some(g) => s.policy_gen.insert(spec.name.clone(), g),
+                None => s.policy_gen.remove(&spec.name),
+            };
+            match zone_before {
+                Some(z) => s.zones.insert(spec.name.clone(), z),
+                None => s.zones.remove(&spec.name),
+            };
+            let _ = self.sync(s, spec);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The policies (of `network`, or all) with what each selects and
+    /// its rules' counters: the packets each allowed (a connection's
+    /// first, and its next after a policy change), and per direction the
+    /// packets the network's policies denied.
+    pub fn list_policies(&self, network: Option<&str>) -> Value {
+        let s = self.lock();
+        let mut out = Vec::new();
+        for spec in s.networks.values().filter(|n| network.is_none_or(|x| x == n.name)) {
+            let policies: Vec<&policy::Policy> = s.policies.values().filter(|p| p.network == spec.name).collect();
+            if policies.is_empty() {
+                continue;
+            }
+            let atts: Vec<&Attachment> = s.attachments.iter().filter(|a| a.network == spec.name).collect();
+            let input = self.policy_input(&s, spec, policies.clone(), atts.clone());
+            let ids = {
+                let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                policy::compile(&input, slots.entry(spec.name.clone()).or_default()).map(|c| c.1).unwrap_or_default()
+            };
+            let cookie = network_cookie(&spec.name);
+            let counts: BTreeMap<u64, u64> = self
+                .switch
+                .dump_flows_matching(spec.bridge(), &format!("cookie={cookie:#x}/0xffffffff00000000"))
+                .unwrap_or_default()
+                .into_iter()
+                .fold(BTreeMap::new(), |mut m, f| {
+                    *m.entry(f.cookie).or_default() += f.n_packets;
+                    m
+                });
+            let denied = |d| counts.get(&(cookie | u64::from(policy::deny_cookie_bits(d)))).copied().unwrap_or(0);
+            for p in policies {
+                let rules: Vec<Value> = ids
+                    .iter()
+                    .filter(|((_, name, _), _)| *name == p.name)
+                    .map(|((d, _, i), c)| json!({ "direction": d, "rule": i, "allowed_packets": counts.get(c).copied().unwrap_or(0) }))
+                    .collect();
+                let selects: Vec<Value> = atts
+                    .iter()
+                    .filter(|a| p.pod_selector.matches(&a.labels))
+                    .map(|a| json!({ "container_id": a.container_id, "ifname": a.ifname }))
+                    .collect();
+                let mut d = serde_json::Map::new();
+                for dir in [policy::Direction::Ingress, policy::Direction::Egress] {
+                    if p.applies(dir) {
+                        d.insert(format!("{dir:?}").to_lowercase(), json!(denied(dir)));
+                    }
+                }
+                out.push(json!({
+                    "name": p.name,
+                    "network": p.network,
+                    "generation": s.policy_gen.get(&spec.name).copied().unwrap_or(1),
+                    "policy": p,
+                    "selects": selects,
+                    "rules": rules,
+                    "network_denied_packets": d,
+                }));
+            }
+        }
+        json!(out)
     }
 
     /// The attachments of `network` (all networks with `None`).
