@@ -428,6 +428,18 @@ fn docker_style_network_masquerade_published_port_macspoofchk() {
     assert!(fetch(&outside, "http://192.0.2.1:8080/"), "the published port from outside");
     assert!(fetch(&c2, "http://192.0.2.1:8080/"), "the published port by hairpin");
     assert_eq!(udp_echo(&outside, "192.0.2.1", 5353), "c1");
+    // A policy on the published port's container: the outside's block
+    // may reach its port 80 (through 8080), c2 by hairpin may not.
+    let file = std::path::Path::new(&d.socket).parent().unwrap().join("c1-in.json");
+    let doc = json!({"name": "c1-in", "network": net, "podSelector": {},
+                     "ingress": [{"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 80}]}]});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    d.ok(&["policy-add", file.to_str().unwrap()]);
+    assert!(fetch(&outside, "http://192.0.2.1:8080/"), "the published port from the allowed block");
+    assert!(!fetch_once(&c2, "http://192.0.2.1:8080/"), "hairpin from a container the policy does not allow");
+    assert!(c1.ping("192.0.2.50", 1), "c1's own connections out (not egress-isolated)");
+    d.ok(&["policy-del", "c1-in"]);
+    assert!(fetch(&c2, "http://192.0.2.1:8080/"), "hairpin once the policy is gone");
     // Nothing else is reachable from outside.
     outside.run(&["ip", "route", "add", "10.64.0.0/24", "via", "192.0.2.1"]);
     let refused = py(
