@@ -568,9 +568,17 @@ fn network_policy_default_deny_labels_ipblock_ports_replies_counters_and_change_
     ];
     wait_listening(&web, "-t", "10.66.0.2:7000");
     wait_listening(&web, "-u", "10.66.0.2:5011");
-    // No policy: everything is open.
+    // No policy: everything is open, link-local too.
     assert!(tcp_opens(&other, "10.66.0.2", 80));
     assert!(other.ping("10.66.0.2", 1));
+    let ll =
+        String::from_utf8_lossy(&web.exec(&["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]).stdout)
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.split('/').next())
+            .map(|a| format!("{a}%eth0"))
+            .expect("web has a link-local address");
+    assert!(other.ping(&ll, 3), "other cannot reach web at {ll} without policies");
 
     let dir = std::path::Path::new(&d.socket).parent().unwrap().to_path_buf();
     let add = |name: &str, doc: Value| {
@@ -655,6 +663,8 @@ fn network_policy_default_deny_labels_ipblock_ports_replies_counters_and_change_
     let _ = (kept.wait(), cut.wait());
     assert!(!tcp_opens(&other, "10.66.0.2", 7000), "a new connection from other after the change");
     assert!(!other.ping("fd66::2", 1), "IPv6 from other after the change");
+    // Nor at web's link-local address, which no policy names.
+    assert!(!other.ping(&ll, 1), "other reached web at {ll}");
 
     // Egress: client may reach web:80 only; its replies still come back.
     add(

@@ -14,9 +14,10 @@
 //!   dropped and counted by the drop rules. With masquerade: the agent's
 //!   frames go out of the uplink, the uplink's to table 3. Everything
 //!   else goes on to table 1.
-//! - 1, from the network: NORMAL; with conntrack (masquerade or
-//!   policies), IP through conntrack (the network's zone, NAT undone) to
-//!   table 2 (IPv6 neighbour discovery stays out of it).
+//! - 1, from the network: IP through conntrack (the network's zone, NAT
+//!   undone) to table 2 (IPv6 neighbour discovery stays out of it); the
+//!   rest NORMAL. Every network tracks its connections, so that its
+//!   first policy finds them known.
 //! - 2: invalid packets dropped; established ones (of the current policy
 //!   generation) and related ones to 232; new ones to 231, through the
 //!   policy tables (20-219, [`super::policy`]) when there are policies,
@@ -84,7 +85,7 @@ pub(crate) struct MasqWiring {
 /// What the network-wide rules need besides the spec.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Wiring {
-    /// The network's conntrack zone (with masquerade or policies).
+    /// The network's conntrack zone.
     pub(crate) zone: Option<u16>,
     /// With masquerade.
     pub(crate) masq: Option<MasqWiring>,
@@ -136,7 +137,6 @@ fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
     ];
     let Some(z) = w.zone else { return out };
     let policies = w.policy_gen.is_some();
-    let families: &[&str] = if policies { &["ip", "ipv6"] } else { &["ip"] };
     let commit = w.commit(z, "");
     let mark = w.policy_gen.map_or(String::new(), |g| format!(",ct_mark={g:#x}"));
     // New connections: judged by the policy tables (which come back to
@@ -148,15 +148,13 @@ fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
             format!("goto_table:{fallback}")
         }
     };
-    for f in families {
+    for f in ["ip", "ipv6"] {
         out.push(format!("{c},table={FROM_NET},priority=10,{f},actions=ct(table={NET_CT},zone={z},nat)"));
         out.push(format!("{c},table={NET_NEW},priority=10,{f},actions={commit},NORMAL"));
     }
-    if policies {
-        // Neighbour discovery and MLD are the link's, not connections.
-        for t in [130, 131, 132, 133, 134, 135, 136, 137, 143] {
-            out.push(format!("{c},table={FROM_NET},priority=20,icmp6,icmp_type={t},actions=NORMAL"));
-        }
+    // Neighbour discovery and MLD are the link's, not connections.
+    for t in [130, 131, 132, 133, 134, 135, 136, 137, 143] {
+        out.push(format!("{c},table={FROM_NET},priority=20,icmp6,icmp_type={t},actions=NORMAL"));
     }
     out.extend([
         format!("{c},table={NET_CT},priority=50,ct_state=+inv+trk,actions=drop"),

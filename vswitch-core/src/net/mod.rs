@@ -371,7 +371,7 @@ pub struct Networks {
 
 /// FNV-1a: a hash that stays the same across builds and versions (names
 /// derived from it must be found again after an upgrade).
-fn stable_hash(parts: &[&str]) -> u64 {
+pub(crate) fn stable_hash(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in p.bytes().chain([0]) {
@@ -639,10 +639,15 @@ impl Networks {
         if let Err(e) = r {
             match old {
                 Some(o) => {
-                    s.networks.insert(o.name.clone(), o);
+                    // Back to the old definition, wired as it was.
+                    s.networks.insert(o.name.clone(), o.clone());
+                    let _ = self.gateway_addresses(s, &o);
+                    let _ = self.wire(s, &o);
+                    let _ = self.retag_attachments(s, &o);
                 }
                 None => {
                     s.networks.remove(&spec.name);
+                    self.unwire(s, &spec);
                     if spec.gateway() && !had_gw {
                         let _ = sw.del_port(&gw_port);
                     }
@@ -652,6 +657,24 @@ impl Networks {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Takes down what [`wire`](Self::wire) set up: the agent and its
+    /// port, the uplink port, every rule, the zone.
+    fn unwire(&self, s: &mut State, spec: &NetworkSpec) {
+        let sw = &self.switch;
+        self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
+        let _ = sw.del_port(&agent_port(&spec.name));
+        s.zones.remove(&spec.name);
+        s.policy_gen.remove(&spec.name);
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
+        if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
+            let _ = flows::remove(sw, spec.bridge(), network_cookie(&spec.name), false);
+            let _ = flows::remove(sw, spec.bridge(), neighbour_cookie(&spec.name), false);
+        }
+        if let Some(m) = &spec.masquerade {
+            let _ = sw.del_port(&m.uplink);
+        }
     }
 
     /// After a change of the network's definition: each attachment's
@@ -694,13 +717,10 @@ impl Networks {
         flows::Wiring { zone: s.zones.get(&spec.name).copied(), masq, policy_gen }
     }
 
-    /// Gives the network a conntrack zone if it needs one (masquerade or
-    /// policies), and takes it back if not.
+    /// Gives the network its conntrack zone (every network tracks its
+    /// connections: a first policy then finds them known, not invalid).
     fn zone(s: &mut State, spec: &NetworkSpec) -> Result<()> {
-        let needed = spec.masquerade.is_some() || Self::has_policies(s, &spec.name);
-        if !needed {
-            s.zones.remove(&spec.name);
-        } else if !s.zones.contains_key(&spec.name) {
+        if !s.zones.contains_key(&spec.name) {
             let used: BTreeSet<u16> = s.zones.values().copied().collect();
             let zone = (1000..u16::MAX).find(|z| !used.contains(z)).ok_or(Error::Full("conntrack zones"))?;
             s.zones.insert(spec.name.clone(), zone);
@@ -1119,22 +1139,38 @@ impl Networks {
             Ok(()) | Err(Error::PortNotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        // Its rules go with it (a retried DEL finds it again on failure).
+        // Its rules go with it. With policies, a new generation: its
+        // address's leftover connections are judged again should the
+        // address come back with another attachment.
         let gone = at.map(|i| s.attachments.remove(i));
-        if let (Some(att), Some(spec)) = (&gone, &known)
-            && s.networks.contains_key(network)
-            && let Err(e) = self.sync(&s, spec)
-        {
-            s.attachments.push(att.clone());
-            return Err(e);
-        }
-        let removed = plumb::remove(&port)?;
-        let mut released = Vec::new();
-        if let Some(spec) = &known
-            && (spec.ipam.is_some() || gone.as_ref().is_some_and(|a| a.builtin_ipam))
-        {
-            released = self.pool(spec).release(container_id, ifname)?;
-        }
+        let r = (|| {
+            if let (Some(_), Some(spec)) = (&gone, &known)
+                && s.networks.contains_key(network)
+            {
+                if Self::has_policies(&s, network) {
+                    Self::next_generation(&mut s, network);
+                }
+                self.sync(&s, spec)?;
+            }
+            let removed = plumb::remove(&port)?;
+            let mut released = Vec::new();
+            if let Some(spec) = &known
+                && (spec.ipam.is_some() || gone.as_ref().is_some_and(|a| a.builtin_ipam))
+            {
+                released = self.pool(spec).release(container_id, ifname)?;
+            }
+            Ok((removed, released))
+        })();
+        let (removed, released) = match r {
+            Ok(r) => r,
+            Err(e) => {
+                // Kept, so that a retried DEL finds it and finishes.
+                if let Some(att) = gone {
+                    s.attachments.push(att);
+                }
+                return Err(e);
+            }
+        };
         if gone.is_some() {
             self.save(&s)?;
         }
@@ -1270,25 +1306,26 @@ impl Networks {
         })
     }
 
+    /// A new policy generation for `network`: its connections are judged
+    /// again at their next packet.
+    fn next_generation(s: &mut State, network: &str) {
+        let next = s.policy_gen.get(network).copied().unwrap_or(0).wrapping_add(1).max(1);
+        s.policy_gen.insert(network.to_string(), next);
+    }
+
     /// After a change to the network's policies (already in `s`): a new
     /// generation, the zone, the rules, saved; on failure `undo` puts
     /// the old policies back and they are applied again.
     fn policies_changed(&self, s: &mut State, spec: &NetworkSpec, undo: impl FnOnce(&mut State)) -> Result<()> {
-        let (gen_before, zone_before) = (s.policy_gen.get(&spec.name).copied(), s.zones.get(&spec.name).copied());
-        let next = gen_before.unwrap_or(0).wrapping_add(1).max(1);
-        s.policy_gen.insert(spec.name.clone(), next);
+        Self::next_generation(s, &spec.name);
         let r = Self::zone(s, spec).and_then(|()| self.sync(s, spec)).and_then(|()| self.save(s));
         if let Err(e) = r {
+            // The generation only moves forward: a change that timed out
+            // may still reach the datapath, and its commits must not pass
+            // for a later generation's.
             undo(s);
-            match gen_before {
-                Some(g) => s.policy_gen.insert(spec.name.clone(), g),
-                None => s.policy_gen.remove(&spec.name),
-            };
-            match zone_before {
-                Some(z) => s.zones.insert(spec.name.clone(), z),
-                None => s.zones.remove(&spec.name),
-            };
             let _ = self.sync(s, spec);
+            let _ = self.save(s);
             return Err(e);
         }
         Ok(())

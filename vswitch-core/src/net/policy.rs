@@ -261,7 +261,9 @@ impl Policy {
     /// True if it applies to direction `d`.
     pub fn applies(&self, d: Direction) -> bool {
         if self.policy_types.is_empty() {
-            return d == Direction::Ingress || self.egress.is_some();
+            // Kubernetes: Egress when there are egress rules (an empty
+            // list is none).
+            return d == Direction::Ingress || self.egress.as_ref().is_some_and(|e| !e.is_empty());
         }
         self.policy_types.contains(&d)
     }
@@ -389,15 +391,24 @@ pub(crate) const REG_CONT: &str = "reg9";
 const ROUND: usize = 64;
 /// Rounds per direction (tables 20-119 egress, 120-219 ingress).
 const MAX_ROUNDS: usize = 25;
+/// Rounds of both directions together: a connection may walk them all,
+/// four lookups each, within [`crate::flow::MAX_DEPTH`] (64) with room
+/// for the tables around them.
+const MAX_ROUNDS_BOTH: usize = 13;
 const EGRESS_BASE: u8 = 20;
 const INGRESS_BASE: u8 = 120;
 /// The first table of the policy check.
 pub(crate) const ENTRY: u8 = EGRESS_BASE;
 const _: () = assert!(INGRESS_BASE as usize + 4 * MAX_ROUNDS <= super::flows::CONT as usize);
 
-/// The cookie low bits of the allow rule of rule slot `slot` in `d`.
-pub(crate) fn allow_cookie_bits(d: Direction, slot: usize) -> u32 {
-    0x8000_0000 | (u32::from(d == Direction::Ingress) << 24) | slot as u32
+/// The cookie low bits of policy rule `id`'s allow rule: its top bit
+/// and 31 bits of a hash of the rule, so that a slot taken over by
+/// another rule is another rule to the flow table (its counter starts
+/// anew).
+pub(crate) fn allow_cookie_bits(id: &RuleId) -> u32 {
+    let (d, name, i) = id;
+    let h = super::stable_hash(&[d.name(), name, &i.to_string()]);
+    0x8000_0000 | (h as u32 & 0x7fff_ffff)
 }
 
 /// The cookie low bits of the rules that deny in `d`.
@@ -484,12 +495,17 @@ pub(crate) type Compiled = (Vec<String>, Vec<(RuleId, u64)>);
 pub(crate) fn compile(input: &Input<'_>, slots: &mut Slots) -> Result<Compiled> {
     let mut out = Vec::new();
     let mut ids = Vec::new();
-    for d in [Direction::Egress, Direction::Ingress] {
-        let side = side(input, slots, d)?;
-        for (slot, id, _, _) in &side.rules {
-            ids.push((id.clone(), input.cookie & !0xffff_ffff | u64::from(allow_cookie_bits(d, *slot))));
+    let sides = [side(input, slots, Direction::Egress)?, side(input, slots, Direction::Ingress)?];
+    // Each round is four lookups deep: both directions' rounds must fit
+    // in a packet's pipeline depth.
+    if sides.iter().map(|s| s.rounds).sum::<usize>() > MAX_ROUNDS_BOTH {
+        return Err(Error::Full("policy rule slots of a network (13 rounds of 64 across both directions)"));
+    }
+    for side in &sides {
+        for (_, id, _, _) in &side.rules {
+            ids.push((id.clone(), input.cookie & !0xffff_ffff | u64::from(allow_cookie_bits(id))));
         }
-        emit(input, &side, &mut out);
+        emit(input, side, &mut out);
     }
     Ok((out, ids))
 }
@@ -568,6 +584,32 @@ fn emit(input: &Input<'_>, side: &Side<'_>, out: &mut Vec<String>) {
         let after_port = if d == Direction::Egress { allow } else { peer_t };
         // Selection: the attachment's rules in this round.
         if k == 0 {
+            // An isolated attachment's new connections at addresses the
+            // policies do not know (IPv6 link-local: what the select
+            // entries do not catch) are denied, by its MAC: to it for
+            // ingress, from it for egress. So is new IP multicast and
+            // broadcast on a network with an isolated attachment (NORMAL
+            // would flood it to them).
+            let (mac_field, end) = if d == Direction::Egress { ("dl_src", "from") } else { ("dl_dst", "to") };
+            let mut macs = BTreeSet::new();
+            for (_, _, _, a) in &side.isolated {
+                if macs.insert(a.mac) {
+                    out.push(format!(
+                        "{cd},table={select},priority=90,ct_state=+new+trk,{mac_field}={},actions={}",
+                        a.mac,
+                        note(&format!(
+                            "{dir} denied: {end} {} {} at an address no policy knows",
+                            a.container_id, a.ifname
+                        ))
+                    ));
+                }
+            }
+            if d == Direction::Ingress && !side.isolated.is_empty() {
+                out.push(format!(
+                    "{cd},table={select},priority=80,ct_state=+new+trk,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,actions={}",
+                    note("ingress denied: multicast or broadcast on a network with isolated attachments")
+                ));
+            }
             // The host is always allowed, both ways.
             for h in &input.host {
                 out.push(format!(
@@ -665,9 +707,10 @@ fn emit(input: &Input<'_>, side: &Side<'_>, out: &mut Vec<String>) {
             bits(any_port.iter().copied(), k)
         ));
         // Allow: a rule's bit in all three.
-        for (slot, (_, name, i), _, _) in side.rules.iter().filter(|r| r.0 / ROUND == k) {
+        for (slot, id, _, _) in side.rules.iter().filter(|r| r.0 / ROUND == k) {
+            let (_, name, i) = id;
             let b = 1u64 << (slot % ROUND);
-            let cookie = input.cookie & !0xffff_ffff | u64::from(allow_cookie_bits(d, *slot));
+            let cookie = input.cookie & !0xffff_ffff | u64::from(allow_cookie_bits(id));
             out.push(format!(
                 "cookie={cookie:#x},table={allow},priority=100,{REG_RULES}={b:#x}/{b:#x},{REG_PEERS}={b:#x}/{b:#x},{REG_PORTS}={b:#x}/{b:#x},actions={},{done}",
                 note(&format!("{dir} allowed by policy {name}, rule {i}"))
@@ -705,7 +748,8 @@ fn peer_contains(p: &Peer, input: &Input<'_>, net: &IpNet) -> bool {
 }
 
 /// Every distinct prefix the round's peers name, with the rules that
-/// contain it (entries no different from the default left out).
+/// contain it. All are kept, even those with the default's bits: a
+/// prefix inside another (an except) must shadow the outer one.
 fn peer_entries(side: &Side<'_>, input: &Input<'_>, k: usize, any: &[usize]) -> Vec<(IpNet, u64)> {
     let mut nets: BTreeSet<IpNet> = BTreeSet::new();
     for (slot, _, peers, _) in &side.rules {
@@ -752,7 +796,8 @@ fn port_bits_for(side: &Side<'_>, proto: u8, port: u16, k: usize, any: &[usize])
 }
 
 /// The round's elementary port ranges per protocol with their rules
-/// (those equal to the default left out).
+/// (ranges no rule names more than the default are left out: the
+/// default entry gives them the same bits).
 fn port_entries(side: &Side<'_>, k: usize, any: &[usize]) -> Vec<(u8, u16, u16, u64)> {
     let mut ranges: BTreeMap<u8, Vec<(u16, u16, usize)>> = BTreeMap::new();
     for (slot, _, _, ports) in side.rules.iter().filter(|r| r.0 / ROUND == k) {
@@ -866,6 +911,28 @@ mod tests {
         assert_eq!(s.assign(Direction::Ingress, &[r("b", 0), r("b", 1), r("c", 0)]), vec![1, 2, 0]);
     }
 
+    #[test]
+    fn rounds_must_fit_the_pipeline() {
+        let atts = [att(1, "10.0.0.2", &[])];
+        let many = |n: usize| {
+            let rules: Vec<Value> = (0..n).map(|i| serde_json::json!({"ports": [{"port": i + 1}]})).collect();
+            policy(serde_json::json!({"name": "big", "ingress": rules}))
+        };
+        for (n, fits) in [(64 * 12, true), (64 * 12 + 1, false)] {
+            let p = many(n);
+            let input = Input {
+                policies: vec![&p],
+                attachments: atts.iter().collect(),
+                host: Vec::new(),
+                published: Vec::new(),
+                cookie: 0x1234_0000_0000,
+                cont: crate::net::flows::CONT,
+            };
+            // Plus the one round of egress every network has.
+            assert_eq!(compile(&input, &mut Slots::default()).is_ok(), fits, "{n} rules");
+        }
+    }
+
     /// 100 attachments, 10 policies of 2 rules each (labels, an ipBlock
     /// with an except, ports and a range): the rules grow with the sum of
     /// the parts, not their product.
@@ -902,10 +969,11 @@ mod tests {
         };
         let (rules, ids) = compile(&input, &mut Slots::default()).unwrap();
         assert_eq!(ids.len(), 40);
-        // Egress: 100 selections + 100 peer prefixes + 2 port ranges + 20
-        // allows; ingress about the same plus 11 ipBlock prefixes; a few
-        // defaults. A cross product would be 100 x 100 x ports.
-        assert!(rules.len() < 600, "{} rules", rules.len());
+        // Per direction: 100 selections and 100 link-local guards by
+        // MAC, 100 peer prefixes (ingress: 11 ipBlock prefixes more), a
+        // few port ranges, 20 allows, a few defaults. A cross product
+        // would be 100 x 100 x ports.
+        assert!(rules.len() < 800, "{} rules", rules.len());
         let sw = crate::Switch::builder().manual().build().unwrap();
         sw.add_bridge("b").unwrap();
         let refs: Vec<&str> = rules.iter().map(String::as_str).collect();

@@ -96,7 +96,8 @@ impl Switch {
     /// Makes the rules `selector` selects (loosely, as `del-flows`) be
     /// exactly `flows`, in one step the datapath sees at once: rules of
     /// `flows` already there unchanged are left alone (with their
-    /// counters), changed ones are replaced (counters kept), the selected
+    /// counters), changed ones are replaced (counters kept if the cookie
+    /// is the same), the selected
     /// rules not in `flows` go, and the new ones come. What a controller
     /// reinstalling its rule set needs: no packet sees the table half
     /// old, half new. Returns how many rules were added or changed and
@@ -128,11 +129,13 @@ impl Switch {
             let new_keys: std::collections::HashSet<RuleKey> = rules.iter().map(|(s, _)| s.identity()).collect();
             rules.retain_mut(|(spec, stats)| match rs.get(&spec.identity()) {
                 Some((old, _)) if old == spec => false,
-                Some((_, old_stats)) => {
+                // The same rule with other actions keeps counting; one
+                // with another cookie is someone else's and starts anew.
+                Some((old, old_stats)) if old.cookie == spec.cookie => {
                     *stats = old_stats.clone();
                     true
                 }
-                None => true,
+                _ => true,
             });
             rs.check_room(&rules).map_err(|TableError::Full| Error::Full("flow table"))?;
             let mut stale = rs.select(&sel, false);
