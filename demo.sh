@@ -7,7 +7,8 @@
 # lifts it again, prints show / fdb-show / dump-flows / stats; then builds
 # a container network with vswitch-ctl net-create / net-attach: two
 # containers, masquerade to an "outside" namespace through an uplink, a
-# published port reached from outside; and stops the daemon. Everything
+# published port reached from outside, a network policy letting only the
+# outside in; and stops the daemon. Everything
 # it creates is removed on exit, even on failure.
 #
 # Without root (no namespaces): runs the in-process demo instead, two
@@ -113,8 +114,8 @@ ip -n "$out" addr add 192.0.2.50/24 dev eth0
 ip -n "$out" link set eth0 up
 ip link set "$up" up
 ctl net-create "$net" --subnet 10.78.0.0/24 --masquerade "$up" --uplink-address 192.0.2.1/24 --macspoofchk
-ctl net-attach "$net" "$c1" --publish 8080:80/tcp
-ctl net-attach "$net" "$c2"
+ctl net-attach "$net" "$c1" --publish 8080:80/tcp --label app=web
+ctl net-attach "$net" "$c2" --label app=client
 ctl net-list
 ip netns exec "$c1" ping -c 2 -i 0.2 -W 2 10.78.0.3
 echo "== c1 -> the outside, masqueraded (the outside sees 192.0.2.1)"
@@ -125,6 +126,20 @@ ip netns exec "$c1" python3 -m http.server 80 --bind 10.78.0.2 >/dev/null 2>&1 &
 for _ in $(seq 100); do ip netns exec "$c1" ss -ltn | grep -q '10.78.0.2:80 ' && break; sleep 0.1; done
 ip netns exec "$out" python3 -c "import urllib.request
 print('fetched', len(urllib.request.urlopen('http://192.0.2.1:8080/', timeout=5).read()), 'bytes from c1 through the published port')"
+echo "== a network policy: app=web takes TCP 80 from 192.0.2.0/24 only (c2 is not in it)"
+cat > "$work/web-in.json" <<'JSON'
+{"name": "web-in", "podSelector": {"matchLabels": {"app": "web"}},
+ "ingress": [{"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"protocol": "TCP", "port": 80}]}]}
+JSON
+ctl policy-add "$work/web-in.json" --network "$net"
+ip netns exec "$out" python3 -c "import urllib.request
+print('the outside: fetched', len(urllib.request.urlopen('http://192.0.2.1:8080/', timeout=5).read()), 'bytes (allowed)')"
+if ip netns exec "$c2" python3 -c "import urllib.request; urllib.request.urlopen('http://192.0.2.1:8080/', timeout=2)" 2>/dev/null; then
+    echo "c2 was not denied" >&2
+    exit 1
+fi
+echo "c2: no answer (denied by web-in)"
+ctl policy-list
 
 echo "== the saved configuration: a snapshot ($work/conf.json) and the changes since ($work/conf.json.journal)"
 cat "$work/conf.json"

@@ -249,6 +249,8 @@ fn the_readme_demo_runs() {
     let text = common::run_script("demo.sh");
     assert!(text.contains("(no replies, as intended)") && text.contains("rule removed: ping works again"), "{text}");
     assert!(text.contains("\"type\": \"internal\""), "the saved configuration is shown: {text}");
+    assert!(text.contains("through the published port") && text.contains("the outside: fetched"), "{text}");
+    assert!(text.contains("denied by web-in") && text.contains("Policy web-in"), "the policy step: {text}");
 }
 
 /// A port's static MACs survive what re-creates the port: a transaction
