@@ -3,6 +3,7 @@
 # container network without and with a network policy on the receiver,
 # and through a Linux bridge, alternated three times. As root, after
 # `cargo build --release -p vswitch-ctl`. Recorded in docs/performance.md.
+set -euo pipefail
 B=${B:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 H=pbh; A=pba; C=pbc; KA=pbka; KC=pbkc
 cleanup() { pkill -f "vswitchd --db /tmp/pb" || true; for n in $H $A $C $KA $KC; do ip netns del $n 2>/dev/null || true; done; rm -rf /tmp/pb; }
