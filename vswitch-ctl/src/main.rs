@@ -776,6 +776,9 @@ fn networks_text(r: &Value) -> String {
         if !subnets.is_empty() {
             out.push_str(&format!("    subnets: {}\n", subnets.join(" ")));
         }
+        if let Some(p) = n["problem"].as_str() {
+            out.push_str(&format!("    problem: {p}\n"));
+        }
         if let Some(m) = spec.get("masquerade").filter(|m| !m.is_null()) {
             let (uplink, address) = (m["uplink"].as_str().unwrap_or("?"), m["address"].as_str().unwrap_or("?"));
             out.push_str(&format!("    masquerade: via {uplink} as {address}\n"));

@@ -468,7 +468,14 @@ fn docker_style_network_masquerade_published_port_macspoofchk() {
     d.owns_dir = false;
     d.stop();
     drop(d);
+    // The uplink gone while the daemon was down: it starts anyway, and
+    // the network works again once the uplink is back.
+    host.run(&["ip", "link", "del", &uplink]);
     let d = Daemon::start_in_netns(&host, &dir);
+    veth_between(&host, &uplink, &outside, "eth0");
+    outside.run(&["ip", "addr", "add", "192.0.2.50/24", "dev", "eth0"]);
+    let listed = d.json(&["net-list"]);
+    assert!(listed[0].get("problem").is_none(), "{listed}");
     assert!(fetch(&outside, "http://192.0.2.1:8080/"), "the published port after a restart");
     assert!(c2.ping("192.0.2.50", 2), "masquerade after a restart");
 

@@ -367,6 +367,9 @@ pub struct Networks {
     /// Each network's policy rule slots (in memory: counters do not
     /// outlive the daemon either).
     slots: Mutex<BTreeMap<String, policy::Slots>>,
+    /// Networks that could not be wired when the daemon started (a
+    /// missing uplink, ...), with why: tried again before every request.
+    unwired: Mutex<BTreeMap<String, String>>,
 }
 
 /// FNV-1a: a hash that stays the same across builds and versions (names
@@ -460,16 +463,40 @@ impl Networks {
             state: Mutex::new(state),
             agents: Mutex::new(BTreeMap::new()),
             slots: Mutex::new(BTreeMap::new()),
+            unwired: Mutex::new(BTreeMap::new()),
         };
-        let mut s = n.lock();
-        let specs: Vec<NetworkSpec> = s.networks.values().cloned().collect();
-        for spec in &specs {
-            // Best effort: a missing gateway or uplink port is reported
-            // by `show`, and the next change retries.
-            let _ = n.gateway_addresses(&s, spec).and_then(|()| n.wire(&mut s, spec));
-        }
-        drop(s);
+        let names: Vec<String> = n.lock().networks.keys().cloned().collect();
+        n.unwired.lock().unwrap_or_else(|e| e.into_inner()).extend(names.into_iter().map(|k| (k, String::new())));
+        n.rewire_pending();
         Ok(n)
+    }
+
+    /// Networks the daemon could not wire (at start), with why; each
+    /// request tries them again first.
+    pub fn unwired(&self) -> Vec<(String, String)> {
+        self.unwired.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Tries to wire the networks that are not: their gateway addresses,
+    /// uplink, agent and rules.
+    fn rewire_pending(&self) {
+        let pending: Vec<String> = self.unwired.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        if pending.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        for name in pending {
+            let Some(spec) = s.networks.get(&name).cloned() else {
+                self.unwired.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                continue;
+            };
+            let r = self.gateway_addresses(&s, &spec).and_then(|()| self.wire(&mut s, &spec));
+            let mut u = self.unwired.lock().unwrap_or_else(|e| e.into_inner());
+            match r {
+                Ok(()) => u.remove(&name),
+                Err(e) => u.insert(name, e.to_string()),
+            };
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -501,6 +528,7 @@ impl Networks {
             let p = if p.is_null() { json!({}) } else { p };
             serde_json::from_value(p).map_err(|e| Error::invalid("params", e.to_string()))
         }
+        self.rewire_pending();
         match method {
             "net.create" => {
                 let a: CreateArgs = args(params)?;
@@ -543,12 +571,17 @@ impl Networks {
     /// Networks with their attachments.
     pub fn list(&self) -> Value {
         let s = self.lock();
+        let unwired = self.unwired.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let nets: Vec<Value> = s
             .networks
             .values()
             .map(|n| {
                 let atts: Vec<&Attachment> = s.attachments.iter().filter(|a| a.network == n.name).collect();
-                json!({ "network": n, "bridge": n.bridge(), "attachments": atts })
+                let mut v = json!({ "network": n, "bridge": n.bridge(), "attachments": atts });
+                if let Some(why) = unwired.get(&n.name) {
+                    v["problem"] = json!(format!("not wired: {why}"));
+                }
+                v
             })
             .collect();
         json!(nets)

@@ -191,6 +191,9 @@ fn main() {
         .parse()
         .unwrap_or_else(|_| fail(format_args!("'{}' is not afpacket or afxdp", args.default_port_type)));
     let networks = Networks::open(switch.clone(), &net_dir, kernel_type).unwrap_or_else(|e| fail(e));
+    for (name, why) in networks.unwired() {
+        log(Level::Warn, &format!("network {name} is not wired ({why}); tried again with every net-* request"));
+    }
     let mut control = Control::with_store(switch.clone(), store)
         .default_port_type(&args.default_port_type)
         .unwrap_or_else(|e| fail(e))
