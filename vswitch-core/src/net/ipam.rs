@@ -134,6 +134,10 @@ impl IpRange {
         if first > last {
             return Err(format!("rangeStart is after rangeEnd in {s}"));
         }
+        // The network address (and IPv4's broadcast) is no host's.
+        if first == to_u128(s.network()) || s.addr().is_ipv4() && last == to_u128(s.broadcast()) {
+            return Err(format!("the range of {s} includes its network or broadcast address"));
+        }
         Ok(())
     }
 }
@@ -348,12 +352,23 @@ impl Pool {
                 offset += size;
             }
         }
-        // A free address turns up within (reservations + excluded) steps,
-        // so the scan is bounded even over a /64.
+        // Reserved CIDRs are jumped over whole; past them a free address
+        // turns up within (reservations + a few) probes, so the scan is
+        // bounded even over a /64.
         let budget = (taken.len() as u128 + 1) * 2 + (1 << 16);
-        for k in 0..total.min(budget) {
+        let (mut k, mut probes) = (0u128, 0u128);
+        while k < total && probes < budget {
             let (ip, r) = at((start + k) % total);
-            if ip == r.gateway() || taken.contains(&ip) || reserved.iter().any(|n| n.contains(&ip)) {
+            if let Some(n) = reserved.iter().find(|n| n.contains(&ip)) {
+                // Positions are contiguous within a range: skip to the
+                // first past the reserved block (or the range's end).
+                let end = to_u128(n.broadcast()).min(r.bounds().1);
+                k += end - to_u128(ip) + 1;
+                continue;
+            }
+            k += 1;
+            probes += 1;
+            if ip == r.gateway() || taken.contains(&ip) {
                 continue;
             }
             if self.reserve(ip, container_id, ifname)? {
@@ -410,6 +425,19 @@ mod tests {
 
     fn cfg(json: &str) -> IpamConfig {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_reserved_block_larger_than_the_scan_is_jumped() {
+        let dir = std::env::temp_dir().join(format!("vswitch-ipam-jump-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = cfg(r#"{"type":"vswitch","subnet":"fd00::/64","reserved":["fd00::/100"]}"#);
+        let pool = Pool::new(&dir, "n");
+        let ips = pool.allocate(&c, "c1", "eth0", &[]).unwrap();
+        assert_eq!(ips[0].address.addr().to_string(), "fd00::1000:0");
+        let bad = cfg(r#"{"type":"vswitch","subnet":"10.0.0.0/24","rangeEnd":"10.0.0.255"}"#);
+        assert!(bad.range_sets().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

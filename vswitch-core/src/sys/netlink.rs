@@ -45,6 +45,7 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// One request being built: the netlink header, the family header, then
 /// attributes (nests closed with [`Msg::end`]).
+#[derive(Clone)]
 struct Msg {
     buf: Vec<u8>,
     nests: Vec<usize>,
@@ -236,18 +237,26 @@ impl Rtnl {
     }
 
     /// Reads replies to `seq` until an acknowledgement (requests) or
-    /// NLMSG_DONE (dumps); returns the payload of every other message.
-    fn replies(&mut self, seq: u32) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    /// NLMSG_DONE (dumps); returns the payload of every other message,
+    /// and whether the kernel flagged the dump as interrupted (the table
+    /// changed under it: NLM_F_DUMP_INTR).
+    fn replies(&mut self, seq: u32) -> io::Result<(Vec<(u16, Vec<u8>)>, bool)> {
         let mut out = Vec::new();
+        let mut interrupted = false;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: `buf` is valid for writes of its length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            // SAFETY: `buf` is valid for writes of its length. MSG_TRUNC:
+            // the datagram's real length comes back even if longer.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
             let n = cvt(n as libc::c_int)? as usize;
+            if n > buf.len() {
+                return Err(io::Error::other(format!("an rtnetlink reply of {n} bytes did not fit")));
+            }
             let mut at = 0;
             while at + NLMSG_HDR <= n {
                 let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
                 let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                let flags = u16::from_ne_bytes([buf[at + 6], buf[at + 7]]);
                 let got = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap_or_default());
                 if len < NLMSG_HDR || at + len > n {
                     return Err(io::Error::other("truncated rtnetlink reply"));
@@ -257,12 +266,13 @@ impl Rtnl {
                 if got != seq {
                     continue;
                 }
+                interrupted |= flags & libc::NLM_F_DUMP_INTR as u16 != 0;
+                // Both carry an error number: 0, or a negative errno.
+                let err = payload.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
                 match kind as libc::c_int {
-                    libc::NLMSG_ERROR => {
-                        let err = payload.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap_or_default()));
-                        return if err == 0 { Ok(out) } else { Err(io::Error::from_raw_os_error(-err)) };
+                    libc::NLMSG_ERROR | libc::NLMSG_DONE => {
+                        return if err >= 0 { Ok((out, interrupted)) } else { Err(io::Error::from_raw_os_error(-err)) };
                     }
-                    libc::NLMSG_DONE => return Ok(out),
                     _ => out.push((kind, payload.to_vec())),
                 }
             }
@@ -274,9 +284,17 @@ impl Rtnl {
         self.replies(seq).map(|_| ())
     }
 
+    /// A dump, taken again (a few times) while the kernel says it was
+    /// interrupted by a change.
     fn dump(&mut self, msg: Msg) -> io::Result<Vec<(u16, Vec<u8>)>> {
-        let seq = self.send(msg)?;
-        self.replies(seq)
+        for _ in 0..4 {
+            let seq = self.send(msg.clone())?;
+            let (out, interrupted) = self.replies(seq)?;
+            if !interrupted {
+                return Ok(out);
+            }
+        }
+        Err(io::Error::other("an rtnetlink dump kept being interrupted by changes"))
     }
 
     /// Creates veth pair `host` (here) and `peer` (in the namespace

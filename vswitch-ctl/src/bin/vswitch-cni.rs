@@ -305,7 +305,7 @@ impl Call {
                     "not_found" if message.contains("network namespace") => code::UNKNOWN_CONTAINER,
                     "exists" if message.contains("interface") => code::INVALID_ENV,
                     "invalid_argument" | "invalid_params" => code::INVALID_CONFIG,
-                    "full" => code::NO_ADDRESS,
+                    "full" if message.contains("address range") => code::NO_ADDRESS,
                     "io" => code::IO,
                     "timeout" | "unavailable" | "datapath_failed" => code::TRY_AGAIN,
                     _ => code::INTERNAL,
