@@ -43,6 +43,9 @@ const RTN_UNICAST: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
+/// The messages of a reply: type and payload each.
+type Replies = Vec<(u16, Vec<u8>)>;
+
 /// One request being built: the netlink header, the family header, then
 /// attributes (nests closed with [`Msg::end`]).
 #[derive(Clone)]
@@ -240,7 +243,7 @@ impl Rtnl {
     /// NLMSG_DONE (dumps); returns the payload of every other message,
     /// and whether the kernel flagged the dump as interrupted (the table
     /// changed under it: NLM_F_DUMP_INTR).
-    fn replies(&mut self, seq: u32) -> io::Result<(Vec<(u16, Vec<u8>)>, bool)> {
+    fn replies(&mut self, seq: u32) -> io::Result<(Replies, bool)> {
         let mut out = Vec::new();
         let mut interrupted = false;
         let mut buf = vec![0u8; 64 * 1024];
@@ -286,7 +289,7 @@ impl Rtnl {
 
     /// A dump, taken again (a few times) while the kernel says it was
     /// interrupted by a change.
-    fn dump(&mut self, msg: Msg) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    fn dump(&mut self, msg: Msg) -> io::Result<Replies> {
         for _ in 0..4 {
             let seq = self.send(msg.clone())?;
             let (out, interrupted) = self.replies(seq)?;
