@@ -199,6 +199,15 @@ enum Command {
     },
     /// Networks and their attachments.
     NetList,
+    /// Change an attachment's labels (policies select by them at once):
+    /// KEY=VALUE sets, --remove KEY removes.
+    NetLabel {
+        #[command(flatten)]
+        which: Which,
+        labels: Vec<String>,
+        #[arg(long)]
+        remove: Vec<String>,
+    },
     /// Add a network policy from a JSON file ("-": standard input), or
     /// replace the one of its name: this switch's form or a Kubernetes
     /// NetworkPolicy (its metadata.namespace names the network).
@@ -719,6 +728,17 @@ fn plan(command: Command) -> Result<Plan, String> {
         }
         Command::NetDetach { which } => one("net.detach", which.attachment(), none),
         Command::NetList => one("net.list", Value::Null, Render::Networks),
+        Command::NetLabel { which, labels, remove } => {
+            let mut set = serde_json::Map::new();
+            for l in &labels {
+                let (k, v) = l.split_once('=').ok_or_else(|| format!("'{l}' is not KEY=VALUE"))?;
+                set.insert(k.to_string(), json!(v));
+            }
+            let mut params = which.attachment();
+            params["set"] = Value::Object(set);
+            params["remove"] = json!(remove);
+            one("net.label", params, none)
+        }
         Command::PolicyAdd { file, network } => {
             let text = if file == "-" {
                 std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?

@@ -683,6 +683,14 @@ fn network_policy_default_deny_labels_ipblock_ports_replies_counters_and_change_
     assert!(!client.ping("10.66.0.4", 1), "client's ping to other (egress denies it)");
     assert!(other.ping("10.66.0.3", 1), "other's ping to client (client's replies are not egress)");
 
+    // Relabelled, other is a client: web lets it in on port 80, and
+    // client-out's egress rule now applies to it.
+    d.ok(&["net-label", &net, &other.name, "app=client"]);
+    assert!(tcp_opens(&other, "10.66.0.2", 80), "other as a client to web:80");
+    assert!(!other.ping("10.66.0.3", 1), "other, a client now, is egress-isolated");
+    d.ok(&["net-label", &net, &other.name, "app=other"]);
+    assert!(!tcp_opens(&other, "10.66.0.2", 80), "other relabelled back");
+
     // Counters: per rule, and the denials.
     let policies = d.json(&["policy-list", &net]);
     let web_p = policies.as_array().unwrap().iter().find(|p| p["name"] == "web").unwrap();

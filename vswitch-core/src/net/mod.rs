@@ -45,6 +45,7 @@ pub const NET_METHODS: &[&str] = &[
     "net.detach",
     "net.check",
     "net.gc",
+    "net.label",
     "policy.add",
     "policy.del",
     "policy.list",
@@ -53,7 +54,7 @@ pub const NET_METHODS: &[&str] = &[
 /// The `net.*` methods that change something (run one at a time, and the
 /// switch's configuration saved after them).
 pub const NET_CHANGES: &[&str] =
-    &["net.create", "net.delete", "net.attach", "net.detach", "net.gc", "policy.add", "policy.del"];
+    &["net.create", "net.delete", "net.attach", "net.detach", "net.gc", "net.label", "policy.add", "policy.del"];
 
 /// A network's definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +319,20 @@ struct GcArgs {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct LabelArgs {
+    network: String,
+    container_id: String,
+    ifname: String,
+    /// Labels to set (added or changed).
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    /// Labels to remove.
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PolicyAddArgs {
     /// The policy document (this switch's form or a Kubernetes
     /// NetworkPolicy).
@@ -551,6 +566,10 @@ impl Networks {
             "net.gc" => {
                 let a: GcArgs = args(params)?;
                 self.gc(&a.network, a.valid.into_iter().collect(), a.spec.as_ref())
+            }
+            "net.label" => {
+                let a: LabelArgs = args(params)?;
+                self.label(&a.network, &a.container_id, &a.ifname, a.set, &a.remove).map(|()| Value::Null)
             }
             "policy.add" => {
                 let a: PolicyAddArgs = args(params)?;
@@ -1289,6 +1308,48 @@ impl Networks {
             Some(e) => Err(e),
             None => Ok(json!({ "removed": removed, "released": released })),
         }
+    }
+
+    /// Changes an attachment's labels: `set` added or changed, `remove`
+    /// removed. Policies select by them at once (a new generation: its
+    /// established connections are judged again at their next packet).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown attachment; nothing changes on
+    /// error.
+    pub fn label(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+        set: BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<()> {
+        let mut s = self.lock();
+        let i = s.position(network, container_id, ifname).ok_or_else(|| {
+            Error::NotFound(format!("container '{container_id}' has no '{ifname}' on network '{network}'"))
+        })?;
+        let spec =
+            s.networks.get(network).cloned().ok_or_else(|| Error::NotFound(format!("no network named '{network}'")))?;
+        let before = s.attachments[i].labels.clone();
+        let labels = &mut s.attachments[i].labels;
+        for k in remove {
+            labels.remove(k);
+        }
+        labels.extend(set);
+        if s.attachments[i].labels == before {
+            return Ok(());
+        }
+        if !Self::has_policies(&s, network) {
+            return self.save(&s);
+        }
+        Self::next_generation(&mut s, network);
+        let r = self.sync(&s, &spec).and_then(|()| self.save(&s));
+        if r.is_err() {
+            s.attachments[i].labels = before;
+            let _ = self.sync(&s, &spec);
+        }
+        r
     }
 
     /// Adds policy `p`, or replaces the one of that name, and applies it
