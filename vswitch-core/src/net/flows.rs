@@ -154,10 +154,16 @@ fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
     }
     // Neighbour discovery and MLD are the link's, not connections.
     for t in [130, 131, 132, 133, 134, 135, 136, 137, 143] {
-        out.push(format!("{c},table={FROM_NET},priority=20,icmp6,icmp_type={t},actions=NORMAL"));
+        out.push(format!("{c},table={FROM_NET},priority=30,icmp6,icmp_type={t},actions=NORMAL"));
     }
     out.extend([
-        format!("{c},table={NET_CT},priority=50,ct_state=+inv+trk,actions=drop"),
+        // Invalid: dropped where it matters (NAT, policies); on a plain
+        // network switched, as without conntrack (a connection from
+        // before a restart is mid-stream to it).
+        format!(
+            "{c},table={NET_CT},priority=50,ct_state=+inv+trk,actions={}",
+            if policies || spec.masquerade.is_some() { "drop" } else { "NORMAL" }
+        ),
         format!("{c},table={NET_CT},priority=40,ct_state=+est+trk{mark},actions=goto_table:{NET_EST}"),
         format!("{c},table={NET_CT},priority=40,ct_state=+rel+trk,actions=goto_table:{NET_EST}"),
         format!("{c},table={NET_CT},priority=30,ct_state=+new+trk,actions={}", check(NEW_FROM_NET, NET_NEW)),

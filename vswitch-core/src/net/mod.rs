@@ -501,6 +501,10 @@ impl Networks {
         }
         let mut s = self.lock();
         for name in pending {
+            // Another request may have wired it meanwhile.
+            if !self.unwired.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&name) {
+                continue;
+            }
             let Some(spec) = s.networks.get(&name).cloned() else {
                 self.unwired.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
                 continue;
@@ -543,7 +547,9 @@ impl Networks {
             let p = if p.is_null() { json!({}) } else { p };
             serde_json::from_value(p).map_err(|e| Error::invalid("params", e.to_string()))
         }
-        self.rewire_pending();
+        if NET_CHANGES.contains(&method) {
+            self.rewire_pending();
+        }
         match method {
             "net.create" => {
                 let a: CreateArgs = args(params)?;
@@ -677,8 +683,10 @@ impl Networks {
         } else if had_gw && old.as_ref().is_some_and(NetworkSpec::gateway) {
             let _ = sw.del_port(&gw_port);
         }
-        if let Some(om) = old.as_ref().and_then(|o| o.masquerade.as_ref())
+        if let Some(o) = &old
+            && let Some(om) = &o.masquerade
             && spec.masquerade.as_ref().is_none_or(|m| m.uplink != om.uplink)
+            && self.owns_port(o, &om.uplink)
         {
             let _ = sw.del_port(&om.uplink);
         }
@@ -688,10 +696,21 @@ impl Networks {
             .and_then(|()| self.wire(s, &spec))
             .and_then(|()| if old.is_some() { self.retag_attachments(s, &spec) } else { Ok(()) })
             .and_then(|()| self.save(s));
+        if r.is_ok() {
+            self.unwired.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
+        }
         if let Err(e) = r {
             match old {
                 Some(o) => {
-                    // Back to the old definition, wired as it was.
+                    // Back to the old definition, wired as it was (the
+                    // gateway port's VLAN too).
+                    if o.gateway()
+                        && let Ok((_, Some(mut p))) = sw.port_spec(&gw_port)
+                        && p.tag != o.vlan
+                    {
+                        p.tag = o.vlan;
+                        let _ = sw.set_port_spec(&p);
+                    }
                     s.networks.insert(o.name.clone(), o.clone());
                     let _ = self.gateway_addresses(s, &o);
                     let _ = self.wire(s, &o);
@@ -724,8 +743,19 @@ impl Networks {
             let _ = flows::remove(sw, spec.bridge(), network_cookie(&spec.name), false);
             let _ = flows::remove(sw, spec.bridge(), neighbour_cookie(&spec.name), false);
         }
-        if let Some(m) = &spec.masquerade {
+        if let Some(m) = &spec.masquerade
+            && self.owns_port(spec, &m.uplink)
+        {
             let _ = sw.del_port(&m.uplink);
+        }
+    }
+
+    /// True if port `name` is on the network's bridge and marked as the
+    /// network's (an uplink this network attached, not someone else's).
+    fn owns_port(&self, spec: &NetworkSpec, name: &str) -> bool {
+        match self.switch.port_spec(name) {
+            Ok((b, Some(p))) => b == spec.bridge() && p.external_ids.get("network") == Some(&spec.name),
+            _ => false,
         }
     }
 
@@ -828,6 +858,7 @@ impl Networks {
             policies,
             attachments,
             host,
+            gateway: spec.gateway().then(|| (spec.bridge().to_string(), gateway_mac(spec))),
             published,
             cookie: network_cookie(&spec.name) | u64::from(flows::POLICY_ID),
             cont: flows::CONT,
@@ -967,7 +998,9 @@ impl Networks {
             if spec.gateway() {
                 let _ = sw.del_port(spec.bridge());
             }
-            if let Some(m) = &spec.masquerade {
+            if let Some(m) = &spec.masquerade
+                && self.owns_port(&spec, &m.uplink)
+            {
                 let _ = sw.del_port(&m.uplink);
             }
             if sw.bridges().iter().find(|b| b.name == spec.bridge()).is_some_and(|b| b.ports.is_empty()) {
@@ -1187,22 +1220,32 @@ impl Networks {
         let at = s.position(network, container_id, ifname);
         let port = at.map_or_else(|| host_ifname(network, container_id, ifname), |i| s.attachments[i].port.clone());
         let sw = &self.switch;
-        match sw.del_port(&port) {
-            Ok(()) | Err(Error::PortNotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-        // Its rules go with it. With policies, a new generation: its
-        // address's leftover connections are judged again should the
-        // address come back with another attachment.
+        // Its rules go first (they name its port), with the record. With
+        // policies, a new generation: its address's leftover connections
+        // are judged again should the address come back with another
+        // attachment. A network that is not wired (its uplink gone)
+        // cannot sync; it is synced when it is wired again.
         let gone = at.map(|i| s.attachments.remove(i));
-        let r = (|| {
-            if let (Some(_), Some(spec)) = (&gone, &known)
-                && s.networks.contains_key(network)
+        if let (Some(att), Some(spec)) = (&gone, &known)
+            && s.networks.contains_key(network)
+        {
+            if Self::has_policies(&s, network) {
+                Self::next_generation(&mut s, network);
+            }
+            let unwired = self.unwired.lock().unwrap_or_else(|e| e.into_inner()).contains_key(network);
+            if let Err(e) = self.sync(&s, spec)
+                && !unwired
             {
-                if Self::has_policies(&s, network) {
-                    Self::next_generation(&mut s, network);
-                }
-                self.sync(&s, spec)?;
+                s.attachments.push(att.clone());
+                return Err(e);
+            }
+        }
+        // From here a failure leaves no record: a retried DEL finds the
+        // port, the veth and the reservations by their derived names.
+        let r = (|| {
+            match sw.del_port(&port) {
+                Ok(()) | Err(Error::PortNotFound(_)) => {}
+                Err(e) => return Err(e),
             }
             let removed = plumb::remove(&port)?;
             let mut released = Vec::new();
@@ -1213,19 +1256,10 @@ impl Networks {
             }
             Ok((removed, released))
         })();
-        let (removed, released) = match r {
-            Ok(r) => r,
-            Err(e) => {
-                // Kept, so that a retried DEL finds it and finishes.
-                if let Some(att) = gone {
-                    s.attachments.push(att);
-                }
-                return Err(e);
-            }
-        };
         if gone.is_some() {
             self.save(&s)?;
         }
+        let (removed, released) = r?;
         Ok(json!({ "attachment": at.is_some(), "veth": removed, "released": released }))
     }
 
@@ -1331,6 +1365,9 @@ impl Networks {
         })?;
         let spec =
             s.networks.get(network).cloned().ok_or_else(|| Error::NotFound(format!("no network named '{network}'")))?;
+        if let Some(k) = set.keys().chain(remove).find(|k| k.is_empty() || k.contains(['=', ','])) {
+            return Err(Error::invalid("label", format!("'{k}' is not a label key")));
+        }
         let before = s.attachments[i].labels.clone();
         let labels = &mut s.attachments[i].labels;
         for k in remove {
@@ -1340,14 +1377,16 @@ impl Networks {
         if s.attachments[i].labels == before {
             return Ok(());
         }
-        if !Self::has_policies(&s, network) {
-            return self.save(&s);
+        let policies = Self::has_policies(&s, network);
+        if policies {
+            Self::next_generation(&mut s, network);
         }
-        Self::next_generation(&mut s, network);
-        let r = self.sync(&s, &spec).and_then(|()| self.save(&s));
+        let r = if policies { self.sync(&s, &spec) } else { Ok(()) }.and_then(|()| self.save(&s));
         if r.is_err() {
             s.attachments[i].labels = before;
-            let _ = self.sync(&s, &spec);
+            if policies {
+                let _ = self.sync(&s, &spec);
+            }
         }
         r
     }

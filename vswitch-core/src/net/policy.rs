@@ -369,6 +369,8 @@ pub(crate) struct Input<'a> {
     pub(crate) attachments: Vec<&'a Attachment>,
     /// The host's addresses on the network (always allowed).
     pub(crate) host: Vec<IpAddr>,
+    /// The gateway port's name and MAC, if the network has one.
+    pub(crate) gateway: Option<(String, crate::wire::MacAddr)>,
     pub(crate) published: Vec<Published>,
     /// The cookie of the policy tables' rules.
     pub(crate) cookie: u64,
@@ -451,6 +453,8 @@ struct Side<'a> {
     /// Per isolated attachment address: the slots of its policies' rules
     /// and the policies' names.
     isolated: Vec<(IpAddr, Vec<usize>, Vec<&'a str>, &'a Attachment)>,
+    /// The isolated attachments themselves (with or without addresses).
+    selected: Vec<&'a Attachment>,
     rounds: usize,
 }
 
@@ -501,6 +505,7 @@ pub(crate) fn compile(input: &Input<'_>, slots: &mut Slots) -> Result<Compiled> 
     if sides.iter().map(|s| s.rounds).sum::<usize>() > MAX_ROUNDS_BOTH {
         return Err(Error::Full("policy rule slots of a network (13 rounds of 64 across both directions)"));
     }
+    multicast(input, &sides, &mut out);
     for side in &sides {
         for (_, id, _, _) in &side.rules {
             ids.push((id.clone(), input.cookie & !0xffff_ffff | u64::from(allow_cookie_bits(id))));
@@ -527,19 +532,60 @@ fn side<'a>(input: &Input<'a>, slots: &mut Slots, d: Direction) -> Result<Side<'
     let rules: Vec<_> =
         assigned.into_iter().zip(ids).zip(rules).map(|((slot, id), (peers, ports))| (slot, id, peers, ports)).collect();
     let mut isolated = Vec::new();
+    let mut selected = Vec::new();
     for a in &input.attachments {
         let selecting: Vec<&Policy> =
             input.policies.iter().copied().filter(|p| p.applies(d) && p.pod_selector.matches(&a.labels)).collect();
         if selecting.is_empty() {
             continue;
         }
+        selected.push(*a);
         let names: Vec<&str> = selecting.iter().map(|p| p.name.as_str()).collect();
         let mine: Vec<usize> = rules.iter().filter(|r| names.contains(&r.1.1.as_str())).map(|r| r.0).collect();
         for ip in &a.ips {
             isolated.push((ip.address.addr(), mine.clone(), names.clone(), *a));
         }
     }
-    Ok(Side { d, rules, isolated, rounds })
+    Ok(Side { d, rules, isolated, selected, rounds })
+}
+
+/// IP multicast and broadcast are flooded by NORMAL, never judged as
+/// connections: with isolated attachments, the network's table 1 sends
+/// them to every port but the ingress-isolated attachments' instead, and
+/// drops them from egress-isolated ones (neighbour discovery and MLD,
+/// above these, go everywhere).
+fn multicast(input: &Input<'_>, sides: &[Side<'_>; 2], out: &mut Vec<String>) {
+    let [egress, ingress] = sides;
+    if egress.selected.is_empty() && ingress.selected.is_empty() {
+        return;
+    }
+    let c = format!("cookie={:#x}", input.cookie);
+    let group = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00";
+    for a in &egress.selected {
+        let cd = format!("cookie={:#x}", input.cookie & !0xffff_ffff | u64::from(deny_cookie_bits(Direction::Egress)));
+        for f in ["ip", "ipv6"] {
+            out.push(format!(
+                "{cd},table=1,priority=26,in_port={},{f},{group},actions={}",
+                a.port,
+                note(&format!("egress denied: multicast or broadcast from {} {}", a.container_id, a.ifname))
+            ));
+        }
+    }
+    if ingress.selected.is_empty() {
+        return;
+    }
+    let isolated: BTreeSet<&str> = ingress.selected.iter().map(|a| a.port.as_str()).collect();
+    let mut to: Vec<String> = input
+        .attachments
+        .iter()
+        .filter(|a| !isolated.contains(a.port.as_str()))
+        .map(|a| format!("output:{}", a.port))
+        .collect();
+    to.extend(input.gateway.as_ref().map(|(p, _)| format!("output:{p}")));
+    let actions = if to.is_empty() { "drop".to_string() } else { to.join(",") };
+    for f in ["ip", "ipv6"] {
+        out.push(format!("{c},table=1,priority=25,{f},{group},actions={actions}"));
+    }
 }
 
 /// The tables of round `k`: (select, then the two classifications in
@@ -587,30 +633,26 @@ fn emit(input: &Input<'_>, side: &Side<'_>, out: &mut Vec<String>) {
             // An isolated attachment's new connections at addresses the
             // policies do not know (IPv6 link-local: what the select
             // entries do not catch) are denied, by its MAC: to it for
-            // ingress, from it for egress. So is new IP multicast and
-            // broadcast on a network with an isolated attachment (NORMAL
-            // would flood it to them).
+            // ingress, from it for egress. (New only: a reply's MACs are
+            // the other way round.)
             let (mac_field, end) = if d == Direction::Egress { ("dl_src", "from") } else { ("dl_dst", "to") };
-            let mut macs = BTreeSet::new();
-            for (_, _, _, a) in &side.isolated {
-                if macs.insert(a.mac) {
-                    out.push(format!(
-                        "{cd},table={select},priority=90,ct_state=+new+trk,{mac_field}={},actions={}",
-                        a.mac,
-                        note(&format!(
-                            "{dir} denied: {end} {} {} at an address no policy knows",
-                            a.container_id, a.ifname
-                        ))
-                    ));
-                }
-            }
-            if d == Direction::Ingress && !side.isolated.is_empty() {
+            for a in &side.selected {
                 out.push(format!(
-                    "{cd},table={select},priority=80,ct_state=+new+trk,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,actions={}",
-                    note("ingress denied: multicast or broadcast on a network with isolated attachments")
+                    "{cd},table={select},priority=90,ct_state=+new+trk,{mac_field}={},actions={}",
+                    a.mac,
+                    note(&format!("{dir} denied: {end} {} {} at an address no policy knows", a.container_id, a.ifname))
                 ));
             }
-            // The host is always allowed, both ways.
+            // The host is always allowed, both ways: at its addresses,
+            // and at its link-local ones (by the gateway port's MAC).
+            if let Some((_, gw_mac)) = &input.gateway {
+                let (ll, mac) =
+                    if d == Direction::Egress { ("ct_ipv6_dst", "dl_dst") } else { ("ct_ipv6_src", "dl_src") };
+                out.push(format!(
+                    "{c},table={select},priority=300,ipv6,{ll}=fe80::/10,{mac}={gw_mac},actions={},{done}",
+                    note(&format!("{dir} allowed: the host (link-local)"))
+                ));
+            }
             for h in &input.host {
                 out.push(format!(
                     "{c},table={select},priority=300,{},{}={h},actions={},{done}",
@@ -924,6 +966,7 @@ mod tests {
                 policies: vec![&p],
                 attachments: atts.iter().collect(),
                 host: Vec::new(),
+                gateway: None,
                 published: Vec::new(),
                 cookie: 0x1234_0000_0000,
                 cont: crate::net::flows::CONT,
@@ -963,6 +1006,7 @@ mod tests {
             policies: policies.iter().collect(),
             attachments: atts.iter().collect(),
             host: vec!["10.0.0.1".parse().unwrap()],
+            gateway: Some(("gw".into(), MacAddr([2, 0, 0, 0, 0, 0xfe]))),
             published: Vec::new(),
             cookie: 0x1234_0000_0000,
             cont: crate::net::flows::CONT,
@@ -971,11 +1015,19 @@ mod tests {
         assert_eq!(ids.len(), 40);
         // Per direction: 100 selections and 100 link-local guards by
         // MAC, 100 peer prefixes (ingress: 11 ipBlock prefixes more), a
-        // few port ranges, 20 allows, a few defaults. A cross product
-        // would be 100 x 100 x ports.
-        assert!(rules.len() < 800, "{} rules", rules.len());
+        // few port ranges, 20 allows, a few defaults; 200 multicast
+        // guards (IPv4 and IPv6 per egress-isolated attachment). A cross
+        // product would be 100 x 100 x ports.
+        assert!(rules.len() < 1000, "{} rules", rules.len());
         let sw = crate::Switch::builder().manual().build().unwrap();
         sw.add_bridge("b").unwrap();
+        // The ports the rules name (the multicast rules output to them).
+        let _ports: Vec<_> = atts
+            .iter()
+            .map(|a| a.port.as_str())
+            .chain(["gw"])
+            .map(|p| sw.add_memory_port("b", p, crate::PortConfig::default()).unwrap())
+            .collect();
         let refs: Vec<&str> = rules.iter().map(String::as_str).collect();
         sw.add_flows("b", &refs).unwrap();
         eprintln!("100 attachments x 10 policies: {} rules", rules.len());

@@ -415,7 +415,8 @@ impl Call {
                 }
                 // The spec: a failed ADD releases what IPAM handed out;
                 // not when the attachment already existed (it holds them).
-                let existed = e.code == code::INTERNAL && e.details.ends_with(": exists");
+                let existed =
+                    e.code == code::INTERNAL && e.details.ends_with(": exists") && e.msg.contains("already has");
                 if delegated && !existed {
                     let _ = self.ipam("DEL");
                 }
