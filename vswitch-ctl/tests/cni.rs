@@ -630,6 +630,27 @@ fn network_policy_default_deny_labels_ipblock_ports_replies_counters_and_change_
     // Neighbour discovery is not policed; IPv6 is.
     assert!(other.ping("fd66::2", 3) || other.ping("fd66::2", 3), "other to web over IPv6 (web-other)");
 
+    // Multicast is not a connection: it reaches client2, not web (isolated).
+    let listen = |ns: &NetNs, ip: &str| {
+        ns.spawn(&[
+            "python3",
+            "-c",
+            &format!(
+                "import socket,struct\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('',5400))\ns.setsockopt(socket.IPPROTO_IP,socket.IP_ADD_MEMBERSHIP,struct.pack('4s4s',socket.inet_aton('239.1.1.1'),socket.inet_aton('{ip}')))\ns.settimeout(10)\ntry:\n    s.recvfrom(100); print('got')\nexcept OSError:\n    print('none')"
+            ),
+        ])
+    };
+    let receivers = [listen(&web, "10.66.0.2"), listen(&client2, "10.66.0.5")];
+    wait_listening(&web, "-u", "0.0.0.0:5400");
+    wait_listening(&client2, "-u", "0.0.0.0:5400");
+    py(
+        &other,
+        "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IP,socket.IP_MULTICAST_IF,socket.inet_aton('10.66.0.4'))\nfor _ in range(10):\n    s.sendto(b'm',('239.1.1.1',5400)); time.sleep(0.2)",
+    );
+    let heard: Vec<String> =
+        receivers.map(|r| String::from_utf8_lossy(&r.wait_with_output().unwrap().stdout).trim().to_string()).into();
+    assert_eq!(heard, ["none", "got"], "multicast to the isolated web and to client2");
+
     // trace names the policy and rule that decided.
     let listed = d.json(&["net-list"]);
     let port_of = |id: &str| {
