@@ -364,13 +364,14 @@ pub enum Loaded {
     Missing,
     /// The configuration.
     Config(SwitchConfig),
-    /// The file could not be read as a configuration; it was renamed to
-    /// `kept` and nothing was loaded.
-    Corrupt {
+    /// The file could not be read as a configuration (unparseable,
+    /// truncated, from a newer version, or its journal is): nothing was
+    /// loaded and the files are as they were. Starting empty over it
+    /// would lose every bridge at the next save; see
+    /// [`Store::set_aside`].
+    Unusable {
         /// Why it could not be read.
         reason: String,
-        /// Where it is now.
-        kept: PathBuf,
     },
 }
 
@@ -425,12 +426,11 @@ impl Store {
     }
 
     /// Reads the snapshot and replays the journal that follows it. A
-    /// snapshot that cannot be parsed is moved aside to
-    /// `PATH.corrupt-SECONDS` (never overwritten) and reported, with its
-    /// journal.
+    /// snapshot (or journal) that cannot be used is reported and left
+    /// untouched.
     ///
     /// # Errors
-    /// [`Error::Io`] if the files exist but cannot be read or moved.
+    /// [`Error::Io`] if the files exist but cannot be read.
     pub fn load(&self) -> Result<Loaded> {
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
@@ -442,20 +442,76 @@ impl Store {
                 Ok(c) => return Ok(Loaded::Config(c)),
                 Err(e) => format!("its journal {}: {e}", self.journal_path().display()),
             },
+            Ok(c) if c.version > FORMAT_VERSION => {
+                format!("it is format version {}, from a newer vswitchd (this one reads {FORMAT_VERSION})", c.version)
+            }
             Ok(c) => format!("format version {} (this vswitchd reads {FORMAT_VERSION})", c.version),
-            Err(e) => e.to_string(),
+            Err(e) if e.is_eof() => format!("it ends early, truncated ({e})"),
+            Err(e) => format!("it is not a configuration: {e}"),
         };
+        Ok(Loaded::Unusable { reason })
+    }
+
+    /// Moves the configuration and its journal aside, to
+    /// `PATH.reset-SECONDS` (never over an existing file), so the switch
+    /// can start empty on purpose; returns where it went (`None` if there
+    /// was no file).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a file cannot be moved.
+    pub fn set_aside(&self) -> Result<Option<PathBuf>> {
+        if !self.path.exists() && !self.journal_path().exists() {
+            return Ok(None);
+        }
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let mut kept = PathBuf::from(format!("{}.corrupt-{secs}", self.path.display()));
+        let mut kept = PathBuf::from(format!("{}.reset-{secs}", self.path.display()));
         let mut n = 1;
-        while kept.exists() {
-            kept = PathBuf::from(format!("{}.corrupt-{secs}-{n}", self.path.display()));
+        while kept.exists() || PathBuf::from(format!("{}.journal", kept.display())).exists() {
+            kept = PathBuf::from(format!("{}.reset-{secs}-{n}", self.path.display()));
             n += 1;
         }
-        std::fs::rename(&self.path, &kept)
-            .map_err(|e| file_error(format!("move {} aside to {}", self.path.display(), kept.display()), e))?;
-        let _ = std::fs::rename(self.journal_path(), format!("{}.journal", kept.display()));
-        Ok(Loaded::Corrupt { reason, kept })
+        let mv = |from: &Path, to: &Path| match std::fs::rename(from, to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(file_error(format!("move {} aside to {}", from.display(), to.display()), e))
+            }
+            _ => Ok(()),
+        };
+        mv(&self.path, &kept)?;
+        mv(&self.journal_path(), Path::new(&format!("{}.journal", kept.display())))?;
+        *self.lock() = Journal::default();
+        Ok(Some(kept))
+    }
+
+    /// Where the previous snapshot is kept: `PATH.prev` (and its journal,
+    /// `PATH.prev.journal`), a configuration `vswitchd --db` can load.
+    pub fn backup_path(&self) -> PathBuf {
+        PathBuf::from(format!("{}.prev", self.path.display()))
+    }
+
+    /// Keeps the snapshot about to be replaced, with its journal, as the
+    /// backup: a hard link (the old file itself, no copy), then the
+    /// journal copied, each through a temporary and a rename.
+    fn keep_previous(&self) -> Result<()> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        let prev = self.backup_path();
+        let io = |what: &str, e| file_error(format!("{what} {}", prev.display()), e);
+        let tmp = self.temporary(&self.path);
+        std::fs::hard_link(&self.path, &tmp).map_err(|e| io("link the backup", e))?;
+        std::fs::rename(&tmp, &prev).map_err(|e| io("replace the backup", e))?;
+        let prev_journal = PathBuf::from(format!("{}.journal", prev.display()));
+        match std::fs::read(self.journal_path()) {
+            Ok(j) => {
+                let jtmp = self.temporary(&self.journal_path());
+                std::fs::write(&jtmp, j).map_err(|e| io("write the backup journal of", e))?;
+                std::fs::rename(&jtmp, &prev_journal).map_err(|e| io("replace the backup journal of", e))?;
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&prev_journal);
+            }
+        }
+        Ok(())
     }
 
     /// `config` (the snapshot, `snapshot_bytes` long) with its journal
@@ -528,6 +584,7 @@ impl Store {
             let mut f = std::fs::File::create(&tmp).map_err(|e| io("create a temporary file for", e))?;
             f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| io("write", e))?;
             between().map_err(|e| io("write", e))?;
+            self.keep_previous()?;
             std::fs::rename(&tmp, &self.path).map_err(|e| io("replace", e))
         })();
         if written.is_err() {
@@ -727,14 +784,40 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_file_is_set_aside_not_overwritten() {
+    fn an_unusable_file_is_reported_untouched_and_set_aside_only_on_purpose() {
         let path = temp("corrupt");
         let store = Store::new(&path).unwrap();
-        std::fs::write(&path, b"{\"version\":1,\"bridges\":[{\"name\":").unwrap();
-        let Loaded::Corrupt { reason, kept } = store.load().unwrap() else { panic!("not reported") };
-        assert!(reason.contains("EOF"), "{reason}");
-        assert_eq!(std::fs::read(&kept).unwrap(), b"{\"version\":1,\"bridges\":[{\"name\":");
-        assert!(!path.exists());
+        let truncated = b"{\"version\":1,\"bridges\":[{\"name\":";
+        for (text, why) in [
+            (&truncated[..], "truncated"),
+            (&b"garbage"[..], "not a configuration"),
+            (&b"{\"version\":99,\"bridges\":[]}"[..], "newer vswitchd"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let Loaded::Unusable { reason } = store.load().unwrap() else { panic!("not reported") };
+            assert!(reason.contains(why), "{reason}");
+            assert_eq!(std::fs::read(&path).unwrap(), text, "the file is untouched");
+        }
+        let kept = store.set_aside().unwrap().unwrap();
+        assert_eq!(std::fs::read(&kept).unwrap(), b"{\"version\":99,\"bridges\":[]}");
+        assert!(matches!(store.load().unwrap(), Loaded::Missing));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn every_save_keeps_the_previous_configuration() {
+        let path = temp("backup");
+        let store = Store::new(&path).unwrap();
+        let bridge = |name: &str| ConfigChange::NewBridge { name: name.into(), mac_table: MacTableConfig::default() };
+        let mut cfg = SwitchConfig { version: FORMAT_VERSION, generation: 0, bridges: Vec::new(), conntrack: None };
+        cfg.replay(&[bridge("one")]).unwrap();
+        store.save(&cfg).unwrap();
+        store.append(&[bridge("two")]).unwrap();
+        cfg.replay(&[bridge("two"), bridge("three")]).unwrap();
+        store.save(&cfg).unwrap();
+        let Loaded::Config(prev) = Store::new(store.backup_path()).unwrap().load().unwrap() else { panic!() };
+        let names: Vec<&str> = prev.bridges.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"], "the backup is the configuration before the last save");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

@@ -179,29 +179,47 @@ fn restart_replays_the_saved_configuration() {
 }
 
 #[test]
-fn a_corrupt_configuration_is_kept_aside_and_reported() {
+fn an_unusable_configuration_stops_the_daemon_until_reset_on_purpose() {
     let dir = std::env::temp_dir().join(unique("vsd"));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("conf.json"), "{ not json").unwrap();
+    let db = dir.join("conf.json");
     let socket = dir.join("vswitchd.sock").display().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
-        .args(["--socket", &socket, "--db", &dir.join("conf.json").display().to_string()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+            .args(["--socket", &socket, "--db", &db.display().to_string()])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (text, why) in [
+        ("{ not json", "not a configuration"),
+        ("{\"version\":1,\"bridges\":[{\"name\":\"br", "truncated"),
+        ("{\"version\":999,\"bridges\":[]}", "newer vswitchd"),
+    ] {
+        std::fs::write(&db, text).unwrap();
+        let out = daemon(&[]).wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "vswitchd started over an unusable file: {err}");
+        assert!(err.contains(why) && err.contains("--reset-config"), "{err}");
+        assert_eq!(std::fs::read_to_string(&db).unwrap(), text, "the file is untouched");
+    }
+    // --reset-config: moved aside, and an empty switch that serves.
+    let mut child = daemon(&["--reset-config"]);
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();
     std::io::BufRead::read_line(&mut err, &mut first).unwrap();
+    assert!(first.contains("moved to") && first.contains("starting empty"), "{first}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
-    assert!(first.contains("is corrupt") && first.contains("kept as"), "{first}");
     let kept: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("conf.json.corrupt-"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("conf.json.reset-"))
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".journal"))
         .collect();
     assert_eq!(kept.len(), 1, "the bad file is kept");
-    assert_eq!(std::fs::read_to_string(kept[0].path()).unwrap(), "{ not json");
+    assert_eq!(std::fs::read_to_string(kept[0].path()).unwrap(), "{\"version\":999,\"bridges\":[]}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -74,6 +74,12 @@ struct Args {
     /// Seconds after which an idle client connection is closed.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
+    /// Move the configuration file (and its journal) aside to
+    /// FILE.reset-SECONDS and start empty, on purpose. Without it an
+    /// unusable file (unparseable, truncated, from a newer version)
+    /// stops vswitchd from starting.
+    #[arg(long)]
+    reset_config: bool,
     /// Serve the debug.* test hooks (tests only).
     #[arg(long, hide = true)]
     enable_test_hooks: bool,
@@ -152,16 +158,29 @@ fn main() {
         .map(Arc::new)
         .unwrap_or_else(|e| fail(e));
     let store = Store::new(&args.db).unwrap_or_else(|e| fail(e));
+    if args.reset_config {
+        match store.set_aside().unwrap_or_else(|e| fail(e)) {
+            Some(kept) => log(
+                Level::Warn,
+                &format!(
+                    "--reset-config: the configuration at {} was moved to {}; starting empty",
+                    args.db.display(),
+                    kept.display()
+                ),
+            ),
+            None => log(Level::Info, &format!("--reset-config: no configuration at {}", args.db.display())),
+        }
+    }
     match store.load().unwrap_or_else(|e| fail(e)) {
         Loaded::Missing => log(Level::Info, &format!("no configuration at {} yet: starting empty", args.db.display())),
-        Loaded::Corrupt { reason, kept } => log(
-            Level::Error,
-            &format!(
-                "the configuration at {} is corrupt ({reason}); it was kept as {} and vswitchd starts empty",
-                args.db.display(),
-                kept.display()
-            ),
-        ),
+        // Starting empty over it would drop every bridge at the next save.
+        Loaded::Unusable { reason } => fail(format_args!(
+            "the configuration at {} cannot be used: {reason}. It is left as it is; vswitchd does not start an \
+             empty switch over it. Repair it, restore the previous one ({}), or start with --reset-config to \
+             move it aside and start empty",
+            args.db.display(),
+            store.backup_path().display()
+        )),
         Loaded::Config(config) => {
             // All or nothing; a configuration that cannot be applied is left
             // as it is for the operator to look at.
