@@ -1,7 +1,8 @@
 //! vswitch-ctl: drive a running vswitchd over its control socket, in the
 //! manner of ovs-vsctl / ovs-ofctl / ovs-appctl.
 //!
-//! Exit codes: 0 success, 1 error, 2 "false" for predicates (br-exists).
+//! Exit codes: 0 success, 1 error (usage errors too), 2 only "false" for
+//! predicates (br-exists).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -930,25 +931,77 @@ fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Splits the command line at each `--`: the first part holds the options
-/// and the first command, each later part one more command.
+/// The options that apply to the whole invocation, with whether each
+/// takes a value (`--socket S`, `-f json`, `--timeout=5`).
+const GLOBAL_OPTIONS: &[(&str, bool)] =
+    &[("--socket", true), ("--format", true), ("-f", true), ("--timeout", true), ("-t", true)];
+
+/// One command's tokens in the order clap reads them: the global options
+/// first, then the command, then its own options wherever ovs-vsctl lets
+/// them stand (`--may-exist add-br br0` is `add-br br0 --may-exist`).
+/// The second value says whether the part has a command at all.
+fn reorder(part: &[String]) -> (Vec<String>, bool) {
+    let (mut globals, mut flags) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < part.len() && part[i].starts_with('-') {
+        let t = &part[i];
+        let name = t.split_once('=').map_or(t.as_str(), |(n, _)| n);
+        match GLOBAL_OPTIONS.iter().find(|(g, _)| *g == name) {
+            Some((_, true)) if !t.contains('=') => {
+                globals.extend(part[i..(i + 2).min(part.len())].iter().cloned());
+                i += 2;
+                continue;
+            }
+            Some(_) => globals.push(t.clone()),
+            // --help and --version stay where clap expects them.
+            None if t == "--help" || t == "-h" || t == "--version" || t == "-V" => globals.push(t.clone()),
+            None => flags.push(t.clone()),
+        }
+        i += 1;
+    }
+    let mut out = globals;
+    let Some(cmd) = part.get(i) else {
+        out.extend(flags);
+        return (out, false);
+    };
+    out.push(cmd.clone());
+    out.extend(flags);
+    out.extend(part[i + 1..].iter().cloned());
+    (out, true)
+}
+
+/// Splits the command line at each `--`: each part is a command, with its
+/// own options before or after it (as ovs-vsctl has them); the global
+/// options may stand in any part, and a first part of options alone (a
+/// leading `--`, or `vswitch-ctl -f json -- add-br br0`) goes with the
+/// first command.
 fn parse_args() -> Result<(Cli, Vec<Command>), clap::Error> {
     let args: Vec<String> = std::env::args().collect();
-    let mut parts = args[1..].split(|a| a == "--");
-    let first = parts.next().unwrap_or_default();
-    let cli = Cli::try_parse_from(std::iter::once(args[0].as_str()).chain(first.iter().map(String::as_str)))?;
-    let more = parts
+    let mut parts: Vec<Vec<String>> = args[1..].split(|a| a == "--").map(<[String]>::to_vec).collect();
+    while parts.len() > 1 && !reorder(&parts[0]).1 {
+        let first = parts.remove(0);
+        parts[0].splice(0..0, first);
+    }
+    let parse = |p: &[String]| Cli::try_parse_from(std::iter::once(args[0].clone()).chain(reorder(p).0));
+    let cli = parse(&parts[0])?;
+    let more = parts[1..]
+        .iter()
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            Cli::try_parse_from(std::iter::once(args[0].as_str()).chain(p.iter().map(String::as_str)))
-                .map(|c| c.command)
-        })
+        .map(|p| parse(p).map(|c| c.command))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((cli, more))
 }
 
 fn main() -> ExitCode {
-    let (cli, more) = parse_args().unwrap_or_else(|e| e.exit());
+    let (cli, more) = match parse_args() {
+        Ok(p) => p,
+        Err(e) => {
+            // Help and version are not errors; a usage error exits 1 (2 is
+            // a predicate's "false" only).
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
     let json = cli.format == Format::Json;
     match run(cli, more) {
         Ok(code) => code,

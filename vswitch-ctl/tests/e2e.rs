@@ -297,3 +297,26 @@ fn static_macs_survive_undo_and_reopen() {
     d.ok(&["set-port", &v.host, "options:blocks=32"]);
     assert_eq!(statics(), 1, "reopening the port kept it");
 }
+
+/// ovs-vsctl's placement: a command's options before it, a leading `--`,
+/// global options in any part; usage errors exit 1, 2 is only a
+/// predicate's "false".
+#[test]
+fn options_where_ovs_vsctl_puts_them_and_exit_codes() {
+    let d = Daemon::start();
+    let name = unique("pl");
+    d.ok(&["--may-exist", "add-br", &name]);
+    d.ok(&["--may-exist", "add-br", &name]);
+    d.ok(&["add-br", &name, "--may-exist"]);
+    d.ok(&["--", "--may-exist", "add-br", &name]);
+    d.ok(&["-f", "json", "--", "--if-exists", "del-br", "nope", "--", "--may-exist", "add-br", &name]);
+    d.ok(&["--if-exists", "del-br", "nope"]);
+    let listed = d.json(&["--", "list-br"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(d.ctl(&["--timeout=5", "br-exists", &name]).status.code(), Some(0));
+    assert_eq!(d.ctl(&["br-exists", "nope"]).status.code(), Some(2), "a predicate's false");
+    assert_eq!(d.ctl(&["br-exists"]).status.code(), Some(1), "a usage error is not 'false'");
+    assert_eq!(d.ctl(&["no-such-command"]).status.code(), Some(1));
+    assert_eq!(d.ctl(&["del-br", "nope"]).status.code(), Some(1));
+    assert_eq!(d.ctl(&["--help"]).status.code(), Some(0));
+}
