@@ -183,21 +183,21 @@ impl SwitchBuilder {
     pub fn build(self) -> Result<Switch> {
         self.mac.validate()?;
         if self.queue_len == 0 || self.queue_len > 1 << 20 {
-            return Err(Error::invalid("memory queue length", format!("{} is not in 1..=1048576", self.queue_len)));
+            return Err(Error::invalid("memory queue length", format!("{} must be 1 to 1048576", self.queue_len)));
         }
         let clock = self.clock.unwrap_or_else(|| Arc::new(MonotonicClock::new()));
         if self.flow_limit == 0 {
             return Err(Error::invalid("flow limit", "must be at least 1"));
         }
         if self.pmd_threads == 0 || self.pmd_threads > 256 {
-            return Err(Error::invalid("pmd threads", format!("{} is not in 1..=256", self.pmd_threads)));
+            return Err(Error::invalid("pmd threads", format!("{} must be 1 to 256", self.pmd_threads)));
         }
         if self.timeout.is_zero() {
             return Err(Error::invalid("datapath timeout", "must be above zero"));
         }
         let on_failure = self.on_failure.unwrap_or_else(|| Arc::new(|_: &str, _: &str| {}));
         if self.ct_size == 0 || self.ct_size > 1 << 24 {
-            return Err(Error::invalid("conntrack size", format!("{} is not in 1..=16777216", self.ct_size)));
+            return Err(Error::invalid("conntrack size", format!("{} must be 1 to 16777216", self.ct_size)));
         }
         let ct = Arc::new(crate::conntrack::Conntrack::new(self.ct_size));
         let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
@@ -784,7 +784,7 @@ impl Switch {
             let taken = |n: PortNo| br.ports.values().any(|p| p.port_no == n);
             let port_no = match spec.as_ref().and_then(|s| s.port_no) {
                 Some(n) if n == 0 || n > MAX_PORT_NO => {
-                    return Err(Error::invalid("port number", format!("{n} is not in 1..={MAX_PORT_NO}")));
+                    return Err(Error::invalid("port number", format!("{n} must be 1 to {MAX_PORT_NO}")));
                 }
                 Some(n) if taken(n) => {
                     return Err(Error::invalid("port number", format!("{n} is taken on bridge '{bridge}'")));

@@ -90,9 +90,10 @@ impl Client {
         self.next_id += 1;
         let line = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }).to_string();
         let io = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                CallError::Unreachable(format!("vswitchd did not answer within {} s", self.timeout.as_secs()))
-            }
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => CallError::Unreachable(format!(
+                "vswitchd did not answer within {} s (a change it was asked for may still take effect: look before retrying)",
+                self.timeout.as_secs()
+            )),
             _ => CallError::Unreachable(format!("vswitchd did not answer: {}", plain(&e))),
         };
         self.stream.write_all(line.as_bytes()).map_err(io)?;

@@ -258,9 +258,13 @@ fn settings(items: &[String], for_set: bool) -> Result<serde_json::Map<String, V
     let mut options = serde_json::Map::new();
     for item in items {
         let (k, v) = item.split_once('=').ok_or_else(|| format!("'{item}' is not KEY=VALUE"))?;
+        let twice = || format!("'{k}' is given twice");
         if let Some(key) = k.strip_prefix("options:") {
             if key.is_empty() {
                 return Err(format!("'{item}': options:KEY=VALUE needs a KEY"));
+            }
+            if options.contains_key(key) {
+                return Err(twice());
             }
             options.insert(key.to_string(), if v.is_empty() && for_set { Value::Null } else { json!(v) });
             continue;
@@ -284,7 +288,9 @@ fn settings(items: &[String], for_set: bool) -> Result<serde_json::Map<String, V
                 ));
             }
         };
-        p.insert(if k == "ofport_request" { "port_no".into() } else { k.to_string() }, value);
+        if p.insert(if k == "ofport_request" { "port_no".into() } else { k.to_string() }, value).is_some() {
+            return Err(twice());
+        }
     }
     if !options.is_empty() {
         p.insert("options".into(), Value::Object(options));
@@ -516,6 +522,8 @@ fn lines_of(result: &Value, field: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 enum Render {
     Nothing,
+    /// Nothing printed; a warning if the result says nothing changed.
+    NoOp(&'static str),
     Show,
     Names,
     Policies,
@@ -619,7 +627,7 @@ fn plan(command: Command) -> Result<Plan, String> {
             one("fdb.add", json!({ "bridge": bridge, "port": port, "vlan": vlan, "mac": mac }), none)
         }
         Command::FdbDel { bridge, vlan, mac } => {
-            one("fdb.del", json!({ "bridge": bridge, "vlan": vlan, "mac": mac }), none)
+            one("fdb.del", json!({ "bridge": bridge, "vlan": vlan, "mac": mac }), Render::NoOp("no such MAC entry"))
         }
         Command::AddFlow { bridge, flow } => one("flow.add", json!({ "bridge": bridge, "flows": [flow] }), none),
         Command::AddFlows { bridge, file } => {
@@ -642,12 +650,16 @@ fn plan(command: Command) -> Result<Plan, String> {
                 one("flow.add", json!({ "bridge": bridge, "flows": flows }), none)
             }
         }
-        Command::DelFlows { bridge, flow, strict } => {
-            one("flow.del", json!({ "bridge": bridge, "flow": flow, "strict": strict }), none)
-        }
-        Command::ModFlows { bridge, flow, strict } => {
-            one("flow.mod", json!({ "bridge": bridge, "flow": flow, "strict": strict }), none)
-        }
+        Command::DelFlows { bridge, flow, strict } => one(
+            "flow.del",
+            json!({ "bridge": bridge, "flow": flow, "strict": strict }),
+            Render::NoOp("no rule matched"),
+        ),
+        Command::ModFlows { bridge, flow, strict } => one(
+            "flow.mod",
+            json!({ "bridge": bridge, "flow": flow, "strict": strict }),
+            Render::NoOp("no rule matched"),
+        ),
         Command::DumpFlows { bridge, filter } => {
             one("flow.dump", json!({ "bridge": bridge, "filter": filter }), Render::Flows)
         }
@@ -853,6 +865,14 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
     let r = results.first().cloned().unwrap_or(Value::Null);
     let text = match how {
         Render::Nothing => String::new(),
+        Render::NoOp(what) => {
+            // A deletion or change that touched nothing says so (stderr;
+            // still a success, as in Open vSwitch).
+            if ["removed", "deleted", "modified"].iter().any(|k| r[*k] == json!(false) || r[*k] == json!(0)) {
+                eprintln!("vswitch-ctl: warning: {what}: nothing changed");
+            }
+            String::new()
+        }
         Render::Show => show(&r, results.get(1).unwrap_or(&Value::Null), results.get(2).unwrap_or(&Value::Null)),
         Render::Names => lines_of(&r, "name"),
         Render::Fdb => fdb_text(&r),

@@ -319,4 +319,19 @@ fn options_where_ovs_vsctl_puts_them_and_exit_codes() {
     assert_eq!(d.ctl(&["no-such-command"]).status.code(), Some(1));
     assert_eq!(d.ctl(&["del-br", "nope"]).status.code(), Some(1));
     assert_eq!(d.ctl(&["--help"]).status.code(), Some(0));
+    // Contradictions are errors in words; no-ops say so.
+    let out = d.ctl(&["add-port", &name, "p-x", "type=internal", "tag=10", "tag=20"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'tag' is given twice"));
+    let out = d.ctl(&["add-port", &name, "p-x", "type=internal", "tag=5000"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a VLAN id is 1 to 4094"), "{out:?}");
+    for args in [
+        vec!["mod-flows", name.as_str(), "tcp,tp_dst=1,actions=drop"],
+        vec!["del-flows", name.as_str(), "tcp,tp_dst=1"],
+        vec!["fdb-del", name.as_str(), "0", "02:00:00:00:00:99"],
+    ] {
+        let out = d.ctl(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing changed"), "{args:?}: {out:?}");
+    }
 }

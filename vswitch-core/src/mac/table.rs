@@ -34,13 +34,10 @@ impl Default for MacTableConfig {
 impl MacTableConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         if self.capacity == 0 || self.capacity > MAX_CAPACITY {
-            return Err(Error::invalid(
-                "mac table capacity",
-                format!("{} is not in 1..={MAX_CAPACITY}", self.capacity),
-            ));
+            return Err(Error::invalid("mac table capacity", format!("{} must be 1 to {MAX_CAPACITY}", self.capacity)));
         }
         if self.aging_secs == 0 || self.aging_secs > 1_000_000 {
-            return Err(Error::invalid("mac aging time", format!("{} s is not in 1..=1000000", self.aging_secs)));
+            return Err(Error::invalid("mac aging time", format!("{} s must be 1 to 1000000", self.aging_secs)));
         }
         Ok(())
     }

@@ -124,7 +124,7 @@ impl AfPacketConfig {
             ));
         }
         if self.blocks == 0 || self.blocks > 1024 {
-            return Err(Error::invalid("afpacket blocks", format!("{} is not in 1..=1024", self.blocks)));
+            return Err(Error::invalid("afpacket blocks", format!("{} must be 1 to 1024", self.blocks)));
         }
         Ok(RingConfig {
             block_size: self.block_size,

@@ -123,7 +123,7 @@ pub struct VlanDescription {
 
 fn check_vid(vid: u16, min: u16) -> Result<()> {
     if vid < min || vid > 4094 {
-        return Err(Error::invalid("vlan id", format!("{vid} is not in {min}..=4094")));
+        return Err(Error::invalid("vlan id", format!("{vid}: a VLAN id is {min} to 4094")));
     }
     Ok(())
 }
