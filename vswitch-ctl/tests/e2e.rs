@@ -319,6 +319,11 @@ fn options_where_ovs_vsctl_puts_them_and_exit_codes() {
     assert_eq!(d.ctl(&["no-such-command"]).status.code(), Some(1));
     assert_eq!(d.ctl(&["del-br", "nope"]).status.code(), Some(1));
     assert_eq!(d.ctl(&["--help"]).status.code(), Some(0));
+    // dump-flows prints the priority as ovs-ofctl does: not when default.
+    d.ok(&["add-flow", &name, "tcp,tp_dst=7,actions=drop"]);
+    let dumped = d.ok(&["dump-flows", &name]);
+    assert!(dumped.contains(", tcp,tp_dst=7 actions=drop"), "{dumped}");
+    assert!(!dumped.contains("priority=32768") && dumped.contains("priority=0 actions=NORMAL"), "{dumped}");
     // Contradictions are errors in words; no-ops say so.
     let out = d.ctl(&["add-port", &name, "p-x", "type=internal", "tag=10", "tag=20"]);
     assert_eq!(out.status.code(), Some(1));

@@ -281,10 +281,19 @@ impl FlowStats {
         if self.hard_timeout != 0 {
             s.push_str(&format!("hard_timeout={}, ", self.hard_timeout));
         }
-        s.push_str(&format!("idle_age={}, priority={}", self.idle_age_secs, self.priority));
+        s.push_str(&format!("idle_age={}, ", self.idle_age_secs));
+        // As ovs-ofctl: the priority only when it is not the default.
+        let mut head: Vec<String> = Vec::new();
+        if self.priority != DEFAULT_PRIORITY {
+            head.push(format!("priority={}", self.priority));
+        }
         if !self.matching.is_empty() {
-            s.push(',');
-            s.push_str(&self.matching);
+            head.push(self.matching.clone());
+        }
+        if head.is_empty() {
+            s.pop();
+        } else {
+            s.push_str(&head.join(","));
         }
         s.push_str(" actions=");
         s.push_str(&self.actions);
