@@ -74,6 +74,12 @@ enum Command {
     },
     /// List a bridge's ports.
     ListPorts { bridge: String },
+    /// List a bridge's interfaces (here each port is one interface).
+    ListIfaces { bridge: String },
+    /// The bridge a port is on.
+    PortToBr { port: String },
+    /// The bridge an interface is on.
+    IfaceToBr { iface: String },
     /// Change a port: tag=VID, trunks=V1,V2 (trunks= for all),
     /// options:KEY=VALUE (options:KEY= removes it), transient=BOOL.
     SetPort { port: String, settings: Vec<String> },
@@ -317,6 +323,9 @@ fn show(result: &Value, stats: &Value, status: &Value) -> String {
         for p in b["ports"].as_array().into_iter().flatten() {
             let name = p["name"].as_str().unwrap_or("?");
             out.push_str(&format!("    Port {name}\n        type: {}\n", p["type"].as_str().unwrap_or("?")));
+            if let Some(n) = p["port_no"].as_u64() {
+                out.push_str(&format!("        ofport: {n}\n"));
+            }
             if let Some(tag) = p["tag"].as_u64() {
                 out.push_str(&format!("        tag: {tag}\n"));
             }
@@ -522,6 +531,8 @@ fn lines_of(result: &Value, field: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 enum Render {
     Nothing,
+    /// A string result on a line of its own.
+    Line,
     /// Nothing printed; a warning if the result says nothing changed.
     NoOp(&'static str),
     Show,
@@ -610,7 +621,12 @@ fn plan(command: Command) -> Result<Plan, String> {
             }
             one("port.del", p, none)
         }
-        Command::ListPorts { bridge } => one("port.list", json!({ "bridge": bridge }), Render::Names),
+        Command::ListPorts { bridge } | Command::ListIfaces { bridge } => {
+            one("port.list", json!({ "bridge": bridge }), Render::Names)
+        }
+        Command::PortToBr { port: name } | Command::IfaceToBr { iface: name } => {
+            one("port.bridge", json!({ "name": name }), Render::Line)
+        }
         Command::SetPort { port, settings: s } => {
             if s.is_empty() {
                 return Err("set-port needs at least one KEY=VALUE".into());
@@ -875,6 +891,7 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
         }
         Render::Show => show(&r, results.get(1).unwrap_or(&Value::Null), results.get(2).unwrap_or(&Value::Null)),
         Render::Names => lines_of(&r, "name"),
+        Render::Line => r.as_str().map(|s| format!("{s}\n")).unwrap_or_default(),
         Render::Fdb => fdb_text(&r),
         Render::Map => r.as_object().into_iter().flatten().map(|(k, v)| format!("{k}: {v}\n")).collect(),
         Render::Flows => flows_text(&r),

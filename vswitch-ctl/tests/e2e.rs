@@ -319,6 +319,13 @@ fn options_where_ovs_vsctl_puts_them_and_exit_codes() {
     assert_eq!(d.ctl(&["no-such-command"]).status.code(), Some(1));
     assert_eq!(d.ctl(&["del-br", "nope"]).status.code(), Some(1));
     assert_eq!(d.ctl(&["--help"]).status.code(), Some(0));
+    // port-to-br, iface-to-br, list-ifaces; port numbers in show.
+    d.ok(&["add-port", &name, "p-y", "type=internal", "transient=true"]);
+    assert_eq!(d.ok(&["port-to-br", "p-y"]).trim(), name);
+    assert_eq!(d.ok(&["iface-to-br", "p-y"]).trim(), name);
+    assert_eq!(d.ok(&["list-ifaces", &name]).trim(), "p-y");
+    assert_eq!(d.ctl(&["port-to-br", "nope"]).status.code(), Some(1));
+    assert!(d.ok(&["show"]).contains("ofport: 1"), "{}", d.ok(&["show"]));
     // dump-flows prints the priority as ovs-ofctl does: not when default.
     d.ok(&["add-flow", &name, "tcp,tp_dst=7,actions=drop"]);
     let dumped = d.ok(&["dump-flows", &name]);

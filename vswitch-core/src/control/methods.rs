@@ -21,6 +21,7 @@ pub const METHODS: &[&str] = &[
     "port.add",
     "port.del",
     "port.list",
+    "port.bridge",
     "port.set",
     "fdb.show",
     "fdb.flush",
@@ -134,6 +135,12 @@ struct Named {
 #[serde(deny_unknown_fields)]
 struct BridgeArg {
     bridge: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortName {
+    name: String,
 }
 
 #[derive(Deserialize)]
@@ -527,6 +534,10 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
             let a: BridgeArg = params(p)?;
             let b = sw.bridges().into_iter().find(|b| b.name == a.bridge).ok_or(Error::BridgeNotFound(a.bridge))?;
             ok(b.ports)
+        }
+        "port.bridge" => {
+            let a: PortName = params(p)?;
+            ok(sw.port_spec(&a.name)?.0)
         }
         "port.set" => {
             let a: PortSet = params(p)?;
