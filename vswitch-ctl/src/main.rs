@@ -323,9 +323,6 @@ fn show(result: &Value, stats: &Value, status: &Value) -> String {
         for p in b["ports"].as_array().into_iter().flatten() {
             let name = p["name"].as_str().unwrap_or("?");
             out.push_str(&format!("    Port {name}\n        type: {}\n", p["type"].as_str().unwrap_or("?")));
-            if let Some(n) = p["port_no"].as_u64() {
-                out.push_str(&format!("        ofport: {n}\n"));
-            }
             if let Some(tag) = p["tag"].as_u64() {
                 out.push_str(&format!("        tag: {tag}\n"));
             }
@@ -344,6 +341,9 @@ fn show(result: &Value, stats: &Value, status: &Value) -> String {
             }
             if p["transient"] == true {
                 out.push_str("        transient: true\n");
+            }
+            if let Some(n) = p["port_no"].as_u64() {
+                out.push_str(&format!("        ofport: {n}\n"));
             }
             let up = sb
                 .and_then(|s| s["ports"].as_array()?.iter().find(|x| x["name"] == name).map(|x| x["link_up"] == true));

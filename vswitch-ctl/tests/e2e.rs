@@ -168,7 +168,10 @@ fn restart_replays_the_saved_configuration() {
     let restored = config_view(&d);
     assert_eq!(
         restored.0,
-        before.0.replace(&format!("    Port {}\n        type: afpacket\n        transient: true\n", v2.host), "")
+        before.0.replace(
+            &format!("    Port {}\n        type: afpacket\n        transient: true\n        ofport: 3\n", v2.host),
+            ""
+        )
     );
     // The recreated veth has a new MAC: n0 must not wait out its stale ARP entry.
     n0.exec(&["ip", "neigh", "flush", "all"]);
