@@ -718,7 +718,7 @@ impl Networks {
                 }
                 None => {
                     s.networks.remove(&spec.name);
-                    self.unwire(s, &spec);
+                    let _ = self.unwire(s, &spec);
                     if spec.gateway() && !had_gw {
                         let _ = sw.del_port(&gw_port);
                     }
@@ -732,22 +732,29 @@ impl Networks {
 
     /// Takes down what [`wire`](Self::wire) set up: the agent and its
     /// port, the uplink port, every rule, the zone.
-    fn unwire(&self, s: &mut State, spec: &NetworkSpec) {
+    ///
+    /// # Errors
+    /// The switch's, if the rules cannot be removed (the rest is done).
+    fn unwire(&self, s: &mut State, spec: &NetworkSpec) -> Result<()> {
         let sw = &self.switch;
-        self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
-        let _ = sw.del_port(&agent_port(&spec.name));
+        if self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name).is_some() {
+            let _ = sw.del_port(&agent_port(&spec.name));
+        }
         s.zones.remove(&spec.name);
         s.policy_gen.remove(&spec.name);
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
-        if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
-            let _ = flows::remove(sw, spec.bridge(), network_cookie(&spec.name), false);
-            let _ = flows::remove(sw, spec.bridge(), neighbour_cookie(&spec.name), false);
-        }
+        let rules = if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
+            flows::remove(sw, spec.bridge(), network_cookie(&spec.name), false)
+                .and_then(|()| flows::remove(sw, spec.bridge(), neighbour_cookie(&spec.name), false))
+        } else {
+            Ok(())
+        };
         if let Some(m) = &spec.masquerade
             && self.owns_port(spec, &m.uplink)
         {
             let _ = sw.del_port(&m.uplink);
         }
+        rules
     }
 
     /// True if port `name` is on the network's bridge and marked as the
@@ -986,22 +993,10 @@ impl Networks {
             ));
         }
         let sw = &self.switch;
-        if self.agents.lock().unwrap_or_else(|e| e.into_inner()).remove(name).is_some() {
-            let _ = sw.del_port(&agent_port(name));
-        }
-        s.zones.remove(name);
-        s.policy_gen.remove(name);
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.unwire(&mut s, &spec)?;
         if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
-            flows::remove(sw, spec.bridge(), network_cookie(name), false)?;
-            flows::remove(sw, spec.bridge(), neighbour_cookie(name), false)?;
             if spec.gateway() {
                 let _ = sw.del_port(spec.bridge());
-            }
-            if let Some(m) = &spec.masquerade
-                && self.owns_port(&spec, &m.uplink)
-            {
-                let _ = sw.del_port(&m.uplink);
             }
             if sw.bridges().iter().find(|b| b.name == spec.bridge()).is_some_and(|b| b.ports.is_empty()) {
                 sw.del_bridge(spec.bridge())?;
