@@ -378,6 +378,13 @@ pub(crate) struct Input<'a> {
     pub(crate) cont: u8,
 }
 
+impl Input<'_> {
+    /// The network's cookie with these low 32 bits.
+    fn cookie_with(&self, low: u32) -> u64 {
+        self.cookie & !0xffff_ffff | u64::from(low)
+    }
+}
+
 /// A policy rule's identity.
 pub(crate) type RuleId = (Direction, String, usize);
 
@@ -508,7 +515,7 @@ pub(crate) fn compile(input: &Input<'_>, slots: &mut Slots) -> Result<Compiled> 
     multicast(input, &sides, &mut out);
     for side in &sides {
         for (_, id, _, _) in &side.rules {
-            ids.push((id.clone(), input.cookie & !0xffff_ffff | u64::from(allow_cookie_bits(id))));
+            ids.push((id.clone(), input.cookie_with(allow_cookie_bits(id))));
         }
         emit(input, side, &mut out);
     }
@@ -562,7 +569,7 @@ fn multicast(input: &Input<'_>, sides: &[Side<'_>; 2], out: &mut Vec<String>) {
     let c = format!("cookie={:#x}", input.cookie);
     let group = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00";
     for a in &egress.selected {
-        let cd = format!("cookie={:#x}", input.cookie & !0xffff_ffff | u64::from(deny_cookie_bits(Direction::Egress)));
+        let cd = format!("cookie={:#x}", input.cookie_with(deny_cookie_bits(Direction::Egress)));
         for f in ["ip", "ipv6"] {
             out.push(format!(
                 "{cd},table=1,priority=26,in_port={},{f},{group},actions={}",
@@ -600,7 +607,7 @@ fn emit(input: &Input<'_>, side: &Side<'_>, out: &mut Vec<String>) {
     let c = format!("cookie={:#x}", input.cookie);
     let d = side.d;
     // Denials count under a cookie of their own per direction.
-    let cd = format!("cookie={:#x}", input.cookie & !0xffff_ffff | u64::from(deny_cookie_bits(d)));
+    let cd = format!("cookie={:#x}", input.cookie_with(deny_cookie_bits(d)));
     let dir = d.name();
     // Where a connection goes when this direction allows it.
     let done = if d == Direction::Egress {
@@ -752,7 +759,7 @@ fn emit(input: &Input<'_>, side: &Side<'_>, out: &mut Vec<String>) {
         for (slot, id, _, _) in side.rules.iter().filter(|r| r.0 / ROUND == k) {
             let (_, name, i) = id;
             let b = 1u64 << (slot % ROUND);
-            let cookie = input.cookie & !0xffff_ffff | u64::from(allow_cookie_bits(id));
+            let cookie = input.cookie_with(allow_cookie_bits(id));
             out.push(format!(
                 "cookie={cookie:#x},table={allow},priority=100,{REG_RULES}={b:#x}/{b:#x},{REG_PEERS}={b:#x}/{b:#x},{REG_PORTS}={b:#x}/{b:#x},actions={},{done}",
                 note(&format!("{dir} allowed by policy {name}, rule {i}"))
