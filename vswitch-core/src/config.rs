@@ -84,6 +84,99 @@ pub struct BridgeConfig {
     /// Its groups, one `ovs-ofctl add-group` text per entry, by number.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// What it does with a packet when its flow table is empty (absent:
+    /// drop, with the default rule put in at creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<FailMode>,
+    /// Its port mirrors, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorSpec>,
+}
+
+/// Open vSwitch's `fail_mode`, for a switch that has no controller: what
+/// a bridge does when its flow table holds no rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// An empty table switches as NORMAL (a learning switch), as Open
+    /// vSwitch's fail-open mode.
+    Standalone,
+    /// An empty table drops everything; setting it removes a lone default
+    /// rule (`priority=0,actions=NORMAL`), which a secure bridge of Open
+    /// vSwitch never gets.
+    Secure,
+}
+
+impl FailMode {
+    /// Its name, as `fail_mode=` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Standalone => "standalone",
+            FailMode::Secure => "secure",
+        }
+    }
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "standalone" => Ok(FailMode::Standalone),
+            "secure" => Ok(FailMode::Secure),
+            _ => Err(Error::invalid("fail_mode", format!("'{s}' is not standalone or secure"))),
+        }
+    }
+}
+
+/// A port mirror (Open vSwitch's Mirror table): copies of what the
+/// selected ports receive (`select_src_port`) and send
+/// (`select_dst_port`), optionally only of some VLANs, go out of
+/// `output_port`, as they were on the wire. The output port is used for
+/// nothing else: NORMAL never floods to it and what it receives is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// Its name, unique on the bridge.
+    pub name: String,
+    /// Every port's traffic, both directions (the output port's aside).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub select_all: bool,
+    /// Ports whose received frames are copied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select_src_port: Vec<String>,
+    /// Ports whose sent frames are copied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select_dst_port: Vec<String>,
+    /// Only frames of these VLANs (as the bridge sees them); empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select_vlan: Vec<u16>,
+    /// Where the copies go.
+    pub output_port: String,
+}
+
+impl MirrorSpec {
+    /// Checks what can be checked without the bridge.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the problem.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: String| Err(Error::invalid("mirror", format!("'{}': {why}", self.name)));
+        if self.name.is_empty() || self.name.len() > 64 {
+            return bad("a mirror's name is 1 to 64 characters".into());
+        }
+        if !self.select_all && self.select_src_port.is_empty() && self.select_dst_port.is_empty() {
+            return bad("it selects nothing (select_all, select_src_port or select_dst_port)".into());
+        }
+        let all = self.select_src_port.iter().chain(&self.select_dst_port);
+        if let Some(p) = all.clone().find(|p| **p == self.output_port) {
+            return bad(format!("'{p}' is its output port and cannot also be selected"));
+        }
+        if let Some(v) = self.select_vlan.iter().find(|v| **v > 4094) {
+            return bad(format!("select_vlan {v}: a VLAN id is 0 to 4094"));
+        }
+        Ok(())
+    }
 }
 
 /// A static MAC table entry.
@@ -131,6 +224,12 @@ pub enum ConfigChange {
         ports: Vec<PortSpec>,
         /// Its static MACs.
         static_macs: Vec<StaticMac>,
+        /// Its fail mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fail_mode: Option<FailMode>,
+        /// Its mirrors.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mirrors: Vec<MirrorSpec>,
     },
     /// Rules were added, each replacing any rule of the same priority and
     /// match.
@@ -269,17 +368,21 @@ impl SwitchConfig {
                         flows: vec![crate::flow::default_rule().to_text()],
                         static_macs: Vec::new(),
                         groups: Vec::new(),
+                        fail_mode: None,
+                        mirrors: Vec::new(),
                     });
                 }
                 ConfigChange::DelBridge { name } => {
                     self.bridges.retain(|b| &b.name != name);
                     lists.remove(name);
                 }
-                ConfigChange::SetBridge { name, mac_table, ports, static_macs } => {
+                ConfigChange::SetBridge { name, mac_table, ports, static_macs, fail_mode, mirrors } => {
                     if let Some(b) = self.bridges.iter_mut().find(|b| &b.name == name) {
                         b.mac_table = *mac_table;
                         b.ports = ports.clone();
                         b.static_macs = static_macs.clone();
+                        b.fail_mode = *fail_mode;
+                        b.mirrors = mirrors.clone();
                     }
                 }
                 ConfigChange::AddFlows { bridge, flows } => {

@@ -63,11 +63,15 @@ pub enum DropReason {
     /// A `ct` action could not commit the connection: the global or the
     /// zone's limit, or no free NAT mapping (`ct-stats` says which) (rx).
     Conntrack,
+    /// The port is administratively down (`mod-port PORT down`) (rx, tx).
+    PortDown,
+    /// Received on a mirror's output port, which switches nothing (rx).
+    MirrorOutput,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -89,6 +93,8 @@ impl DropReason {
         DropReason::TunnelNoRemote,
         DropReason::ResubmitLimit,
         DropReason::Conntrack,
+        DropReason::PortDown,
+        DropReason::MirrorOutput,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -115,6 +121,8 @@ impl DropReason {
             DropReason::TunnelNoRemote => "tunnel_no_remote",
             DropReason::ResubmitLimit => "resubmit_limit",
             DropReason::Conntrack => "conntrack",
+            DropReason::PortDown => "port_down",
+            DropReason::MirrorOutput => "mirror_output",
         }
     }
 }

@@ -48,12 +48,13 @@ mod sys;
 pub mod wire;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use datapath::PortFlags;
 pub use error::{Error, ErrorKind, Outcome, Result};
 pub use packet::Packet;
 pub use port::memory::MemoryPortHandle;
-pub use port::{DropReason, PortConfig, PortNo, VlanMode};
+pub use port::{DropReason, PortConfig, PortNo, VlanMode, VlanModeName};
 pub use switch::{
-    BridgeInfo, BridgeStats, DatapathThreadInfo, IdlePolicy, OnOpenError, PortInfo, PortStats, Switch, SwitchBuilder,
-    SwitchStats,
+    BridgeInfo, BridgeStats, DatapathThreadInfo, IdlePolicy, MAX_MIRRORS, MirrorInfo, OnOpenError, PortInfo, PortStats,
+    Switch, SwitchBuilder, SwitchStats,
 };
 pub use wire::MacAddr;

@@ -34,7 +34,9 @@ mod configure;
 mod conntrack;
 mod flows;
 mod groups;
+mod settings;
 pub use configure::OnOpenError;
+pub use settings::{MAX_MIRRORS, MirrorInfo};
 
 /// A parsed rule with its counters, ready for a flow table.
 type ParsedRule = (FlowSpec, Arc<RuleStats>);
@@ -265,6 +267,8 @@ struct BridgeEntry {
     /// Its groups, by number (the datapath threads hold the same `Arc`s).
     groups: BTreeMap<u32, Arc<crate::flow::Group>>,
     ports: BTreeMap<String, PortEntry>,
+    fail_mode: Option<crate::config::FailMode>,
+    mirrors: Vec<settings::Mirror>,
 }
 
 #[derive(Debug)]
@@ -282,6 +286,8 @@ struct PortEntry {
     upkeep: Option<u64>,
     /// Why the port does not work, if it does not.
     status: PortStatus,
+    /// What `mod-port` set.
+    flags: crate::datapath::PortFlags,
 }
 
 /// A bridge, as listed by [`Switch::bridges`].
@@ -293,6 +299,12 @@ pub struct BridgeInfo {
     pub ports: Vec<PortInfo>,
     /// Its MAC table settings.
     pub mac_table: MacTableConfig,
+    /// Its fail mode, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_mode: Option<crate::config::FailMode>,
+    /// Its mirrors' names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
 }
 
 /// A port, as listed by [`Switch::bridges`].
@@ -348,6 +360,12 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Drops by reason (every reason, zero or not, so the shape is fixed).
     pub drops: BTreeMap<DropReason, u64>,
+    /// Administratively down (`mod-port PORT down`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub admin_down: bool,
+    /// Left out of NORMAL's floods (`mod-port PORT no-flood`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_flood: bool,
 }
 
 impl PortStats {
@@ -659,8 +677,16 @@ impl Switch {
         if took_effect(&r) {
             self.record(|| ConfigChange::NewBridge { name: name.to_string(), mac_table: mac });
             let rules = Arc::new(Mutex::new(rules));
-            let entry =
-                BridgeEntry { index, rules, mac: table, table_stats, groups: BTreeMap::new(), ports: BTreeMap::new() };
+            let entry = BridgeEntry {
+                index,
+                rules,
+                mac: table,
+                table_stats,
+                groups: BTreeMap::new(),
+                ports: BTreeMap::new(),
+                fail_mode: None,
+                mirrors: Vec::new(),
+            };
             self.registry().bridges.insert(name.to_string(), entry);
         }
         r
@@ -817,9 +843,22 @@ impl Switch {
             let upkeep = upkeep.map(|u| self.slow.add(u));
             br.ports.insert(
                 name.to_string(),
-                PortEntry { port_no, slot, kind, vlan: config.vlan, counters, owner, spec, status, upkeep },
+                PortEntry {
+                    port_no,
+                    slot,
+                    kind,
+                    vlan: config.vlan,
+                    counters,
+                    owner,
+                    spec,
+                    status,
+                    upkeep,
+                    flags: Default::default(),
+                },
             );
             reg.owned[owner] += 1;
+            drop(reg);
+            self.refresh_mirrors(bridge);
         }
         r.map(|()| port_no)
     }
@@ -835,14 +874,20 @@ impl Switch {
         // when the last one drops, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(drop);
         if took_effect(&r) {
-            let upkeep = {
+            let (upkeep, bridge) = {
                 let mut reg = self.registry();
-                let removed = reg.bridges.values_mut().find_map(|b| b.ports.remove(name));
-                removed.and_then(|p| {
-                    reg.owned[p.owner] -= 1;
-                    p.upkeep
-                })
+                let removed = reg.bridges.iter_mut().find_map(|(n, b)| Some((b.ports.remove(name)?, n.clone())));
+                match removed {
+                    Some((p, bridge)) => {
+                        reg.owned[p.owner] -= 1;
+                        (p.upkeep, Some(bridge))
+                    }
+                    None => (None, None),
+                }
             };
+            if let Some(b) = bridge {
+                self.refresh_mirrors(&b);
+            }
             // Waits for the slow half to be gone, with no lock but the
             // change lock held.
             if let Some(id) = upkeep {
@@ -878,6 +923,14 @@ impl Switch {
             }
         }
         r
+    }
+
+    /// Port `name`'s VLAN membership.
+    ///
+    /// # Errors
+    /// [`Error::PortNotFound`].
+    pub fn port_vlan(&self, name: &str) -> Result<VlanMode> {
+        self.port_entry(name, |p| p.vlan.clone())
     }
 
     /// The MAC learning table of `bridge` (shared with the datapath).
@@ -919,7 +972,13 @@ impl Switch {
                     })
                     .collect();
                 ports.sort_by_key(|p| p.port_no);
-                BridgeInfo { name: name.clone(), ports, mac_table: b.mac.config() }
+                BridgeInfo {
+                    name: name.clone(),
+                    ports,
+                    mac_table: b.mac.config(),
+                    fail_mode: b.fail_mode,
+                    mirrors: b.mirrors.iter().map(|m| m.spec.name.clone()).collect(),
+                }
             })
             .collect()
     }
@@ -1016,5 +1075,7 @@ fn port_stats(name: &str, p: &PortEntry) -> PortStats {
         tx_packets: c.tx_packets(),
         tx_bytes: c.tx_bytes(),
         drops: DropReason::ALL.iter().map(|&r| (r, c.dropped(r))).collect(),
+        admin_down: p.flags.down,
+        no_flood: p.flags.no_flood,
     }
 }

@@ -48,6 +48,15 @@ pub const METHODS: &[&str] = &[
     "trace",
     "stats.get",
     "config.get",
+    "bridge.set",
+    "port.mod",
+    "port.show",
+    "mirror.add",
+    "mirror.del",
+    "mirror.list",
+    "capture.start",
+    "capture.read",
+    "capture.stop",
     "transact",
 ];
 
@@ -70,6 +79,9 @@ const CHANGES: &[&str] = &[
     "group.del",
     "ct.set_limits",
     "ct.set_timeouts",
+    "bridge.set",
+    "mirror.add",
+    "mirror.del",
 ];
 
 /// A JSON-RPC error.
@@ -155,6 +167,8 @@ struct PortAdd {
     #[serde(default)]
     trunks: Vec<u16>,
     #[serde(default)]
+    vlan_mode: Option<crate::VlanModeName>,
+    #[serde(default)]
     options: BTreeMap<String, String>,
     #[serde(default)]
     port_no: Option<PortNo>,
@@ -170,11 +184,19 @@ struct PortAdd {
 #[serde(deny_unknown_fields)]
 struct PortSet {
     name: String,
-    /// With `trunks`, replaces the VLAN settings (neither: unchanged).
+    /// With `trunks`, replaces the VLAN settings (neither: unchanged);
+    /// with `columns`, only the tag (null: none).
+    #[serde(default, deserialize_with = "present")]
+    tag: Option<Option<u16>>,
+    #[serde(default, deserialize_with = "present")]
+    trunks: Option<Option<Vec<u16>>>,
+    /// `vlan_mode` (null: back to what `tag` and `trunks` imply).
+    #[serde(default, deserialize_with = "present")]
+    vlan_mode: Option<Option<crate::VlanModeName>>,
+    /// Each VLAN column given is set alone, the others kept (as
+    /// `ovs-vsctl set`); without, `tag`/`trunks` replace the VLAN settings.
     #[serde(default)]
-    tag: Option<u16>,
-    #[serde(default)]
-    trunks: Option<Vec<u16>>,
+    columns: bool,
     /// Options to set; a null value removes the option.
     #[serde(default)]
     options: BTreeMap<String, Option<String>>,
@@ -183,6 +205,11 @@ struct PortSet {
     external_ids: BTreeMap<String, Option<String>>,
     #[serde(default)]
     transient: Option<bool>,
+}
+
+/// A field that may be absent (`None`), null (`Some(None)`) or set.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -435,6 +462,62 @@ fn set_ct_timeouts(sw: &Switch, a: CtTimeouts) -> crate::Result<crate::conntrack
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct BridgeSet {
+    name: String,
+    /// Seconds a learned MAC lasts unseen.
+    #[serde(default)]
+    mac_aging_secs: Option<u64>,
+    /// Most MAC entries.
+    #[serde(default)]
+    mac_table_size: Option<usize>,
+    /// `standalone`, `secure` (null: unset).
+    #[serde(default, deserialize_with = "present")]
+    fail_mode: Option<Option<crate::config::FailMode>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortMod {
+    name: String,
+    /// The bridge the port must be on.
+    #[serde(default)]
+    bridge: Option<String>,
+    #[serde(default)]
+    down: Option<bool>,
+    #[serde(default)]
+    no_flood: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorAdd {
+    bridge: String,
+    mirror: crate::config::MirrorSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorDel {
+    bridge: String,
+    name: String,
+    #[serde(default)]
+    if_exists: bool,
+}
+
+/// A kernel interface's MAC address and speed, from sysfs (none for a
+/// port without a kernel interface, or a speed the driver does not know).
+fn interface_facts(name: &str, kind: &str) -> (Option<String>, Option<u64>) {
+    if !matches!(kind, "afpacket" | "afxdp" | "internal") || name.contains('/') || name.starts_with('.') {
+        return (None, None);
+    }
+    let read = |what: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{what}")).ok();
+    let mac = read("address").map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    let speed = read("speed").and_then(|s| s.trim().parse::<i64>().ok()).filter(|s| *s > 0).map(|s| s as u64);
+    (mac, speed)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TraceArg {
     bridge: String,
     flow: String,
@@ -499,13 +582,14 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         }
         "port.add" => {
             let a: PortAdd = params(p)?;
-            vlan_mode(a.tag, &a.trunks)?;
+            VlanMode::from_columns(a.vlan_mode, a.tag, &a.trunks)?;
             let spec = PortSpec {
                 name: a.name,
                 kind: a.kind.as_deref().map_or(Ok(kernel_type), str::parse)?,
                 port_no: a.port_no,
                 tag: a.tag,
                 trunks: a.trunks,
+                vlan_mode: a.vlan_mode,
                 options: a.options,
                 transient: a.transient,
                 external_ids: a.external_ids,
@@ -541,9 +625,23 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         }
         "port.set" => {
             let a: PortSet = params(p)?;
-            let vlan = match (a.tag, &a.trunks) {
-                (None, None) => None,
-                (tag, trunks) => Some(vlan_mode(tag, trunks.as_deref().unwrap_or_default())?),
+            let vlan = if a.columns || a.vlan_mode.is_some() {
+                if a.tag.is_none() && a.trunks.is_none() && a.vlan_mode.is_none() {
+                    None
+                } else {
+                    let now = sw.port_vlan(&a.name)?.describe();
+                    let tag = a.tag.unwrap_or(now.tag);
+                    let trunks = a.trunks.unwrap_or(Some(now.trunks)).unwrap_or_default();
+                    let mode = a.vlan_mode.unwrap_or(now.mode);
+                    Some(VlanMode::from_columns(mode, tag, &trunks)?)
+                }
+            } else {
+                match (a.tag, &a.trunks) {
+                    (None, None) => None,
+                    (tag, trunks) => {
+                        Some(vlan_mode(tag.flatten(), trunks.clone().flatten().as_deref().unwrap_or_default())?)
+                    }
+                }
             };
             match sw.port_spec(&a.name)? {
                 (_, Some(old)) => {
@@ -695,6 +793,71 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
             ok(s)
         }
         "config.get" => ok(sw.config(false)?),
+        "bridge.set" => {
+            let a: BridgeSet = params(p)?;
+            let mut mac = sw.mac_table(&a.name)?.config();
+            mac.aging_secs = a.mac_aging_secs.unwrap_or(mac.aging_secs);
+            mac.capacity = a.mac_table_size.unwrap_or(mac.capacity);
+            mac.validate()?;
+            if let Some(mode) = a.fail_mode {
+                sw.set_fail_mode(&a.name, mode)?;
+            }
+            sw.set_mac_table_config(&a.name, mac)?;
+            ok(Value::Null)
+        }
+        "port.mod" => {
+            let a: PortMod = params(p)?;
+            let (on, _) = sw.port_spec(&a.name)?;
+            if let Some(b) = a.bridge.filter(|b| *b != on) {
+                return Err(Error::invalid("port", format!("'{}' is on bridge '{on}', not '{b}'", a.name)).into());
+            }
+            let mut f = sw.port_flags(&a.name)?;
+            f.down = a.down.unwrap_or(f.down);
+            f.no_flood = a.no_flood.unwrap_or(f.no_flood);
+            sw.set_port_flags(&a.name, f)?;
+            ok(Value::Null)
+        }
+        "port.show" => {
+            let a: BridgeArg = params(p)?;
+            let s = sw.stats();
+            let b = s.bridges.into_iter().find(|b| b.name == a.bridge).ok_or(Error::BridgeNotFound(a.bridge))?;
+            let rows: Vec<Value> = b
+                .ports
+                .iter()
+                .map(|p| {
+                    let (mac, speed) = interface_facts(&p.name, &p.kind);
+                    json!({
+                        "port_no": p.port_no,
+                        "name": p.name,
+                        "type": p.kind,
+                        "mac": mac,
+                        "admin_down": p.admin_down,
+                        "link_up": p.link_up,
+                        "no_flood": p.no_flood,
+                        "speed_mbps": speed,
+                    })
+                })
+                .collect();
+            ok(rows)
+        }
+        "mirror.add" => {
+            let a: MirrorAdd = params(p)?;
+            sw.add_mirror(&a.bridge, a.mirror)?;
+            ok(Value::Null)
+        }
+        "mirror.del" => {
+            let a: MirrorDel = params(p)?;
+            match sw.del_mirror(&a.bridge, &a.name)? {
+                false if !a.if_exists => {
+                    Err(Error::NotFound(format!("mirror '{}' on bridge '{}'", a.name, a.bridge)).into())
+                }
+                _ => ok(Value::Null),
+            }
+        }
+        "mirror.list" => {
+            let a: BridgeArg = params(p)?;
+            ok(sw.mirrors(&a.bridge)?)
+        }
         _ => Err(RpcError::new(-32601, "method_not_found", format!("unknown method '{method}'"))),
     }
 }
@@ -923,6 +1086,7 @@ pub struct Control {
     test_hooks: bool,
     bundles: Bundles,
     networks: Option<Arc<crate::net::Networks>>,
+    captures: super::capture::Captures,
 }
 
 #[derive(Deserialize)]
@@ -957,6 +1121,7 @@ impl Control {
             test_hooks: false,
             bundles: Bundles::default(),
             networks: None,
+            captures: Default::default(),
         }
     }
 
@@ -973,6 +1138,7 @@ impl Control {
             test_hooks: false,
             bundles: Bundles::default(),
             networks: None,
+            captures: Default::default(),
         }
     }
 
@@ -1024,6 +1190,9 @@ impl Control {
             let r = match method {
                 "transact" => transact(sw, self.kernel_type, &self.bundles, p),
                 "debug.stall_datapath" | "debug.panic_datapath" if self.test_hooks => test_hook(sw, method, p),
+                "capture.start" | "capture.read" | "capture.stop" => {
+                    self.captures.call(sw, method, p).map_err(RpcError::from)
+                }
                 "system.list_methods" if self.networks.is_some() => {
                     ok(METHODS.iter().chain(crate::net::NET_METHODS).collect::<Vec<_>>())
                 }
@@ -1059,6 +1228,7 @@ impl Control {
     /// Housekeeping a server runs about once a second: rules whose
     /// timeout passed are removed, and the removal saved.
     pub fn tick(&self) {
+        self.captures.expire(&self.switch);
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.switch.expire_flows();
         // A failure stops the journal, so the next save is a whole

@@ -13,8 +13,10 @@
 //! (`not_found`, `exists`, `invalid_argument`, `full`, `io`,
 //! `unavailable`).
 
+mod capture;
 mod methods;
 mod server;
 
+pub use capture::{IDLE as CAPTURE_IDLE, MAX_CAPTURES};
 pub use methods::{Control, METHODS, dispatch};
 pub use server::{ControlServer, MAX_CLIENTS, MAX_LINE, OUTPUT_BUDGET, ServerOptions};

@@ -116,6 +116,11 @@ impl Datapath {
         first: Option<u32>,
         drops: &mut Drops,
     ) {
+        if br.fail_open {
+            self.note(|| "the flow table is empty and fail_mode is standalone: NORMAL".to_string());
+            self.normal_one(br, at, pkt, drops);
+            return;
+        }
         let mut h = parsed.headers;
         h.partial_csum = pkt.needs_csum();
         let mut f = InFlight {
@@ -692,6 +697,7 @@ impl Datapath {
         if at.slot == usize::MAX {
             self.note(|| format!("input port {in_port} does not exist: NORMAL cannot switch it"));
         }
+        let fail_open = b.fail_open && b.flows.is_empty();
         let (tables, emc) = b.flows.split();
         let mut parts = BridgeParts {
             mac: &b.mac,
@@ -701,6 +707,7 @@ impl Datapath {
             tables,
             emc,
             groups: &b.groups,
+            fail_open,
         };
         self.run_pipeline(&mut parts, at, pkt, &mut parsed, first, &mut drops);
         let log = self.tracing.take().expect("set above");

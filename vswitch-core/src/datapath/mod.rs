@@ -15,7 +15,9 @@ pub(crate) mod thread;
 mod wakeup;
 
 pub(crate) use pipeline::Datapath;
+pub use pipeline::PortFlags;
 pub(crate) use pipeline::SharedPort;
+pub(crate) use pipeline::{DpMirror, MirrorCounters};
 pub use wakeup::Wakeup;
 
 pub use crate::port::BURST;

@@ -13,8 +13,12 @@ use crate::wire::{MacAddr, VlanTci, ethertype};
 
 #[path = "exec.rs"]
 mod exec;
+#[path = "taps.rs"]
+mod taps;
 
 use exec::{Drops, TraceLog};
+pub use taps::PortFlags;
+pub(crate) use taps::{DpMirror, MirrorCounters};
 
 /// How often ports get their housekeeping call.
 const HOUSEKEEPING_MS: u64 = 100;
@@ -47,6 +51,16 @@ struct PortSlot {
     vlan: VlanMode,
     counters: Arc<PortCounters>,
     link_up: bool,
+    /// Where copies of its traffic go (its bridge's mirrors).
+    taps: Vec<taps::Tap>,
+    /// What `mod-port` set.
+    flags: PortFlags,
+    /// A burst received needs [`Datapath::rx_taps`] first.
+    rx_special: bool,
+    /// A frame queued needs [`Datapath::tx_taps`] first.
+    tx_special: bool,
+    /// A mirror's output port: never flooded to, its input dropped.
+    mirror_out: bool,
 }
 
 impl PortSlot {
@@ -71,6 +85,10 @@ struct BridgeState {
     slots: Vec<usize>,
     /// Port number to slot.
     by_port_no: Vec<Option<usize>>,
+    /// Its mirrors.
+    mirrors: Vec<DpMirror>,
+    /// `fail_mode=standalone`: an empty table switches as NORMAL.
+    fail_open: bool,
 }
 
 /// What NORMAL switching decided for one packet of a burst.
@@ -191,6 +209,8 @@ impl Datapath {
             groups: GroupTable::default(),
             slots: Vec::new(),
             by_port_no: Vec::new(),
+            mirrors: Vec::new(),
+            fail_open: false,
         };
         if self.bridges.len() <= index {
             self.bridges.resize_with(index + 1, || None);
@@ -224,7 +244,21 @@ impl Datapath {
             let p = lock(&port);
             (p.link_up(), p.carries_offloads())
         };
-        let slot = PortSlot { port, owned, carries_offloads, bridge, port_no, vlan, counters, link_up };
+        let slot = PortSlot {
+            port,
+            owned,
+            carries_offloads,
+            bridge,
+            port_no,
+            vlan,
+            counters,
+            link_up,
+            taps: Vec::new(),
+            flags: PortFlags::default(),
+            rx_special: false,
+            tx_special: false,
+            mirror_out: false,
+        };
         if self.ports.len() <= idx {
             self.ports.resize_with(idx + 1, || None);
             self.tx.resize_with(idx + 1, || Vec::with_capacity(BURST));
@@ -237,6 +271,9 @@ impl Datapath {
             b.by_port_no.resize(port_no as usize + 1, None);
         }
         b.by_port_no[port_no as usize] = Some(idx);
+        if !b.mirrors.is_empty() {
+            self.resync_taps(bridge);
+        }
         self.sync_wake_fd(idx);
     }
 
@@ -251,7 +288,11 @@ impl Datapath {
             b.by_port_no[port_no as usize] = None;
             b.mac.flush_port(port_no);
         }
-        self.release_slot(slot)
+        let port = self.release_slot(slot);
+        if self.bridges[bridge].as_ref().is_some_and(|b| !b.mirrors.is_empty()) {
+            self.resync_taps(bridge);
+        }
+        port
     }
 
     fn release_slot(&mut self, slot: usize) -> Option<SharedPort> {
@@ -298,7 +339,8 @@ impl Datapath {
                 (port.link_up(), port.rx_burst(&mut rx, BURST, &mut self.pool))
             };
             p.set_link(up);
-            if n > 0 {
+            let special = p.rx_special;
+            if n > 0 && (!special || self.rx_taps(slot, &mut rx)) {
                 work += n;
                 self.switch_burst(slot, &mut rx, now_ms);
                 self.flush();
@@ -328,6 +370,14 @@ impl Datapath {
         work
     }
 
+    /// Sets bridge `bridge`'s fail mode: standalone (`true`) switches an
+    /// empty table as NORMAL.
+    pub(crate) fn set_fail_open(&mut self, bridge: usize, on: bool) {
+        if let Some(b) = self.bridges.get_mut(bridge).and_then(Option::as_mut) {
+            b.fail_open = on;
+        }
+    }
+
     /// Replaces bridge `bridge`'s groups.
     pub(crate) fn set_groups(&mut self, bridge: usize, groups: GroupTable) {
         if let Some(b) = self.bridges.get_mut(bridge).and_then(Option::as_mut) {
@@ -344,9 +394,12 @@ impl Datapath {
     /// the default one, the flow table otherwise.
     fn switch_burst(&mut self, in_slot: usize, rx: &mut Vec<Packet>, now_ms: u64) {
         let bridge = self.ports[in_slot].as_ref().expect("polled port exists").bridge;
-        let default = self.bridges[bridge].as_ref().and_then(|b| b.flows.default_rule());
-        match default {
+        let Some(b) = self.bridges[bridge].as_ref() else { return };
+        match b.flows.default_rule() {
             Some(rule) => self.switch_normal_burst(in_slot, rx, now_ms, rule),
+            // No rule to count against: the fail-open switching is counted
+            // only on the ports.
+            None if b.fail_open && b.flows.is_empty() => self.switch_normal_burst(in_slot, rx, now_ms, u32::MAX),
             None => self.switch_flow_burst(in_slot, rx, now_ms),
         }
     }
@@ -440,10 +493,16 @@ impl Datapath {
         self.ports[slot].as_ref().is_some_and(|p| p.vlan.carries(vlan))
     }
 
+    /// True if NORMAL floods frames of `vlan` to `slot`.
+    #[inline]
+    fn floods_to(&self, slot: usize, vlan: u16) -> bool {
+        self.ports[slot].as_ref().is_some_and(|p| p.vlan.carries(vlan) && !p.flags.no_flood && !p.mirror_out)
+    }
+
     fn flood(&mut self, slots: &[usize], in_slot: usize, pkt: Packet, t: Tagging) {
         let mut targets = std::mem::take(&mut self.flood);
         targets.clear();
-        targets.extend(slots.iter().copied().filter(|&s| s != in_slot && self.carries(s, t.vlan)));
+        targets.extend(slots.iter().copied().filter(|&s| s != in_slot && self.floods_to(s, t.vlan)));
         if let Some((&last, rest)) = targets.split_last() {
             for &out in rest {
                 let copy = self.pool.clone_packet(&pkt);
@@ -463,28 +522,40 @@ impl Datapath {
             self.pool.put(pkt);
             return;
         };
-        match port.vlan {
-            VlanMode::Access(_) => {
-                if t.tci.is_some() {
-                    pkt.pop_vlan();
-                }
+        if port.vlan.sends_untagged(t.vlan) {
+            // An access port, a native-untagged port's native VLAN, or a
+            // trunk's untagged VLAN 0.
+            // (A priority tag on VLAN 0 stays.)
+            if t.tci.is_some() && t.vlan != 0 {
+                pkt.pop_vlan();
             }
-            VlanMode::Trunk(_) => {
-                if t.vlan != 0 {
-                    match t.tci {
-                        None => pkt.push_vlan(VlanTci::new(t.vlan, 0)),
-                        Some(tci) if tci.vid() != t.vlan => pkt.set_vlan_tci(VlanTci::new(t.vlan, tci.pcp())),
-                        Some(_) => {}
-                    }
-                }
+        } else {
+            match t.tci {
+                None => pkt.push_vlan(VlanTci::new(t.vlan, 0)),
+                Some(tci) if tci.vid() != t.vlan => pkt.set_vlan_tci(VlanTci::new(t.vlan, tci.pcp())),
+                Some(_) => {}
             }
         }
         self.send(slot, pkt);
     }
 
-    /// Queues `pkt` on `slot` as it is, flushing a full batch.
+    /// Queues `pkt` on `slot` as it is (once a port that is down or
+    /// mirrored has had its say), flushing a full batch.
     #[inline]
     fn enqueue(&mut self, slot: usize, pkt: Packet) {
+        if self.ports[slot].as_ref().is_some_and(|p| p.tx_special) {
+            match self.tx_taps(slot, pkt) {
+                Some(pkt) => self.enqueue_raw(slot, pkt),
+                None => {}
+            }
+        } else {
+            self.enqueue_raw(slot, pkt);
+        }
+    }
+
+    /// Queues `pkt` on `slot`, flushing a full batch.
+    #[inline]
+    fn enqueue_raw(&mut self, slot: usize, pkt: Packet) {
         let q = &mut self.tx[slot];
         if q.is_empty() {
             self.dirty.push(slot);
@@ -563,6 +634,8 @@ struct BridgeParts<'a> {
     tables: &'a Tables,
     emc: &'a mut Emc,
     groups: &'a GroupTable,
+    /// The table is empty and the bridge is `fail_mode=standalone`.
+    fail_open: bool,
 }
 
 /// The input side of a packet being executed.
@@ -599,13 +672,14 @@ impl Datapath {
                 p.key.set_tunnel(t);
             }
         }
-        let BridgeState { mac, cache, flows, groups, slots, by_port_no } = &mut bridge;
+        let BridgeState { mac, cache, flows, groups, slots, by_port_no, fail_open, .. } = &mut bridge;
+        let fail_open = *fail_open && flows.is_empty();
         let (tables, emc) = flows.split();
         emc.lookup_burst(tables, &mut parsed);
         if self.ct.len() > CT_PREFETCH_MIN {
             self.prefetch_connections(tables, rx, &parsed);
         }
-        let mut parts = BridgeParts { mac, cache, slots, by_port_no, tables, emc, groups };
+        let mut parts = BridgeParts { mac, cache, slots, by_port_no, tables, emc, groups, fail_open };
         for (pkt, (p, id)) in rx.drain(..).zip(parsed.iter_mut()) {
             let id = *id;
             let first = (id != u32::MAX).then_some(id);
@@ -760,6 +834,15 @@ fn classify_l2(d: &[u8], mode: &VlanMode) -> Result<L2, DropReason> {
                 return Err(DropReason::VlanNotAllowed);
             }
             vid
+        }
+        VlanMode::NativeTagged { native, .. } | VlanMode::NativeUntagged { native, .. } => {
+            if vid == 0 {
+                *native
+            } else if mode.carries(vid) {
+                vid
+            } else {
+                return Err(DropReason::VlanNotAllowed);
+            }
         }
     };
     Ok(L2 { dst, src, tagging: Tagging { vlan, tci } })

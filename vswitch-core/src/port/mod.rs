@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use crate::drop_reason::DropReason;
 use crate::packet::{Packet, PacketPool};
-pub use vlan_mode::{VlanDescription, VlanMode, VlanSet};
+pub use vlan_mode::{VlanDescription, VlanMode, VlanModeName, VlanSet};
 
 /// A port's number on its bridge (OpenFlow's `ofport`), from 1.
 pub type PortNo = u32;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{PortNo, VlanMode};
+use super::{PortNo, VlanMode, VlanModeName};
 use crate::{Error, Result};
 
 /// A port the switch creates itself (not an embedder's in-process port).
@@ -34,6 +34,10 @@ pub struct PortSpec {
     /// `trunks=A,B`: the VLANs a trunk carries (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trunks: Vec<u16>,
+    /// `vlan_mode=`: how `tag` and `trunks` combine (absent: access with a
+    /// tag, trunk without); `native-tagged` and `native-untagged` take both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_mode: Option<VlanModeName>,
     /// Backend options (`options:KEY=VALUE`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
@@ -121,6 +125,7 @@ impl PortSpec {
             port_no: None,
             tag: None,
             trunks: Vec::new(),
+            vlan_mode: None,
             options: BTreeMap::new(),
             transient: false,
             external_ids: BTreeMap::new(),
@@ -130,19 +135,16 @@ impl PortSpec {
     /// Its VLAN membership.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a bad VLAN or both `tag` and `trunks`.
+    /// [`Error::InvalidArgument`] for a bad VLAN or settings that
+    /// contradict each other (see [`VlanMode::from_columns`]).
     pub fn vlan_mode(&self) -> Result<VlanMode> {
-        match (self.tag, self.trunks.is_empty()) {
-            (Some(_), false) => Err(Error::invalid("port", "give 'tag' or 'trunks', not both")),
-            (Some(t), true) => VlanMode::access(t),
-            (None, _) => VlanMode::trunk(&self.trunks),
-        }
+        VlanMode::from_columns(self.vlan_mode, self.tag, &self.trunks)
     }
 
-    /// Sets `tag` and `trunks` to describe `vlan`.
+    /// Sets `tag`, `trunks` and `vlan_mode` to describe `vlan`.
     pub fn set_vlan(&mut self, vlan: &VlanMode) {
         let d = vlan.describe();
-        (self.tag, self.trunks) = (d.tag, d.trunks);
+        (self.tag, self.trunks, self.vlan_mode) = (d.tag, d.trunks, d.mode);
     }
 
     /// Checks the VLAN settings and every option, so a bad port

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::Switch;
 use crate::config::ConfigChange;
-use crate::config::{BridgeConfig, PortKind, PortSpec, StaticMac, SwitchConfig};
+use crate::config::{BridgeConfig, FailMode, MirrorSpec, PortKind, PortSpec, StaticMac, SwitchConfig};
 use crate::flow::{RuleSet, TableError};
 use crate::port::afpacket::{AfPacketConfig, AfPacketPort};
 use crate::port::afxdp::{AfXdpPort, XdpModeRequest};
@@ -110,6 +110,7 @@ impl Switch {
         let backend = |s: &PortSpec| PortSpec {
             tag: None,
             trunks: vec![],
+            vlan_mode: None,
             port_no: None,
             transient: false,
             external_ids: Default::default(),
@@ -227,6 +228,8 @@ impl Switch {
                     mac_table: b.mac_table,
                     ports: b.ports,
                     static_macs: b.static_macs,
+                    fail_mode: b.fail_mode,
+                    mirrors: b.mirrors,
                 };
                 (b.name, c)
             })
@@ -235,8 +238,14 @@ impl Switch {
 
     fn bridge_configs(&self, include_transient: bool, with_flows: bool) -> Vec<BridgeConfig> {
         // Read under the registry lock; flows are read after it.
-        type Snapshot =
-            (String, Arc<crate::mac::MacTable>, Vec<PortSpec>, BTreeMap<PortNo, String>, Arc<Mutex<RuleSet>>);
+        type Snapshot = (
+            String,
+            Arc<crate::mac::MacTable>,
+            Vec<PortSpec>,
+            BTreeMap<PortNo, String>,
+            Arc<Mutex<RuleSet>>,
+            (Option<FailMode>, Vec<MirrorSpec>),
+        );
         let groups: BTreeMap<String, Vec<String>> = {
             let reg = self.registry();
             reg.bridges
@@ -265,14 +274,16 @@ impl Switch {
                         .filter(|(_, p)| include_transient || listed(p))
                         .map(|(n, p)| (p.port_no, n.clone()))
                         .collect();
-                    (name.clone(), b.mac.clone(), ports, names, b.rules.clone())
+                    let mirrors = b.mirrors.iter().filter(|m| !m.transient).map(|m| m.spec.clone()).collect();
+                    let settings = (b.fail_mode, mirrors);
+                    (name.clone(), b.mac.clone(), ports, names, b.rules.clone(), settings)
                 })
                 .collect()
         };
         let now = self.now_ms();
         bridges
             .into_iter()
-            .map(|(name, mac, ports, names, rules)| {
+            .map(|(name, mac, ports, names, rules, (fail_mode, mirrors))| {
                 let flows = if with_flows { super::lock_rules(&rules).texts(now) } else { Vec::new() };
                 let static_macs = mac
                     .entries(now)
@@ -281,7 +292,7 @@ impl Switch {
                     .filter_map(|e| Some(StaticMac { port: names.get(&e.port)?.clone(), vlan: e.vlan, mac: e.mac }))
                     .collect();
                 let groups = if with_flows { groups.get(&name).cloned().unwrap_or_default() } else { Vec::new() };
-                BridgeConfig { name, mac_table: mac.config(), ports, flows, static_macs, groups }
+                BridgeConfig { name, mac_table: mac.config(), ports, flows, static_macs, groups, fail_mode, mirrors }
             })
             .collect()
     }
@@ -312,6 +323,13 @@ impl Switch {
                     Error::invalid("static mac", format!("{} names port '{}', not on the bridge", s.mac, s.port))
                 })?;
                 table.add_static(s.vlan, s.mac, port)?;
+            }
+            // After the flows: a secure bridge's saved table is as it was.
+            if b.fail_mode.is_some() {
+                self.set_fail_mode_only(&b.name, b.fail_mode)?;
+            }
+            for m in &b.mirrors {
+                self.add_mirror(&b.name, m.clone())?;
             }
             Ok(())
         })();
