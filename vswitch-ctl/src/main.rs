@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use vswitch_core::flow::{FlowStats, GroupStats, TableRow, Trace};
 use vswitch_ctl::{CallError, Client, socket_path};
 
+mod capture;
+mod records;
+
 #[derive(Parser, Debug)]
 #[command(version, about = "Control a running vswitchd")]
 struct Cli {
@@ -56,7 +59,8 @@ enum Command {
     /// Exit 0 if the bridge exists, 2 if not.
     BrExists { bridge: String },
     /// Add a port: settings are type=afpacket|afxdp|internal|vxlan|gre, tag=VID,
-    /// trunks=V1,V2, options:KEY=VALUE, transient=true, ofport_request=N.
+    /// trunks=V1,V2, vlan_mode=access|trunk|native-tagged|native-untagged,
+    /// options:KEY=VALUE, transient=true, ofport_request=N.
     AddPort {
         bridge: String,
         port: String,
@@ -80,9 +84,79 @@ enum Command {
     PortToBr { port: String },
     /// The bridge an interface is on.
     IfaceToBr { iface: String },
-    /// Change a port: tag=VID, trunks=V1,V2 (trunks= for all),
+    /// Change a port: tag=VID, trunks=V1,V2 (trunks= for all), vlan_mode=MODE,
     /// options:KEY=VALUE (options:KEY= removes it), transient=BOOL.
     SetPort { port: String, settings: Vec<String> },
+    /// Set a bridge's fail mode: standalone (an empty flow table switches
+    /// as NORMAL) or secure (an empty table drops).
+    SetFailMode { bridge: String, mode: String },
+    /// Print a bridge's fail mode (nothing if not set).
+    GetFailMode { bridge: String },
+    /// Unset a bridge's fail mode.
+    DelFailMode { bridge: String },
+    /// Print columns of a record: TABLE (Bridge, Port, Interface) RECORD
+    /// COLUMN[:KEY]... (docs/cli.md lists the columns).
+    Get { table: String, record: String, columns: Vec<String> },
+    /// Set columns of a record: TABLE RECORD COLUMN[:KEY]=VALUE...
+    /// (Bridge: fail_mode, other_config:mac-aging-time,
+    /// other_config:mac-table-size; Port: tag, trunks, vlan_mode,
+    /// external_ids:KEY; Interface: options:KEY).
+    Set { table: String, record: String, items: Vec<String> },
+    /// Reset columns of a record to their defaults: TABLE RECORD COLUMN...
+    Clear { table: String, record: String, columns: Vec<String> },
+    /// Every column of every record of TABLE (or of RECORD).
+    List { table: String, record: Option<String> },
+    /// Ports with their numbers, MACs, state and speed (ovs-ofctl show).
+    ShowPorts { bridge: String },
+    /// Port counters in ovs-ofctl dump-ports layout.
+    DumpPorts { bridge: String, port: Option<String> },
+    /// Set a port up or down (nothing received is switched, nothing sent;
+    /// the kernel interface is left alone), or in or out of NORMAL's floods.
+    ModPort {
+        bridge: String,
+        port: String,
+        #[arg(value_parser = ["up", "down", "flood", "no-flood"])]
+        action: String,
+    },
+    /// Add a port mirror (or replace the one of its name):
+    /// select_all=true, select_src_port=P1,P2 (what they receive),
+    /// select_dst_port=P1,P2 (what they send), select_vlan=V1,V2,
+    /// output_port=P (used for nothing else).
+    AddMirror { bridge: String, name: String, settings: Vec<String> },
+    /// Delete a port mirror.
+    DelMirror {
+        bridge: String,
+        name: String,
+        #[arg(long)]
+        if_exists: bool,
+    },
+    /// A bridge's mirrors with what they copied.
+    ListMirrors { bridge: String },
+    /// Record what a port (or every port) receives and sends: a line per
+    /// frame, or pcap with -w (tcpdump/tshark read it). Stops after -c
+    /// frames, --duration seconds, or Ctrl-C.
+    Capture {
+        bridge: String,
+        port: Option<String>,
+        /// Only what the port receives.
+        #[arg(long)]
+        rx: bool,
+        /// Only what the port sends.
+        #[arg(long)]
+        tx: bool,
+        /// Stop after this many frames.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Write pcap to this file (- for standard output).
+        #[arg(short = 'w', long)]
+        write: Option<String>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Bytes kept of each frame.
+        #[arg(short = 's', long, default_value_t = 65535)]
+        snaplen: usize,
+    },
     /// The MAC learning table.
     FdbShow { bridge: String },
     /// Forget every learned (not static) entry.
@@ -114,7 +188,20 @@ enum Command {
     },
     /// Flows with their counters; FILTER selects as del-flows does
     /// (`table=1`, `tcp,nw_dst=10.0.0.0/8`).
-    DumpFlows { bridge: String, filter: Option<String> },
+    DumpFlows {
+        bridge: String,
+        filter: Option<String>,
+        /// Ascending by FIELD (priority by default; also table, cookie,
+        /// n_packets, n_bytes, duration, idle_age, or a match field).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "priority")]
+        sort: Option<String>,
+        /// Descending by FIELD.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "priority")]
+        rsort: Option<String>,
+    },
+    /// Make the flow table the flows in FILE (- for standard input), in one
+    /// step; rules already there unchanged keep their counters.
+    ReplaceFlows { bridge: String, file: String },
     /// Each flow table in use: rules, lookups, matches, misses.
     DumpTables { bridge: String },
     /// Add a group (`group_id=1,type=select,bucket=output:1,bucket=output:2`).
@@ -284,12 +371,16 @@ fn settings(items: &[String], for_set: bool) -> Result<serde_json::Map<String, V
                 json!(list.map_err(|_| format!("trunks '{v}' is not a list of VLAN IDs"))?)
             }
             "transient" => json!(v.parse::<bool>().map_err(|_| format!("transient '{v}' is not true or false"))?),
+            "vlan_mode" => {
+                v.parse::<vswitch_core::VlanModeName>().map_err(|e| e.to_string())?;
+                json!(v)
+            }
             "ofport_request" if !for_set => {
                 json!(v.parse::<u32>().map_err(|_| format!("ofport_request '{v}' is not a port number"))?)
             }
             _ => {
                 return Err(format!(
-                    "unknown setting '{k}' (type, tag, trunks, options:KEY, transient{})",
+                    "unknown setting '{k}' (type, tag, trunks, vlan_mode, options:KEY, transient{})",
                     if for_set { "" } else { ", ofport_request" }
                 ));
             }
@@ -319,12 +410,18 @@ fn show(result: &Value, stats: &Value, status: &Value) -> String {
     }
     for b in result.as_array().into_iter().flatten() {
         out.push_str(&format!("Bridge {}\n", b["name"].as_str().unwrap_or("?")));
+        if let Some(m) = b["fail_mode"].as_str() {
+            out.push_str(&format!("    fail_mode: {m}\n"));
+        }
         let sb = stats["bridges"].as_array().and_then(|v| v.iter().find(|x| x["name"] == b["name"]));
         for p in b["ports"].as_array().into_iter().flatten() {
             let name = p["name"].as_str().unwrap_or("?");
             out.push_str(&format!("    Port {name}\n        type: {}\n", p["type"].as_str().unwrap_or("?")));
             if let Some(tag) = p["tag"].as_u64() {
                 out.push_str(&format!("        tag: {tag}\n"));
+            }
+            if let Some(m) = p["vlan_mode"].as_str() {
+                out.push_str(&format!("        vlan_mode: {m}\n"));
             }
             if let Some(t) = p["trunks"].as_array().filter(|t| !t.is_empty()) {
                 let list: Vec<String> = t.iter().map(|v| v.to_string()).collect();
@@ -377,6 +474,182 @@ fn fdb_text(result: &Value) -> String {
 fn flows_text(result: &Value) -> String {
     let rows: Vec<FlowStats> = serde_json::from_value(result.clone()).unwrap_or_default();
     rows.iter().map(|f| f.to_text() + "\n").collect()
+}
+
+/// The flows in FILE (`-`: standard input): one per line, `#` comments.
+fn read_flows(file: &str) -> Result<Vec<String>, String> {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?
+    };
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+}
+
+/// A field's value in a dump row, for sorting: counters and settings by
+/// number, a match field by its text (numbers by value); `None` if the
+/// rule does not name the field (those sort last, as in ovs-ofctl).
+fn sort_key(f: &FlowStats, field: &str) -> Option<(u128, String)> {
+    let n = |v: u64| Some((v as u128, String::new()));
+    match field {
+        "priority" => n(f.priority as u64),
+        "table" => n(f.table as u64),
+        "cookie" => n(f.cookie),
+        "n_packets" => n(f.n_packets),
+        "n_bytes" => n(f.n_bytes),
+        "duration" => Some(((f.duration_secs * 1e6) as u128, String::new())),
+        "idle_age" => n(f.idle_age_secs),
+        _ => {
+            let v = f.matching.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == field).then(|| v.to_string())
+            })?;
+            let num = v.split('/').next().and_then(|x| {
+                x.strip_prefix("0x").map_or_else(|| x.parse::<u128>().ok(), |h| u128::from_str_radix(h, 16).ok())
+            });
+            let ip = v.split('/').next().and_then(|x| x.parse::<std::net::IpAddr>().ok()).map(|ip| match ip {
+                std::net::IpAddr::V4(a) => u32::from(a) as u128,
+                std::net::IpAddr::V6(a) => u128::from(a),
+            });
+            Some((num.or(ip).unwrap_or(0), v))
+        }
+    }
+}
+
+const SORT_FIELDS: &[&str] = &["priority", "table", "cookie", "n_packets", "n_bytes", "duration", "idle_age"];
+
+fn sorted_flows_text(result: &Value, field: &str, desc: bool) -> Result<String, String> {
+    if field.is_empty() || !field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("'{field}' is not a field to sort by ({}, or a match field)", SORT_FIELDS.join(", ")));
+    }
+    let mut rows: Vec<FlowStats> = serde_json::from_value(result.clone()).unwrap_or_default();
+    // Stable: rules equal in the field keep the table's order.
+    rows.sort_by(|a, b| match (sort_key(a, field), sort_key(b, field)) {
+        (Some(x), Some(y)) if desc => y.cmp(&x),
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    Ok(rows.iter().map(|f| f.to_text() + "\n").collect())
+}
+
+/// `show-ports` text, in ovs-ofctl show's layout.
+fn show_ports_text(r: &Value) -> String {
+    let mut out = String::new();
+    for p in r.as_array().into_iter().flatten() {
+        let mac = p["mac"].as_str().unwrap_or("none");
+        out.push_str(&format!(" {}({}): addr:{mac}\n", p["port_no"], p["name"].as_str().unwrap_or("?")));
+        let mut config = Vec::new();
+        if p["admin_down"] == true {
+            config.push("PORT_DOWN");
+        }
+        if p["no_flood"] == true {
+            config.push("NO_FLOOD");
+        }
+        let state = if p["link_up"] == true { "LIVE" } else { "LINK_DOWN" };
+        let config = if config.is_empty() { "0".to_string() } else { config.join(" ") };
+        out.push_str(&format!("     type:       {}\n", p["type"].as_str().unwrap_or("?")));
+        out.push_str(&format!("     config:     {config}\n     state:      {state}\n"));
+        if let Some(speed) = p["speed_mbps"].as_u64() {
+            out.push_str(&format!("     speed: {speed} Mbps now\n"));
+        }
+    }
+    out
+}
+
+/// `dump-ports` text, in ovs-ofctl dump-ports' layout.
+fn dump_ports_text(s: &Value) -> String {
+    let mut out = String::new();
+    for b in s["bridges"].as_array().into_iter().flatten() {
+        let ports = b["ports"].as_array().cloned().unwrap_or_default();
+        out.push_str(&format!("{}: {} ports\n", b["name"].as_str().unwrap_or("?"), ports.len()));
+        for p in &ports {
+            let sum = |dir: &str| -> u64 {
+                let dir_of = |r: &str| match r {
+                    "tx_queue_full" | "link_down" | "too_big" | "tx_error" | "tunnel_no_remote" => "tx",
+                    _ => "rx",
+                };
+                p["drops"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(r, _)| dir_of(r) == dir)
+                    .map(|(_, n)| n.as_u64().unwrap_or(0))
+                    .sum()
+            };
+            out.push_str(&format!(
+                "  port {:>2}: rx pkts={}, bytes={}, drop={}, errs=0, frame=0, over=0, crc=0\n",
+                p["port_no"],
+                p["rx_packets"],
+                p["rx_bytes"],
+                sum("rx")
+            ));
+            out.push_str(&format!(
+                "           tx pkts={}, bytes={}, drop={}, errs=0, coll=0\n",
+                p["tx_packets"],
+                p["tx_bytes"],
+                sum("tx")
+            ));
+        }
+    }
+    out
+}
+
+fn mirrors_text(r: &Value) -> String {
+    let mut out = String::new();
+    for m in r.as_array().into_iter().flatten() {
+        let list = |k: &str| -> String {
+            m[k].as_array().map(|a| a.iter().map(records::text).collect::<Vec<_>>().join(",")).unwrap_or_default()
+        };
+        out.push_str(&format!("Mirror {}\n", m["name"].as_str().unwrap_or("?")));
+        if m["select_all"] == true {
+            out.push_str("    select_all: true\n");
+        }
+        for k in ["select_src_port", "select_dst_port", "select_vlan"] {
+            let l = list(k);
+            if !l.is_empty() {
+                out.push_str(&format!("    {k}: {l}\n"));
+            }
+        }
+        out.push_str(&format!("    output_port: {}\n", m["output_port"].as_str().unwrap_or("?")));
+        out.push_str(&format!("    statistics: tx_packets={} tx_bytes={}\n", m["tx_packets"], m["tx_bytes"]));
+        if let Some(e) = m["error"].as_str() {
+            out.push_str(&format!("    error: {e}\n"));
+        }
+    }
+    out
+}
+
+/// `add-mirror` settings as a mirror spec.
+fn mirror_spec(name: &str, items: &[String]) -> Result<Value, String> {
+    let mut m = serde_json::Map::new();
+    m.insert("name".into(), json!(name));
+    for item in items {
+        let (k, v) = item.split_once('=').ok_or_else(|| format!("'{item}' is not KEY=VALUE"))?;
+        let list = || v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+        let value = match k.replace('-', "_").as_str() {
+            "select_all" => json!(v.parse::<bool>().map_err(|_| format!("select_all '{v}' is not true or false"))?),
+            "select_src_port" | "select_dst_port" => json!(list()),
+            "select_vlan" => {
+                let vids: Result<Vec<u16>, _> = list().iter().map(|s| s.parse::<u16>()).collect();
+                json!(vids.map_err(|_| format!("select_vlan '{v}' is not a list of VLAN ids"))?)
+            }
+            "output_port" => json!(v),
+            _ => {
+                return Err(format!(
+                    "unknown mirror setting '{k}' (select_all, select_src_port, select_dst_port, select_vlan, output_port)"
+                ));
+            }
+        };
+        if m.insert(k.replace('-', "_"), value).is_some() {
+            return Err(format!("'{k}' is given twice"));
+        }
+    }
+    if !m.contains_key("output_port") {
+        return Err("a mirror needs output_port=PORT".into());
+    }
+    Ok(Value::Object(m))
 }
 
 /// `trace` text from the core's own printer.
@@ -528,8 +801,18 @@ fn lines_of(result: &Value, field: &str) -> String {
 }
 
 /// How a command's results are printed as text.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Render {
+    /// `get`: these columns of this record.
+    Get(records::Table, String, Vec<String>),
+    /// `list`: every record of the table, or one.
+    List(records::Table, Option<String>),
+    FailMode(String),
+    /// dump-flows sorted by a field (true: descending).
+    SortedFlows(String, bool),
+    ShowPorts,
+    DumpPorts,
+    Mirrors,
     Nothing,
     /// A string result on a line of its own.
     Line,
@@ -635,6 +918,70 @@ fn plan(command: Command) -> Result<Plan, String> {
             p.insert("name".into(), json!(port));
             one("port.set", Value::Object(p), none)
         }
+        Command::SetFailMode { bridge, mode } => {
+            mode.parse::<vswitch_core::config::FailMode>().map_err(|e| e.to_string())?;
+            one("bridge.set", json!({ "name": bridge, "fail_mode": mode }), none)
+        }
+        Command::DelFailMode { bridge } => one("bridge.set", json!({ "name": bridge, "fail_mode": null }), none),
+        Command::GetFailMode { bridge } => one("bridge.list", Value::Null, Render::FailMode(bridge)),
+        Command::Get { table, record, columns } => {
+            if columns.is_empty() {
+                return Err("get needs TABLE RECORD COLUMN...".into());
+            }
+            let t = records::Table::parse(&table)?;
+            let ops = vec![("bridge.list", Value::Null), ("stats.get", Value::Null)];
+            Plan { ops, render: Render::Get(t, record, columns), staged: None }
+        }
+        Command::List { table, record } => {
+            let t = records::Table::parse(&table)?;
+            let ops = vec![("bridge.list", Value::Null), ("stats.get", Value::Null)];
+            Plan { ops, render: Render::List(t, record), staged: None }
+        }
+        Command::Set { table, record, items } => {
+            if items.is_empty() {
+                return Err("set needs TABLE RECORD COLUMN=VALUE...".into());
+            }
+            let (m, p) = records::set(records::Table::parse(&table)?, &record, &items)?;
+            one(m, p, none)
+        }
+        Command::Clear { table, record, columns } => {
+            if columns.is_empty() {
+                return Err("clear needs TABLE RECORD COLUMN...".into());
+            }
+            let (m, p) = records::clear(records::Table::parse(&table)?, &record, &columns)?;
+            one(m, p, none)
+        }
+        Command::ShowPorts { bridge } => one("port.show", json!({ "bridge": bridge }), Render::ShowPorts),
+        Command::DumpPorts { bridge, port } => {
+            one("stats.get", json!({ "bridge": bridge, "port": port }), Render::DumpPorts)
+        }
+        Command::ModPort { bridge, port, action } => {
+            let p = match action.as_str() {
+                "up" => json!({ "bridge": bridge, "name": port, "down": false }),
+                "down" => json!({ "bridge": bridge, "name": port, "down": true }),
+                "flood" => json!({ "bridge": bridge, "name": port, "no_flood": false }),
+                _ => json!({ "bridge": bridge, "name": port, "no_flood": true }),
+            };
+            one("port.mod", p, none)
+        }
+        Command::AddMirror { bridge, name, settings: s } => {
+            one("mirror.add", json!({ "bridge": bridge, "mirror": mirror_spec(&name, &s)? }), none)
+        }
+        Command::DelMirror { bridge, name, if_exists } => {
+            one("mirror.del", json!({ "bridge": bridge, "name": name, "if_exists": if_exists }), none)
+        }
+        Command::ListMirrors { bridge } => one("mirror.list", json!({ "bridge": bridge }), Render::Mirrors),
+        Command::Capture { .. } => return Err("capture cannot be chained".into()),
+        Command::ReplaceFlows { bridge, file } => {
+            let flows = read_flows(&file)?;
+            if flows.iter().map(|f| f.len() + 4).sum::<usize>() > STAGE_BYTES {
+                let mut p = one("flow.commit", json!({ "replace": true }), none);
+                p.staged = Some((bridge, flows));
+                p
+            } else {
+                one("flow.add", json!({ "bridge": bridge, "flows": flows, "replace": true }), none)
+            }
+        }
         Command::FdbShow { bridge } => one("fdb.show", json!({ "bridge": bridge }), Render::Fdb),
         Command::FdbFlush { bridge } => one("fdb.flush", json!({ "bridge": bridge }), none),
         Command::FdbStats { bridge } => one("fdb.stats", json!({ "bridge": bridge }), Render::Map),
@@ -647,17 +994,7 @@ fn plan(command: Command) -> Result<Plan, String> {
         }
         Command::AddFlow { bridge, flow } => one("flow.add", json!({ "bridge": bridge, "flows": [flow] }), none),
         Command::AddFlows { bridge, file } => {
-            let text = if file == "-" {
-                std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read standard input: {e}"))?
-            } else {
-                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?
-            };
-            let flows: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string)
-                .collect();
+            let flows = read_flows(&file)?;
             if flows.iter().map(|f| f.len() + 4).sum::<usize>() > STAGE_BYTES {
                 let mut p = one("flow.commit", Value::Null, none);
                 p.staged = Some((bridge, flows));
@@ -676,8 +1013,14 @@ fn plan(command: Command) -> Result<Plan, String> {
             json!({ "bridge": bridge, "flow": flow, "strict": strict }),
             Render::NoOp("no rule matched"),
         ),
-        Command::DumpFlows { bridge, filter } => {
-            one("flow.dump", json!({ "bridge": bridge, "filter": filter }), Render::Flows)
+        Command::DumpFlows { bridge, filter, sort, rsort } => {
+            let render = match (sort, rsort) {
+                (Some(_), Some(_)) => return Err("give --sort or --rsort, not both".into()),
+                (Some(f), None) => Render::SortedFlows(f, false),
+                (None, Some(f)) => Render::SortedFlows(f, true),
+                (None, None) => Render::Flows,
+            };
+            one("flow.dump", json!({ "bridge": bridge, "filter": filter }), render)
         }
         Command::DumpTables { bridge } => one("flow.tables", json!({ "bridge": bridge }), Render::Tables),
         Command::AddGroup { bridge, group } => one("group.add", json!({ "bridge": bridge, "group": group }), none),
@@ -877,9 +1220,36 @@ fn policies_text(r: &Value) -> String {
 }
 
 /// A command's JSON result (its first request's) and its text.
-fn render(how: Render, results: &[Value]) -> (Value, String) {
+fn render(how: Render, results: &[Value]) -> Result<(Value, String), String> {
     let r = results.first().cloned().unwrap_or(Value::Null);
     let text = match how {
+        Render::Get(table, record, columns) => {
+            let recs = records::records(table, &r, results.get(1).unwrap_or(&Value::Null));
+            let rec = recs
+                .iter()
+                .find(|x| x.name == record)
+                .ok_or_else(|| format!("no row \"{record}\" in table {table:?}"))?;
+            records::get(table, rec, &columns)?
+        }
+        Render::List(table, record) => {
+            let mut recs = records::records(table, &r, results.get(1).unwrap_or(&Value::Null));
+            if let Some(name) = &record {
+                recs.retain(|x| &x.name == name);
+                if recs.is_empty() {
+                    return Err(format!("no row \"{name}\" in table {table:?}"));
+                }
+            }
+            records::list(&recs)
+        }
+        Render::FailMode(bridge) => {
+            let b = r.as_array().and_then(|a| a.iter().find(|b| b["name"] == json!(bridge)));
+            let b = b.ok_or_else(|| format!("no bridge named {bridge}"))?;
+            b["fail_mode"].as_str().map(|m| format!("{m}\n")).unwrap_or_default()
+        }
+        Render::SortedFlows(field, desc) => sorted_flows_text(&r, &field, desc)?,
+        Render::ShowPorts => show_ports_text(&r),
+        Render::DumpPorts => dump_ports_text(&r),
+        Render::Mirrors => mirrors_text(&r),
         Render::Nothing => String::new(),
         Render::NoOp(what) => {
             // A deletion or change that touched nothing says so (stderr;
@@ -914,7 +1284,7 @@ fn render(how: Render, results: &[Value]) -> (Value, String) {
             format!("vswitch-ctl {}\nvswitchd {}\n", env!("CARGO_PKG_VERSION"), r["version"].as_str().unwrap_or("?"))
         }
     };
-    (r, text)
+    Ok((r, text))
 }
 
 fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
@@ -930,6 +1300,22 @@ fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut c = Client::connect(&socket_path(cli.socket.as_deref()), Duration::from_secs(cli.timeout))?;
+    if let Command::Capture { bridge, port, rx, tx, count, write, duration, snaplen } = &cli.command {
+        if !more.is_empty() {
+            return Err(bad("capture cannot be chained with other commands".into()));
+        }
+        let opts = capture::Options {
+            bridge: bridge.clone(),
+            port: port.clone(),
+            rx: *rx,
+            tx: *tx,
+            count: *count,
+            write: write.clone(),
+            duration: *duration,
+            snaplen: *snaplen,
+        };
+        return capture::run(&mut c, &opts).map(|()| ExitCode::SUCCESS);
+    }
     if let Command::BrExists { bridge } = &cli.command {
         if !more.is_empty() {
             return Err(bad("br-exists cannot be chained with other commands".into()));
@@ -943,19 +1329,27 @@ fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
     let mut plans = std::iter::once(cli.command).chain(more).map(plan).collect::<Result<Vec<_>, _>>().map_err(bad)?;
     for p in &mut plans {
         if let Some((bridge, flows)) = p.staged.take() {
-            p.ops[0].1 = json!({ "bundle": stage(&mut c, &bridge, &flows)? });
+            let id = stage(&mut c, &bridge, &flows)?;
+            if !p.ops[0].1.is_object() {
+                p.ops[0].1 = json!({});
+            }
+            p.ops[0].1["bundle"] = json!(id);
         }
     }
     let outputs: Vec<(Value, String)> = if plans.len() == 1 {
         let results = plans[0].ops.iter().map(|(m, p)| c.call(m, p.clone())).collect::<Result<Vec<_>, _>>()?;
-        vec![render(plans[0].render, &results)]
+        vec![render(plans[0].render.clone(), &results).map_err(bad)?]
     } else {
         // Several commands joined with `--`: one transaction, all or nothing.
         let ops: Vec<Value> =
             plans.iter().flat_map(|p| &p.ops).map(|(m, p)| json!({ "method": m, "params": p })).collect();
         let all = c.call("transact", json!({ "ops": ops }))?;
         let mut results = all.as_array().cloned().unwrap_or_default().into_iter();
-        plans.iter().map(|p| render(p.render, &results.by_ref().take(p.ops.len()).collect::<Vec<_>>())).collect()
+        plans
+            .iter()
+            .map(|p| render(p.render.clone(), &results.by_ref().take(p.ops.len()).collect::<Vec<_>>()))
+            .collect::<Result<_, _>>()
+            .map_err(bad)?
     };
     if json {
         match outputs.as_slice() {

@@ -242,6 +242,29 @@ struct FdbEntry {
 struct FlowsAdd {
     bridge: String,
     flows: Vec<String>,
+    /// The table becomes exactly `flows` (rules already there unchanged
+    /// keep their counters), as `ovs-ofctl replace-flows`.
+    #[serde(default)]
+    replace: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Commit {
+    bundle: u64,
+    /// As [`FlowsAdd::replace`].
+    #[serde(default)]
+    replace: bool,
+}
+
+/// Adds `flows` to `bridge`, or with `replace` makes them the table.
+fn add_or_replace(sw: &Switch, bridge: &str, flows: &[String], replace: bool) -> Result<Value, RpcError> {
+    let flows: Vec<&str> = flows.iter().map(String::as_str).collect();
+    if replace {
+        let (changed, removed) = sw.sync_flows(bridge, "", &flows)?;
+        return ok(json!({ "added": changed, "removed": removed }));
+    }
+    ok(json!({ "added": sw.add_flows(bridge, &flows)? }))
 }
 
 #[derive(Deserialize)]
@@ -705,15 +728,13 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         }
         "flow.add" => {
             let a: FlowsAdd = params(p)?;
-            let flows: Vec<&str> = a.flows.iter().map(String::as_str).collect();
-            ok(json!({ "added": sw.add_flows(&a.bridge, &flows)? }))
+            add_or_replace(sw, &a.bridge, &a.flows, a.replace)
         }
         "flow.stage" => bundles.stage(params(p)?),
         "flow.commit" => {
-            let a: BundleArg = params(p)?;
+            let a: Commit = params(p)?;
             let b = bundles.take(a.bundle)?;
-            let flows: Vec<&str> = b.flows.iter().map(String::as_str).collect();
-            ok(json!({ "added": sw.add_flows(&b.bridge, &flows)? }))
+            add_or_replace(sw, &b.bridge, &b.flows, a.replace)
         }
         "flow.discard" => {
             let a: BundleArg = params(p)?;
@@ -929,6 +950,8 @@ enum Undo {
     DelStatic(String, u16, MacAddr),
     AddStatic(String, u16, MacAddr, String),
     Conntrack(crate::conntrack::ConntrackConfig),
+    /// A bridge's settings, mirrors and flows as they were.
+    Settings(BridgeConfig),
 }
 
 fn str_param<'a>(p: &'a Value, key: &str) -> &'a str {
@@ -963,6 +986,8 @@ fn undo_for(sw: &Switch, bundles: &Bundles, method: &str, p: &Value) -> Result<U
             before()?.bridge(&b).map_or(Undo::Nothing, |c| Undo::Flows(b.clone(), c.flows.clone()))
         }
         "ct.set_limits" | "ct.set_timeouts" => Undo::Conntrack(sw.conntrack().config()),
+        "bridge.set" => before()?.bridge(name).cloned().map_or(Undo::Nothing, Undo::Settings),
+        "mirror.add" | "mirror.del" => before()?.bridge(bridge).cloned().map_or(Undo::Nothing, Undo::Settings),
         "group.add" | "group.mod" | "group.del" => before()?
             .bridge(bridge)
             .map_or(Undo::Nothing, |b| Undo::Groups(bridge.to_string(), b.groups.clone(), b.flows.clone())),
@@ -1008,6 +1033,7 @@ fn run_undo(sw: &Switch, u: Undo) -> crate::Result<()> {
                 Ok(())
             })
             .map(|_| ()),
+        Undo::Settings(b) => sw.restore_settings(&b),
         Undo::DelStatic(b, vlan, mac) => sw.mac_table(&b).map(|t| {
             t.remove(vlan, mac);
         }),

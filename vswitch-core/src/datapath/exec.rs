@@ -690,6 +690,7 @@ impl Datapath {
             port: in_port,
             now_ms,
         };
+        let in_vlan = pkt.outer_tag().filter(|t| t.tpid == ethertype::VLAN).map(|t| t.tci.vid());
         self.tracing = Some(Box::default());
         let first = b.flows.classify(&parsed.key);
         let mut drops = [0u64; DropReason::ALL.len()];
@@ -716,14 +717,17 @@ impl Datapath {
         for (slot, p) in log.outputs {
             let port_no = self.ports.get(slot).and_then(Option::as_ref).map_or(0, |s| s.port_no);
             let vlan = p.outer_tag().filter(|t| t.tpid == ethertype::VLAN).map(|t| t.tci.vid());
-            outputs.push(TraceOutput { port_no, port: String::new(), vlan });
+            let mut action = match (in_vlan, vlan) {
+                (None, Some(v)) => format!("push_vlan(vid={v}),"),
+                (Some(_), None) => "pop_vlan,".to_string(),
+                (Some(a), Some(v)) if a != v => format!("set_vlan(vid={v}),"),
+                _ => String::new(),
+            };
+            action.push_str(&port_no.to_string());
+            outputs.push(TraceOutput { port_no, port: String::new(), vlan, action, tunnel: p.tunnel });
             self.pool.put(p);
         }
-        let verdict = if outputs.is_empty() {
-            "drop".to_string()
-        } else {
-            outputs.iter().map(|o| o.port_no.to_string()).collect::<Vec<_>>().join(",")
-        };
+        let verdict = TraceOutput::verdict(&outputs);
         Some(Trace { flow, rule, steps: log.steps, outputs, verdict })
     }
 }

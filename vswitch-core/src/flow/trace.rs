@@ -13,6 +13,25 @@ pub struct TraceOutput {
     pub port: String,
     /// The 802.1Q VLAN it would carry on the wire, if tagged.
     pub vlan: Option<u16>,
+    /// What is done to the packet on its way out, then the port number,
+    /// as the datapath actions say it: `push_vlan(vid=10),2`,
+    /// `pop_vlan,3`, `tunnel(vxlan,remote_ip=192.0.2.2,key=5),4`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub action: String,
+    /// The tunnel metadata the packet leaves with (a tunnel port's).
+    #[serde(skip)]
+    pub tunnel: Option<crate::packet::TunnelMeta>,
+}
+
+impl TraceOutput {
+    /// The verdict of `outputs`: each one's action, or `drop`.
+    pub fn verdict(outputs: &[TraceOutput]) -> String {
+        if outputs.is_empty() {
+            return "drop".to_string();
+        }
+        let each = |o: &TraceOutput| if o.action.is_empty() { o.port_no.to_string() } else { o.action.clone() };
+        outputs.iter().map(each).collect::<Vec<_>>().join(",")
+    }
 }
 
 /// The explanation of one packet's path through a bridge.

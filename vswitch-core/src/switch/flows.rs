@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use super::{ParsedRule, Switch, flow_error, groups, lock_rules, took_effect};
 use crate::config::ConfigChange;
-use crate::flow::{FlowSelector, FlowSpec, FlowStats, RuleKey, RuleSet, RuleStats, TableError, TableRow, Trace};
+use crate::flow::{
+    FlowSelector, FlowSpec, FlowStats, RuleKey, RuleSet, RuleStats, TableError, TableRow, Trace, TraceOutput,
+};
 use crate::port::PortNo;
 use crate::{Error, Result};
 
@@ -392,7 +394,24 @@ impl Switch {
             .ok_or_else(|| Error::BridgeNotFound(bridge.to_string()))?;
         for o in &mut trace.outputs {
             o.port = ports.iter().find(|(_, n)| **n == o.port_no).map(|(name, _)| name.clone()).unwrap_or_default();
+            // Through a tunnel port: the encapsulation, before the port.
+            if let Ok((_, Some(spec))) = self.port_spec(&o.port)
+                && spec.kind.is_tunnel()
+            {
+                let meta = o.tunnel.unwrap_or_default();
+                let remote = match spec.options.get("remote_ip").map(String::as_str) {
+                    Some("flow") | None => meta.dst.to_string(),
+                    Some(ip) => ip.to_string(),
+                };
+                let key = match spec.options.get("out_key").or(spec.options.get("key")).map(String::as_str) {
+                    Some("flow") | None => meta.id.to_string(),
+                    Some(k) => k.to_string(),
+                };
+                let at = o.action.rfind(',').map_or(0, |i| i + 1);
+                o.action.insert_str(at, &format!("tunnel({},remote_ip={remote},key={key}),", spec.kind));
+            }
         }
+        trace.verdict = TraceOutput::verdict(&trace.outputs);
         Ok(trace)
     }
 }

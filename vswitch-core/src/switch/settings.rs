@@ -219,6 +219,25 @@ impl Switch {
         }
     }
 
+    /// Puts `b`'s MAC settings, fail mode, flows and mirrors back (a
+    /// transaction's undo).
+    pub(crate) fn restore_settings(&self, b: &crate::config::BridgeConfig) -> Result<()> {
+        self.set_mac_table_config(&b.name, b.mac_table)?;
+        self.set_fail_mode_only(&b.name, b.fail_mode)?;
+        self.replace_flows(&b.name, &b.flows)?;
+        let _change = self.change();
+        let keep: Vec<Mirror> = self
+            .registry()
+            .bridges
+            .get(&b.name)
+            .map(|x| x.mirrors.iter().filter(|m| m.transient).cloned().collect())
+            .unwrap_or_default();
+        let mut mirrors: Vec<Mirror> =
+            b.mirrors.iter().map(|m| Mirror { spec: m.clone(), counters: Arc::default(), transient: false }).collect();
+        mirrors.extend(keep);
+        self.set_mirrors_locked(&b.name, mirrors)
+    }
+
     /// Port `name`'s `mod-port` flags.
     ///
     /// # Errors
