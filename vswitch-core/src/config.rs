@@ -797,6 +797,15 @@ mod tests {
                     mac: "02:00:00:00:00:01".parse().unwrap(),
                 }],
                 groups: vec!["group_id=1,type=all,bucket=bucket_id:0,actions=output:1".into()],
+                fail_mode: Some(FailMode::Secure),
+                mirrors: vec![MirrorSpec {
+                    name: "m0".into(),
+                    select_all: true,
+                    select_src_port: vec![],
+                    select_dst_port: vec![],
+                    select_vlan: vec![10],
+                    output_port: "veth0".into(),
+                }],
             }],
             conntrack: Some(ConntrackConfig { limit: 1000, ..ConntrackConfig::default() }),
         };

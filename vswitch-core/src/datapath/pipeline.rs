@@ -544,9 +544,8 @@ impl Datapath {
     #[inline]
     fn enqueue(&mut self, slot: usize, pkt: Packet) {
         if self.ports[slot].as_ref().is_some_and(|p| p.tx_special) {
-            match self.tx_taps(slot, pkt) {
-                Some(pkt) => self.enqueue_raw(slot, pkt),
-                None => {}
+            if let Some(pkt) = self.tx_taps(slot, pkt) {
+                self.enqueue_raw(slot, pkt);
             }
         } else {
             self.enqueue_raw(slot, pkt);

@@ -46,6 +46,10 @@ pub struct AfPacketConfig {
     /// Receive through the ring (`ring`) or with `recvmmsg` (`socket`):
     /// see [`AfPacketRx`].
     pub rx_mode: AfPacketRx,
+    /// Transmit past the interface's qdisc (option `qdisc_bypass`, on by
+    /// default): off, what the switch sends goes through the qdisc, where
+    /// tcpdump on the interface sees it, at a cost (docs/cli.md).
+    pub qdisc_bypass: bool,
 }
 
 /// How an AF_PACKET port receives (option `rx_mode`).
@@ -80,6 +84,7 @@ impl Default for AfPacketConfig {
             blocks: r.blocks,
             block_timeout_ms: r.block_timeout_ms,
             rx_mode: AfPacketRx::default(),
+            qdisc_bypass: r.qdisc_bypass,
         }
     }
 }
@@ -91,7 +96,7 @@ impl AfPacketConfig {
     /// # Errors
     /// [`Error::InvalidArgument`] for an unknown option or a bad value.
     pub fn from_spec(spec: &super::spec::PortSpec) -> Result<AfPacketConfig> {
-        spec.no_options(&["block_size", "blocks", "block_timeout_ms", "rx_mode"])?;
+        spec.no_options(&["block_size", "blocks", "block_timeout_ms", "rx_mode", "qdisc_bypass"])?;
         let d = AfPacketConfig::default();
         let c = AfPacketConfig {
             block_size: spec.option("block_size")?.unwrap_or(d.block_size),
@@ -103,6 +108,10 @@ impl AfPacketConfig {
                     Error::invalid("afpacket rx_mode", "must be ring (a TPACKET_V3 ring) or socket (recvmmsg)")
                 })?
                 .unwrap_or(d.rx_mode),
+            qdisc_bypass: spec
+                .option("qdisc_bypass")
+                .map_err(|_| Error::invalid("afpacket qdisc_bypass", "must be true or false"))?
+                .unwrap_or(d.qdisc_bypass),
         };
         c.validate()?;
         Ok(c)
@@ -134,6 +143,7 @@ impl AfPacketConfig {
                 AfPacketRx::Ring => crate::sys::packet_ring::RxMode::Ring,
                 AfPacketRx::Socket => crate::sys::packet_ring::RxMode::Socket,
             },
+            qdisc_bypass: self.qdisc_bypass,
         })
     }
 }

@@ -120,11 +120,14 @@ pub struct RingConfig {
     pub block_timeout_ms: u32,
     /// Ring or `recvmmsg`.
     pub mode: RxMode,
+    /// Transmissions skip the interface's qdisc (faster; the kernel's own
+    /// captures then do not see them).
+    pub qdisc_bypass: bool,
 }
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { block_size: 256 * 1024, blocks: 16, block_timeout_ms: 1, mode: RxMode::Ring }
+        RingConfig { block_size: 256 * 1024, blocks: 16, block_timeout_ms: 1, mode: RxMode::Ring, qdisc_bypass: true }
     }
 }
 
@@ -179,7 +182,9 @@ impl PacketRing {
         let f = fd.as_raw_fd();
         let one: libc::c_int = 1;
         setsockopt(f, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)?;
-        setsockopt(f, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)?;
+        if cfg.qdisc_bypass {
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one)?;
+        }
         setsockopt(f, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)?;
         if cfg.mode == RxMode::Socket {
             // The VLAN tag the kernel takes out comes in a control message.
