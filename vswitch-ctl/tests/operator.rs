@@ -75,7 +75,9 @@ fn every_command_of_the_mapping_table_runs() {
                 assert!(first.contains("priority=10"), "{text}");
             }
             ["show-ports", _] => assert!(text.contains(" 1(p1): addr:") && text.contains("LIVE"), "{text}"),
-            ["trace", ..] => assert!(text.contains("Datapath actions:"), "{text}"),
+            // p1 is native-untagged in VLAN 10 (all VLANs, trunks cleared),
+            // p2 an access port of 10, p3 a trunk: the tag is pushed for p3.
+            ["trace", ..] => assert!(text.contains("Datapath actions: 2,push_vlan(vid=10),3"), "{text}"),
             _ => {}
         }
     }

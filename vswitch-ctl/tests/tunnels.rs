@@ -134,6 +134,10 @@ fn vxlan_interoperates_with_the_kernels_vxlan() {
     assert!(seen.contains(&format!("{}.", h.ip(1))) && seen.contains(".4789:"), "outer UDP to 4789: {seen}");
     assert!(seen.contains("udp sum ok") || seen.contains("[no cksum]"), "outer UDP checksum: {seen}");
 
+    // trace names the encapsulation in its datapath actions.
+    let t = d.ok(&["trace", "br0", &format!("in_port={pa},dl_dst=ff:ff:ff:ff:ff:ff")]);
+    assert!(t.contains(&format!("tunnel(vxlan,remote_ip={},key=42),", h.ip(2))), "{t}");
+
     // The far container's MAC is learned behind the tunnel port.
     let fdb = d.json(&["fdb-show", "br0"]);
     let tun_no = port_row(&d, "br0", "vxa")["port_no"].clone();
@@ -386,6 +390,8 @@ fn flow_based_tunnel_chooses_key_and_remote_per_packet() {
     let flows = d.json(&["dump-flows", "br0"]);
     let hits = flows.as_array().unwrap().iter().find(|f| f["match"].as_str().unwrap().contains("tun_id=0x1092"));
     assert!(hits.is_some_and(|f| f["n_packets"].as_u64().unwrap() >= 5), "{flows}");
+    let t = d.ok(&["trace", "br0", &format!("in_port={pa},ip")]);
+    assert!(t.contains(&format!("tunnel(vxlan,remote_ip={},key=4242),", h.ip(2))), "the rule's remote and key: {t}");
     // Without a tun_dst there is nowhere to send: counted, not guessed.
     d.ok(&["mod-flows", "br0", &format!("in_port={pa},actions=set_tunnel:4242,output:vxf")]);
     assert!(!ca.exec(&["ping", "-c", "1", "-W", "1", "10.45.0.2"]).status.success());
