@@ -226,3 +226,49 @@ fn a_mirror_and_capture_see_both_directions() {
     d.ok(&["del-mirror", &br, "m0", "--if-exists"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A script's view of the exit codes: 0, 2 only for a predicate's
+/// "false", 1 for every class of error, each with its kind under `-f json`.
+#[test]
+fn exit_codes_of_every_predicate_and_error_class() {
+    let d = Daemon::start();
+    let br = unique("ex");
+    d.ok(&["add-br", &br]);
+    let code = |args: &[&str]| d.ctl(args).status.code();
+    let kind = |args: &[&str]| {
+        let mut a = vec!["-f", "json"];
+        a.extend_from_slice(args);
+        let out = d.ctl(&a);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["error"]["code"].as_str().unwrap_or_default().to_string()
+    };
+    // The one predicate.
+    assert_eq!(code(&["br-exists", &br]), Some(0));
+    assert_eq!(code(&["br-exists", "nope"]), Some(2));
+    // Usage errors: exit 1 with what was expected.
+    for usage in [&["br-exists"][..], &["get", "bridge"], &["set", "bridge", &br], &["mod-port", &br, "p", "sideways"]] {
+        let out = d.ctl(usage);
+        assert_eq!(out.status.code(), Some(1), "{usage:?}");
+        assert!(!out.stderr.is_empty(), "{usage:?} says why");
+    }
+    // The daemon's error classes.
+    assert_eq!(kind(&["del-br", "nope"]), "not_found");
+    assert_eq!(kind(&["get", "bridge", "nope", "fail_mode"]), "invalid_argument");
+    assert_eq!(kind(&["add-br", &br]), "exists");
+    assert_eq!(kind(&["add-flow", &br, "priority=1,bogus=2,actions=drop"]), "invalid_argument");
+    assert_eq!(kind(&["set", "bridge", &br, "other_config:mac-table-size=0"]), "invalid_argument");
+    assert_eq!(kind(&["set", "bridge", &br, "fail_mode=open"]), "invalid_argument");
+    assert_eq!(kind(&["del-mirror", &br, "nope"]), "not_found");
+    assert_eq!(kind(&["add-mirror", &br, "m", "select_all=true", "output_port=nope"]), "invalid_argument");
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitch-ctl"))
+        .args(["--socket", "/nonexistent/x.sock", "-f", "json", "list-br"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unreachable"));
+    // A failed transaction leaves nothing behind.
+    assert_eq!(code(&["set-fail-mode", &br, "secure", "--", "add-port", &br, "nope-not-here"]), Some(1));
+    assert_eq!(d.ok(&["get-fail-mode", &br]), "");
+    assert!(d.ok(&["dump-flows", &br]).contains("actions=NORMAL"), "the default rule is back");
+}
