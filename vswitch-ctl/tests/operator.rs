@@ -247,7 +247,8 @@ fn exit_codes_of_every_predicate_and_error_class() {
     assert_eq!(code(&["br-exists", &br]), Some(0));
     assert_eq!(code(&["br-exists", "nope"]), Some(2));
     // Usage errors: exit 1 with what was expected.
-    for usage in [&["br-exists"][..], &["get", "bridge"], &["set", "bridge", &br], &["mod-port", &br, "p", "sideways"]] {
+    for usage in [&["br-exists"][..], &["get", "bridge"], &["set", "bridge", &br], &["mod-port", &br, "p", "sideways"]]
+    {
         let out = d.ctl(usage);
         assert_eq!(out.status.code(), Some(1), "{usage:?}");
         assert!(!out.stderr.is_empty(), "{usage:?} says why");
@@ -260,6 +261,10 @@ fn exit_codes_of_every_predicate_and_error_class() {
     assert_eq!(kind(&["set", "bridge", &br, "other_config:mac-table-size=0"]), "invalid_argument");
     assert_eq!(kind(&["set", "bridge", &br, "fail_mode=open"]), "invalid_argument");
     assert_eq!(kind(&["del-mirror", &br, "nope"]), "not_found");
+    let tap = unique("exp");
+    d.ok(&["add-port", &br, &tap, "type=internal", "tag=10", "transient=true"]);
+    assert_eq!(kind(&["fdb-add", &br, &tap, "20", "02:00:00:00:00:09"]), "invalid_argument");
+    d.ok(&["fdb-add", &br, &tap, "10", "02:00:00:00:00:09"]);
     assert_eq!(kind(&["add-mirror", &br, "m", "select_all=true", "output_port=nope"]), "invalid_argument");
     let out = Command::new(env!("CARGO_BIN_EXE_vswitch-ctl"))
         .args(["--socket", "/nonexistent/x.sock", "-f", "json", "list-br"])

@@ -720,6 +720,20 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
             let table = sw.mac_table(&a.bridge)?;
             if method == "fdb.add" {
                 let port = port_no(sw, &a.bridge, a.port)?;
+                let name = sw
+                    .bridges()
+                    .into_iter()
+                    .find(|b| b.name == a.bridge)
+                    .and_then(|b| b.ports.into_iter().find(|p| p.port_no == port))
+                    .map(|p| p.name)
+                    .ok_or_else(|| Error::PortNotFound(format!("port {port} of bridge '{}'", a.bridge)))?;
+                if !sw.port_vlan(&name)?.carries(a.vlan) {
+                    return Err(Error::invalid(
+                        "static mac",
+                        format!("port '{name}' does not carry VLAN {} (see its tag, trunks and vlan_mode)", a.vlan),
+                    )
+                    .into());
+                }
                 table.add_static(a.vlan, mac, port)?;
                 ok(Value::Null)
             } else {
