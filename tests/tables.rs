@@ -189,7 +189,8 @@ fn trace_runs_the_real_pipeline() {
         t.outputs.iter().map(|o| (o.port.as_str(), o.vlan)).collect::<Vec<_>>(),
         vec![("c", Some(30)), ("b", None)]
     );
-    assert_eq!(t.verdict, "3,2");
+    // The text says what the JSON's outputs say: port 3 gets a tag.
+    assert_eq!(t.verdict, "push_vlan(vid=30),3,2");
     // A dry run: nothing sent, learned or counted.
     assert!(p.iter().all(|h| drain(h).is_empty()));
     assert_eq!(n_packets(&sw, "table=1"), vec![0]);
