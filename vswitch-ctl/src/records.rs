@@ -263,20 +263,36 @@ pub fn set(table: Table, record: &str, items: &[String]) -> Result<(&'static str
         }
     }
     p.extend(maps);
+    Ok(request(table, record, p))
+}
+
+/// The request that changes `record` of `table` with parameters `p`.
+fn request(table: Table, record: &str, mut p: serde_json::Map<String, Value>) -> (&'static str, Value) {
     p.insert("name".into(), json!(record));
-    Ok(match table {
+    match table {
         Table::Bridge => ("bridge.set", Value::Object(p)),
         _ => {
             p.insert("columns".into(), json!(true));
             ("port.set", Value::Object(p))
         }
-    })
+    }
 }
 
-/// `clear TABLE RECORD COLUMN...` as one request.
+/// `clear TABLE RECORD COLUMN[:KEY]...` as one request (`COLUMN:KEY`
+/// removes one key of a map column).
 pub fn clear(table: Table, record: &str, columns: &[String]) -> Result<(&'static str, Value), String> {
     let mut p = serde_json::Map::new();
+    let mut maps: serde_json::Map<String, Value> = serde_json::Map::new();
     for c in columns {
+        if let Some((col, key)) = c.split_once(':') {
+            let col = match (table, table.column(col)?.0) {
+                (Table::Port, "external_ids") => "external_ids",
+                (Table::Interface, "options") => "options",
+                (_, other) => return Err(format!("{table:?} column {other} has no keys to clear")),
+            };
+            maps.entry(col).or_insert_with(|| json!({}))[key] = Value::Null;
+            continue;
+        }
         let (col, writable) = table.column(c)?;
         match (table, col) {
             (Table::Bridge, "fail_mode") => p.insert("fail_mode".into(), Value::Null),
@@ -286,17 +302,11 @@ pub fn clear(table: Table, record: &str, columns: &[String]) -> Result<(&'static
             }
             (Table::Port, "tag" | "trunks" | "vlan_mode") => p.insert(col.into(), Value::Null),
             _ if !writable => return Err(format!("{table:?} column {col} cannot be cleared")),
-            _ => return Err(format!("{table:?} column {col} is cleared a key at a time: set {col}:KEY=")),
+            _ => return Err(format!("{table:?} column {col} is cleared a key at a time: clear ... {col}:KEY")),
         };
     }
-    p.insert("name".into(), json!(record));
-    Ok(match table {
-        Table::Bridge => ("bridge.set", Value::Object(p)),
-        _ => {
-            p.insert("columns".into(), json!(true));
-            ("port.set", Value::Object(p))
-        }
-    })
+    p.extend(maps);
+    Ok(request(table, record, p))
 }
 
 #[cfg(test)]
@@ -322,5 +332,8 @@ mod tests {
         assert_eq!(p["trunks"], json!([10, 20]));
         assert!(set(Table::Interface, "p1", &["ofport=3".into()]).is_err());
         assert!(set(Table::Port, "p1", &["tag=1".into(), "tag=2".into()]).is_err());
+        let (_, p) = clear(Table::Port, "p1", &["external_ids:owner".into(), "tag".into()]).unwrap();
+        assert_eq!(p, json!({ "name": "p1", "columns": true, "tag": null, "external_ids": { "owner": null } }));
+        assert!(clear(Table::Bridge, "br0", &["fail_mode:x".into()]).is_err());
     }
 }
