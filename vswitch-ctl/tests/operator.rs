@@ -146,6 +146,19 @@ fn settings_take_effect_on_live_traffic_and_survive_a_restart() {
     assert_eq!(bad.status.code(), Some(1), "tag and trunks without a native mode are refused");
     d.ok(&["set", "port", &vb.host, "tag=10"]);
     d.ok(&["set", "bridge", &br, "other_config:mac-aging-time=77"]);
+    a.run(&["ip", "neigh", "flush", "all"]);
+    assert!(a.ping("10.77.0.2", 2));
+    // mod-port down: nothing a sends is switched; up again, it is.
+    d.ok(&["mod-port", &br, &va.host, "down"]);
+    assert!(!a.ping("10.77.0.2", 2), "a port that is down switches nothing");
+    d.ok(&["mod-port", &br, &va.host, "up"]);
+    a.run(&["ip", "neigh", "flush", "all"]);
+    assert!(a.ping("10.77.0.2", 3));
+    // A saved mirror whose output port is not saved (transient) does not
+    // stop the restart.
+    let tap = unique("mt");
+    d.ok(&["add-port", &br, &tap, "type=internal", "transient=true"]);
+    d.ok(&["add-mirror", &br, "mt", &format!("select_src_port={}", va.host), &format!("output_port={tap}")]);
 
     // All of it after a restart.
     d.stop();
@@ -154,6 +167,7 @@ fn settings_take_effect_on_live_traffic_and_survive_a_restart() {
     assert_eq!(d.ok(&["get", "bridge", &br, "other_config:mac-aging-time"]), "\"77\"\n");
     assert_eq!(d.ok(&["get", "port", &va.host, "vlan_mode", "tag", "trunks"]), "native-untagged\n10\n[20]\n");
     assert!(a.ping("10.77.0.2", 3), "{}", d.ok(&["show"]));
+    assert!(d.ok(&["list-mirrors", &br]).contains("is not on the bridge"), "{}", d.ok(&["list-mirrors", &br]));
     d.stop();
     d.owns_dir = true;
 }
@@ -213,6 +227,11 @@ fn a_mirror_and_capture_see_both_directions() {
     assert!(seen.contains("Echo (ping) request") && seen.contains("Echo (ping) reply"), "capture saw:\n{seen}");
     assert!(seen.contains("ARP") || seen.lines().count() >= 6, "capture saw:\n{seen}");
 
+    // What the mirror's output port sends is dropped, not switched.
+    m.run(&["ip", "neigh", "flush", "all"]);
+    assert!(!m.ping("10.78.0.2", 2), "a mirror's output port switches nothing");
+    let stats = d.json(&["stats", &br, &vm.host]);
+    assert!(stats["bridges"][0]["ports"][0]["drops"]["mirror_output"].as_u64().unwrap_or(0) >= 1, "{stats}");
     let listed = d.json(&["list-mirrors", &br]);
     assert!(listed[0]["tx_packets"].as_u64().unwrap_or(0) >= 4, "{listed}");
     // The capture's port and mirror are gone, and were never saved.

@@ -720,11 +720,13 @@ impl Datapath {
         self.ct.prefetch(&keys[..n]);
     }
 
-    /// `flood`/`all`: every port of the bridge but the input, as it is.
+    /// `flood`/`all`: every port of the bridge but the input (and but a
+    /// mirror's output or a `no-flood` port), as it is.
     fn flood_raw(&mut self, slots: &[usize], in_slot: usize, pkt: Packet) {
         let mut targets = std::mem::take(&mut self.flood);
         targets.clear();
-        targets.extend(slots.iter().copied().filter(|&s| s != in_slot));
+        let floods = |s: usize| self.ports[s].as_ref().is_some_and(|p| !p.flags.no_flood && !p.mirror_out);
+        targets.extend(slots.iter().copied().filter(|&s| s != in_slot && floods(s)));
         if let Some((&last, rest)) = targets.split_last() {
             for &out in rest {
                 let copy = self.pool.clone_packet(&pkt);

@@ -86,6 +86,7 @@ impl Datapath {
     pub(crate) fn set_port_flags(&mut self, slot: usize, flags: PortFlags) {
         if let Some(p) = self.ports.get_mut(slot).and_then(Option::as_mut) {
             p.flags = flags;
+            p.rx_special = flags.down || p.mirror_out || p.taps.iter().any(|t| t.rx);
             p.tx_special = flags.down || p.taps.iter().any(|t| t.tx);
         }
     }
@@ -115,9 +116,9 @@ impl Datapath {
         for &s in &slots {
             if let Some(p) = self.ports[s].as_mut() {
                 p.taps = taps.iter().filter(|(t, _)| *t == s).map(|(_, t)| t.clone()).collect();
-                p.rx_special = p.taps.iter().any(|t| t.rx);
-                p.tx_special = p.flags.down || p.taps.iter().any(|t| t.tx);
                 p.mirror_out = outs.contains(&s);
+                p.rx_special = p.flags.down || p.mirror_out || p.taps.iter().any(|t| t.rx);
+                p.tx_special = p.flags.down || p.taps.iter().any(|t| t.tx);
             }
         }
     }

@@ -329,7 +329,7 @@ impl Switch {
                 self.set_fail_mode_only(&b.name, b.fail_mode)?;
             }
             for m in &b.mirrors {
-                self.add_mirror(&b.name, m.clone())?;
+                self.replay_mirror(&b.name, m.clone())?;
             }
             Ok(())
         })();

@@ -116,12 +116,23 @@ impl Switch {
         self.add_mirror_with(bridge, spec, true)
     }
 
+    /// A saved mirror, as it was: a port it names that is gone (deleted,
+    /// or transient and not saved) is simply not mirrored, as before the
+    /// restart.
+    pub(super) fn replay_mirror(&self, bridge: &str, spec: MirrorSpec) -> Result<()> {
+        self.add_mirror_checked(bridge, spec, false, false)
+    }
+
     fn add_mirror_with(&self, bridge: &str, spec: MirrorSpec, transient: bool) -> Result<()> {
+        self.add_mirror_checked(bridge, spec, transient, true)
+    }
+
+    fn add_mirror_checked(&self, bridge: &str, spec: MirrorSpec, transient: bool, check: bool) -> Result<()> {
         spec.validate()?;
         let _change = self.change();
         let (_, ports) = self.bridge_ports(bridge)?;
         let named = spec.select_src_port.iter().chain(&spec.select_dst_port).chain(std::iter::once(&spec.output_port));
-        if let Some(p) = named.clone().find(|p| !ports.contains_key(*p)) {
+        if let Some(p) = named.clone().find(|p| check && !ports.contains_key(*p)) {
             return Err(Error::invalid("mirror", format!("'{}': port '{p}' is not on bridge '{bridge}'", spec.name)));
         }
         let mut mirrors = self.registry().bridges.get(bridge).map(|b| b.mirrors.clone()).unwrap_or_default();
