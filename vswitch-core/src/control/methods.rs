@@ -579,6 +579,17 @@ fn port_no(sw: &Switch, bridge: &str, port: Option<Value>) -> Result<u32, RpcErr
     }
 }
 
+/// Refuses a request that names port `name` with a `bridge` it is not on
+/// (a port that does not exist is left for the request to report).
+fn on_bridge(sw: &Switch, name: &str, bridge: Option<&str>) -> Result<(), RpcError> {
+    match (bridge, sw.port_spec(name)) {
+        (Some(b), Ok((on, _))) if on != b => {
+            Err(Error::invalid("port", format!("'{name}' is on bridge '{on}', not '{b}'")).into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: Value) -> Result<Value, RpcError> {
     match method {
         "system.version" => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
@@ -624,14 +635,7 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         }
         "port.del" => {
             let a: Named = params(p)?;
-            if let (Some(b), Ok((on, _))) = (&a.bridge, sw.port_spec(&a.name))
-                && &on != b
-            {
-                return Err(RpcError::from(Error::invalid(
-                    "port",
-                    format!("'{}' is on bridge '{on}', not '{b}'", a.name),
-                )));
-            }
+            on_bridge(sw, &a.name, a.bridge.as_deref())?;
             match sw.del_port(&a.name) {
                 Err(Error::PortNotFound(_)) if a.if_exists => ok(Value::Null),
                 r => ok(r.map(|_| Value::Null)?),
@@ -842,10 +846,7 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         }
         "port.mod" => {
             let a: PortMod = params(p)?;
-            let (on, _) = sw.port_spec(&a.name)?;
-            if let Some(b) = a.bridge.filter(|b| *b != on) {
-                return Err(Error::invalid("port", format!("'{}' is on bridge '{on}', not '{b}'", a.name)).into());
-            }
+            on_bridge(sw, &a.name, a.bridge.as_deref())?;
             let mut f = sw.port_flags(&a.name)?;
             f.down = a.down.unwrap_or(f.down);
             f.no_flood = a.no_flood.unwrap_or(f.no_flood);

@@ -64,6 +64,13 @@ struct PortSlot {
 }
 
 impl PortSlot {
+    /// Derives `rx_special` and `tx_special` from the flags, taps and
+    /// mirror role.
+    fn refresh_special(&mut self) {
+        self.rx_special = self.flags.down || self.mirror_out || self.taps.iter().any(|t| t.rx);
+        self.tx_special = self.flags.down || self.taps.iter().any(|t| t.tx);
+    }
+
     /// Records the port's link state, publishing changes to its counters.
     #[inline]
     fn set_link(&mut self, up: bool) -> bool {

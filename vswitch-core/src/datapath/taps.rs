@@ -40,8 +40,8 @@ pub(crate) struct DpMirror {
 #[derive(Debug, Clone)]
 pub(super) struct Tap {
     out_slot: usize,
-    rx: bool,
-    tx: bool,
+    pub(super) rx: bool,
+    pub(super) tx: bool,
     vlans: Option<Arc<VlanSet>>,
     counters: Arc<MirrorCounters>,
 }
@@ -86,8 +86,7 @@ impl Datapath {
     pub(crate) fn set_port_flags(&mut self, slot: usize, flags: PortFlags) {
         if let Some(p) = self.ports.get_mut(slot).and_then(Option::as_mut) {
             p.flags = flags;
-            p.rx_special = flags.down || p.mirror_out || p.taps.iter().any(|t| t.rx);
-            p.tx_special = flags.down || p.taps.iter().any(|t| t.tx);
+            p.refresh_special();
         }
     }
 
@@ -117,8 +116,7 @@ impl Datapath {
             if let Some(p) = self.ports[s].as_mut() {
                 p.taps = taps.iter().filter(|(t, _)| *t == s).map(|(_, t)| t.clone()).collect();
                 p.mirror_out = outs.contains(&s);
-                p.rx_special = p.flags.down || p.mirror_out || p.taps.iter().any(|t| t.rx);
-                p.tx_special = p.flags.down || p.taps.iter().any(|t| t.tx);
+                p.refresh_special();
             }
         }
     }
