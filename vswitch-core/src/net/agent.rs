@@ -14,10 +14,16 @@
 //! instead, waits (a few per neighbour) for the reply, and is sent on.
 //! Neighbours are asked again every [`REFRESH`]; one that stops answering
 //! loses its rule after [`TRIES`] requests.
+//!
+//! A host-gw cluster network gives it next hops for whole subnets (the
+//! other hosts' switch addresses, [`Agent::set_vias`]): each is asked for
+//! at once, and once resolved its subnet's route sends straight to it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,9 @@ const TRIES: u32 = 3;
 const RETRY: Duration = Duration::from_millis(500);
 /// Packets held per unresolved neighbour.
 const QUEUE: usize = 16;
+/// Priority of a resolved host-gw subnet route (above the network's own
+/// rule that sends its packets here).
+pub(crate) const ROUTE_VIA: u16 = 26;
 
 /// What the agent needs to know of its network.
 #[derive(Debug, Clone)]
@@ -57,7 +66,16 @@ impl AgentConfig {
 #[derive(Debug)]
 pub(crate) struct Agent {
     stop: Arc<AtomicBool>,
+    vias: Arc<Mutex<Vec<(IpNet, Ipv4Addr)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// The subnets routed through next hops on the uplink (host-gw): the
+    /// whole set.
+    pub(crate) fn set_vias(&self, vias: Vec<(IpNet, Ipv4Addr)>) {
+        *self.vias.lock().unwrap_or_else(|e| e.into_inner()) = vias;
+    }
 }
 
 impl Drop for Agent {
@@ -82,13 +100,17 @@ struct State {
     port: MemoryPortHandle,
     cfg: AgentConfig,
     neigh: HashMap<Ipv4Addr, Neighbour>,
+    vias: Arc<Mutex<Vec<(IpNet, Ipv4Addr)>>>,
+    /// The subnet routes installed: their next hop and its MAC.
+    via_rules: BTreeMap<IpNet, (Ipv4Addr, MacAddr)>,
 }
 
 /// Starts the agent on `port`.
 pub(crate) fn start(sw: Arc<Switch>, port: MemoryPortHandle, cfg: AgentConfig) -> Agent {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let mut st = State { sw, port, cfg, neigh: HashMap::new() };
+    let vias = Arc::new(Mutex::new(Vec::new()));
+    let mut st = State { sw, port, cfg, neigh: HashMap::new(), vias: vias.clone(), via_rules: BTreeMap::new() };
     // The default route is the agent's: to itself until the router is
     // resolved.
     if let Some(gw) = st.cfg.gateway {
@@ -110,7 +132,7 @@ pub(crate) fn start(sw: Arc<Switch>, port: MemoryPortHandle, cfg: AgentConfig) -
             }
         })
         .ok();
-    Agent { stop, thread }
+    Agent { stop, vias, thread }
 }
 
 fn arp(op: u16, src_mac: MacAddr, src_ip: Ipv4Addr, dst_mac: MacAddr, dst_ip: Ipv4Addr) -> Vec<u8> {
@@ -166,7 +188,7 @@ impl State {
             // MAC); anything else that reached the port is not its job.
             0x0800 if f.len() >= 34 && f[6..12] == self.cfg.mac.0 => {
                 let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
-                let hop = if self.cfg.on_link(dst) { Some(dst) } else { self.cfg.gateway };
+                let hop = if self.cfg.on_link(dst) { Some(dst) } else { self.via(dst).or(self.cfg.gateway) };
                 let Some(hop) = hop else { return };
                 match self.neigh.get(&hop).and_then(|n| n.mac) {
                     Some(mac) => {
@@ -264,7 +286,54 @@ impl State {
         };
     }
 
+    /// The next hop of the most specific subnet route holding `dst`.
+    fn via(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let vias = self.vias.lock().unwrap_or_else(|e| e.into_inner());
+        vias.iter()
+            .filter(|(n, _)| n.contains(&std::net::IpAddr::V4(dst)))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(_, h)| *h)
+    }
+
+    /// The subnet routes made what the vias and the resolved neighbours
+    /// say; unresolved next hops asked for.
+    fn sync_vias(&mut self) {
+        let vias = self.vias.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut want = BTreeMap::new();
+        for (net, hop) in vias {
+            match self.neigh.get(&hop).and_then(|n| n.mac) {
+                Some(mac) => {
+                    want.insert(net, (hop, mac));
+                }
+                None if self.cfg.on_link(hop) => self.ask(hop),
+                None => {}
+            }
+        }
+        if want == self.via_rules {
+            return;
+        }
+        let c = &self.cfg;
+        let route = super::flows::ROUTE;
+        for (net, v) in &self.via_rules {
+            if want.get(net) != Some(v) {
+                let m = format!("table={route},priority={ROUTE_VIA},ip,nw_dst={net}");
+                let _ = self.sw.del_flows(&c.bridge, Some(&m), true);
+            }
+        }
+        for (net, (_, mac)) in &want {
+            if self.via_rules.get(net).map(|v| v.1) != Some(*mac) {
+                let rule = format!(
+                    "cookie={:#x},table={route},priority={ROUTE_VIA},ip,nw_dst={net},actions=mod_dl_src:{},mod_dl_dst:{mac},dec_ttl,output:{}",
+                    c.cookie, c.mac, c.uplink
+                );
+                let _ = self.sw.add_flow(&c.bridge, &rule);
+            }
+        }
+        self.via_rules = want;
+    }
+
     fn tick(&mut self) {
+        self.sync_vias();
         let now = Instant::now();
         let mut ask = Vec::new();
         let mut forget = Vec::new();

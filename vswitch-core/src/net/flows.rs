@@ -82,6 +82,22 @@ pub(crate) struct MasqWiring {
     pub(crate) agent: String,
 }
 
+/// A cluster network's part of the wiring.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterWiring {
+    /// The cluster's block.
+    pub(crate) network: ipnet::IpNet,
+    /// This host's subnets of it.
+    pub(crate) local: Vec<ipnet::IpNet>,
+    /// The gateway port's MAC (what routed packets are addressed to).
+    pub(crate) gw_mac: crate::wire::MacAddr,
+    /// The other hosts' subnets.
+    pub(crate) routes: Vec<super::RemoteSubnet>,
+    /// VXLAN: the tunnel port and this host's VTEP MAC; host-gw: none
+    /// (the masquerade uplink and agent carry it).
+    pub(crate) vxlan: Option<(String, crate::wire::MacAddr)>,
+}
+
 /// What the network-wide rules need besides the spec.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Wiring {
@@ -92,9 +108,17 @@ pub(crate) struct Wiring {
     /// With policies: the generation committed connections carry in
     /// `ct_mark`.
     pub(crate) policy_gen: Option<u32>,
+    /// With a cluster.
+    pub(crate) cluster: Option<ClusterWiring>,
 }
 
 impl Wiring {
+    /// The gateway MAC when the switch routes for the network (with
+    /// masquerade or a cluster): containers' routes are its rules then.
+    fn routing_mac(&self) -> Option<crate::wire::MacAddr> {
+        self.masq.as_ref().map(|m| m.gw_mac).or(self.cluster.as_ref().map(|c| c.gw_mac))
+    }
+
     /// `ct(commit,...)` in the network's zone, marked with the policy
     /// generation, with `nat` inside if given.
     fn commit(&self, zone: u16, nat: &str) -> String {
@@ -180,6 +204,9 @@ fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
             format!("{c},table={CONT},priority=0,actions=drop"),
         ]);
     }
+    if let Some(cw) = &w.cluster {
+        out.extend(cluster_rules(&c, &commit, cw, w.masq.as_ref()));
+    }
     let (Some(m), Some(mw)) = (&spec.masquerade, &w.masq) else { return out };
     let (x, u, a, gw) = (m.address.addr(), &m.uplink, &mw.agent, mw.gw_mac);
     out.extend([
@@ -229,6 +256,52 @@ fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
     out
 }
 
+/// A cluster network's rules: its block is never masqueraded but routed,
+/// to the host whose subnet holds the destination (through the VXLAN
+/// port, or host-gw through the uplink to that host's switch address),
+/// and what other hosts route here enters as if sent to the gateway
+/// (conntrack, policies, the containers' routes).
+fn cluster_rules(c: &str, commit: &str, cw: &ClusterWiring, masq: Option<&MasqWiring>) -> Vec<String> {
+    let (gw, block) = (cw.gw_mac, cw.network);
+    let mut out = vec![
+        format!("{c},table={NET_NEW},priority=25,ip,dl_dst={gw},nw_dst={block},actions={commit},goto_table:{ROUTE}"),
+        format!("{c},table={NET_EST},priority=16,ip,dl_dst={gw},nw_dst={block},actions=goto_table:{ROUTE}"),
+        // A part of the block no host holds: nowhere to go.
+        format!("{c},table={ROUTE},priority=15,ip,nw_dst={block},actions=drop"),
+    ];
+    let arrive = |head: &str, mac: crate::wire::MacAddr, out: &mut Vec<String>| {
+        for l in &cw.local {
+            out.push(format!("{head},ip,dl_dst={mac},nw_dst={l},actions=mod_dl_dst:{gw},goto_table:{FROM_NET}"));
+        }
+    };
+    match (&cw.vxlan, masq) {
+        (Some((port, vtep)), _) => {
+            arrive(&format!("{c},table=0,priority=70,in_port={port}"), *vtep, &mut out);
+            out.push(format!("{c},table=0,priority=69,in_port={port},actions=drop"));
+            for r in &cw.routes {
+                let Some(rmac) = r.vtep_mac else { continue };
+                out.push(format!(
+                    "{c},table={ROUTE},priority=25,ip,nw_dst={},actions=mod_dl_src:{vtep},mod_dl_dst:{rmac},dec_ttl,set_field:{}->tun_dst,output:{port}",
+                    r.subnet, r.public_ip
+                ));
+            }
+        }
+        (None, Some(mw)) => {
+            arrive(&format!("{c},table={FROM_UPLINK},priority=25"), mw.uplink_mac, &mut out);
+            // To the agent until it has the next hop's MAC (its own rule,
+            // priority 26, then sends straight to it).
+            for r in &cw.routes {
+                out.push(format!(
+                    "{c},table={ROUTE},priority=24,ip,nw_dst={},actions=mod_dl_src:{},dec_ttl,output:{}",
+                    r.subnet, mw.uplink_mac, mw.agent
+                ));
+            }
+        }
+        (None, None) => {}
+    }
+    out
+}
+
 fn mapping_rule(c: &str, table: u8, x: IpAddr, w: &Wiring, z: u16, m: &PortMapping, to: IpAddr) -> String {
     format!(
         "{c},table={table},priority=40,{},nw_dst={x},tp_dst={},actions={},goto_table:{ROUTE}",
@@ -266,21 +339,22 @@ fn attachment_rules(spec: &NetworkSpec, att: &Attachment, w: &Wiring, cookie: u6
         out.push(format!("{c},table=0,priority=94,in_port={},dl_src={},actions={next}", att.port, att.mac));
         out.push(format!("{c},table=0,priority=90,in_port={},actions=drop", att.port));
     }
-    if let (Some(m), Some(mw), Some(z)) = (&spec.masquerade, &w.masq, w.zone) {
+    if let (Some(gw), Some(_)) = (w.routing_mac(), w.zone) {
         for ip in att.ips.iter().filter(|i| i.address.addr().is_ipv4()) {
             out.push(format!(
-                "{c},table={ROUTE},priority=30,ip,nw_dst={},actions=mod_dl_src:{},mod_dl_dst:{},dec_ttl,output:{}",
+                "{c},table={ROUTE},priority=30,ip,nw_dst={},actions=mod_dl_src:{gw},mod_dl_dst:{},dec_ttl,output:{}",
                 ip.address.addr(),
-                mw.gw_mac,
                 att.mac,
                 att.port
             ));
         }
-        if let Some(to) = att.ips.iter().map(|i| i.address.addr()).find(IpAddr::is_ipv4) {
-            for pm in &att.port_mappings {
-                out.push(mapping_rule(&c, UPLINK_NEW, m.address.addr(), w, z, pm, to));
-                out.push(mapping_rule(&c, NET_NEW, m.address.addr(), w, z, pm, to));
-            }
+    }
+    if let (Some(m), Some(_), Some(z)) = (&spec.masquerade, &w.masq, w.zone)
+        && let Some(to) = att.ips.iter().map(|i| i.address.addr()).find(IpAddr::is_ipv4)
+    {
+        for pm in &att.port_mappings {
+            out.push(mapping_rule(&c, UPLINK_NEW, m.address.addr(), w, z, pm, to));
+            out.push(mapping_rule(&c, NET_NEW, m.address.addr(), w, z, pm, to));
         }
     }
     out

@@ -46,6 +46,8 @@ pub const NET_METHODS: &[&str] = &[
     "net.check",
     "net.gc",
     "net.label",
+    "net.routes",
+    "net.cluster",
     "policy.add",
     "policy.del",
     "policy.list",
@@ -53,8 +55,17 @@ pub const NET_METHODS: &[&str] = &[
 
 /// The `net.*` methods that change something (run one at a time, and the
 /// switch's configuration saved after them).
-pub const NET_CHANGES: &[&str] =
-    &["net.create", "net.delete", "net.attach", "net.detach", "net.gc", "net.label", "policy.add", "policy.del"];
+pub const NET_CHANGES: &[&str] = &[
+    "net.create",
+    "net.delete",
+    "net.attach",
+    "net.detach",
+    "net.gc",
+    "net.label",
+    "net.routes",
+    "policy.add",
+    "policy.del",
+];
 
 /// A network's definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +106,58 @@ pub struct NetworkSpec {
     /// switch owns on an uplink; published ports are reached there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masquerade: Option<Masquerade>,
+    /// The network is this host's part of a cluster network: the rest of
+    /// the cluster's block is routed to the hosts that hold it (the
+    /// routes `vswitch-agent` keeps with `net.routes`), never masqueraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// A network's place in a cluster network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The whole cluster's block (flannel's `Network`); this host's
+    /// subnet, the network's IPAM range, is a part of it.
+    pub network: IpNet,
+    /// How packets reach the other hosts.
+    pub backend: ClusterBackend,
+}
+
+/// How a cluster network's packets reach another host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ClusterBackend {
+    /// Encapsulated in VXLAN between the hosts' underlay addresses (the
+    /// kernel's UDP socket on `local_ip`:`port`), routed by VTEP MACs as
+    /// flannel's `vxlan` backend is: no ARP crosses the tunnel.
+    Vxlan {
+        /// The VXLAN network identifier.
+        vni: u32,
+        /// The UDP port (flannel's default is 8472, IANA's 4789).
+        port: u16,
+        /// This host's underlay address (the lease's `PublicIP`).
+        local_ip: std::net::Ipv4Addr,
+        /// This host's VTEP MAC (the lease's `VtepMAC`).
+        vtep_mac: MacAddr,
+    },
+    /// Routed without encapsulation to the other host's switch address
+    /// on a shared segment (flannel's `host-gw`): needs `masquerade`,
+    /// whose uplink and address are the switch's presence there.
+    HostGw,
+}
+
+/// Another host's part of a cluster network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSubnet {
+    /// Its subnet.
+    pub subnet: IpNet,
+    /// Its underlay address: the VXLAN endpoint, or host-gw's next hop.
+    pub public_ip: std::net::Ipv4Addr,
+    /// Its VTEP MAC (VXLAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<MacAddr>,
 }
 
 /// Where a network's outside traffic leaves.
@@ -188,6 +251,45 @@ impl NetworkSpec {
                     format!("the uplink gateway {g} is not in {}", m.address.trunc()),
                 ));
             }
+        }
+        if let Some(c) = &self.cluster {
+            self.validate_cluster(c)?;
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self, c: &Cluster) -> Result<()> {
+        let bad = |why: String| Err(Error::invalid("cluster", why));
+        if !c.network.addr().is_ipv4() || c.network != c.network.trunc() {
+            return bad(format!("the cluster network {} is an IPv4 block (A.B.C.D/N, host bits zero)", c.network));
+        }
+        if !self.gateway() {
+            return bad("a cluster network needs a gateway port (isGateway)".into());
+        }
+        for r in self.ipam.as_ref().map(IpamConfig::range_sets).transpose()?.iter().flatten().flatten() {
+            if r.subnet.addr().is_ipv4() && !c.network.contains(&r.subnet) {
+                return bad(format!("this host's subnet {} is not in the cluster network {}", r.subnet, c.network));
+            }
+        }
+        match &c.backend {
+            ClusterBackend::Vxlan { vni, port, vtep_mac, local_ip } => {
+                if *vni >= 1 << 24 {
+                    return bad(format!("VNI {vni} is more than 24 bits"));
+                }
+                if *port == 0 {
+                    return bad("the VXLAN UDP port is 1 to 65535".into());
+                }
+                if vtep_mac.0[0] & 1 != 0 || vtep_mac.0 == [0; 6] {
+                    return bad(format!("VTEP MAC {vtep_mac} is not a unicast address"));
+                }
+                if local_ip.is_unspecified() || local_ip.is_multicast() {
+                    return bad(format!("{local_ip} cannot be the VXLAN endpoint"));
+                }
+            }
+            ClusterBackend::HostGw if self.masquerade.is_none() => {
+                return bad("host-gw routes through the switch's own uplink address: give the network masquerade (uplink, address)".into());
+            }
+            ClusterBackend::HostGw => {}
         }
         Ok(())
     }
@@ -333,6 +435,17 @@ struct LabelArgs {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RoutesArgs {
+    network: String,
+    /// Every other host's subnet: the whole set (what is not in it goes).
+    routes: Vec<RemoteSubnet>,
+    /// What the agent reports of itself (shown by `net.cluster`).
+    #[serde(default)]
+    agent: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PolicyAddArgs {
     /// The policy document (this switch's form or a Kubernetes
     /// NetworkPolicy).
@@ -366,6 +479,11 @@ struct State {
     /// Each network's policy generation (committed connections carry it).
     #[serde(default)]
     policy_gen: BTreeMap<String, u32>,
+    /// A cluster network's routes to the other hosts (kept: forwarding
+    /// goes on with the last known ones when the agent or its store is
+    /// away, and after a restart).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    cluster_routes: BTreeMap<String, Vec<RemoteSubnet>>,
 }
 
 /// The container networks of one switch (what `vswitchd` serves as
@@ -385,6 +503,8 @@ pub struct Networks {
     /// Networks that could not be wired when the daemon started (a
     /// missing uplink, ...), with why: tried again before every request.
     unwired: Mutex<BTreeMap<String, String>>,
+    /// What each cluster network's agent last reported, and when.
+    agent_reports: Mutex<BTreeMap<String, (Value, std::time::SystemTime)>>,
 }
 
 /// FNV-1a: a hash that stays the same across builds and versions (names
@@ -442,6 +562,18 @@ fn agent_port(network: &str) -> String {
     derived_name("vsa", &[network, "agent"])
 }
 
+/// A VXLAN cluster network's tunnel port.
+fn cluster_port(network: &str) -> String {
+    derived_name("vsx", &[network, "vxlan"])
+}
+
+/// The VTEP MAC a host publishes for cluster network `network` at
+/// underlay address `public_ip`: derived, so it stays the same across
+/// restarts of the agent and the daemon.
+pub fn vtep_mac(network: &str, public_ip: std::net::Ipv4Addr) -> MacAddr {
+    derived_mac(&[network, &public_ip.to_string(), "vtep"])
+}
+
 impl State {
     /// Where attachment (`network`, `container_id`, `ifname`) is.
     fn position(&self, network: &str, container_id: &str, ifname: &str) -> Option<usize> {
@@ -479,6 +611,7 @@ impl Networks {
             agents: Mutex::new(BTreeMap::new()),
             slots: Mutex::new(BTreeMap::new()),
             unwired: Mutex::new(BTreeMap::new()),
+            agent_reports: Mutex::new(BTreeMap::new()),
         };
         let names: Vec<String> = n.lock().networks.keys().cloned().collect();
         n.unwired.lock().unwrap_or_else(|e| e.into_inner()).extend(names.into_iter().map(|k| (k, String::new())));
@@ -576,6 +709,14 @@ impl Networks {
             "net.label" => {
                 let a: LabelArgs = args(params)?;
                 self.label(&a.network, &a.container_id, &a.ifname, a.set, &a.remove).map(|()| Value::Null)
+            }
+            "net.routes" => {
+                let a: RoutesArgs = args(params)?;
+                self.set_routes(&a.network, a.routes, a.agent)
+            }
+            "net.cluster" => {
+                let a: PolicyListArgs = args(params)?;
+                Ok(self.cluster_status(a.network.as_deref()))
             }
             "policy.add" => {
                 let a: PolicyAddArgs = args(params)?;
@@ -754,6 +895,9 @@ impl Networks {
         {
             let _ = sw.del_port(&m.uplink);
         }
+        if self.owns_port(spec, &cluster_port(&spec.name)) {
+            let _ = sw.del_port(&cluster_port(&spec.name));
+        }
         rules
     }
 
@@ -803,7 +947,173 @@ impl Networks {
             agent: agent_port(&spec.name),
         });
         let policy_gen = Self::has_policies(s, &spec.name).then(|| s.policy_gen.get(&spec.name).copied().unwrap_or(1));
-        flows::Wiring { zone: s.zones.get(&spec.name).copied(), masq, policy_gen }
+        let cluster = spec.cluster.as_ref().map(|c| flows::ClusterWiring {
+            network: c.network,
+            local: Self::local_subnets(spec),
+            gw_mac: gateway_mac(spec),
+            // Only what fits the current definition (it may have changed
+            // since the agent sent them).
+            routes: s
+                .cluster_routes
+                .get(&spec.name)
+                .into_iter()
+                .flatten()
+                .filter(|r| {
+                    let local = Self::local_subnets(spec);
+                    c.network.contains(&r.subnet)
+                        && !local.iter().any(|l| l.contains(&r.subnet.addr()) || r.subnet.contains(&l.addr()))
+                })
+                .cloned()
+                .collect(),
+            vxlan: match &c.backend {
+                ClusterBackend::Vxlan { vtep_mac, .. } => Some((cluster_port(&spec.name), *vtep_mac)),
+                ClusterBackend::HostGw => None,
+            },
+        });
+        flows::Wiring { zone: s.zones.get(&spec.name).copied(), masq, policy_gen, cluster }
+    }
+
+    /// The network's IPv4 subnets (its IPAM's ranges): with a cluster,
+    /// this host's part of the cluster's block.
+    fn local_subnets(spec: &NetworkSpec) -> Vec<IpNet> {
+        let sets = spec.ipam.as_ref().and_then(|i| i.range_sets().ok()).unwrap_or_default();
+        let mut v: Vec<IpNet> =
+            sets.iter().flatten().map(|r| r.subnet.trunc()).filter(|n| n.addr().is_ipv4()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// A VXLAN cluster network's tunnel port made what its spec says
+    /// (or removed when the network has no VXLAN cluster any more).
+    fn cluster_tunnel(&self, spec: &NetworkSpec) -> Result<()> {
+        let sw = &self.switch;
+        let name = cluster_port(&spec.name);
+        let Some(Cluster { backend: ClusterBackend::Vxlan { vni, port, local_ip, .. }, .. }) = &spec.cluster else {
+            if self.owns_port(spec, &name) {
+                sw.del_port(&name)?;
+            }
+            return Ok(());
+        };
+        let mut p = PortSpec::new(&name, PortKind::Vxlan);
+        p.tag = Some(outside_vlan(spec));
+        for (k, v) in [
+            ("remote_ip", "flow".to_string()),
+            ("key", vni.to_string()),
+            ("dst_port", port.to_string()),
+            ("local_ip", local_ip.to_string()),
+        ] {
+            p.options.insert(k.into(), v);
+        }
+        p.external_ids.insert("network".into(), spec.name.clone());
+        p.external_ids.insert("role".into(), "cluster-tunnel".into());
+        match sw.port_spec(&name) {
+            Ok((b, Some(mut old))) if b == spec.bridge() => {
+                p.port_no = old.port_no.take();
+                if old != p { sw.set_port_spec(&p) } else { Ok(()) }
+            }
+            Ok((b, _)) => Err(Error::Exists(format!("port '{name}' is on bridge '{b}'"))),
+            Err(_) => sw.add_port_spec(spec.bridge(), &p, OnOpenError::Fail).map(|_| ()),
+        }
+    }
+
+    /// Makes `routes` a cluster network's routes to the other hosts (the
+    /// whole set: a subnet not in it is no longer routed) and keeps what
+    /// its agent reports of itself. Unchanged routes change nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for a missing network; [`Error::InvalidArgument`]
+    /// for a network without a cluster or a route that cannot be (not
+    /// IPv4, outside the cluster's block, overlapping this host's subnet
+    /// or another route, a VXLAN route without a VTEP MAC). Nothing
+    /// changes on error.
+    pub fn set_routes(&self, network: &str, mut routes: Vec<RemoteSubnet>, report: Value) -> Result<Value> {
+        let mut s = self.lock();
+        let spec =
+            s.networks.get(network).cloned().ok_or_else(|| Error::NotFound(format!("no network named '{network}'")))?;
+        let Some(c) = &spec.cluster else {
+            return Err(Error::invalid("cluster", format!("network '{network}' is not a cluster network")));
+        };
+        let bad = |why: String| Err(Error::invalid("route", why));
+        routes.sort_by_key(|r| r.subnet);
+        routes.dedup();
+        let local = Self::local_subnets(&spec);
+        for r in &routes {
+            if !r.subnet.addr().is_ipv4() || r.subnet != r.subnet.trunc() || !c.network.contains(&r.subnet) {
+                return bad(format!("{} is not a subnet of the cluster network {}", r.subnet, c.network));
+            }
+            if let Some(l) = local.iter().find(|l| l.contains(&r.subnet.addr()) || r.subnet.contains(&l.addr())) {
+                return bad(format!("{} overlaps this host's subnet {l}", r.subnet));
+            }
+            if matches!(c.backend, ClusterBackend::Vxlan { .. }) && r.vtep_mac.is_none() {
+                return bad(format!("{}: a VXLAN route needs the host's VTEP MAC", r.subnet));
+            }
+        }
+        if let Some(w) = routes.windows(2).find(|w| w[0].subnet.contains(&w[1].subnet.addr())) {
+            return bad(format!("{} and {} overlap", w[0].subnet, w[1].subnet));
+        }
+        if !report.is_null() {
+            self.agent_reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(network.to_string(), (report, std::time::SystemTime::now()));
+        }
+        let n = routes.len();
+        let old = s.cluster_routes.get(network).cloned().unwrap_or_default();
+        if old == routes {
+            return Ok(json!({ "changed": false, "routes": n }));
+        }
+        s.cluster_routes.insert(network.to_string(), routes);
+        if let Err(e) = self.sync(&s, &spec).and_then(|()| self.save(&s)) {
+            s.cluster_routes.insert(network.to_string(), old);
+            let _ = self.sync(&s, &spec);
+            return Err(e);
+        }
+        self.agent_vias(&s, &spec);
+        Ok(json!({ "changed": true, "routes": n }))
+    }
+
+    /// host-gw: the next hops the neighbour agent resolves for the routes.
+    fn agent_vias(&self, s: &State, spec: &NetworkSpec) {
+        if !matches!(spec.cluster, Some(Cluster { backend: ClusterBackend::HostGw, .. })) {
+            return;
+        }
+        let vias = s
+            .cluster_routes
+            .get(&spec.name)
+            .map_or_else(Vec::new, |r| r.iter().map(|r| (r.subnet, r.public_ip)).collect());
+        if let Some(a) = self.agents.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.name) {
+            a.set_vias(vias);
+        }
+    }
+
+    /// The cluster networks (or `network`): this host's subnet, the
+    /// routes to the other hosts, and the agent's last report with its
+    /// age.
+    pub fn cluster_status(&self, network: Option<&str>) -> Value {
+        let s = self.lock();
+        let reports = self.agent_reports.lock().unwrap_or_else(|e| e.into_inner());
+        let out: Vec<Value> = s
+            .networks
+            .values()
+            .filter(|n| n.cluster.is_some() && network.is_none_or(|x| x == n.name))
+            .map(|n| {
+                let (agent, age) = match reports.get(&n.name) {
+                    Some((v, at)) => (v.clone(), json!(at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0))),
+                    None => (Value::Null, Value::Null),
+                };
+                json!({
+                    "network": n.name,
+                    "bridge": n.bridge(),
+                    "cluster": n.cluster,
+                    "subnets": Self::local_subnets(n),
+                    "routes": s.cluster_routes.get(&n.name).cloned().unwrap_or_default(),
+                    "agent": agent,
+                    "reported_seconds_ago": age,
+                })
+            })
+            .collect();
+        json!(out)
     }
 
     /// Gives the network its conntrack zone (every network tracks its
@@ -885,6 +1195,8 @@ impl Networks {
         if sw.bridges().iter().any(|b| b.name == spec.bridge()) {
             flows::remove(sw, spec.bridge(), neighbour_cookie(&spec.name), false)?;
         }
+        // A VXLAN cluster's tunnel port first: the rules name it.
+        self.cluster_tunnel(spec)?;
         let Some(m) = &spec.masquerade else {
             return self.sync(s, spec);
         };
@@ -925,6 +1237,13 @@ impl Networks {
             gateway: m.gateway,
             cookie: neighbour_cookie(&spec.name),
         };
+        let vias = match &spec.cluster {
+            Some(Cluster { backend: ClusterBackend::HostGw, .. }) => s
+                .cluster_routes
+                .get(&spec.name)
+                .map_or_else(Vec::new, |r| r.iter().map(|r| (r.subnet, r.public_ip)).collect()),
+            _ => Vec::new(),
+        };
         // The agent's port first: the network's rules name it.
         let port =
             sw.add_memory_port(spec.bridge(), &name, crate::PortConfig { vlan: crate::VlanMode::access(outside)? })?;
@@ -932,7 +1251,9 @@ impl Networks {
             let _ = sw.del_port(&name);
             return Err(e);
         }
-        agents.insert(spec.name.clone(), agent::start(sw.clone(), port, cfg));
+        let a = agent::start(sw.clone(), port, cfg);
+        a.set_vias(vias);
+        agents.insert(spec.name.clone(), a);
         Ok(())
     }
 
@@ -1003,6 +1324,8 @@ impl Networks {
             }
         }
         s.networks.remove(name);
+        s.cluster_routes.remove(name);
+        self.agent_reports.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.save(&s)
     }
 
