@@ -316,6 +316,13 @@ enum Command {
         /// Only this network's.
         network: Option<String>,
     },
+    /// Cluster networks (vswitch-agent's): this host's subnet and lease,
+    /// the other hosts with their subnets, endpoints and lease TTLs, etcd,
+    /// the last synchronisation and errors.
+    ClusterShow {
+        /// Only this network.
+        network: Option<String>,
+    },
     /// Delete a network policy.
     PolicyDel {
         name: String,
@@ -832,6 +839,7 @@ enum Render {
     Conntrack,
     CtStats,
     Networks,
+    Cluster,
     Attachment,
 }
 
@@ -1121,6 +1129,7 @@ fn plan(command: Command) -> Result<Plan, String> {
             one("policy.add", json!({ "policy": doc, "network": network }), none)
         }
         Command::PolicyList { network } => one("policy.list", json!({ "network": network }), Render::Policies),
+        Command::ClusterShow { network } => one("net.cluster", json!({ "network": network }), Render::Cluster),
         Command::PolicyDel { name, if_exists } => {
             one("policy.del", json!({ "name": name, "if_exists": if_exists }), none)
         }
@@ -1187,6 +1196,98 @@ fn networks_text(r: &Value) -> String {
             if let Some(list) = pairs(&a["labels"], ",") {
                 out.push_str(&format!("        labels: {list}\n"));
             }
+        }
+    }
+    out
+}
+
+/// `cluster-show` text: per cluster network, this host, etcd, the other
+/// hosts (a table), what the agent could not use.
+fn cluster_text(r: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(t) => t.clone(),
+        v => v.to_string(),
+    };
+    for n in r.as_array().into_iter().flatten() {
+        let (c, a) = (&n["cluster"], &n["agent"]);
+        let backend = &c["backend"];
+        out.push_str(&format!("Cluster network {} ({})\n", s(&n["network"]), s(&c["network"])));
+        out.push_str(&format!("    bridge: {}\n", s(&n["bridge"])));
+        let how = match backend["type"].as_str() {
+            Some("vxlan") => format!(
+                "vxlan VNI {} port {} from {} VTEP {}",
+                s(&backend["vni"]),
+                s(&backend["port"]),
+                s(&backend["local_ip"]),
+                s(&backend["vtep_mac"])
+            ),
+            other => other.unwrap_or("?").to_string(),
+        };
+        out.push_str(&format!("    backend: {how}\n"));
+        let subnets: Vec<String> = n["subnets"].as_array().into_iter().flatten().map(s).collect();
+        out.push_str(&format!("    this host: {}", subnets.join(" ")));
+        if !a["lease"].is_null() {
+            out.push_str(&format!(
+                " lease {} TTL {} s ({} s left)",
+                s(&a["lease"]["id"]),
+                s(&a["lease"]["ttl"]),
+                s(&a["lease"]["ttl_left"])
+            ));
+        }
+        out.push('\n');
+        let age = n["reported_seconds_ago"].as_f64();
+        if a.is_null() {
+            out.push_str("    agent: no report (is vswitch-agent running?)\n");
+        } else {
+            let etcd = &a["etcd"];
+            let state =
+                if etcd["connected"] == json!(true) { "connected".to_string() } else { "unreachable".to_string() };
+            out.push_str(&format!(
+                "    etcd: {} {state} revision {}\n",
+                etcd["endpoints"].as_array().map(|e| e.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                s(&etcd["revision"])
+            ));
+            let sync = a["last_sync"].as_f64().map_or("never".to_string(), |t| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(t);
+                format!("{:.0} s ago", (now - t).max(0.0))
+            });
+            out.push_str(&format!(
+                "    agent: pid {} reported {} s ago, last sync {sync}\n",
+                s(&a["pid"]),
+                age.map_or("?".into(), |x| format!("{x:.0}"))
+            ));
+            for e in [&etcd["error"], &a["vswitchd_error"]].into_iter().filter(|e| !e.is_null()) {
+                out.push_str(&format!("    error: {}\n", s(e)));
+            }
+        }
+        let routes = n["routes"].as_array().cloned().unwrap_or_default();
+        let hosts = a["hosts"].as_array().cloned().unwrap_or_default();
+        out.push_str(&format!("    hosts: {}\n", routes.len()));
+        if !routes.is_empty() {
+            let mut rows = vec![["SUBNET", "ENDPOINT", "VTEP MAC", "LEASE", "TTL LEFT"].map(str::to_string).to_vec()];
+            for r in &routes {
+                let h = hosts.iter().find(|h| h["subnet"] == r["subnet"]).cloned().unwrap_or(Value::Null);
+                rows.push(vec![
+                    s(&r["subnet"]),
+                    s(&r["public_ip"]),
+                    s(&r["vtep_mac"]),
+                    s(&h["lease"]),
+                    h["ttl_left"].as_i64().map_or("-".into(), |t| format!("{t} s")),
+                ]);
+            }
+            let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+            for r in rows {
+                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+                out.push_str(&format!("        {}\n", line.join("  ").trim_end()));
+            }
+        }
+        for i in a["ignored"].as_array().into_iter().flatten() {
+            out.push_str(&format!("    ignored {}: {}\n", s(&i["key"]), s(&i["why"])));
         }
     }
     out
@@ -1279,6 +1380,7 @@ fn render(how: Render, results: &[Value]) -> Result<(Value, String), String> {
         Render::Conntrack => conntrack_text(&r),
         Render::CtStats => ct_stats_text(&r),
         Render::Networks => networks_text(&r),
+        Render::Cluster => cluster_text(&r),
         Render::Attachment => format!("{}\n", ips_text(&r["ips"])),
         Render::Version => {
             format!("vswitch-ctl {}\nvswitchd {}\n", env!("CARGO_PKG_VERSION"), r["version"].as_str().unwrap_or("?"))

@@ -205,7 +205,7 @@ fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
         ]);
     }
     if let Some(cw) = &w.cluster {
-        out.extend(cluster_rules(&c, &commit, cw, w.masq.as_ref()));
+        out.extend(cluster_rules(&c, z, &commit, cw, w.masq.as_ref()));
     }
     let (Some(m), Some(mw)) = (&spec.masquerade, &w.masq) else { return out };
     let (x, u, a, gw) = (m.address.addr(), &m.uplink, &mw.agent, mw.gw_mac);
@@ -261,7 +261,7 @@ fn network_rules(spec: &NetworkSpec, w: &Wiring, cookie: u64) -> Vec<String> {
 /// port, or host-gw through the uplink to that host's switch address),
 /// and what other hosts route here enters as if sent to the gateway
 /// (conntrack, policies, the containers' routes).
-fn cluster_rules(c: &str, commit: &str, cw: &ClusterWiring, masq: Option<&MasqWiring>) -> Vec<String> {
+fn cluster_rules(c: &str, z: u16, commit: &str, cw: &ClusterWiring, masq: Option<&MasqWiring>) -> Vec<String> {
     let (gw, block) = (cw.gw_mac, cw.network);
     let mut out = vec![
         format!("{c},table={NET_NEW},priority=25,ip,dl_dst={gw},nw_dst={block},actions={commit},goto_table:{ROUTE}"),
@@ -269,9 +269,13 @@ fn cluster_rules(c: &str, commit: &str, cw: &ClusterWiring, masq: Option<&MasqWi
         // A part of the block no host holds: nowhere to go.
         format!("{c},table={ROUTE},priority=15,ip,nw_dst={block},actions=drop"),
     ];
+    // Into conntrack as if from a container to the gateway (table 1
+    // does the same; the uplink's table 3 is past it, hence ct directly).
     let arrive = |head: &str, mac: crate::wire::MacAddr, out: &mut Vec<String>| {
         for l in &cw.local {
-            out.push(format!("{head},ip,dl_dst={mac},nw_dst={l},actions=mod_dl_dst:{gw},goto_table:{FROM_NET}"));
+            out.push(format!(
+                "{head},ip,dl_dst={mac},nw_dst={l},actions=mod_dl_dst:{gw},ct(table={NET_CT},zone={z},nat)"
+            ));
         }
     };
     match (&cw.vxlan, masq) {

@@ -377,6 +377,9 @@ struct CreateArgs {
     network: NetworkSpec,
     #[serde(default)]
     may_exist: bool,
+    /// An existing network of that name takes this definition.
+    #[serde(default)]
+    update: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -552,6 +555,14 @@ fn gateway_mac(spec: &NetworkSpec) -> MacAddr {
     derived_mac(&[&spec.name, "gateway"])
 }
 
+/// The switch's MAC on a masquerading network's uplink: derived from its
+/// address there too, so that hosts sharing a segment (a cluster's, or
+/// a LAN with the same network on two machines) never share it.
+fn uplink_mac(spec: &NetworkSpec) -> MacAddr {
+    let address = spec.masquerade.as_ref().map(|m| m.address.to_string()).unwrap_or_default();
+    derived_mac(&[&spec.name, "uplink", &address])
+}
+
 /// The VLAN of a masquerading network's uplink and agent ports: one its
 /// containers are not on.
 fn outside_vlan(spec: &NetworkSpec) -> u16 {
@@ -686,7 +697,11 @@ impl Networks {
         match method {
             "net.create" => {
                 let a: CreateArgs = args(params)?;
-                self.create(a.network, a.may_exist).map(|()| Value::Null)
+                if a.update {
+                    self.update(a.network).map(|changed| json!({ "changed": changed }))
+                } else {
+                    self.create(a.network, a.may_exist).map(|()| Value::Null)
+                }
             }
             "net.delete" => {
                 let a: DeleteArgs = args(params)?;
@@ -767,6 +782,20 @@ impl Networks {
             return Err(Error::Exists(format!("network '{}' already exists", spec.name)));
         }
         self.apply_network(&mut s, spec)
+    }
+
+    /// Creates the network, or gives an existing one this definition
+    /// (what `vswitch-agent` does when its subnet or MTU changes); true
+    /// if anything changed. Attachments keep their addresses.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); on error the old definition stays.
+    pub fn update(&self, spec: NetworkSpec) -> Result<bool> {
+        let mut s = self.lock();
+        if s.networks.get(&spec.name) == Some(&spec) {
+            return Ok(false);
+        }
+        self.apply_network(&mut s, spec).map(|()| true)
     }
 
     /// Makes `spec` the network's definition: its bridge, gateway port
@@ -943,7 +972,7 @@ impl Networks {
                     IpAddr::V6(_) => None,
                 })
                 .collect(),
-            uplink_mac: derived_mac(&[&spec.name, "uplink"]),
+            uplink_mac: uplink_mac(spec),
             agent: agent_port(&spec.name),
         });
         let policy_gen = Self::has_policies(s, &spec.name).then(|| s.policy_gen.get(&spec.name).copied().unwrap_or(1));
@@ -1233,7 +1262,7 @@ impl Networks {
                 IpAddr::V6(_) => return Err(Error::invalid("network", "the masquerade address is IPv4")),
             },
             prefix: m.address.prefix_len(),
-            mac: derived_mac(&[&spec.name, "uplink"]),
+            mac: uplink_mac(spec),
             gateway: m.gateway,
             cookie: neighbour_cookie(&spec.name),
         };

@@ -182,8 +182,31 @@ impl Call {
         self.conf.get("args").and_then(|a| a.get("cni")).and_then(|c| c.get(key)).filter(|v| !v.is_null())
     }
 
-    /// The network as the daemon knows it, from this configuration.
-    fn spec(&self) -> Result<Value, CniError> {
+    /// A network `vswitch-agent` defines (`"cluster": true`): this host's
+    /// part of a cluster network, its subnet the agent's lease.
+    fn cluster(&self) -> Result<bool, CniError> {
+        if !self.flag("cluster")? {
+            return Ok(false);
+        }
+        const DEFINING: &[&str] =
+            &["bridge", "ipam", "masquerade", "ipMasq", "mtu", "vlan", "isGateway", "isDefaultGateway"];
+        if let Some(k) = DEFINING.iter().find(|k| self.conf.get(**k).is_some_and(|v| !v.is_null())) {
+            return Err(err(
+                code::INVALID_CONFIG,
+                format!(
+                    "'{k}': with \"cluster\": true the network is vswitch-agent's (its --bridge, --mtu, --masquerade-*, and the subnet it leases): leave '{k}' out"
+                ),
+            ));
+        }
+        Ok(true)
+    }
+
+    /// The network as the daemon knows it, from this configuration: none
+    /// for a cluster network (the agent's).
+    fn spec(&self) -> Result<Option<Value>, CniError> {
+        if self.cluster()? {
+            return Ok(None);
+        }
         let num = |key: &str, max: u64| -> Result<Option<u64>, CniError> {
             match self.conf.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -233,7 +256,7 @@ impl Call {
         if let Some(m) = masquerade {
             spec["masquerade"] = m.clone();
         }
-        Ok(spec)
+        Ok(Some(spec))
     }
 
     /// Addresses asked for: CNI_ARGS `IP=` (comma-separated), `args.cni.ips`,
@@ -363,15 +386,18 @@ impl Call {
         self.require(&["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"])?;
         self.check_args()?;
         let spec = self.spec()?;
+        let cluster = spec.is_none();
         let mut params = json!({
             "network": self.name()?,
-            "spec": spec,
             "container_id": self.container_id,
             "ifname": self.ifname,
             "netns": self.netns,
             "request_ips": self.requested_ips()?,
             "labels": self.labels()?,
         });
+        if let Some(spec) = spec {
+            params["spec"] = spec;
+        }
         if let Some(mac) = self.mac() {
             params["mac"] = json!(mac);
         }
@@ -404,6 +430,15 @@ impl Call {
         }
         match self.daemon("net.attach", params, code::TRY_AGAIN) {
             Ok(r) => Ok(r),
+            Err(e) if cluster && e.details.ends_with(": not_found") && e.msg.starts_with("no network named") => {
+                Err(err(
+                    code::TRY_AGAIN,
+                    format!(
+                        "network '{}' is vswitch-agent's and it has not made it yet: is vswitch-agent running and joined to its cluster?",
+                        self.name()?
+                    ),
+                ))
+            }
             Err(e) => {
                 // The daemon may not have seen the request, or may still
                 // be carrying it out (a timeout): a detach, which it runs
@@ -427,7 +462,7 @@ impl Call {
 
     fn del(&self) -> Result<Value, CniError> {
         self.require(&["CNI_CONTAINERID", "CNI_IFNAME"])?;
-        let spec = self.spec().ok();
+        let spec = self.spec().ok().flatten();
         let mut params = json!({ "network": self.name()?, "container_id": self.container_id, "ifname": self.ifname });
         if let Some(s) = spec {
             params["spec"] = s;
@@ -487,7 +522,7 @@ impl Call {
             .map(|a| json!([a["containerID"].as_str().unwrap_or_default(), a["ifname"].as_str().unwrap_or_default()]))
             .collect();
         let mut params = json!({ "network": self.name()?, "valid": valid });
-        if let Ok(s) = self.spec() {
+        if let Ok(Some(s)) = self.spec() {
             params["spec"] = s;
         }
         self.daemon("net.gc", params, code::TRY_AGAIN)?;
