@@ -63,6 +63,8 @@ struct Agent {
     o: Opts,
     socket: String,
     client: Option<Client>,
+    /// The member the client talks to (an index into the endpoints).
+    pin: usize,
     cfg: Option<Config>,
     own: Option<Own>,
     /// The subnet this host had before (the state file's).
@@ -125,6 +127,7 @@ pub async fn run(o: Opts, report: Duration) -> Result<(), String> {
         o,
         socket,
         client: None,
+        pin: 0,
         cfg: None,
         own: None,
         remembered,
@@ -215,31 +218,48 @@ impl Agent {
         Ok(LeaseAttrs::new(ip, &cfg.backend, mac))
     }
 
+    /// A client pinned to one member: the one that worked last, else the
+    /// next that answers (a balanced channel over every member would
+    /// keep sending requests to a dead one).
     async fn connect(&mut self) -> Result<Client, String> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        // No per-request timeout on the channel: it would end the watch
-        // and keepalive streams too (unary requests get theirs in `t`).
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        let c = tokio::time::timeout(REQUEST, Client::connect(&self.o.etcd_endpoints, Some(opts)))
-            .await
-            .map_err(|_| format!("etcd at {} did not answer", self.o.etcd_endpoints.join(",")))?
-            .map_err(|e| format!("cannot reach etcd at {}: {e}", self.o.etcd_endpoints.join(",")))?;
-        self.client = Some(c.clone());
-        Ok(c)
+        let eps = &self.o.etcd_endpoints;
+        let mut why = Vec::new();
+        for k in 0..eps.len() {
+            let i = (self.pin + k) % eps.len();
+            // No per-request timeout on the channel: it would end the
+            // watch and keepalive streams too (unary requests get theirs
+            // in `t`).
+            let opts = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+                .with_keep_alive_while_idle(true);
+            match tokio::time::timeout(REQUEST, Client::connect([eps[i].as_str()], Some(opts))).await {
+                Ok(Ok(c)) => {
+                    if i != self.pin || self.etcd_error.is_some() {
+                        log!("talking to etcd at {}", eps[i]);
+                    }
+                    self.pin = i;
+                    self.client = Some(c.clone());
+                    return Ok(c);
+                }
+                Ok(Err(e)) => why.push(format!("{}: {e}", eps[i])),
+                Err(_) => why.push(format!("{}: no answer", eps[i])),
+            }
+        }
+        Err(format!("cannot reach etcd: {}", why.join("; ")))
     }
 
     async fn session(&mut self, report: Duration) -> End {
         match self.session_inner(report).await {
             Ok(never) => match never {},
             Err(e) => {
-                if matches!(e, End::Later(_)) {
-                    // A fresh channel next time (a member may be gone).
-                    self.client = None;
+                if matches!(e, End::Later(_)) && self.client.take().is_some() {
+                    // A fresh channel next time, to the next member first
+                    // (this one may be gone).
+                    self.pin = (self.pin + 1) % self.o.etcd_endpoints.len().max(1);
                 }
                 e
             }
