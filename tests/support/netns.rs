@@ -199,3 +199,20 @@ pub fn iperf3(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32) -> 
         ),
     }
 }
+
+/// Waits (up to 10 s) until a tcpdump started with [`NetNs::spawn`] says
+/// it is listening, so that what a test sends next is seen (a fixed
+/// sleep is not enough on a loaded machine). Its stderr is read here.
+pub fn wait_listening(tcpdump: &mut Child) {
+    let err = tcpdump.stderr.take().expect("tcpdump's stderr is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+}

@@ -5,7 +5,7 @@
 //! Nothing in `vswitchd` is undone when etcd is unreachable: the routes
 //! it has stay until a listing or a watch event says a host is gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -67,8 +67,14 @@ struct Agent {
     pin: usize,
     cfg: Option<Config>,
     own: Option<Own>,
-    /// The subnet this host had before (the state file's).
+    /// The task keeping the lease alive.
+    alive: Option<KeepAlive>,
+    /// The subnet this host had before, and its lease (the state file's).
     remembered: Option<Ipv4Net>,
+    remembered_lease: i64,
+    /// A lease granted for a transaction whose outcome is unknown (its
+    /// reply was lost): a record on it is this host's.
+    pending: i64,
     hosts: BTreeMap<String, Host>,
     /// Records under the prefix that are not a usable lease, and why.
     ignored: BTreeMap<String, String>,
@@ -82,6 +88,77 @@ struct Agent {
     last_sync: Option<SystemTime>,
     ttls: BTreeMap<i64, (i64, Instant)>,
     seed: u64,
+}
+
+/// What a lease's keepalive task last heard.
+#[derive(Debug, Clone)]
+enum Alive {
+    /// Kept: alive until then (counted from when the request was sent).
+    Until(Instant),
+    /// etcd says the lease is gone.
+    Lost,
+}
+
+/// A lease kept alive by a task of its own, on a connection of its own:
+/// nothing the session does (a slow vswitchd, a failed watch, a bad
+/// configuration, the backoff between sessions) delays it. Aborted on
+/// drop.
+struct KeepAlive {
+    rx: tokio::sync::watch::Receiver<Alive>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn options() -> ConnectOptions {
+    // No per-request timeout on the channel: it would end the watch and
+    // keepalive streams too (unary requests get theirs in `t`).
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true)
+}
+
+/// Keeps `lease` alive every TTL/3 through the members in turn (from
+/// `pin`), until etcd says it is gone.
+fn keep_alive(endpoints: Vec<String>, pin: usize, lease: i64, ttl: i64) -> KeepAlive {
+    let ttl = Duration::from_secs(ttl.max(1) as u64);
+    let (tx, rx) = tokio::sync::watch::channel(Alive::Until(Instant::now() + ttl));
+    let period = ttl / 3;
+    let task = tokio::spawn(async move {
+        for k in pin.. {
+            let ep = endpoints[k % endpoints.len().max(1)].as_str();
+            if let Ok(Ok(mut c)) = tokio::time::timeout(REQUEST, Client::connect([ep], Some(options()))).await {
+                let mut sent = Instant::now();
+                if let Ok(Ok((mut keeper, mut stream))) = tokio::time::timeout(REQUEST, c.lease_keep_alive(lease)).await
+                {
+                    loop {
+                        match tokio::time::timeout(REQUEST, stream.message()).await {
+                            Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                                let _ = tx.send(Alive::Until(sent + Duration::from_secs(r.ttl() as u64)));
+                            }
+                            Ok(Ok(Some(_))) => {
+                                let _ = tx.send(Alive::Lost);
+                                return;
+                            }
+                            _ => break,
+                        }
+                        tokio::time::sleep(period).await;
+                        sent = Instant::now();
+                        if keeper.keep_alive().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    KeepAlive { rx, task }
 }
 
 /// An etcd request with a deadline.
@@ -118,10 +195,12 @@ pub async fn run(o: Opts, report: Duration) -> Result<(), String> {
     }
     let socket = vswitch_ctl::socket_path(o.socket.as_deref());
     std::fs::create_dir_all(&o.state_dir).map_err(|e| format!("state directory {}: {e}", o.state_dir.display()))?;
-    let remembered = std::fs::read_to_string(o.state_dir.join(format!("{}.json", o.network)))
+    let state = std::fs::read_to_string(o.state_dir.join(format!("{}.json", o.network)))
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v["subnet"].as_str().and_then(|s| s.parse().ok()));
+        .unwrap_or_default();
+    let remembered = state["subnet"].as_str().and_then(|s| s.parse().ok());
+    let remembered_lease = state["lease"].as_str().and_then(|l| i64::from_str_radix(l, 16).ok()).unwrap_or(0);
     let seed = unix_seconds(SystemTime::now()).to_bits() ^ u64::from(std::process::id()).rotate_left(32);
     let mut a = Agent {
         o,
@@ -130,7 +209,10 @@ pub async fn run(o: Opts, report: Duration) -> Result<(), String> {
         pin: 0,
         cfg: None,
         own: None,
+        alive: None,
         remembered,
+        remembered_lease,
+        pending: 0,
         hosts: BTreeMap::new(),
         ignored: BTreeMap::new(),
         revision: 0,
@@ -229,14 +311,7 @@ impl Agent {
         let mut why = Vec::new();
         for k in 0..eps.len() {
             let i = (self.pin + k) % eps.len();
-            // No per-request timeout on the channel: it would end the
-            // watch and keepalive streams too (unary requests get theirs
-            // in `t`).
-            let opts = ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-                .with_keep_alive_while_idle(true);
-            match tokio::time::timeout(REQUEST, Client::connect([eps[i].as_str()], Some(opts))).await {
+            match tokio::time::timeout(REQUEST, Client::connect([eps[i].as_str()], Some(options()))).await {
                 Ok(Ok(c)) => {
                     if i != self.pin || self.etcd_error.is_some() {
                         log!("talking to etcd at {}", eps[i]);
@@ -282,6 +357,7 @@ impl Agent {
                 && !cfg.allows(own.subnet)
             {
                 log!("subnet {} is not in the new configuration: leasing another", own.subnet);
+                self.alive = None;
                 let _ = t(c.lease_revoke(own.lease)).await;
                 self.own = None;
                 self.remembered = None;
@@ -304,27 +380,27 @@ impl Agent {
         self.check_own()?;
         self.push().await;
         let own = self.own.clone().ok_or_else(|| End::Now("no lease".into()))?;
-        let (mut keeper, mut alive) = t(c.lease_keep_alive(own.lease)).await?;
+        let mut alive = self.alive.as_ref().map(|k| k.rx.clone()).ok_or_else(|| End::Now("no keepalive".into()))?;
         let mut watch = t(c.watch(
             self.subnets_prefix(),
             Some(WatchOptions::new().with_prefix().with_start_revision(self.revision + 1)),
         ))
         .await?;
-        let mut keep = tokio::time::interval(Duration::from_secs((own.ttl.max(3) / 3) as u64));
         let mut tick = tokio::time::interval(report);
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = keep.tick() => t(keeper.keep_alive()).await?,
-                m = alive.message() => match m.map_err(|e| format!("lease keepalive: {e}"))? {
-                    Some(r) if r.ttl() > 0 => {
-                        if let Some(o) = &mut self.own {
-                            o.expires = Instant::now() + Duration::from_secs(r.ttl() as u64);
+                r = alive.changed() => {
+                    let now = if r.is_ok() { alive.borrow_and_update().clone() } else { Alive::Lost };
+                    match now {
+                        Alive::Until(t) => {
+                            if let Some(o) = &mut self.own {
+                                o.expires = t;
+                            }
                         }
+                        Alive::Lost => return Err(self.lost(format!("lease {:x} of {} expired", own.lease, own.subnet))),
                     }
-                    Some(_) => return Err(self.lost(format!("lease {:x} of {} expired", own.lease, own.subnet))),
-                    None => return Err("lease keepalive stream ended".to_string().into()),
-                },
+                }
                 m = watch.message() => {
                     let Some(w) = m.map_err(|e| format!("watch: {e}"))? else {
                         return Err("the watch ended".to_string().into());
@@ -359,6 +435,11 @@ impl Agent {
                     self.push().await;
                 }
                 _ = tick.tick() => {
+                    // A changed configuration: a new session reads it.
+                    let r = t(c.get(key.as_str(), None)).await?;
+                    if r.kvs().first().map(|kv| kv.value_str().unwrap_or_default()) != Some(text.as_str()) {
+                        return Err(End::Now(format!("{key} changed: reading it again")));
+                    }
                     self.apply_network().await;
                     self.lookup_ttls(&mut c).await;
                     self.push().await;
@@ -383,6 +464,7 @@ impl Agent {
         if let Some(o) = &mut self.own {
             o.lease = 0;
         }
+        self.alive = None;
         End::Now(format!("{why}: leasing again"))
     }
 
@@ -417,13 +499,17 @@ impl Agent {
         self.seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// Makes sure this host holds a live lease: the one it has, else its
-    /// record from before (same PublicIP), else the subnet it remembers,
-    /// else a free one at random, each taken in a transaction that fails
-    /// if another host got there first.
+    /// Makes sure this host holds a live lease, kept alive: the one it
+    /// has, else its own record from before (this host's PublicIP on the
+    /// lease the state file names, or on one granted for a transaction
+    /// whose reply was lost), else the subnet it remembers, else a free
+    /// one at random; each taken in a transaction that fails if another
+    /// host got there first. A record with this host's PublicIP on
+    /// someone else's lease (another agent with the same address) is
+    /// another host's.
     async fn ensure_lease(&mut self, c: &mut Client, cfg: &Config, attrs: &LeaseAttrs) -> Result<(), End> {
         let value = serde_json::to_string(attrs).unwrap_or_default();
-        if let Some(own) = &self.own
+        if let Some(own) = self.own.clone()
             && own.lease != 0
         {
             let r = t(c.get(own.key.as_str(), None)).await?;
@@ -431,11 +517,17 @@ impl Agent {
             if live
                 && r.kvs().first().is_some_and(|kv| kv.lease() == own.lease && kv.value_str().is_ok_and(|v| v == value))
             {
+                if self.alive.as_ref().is_none_or(|k| matches!(*k.rx.borrow(), Alive::Lost)) {
+                    self.alive = Some(keep_alive(self.o.etcd_endpoints.clone(), self.pin, own.lease, own.ttl));
+                }
                 return Ok(());
             }
+            self.alive = None;
         }
         let grant = t(c.lease_grant(self.o.lease_ttl, None)).await?;
         let id = grant.id();
+        let before = [self.remembered_lease, self.pending, self.own.as_ref().map_or(0, |o| o.lease)];
+        let ours = |lease: i64| lease != 0 && before.contains(&lease);
         for _ in 0..16 {
             let r = t(c.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))).await?;
             let mut taken = BTreeMap::new();
@@ -444,11 +536,16 @@ impl Agent {
                 let a = serde_json::from_str::<LeaseAttrs>(kv.value_str().unwrap_or_default()).ok();
                 taken.insert(n, (a, kv.mod_revision(), kv.lease()));
             }
+            let is_mine = |a: &Option<LeaseAttrs>, lease: i64| {
+                ours(lease) && a.as_ref().is_some_and(|a| a.public_ip == attrs.public_ip)
+            };
+            let prefer = self.own.as_ref().map(|o| o.subnet).or(self.remembered);
+            // Ours from before: the remembered subnet's record first.
             let mine = taken
                 .iter()
-                .find(|(n, (a, ..))| cfg.allows(**n) && a.as_ref().is_some_and(|a| a.public_ip == attrs.public_ip))
+                .filter(|(n, (a, _, lease))| cfg.allows(**n) && is_mine(a, *lease))
+                .min_by_key(|(n, _)| Some(**n) != prefer)
                 .map(|(n, (_, rev, lease))| (*n, *rev, *lease));
-            let prefer = self.own.as_ref().map(|o| o.subnet).or(self.remembered);
             let (subnet, cmp, old) = if let Some((n, rev, lease)) = mine {
                 (n, Compare::mod_revision(subnet_key(self.prefix(), n), CompareOp::Equal, rev), lease)
             } else {
@@ -477,37 +574,55 @@ impl Agent {
                 value.as_str(),
                 Some(PutOptions::new().with_lease(id)),
             )]);
+            // Should the reply be lost, a record on this lease is ours.
+            self.pending = id;
             if t(c.txn(txn)).await?.succeeded() {
-                if old != 0 && old != id {
-                    // The record moved to the new lease; the old one holds
-                    // nothing now.
-                    let _ = t(c.lease_revoke(old)).await;
-                }
                 let how = if mine.is_some() { "kept" } else { "leased" };
                 log!("{how} subnet {subnet} (lease {id:x}, TTL {} s) for {}", grant.ttl(), attrs.public_ip);
                 self.own = Some(Own {
                     subnet,
-                    key,
+                    key: key.clone(),
                     lease: id,
                     ttl: grant.ttl(),
                     expires: Instant::now() + Duration::from_secs(grant.ttl().max(0) as u64),
                 });
+                self.alive = Some(keep_alive(self.o.etcd_endpoints.clone(), self.pin, id, grant.ttl()));
                 self.remembered = Some(subnet);
-                self.save_state(cfg, subnet);
+                self.remembered_lease = id;
+                self.pending = 0;
+                self.save_state(cfg, subnet, id);
+                // Our leases from before hold nothing of use now: the
+                // record moved, or another subnet's record is stale.
+                let stale: BTreeSet<i64> = taken
+                    .iter()
+                    .filter(|(n, (a, _, lease))| **n != subnet && is_mine(a, *lease))
+                    .map(|(_, (_, _, lease))| *lease)
+                    .chain((old != 0).then_some(old))
+                    .filter(|l| *l != id)
+                    .collect();
+                for l in stale {
+                    let _ = t(c.lease_revoke(l)).await;
+                }
                 return Ok(());
             }
             // Another host got there first: look again.
             tokio::time::sleep(Duration::from_millis(5 + self.random() % 45)).await;
         }
         let _ = t(c.lease_revoke(id)).await;
+        self.pending = 0;
         Err("could not lease a subnet: 16 tries lost races with other hosts".to_string().into())
     }
 
     /// The state file (the subnet, kept across restarts) and NETWORK.env
     /// (flannel's subnet.env variables, for scripts and other plugins).
-    fn save_state(&self, cfg: &Config, subnet: Ipv4Net) {
+    fn save_state(&self, cfg: &Config, subnet: Ipv4Net, lease: i64) {
         let dir = &self.o.state_dir;
-        let state = json!({ "subnet": subnet, "public_ip": self.public_ip(&cfg.backend).ok(), "network": cfg.network });
+        let state = json!({
+            "subnet": subnet,
+            "lease": format!("{lease:x}"),
+            "public_ip": self.public_ip(&cfg.backend).ok(),
+            "network": cfg.network,
+        });
         let gw = Ipv4Addr::from(u32::from(subnet.network()) + 1);
         let env = format!(
             "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={gw}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
@@ -597,7 +712,8 @@ impl Agent {
             self.hosts.values().map(|h| h.lease).filter(|l| *l != 0 && *l != own).take(TTL_LOOKUPS).collect();
         self.ttls.retain(|l, _| leases.contains(l));
         for l in leases {
-            if let Ok(r) = t(c.lease_time_to_live(l, None)).await {
+            // Only for the report: a slow etcd does not hold the session up.
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.lease_time_to_live(l, None)).await {
                 self.ttls.insert(l, (r.ttl(), Instant::now()));
             }
         }
@@ -611,9 +727,15 @@ impl Agent {
         let mut hosts: Vec<(&String, &Host)> = self.hosts.iter().filter(|(k, _)| Some(k.as_str()) != own_key).collect();
         hosts.sort_by_key(|(_, h)| h.subnet);
         let own = self.own.as_ref().map(|o| o.subnet);
+        let own_ip = self.public_ip(&cfg.backend).ok();
         let mut out: Vec<RemoteSubnet> = Vec::new();
         for (k, h) in hosts {
-            let why = if !cfg.network.contains(&h.subnet) {
+            let why = if Some(h.attrs.public_ip) == own_ip {
+                Some(format!(
+                    "{} carries this host's PublicIP {} (a stale record of this host, or another host with the same address)",
+                    h.subnet, h.attrs.public_ip
+                ))
+            } else if !cfg.network.contains(&h.subnet) {
                 Some(format!("{} is outside the cluster network {}", h.subnet, cfg.network))
             } else if own.is_some_and(|o| o.contains(&h.subnet.network()) || h.subnet.contains(&o.network())) {
                 Some(format!("{} overlaps this host's subnet", h.subnet))
@@ -659,6 +781,9 @@ impl Agent {
                 "id": format!("{:x}", o.lease),
                 "ttl": o.ttl,
                 "ttl_left": o.expires.saturating_duration_since(now).as_secs(),
+                // Not kept alive for longer than its TTL (etcd away): it
+                // may be gone, and the subnet another host's.
+                "expired": o.lease != 0 && o.expires < now,
             })),
             "etcd": {
                 "endpoints": self.o.etcd_endpoints,
@@ -709,10 +834,17 @@ impl Agent {
     /// host's routes at once (vswitchd keeps the network and the routes
     /// it has).
     async fn stop(&mut self) {
+        // Keepalives stop first; a client is made if the session had none.
+        self.alive = None;
+        if self.own.as_ref().is_some_and(|o| o.lease != 0) && self.client.is_none() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), self.connect()).await;
+        }
         if let (Some(c), Some(own)) = (&mut self.client, &self.own)
             && own.lease != 0
         {
-            match t(c.lease_revoke(own.lease)).await {
+            let revoke = tokio::time::timeout(Duration::from_secs(2), c.lease_revoke(own.lease));
+            match revoke.await.map_err(|_| "etcd did not answer".to_string()).and_then(|r| r.map_err(|e| e.to_string()))
+            {
                 Ok(_) => {
                     log!("revoked lease {:x} of {}", own.lease, own.subnet);
                     if let Some(o) = &mut self.own {

@@ -242,6 +242,7 @@ struct Host {
     backend: Backend,
     endpoints: String,
     ttl: u32,
+    uplink: bool,
     daemon: Option<Child>,
     agent: Option<Child>,
     containers: Vec<Container>,
@@ -255,6 +256,12 @@ struct Container {
 
 impl Host {
     fn new(u: &mut Underlay, i: u32, backend: Backend, ttl: u32) -> Host {
+        Self::with_uplink(u, i, backend, ttl, true)
+    }
+
+    /// `uplink`: the switch masquerades behind its own underlay address
+    /// (host-gw needs it; VXLAN does without).
+    fn with_uplink(u: &mut Underlay, i: u32, backend: Backend, ttl: u32, uplink: bool) -> Host {
         let ns = NetNs::new();
         u.plug(&ns, i);
         let dir = u.dir.join(format!("host{i}"));
@@ -267,6 +274,7 @@ impl Host {
             backend,
             endpoints: u.endpoints(),
             ttl,
+            uplink,
             daemon: None,
             agent: None,
             containers: Vec::new(),
@@ -303,13 +311,17 @@ impl Host {
             self.ttl.to_string(),
             "--report-interval".into(),
             "1".into(),
-            // Every host masquerades its outside traffic behind its own
-            // address on the underlay (host-gw's endpoint).
-            "--uplink".into(),
-            "u0".into(),
-            "--uplink-address".into(),
-            format!("10.99.0.{}/24", 100 + self.i),
         ];
+        if self.uplink {
+            // Outside traffic masqueraded behind the switch's own address
+            // on the underlay (host-gw's endpoint).
+            a.extend([
+                "--uplink".into(),
+                "u0".into(),
+                "--uplink-address".into(),
+                format!("10.99.0.{}/24", 100 + self.i),
+            ]);
+        }
         if self.backend == Backend::Vxlan {
             a.extend(["--public-ip".into(), format!("10.99.0.{}", 10 + self.i)]);
         }
@@ -613,14 +625,19 @@ fn a_killed_host_loses_its_routes_after_the_ttl_and_gets_its_subnet_back() {
     let _one = serial();
     let mut u = Underlay::with_etcd(1, VXLAN);
     let ttl = 4;
-    let mut h1 = Host::new(&mut u, 1, Backend::Vxlan, ttl);
-    let mut h2 = Host::new(&mut u, 2, Backend::Vxlan, ttl);
+    // VXLAN alone, no uplink.
+    let mut h1 = Host::with_uplink(&mut u, 1, Backend::Vxlan, ttl, false);
+    let mut h2 = Host::with_uplink(&mut u, 2, Backend::Vxlan, ttl, false);
     let (s1, s2) = (h1.subnet(), h2.subnet());
     h1.wait_routes(&[s2.clone()].into(), Duration::from_secs(20));
     h1.attach(None);
     h2.attach(None);
     let ip2 = h2.containers[0].ip.clone();
     assert!(h1.containers[0].ns.ping(&ip2, 2));
+    // The host at its gateway address, and it back.
+    let gw1 = s1.replace(".0/24", ".1");
+    assert!(h1.containers[0].ns.ping(&gw1, 2), "a container reaches its host's gateway address {gw1}");
+    assert!(h1.ns.ping(&h1.containers[0].ip, 2), "the host reaches its container");
 
     // An agent restarted within its TTL keeps its subnet (its record,
     // moved to a new lease); the other host never loses the route.
@@ -823,4 +840,22 @@ fn bad_configuration_and_records_are_reported_not_fatal() {
     assert!(ignored.contains("10.244.201.0-24") && ignored.contains("its backend is 'host-gw'"), "{ignored}");
     assert!(!s1.is_empty());
     let _ = &mut h1;
+}
+
+/// docs/cluster.md's walkthrough, as a new user runs it.
+#[test]
+fn the_example_cluster_runs() {
+    let _one = serial();
+    require_root();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bins = bin("vswitchd").parent().unwrap().to_path_buf();
+    let out = Command::new("bash")
+        .arg(root.join("examples/cluster.sh"))
+        .env("VSWITCH_BIN", &bins)
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "examples/cluster.sh failed: {}", text(&out));
+    assert_eq!(stdout.matches(": ok").count(), 30, "{stdout}");
+    assert!(stdout.contains("Cluster network cluster (10.244.0.0/16)"), "{stdout}");
 }

@@ -135,8 +135,8 @@ fn settings_take_effect_on_live_traffic_and_survive_a_restart() {
     a.run(&["ip", "neigh", "flush", "all"]);
     // VLAN 20 is a trunk VLAN on a's port: b's untagged broadcasts leave
     // there tagged 20 (this kernel has no VLAN devices to answer them).
-    let dump = a.spawn(&["timeout", "10", "tcpdump", "-e", "-n", "-c", "1", "-i", &va.inner, "vlan 20 and arp"]);
-    std::thread::sleep(Duration::from_millis(800));
+    let mut dump = a.spawn(&["timeout", "10", "tcpdump", "-e", "-n", "-c", "1", "-i", &va.inner, "vlan 20 and arp"]);
+    vswitch_tests::netns::wait_listening(&mut dump);
     let _ = b.ping("10.77.0.1", 2);
     let seen = dump.wait_with_output().expect("tcpdump");
     let text = String::from_utf8_lossy(&seen.stdout);
@@ -202,7 +202,7 @@ fn a_mirror_and_capture_see_both_directions() {
     std::fs::create_dir_all(&dir).unwrap();
     let mirrored = dir.join("mirror.pcap").display().to_string();
     let mut dump = m.spawn(&["tcpdump", "-i", &vm.inner, "-n", "-U", "-c", "4", "-w", &mirrored, "icmp"]);
-    std::thread::sleep(Duration::from_millis(800));
+    vswitch_tests::netns::wait_listening(&mut dump);
     // And `capture` of the same port, to a pcap file.
     let captured = dir.join("capture.pcap").display().to_string();
     let cap = Command::new(env!("CARGO_BIN_EXE_vswitch-ctl"))

@@ -89,6 +89,8 @@ pub(crate) struct ClusterWiring {
     pub(crate) network: ipnet::IpNet,
     /// This host's subnets of it.
     pub(crate) local: Vec<ipnet::IpNet>,
+    /// The gateway's IPv4 addresses (the host's, on the gateway port).
+    pub(crate) gw_ips: Vec<std::net::Ipv4Addr>,
     /// The gateway port's MAC (what routed packets are addressed to).
     pub(crate) gw_mac: crate::wire::MacAddr,
     /// The other hosts' subnets.
@@ -269,6 +271,15 @@ fn cluster_rules(c: &str, z: u16, commit: &str, cw: &ClusterWiring, masq: Option
         // A part of the block no host holds: nowhere to go.
         format!("{c},table={ROUTE},priority=15,ip,nw_dst={block},actions=drop"),
     ];
+    // The host at its gateway addresses, switched (with masquerade its
+    // rules do this).
+    if masq.is_none() {
+        for g in &cw.gw_ips {
+            let to_host = format!("ip,dl_dst={gw},nw_dst={g}");
+            out.push(format!("{c},table={NET_NEW},priority=31,{to_host},actions={commit},NORMAL"));
+            out.push(format!("{c},table={NET_EST},priority=30,{to_host},actions=NORMAL"));
+        }
+    }
     // Into conntrack as if from a container to the gateway (table 1
     // does the same; the uplink's table 3 is past it, hence ct directly).
     let arrive = |head: &str, mac: crate::wire::MacAddr, out: &mut Vec<String>| {

@@ -961,23 +961,25 @@ impl Networks {
     /// The network's wiring for its rules: its zone, derived MACs and
     /// gateway addresses with masquerade, its policy generation.
     fn wiring(&self, s: &State, spec: &NetworkSpec) -> flows::Wiring {
+        let gw_ips: Vec<std::net::Ipv4Addr> = self
+            .gateway_set(s, spec)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| match n.addr() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         let masq = spec.masquerade.as_ref().map(|_| flows::MasqWiring {
             gw_mac: gateway_mac(spec),
-            gw_ips: self
-                .gateway_set(s, spec)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|n| match n.addr() {
-                    IpAddr::V4(a) => Some(a),
-                    IpAddr::V6(_) => None,
-                })
-                .collect(),
+            gw_ips: gw_ips.clone(),
             uplink_mac: uplink_mac(spec),
             agent: agent_port(&spec.name),
         });
         let policy_gen = Self::has_policies(s, &spec.name).then(|| s.policy_gen.get(&spec.name).copied().unwrap_or(1));
         let cluster = spec.cluster.as_ref().map(|c| flows::ClusterWiring {
             network: c.network,
+            gw_ips,
             local: Self::local_subnets(spec),
             gw_mac: gateway_mac(spec),
             // Only what fits the current definition (it may have changed
@@ -1107,13 +1109,21 @@ impl Networks {
         if !matches!(spec.cluster, Some(Cluster { backend: ClusterBackend::HostGw, .. })) {
             return;
         }
-        let vias = s
-            .cluster_routes
-            .get(&spec.name)
-            .map_or_else(Vec::new, |r| r.iter().map(|r| (r.subnet, r.public_ip)).collect());
+        let vias = self.vias(s, spec);
         if let Some(a) = self.agents.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.name) {
             a.set_vias(vias);
         }
+    }
+
+    /// host-gw: the routes' next hops, of the routes the wiring uses
+    /// (those that fit the network's current definition).
+    fn vias(&self, s: &State, spec: &NetworkSpec) -> Vec<(IpNet, std::net::Ipv4Addr)> {
+        if !matches!(spec.cluster, Some(Cluster { backend: ClusterBackend::HostGw, .. })) {
+            return Vec::new();
+        }
+        self.wiring(s, spec)
+            .cluster
+            .map_or_else(Vec::new, |c| c.routes.iter().map(|r| (r.subnet, r.public_ip)).collect())
     }
 
     /// The cluster networks (or `network`): this host's subnet, the
@@ -1266,13 +1276,7 @@ impl Networks {
             gateway: m.gateway,
             cookie: neighbour_cookie(&spec.name),
         };
-        let vias = match &spec.cluster {
-            Some(Cluster { backend: ClusterBackend::HostGw, .. }) => s
-                .cluster_routes
-                .get(&spec.name)
-                .map_or_else(Vec::new, |r| r.iter().map(|r| (r.subnet, r.public_ip)).collect()),
-            _ => Vec::new(),
-        };
+        let vias = self.vias(s, spec);
         // The agent's port first: the network's rules name it.
         let port =
             sw.add_memory_port(spec.bridge(), &name, crate::PortConfig { vlan: crate::VlanMode::access(outside)? })?;
