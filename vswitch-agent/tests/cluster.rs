@@ -859,3 +859,116 @@ fn the_example_cluster_runs() {
     assert_eq!(stdout.matches(": ok").count(), 30, "{stdout}");
     assert!(stdout.contains("Cluster network cluster (10.244.0.0/16)"), "{stdout}");
 }
+
+/// `net.routes` and a cluster `net.create` refuse what cannot be, with a
+/// structured error, and change nothing.
+#[test]
+fn bad_routes_and_cluster_definitions_are_refused_whole() {
+    let _one = serial();
+    let mut u = Underlay::new();
+    let h = Host {
+        i: 1,
+        dir: u.dir.join("host1"),
+        socket: u.dir.join("host1/vswitchd.sock").display().to_string(),
+        backend: Backend::Vxlan,
+        endpoints: String::new(),
+        ttl: 10,
+        uplink: false,
+        daemon: None,
+        agent: None,
+        containers: Vec::new(),
+        ns: NetNs::new(),
+    };
+    u.plug(&h.ns, 1);
+    std::fs::create_dir_all(&h.dir).unwrap();
+    let mut h = h;
+    h.start_daemon();
+    let call = |method: &str, params: Value| -> Result<Value, (String, String)> {
+        let mut c = vswitch_ctl::Client::connect(&h.socket, Duration::from_secs(10)).expect("connect");
+        c.call(method, params).map_err(|e| match e {
+            vswitch_ctl::CallError::Rpc(kind, m) => (kind, m),
+            vswitch_ctl::CallError::Unreachable(m) => ("unreachable".into(), m),
+        })
+    };
+    let spec = |backend: Value| {
+        json!({
+            "name": "cluster", "bridge": "vsc0", "is_gateway": true, "is_default_gateway": true,
+            "ipam": { "type": "vswitch", "subnet": "10.244.1.0/24" },
+            "cluster": { "network": "10.244.0.0/16", "backend": backend },
+        })
+    };
+    let vxlan =
+        json!({ "type": "vxlan", "vni": 7, "port": 8472, "local_ip": "10.99.0.11", "vtep_mac": "02:00:00:00:00:11" });
+    // Definitions that cannot be: nothing is made.
+    for (bad, why) in [
+        (spec(json!({ "type": "host-gw" })), "masquerade"),
+        (
+            spec(
+                json!({ "type": "vxlan", "vni": 16777216, "port": 8472, "local_ip": "10.99.0.11", "vtep_mac": "02:00:00:00:00:11" }),
+            ),
+            "24 bits",
+        ),
+        (
+            spec(
+                json!({ "type": "vxlan", "vni": 7, "port": 8472, "local_ip": "10.99.0.11", "vtep_mac": "01:00:00:00:00:11" }),
+            ),
+            "unicast",
+        ),
+        (
+            {
+                let mut s = spec(vxlan.clone());
+                s["ipam"]["subnet"] = json!("10.9.1.0/24");
+                s
+            },
+            "not in the cluster network",
+        ),
+        (
+            {
+                let mut s = spec(vxlan.clone());
+                s["cluster"]["network"] = json!("10.244.0.1/16");
+                s
+            },
+            "host bits",
+        ),
+    ] {
+        let (kind, m) = call("net.create", json!({ "network": bad, "update": true })).expect_err("refused");
+        assert_eq!(kind, "invalid_argument", "{m}");
+        assert!(m.contains(why), "{m}");
+    }
+    assert!(!h.ctl(&["list-br"]).stdout.windows(4).any(|w| w == b"vsc0"), "no bridge was made");
+    call("net.create", json!({ "network": spec(vxlan.clone()), "update": true })).expect("a good definition");
+    assert_eq!(call("net.create", json!({ "network": spec(vxlan), "update": true })).unwrap()["changed"], json!(false));
+
+    let route =
+        |subnet: &str, mac: Option<&str>| json!({ "subnet": subnet, "public_ip": "10.99.0.12", "vtep_mac": mac });
+    let good = json!([route("10.244.2.0/24", Some("02:00:00:00:00:12"))]);
+    assert_eq!(call("net.routes", json!({ "network": "cluster", "routes": good })).unwrap()["changed"], json!(true));
+    for (routes, why) in [
+        (json!([route("10.245.0.0/24", Some("02:00:00:00:00:12"))]), "not a subnet of the cluster network"),
+        (json!([route("10.244.1.0/25", Some("02:00:00:00:00:12"))]), "overlaps this host's subnet"),
+        (
+            json!([
+                route("10.244.2.0/24", Some("02:00:00:00:00:12")),
+                route("10.244.2.0/23", Some("02:00:00:00:00:13"))
+            ]),
+            "overlap",
+        ),
+        (json!([route("10.244.3.0/24", None)]), "VTEP MAC"),
+        (json!([route("10.244.3.1/24", Some("02:00:00:00:00:12"))]), "not a subnet"),
+    ] {
+        let (kind, m) = call("net.routes", json!({ "network": "cluster", "routes": routes })).expect_err("refused");
+        assert_eq!(kind, "invalid_argument", "{m}");
+        assert!(m.contains(why), "{m}");
+    }
+    let (kind, _) = call("net.routes", json!({ "network": "nope", "routes": [] })).expect_err("no such network");
+    assert_eq!(kind, "not_found");
+    let (kind, m) = call("net.routes", json!({ "network": "cluster", "routes": "x" })).expect_err("malformed");
+    assert!(kind.starts_with("invalid") && m.contains("invalid params"), "{kind}: {m}");
+    // The accepted set stands, and is what the flows say.
+    assert_eq!(h.routes(), ["10.244.2.0/24".to_string()].into());
+    let flows = String::from_utf8_lossy(&h.ctl(&["dump-flows", "vsc0", "table=240"]).stdout).to_string();
+    assert!(flows.contains("nw_dst=10.244.2.0/24") && flows.contains("10.99.0.12->tun_dst"), "{flows}");
+    call("net.routes", json!({ "network": "cluster", "routes": [] })).unwrap();
+    let flows = String::from_utf8_lossy(&h.ctl(&["dump-flows", "vsc0", "table=240"]).stdout).to_string();
+    assert!(!flows.contains("10.244.2.0/24"), "{flows}");
+}
