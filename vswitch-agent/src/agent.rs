@@ -6,7 +6,7 @@
 //! it has stay until a listing or a watch event says a host is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
@@ -15,7 +15,7 @@ use etcd_client::{
 use ipnet::{IpNet, Ipv4Net};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
-use vswitch_core::net::RemoteSubnet;
+use vswitch_core::net::{RemoteEndpoint, RemoteSubnet};
 use vswitch_ctl::CallError;
 
 use crate::Opts;
@@ -27,6 +27,9 @@ const REQUEST: Duration = Duration::from_secs(5);
 const DAEMON: Duration = Duration::from_secs(10);
 /// Backoff between sessions: from, to.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+/// How often this host's containers and labels are read from vswitchd
+/// and, if they changed, published.
+const PUBLISH: Duration = Duration::from_secs(1);
 /// Hosts whose lease TTL is looked up for the report (beyond that only
 /// the count matters to a reader).
 const TTL_LOOKUPS: usize = 64;
@@ -76,6 +79,10 @@ struct Agent {
     /// reply was lost): a record on it is this host's.
     pending: i64,
     hosts: BTreeMap<String, Host>,
+    /// Each host's containers and labels, by its subnet.
+    endpoints: BTreeMap<Ipv4Net, Vec<RemoteEndpoint>>,
+    /// What this host published last (on which lease).
+    published: Option<(i64, Vec<RemoteEndpoint>)>,
     /// Records under the prefix that are not a usable lease, and why.
     ignored: BTreeMap<String, String>,
     revision: i64,
@@ -214,6 +221,8 @@ pub async fn run(o: Opts, report: Duration) -> Result<(), String> {
         remembered_lease,
         pending: 0,
         hosts: BTreeMap::new(),
+        endpoints: BTreeMap::new(),
+        published: None,
         ignored: BTreeMap::new(),
         revision: 0,
         connected: false,
@@ -378,6 +387,15 @@ impl Agent {
             self.record(kv.key_str().unwrap_or_default(), kv.value_str().unwrap_or_default(), kv.lease());
         }
         self.check_own()?;
+        // The other hosts' containers (policy peers), the same way.
+        let r = t(c.get(self.endpoints_prefix(), Some(GetOptions::new().with_prefix()))).await?;
+        let endpoints_rev = r.header().map_or(0, |h| h.revision());
+        self.endpoints.clear();
+        for kv in r.kvs() {
+            self.endpoint_record(kv.key_str().unwrap_or_default(), Some(kv.value_str().unwrap_or_default()));
+        }
+        self.published = None;
+        self.publish(&mut c).await?;
         self.push().await;
         let own = self.own.clone().ok_or_else(|| End::Now("no lease".into()))?;
         let mut alive = self.alive.as_ref().map(|k| k.rx.clone()).ok_or_else(|| End::Now("no keepalive".into()))?;
@@ -386,10 +404,37 @@ impl Agent {
             Some(WatchOptions::new().with_prefix().with_start_revision(self.revision + 1)),
         ))
         .await?;
+        let mut peers = t(c.watch(
+            self.endpoints_prefix(),
+            Some(WatchOptions::new().with_prefix().with_start_revision(endpoints_rev + 1)),
+        ))
+        .await?;
         let mut tick = tokio::time::interval(report);
         tick.tick().await;
+        let mut labels = tokio::time::interval(PUBLISH);
         loop {
             tokio::select! {
+                m = peers.message() => {
+                    let Some(w) = m.map_err(|e| format!("watch: {e}"))? else {
+                        return Err("the watch ended".to_string().into());
+                    };
+                    if w.compact_revision() > 0 {
+                        return Err(End::Now("watch compacted: listing again".into()));
+                    }
+                    if w.canceled() {
+                        return Err(format!("etcd cancelled the watch: {}", w.cancel_reason()).into());
+                    }
+                    for ev in w.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let value = match ev.event_type() {
+                            EventType::Put => Some(kv.value_str().unwrap_or_default()),
+                            EventType::Delete => None,
+                        };
+                        self.endpoint_record(kv.key_str().unwrap_or_default(), value);
+                    }
+                    self.push().await;
+                }
+                _ = labels.tick() => self.publish(&mut c).await?,
                 r = alive.changed() => {
                     let now = if r.is_ok() { alive.borrow_and_update().clone() } else { Alive::Lost };
                     match now {
@@ -466,6 +511,69 @@ impl Agent {
         }
         self.alive = None;
         End::Now(format!("{why}: leasing again"))
+    }
+
+    fn endpoints_prefix(&self) -> String {
+        format!("{}/vswitch/endpoints/", self.prefix())
+    }
+
+    /// A record under `vswitch/endpoints/` (a host's containers and their
+    /// labels), or its removal.
+    fn endpoint_record(&mut self, key: &str, value: Option<&str>) {
+        let Some(subnet) = key.strip_prefix(&self.endpoints_prefix()).and_then(|rest| {
+            let (a, l) = rest.split_once('-')?;
+            Ipv4Net::new(a.parse().ok()?, l.parse().ok()?).ok()
+        }) else {
+            return;
+        };
+        self.ignored.remove(key);
+        match value.map(serde_json::from_str::<Vec<RemoteEndpoint>>) {
+            None => {
+                self.endpoints.remove(&subnet);
+            }
+            Some(Ok(list)) => {
+                self.endpoints.insert(subnet, list);
+            }
+            Some(Err(e)) => {
+                self.endpoints.remove(&subnet);
+                self.ignored.insert(key.into(), format!("not a list of endpoints: {e}"));
+            }
+        }
+    }
+
+    /// Publishes this host's containers with their labels (what other
+    /// hosts' policies select peers by), attached to the lease, when
+    /// they changed.
+    async fn publish(&mut self, c: &mut Client) -> Result<(), End> {
+        let Some(own) = self.own.clone().filter(|o| o.lease != 0) else { return Ok(()) };
+        let Ok(list) = daemon(&self.socket, "net.list", Value::Null).await else { return Ok(()) };
+        let mut mine: Vec<RemoteEndpoint> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["network"]["name"] == json!(self.o.network))
+            .flat_map(|n| n["attachments"].as_array().cloned().unwrap_or_default())
+            .flat_map(|a| {
+                let labels: BTreeMap<String, String> = serde_json::from_value(a["labels"].clone()).unwrap_or_default();
+                a["ips"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse::<Ipv4Addr>().ok())
+                    .filter(|ip| own.subnet.contains(ip))
+                    .map(|ip| RemoteEndpoint { ip: IpAddr::V4(ip), labels: labels.clone() })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        mine.sort_by_key(|e| e.ip);
+        if self.published.as_ref().is_some_and(|p| p.0 == own.lease && p.1 == mine) {
+            return Ok(());
+        }
+        let key = format!("{}{}-{}", self.endpoints_prefix(), own.subnet.network(), own.subnet.prefix_len());
+        let value = serde_json::to_string(&mine).unwrap_or_default();
+        t(c.put(key, value, Some(PutOptions::new().with_lease(own.lease)))).await?;
+        self.published = Some((own.lease, mine));
+        Ok(())
     }
 
     /// A record under `subnets/`: a host, or why it is not one.
@@ -808,7 +916,21 @@ impl Agent {
             }
         }
         let (routes, skipped) = self.routes();
-        let params = json!({ "network": self.o.network, "routes": routes, "agent": self.report(&skipped) });
+        // The routed hosts' containers, each inside its host's subnet.
+        let endpoints: Vec<&RemoteEndpoint> = routes
+            .iter()
+            .filter_map(|r| match r.subnet {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            })
+            .flat_map(|n| self.endpoints.get(&n).into_iter().flatten().filter(move |e| IpNet::V4(n).contains(&e.ip)))
+            .collect();
+        let params = json!({
+            "network": self.o.network,
+            "routes": routes,
+            "endpoints": endpoints,
+            "agent": self.report(&skipped),
+        });
         match daemon(&self.socket, "net.routes", params).await {
             Ok(r) => {
                 if r["changed"] == json!(true) || self.pushed.is_none() {

@@ -393,6 +393,11 @@ impl Host {
     /// A container attached through vswitch-cni (`"cluster": true`),
     /// publishing `publish` (host port, container port) if given.
     fn attach(&mut self, publish: Option<(u16, u16)>) -> usize {
+        self.attach_labeled(publish, json!({}))
+    }
+
+    /// The same with labels (CNI `args.cni.labels`).
+    fn attach_labeled(&mut self, publish: Option<(u16, u16)>, labels: Value) -> usize {
         let ns = NetNs::new();
         let mut conf = json!({
             "cniVersion": "1.0.0",
@@ -401,6 +406,7 @@ impl Host {
             "cluster": true,
             "socket": self.socket,
         });
+        conf["args"] = json!({ "cni": { "labels": labels } });
         if let Some((h, c)) = publish {
             conf["capabilities"] = json!({ "portMappings": true });
             conf["runtimeConfig"] =
@@ -511,9 +517,11 @@ fn three_hosts(backend: Backend) {
         let others: BTreeSet<String> = subnets.iter().filter(|s| *s != own).cloned().collect();
         h.wait_routes(&others, Duration::from_secs(20));
     }
-    // Host 2's first container publishes port 8080.
+    // Host 2's first container publishes port 8080; host 3's first is a
+    // "client" (for a policy below).
     for h in &mut hosts {
-        h.attach(if h.i == 2 { Some((8080, 80)) } else { None });
+        let labels = if h.i == 3 { json!({ "app": "client" }) } else { json!({}) };
+        h.attach_labeled(if h.i == 2 { Some((8080, 80)) } else { None }, labels);
         h.attach(None);
     }
     // Containers get addresses of their host's subnet.
@@ -563,6 +571,22 @@ fn three_hosts(backend: Backend) {
     assert!(!hosts[1].containers[1].ns.ping(&target, 1), "another container of host 2 no longer does");
     assert!(!hosts[2].containers[0].ns.ping(&target, 1), "nor one of host 3");
     assert!(hosts[0].containers[0].ns.ping(&hosts[2].containers[0].ip, 2), "host 1's egress is not restricted");
+    // The same policy by labels: a podSelector picks host 3's "client"
+    // (its host publishes its containers' labels through etcd).
+    let policy = json!({
+        "name": "from-one-peer",
+        "network": "cluster",
+        "podSelector": {},
+        "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "app": "client" } } }] }],
+    });
+    std::fs::write(&file, policy.to_string()).unwrap();
+    let out = hosts[0].ctl(&["policy-add", file.to_str().unwrap()]);
+    assert!(out.status.success(), "policy-add: {}", text(&out));
+    wait_until("host 3's client, picked by its labels, reaches host 1", Duration::from_secs(10), || {
+        hosts[2].containers[0].ns.exec(&["ping", "-c", "1", "-W", "1", &target]).status.success()
+    });
+    assert!(!hosts[1].containers[0].ns.ping(&target, 1), "host 2's container, no client, no longer does");
+    assert!(!hosts[2].containers[1].ns.ping(&target, 1), "nor host 3's other container");
 
     // cluster-show's text names the other hosts.
     let out = hosts[0].ctl(&["cluster-show"]);
@@ -960,6 +984,9 @@ fn bad_routes_and_cluster_definitions_are_refused_whole() {
         assert_eq!(kind, "invalid_argument", "{m}");
         assert!(m.contains(why), "{m}");
     }
+    let stray = json!({ "network": "cluster", "routes": good, "endpoints": [{ "ip": "10.244.9.9", "labels": {} }] });
+    let (kind, m) = call("net.routes", stray).expect_err("an endpoint of no routed host");
+    assert!(kind == "invalid_argument" && m.contains("in no other host's subnet"), "{m}");
     let (kind, _) = call("net.routes", json!({ "network": "nope", "routes": [] })).expect_err("no such network");
     assert_eq!(kind, "not_found");
     let (kind, m) = call("net.routes", json!({ "network": "cluster", "routes": "x" })).expect_err("malformed");

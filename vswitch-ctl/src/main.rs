@@ -1267,7 +1267,11 @@ fn cluster_text(r: &Value) -> String {
         }
         let routes = n["routes"].as_array().cloned().unwrap_or_default();
         let hosts = a["hosts"].as_array().cloned().unwrap_or_default();
-        out.push_str(&format!("    hosts: {}\n", routes.len()));
+        out.push_str(&format!(
+            "    hosts: {} (with {} containers known as policy peers)\n",
+            routes.len(),
+            n["endpoints"].as_u64().unwrap_or(0)
+        ));
         if !routes.is_empty() {
             let mut rows = vec![["SUBNET", "ENDPOINT", "VTEP MAC", "LEASE", "TTL LEFT"].map(str::to_string).to_vec()];
             for r in &routes {

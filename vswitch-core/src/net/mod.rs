@@ -160,6 +160,18 @@ pub struct RemoteSubnet {
     pub vtep_mac: Option<MacAddr>,
 }
 
+/// A container of a cluster network on another host, as its host
+/// published it: a peer that policies' `podSelector`s pick by its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteEndpoint {
+    /// Its address (in its host's subnet).
+    pub ip: IpAddr,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Where a network's outside traffic leaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -445,6 +457,10 @@ struct RoutesArgs {
     /// What the agent reports of itself (shown by `net.cluster`).
     #[serde(default)]
     agent: Value,
+    /// The other hosts' containers with their labels (the whole set;
+    /// absent: unchanged).
+    #[serde(default)]
+    endpoints: Option<Vec<RemoteEndpoint>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,6 +503,9 @@ struct State {
     /// away, and after a restart).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     cluster_routes: BTreeMap<String, Vec<RemoteSubnet>>,
+    /// A cluster network's containers on the other hosts (policy peers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    cluster_endpoints: BTreeMap<String, Vec<RemoteEndpoint>>,
 }
 
 /// The container networks of one switch (what `vswitchd` serves as
@@ -727,7 +746,7 @@ impl Networks {
             }
             "net.routes" => {
                 let a: RoutesArgs = args(params)?;
-                self.set_routes(&a.network, a.routes, a.agent)
+                self.set_routes(&a.network, a.routes, a.endpoints, a.agent)
             }
             "net.cluster" => {
                 let a: PolicyListArgs = args(params)?;
@@ -1058,7 +1077,13 @@ impl Networks {
     /// IPv4, outside the cluster's block, overlapping this host's subnet
     /// or another route, a VXLAN route without a VTEP MAC). Nothing
     /// changes on error.
-    pub fn set_routes(&self, network: &str, mut routes: Vec<RemoteSubnet>, report: Value) -> Result<Value> {
+    pub fn set_routes(
+        &self,
+        network: &str,
+        mut routes: Vec<RemoteSubnet>,
+        endpoints: Option<Vec<RemoteEndpoint>>,
+        report: Value,
+    ) -> Result<Value> {
         let mut s = self.lock();
         let spec =
             s.networks.get(network).cloned().ok_or_else(|| Error::NotFound(format!("no network named '{network}'")))?;
@@ -1083,6 +1108,20 @@ impl Networks {
         if let Some(w) = routes.windows(2).find(|w| w[0].subnet.contains(&w[1].subnet.addr())) {
             return bad(format!("{} and {} overlap", w[0].subnet, w[1].subnet));
         }
+        let endpoints = match endpoints {
+            None => s.cluster_endpoints.get(network).cloned().unwrap_or_default(),
+            Some(mut e) => {
+                e.sort_by_key(|x| x.ip);
+                e.dedup_by_key(|x| x.ip);
+                e
+            }
+        };
+        if let Some(e) = endpoints.iter().find(|e| !routes.iter().any(|r| r.subnet.contains(&e.ip))) {
+            return Err(Error::invalid(
+                "endpoint",
+                format!("{} is in no other host's subnet (an endpoint is a container of a routed host)", e.ip),
+            ));
+        }
         if !report.is_null() {
             self.agent_reports
                 .lock()
@@ -1091,12 +1130,15 @@ impl Networks {
         }
         let n = routes.len();
         let old = s.cluster_routes.get(network).cloned().unwrap_or_default();
-        if old == routes {
+        let old_endpoints = s.cluster_endpoints.get(network).cloned().unwrap_or_default();
+        if old == routes && old_endpoints == endpoints {
             return Ok(json!({ "changed": false, "routes": n }));
         }
         s.cluster_routes.insert(network.to_string(), routes);
+        s.cluster_endpoints.insert(network.to_string(), endpoints);
         if let Err(e) = self.sync(&s, &spec).and_then(|()| self.save(&s)) {
             s.cluster_routes.insert(network.to_string(), old);
+            s.cluster_endpoints.insert(network.to_string(), old_endpoints);
             let _ = self.sync(&s, &spec);
             return Err(e);
         }
@@ -1147,6 +1189,7 @@ impl Networks {
                     "cluster": n.cluster,
                     "subnets": Self::local_subnets(n),
                     "routes": s.cluster_routes.get(&n.name).cloned().unwrap_or_default(),
+                    "endpoints": s.cluster_endpoints.get(&n.name).map_or(0, Vec::len),
                     "agent": agent,
                     "reported_seconds_ago": age,
                 })
@@ -1185,7 +1228,7 @@ impl Networks {
 
     fn policy_input<'a>(
         &self,
-        s: &State,
+        s: &'a State,
         spec: &NetworkSpec,
         policies: Vec<&'a policy::Policy>,
         attachments: Vec<&'a Attachment>,
@@ -1210,9 +1253,19 @@ impl Networks {
                 }
             }
         }
+        // Only the endpoints of hosts the network routes to now.
+        let routes = self.wiring(s, spec).cluster.map(|c| c.routes).unwrap_or_default();
+        let remote = s
+            .cluster_endpoints
+            .get(&spec.name)
+            .into_iter()
+            .flatten()
+            .filter(|e| routes.iter().any(|r| r.subnet.contains(&e.ip)))
+            .collect();
         policy::Input {
             policies,
             attachments,
+            remote,
             host,
             gateway: spec.gateway().then(|| (spec.bridge().to_string(), gateway_mac(spec))),
             published,
@@ -1358,6 +1411,7 @@ impl Networks {
         }
         s.networks.remove(name);
         s.cluster_routes.remove(name);
+        s.cluster_endpoints.remove(name);
         self.agent_reports.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         self.save(&s)
     }

@@ -367,6 +367,10 @@ pub(crate) struct Published {
 pub(crate) struct Input<'a> {
     pub(crate) policies: Vec<&'a Policy>,
     pub(crate) attachments: Vec<&'a Attachment>,
+    /// Containers of the same cluster network on other hosts, with their
+    /// labels: peers a `podSelector` picks too (they are never selected:
+    /// their own hosts apply their policies).
+    pub(crate) remote: Vec<&'a super::RemoteEndpoint>,
     /// The host's addresses on the network (always allowed).
     pub(crate) host: Vec<IpAddr>,
     /// The gateway port's name and MAC, if the network has one.
@@ -790,10 +794,11 @@ fn peer_contains(p: &Peer, input: &Input<'_>, net: &IpNet) -> bool {
     let Some(sel) = &p.pod_selector else { return false };
     let single = net.prefix_len() == net.max_prefix_len();
     single
-        && input
+        && (input
             .attachments
             .iter()
             .any(|a| sel.matches(&a.labels) && a.ips.iter().any(|i| i.address.addr() == net.addr()))
+            || input.remote.iter().any(|r| sel.matches(&r.labels) && r.ip == net.addr()))
 }
 
 /// Every distinct prefix the round's peers name, with the rules that
@@ -814,6 +819,7 @@ fn peer_entries(side: &Side<'_>, input: &Input<'_>, k: usize, any: &[usize]) -> 
                 for a in input.attachments.iter().filter(|a| sel.matches(&a.labels)) {
                     nets.extend(a.ips.iter().map(|i| IpNet::from(i.address.addr())));
                 }
+                nets.extend(input.remote.iter().filter(|r| sel.matches(&r.labels)).map(|r| IpNet::from(r.ip)));
             }
         }
     }
@@ -972,6 +978,7 @@ mod tests {
             let input = Input {
                 policies: vec![&p],
                 attachments: atts.iter().collect(),
+                remote: Vec::new(),
                 host: Vec::new(),
                 gateway: None,
                 published: Vec::new(),
@@ -981,6 +988,37 @@ mod tests {
             // Plus the one round of egress every network has.
             assert_eq!(compile(&input, &mut Slots::default()).is_ok(), fits, "{n} rules");
         }
+    }
+
+    /// Containers of other hosts (a cluster network) are podSelector peers
+    /// by their labels, never selected themselves.
+    #[test]
+    fn remote_endpoints_are_peers_by_their_labels() {
+        let atts = [att(1, "10.0.1.2", &[("app", "db")])];
+        let l = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let remote = [
+            super::super::RemoteEndpoint { ip: "10.0.2.2".parse().unwrap(), labels: l(&[("app", "client")]) },
+            super::super::RemoteEndpoint { ip: "10.0.2.3".parse().unwrap(), labels: l(&[("app", "db")]) },
+        ];
+        let p = policy(serde_json::json!({
+            "name": "db-in",
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]
+        }));
+        let input = Input {
+            policies: vec![&p],
+            attachments: atts.iter().collect(),
+            remote: remote.iter().collect(),
+            host: Vec::new(),
+            gateway: None,
+            published: Vec::new(),
+            cookie: 0x1234_0000_0000,
+            cont: crate::net::flows::CONT,
+        };
+        let (rules, _) = compile(&input, &mut Slots::default()).unwrap();
+        let text = rules.join("\n");
+        assert!(text.contains("nw_src=10.0.2.2"), "the remote client is a peer:\n{text}");
+        assert!(!text.contains("10.0.2.3"), "the remote db is neither a peer nor selected here:\n{text}");
     }
 
     /// 100 attachments, 10 policies of 2 rules each (labels, an ipBlock
@@ -1012,6 +1050,7 @@ mod tests {
         let input = Input {
             policies: policies.iter().collect(),
             attachments: atts.iter().collect(),
+            remote: Vec::new(),
             host: vec!["10.0.0.1".parse().unwrap()],
             gateway: Some(("gw".into(), MacAddr([2, 0, 0, 0, 0, 0xfe]))),
             published: Vec::new(),
