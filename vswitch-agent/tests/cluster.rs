@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use vswitch_tests::netns::{NetNs, require_root, unique};
@@ -50,7 +50,8 @@ fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Dura
         if f() {
             return start.elapsed();
         }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        assert!(start.elapsed() < within, "{what}: not within {within:?} (unix time {now})");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -369,7 +370,7 @@ impl Host {
     /// This host's subnet once the agent has given vswitchd the network.
     fn subnet(&self) -> String {
         let mut s = String::new();
-        wait_until(&format!("host {} has its subnet", self.i), Duration::from_secs(20), || {
+        wait_until(&format!("host {} has its subnet", self.i), Duration::from_secs(30), || {
             s = self.cluster()["subnets"][0].as_str().unwrap_or_default().to_string();
             !s.is_empty() && self.cluster()["agent"]["lease"].is_object()
         });
@@ -728,9 +729,9 @@ fn etcd_stopped_for_30_seconds_loses_nothing_and_converges_after() {
     u.start_member(0, &cluster, "existing");
     let s3 = h3.subnet();
     h3.attach(None);
-    let took = h1.wait_routes(&[s2.clone(), s3.clone()].into(), Duration::from_secs(20));
+    let took = h1.wait_routes(&[s2.clone(), s3.clone()].into(), Duration::from_secs(30));
     eprintln!("host 3's subnet reached host 1 {took:?} after etcd came back");
-    h2.wait_routes(&[s1.clone(), s3.clone()].into(), Duration::from_secs(20));
+    h2.wait_routes(&[s1.clone(), s3.clone()].into(), Duration::from_secs(30));
     let (sent, received, out) = flow.finish();
     assert!(sent >= 700 && received == sent, "pings lost while etcd was away: {out}");
     all_pairs_ping(&[&h1, &h2, &h3]);
