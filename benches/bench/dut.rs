@@ -225,6 +225,16 @@ impl Drop for BridgeGuard {
 struct Ovs {
     dir: PathBuf,
     vswitchd_pid: String,
+    /// Its bridge (a TAP device of that name while it lives).
+    bridge: String,
+    /// `ovs-netdev` (the userspace datapath's own TAP) was there before
+    /// this one started: someone else's, left alone.
+    had_netdev: bool,
+}
+
+/// True if network interface `name` exists (in this namespace).
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
 impl Ovs {
@@ -243,7 +253,12 @@ impl Ovs {
             .ok_or("vswitch.ovsschema not found")?;
         let dir = std::env::temp_dir().join(unique("ovs"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let mut ovs = Ovs { dir: dir.clone(), vswitchd_pid: String::new() };
+        let mut ovs = Ovs {
+            dir: dir.clone(),
+            vswitchd_pid: String::new(),
+            bridge: String::new(),
+            had_netdev: link_exists("ovs-netdev"),
+        };
         let d = |f: &str| dir.join(f).display().to_string();
         let db = format!("unix:{}", d("db.sock"));
         let sh = |args: &[&str]| -> Result<(), String> {
@@ -273,6 +288,7 @@ impl Ovs {
         ovs.vswitchd_pid =
             std::fs::read_to_string(d("ovs-vswitchd.pid")).map_err(|e| format!("ovs-vswitchd pid: {e}"))?.trim().into();
         let br = unique("ovsbr");
+        ovs.bridge = br.clone();
         let vsctl = |args: &[&str]| {
             let mut v = vec!["ovs-vsctl".to_string(), format!("--db={db}"), "--timeout=20".into()];
             v.extend(args.iter().map(|s| s.to_string()));
@@ -303,15 +319,44 @@ impl Ovs {
 }
 
 impl Drop for Ovs {
+    /// Leaves the machine as it was: the bridge deleted, ovs-vswitchd
+    /// told to exit with `--cleanup` (without it the userspace datapath
+    /// keeps its ports: the bridge's TAP and `ovs-netdev` stay behind),
+    /// then ovsdb-server; whatever TAP is still there removed.
     fn drop(&mut self) {
-        for (ctl, pid) in [("ovs-vswitchd", "ovs-vswitchd.pid"), ("ovsdb-server", "ovsdb-server.pid")] {
-            let target = self.dir.join(format!("{ctl}.ctl"));
-            let _ = Command::new("ovs-appctl").args(["-t", &target.display().to_string(), "exit"]).output();
-            if let Ok(p) = std::fs::read_to_string(self.dir.join(pid)) {
+        let dir = &self.dir;
+        let run = |args: &[&str]| {
+            let _ = Command::new(args[0])
+                .args(&args[1..])
+                .env("OVS_RUNDIR", dir)
+                .env("OVS_LOGDIR", dir)
+                .env("OVS_DBDIR", dir)
+                .env("OVS_SYSCONFDIR", dir)
+                .output();
+        };
+        if !self.bridge.is_empty() {
+            let db = format!("--db=unix:{}", dir.join("db.sock").display());
+            run(&["ovs-vsctl", &db, "--timeout=10", "--if-exists", "del-br", &self.bridge]);
+        }
+        // With OVS_RUNDIR set, `-t NAME` finds NAME's pidfile and control
+        // socket (NAME.PID.ctl) there.
+        run(&["ovs-appctl", "-t", "ovs-vswitchd", "exit", "--cleanup"]);
+        run(&["ovs-appctl", "-t", "ovsdb-server", "exit"]);
+        for pid in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
+            if let Ok(p) = std::fs::read_to_string(dir.join(pid)) {
+                // Gone already, or told again (a stuck one).
                 let _ = Command::new("kill").arg(p.trim()).output();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        for link in [Some(self.bridge.as_str()).filter(|b| !b.is_empty()), (!self.had_netdev).then_some("ovs-netdev")]
+            .into_iter()
+            .flatten()
+        {
+            if link_exists(link) {
+                let _ = Command::new("ip").args(["link", "del", link]).output();
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

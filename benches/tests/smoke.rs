@@ -7,6 +7,15 @@ use serde_json::Value;
 #[test]
 fn a_smoke_run_reports_every_device() {
     vswitch_tests::netns::require_root();
+    let ovs_links = || -> Vec<String> {
+        std::fs::read_dir("/sys/class/net")
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with("ovsbr") || n == "ovs-netdev")
+            .collect()
+    };
+    let before = ovs_links();
     let out_dir = std::env::temp_dir().join(vswitch_tests::netns::unique("vsbench"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vswitch-bench"))
         .args(["--smoke", "--out", out_dir.to_str().unwrap()])
@@ -43,5 +52,9 @@ fn a_smoke_run_reports_every_device() {
         }
     }
     assert!(report["latency"].as_array().unwrap().iter().any(|l| l["idle_p50_us"].as_f64().is_some()));
+    // Open vSwitch's devices leave nothing behind (its bridge's TAP, the
+    // userspace datapath's ovs-netdev).
+    let left: Vec<String> = ovs_links().into_iter().filter(|l| !before.contains(l)).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     assert!(report["ratios"].as_array().unwrap().iter().any(|r| r["peer"] == "linux-bridge"));
 }
