@@ -3,6 +3,7 @@
 //! chart.
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use crate::stats::Summary;
@@ -191,21 +192,15 @@ impl Report {
             .build_cartesian_2d(0f64..slots as f64, 0f64..top)
             .map_err(|x| e(&x))?;
         let n = devices.len() + 1;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                let g = (*x / n as f64).floor() as usize;
-                let centre = (g * n) as f64 + devices.len() as f64 / 2.0;
-                match groups.get(g) {
-                    Some((size, flows)) if (*x - centre).abs() < 0.6 => format!("{size} B, {flows} flows"),
-                    _ => String::new(),
-                }
-            })
-            .y_desc("Mpps")
-            .draw()
-            .map_err(|x| e(&x))?;
+        // No automatic x labels: plotters puts its ticks at round values,
+        // not at the groups. Each group's label is drawn under its centre.
+        chart.configure_mesh().disable_x_mesh().x_labels(0).y_desc("Mpps").draw().map_err(|x| e(&x))?;
+        for (g, (size, flows)) in groups.iter().enumerate() {
+            let centre = (g * n) as f64 + devices.len() as f64 / 2.0;
+            let (px, py) = chart.backend_coord(&(centre, 0.0));
+            let style = ("sans-serif", 14).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));
+            root.draw(&Text::new(format!("{size} B, {flows} flows"), (px, py + 8), style)).map_err(|x| e(&x))?;
+        }
         for (di, dev) in devices.iter().enumerate() {
             let color = Palette99::pick(di).to_rgba();
             let bars: Vec<_> = self
@@ -232,6 +227,25 @@ impl Report {
                 )
                 .map_err(|x| e(&x))?;
         }
+        // What the generator offered each device (median): a dashed mark
+        // across its bar, so delivered reads against offered.
+        let offered: Vec<(f64, f64)> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let g = groups.iter().position(|g| *g == (r.frame_size, r.flows))?;
+                let di = devices.iter().position(|d| *d == r.device)?;
+                Some(((g * n + di) as f64, r.offered_mpps.median))
+            })
+            .collect();
+        let mark = RGBColor(200, 30, 30);
+        chart
+            .draw_series(
+                offered.iter().map(|(x, o)| PathElement::new(vec![(*x, *o), (*x + 1.0, *o)], mark.stroke_width(3))),
+            )
+            .map_err(|x| e(&x))?
+            .label("offered (median)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 10, y)], mark.stroke_width(3)));
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
@@ -306,8 +320,36 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg"));
-        for d in ["vswitch-afxdp", "linux-bridge", "ovs-afxdp", "64 B, 1 flows"] {
+        for d in ["vswitch-afxdp", "linux-bridge", "ovs-afxdp", "64 B, 1 flows", "offered (median)"] {
             assert!(svg.contains(d), "{d} in the chart");
         }
+    }
+
+    /// Every group has its label, once, under its own bars.
+    #[test]
+    fn every_group_of_the_chart_is_labelled() {
+        let mut r = report();
+        let more: Vec<Row> = r
+            .rows
+            .iter()
+            .flat_map(|x| [(1518, 1), (64, 1000)].map(|(size, flows)| Row { frame_size: size, flows, ..x.clone() }))
+            .collect();
+        r.rows.extend(more);
+        let path = std::env::temp_dir().join(format!("vswitch-bench-groups-{}.svg", std::process::id()));
+        r.svg(&path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let mut xs = Vec::new();
+        for label in ["64 B, 1 flows", "1518 B, 1 flows", "64 B, 1000 flows"] {
+            // plotters writes a text element's content on lines of its own.
+            let content = format!("\n{label}\n</text>");
+            assert_eq!(svg.matches(&content).count(), 1, "{label} once in\n{svg}");
+            // The x of the <text> element holding it.
+            let at = svg.find(&content).unwrap();
+            let tag = &svg[svg[..at].rfind("<text").unwrap()..at];
+            let x: f64 = tag.split("x=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+            xs.push(x);
+        }
+        assert!(xs.windows(2).all(|w| w[0] < w[1]), "labels left to right in group order: {xs:?}");
     }
 }
