@@ -141,25 +141,34 @@ fn keep_alive(endpoints: Vec<String>, pin: usize, lease: i64, ttl: i64) -> KeepA
             let ep = endpoints[k % endpoints.len().max(1)].as_str();
             if let Ok(Ok(mut c)) = tokio::time::timeout(REQUEST, Client::connect([ep], Some(options()))).await {
                 let mut sent = Instant::now();
-                if let Ok(Ok((mut keeper, mut stream))) = tokio::time::timeout(REQUEST, c.lease_keep_alive(lease)).await
-                {
-                    loop {
-                        match tokio::time::timeout(REQUEST, stream.message()).await {
-                            Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                                let _ = tx.send(Alive::Until(sent + Duration::from_secs(r.ttl() as u64)));
+                // `lease_keep_alive` sends the first request and reads its
+                // reply itself (an error if the lease is gone).
+                match tokio::time::timeout(REQUEST, c.lease_keep_alive(lease)).await {
+                    Ok(Ok((mut keeper, mut stream))) => {
+                        let _ = tx.send(Alive::Until(sent + ttl));
+                        loop {
+                            tokio::time::sleep(period).await;
+                            sent = Instant::now();
+                            if keeper.keep_alive().await.is_err() {
+                                break;
                             }
-                            Ok(Ok(Some(_))) => {
-                                let _ = tx.send(Alive::Lost);
-                                return;
+                            match tokio::time::timeout(REQUEST, stream.message()).await {
+                                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                                    let _ = tx.send(Alive::Until(sent + Duration::from_secs(r.ttl() as u64)));
+                                }
+                                Ok(Ok(Some(_))) => {
+                                    let _ = tx.send(Alive::Lost);
+                                    return;
+                                }
+                                _ => break,
                             }
-                            _ => break,
-                        }
-                        tokio::time::sleep(period).await;
-                        sent = Instant::now();
-                        if keeper.keep_alive().await.is_err() {
-                            break;
                         }
                     }
+                    Ok(Err(etcd_client::Error::LeaseKeepAliveError(why))) if why.contains("not found") => {
+                        let _ = tx.send(Alive::Lost);
+                        return;
+                    }
+                    _ => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -659,6 +659,8 @@ fn a_killed_host_loses_its_routes_after_the_ttl_and_gets_its_subnet_back() {
     h2.attach(None);
     let ip2 = h2.containers[0].ip.clone();
     assert!(h1.containers[0].ns.ping(&ip2, 2));
+    // Host 1 keeps one lease all along (kept alive every TTL/3).
+    let lease1 = h1.cluster()["agent"]["lease"]["id"].clone();
     // The host at its gateway address, and it back.
     let gw1 = s1.replace(".0/24", ".1");
     assert!(h1.containers[0].ns.ping(&gw1, 2), "a container reaches its host's gateway address {gw1}");
@@ -696,6 +698,17 @@ fn a_killed_host_loses_its_routes_after_the_ttl_and_gets_its_subnet_back() {
     wait_until("host 2's container answers again", Duration::from_secs(10), || {
         h1.containers[0].ns.exec(&["ping", "-c", "1", "-W", "1", &ip2]).status.success()
     });
+
+    // vswitchd restarted with its configuration: routes and containers
+    // are back at once, the agent goes on.
+    h1.stop_daemon("-KILL");
+    h1.start_daemon();
+    assert_eq!(h1.routes(), [s2.clone()].into(), "the routes came back from vswitchd's configuration");
+    wait_until("host 1's container answers after vswitchd's restart", Duration::from_secs(10), || {
+        h2.containers[0].ns.exec(&["ping", "-c", "1", "-W", "1", &h1.containers[0].ip]).status.success()
+    });
+    assert_eq!(h1.subnet(), s1);
+    assert_eq!(h1.cluster()["agent"]["lease"]["id"], lease1, "host 1's lease lived through all of it");
 
     // A clean stop revokes the lease: the route goes at once.
     h2.stop_agent("-TERM");

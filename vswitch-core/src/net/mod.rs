@@ -811,7 +811,11 @@ impl Networks {
     /// As [`create`](Self::create); on error the old definition stays.
     pub fn update(&self, spec: NetworkSpec) -> Result<bool> {
         let mut s = self.lock();
-        if s.networks.get(&spec.name) == Some(&spec) {
+        // The same definition is made again if it is not working (its
+        // bridge gone with a lost configuration file, say).
+        let broken = self.unwired.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&spec.name)
+            || !self.switch.bridges().iter().any(|b| b.name == spec.bridge());
+        if s.networks.get(&spec.name) == Some(&spec) && !broken {
             return Ok(false);
         }
         self.apply_network(&mut s, spec).map(|()| true)
