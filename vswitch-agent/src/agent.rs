@@ -177,6 +177,27 @@ fn keep_alive(endpoints: Vec<String>, pin: usize, lease: i64, ttl: i64) -> KeepA
     KeepAlive { rx, task }
 }
 
+/// A watch's next response (started at revision `from`), or why the
+/// session ends: a compacted start lists again at once.
+fn watched(
+    m: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>,
+    from: i64,
+) -> Result<etcd_client::WatchResponse, End> {
+    let Some(w) = m.map_err(|e| format!("watch: {e}"))? else {
+        return Err("the watch ended".to_string().into());
+    };
+    if w.compact_revision() > 0 {
+        return Err(End::Now(format!(
+            "watch from revision {from} compacted (now {}): listing again",
+            w.compact_revision()
+        )));
+    }
+    if w.canceled() {
+        return Err(format!("etcd cancelled the watch: {}", w.cancel_reason()).into());
+    }
+    Ok(w)
+}
+
 /// An etcd request with a deadline.
 async fn t<T>(f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, String> {
     match tokio::time::timeout(REQUEST, f).await {
@@ -424,15 +445,7 @@ impl Agent {
         loop {
             tokio::select! {
                 m = peers.message() => {
-                    let Some(w) = m.map_err(|e| format!("watch: {e}"))? else {
-                        return Err("the watch ended".to_string().into());
-                    };
-                    if w.compact_revision() > 0 {
-                        return Err(End::Now("watch compacted: listing again".into()));
-                    }
-                    if w.canceled() {
-                        return Err(format!("etcd cancelled the watch: {}", w.cancel_reason()).into());
-                    }
+                    let w = watched(m, endpoints_rev + 1)?;
                     for ev in w.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let value = match ev.event_type() {
@@ -456,19 +469,7 @@ impl Agent {
                     }
                 }
                 m = watch.message() => {
-                    let Some(w) = m.map_err(|e| format!("watch: {e}"))? else {
-                        return Err("the watch ended".to_string().into());
-                    };
-                    if w.compact_revision() > 0 {
-                        return Err(End::Now(format!(
-                            "watch from revision {} compacted (now {}): listing again",
-                            self.revision + 1,
-                            w.compact_revision()
-                        )));
-                    }
-                    if w.canceled() {
-                        return Err(format!("etcd cancelled the watch: {}", w.cancel_reason()).into());
-                    }
+                    let w = watched(m, self.revision + 1)?;
                     if let Some(h) = w.header() {
                         self.revision = self.revision.max(h.revision());
                     }

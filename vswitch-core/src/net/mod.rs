@@ -592,6 +592,11 @@ fn agent_port(network: &str) -> String {
     derived_name("vsa", &[network, "agent"])
 }
 
+/// True if the two blocks share an address.
+fn overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.addr()) || b.contains(&a.addr())
+}
+
 /// A VXLAN cluster network's tunnel port.
 fn cluster_port(network: &str) -> String {
     derived_name("vsx", &[network, "vxlan"])
@@ -1000,11 +1005,10 @@ impl Networks {
             agent: agent_port(&spec.name),
         });
         let policy_gen = Self::has_policies(s, &spec.name).then(|| s.policy_gen.get(&spec.name).copied().unwrap_or(1));
+        let local = Self::local_subnets(spec);
         let cluster = spec.cluster.as_ref().map(|c| flows::ClusterWiring {
             network: c.network,
             gw_ips,
-            local: Self::local_subnets(spec),
-            gw_mac: gateway_mac(spec),
             // Only what fits the current definition (it may have changed
             // since the agent sent them).
             routes: s
@@ -1012,13 +1016,11 @@ impl Networks {
                 .get(&spec.name)
                 .into_iter()
                 .flatten()
-                .filter(|r| {
-                    let local = Self::local_subnets(spec);
-                    c.network.contains(&r.subnet)
-                        && !local.iter().any(|l| l.contains(&r.subnet.addr()) || r.subnet.contains(&l.addr()))
-                })
+                .filter(|r| c.network.contains(&r.subnet) && !local.iter().any(|l| overlap(l, &r.subnet)))
                 .cloned()
                 .collect(),
+            local,
+            gw_mac: gateway_mac(spec),
             vxlan: match &c.backend {
                 ClusterBackend::Vxlan { vtep_mac, .. } => Some((cluster_port(&spec.name), *vtep_mac)),
                 ClusterBackend::HostGw => None,
@@ -1102,7 +1104,7 @@ impl Networks {
             if !r.subnet.addr().is_ipv4() || r.subnet != r.subnet.trunc() || !c.network.contains(&r.subnet) {
                 return bad(format!("{} is not a subnet of the cluster network {}", r.subnet, c.network));
             }
-            if let Some(l) = local.iter().find(|l| l.contains(&r.subnet.addr()) || r.subnet.contains(&l.addr())) {
+            if let Some(l) = local.iter().find(|l| overlap(l, &r.subnet)) {
                 return bad(format!("{} overlaps this host's subnet {l}", r.subnet));
             }
             if matches!(c.backend, ClusterBackend::Vxlan { .. }) && r.vtep_mac.is_none() {
