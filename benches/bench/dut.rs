@@ -16,7 +16,11 @@ use vswitch_tests::process_cpu_seconds;
 #[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// AF_PACKET with its default receive ring of frames (TPACKET_V2).
     AfPacket,
+    /// AF_PACKET with a ring of blocks (TPACKET_V3,
+    /// `options:rx_mode=ring`; this switch only).
+    AfPacketBlocks,
     /// AF_PACKET receiving with recvmmsg (`options:rx_mode=socket`; this
     /// switch only).
     AfPacketSocket,
@@ -28,6 +32,7 @@ impl Backend {
         match self {
             Backend::AfPacket => "afpacket",
             Backend::AfPacketSocket => "afpsock",
+            Backend::AfPacketBlocks => "afpring",
             Backend::AfXdp => "afxdp",
         }
     }
@@ -65,8 +70,9 @@ impl Dut {
         let backend = |b: &str| match b {
             "afpacket" => Ok(Backend::AfPacket),
             "afpsock" => Ok(Backend::AfPacketSocket),
+            "afpring" => Ok(Backend::AfPacketBlocks),
             "afxdp" => Ok(Backend::AfXdp),
-            _ => Err(format!("unknown backend '{b}' in '{s}' (afpacket, afpsock, afxdp)")),
+            _ => Err(format!("unknown backend '{b}' in '{s}' (afpacket, afpring, afpsock, afxdp)")),
         };
         let parts: Vec<&str> = s.split('-').collect();
         match parts.as_slice() {
@@ -130,9 +136,10 @@ fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool, pin
     let add = |sw: &Switch, ifname: &str| -> Result<(), String> {
         match backend {
             Backend::AfPacket => sw.add_afpacket_port("br0", ifname, PortConfig::default()),
-            Backend::AfPacketSocket => {
+            Backend::AfPacketSocket | Backend::AfPacketBlocks => {
                 let mut spec = PortSpec::new(ifname, vswitch_core::config::PortKind::AfPacket);
-                spec.options.insert("rx_mode".into(), "socket".into());
+                let mode = if backend == Backend::AfPacketSocket { "socket" } else { "ring" };
+                spec.options.insert("rx_mode".into(), mode.into());
                 sw.add_port_spec("br0", &spec, OnOpenError::Fail)
             }
             Backend::AfXdp => sw.add_afxdp_port("br0", ifname, PortConfig::default()),
@@ -299,7 +306,7 @@ impl Ovs {
         for p in [a, b] {
             match backend {
                 // (OVS's own AF_PACKET netdev receives with recvmmsg already.)
-                Backend::AfPacket | Backend::AfPacketSocket => vsctl(&["add-port", &br, p])?,
+                Backend::AfPacket | Backend::AfPacketSocket | Backend::AfPacketBlocks => vsctl(&["add-port", &br, p])?,
                 Backend::AfXdp => vsctl(&["add-port", &br, p, "--", "set", "interface", p, "type=afxdp"])?,
             }
         }

@@ -1,5 +1,6 @@
 //! AF_PACKET ports: a kernel network interface on the bridge through a
-//! packet socket with a TPACKET_V3 receive ring (see `sys::packet_ring`).
+//! packet socket with a receive ring (see `sys::packet_ring`): by default
+//! a TPACKET_V2 ring of frames, each handed over as it arrives.
 //!
 //! * The switch never re-reads its own transmissions
 //!   (`PACKET_IGNORE_OUTGOING`), transmits bypass the qdisc
@@ -37,14 +38,17 @@ use crate::{Error, Result};
 /// Ring settings of an AF_PACKET port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AfPacketConfig {
-    /// Bytes per receive block; at least 128 KiB so a 64 KiB GSO frame fits.
+    /// Bytes per receive block; at least 128 KiB so a 64 KiB GSO frame
+    /// fits in a TPACKET_V3 block. The ring is `block_size * blocks` bytes
+    /// in every mode (4 MiB by default): 2,048 slots of 2 KiB for frames.
     pub block_size: u32,
     /// Receive blocks in the ring.
     pub blocks: u32,
-    /// Milliseconds after which the kernel hands over a part-filled block.
+    /// Milliseconds after which the kernel hands over a part-filled block
+    /// (`rx_mode=ring` only).
     pub block_timeout_ms: u32,
-    /// Receive through the ring (`ring`) or with `recvmmsg` (`socket`):
-    /// see [`AfPacketRx`].
+    /// Receive through a ring of frames (`frames`), a ring of blocks
+    /// (`ring`) or with `recvmmsg` (`socket`): see [`AfPacketRx`].
     pub rx_mode: AfPacketRx,
     /// Transmit past the interface's qdisc (option `qdisc_bypass`, on by
     /// default): off, what the switch sends goes through the qdisc, where
@@ -55,10 +59,15 @@ pub struct AfPacketConfig {
 /// How an AF_PACKET port receives (option `rx_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AfPacketRx {
-    /// A TPACKET_V3 ring: no system call per burst, but at low rates a
-    /// frame waits for its block's timeout (`block_timeout_ms`, 1 ms at
-    /// least).
+    /// A TPACKET_V2 ring of frames: each frame handed over as it arrives
+    /// (a sleeping datapath is woken by the first), bursts with no system
+    /// call under load; a frame larger than a slot (a GSO super-frame)
+    /// comes whole through the socket.
     #[default]
+    Frames,
+    /// A TPACKET_V3 ring of blocks: no system call per burst, but at low
+    /// rates a frame waits for its block's timeout (`block_timeout_ms`,
+    /// 1 ms at least).
     Ring,
     /// `recvmmsg(2)`: a system call per burst, every frame as soon as it
     /// arrives (the ring's size becomes the socket's receive queue).
@@ -69,6 +78,7 @@ impl std::str::FromStr for AfPacketRx {
     type Err = ();
     fn from_str(s: &str) -> std::result::Result<Self, ()> {
         match s {
+            "frames" => Ok(AfPacketRx::Frames),
             "ring" => Ok(AfPacketRx::Ring),
             "socket" => Ok(AfPacketRx::Socket),
             _ => Err(()),
@@ -105,7 +115,10 @@ impl AfPacketConfig {
             rx_mode: spec
                 .option("rx_mode")
                 .map_err(|_| {
-                    Error::invalid("afpacket rx_mode", "must be ring (a TPACKET_V3 ring) or socket (recvmmsg)")
+                    Error::invalid(
+                        "afpacket rx_mode",
+                        "must be frames (a TPACKET_V2 ring), ring (a TPACKET_V3 ring) or socket (recvmmsg)",
+                    )
                 })?
                 .unwrap_or(d.rx_mode),
             qdisc_bypass: spec
@@ -137,9 +150,11 @@ impl AfPacketConfig {
         }
         Ok(RingConfig {
             block_size: self.block_size,
+            frame_size: 2048,
             blocks: self.blocks,
             block_timeout_ms: self.block_timeout_ms.max(1),
             mode: match self.rx_mode {
+                AfPacketRx::Frames => crate::sys::packet_ring::RxMode::Frames,
                 AfPacketRx::Ring => crate::sys::packet_ring::RxMode::Ring,
                 AfPacketRx::Socket => crate::sys::packet_ring::RxMode::Socket,
             },
@@ -158,6 +173,17 @@ pub(crate) fn ifindex(name: &str) -> Option<u32> {
 }
 
 /// True if the interface is administratively up and its carrier is on.
+/// The interface's MTU (1500 if sysfs does not say).
+fn mtu(name: &str) -> u32 {
+    sysfs(name, "mtu").and_then(|m| m.parse().ok()).unwrap_or(1500)
+}
+
+/// `cfg` with frame-ring slots sized for interface `name`'s MTU as it is
+/// now (reattaching sizes them anew).
+fn sized_for(cfg: RingConfig, name: &str) -> RingConfig {
+    RingConfig { frame_size: cfg.frame_size_for_mtu(mtu(name)), ..cfg }
+}
+
 pub(crate) fn link_is_up(name: &str) -> bool {
     let flags =
         sysfs(name, "flags").and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
@@ -323,9 +349,12 @@ impl AfPacketPort {
             ));
         }
         let lock = AttachLock::acquire(ifname)?;
-        let ring = PacketRing::open(index, cfg).map_err(|e| Error::io("AF_PACKET socket setup", e))?;
+        let ring =
+            PacketRing::open(index, sized_for(cfg, ifname)).map_err(|e| Error::io("AF_PACKET socket setup", e))?;
         let mailbox = Mailbox::new(link_is_up(ifname));
-        let upkeep = Reattach::new(ifname, index, mailbox.clone(), move |i| PacketRing::open(i, cfg).ok());
+        let name = ifname.to_string();
+        let upkeep =
+            Reattach::new(ifname, index, mailbox.clone(), move |i| PacketRing::open(i, sized_for(cfg, &name)).ok());
         Ok(AfPacketPort {
             ring: Some(ring),
             truncated: 0,

@@ -1,5 +1,15 @@
-//! An AF_PACKET socket (packet(7)) receiving in one of two ways:
+//! An AF_PACKET socket (packet(7)) receiving in one of three ways:
 //!
+//! - **A TPACKET_V2 ring of frames** ([`RxMode::Frames`], the default):
+//!   one fixed-size slot per frame, sized for the interface's MTU (2 KiB
+//!   for 1500). The kernel hands each frame over on its own by setting
+//!   `TP_STATUS_USER` in its slot and wakes a sleeping reader on every
+//!   frame, so nothing waits for a timer; under load the reader takes a
+//!   burst of slots with no system call. A frame larger than a slot (a
+//!   64 KiB GSO super-frame) is not cut: with `PACKET_COPY_THRESH` the
+//!   kernel also queues it whole on the socket and marks its slot
+//!   `TP_STATUS_COPY`, and the reader takes it from there with one
+//!   `recvmsg` (it keeps its virtio-net header), in order.
 //! - **A TPACKET_V3 ring** ([`RxMode::Ring`]): the kernel fills fixed-size
 //!   blocks of a shared memory ring with variable-size frames and hands a
 //!   block to user space by setting `TP_STATUS_USER` in its header, either
@@ -79,7 +89,9 @@ pub struct RxFrame<'a> {
 /// How a packet socket receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RxMode {
-    /// The TPACKET_V3 ring.
+    /// The TPACKET_V2 ring of frames.
+    Frames,
+    /// The TPACKET_V3 ring of blocks.
     Ring,
     /// `recvmmsg(2)`.
     Socket,
@@ -92,13 +104,80 @@ const RECV_SLOT: usize = 65536 + 256;
 /// Control-message room per frame (one `tpacket_auxdata`).
 const CTL_WORDS: usize = 8;
 
-/// What socket mode reads into.
+/// What socket mode (and the frame ring, for frames larger than a slot)
+/// reads into: `slots` buffers of [`RECV_SLOT`] bytes.
 struct SockRx {
+    slots: usize,
     buf: Vec<u8>,
     hdrs: [[u8; VNET_HDR_LEN]; RECV_BATCH],
     ctl: [[u64; CTL_WORDS]; RECV_BATCH],
     /// The last call filled its batch: more may be queued.
     more: bool,
+}
+
+impl SockRx {
+    fn new(slots: usize) -> Box<SockRx> {
+        let slots = slots.clamp(1, RECV_BATCH);
+        Box::new(SockRx {
+            slots,
+            buf: vec![0u8; slots * RECV_SLOT],
+            hdrs: [[0; VNET_HDR_LEN]; RECV_BATCH],
+            ctl: [[0; CTL_WORDS]; RECV_BATCH],
+            more: false,
+        })
+    }
+
+    /// One `recvmmsg` of at most `max` frames (and at most `slots`) from
+    /// `fd`, each handed to `f`; returns how many were handed.
+    fn recv(&mut self, fd: RawFd, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
+        let n = max.min(self.slots);
+        if n == 0 {
+            return 0;
+        }
+        let base = self.buf.as_mut_ptr();
+        let mut iovs = [[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]; RECV_BATCH];
+        // SAFETY: msghdr/mmsghdr are plain data; all-zero is valid.
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..n {
+            iovs[i] = [
+                libc::iovec { iov_base: self.hdrs[i].as_mut_ptr().cast(), iov_len: VNET_HDR_LEN },
+                // SAFETY: slot i < slots lies inside `buf`.
+                libc::iovec { iov_base: unsafe { base.add(i * RECV_SLOT) }.cast(), iov_len: RECV_SLOT },
+            ];
+            let m = &mut msgs[i].msg_hdr;
+            m.msg_iov = iovs[i].as_mut_ptr();
+            m.msg_iovlen = 2;
+            m.msg_control = self.ctl[i].as_mut_ptr().cast();
+            m.msg_controllen = size_of::<[u64; CTL_WORDS]>();
+        }
+        // SAFETY: each of the first `n` msghdrs points at two iovecs over
+        // live buffers of the lengths given (a header of `hdrs`, a slot of
+        // `buf`) and at a control buffer of `ctl`, all owned by `self` and
+        // alive for the call; MSG_TRUNC makes msg_len the frame's length.
+        let r = unsafe {
+            libc::recvmmsg(fd, msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT | libc::MSG_TRUNC, std::ptr::null_mut())
+        };
+        if r <= 0 {
+            self.more = false;
+            return 0;
+        }
+        let r = r as usize;
+        self.more = r == n;
+        let mut delivered = 0;
+        for (i, m) in msgs.iter().enumerate().take(r) {
+            let total = m.msg_len as usize;
+            if total < VNET_HDR_LEN {
+                continue;
+            }
+            let wire_len = total - VNET_HDR_LEN;
+            let len = wire_len.min(RECV_SLOT);
+            let vlan = auxdata_vlan(&m.msg_hdr);
+            let data = &self.buf[i * RECV_SLOT..i * RECV_SLOT + len];
+            f(RxFrame { data, wire_len, vlan, vnet: VnetHdr::from_bytes(&self.hdrs[i]) });
+            delivered += 1;
+        }
+        delivered
+    }
 }
 
 impl std::fmt::Debug for SockRx {
@@ -111,8 +190,12 @@ impl std::fmt::Debug for SockRx {
 #[derive(Debug, Clone, Copy)]
 pub struct RingConfig {
     /// Bytes per block (a multiple of the page size, at least 128 KiB so a
-    /// 64 KiB GSO frame fits).
+    /// 64 KiB GSO frame fits in the TPACKET_V3 ring). The frame ring has
+    /// the same memory: `block_size * blocks / frame_size` slots.
     pub block_size: u32,
+    /// Bytes per slot of the frame ring (a power of two, 2 KiB to
+    /// `block_size`): see [`RingConfig::frame_size_for_mtu`].
+    pub frame_size: u32,
     /// Number of blocks.
     pub blocks: u32,
     /// Milliseconds after which the kernel hands over a block that is not
@@ -127,9 +210,37 @@ pub struct RingConfig {
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { block_size: 256 * 1024, blocks: 16, block_timeout_ms: 1, mode: RxMode::Ring, qdisc_bypass: true }
+        RingConfig {
+            block_size: 256 * 1024,
+            frame_size: 2048,
+            blocks: 16,
+            block_timeout_ms: 1,
+            mode: RxMode::Frames,
+            qdisc_bypass: true,
+        }
     }
 }
+
+impl RingConfig {
+    /// The smallest power-of-two slot (2 KiB at least, `block_size` at
+    /// most) that holds a frame of an interface with this MTU behind the
+    /// kernel's headers: the `tpacket2_hdr` and address area, the
+    /// virtio-net header, an Ethernet header and two VLAN tags. Larger
+    /// frames still arrive, through the socket ([`RxMode::Frames`]).
+    pub fn frame_size_for_mtu(&self, mtu: u32) -> u32 {
+        let need = FRAME_HEADROOM + VNET_HDR_LEN as u32 + 14 + 8 + mtu;
+        need.next_power_of_two().clamp(2048, self.block_size)
+    }
+
+    fn frames(&self) -> u32 {
+        self.block_size / self.frame_size * self.blocks
+    }
+}
+
+/// Bytes the kernel puts before a frame's Ethernet header in a
+/// TPACKET_V2 slot (less the virtio-net header): the header and the
+/// `sockaddr_ll`, aligned, then 16 bytes of room for the link header.
+const FRAME_HEADROOM: u32 = ((libc::TPACKET2_HDRLEN as u32 + 16 + 15) & !15) - 14;
 
 /// An AF_PACKET socket bound to one interface, with its receive ring.
 #[derive(Debug)]
@@ -141,6 +252,7 @@ pub struct PacketRing {
     /// Socket mode's buffers.
     sock: Option<Box<SockRx>>,
     cfg: RingConfig,
+    /// The block (TPACKET_V3) or slot (TPACKET_V2) to read next.
     block: u32,
     /// Frames left in the block being read (0: not holding a block).
     left: u32,
@@ -162,8 +274,8 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
 }
 
 impl PacketRing {
-    /// Opens a packet socket on interface `ifindex`: TPACKET_V3 receive
-    /// ring, virtio-net headers, qdisc bypass on transmit, its own
+    /// Opens a packet socket on interface `ifindex`: a receive ring of
+    /// frames or of blocks (or none, for `recvmmsg`), virtio-net headers, qdisc bypass on transmit, its own
     /// transmissions never received back, promiscuous membership.
     ///
     /// # Errors
@@ -195,12 +307,7 @@ impl PacketRing {
             if setsockopt(f, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes).is_err() {
                 let _ = setsockopt(f, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes);
             }
-            let sock = Box::new(SockRx {
-                buf: vec![0u8; RECV_BATCH * RECV_SLOT],
-                hdrs: [[0; VNET_HDR_LEN]; RECV_BATCH],
-                ctl: [[0; CTL_WORDS]; RECV_BATCH],
-                more: false,
-            });
+            let sock = SockRx::new(RECV_BATCH);
             let ring = PacketRing {
                 fd,
                 map: NonNull::dangling(),
@@ -215,19 +322,46 @@ impl PacketRing {
             bind_promisc(f, proto, ifindex)?;
             return Ok(ring);
         }
-        let version: libc::c_int = 2; // TPACKET_V3
-        setsockopt(f, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
-        let frame_size = 2048u32;
-        let req = libc::tpacket_req3 {
-            tp_block_size: cfg.block_size,
-            tp_block_nr: cfg.blocks,
-            tp_frame_size: frame_size,
-            tp_frame_nr: cfg.block_size / frame_size * cfg.blocks,
-            tp_retire_blk_tov: cfg.block_timeout_ms,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
-        };
-        setsockopt(f, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+        let mut sock = None;
+        if cfg.mode == RxMode::Frames {
+            if !cfg.frame_size.is_power_of_two() || cfg.frame_size < 2048 || cfg.frame_size > cfg.block_size {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame size"));
+            }
+            let version: libc::c_int = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
+            // A frame too large for its slot is queued whole on the socket
+            // as well; it needs receive-queue room (with CAP_NET_ADMIN
+            // beyond the default limit) and its VLAN tag in a control
+            // message.
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_COPY_THRESH, &one)?;
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)?;
+            let bytes = (cfg.block_size as libc::c_int).saturating_mul(cfg.blocks as libc::c_int);
+            if setsockopt(f, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &bytes).is_err() {
+                let _ = setsockopt(f, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes);
+            }
+            let req = libc::tpacket_req {
+                tp_block_size: cfg.block_size,
+                tp_block_nr: cfg.blocks,
+                tp_frame_size: cfg.frame_size,
+                tp_frame_nr: cfg.frames(),
+            };
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+            sock = Some(SockRx::new(1));
+        } else {
+            let version: libc::c_int = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
+            let frame_size = 2048u32;
+            let req = libc::tpacket_req3 {
+                tp_block_size: cfg.block_size,
+                tp_block_nr: cfg.blocks,
+                tp_frame_size: frame_size,
+                tp_frame_nr: cfg.block_size / frame_size * cfg.blocks,
+                tp_retire_blk_tov: cfg.block_timeout_ms,
+                tp_sizeof_priv: 0,
+                tp_feature_req_word: 0,
+            };
+            setsockopt(f, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+        }
         let map_len = cfg.block_size as usize * cfg.blocks as usize;
         // SAFETY: mapping the ring the kernel just allocated for this
         // socket, at a kernel-chosen address, with the length it expects.
@@ -238,7 +372,7 @@ impl PacketRing {
             return Err(io::Error::last_os_error());
         }
         let map = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        let ring = PacketRing { fd, map, map_len, sock: None, cfg, block: 0, left: 0, next: 0, holding: false };
+        let ring = PacketRing { fd, map, map_len, sock, cfg, block: 0, left: 0, next: 0, holding: false };
         bind_promisc(f, proto, ifindex)?;
         Ok(ring)
     }
@@ -269,11 +403,27 @@ impl PacketRing {
         unsafe { self.block_ptr(i).add(off).cast::<u32>().read_unaligned() }
     }
 
-    /// True if a block (or the rest of one) is waiting to be read; in
-    /// socket mode, if the last burst was full (more may be queued).
+    fn slot_ptr(&self, i: u32) -> *mut u8 {
+        // SAFETY: i < frames and slots tile the blocks exactly (both sizes
+        // are powers of two), so the offset stays inside the mapping.
+        unsafe { self.map.as_ptr().add(i as usize * self.cfg.frame_size as usize) }
+    }
+
+    fn slot_status(&self, i: u32) -> &AtomicU32 {
+        // SAFETY: tp_status is the naturally aligned first u32 of slot i's
+        // tpacket2_hdr, in memory mapped for the ring's lifetime; the
+        // kernel updates it concurrently, hence the atomic view.
+        unsafe { AtomicU32::from_ptr(self.slot_ptr(i).add(offset_of!(libc::tpacket2_hdr, tp_status)).cast()) }
+    }
+
+    /// True if a frame, a block (or the rest of one) is waiting to be
+    /// read; in socket mode, if the last burst was full (more may be
+    /// queued).
     pub fn rx_ready(&self) -> bool {
-        if let Some(s) = &self.sock {
-            return s.more;
+        match self.cfg.mode {
+            RxMode::Socket => return self.sock.as_ref().is_some_and(|s| s.more),
+            RxMode::Frames => return self.slot_status(self.block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0,
+            RxMode::Ring => {}
         }
         self.holding || self.status(self.block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
@@ -287,8 +437,13 @@ impl PacketRing {
 
     /// Hands at most `max` frames to `f`; returns how many.
     pub fn recv_burst(&mut self, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
-        if self.sock.is_some() {
-            return self.recv_socket(max, f);
+        match self.cfg.mode {
+            RxMode::Socket => {
+                let fd = self.fd();
+                return self.sock.as_mut().map_or(0, |s| s.recv(fd, max, f));
+            }
+            RxMode::Frames => return self.recv_frames(max, f),
+            RxMode::Ring => {}
         }
         let bs = self.cfg.block_size as usize;
         let mut n = 0;
@@ -341,57 +496,57 @@ impl PacketRing {
         n
     }
 
-    /// Socket mode's receive: one `recvmmsg` of up to 32 frames.
-    fn recv_socket(&mut self, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
+    /// The frame ring's receive: the slots the kernel has handed over, in
+    /// order, each given back as soon as `f` returns. A slot marked
+    /// `TP_STATUS_COPY` holds only the start of its frame; the whole frame
+    /// is the next one on the socket's queue. A frame that cannot be read
+    /// whole is handed over empty with its wire length (so it is counted
+    /// as truncated).
+    fn recv_frames(&mut self, max: usize, mut f: impl FnMut(RxFrame<'_>)) -> usize {
         let fd = self.fd();
-        let Some(s) = self.sock.as_mut() else { return 0 };
-        let n = max.min(RECV_BATCH);
-        if n == 0 {
-            return 0;
-        }
-        let base = s.buf.as_mut_ptr();
-        let mut iovs = [[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]; RECV_BATCH];
-        // SAFETY: msghdr/mmsghdr are plain data; all-zero is valid.
-        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..n {
-            iovs[i] = [
-                libc::iovec { iov_base: s.hdrs[i].as_mut_ptr().cast(), iov_len: VNET_HDR_LEN },
-                // SAFETY: slot i lies inside `buf` (RECV_BATCH slots).
-                libc::iovec { iov_base: unsafe { base.add(i * RECV_SLOT) }.cast(), iov_len: RECV_SLOT },
-            ];
-            let m = &mut msgs[i].msg_hdr;
-            m.msg_iov = iovs[i].as_mut_ptr();
-            m.msg_iovlen = 2;
-            m.msg_control = s.ctl[i].as_mut_ptr().cast();
-            m.msg_controllen = size_of::<[u64; CTL_WORDS]>();
-        }
-        // SAFETY: each of the first `n` msghdrs points at two iovecs over
-        // live buffers of the lengths given (a header of `hdrs`, a slot of
-        // `buf`) and at a control buffer of `ctl`, all owned by `s` and
-        // alive for the call; MSG_TRUNC makes msg_len the frame's length.
-        let r = unsafe {
-            libc::recvmmsg(fd, msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT | libc::MSG_TRUNC, std::ptr::null_mut())
-        };
-        if r <= 0 {
-            s.more = false;
-            return 0;
-        }
-        let r = r as usize;
-        s.more = r == n;
-        let mut delivered = 0;
-        for (i, m) in msgs.iter().enumerate().take(r) {
-            let total = m.msg_len as usize;
-            if total < VNET_HDR_LEN {
-                continue;
+        let fs = self.cfg.frame_size as usize;
+        let frames = self.cfg.frames();
+        let mut n = 0;
+        while n < max {
+            let slot = self.block;
+            let status = self.slot_status(slot).load(Ordering::Acquire);
+            if status & libc::TP_STATUS_USER == 0 {
+                break;
             }
-            let wire_len = total - VNET_HDR_LEN;
-            let len = wire_len.min(RECV_SLOT);
-            let vlan = auxdata_vlan(&m.msg_hdr);
-            let data = &s.buf[i * RECV_SLOT..i * RECV_SLOT + len];
-            f(RxFrame { data, wire_len, vlan, vnet: VnetHdr::from_bytes(&s.hdrs[i]) });
-            delivered += 1;
+            let base = self.slot_ptr(slot);
+            // SAFETY: the header starts the slot, inside the mapping, and
+            // the slot is ours (TP_STATUS_USER, acquired above).
+            let hdr: libc::tpacket2_hdr = unsafe { base.cast::<libc::tpacket2_hdr>().read_unaligned() };
+            let wire_len = (hdr.tp_len as usize).max(1);
+            let mac = hdr.tp_mac as usize;
+            let len = hdr.tp_snaplen as usize;
+            let copied =
+                status & libc::TP_STATUS_COPY != 0 && self.sock.as_mut().is_some_and(|s| s.recv(fd, 1, &mut f) == 1);
+            if copied {
+                // Handed over from the socket.
+            } else if status & libc::TP_STATUS_COPY == 0 && mac >= VNET_HDR_LEN && mac + len <= fs {
+                // SAFETY: [mac - 10, mac + len) lies inside the slot
+                // (checked just above), which the kernel leaves alone
+                // while it is ours; the slices do not outlive `f`.
+                let (vnet, data) = unsafe {
+                    (
+                        std::slice::from_raw_parts(base.add(mac - VNET_HDR_LEN), VNET_HDR_LEN),
+                        std::slice::from_raw_parts(base.add(mac), len),
+                    )
+                };
+                let vlan = (status & libc::TP_STATUS_VLAN_VALID != 0).then(|| {
+                    let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { hdr.tp_vlan_tpid } else { 0x8100 };
+                    (tpid, hdr.tp_vlan_tci)
+                });
+                f(RxFrame { data, wire_len: hdr.tp_len as usize, vlan, vnet: VnetHdr::from_bytes(vnet) });
+            } else {
+                f(RxFrame { data: &[], wire_len, vlan: None, vnet: VnetHdr::default() });
+            }
+            self.slot_status(slot).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+            self.block = (slot + 1) % frames;
+            n += 1;
         }
-        delivered
+        n
     }
 
     /// Frames the kernel dropped because the ring was full, since the last
