@@ -49,6 +49,7 @@ pub mod wire;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use datapath::PortFlags;
+pub use datapath::perf::PmdStats;
 pub use error::{Error, ErrorKind, Outcome, Result};
 pub use packet::Packet;
 pub use port::memory::MemoryPortHandle;

@@ -5,6 +5,7 @@
 //! returns once its change is live in the datapath. Every type returned
 //! here is `serde::Serialize`, for the daemon's control protocol.
 
+use crate::datapath::perf::PmdStats;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -239,6 +240,7 @@ impl SwitchBuilder {
             queue_len: self.queue_len,
             flow_limit: self.flow_limit,
             spare,
+            pmd_base: Mutex::new(Vec::new()),
         })
     }
 }
@@ -426,6 +428,9 @@ pub struct Switch {
     spare: SpareBuffers,
     /// The connection table the datapath threads share.
     ct: Arc<crate::conntrack::Conntrack>,
+    /// What `pmd_stats_clear` last read, per thread: later reads are
+    /// counted from there.
+    pmd_base: Mutex<Vec<PmdStats>>,
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -573,6 +578,31 @@ impl Switch {
                 .collect(),
             Runner::Manual { .. } => {
                 vec![DatapathThreadInfo { name: "manual".into(), ports: owned[0], failure: None }]
+            }
+        }
+    }
+
+    /// Each datapath thread's cycles, iterations and bursts since the
+    /// switch started or since [`Switch::pmd_stats_clear`]
+    /// (`vswitch-ctl pmd-stats`). A switch its embedder polls
+    /// ([`SwitchBuilder::manual`]) counts bursts but not cycles.
+    pub fn pmd_stats(&self) -> Vec<PmdStats> {
+        let now = self.pmd_totals();
+        let base = self.pmd_base.lock().unwrap_or_else(|e| e.into_inner());
+        now.iter().enumerate().map(|(i, s)| base.get(i).map_or_else(|| s.clone(), |b| s.since(b))).collect()
+    }
+
+    /// Starts [`Switch::pmd_stats`] counting from zero again.
+    pub fn pmd_stats_clear(&self) {
+        let now = self.pmd_totals();
+        *self.pmd_base.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    fn pmd_totals(&self) -> Vec<PmdStats> {
+        match &self.runner {
+            Runner::Threads(threads) => threads.iter().map(|t| t.perf().snapshot(t.name())).collect(),
+            Runner::Manual { dp, .. } => {
+                vec![dp.lock().unwrap_or_else(|e| e.into_inner()).perf().snapshot("manual")]
             }
         }
     }

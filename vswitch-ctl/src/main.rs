@@ -232,6 +232,13 @@ enum Command {
     CtSetTimeouts { settings: Vec<String> },
     /// Port counters, drops by reason.
     Stats { bridge: Option<String>, port: Option<String> },
+    /// Per datapath thread: cycles in iterations that received packets
+    /// (busy), that received none (idle) and asleep, packets, bursts and
+    /// their sizes, busy cycles per packet (as ovs-appctl
+    /// dpif-netdev/pmd-perf-show).
+    PmdStats,
+    /// Count pmd-stats from zero again.
+    PmdStatsClear,
     /// Create a container network: a bridge, addresses from --subnet
     /// (twice for dual stack), a gateway port holding the gateway address
     /// on the host and the containers' default route.
@@ -803,6 +810,54 @@ fn ct_stats_text(r: &Value) -> String {
     out
 }
 
+/// `pmd-stats` text: per thread, where its cycles went and what a packet
+/// cost, laid out after ovs-appctl dpif-netdev/pmd-perf-show.
+fn pmd_text(r: &Value) -> String {
+    let labels = vswitch_core::PmdStats::BATCH_LABELS;
+    let mut out = String::new();
+    for t in r.as_array().into_iter().flatten() {
+        let n = |k: &str| t[k].as_u64().unwrap_or(0);
+        let hz = n("cycles_per_second").max(1) as f64;
+        let (busy, idle, sleep) = (n("busy_cycles"), n("idle_cycles"), n("sleep_cycles"));
+        let total = (busy + idle + sleep).max(1) as f64;
+        let packets = n("packets");
+        let pct = |c: u64| 100.0 * c as f64 / total;
+        out.push_str(&format!("{}:
+", t["thread"].as_str().unwrap_or("?")));
+        out.push_str(&format!("  Time: {:.3} s (cycle counter at {:.3} GHz)
+", total / hz, hz / 1e9));
+        out.push_str(&format!(
+            "  Iterations: {} busy, {} idle; {} sleeps
+",
+            n("busy_iterations"),
+            n("idle_iterations"),
+            n("sleeps")
+        ));
+        out.push_str(&format!("  - Busy cycles:  {busy:>16} ({:5.1} %)
+", pct(busy)));
+        out.push_str(&format!("  - Idle cycles:  {idle:>16} ({:5.1} %)
+", pct(idle)));
+        out.push_str(&format!("  - Sleep cycles: {sleep:>16} ({:5.1} %)
+", pct(sleep)));
+        let per_packet =
+            if packets == 0 { "-".to_string() } else { format!("{:.0}", busy as f64 / packets as f64) };
+        let busy_secs = busy as f64 / hz;
+        let rate = if busy_secs > 0.0 { format!(", {:.3} Mpps while busy", packets as f64 / busy_secs / 1e6) } else { String::new() };
+        out.push_str(&format!("  Rx packets: {packets} ({per_packet} busy cycles/packet{rate})
+"));
+        let batches = n("batches");
+        let avg = if batches == 0 { 0.0 } else { packets as f64 / batches as f64 };
+        out.push_str(&format!("  Bursts: {batches} ({avg:.1} packets/burst)
+"));
+        let hist = t["batch_histogram"].as_array().cloned().unwrap_or_default();
+        let cells: Vec<String> =
+            labels.iter().zip(&hist).map(|(l, c)| format!("{l}: {}", c.as_u64().unwrap_or(0))).collect();
+        out.push_str(&format!("  - by size: {}
+", cells.join(", ")));
+    }
+    out
+}
+
 fn lines_of(result: &Value, field: &str) -> String {
     result.as_array().into_iter().flatten().map(|v| format!("{}\n", v[field].as_str().unwrap_or("?"))).collect()
 }
@@ -838,6 +893,7 @@ enum Render {
     Version,
     Conntrack,
     CtStats,
+    Pmd,
     Networks,
     Cluster,
     Attachment,
@@ -1048,6 +1104,8 @@ fn plan(command: Command) -> Result<Plan, String> {
         Command::CtSetLimits { limits } => one("ct.set_limits", ct_limits(&limits)?, none),
         Command::CtSetTimeouts { settings } => one("ct.set_timeouts", ct_timeouts(&settings)?, none),
         Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
+        Command::PmdStats => one("pmd.stats", Value::Null, Render::Pmd),
+        Command::PmdStatsClear => one("pmd.stats_clear", Value::Null, none),
         Command::Version => one("system.version", Value::Null, Render::Version),
         Command::NetCreate {
             name,
@@ -1383,6 +1441,7 @@ fn render(how: Render, results: &[Value]) -> Result<(Value, String), String> {
         Render::Stats => stats_text(&r),
         Render::Conntrack => conntrack_text(&r),
         Render::CtStats => ct_stats_text(&r),
+        Render::Pmd => pmd_text(&r),
         Render::Networks => networks_text(&r),
         Render::Cluster => cluster_text(&r),
         Render::Attachment => format!("{}\n", ips_text(&r["ips"])),

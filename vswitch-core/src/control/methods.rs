@@ -47,6 +47,8 @@ pub const METHODS: &[&str] = &[
     "ct.set_timeouts",
     "trace",
     "stats.get",
+    "pmd.stats",
+    "pmd.stats_clear",
     "config.get",
     "bridge.set",
     "port.mod",
@@ -595,6 +597,11 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         "system.version" => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
         "system.list_methods" => ok(METHODS),
         "system.status" => ok(json!({ "threads": sw.datapath_threads() })),
+        "pmd.stats" => ok(sw.pmd_stats()),
+        "pmd.stats_clear" => {
+            sw.pmd_stats_clear();
+            ok(Value::Null)
+        }
         "bridge.add" => {
             let a: Named = params(p)?;
             match sw.add_bridge(&a.name) {

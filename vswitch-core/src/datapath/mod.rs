@@ -10,6 +10,7 @@
 //! The control plane never touches a running datapath's state directly: it
 //! sends closures that the thread runs between bursts.
 
+pub mod perf;
 mod pipeline;
 pub(crate) mod thread;
 mod wakeup;

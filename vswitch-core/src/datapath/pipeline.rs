@@ -135,6 +135,8 @@ pub struct Datapath {
     tracing: Option<Box<TraceLog>>,
     /// The switch's connection table.
     ct: Arc<Conntrack>,
+    /// Where this datapath counts its bursts (and its thread its cycles).
+    perf: Arc<super::perf::PmdCounters>,
 }
 
 impl Default for Datapath {
@@ -174,7 +176,13 @@ impl Datapath {
             next_housekeeping_ms: 0,
             tracing: None,
             ct,
+            perf: Arc::default(),
         }
+    }
+
+    /// The counters of this datapath's bursts and its thread's cycles.
+    pub(crate) fn perf(&self) -> Arc<super::perf::PmdCounters> {
+        self.perf.clone()
     }
 
     /// Registers ports' wake descriptors with `registry` from now on.
@@ -347,6 +355,9 @@ impl Datapath {
             };
             p.set_link(up);
             let special = p.rx_special;
+            if n > 0 {
+                self.perf.burst(n);
+            }
             if n > 0 && (!special || self.rx_taps(slot, &mut rx)) {
                 work += n;
                 self.switch_burst(slot, &mut rx, now_ms);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+use super::perf::PmdCounters;
 use super::{Datapath, Wakeup};
 use crate::clock::Clock;
 use crate::{Error, Result};
@@ -61,6 +62,8 @@ pub(crate) struct DatapathThread {
     /// Why the thread stopped, once it has stopped by failing.
     failure: Arc<Mutex<Option<String>>>,
     join: Option<JoinHandle<()>>,
+    /// What the thread counts of its cycles and bursts.
+    perf: Arc<PmdCounters>,
 }
 
 // The life of a submitted command: queued until the thread takes it (or
@@ -144,6 +147,7 @@ impl DatapathThread {
         let waker = mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(|e| Error::io("eventfd", e))?;
         dp.set_registry(poll.registry().try_clone().map_err(|e| Error::io("epoll dup", e))?);
         let wakeup = Arc::new(Wakeup::new(Some(waker)));
+        let perf = dp.perf();
         let (tx, rx) = crossbeam::channel::unbounded();
         let w = wakeup.clone();
         let failure = Arc::new(Mutex::new(None));
@@ -168,7 +172,12 @@ impl DatapathThread {
                 }
             })
             .map_err(|e| Error::io("thread spawn", e))?;
-        Ok(DatapathThread { name, commands: tx, wakeup, failure, join: Some(join) })
+        Ok(DatapathThread { name, commands: tx, wakeup, failure, join: Some(join), perf })
+    }
+
+    /// The thread's cycle and burst counters.
+    pub(crate) fn perf(&self) -> &PmdCounters {
+        &self.perf
     }
 
     pub(crate) fn wakeup(&self) -> Arc<Wakeup> {
@@ -263,6 +272,7 @@ fn run(
 ) {
     let mut events = mio::Events::with_capacity(16);
     let mut last_work = Instant::now();
+    let perf = dp.perf();
     loop {
         loop {
             match commands.try_recv() {
@@ -277,7 +287,10 @@ fn run(
                 Err(TryRecvError::Empty) => break,
             }
         }
-        if dp.poll(clock.now_ms()) > 0 {
+        let start = crate::sys::cycles();
+        let received = dp.poll(clock.now_ms());
+        perf.iteration(crate::sys::cycles().wrapping_sub(start), received);
+        if received > 0 {
             last_work = Instant::now();
             continue;
         }
@@ -289,13 +302,17 @@ fn run(
             IdlePolicy::Adaptive { spin } => spin,
         };
         if last_work.elapsed() < spin {
+            let start = crate::sys::cycles();
             std::thread::yield_now();
+            perf.idle(crate::sys::cycles().wrapping_sub(start));
             continue;
         }
         wakeup.set_sleeping(true);
         if !dp.rx_pending() && commands.is_empty() {
             // An error here (EINTR) just means another turn of the loop.
+            let start = crate::sys::cycles();
             let _ = poll.poll(&mut events, Some(HOUSEKEEPING));
+            perf.slept(crate::sys::cycles().wrapping_sub(start));
         }
         wakeup.set_sleeping(false);
         last_work = Instant::now() - spin;

@@ -123,3 +123,33 @@ pub(crate) fn prefetch<T>(value: &T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
 }
+
+/// A cycle count: the CPU's time-stamp counter on x86_64 (constant rate on
+/// every CPU this runs on: `constant_tsc`), nanoseconds of a monotonic
+/// clock elsewhere. [`cycles_per_second`] converts it.
+#[inline(always)]
+pub(crate) fn cycles() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: RDTSC reads a counter; it has no memory effects and is part
+    // of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_rdtsc()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    }
+}
+
+/// The rate of [`cycles`], measured once against the monotonic clock
+/// (over 20 ms, on first use).
+pub(crate) fn cycles_per_second() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        let (t0, c0) = (std::time::Instant::now(), cycles());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (dt, dc) = (t0.elapsed().as_secs_f64(), cycles().wrapping_sub(c0));
+        ((dc as f64 / dt) as u64).max(1)
+    })
+}
