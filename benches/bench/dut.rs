@@ -123,10 +123,21 @@ impl Dut {
                     run(&["ip", "link", "set", p, "master", &br]);
                 }
                 run(&["ip", "link", "set", &br, "up"]);
-                Ok(Running { cpu: Cpu::Softirq, _keep: Box::new(guard) })
+                Ok(Running { cpu: Cpu::Softirq, cycles: None, _keep: Box::new(guard) })
             }
-            Dut::Ovs(backend) => Ovs::start(backend, a, b)
-                .map(|ovs| Running { cpu: Cpu::Process(ovs.vswitchd_pid.clone()), _keep: Box::new(ovs) }),
+            Dut::Ovs(backend) => Ovs::start(backend, a, b).map(|ovs| {
+                let dir = ovs.dir.clone();
+                let cycles = Box::new(move || {
+                    let out = Command::new("ovs-appctl")
+                        .args(["-t", "ovs-vswitchd", "dpif-netdev/pmd-stats-show"])
+                        .env("OVS_RUNDIR", &dir)
+                        .output()
+                        .ok()
+                        .filter(|o| o.status.success())?;
+                    Some(ovs_cycles(&String::from_utf8_lossy(&out.stdout)))
+                });
+                Running { cpu: Cpu::Process(ovs.vswitchd_pid.clone()), cycles: Some(cycles), _keep: Box::new(ovs) }
+            }),
         }
     }
 }
@@ -190,7 +201,42 @@ fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool, pin
             vec![sa, sb]
         }
     };
-    Ok(Running { cpu: Cpu::Process("self".into()), _keep: Box::new(switches) })
+    let switches = std::sync::Arc::new(switches);
+    let s = switches.clone();
+    let cycles = Box::new(move || {
+        let mut c = Cycles::default();
+        for t in s.iter().flat_map(|sw| sw.pmd_stats()) {
+            c.busy += t.busy_cycles;
+            c.packets += t.packets;
+        }
+        Some(c)
+    });
+    Ok(Running { cpu: Cpu::Process("self".into()), cycles: Some(cycles), _keep: Box::new(switches) })
+}
+
+/// A device's datapath threads' busy (processing) cycles and the packets
+/// they received, as running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cycles {
+    pub busy: u64,
+    pub packets: u64,
+}
+
+/// Open vSwitch's `dpif-netdev/pmd-stats-show`, summed over its threads
+/// (each PMD thread and the main thread, which polls `system` ports):
+/// "processing cycles" (its iterations that did work) and "packets
+/// received".
+fn ovs_cycles(text: &str) -> Cycles {
+    let mut c = Cycles::default();
+    let first_number = |rest: &str| rest.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("processing cycles:") {
+            c.busy += first_number(rest);
+        } else if let Some(rest) = line.strip_prefix("packets received:") {
+            c.packets += first_number(rest);
+        }
+    }
+    c
 }
 
 /// Where a device's CPU time is read.
@@ -205,6 +251,8 @@ pub enum Cpu {
 /// A device that is set up; torn down on drop.
 pub struct Running {
     pub cpu: Cpu,
+    /// Reads the device's own cycle counters, where it has them.
+    cycles: Option<Box<dyn Fn() -> Option<Cycles>>>,
     _keep: Box<dyn std::any::Any>,
 }
 
@@ -215,6 +263,12 @@ impl Running {
             Cpu::Process(pid) => process_cpu_seconds(pid),
             Cpu::Softirq => None,
         }
+    }
+
+    /// The device's busy cycles and packets so far (this switch's
+    /// pmd-stats, Open vSwitch's pmd-stats-show), if it counts them.
+    pub fn cycles(&self) -> Option<Cycles> {
+        self.cycles.as_ref().and_then(|f| f())
     }
 }
 
@@ -370,6 +424,14 @@ impl Drop for Ovs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ovs_pmd_stats_show_is_summed_over_threads() {
+        let text = "pmd thread numa_id 0 core_id 1:\n  packets received: 1000\n  idle cycles: 500 (33.33%)\n  \
+                    processing cycles: 1000000 (66.67%)\n  avg processing cycles per packet: 1000.00 (1000000/1000)\n\
+                    main thread:\n  packets received: 10\n  processing cycles: 20000 (1.00%)\n";
+        assert_eq!(ovs_cycles(text), Cycles { busy: 1_020_000, packets: 1010 });
+    }
 
     #[test]
     fn names_round_trip() {

@@ -188,6 +188,8 @@ struct Sample {
     offered: f64,
     delivered: f64,
     cpu: Option<f64>,
+    /// The device's busy cycles per packet received, by its own counters.
+    cycles_per_packet: Option<f64>,
 }
 
 /// Runs the generator once through a running device.
@@ -200,6 +202,7 @@ fn run_once(args: &Args, lab: &Lab, dev: &dut::Running, t: &Traffic, seconds: u6
     let dst = SINK_MAC;
     let before = counter(&lab.sink, &lab.sv.inner, "rx_packets");
     let c0 = dev.cpu_seconds();
+    let k0 = dev.cycles();
     let t0 = Instant::now();
     let out = lab.generator.exec(&[
         me.to_str().unwrap(),
@@ -219,9 +222,13 @@ fn run_once(args: &Args, lab: &Lab, dev: &dut::Running, t: &Traffic, seconds: u6
     std::thread::sleep(Duration::from_millis(200)); // let queues drain
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = c0.zip(dev.cpu_seconds()).map(|(a, b)| (b - a) / elapsed);
+    let cycles_per_packet = k0.zip(dev.cycles()).and_then(|(a, b)| {
+        let packets = b.packets.saturating_sub(a.packets);
+        (packets > 0).then(|| b.busy.saturating_sub(a.busy) as f64 / packets as f64)
+    });
     let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
     let got = counter(&lab.sink, &lab.sv.inner, "rx_packets") - before;
-    Ok(Sample { offered: sent as f64 / seconds as f64, delivered: got as f64 / seconds as f64, cpu })
+    Ok(Sample { offered: sent as f64 / seconds as f64, delivered: got as f64 / seconds as f64, cpu, cycles_per_packet })
 }
 
 /// Round-trip times in µs of `count` pings from the generator to the
@@ -411,6 +418,7 @@ fn main() {
             let col = |f: &dyn Fn(&Sample) -> f64| Summary::of(&s.iter().map(f).collect::<Vec<_>>()).unwrap();
             let losses: Vec<f64> = s.iter().map(|s| (1.0 - s.delivered / s.offered.max(1.0)).max(0.0)).collect();
             let cpus: Vec<f64> = s.iter().filter_map(|s| s.cpu).collect();
+            let cycles: Vec<f64> = s.iter().filter_map(|s| s.cycles_per_packet).collect();
             report.rows.push(Row {
                 device: d.name(),
                 ours: d.is_ours(),
@@ -421,6 +429,7 @@ fn main() {
                 delivered_gbps: col(&|s| s.delivered * t.size as f64 * 8.0 / 1e9),
                 loss: Summary::of(&losses).map_or(0.0, |s| s.median),
                 cpu_cores: Summary::of(&cpus),
+                cycles_per_packet: Summary::of(&cycles),
             });
         }
     }

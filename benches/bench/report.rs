@@ -24,6 +24,10 @@ pub struct Row {
     /// Cores the device used while forwarding; None when its work runs in
     /// the kernel's softirq (the Linux bridge).
     pub cpu_cores: Option<Summary>,
+    /// Busy cycles per packet received, by the device's own counters
+    /// (this switch's pmd-stats, Open vSwitch's pmd-stats-show); None for
+    /// a device without them.
+    pub cycles_per_packet: Option<Summary>,
 }
 
 /// Round-trip latency through a device, in microseconds.
@@ -53,6 +57,9 @@ pub struct Ratio {
     pub frame_size: usize,
     pub flows: u32,
     pub delivered: f64,
+    /// Busy cycles per packet over the peer's (lower is better), where
+    /// both count them.
+    pub cycles: Option<f64>,
 }
 
 /// Everything measured.
@@ -86,6 +93,11 @@ impl Report {
                         frame_size: r.frame_size,
                         flows: r.flows,
                         delivered: r.delivered_mpps.median / p.delivered_mpps.median,
+                        cycles: r
+                            .cycles_per_packet
+                            .zip(p.cycles_per_packet)
+                            .filter(|(_, p)| p.median > 0.0)
+                            .map(|(r, p)| r.median / p.median),
                     });
                 }
             }
@@ -105,12 +117,15 @@ impl Report {
             self.generator,
             if self.interrupted { " **Interrupted: partial results.**" } else { "" }
         );
-        o.push_str("| device | frame | flows | offered Mpps | delivered Mpps | Gbit/s | loss | CPU (cores) |\n");
-        o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        o.push_str(
+            "| device | frame | flows | offered Mpps | delivered Mpps | Gbit/s | loss | CPU (cores) | busy cycles/packet |\n",
+        );
+        o.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for r in &self.rows {
             let cpu = r.cpu_cores.as_ref().map_or("softirq".to_string(), |c| range(c, 1.0, 2));
+            let cycles = r.cycles_per_packet.as_ref().map_or("-".to_string(), |c| range(c, 1.0, 0));
             o.push_str(&format!(
-                "| {} | {} B | {} | {} | {} | {} | {:.1} % | {} |\n",
+                "| {} | {} B | {} | {} | {} | {} | {:.1} % | {} | {} |\n",
                 r.device,
                 r.frame_size,
                 r.flows,
@@ -118,16 +133,19 @@ impl Report {
                 range(&r.delivered_mpps, 1.0, 3),
                 range(&r.delivered_gbps, 1.0, 2),
                 r.loss * 100.0,
-                cpu
+                cpu,
+                cycles
             ));
         }
         if !self.ratios.is_empty() {
-            o.push_str("\nThis switch over each peer (delivered Mpps, medians, same run):\n\n");
-            o.push_str("| device | peer | frame | flows | ratio |\n|---|---|---:|---:|---:|\n");
+            o.push_str("\nThis switch over each peer (medians, same run):\n\n");
+            o.push_str("| device | peer | frame | flows | delivered Mpps | busy cycles/packet |\n");
+            o.push_str("|---|---|---:|---:|---:|---:|\n");
             for r in &self.ratios {
+                let cycles = r.cycles.map_or("-".to_string(), |c| format!("{c:.2}x"));
                 o.push_str(&format!(
-                    "| {} | {} | {} B | {} | {:.2}x |\n",
-                    r.device, r.peer, r.frame_size, r.flows, r.delivered
+                    "| {} | {} | {} B | {} | {:.2}x | {} |\n",
+                    r.device, r.peer, r.frame_size, r.flows, r.delivered, cycles
                 ));
             }
         }
@@ -274,6 +292,11 @@ mod tests {
             delivered_gbps: s,
             loss: 0.0,
             cpu_cores: ours.then_some(s),
+            cycles_per_packet: (!device.starts_with("linux")).then_some(Summary {
+                median: 1000.0 * mpps,
+                min: 900.0 * mpps,
+                max: 1100.0 * mpps,
+            }),
         }
     }
 
@@ -297,8 +320,10 @@ mod tests {
     fn ratios_are_against_each_peer() {
         let mut r = report();
         r.compute_ratios();
-        let got: Vec<(String, f64)> = r.ratios.iter().map(|x| (x.peer.clone(), x.delivered)).collect();
-        assert_eq!(got, vec![("linux-bridge".into(), 1.5), ("ovs-afxdp".into(), 3.0)]);
+        let got: Vec<(String, f64, Option<f64>)> =
+            r.ratios.iter().map(|x| (x.peer.clone(), x.delivered, x.cycles)).collect();
+        // The bridge counts no cycles; OVS's are compared.
+        assert_eq!(got, vec![("linux-bridge".into(), 1.5, None), ("ovs-afxdp".into(), 3.0, Some(3.0))]);
     }
 
     #[test]

@@ -822,10 +822,17 @@ fn pmd_text(r: &Value) -> String {
         let total = (busy + idle + sleep).max(1) as f64;
         let packets = n("packets");
         let pct = |c: u64| 100.0 * c as f64 / total;
-        out.push_str(&format!("{}:
-", t["thread"].as_str().unwrap_or("?")));
-        out.push_str(&format!("  Time: {:.3} s (cycle counter at {:.3} GHz)
-", total / hz, hz / 1e9));
+        out.push_str(&format!(
+            "{}:
+",
+            t["thread"].as_str().unwrap_or("?")
+        ));
+        out.push_str(&format!(
+            "  Time: {:.3} s (cycle counter at {:.3} GHz)
+",
+            total / hz,
+            hz / 1e9
+        ));
         out.push_str(&format!(
             "  Iterations: {} busy, {} idle; {} sleeps
 ",
@@ -833,27 +840,46 @@ fn pmd_text(r: &Value) -> String {
             n("idle_iterations"),
             n("sleeps")
         ));
-        out.push_str(&format!("  - Busy cycles:  {busy:>16} ({:5.1} %)
-", pct(busy)));
-        out.push_str(&format!("  - Idle cycles:  {idle:>16} ({:5.1} %)
-", pct(idle)));
-        out.push_str(&format!("  - Sleep cycles: {sleep:>16} ({:5.1} %)
-", pct(sleep)));
-        let per_packet =
-            if packets == 0 { "-".to_string() } else { format!("{:.0}", busy as f64 / packets as f64) };
+        out.push_str(&format!(
+            "  - Busy cycles:  {busy:>16} ({:5.1} %)
+",
+            pct(busy)
+        ));
+        out.push_str(&format!(
+            "  - Idle cycles:  {idle:>16} ({:5.1} %)
+",
+            pct(idle)
+        ));
+        out.push_str(&format!(
+            "  - Sleep cycles: {sleep:>16} ({:5.1} %)
+",
+            pct(sleep)
+        ));
+        let per_packet = if packets == 0 { "-".to_string() } else { format!("{:.0}", busy as f64 / packets as f64) };
         let busy_secs = busy as f64 / hz;
-        let rate = if busy_secs > 0.0 { format!(", {:.3} Mpps while busy", packets as f64 / busy_secs / 1e6) } else { String::new() };
-        out.push_str(&format!("  Rx packets: {packets} ({per_packet} busy cycles/packet{rate})
-"));
+        let rate = if busy_secs > 0.0 {
+            format!(", {:.3} Mpps while busy", packets as f64 / busy_secs / 1e6)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "  Rx packets: {packets} ({per_packet} busy cycles/packet{rate})
+"
+        ));
         let batches = n("batches");
         let avg = if batches == 0 { 0.0 } else { packets as f64 / batches as f64 };
-        out.push_str(&format!("  Bursts: {batches} ({avg:.1} packets/burst)
-"));
+        out.push_str(&format!(
+            "  Bursts: {batches} ({avg:.1} packets/burst)
+"
+        ));
         let hist = t["batch_histogram"].as_array().cloned().unwrap_or_default();
         let cells: Vec<String> =
             labels.iter().zip(&hist).map(|(l, c)| format!("{l}: {}", c.as_u64().unwrap_or(0))).collect();
-        out.push_str(&format!("  - by size: {}
-", cells.join(", ")));
+        out.push_str(&format!(
+            "  - by size: {}
+",
+            cells.join(", ")
+        ));
     }
     out
 }
