@@ -350,3 +350,43 @@ fn options_where_ovs_vsctl_puts_them_and_exit_codes() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("nothing changed"), "{args:?}: {out:?}");
     }
 }
+
+/// An internal port carries TCP super-frames both ways: the host's TCP
+/// sends 64 KiB frames into its TAP device and gets them whole from the
+/// switch (IFF_VNET_HDR with TUNSETOFFLOAD), so the frames it counts
+/// average far above the MTU, with nothing cut or dropped as too big.
+#[test]
+fn internal_port_carries_tcp_super_frames_both_ways() {
+    let (host, c) = (NetNs::new(), NetNs::new());
+    let d = Daemon::start_netns(&host);
+    let (hv, cv) = (unique("vh"), unique("vc"));
+    vswitch_tests::netns::veth_between(&host, &hv, &c, &cv);
+    c.run(&["ip", "addr", "add", "10.93.0.1/24", "dev", &cv]);
+    let (br, gw) = (unique("ib"), unique("ig"));
+    d.ok(&["add-br", &br, "--", "add-port", &br, &hv, "--", "add-port", &br, &gw, "type=internal"]);
+    host.run(&["ip", "addr", "add", "10.93.0.254/24", "dev", &gw]);
+    host.run(&["ip", "link", "set", &gw, "up"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.ping("10.93.0.254", 1) {
+        assert!(Instant::now() < deadline, "no ping from the namespace to the host's internal port");
+    }
+    let to_host = vswitch_tests::netns::iperf3(&c, &host, "10.93.0.254", 2);
+    let from_host = vswitch_tests::netns::iperf3(&host, &c, "10.93.0.1", 2);
+    println!(
+        "TCP through an internal port: to the host {:.2} Gbit/s, from it {:.2} Gbit/s",
+        to_host.bits_per_second / 1e9,
+        from_host.bits_per_second / 1e9
+    );
+    assert!(to_host.bytes > 50_000_000, "to the host: {}", to_host.output);
+    assert!(from_host.bytes > 50_000_000, "from the host: {}", from_host.output);
+    let stats = d.json(&["stats", &br, &gw]);
+    let p = &stats["bridges"][0]["ports"][0];
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    assert_eq!(p["name"], gw.as_str(), "{stats}");
+    let (rx, tx) = (n("rx_bytes") / n("rx_packets").max(1), n("tx_bytes") / n("tx_packets").max(1));
+    assert!(rx > 4000, "the host's super-frames came in whole: {rx} bytes per frame on average: {p}");
+    assert!(tx > 4000, "and went out to it whole: {tx} bytes per frame on average: {p}");
+    for reason in ["too_big", "truncated", "tx_error"] {
+        assert_eq!(p["drops"][reason].as_u64().unwrap_or(0), 0, "{reason}: {p}");
+    }
+}

@@ -9,9 +9,12 @@
 //! ```
 //!
 //! The device is created down (like Open vSwitch's), exists while the port
-//! does, and is removed with it. It carries no offloads: the kernel hands it
-//! MTU-sized frames with complete checksums, and GSO frames from other
-//! ports are segmented by the datapath before they reach it.
+//! does, and is removed with it. It carries offloads both ways with a
+//! virtio-net header on every frame (`IFF_VNET_HDR`, see `sys::tap`): the
+//! host's TCP hands it 64 KiB super-frames with checksums left to do, which
+//! cross to AF_PACKET ports whole (the datapath segments them only for a
+//! port that cannot take offload metadata), and GSO frames from AF_PACKET
+//! ports reach the host's stack whole.
 
 use std::sync::Arc;
 
@@ -21,8 +24,9 @@ use crate::packet::{Packet, PacketPool};
 use crate::sys::tap::Tap;
 use crate::{Error, Result};
 
-/// Largest frame read from the device (an MTU of 65521 plus headers).
-const MAX_FRAME: usize = 65_536;
+/// Largest read from the device: a 64 KiB GSO frame behind its
+/// virtio-net header.
+const MAX_FRAME: usize = 65_536 + crate::sys::packet_ring::VNET_HDR_LEN;
 
 /// A TAP device on the bridge.
 #[derive(Debug)]
@@ -76,9 +80,10 @@ impl Port for InternalPort {
         let mut n = 0;
         while n < max {
             match self.tap.recv(&mut self.scratch) {
-                Ok(Some(len)) => {
+                Ok(Some((vnet, frame))) => {
                     let mut p = pool.get();
-                    p.set_frame(&self.scratch[..len]);
+                    p.set_frame(&self.scratch[frame]);
+                    p.offload = vnet;
                     batch.push(p);
                     n += 1;
                 }
@@ -91,7 +96,7 @@ impl Port for InternalPort {
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
         let mut out = TxOutcome::default();
         for p in batch.drain(..) {
-            match self.tap.send(p.data()) {
+            match self.tap.send(p.offload, p.data()) {
                 Ok(true) => {
                     out.sent += 1;
                     out.sent_bytes += p.len() as u64;
@@ -121,6 +126,10 @@ impl Port for InternalPort {
 
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
         Some(self.tap.fd())
+    }
+
+    fn carries_offloads(&self) -> bool {
+        true
     }
 
     fn housekeeping(&mut self, now_ms: u64) {

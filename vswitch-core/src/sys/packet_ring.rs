@@ -56,12 +56,12 @@ pub struct VnetHdr {
 pub const VNET_HDR_LEN: usize = 10;
 
 impl VnetHdr {
-    fn from_bytes(b: &[u8]) -> VnetHdr {
+    pub(crate) fn from_bytes(b: &[u8]) -> VnetHdr {
         let u = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
         VnetHdr { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) }
     }
 
-    fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
+    pub(crate) fn to_bytes(self) -> [u8; VNET_HDR_LEN] {
         let mut b = [0u8; VNET_HDR_LEN];
         b[0] = self.flags;
         b[1] = self.gso_type;
