@@ -72,7 +72,7 @@ fn count(packets: u64, mode: &str) {
         let k = b.recv_burst(&mut out, BURST * 2);
         got += k as u64;
         // The frames come back unchanged: send them again.
-        pool.extend(out.drain(..));
+        pool.append(&mut out);
         if pool.len() < BURST {
             pool.extend(frames());
         }
