@@ -57,12 +57,15 @@ pub enum Mode {
 pub enum Dut {
     Vswitch(Backend, Mode),
     LinuxBridge,
+    /// The kernel's own overlay, the peer of `vswitch-BACKEND-vxlan`: on
+    /// each side a namespace with a Linux bridge joining the host-side
+    /// interface to a `vxlan` device, the two joined by a veth underlay.
+    LinuxVxlan,
     Ovs(Backend),
 }
 
 /// The devices measured when none are named.
-pub const DEFAULT: &str =
-    "vswitch-afpacket,vswitch-afxdp,vswitch-afxdp-flows,vswitch-afpacket-vxlan,linux-bridge,ovs-afpacket,ovs-afxdp";
+pub const DEFAULT: &str = "vswitch-afpacket,vswitch-afxdp,vswitch-afxdp-flows,vswitch-afpacket-vxlan,linux-bridge,linux-vxlan,ovs-afpacket,ovs-afxdp";
 
 impl Dut {
     /// Parses a device name (see [`DEFAULT`]); `rules` sizes the flow mode.
@@ -77,12 +80,13 @@ impl Dut {
         let parts: Vec<&str> = s.split('-').collect();
         match parts.as_slice() {
             ["linux", "bridge"] => Ok(Dut::LinuxBridge),
+            ["linux", "vxlan"] => Ok(Dut::LinuxVxlan),
             ["ovs", b] => Ok(Dut::Ovs(backend(b)?)),
             ["vswitch", b] => Ok(Dut::Vswitch(backend(b)?, Mode::Normal)),
             ["vswitch", b, "flows"] => Ok(Dut::Vswitch(backend(b)?, Mode::Flows(rules))),
             ["vswitch", b, "vxlan"] => Ok(Dut::Vswitch(backend(b)?, Mode::Vxlan)),
             _ => Err(format!(
-                "unknown device '{s}' (vswitch-BACKEND, vswitch-BACKEND-flows, vswitch-BACKEND-vxlan, linux-bridge, ovs-BACKEND)"
+                "unknown device '{s}' (vswitch-BACKEND, vswitch-BACKEND-flows, vswitch-BACKEND-vxlan, linux-bridge, linux-vxlan, ovs-BACKEND)"
             )),
         }
     }
@@ -94,6 +98,7 @@ impl Dut {
             Dut::Vswitch(b, Mode::Flows(n)) => format!("vswitch-{}-flows{n}", b.name()),
             Dut::Vswitch(b, Mode::Vxlan) => format!("vswitch-{}-vxlan", b.name()),
             Dut::LinuxBridge => "linux-bridge".into(),
+            Dut::LinuxVxlan => "linux-vxlan".into(),
             Dut::Ovs(b) => format!("ovs-{}", b.name()),
         }
     }
@@ -123,6 +128,10 @@ impl Dut {
                     run(&["ip", "link", "set", p, "master", &br]);
                 }
                 run(&["ip", "link", "set", &br, "up"]);
+                Ok(Running { cpu: Cpu::Softirq, cycles: None, _keep: Box::new(guard) })
+            }
+            Dut::LinuxVxlan => {
+                let guard = KernelVxlan::start(a, b)?;
                 Ok(Running { cpu: Cpu::Softirq, cycles: None, _keep: Box::new(guard) })
             }
             Dut::Ovs(backend) => Ovs::start(backend, a, b).map(|ovs| {
@@ -274,6 +283,76 @@ impl Running {
     }
 }
 
+/// The kernel's VXLAN overlay: the host-side interfaces moved into two
+/// namespaces of their own, each with a bridge and a `vxlan` device (VNI
+/// 42), over a veth underlay whose MTU (65,535) leaves the overlay room
+/// for any frame, as this switch's loopback underlay does. Dropping it
+/// moves the interfaces back, up, and deletes the namespaces.
+struct KernelVxlan {
+    namespaces: [String; 2],
+    moved: Vec<(usize, String)>,
+}
+
+impl KernelVxlan {
+    fn start(a: &str, b: &str) -> Result<KernelVxlan, String> {
+        let mut k = KernelVxlan { namespaces: [unique("kvx"), unique("kvx")], moved: Vec::new() };
+        let sh = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        };
+        for ns in &k.namespaces {
+            sh(&["ip", "netns", "add", ns])?;
+        }
+        let [na, nb] = k.namespaces.clone();
+        let under = ["u0", "u1"];
+        sh(&[
+            "ip", "link", "add", under[0], "netns", &na, "mtu", "65535", "type", "veth", "peer", "name", under[1],
+            "netns", &nb, "mtu", "65535",
+        ])?;
+        for (i, (ns, host)) in [(&na, a), (&nb, b)].into_iter().enumerate() {
+            sh(&["ip", "link", "set", host, "netns", ns])?;
+            k.moved.push((i, host.to_string()));
+            let ip = |args: &[&str]| {
+                let mut v = vec!["ip", "-n", ns.as_str()];
+                v.extend_from_slice(args);
+                sh(&v)
+            };
+            let (local, remote) =
+                if i == 0 { ("192.168.251.1", "192.168.251.2") } else { ("192.168.251.2", "192.168.251.1") };
+            ip(&["addr", "add", &format!("{local}/24"), "dev", under[i]])?;
+            ip(&["link", "set", under[i], "up"])?;
+            ip(&[
+                "link", "add", "vx0", "type", "vxlan", "id", "42", "local", local, "remote", remote, "dstport", "4789",
+            ])?;
+            ip(&["link", "add", "br0", "type", "bridge"])?;
+            for dev in [host, "vx0"] {
+                ip(&["link", "set", dev, "master", "br0"])?;
+                ip(&["link", "set", dev, "up"])?;
+            }
+            ip(&["link", "set", "br0", "up"])?;
+        }
+        Ok(k)
+    }
+}
+
+impl Drop for KernelVxlan {
+    fn drop(&mut self) {
+        let me = std::process::id().to_string();
+        for (i, host) in &self.moved {
+            let _ = Command::new("ip").args(["-n", &self.namespaces[*i], "link", "set", host, "nomaster"]).output();
+            let _ = Command::new("ip").args(["-n", &self.namespaces[*i], "link", "set", host, "netns", &me]).output();
+            let _ = Command::new("ip").args(["link", "set", host, "up"]).output();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
 struct BridgeGuard(String);
 
 impl Drop for BridgeGuard {
@@ -345,6 +424,18 @@ impl Ovs {
             (format!("--pidfile={}", d("ovsdb-server.pid")), format!("--log-file={}", d("ovsdb.log")));
         sh(&["ovsdb-server", &remote, &pid_db, &log_db, "--detach", &d("conf.db")])?;
         sh(&["ovs-vsctl", &format!("--db={db}"), "--no-wait", "init"])?;
+        // TCP super-frames from veth: without userspace TSO (read at
+        // start) OVS's userspace datapath cannot carry them and TCP
+        // through it stalls.
+        sh(&[
+            "ovs-vsctl",
+            &format!("--db={db}"),
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:userspace-tso-enable=true",
+        ])?;
         let (pid_sw, log_sw) =
             (format!("--pidfile={}", d("ovs-vswitchd.pid")), format!("--log-file={}", d("vswitchd.log")));
         sh(&["ovs-vswitchd", &db, &pid_sw, &log_sw, "--detach"])?;

@@ -33,7 +33,7 @@ use vswitch_core::port::Port;
 use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
 use vswitch_core::port::afxdp::{AfXdpPort, XdpModeRequest};
 use vswitch_core::{MacAddr, port::BURST};
-use vswitch_tests::netns::{NetNs, Veth};
+use vswitch_tests::netns::{NetNs, Veth, iperf3_streams};
 
 use dut::Dut;
 use frames::Traffic;
@@ -81,6 +81,13 @@ struct Args {
     /// Pings per latency measurement (idle, and again under load).
     #[arg(long, default_value_t = 200)]
     pings: u32,
+    /// Seconds of iperf3 TCP per device and stream count, from the
+    /// generator's namespace to the sink's (0: no TCP measurement).
+    #[arg(long, default_value_t = 3)]
+    tcp_seconds: u32,
+    /// Parallel TCP streams per iperf3 measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    streams: Vec<u32>,
     /// Where report.md, report.json and report.svg go.
     #[arg(long, default_value = "target/vswitch-bench")]
     out: PathBuf,
@@ -295,6 +302,7 @@ fn main() {
     }
     if args.smoke {
         (args.seconds, args.reps, args.sizes, args.flows, args.pings) = (1, 1, vec![64], vec![1], 20);
+        (args.tcp_seconds, args.streams) = (1, vec![1]);
     }
     let fail = |m: String| -> ! {
         eprintln!("vswitch-bench: {m}");
@@ -336,6 +344,7 @@ fn main() {
         rows: vec![],
         idle_cpu: vec![],
         latency: vec![],
+        tcp: vec![],
         skipped: vec![],
         ratios: vec![],
         interrupted: false,
@@ -406,6 +415,18 @@ fn main() {
             if rep + 1 == args.reps && !stop.load(Ordering::Relaxed) {
                 eprintln!("[{name}] latency: {} pings idle, {} under load", args.pings, args.pings);
                 report.latency.push(latency(&args, &lab, &name, args.pings));
+                for &streams in args.streams.iter().filter(|_| args.tcp_seconds > 0) {
+                    let run = iperf3_streams(&lab.generator, &lab.sink, "10.98.0.2", args.tcp_seconds, streams);
+                    let gbps = (run.bytes > 0).then_some(run.bits_per_second / 1e9);
+                    match gbps {
+                        Some(g) => eprintln!("[{name}] TCP, {streams} stream(s): {g:.2} Gbit/s"),
+                        None => eprintln!(
+                            "[{name}] TCP, {streams} stream(s): failed: {}",
+                            run.output.chars().take(300).collect::<String>()
+                        ),
+                    }
+                    report.tcp.push(report::Tcp { device: name.clone(), ours: d.is_ours(), streams, gbps });
+                }
             }
         }
     }

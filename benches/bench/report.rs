@@ -42,6 +42,18 @@ pub struct Latency {
     pub load_loss: f64,
 }
 
+/// iperf3 TCP through a device, from the generator's namespace to the
+/// sink's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tcp {
+    pub device: String,
+    pub ours: bool,
+    /// Parallel streams.
+    pub streams: u32,
+    /// Their sum at the receiver (None: no data crossed).
+    pub gbps: Option<f64>,
+}
+
 /// A device that could not be measured, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
@@ -74,6 +86,7 @@ pub struct Report {
     /// Cores each device used with no traffic.
     pub idle_cpu: Vec<(String, Option<f64>)>,
     pub latency: Vec<Latency>,
+    pub tcp: Vec<Tcp>,
     pub skipped: Vec<Skipped>,
     pub ratios: Vec<Ratio>,
     /// True if the run was interrupted before the end.
@@ -102,6 +115,60 @@ impl Report {
                 }
             }
         }
+    }
+
+    /// The TCP section: Gbit/s per device and stream count, then each of
+    /// our devices over each peer.
+    fn tcp_markdown(&self) -> String {
+        let mut streams: Vec<u32> = self.tcp.iter().map(|t| t.streams).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let run = |d: &str, s: u32| self.tcp.iter().find(|t| t.device == d && t.streams == s);
+        let gbps = |d: &str, s: u32| run(d, s).and_then(|t| t.gbps);
+        let mut devices: Vec<(&str, bool)> = Vec::new();
+        for t in &self.tcp {
+            if !devices.iter().any(|(d, _)| *d == t.device) {
+                devices.push((&t.device, t.ours));
+            }
+        }
+        let cols: Vec<String> =
+            streams.iter().map(|s| format!("{s} stream{}", if *s == 1 { "" } else { "s" })).collect();
+        let mut o = format!(
+            "\nTCP (iperf3, Gbit/s at the receiver):\n\n| device | {} |\n|---|{}\n",
+            cols.join(" | "),
+            "---:|".repeat(cols.len())
+        );
+        for (d, _) in &devices {
+            let cells: Vec<String> = streams
+                .iter()
+                .map(|s| match run(d, *s) {
+                    None => "-".into(),
+                    Some(t) => t.gbps.map_or("failed".into(), |g| format!("{g:.2}")),
+                })
+                .collect();
+            o.push_str(&format!("| {d} | {} |\n", cells.join(" | ")));
+        }
+        let mut ratios = String::new();
+        for (d, _) in devices.iter().filter(|(_, ours)| *ours) {
+            for (p, _) in devices.iter().filter(|(_, ours)| !*ours) {
+                let cells: Vec<String> = streams
+                    .iter()
+                    .map(|s| match (gbps(d, *s), gbps(p, *s)) {
+                        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                        _ => "-".into(),
+                    })
+                    .collect();
+                ratios.push_str(&format!("| {d} | {p} | {} |\n", cells.join(" | ")));
+            }
+        }
+        if !ratios.is_empty() {
+            o.push_str(&format!(
+                "\nTCP, this switch over each peer (same run):\n\n| device | peer | {} |\n|---|---|{}\n{ratios}",
+                cols.join(" | "),
+                "---:|".repeat(cols.len())
+            ));
+        }
+        o
     }
 
     /// The markdown report.
@@ -166,6 +233,9 @@ impl Report {
                     l.load_loss * 100.0
                 ));
             }
+        }
+        if !self.tcp.is_empty() {
+            o.push_str(&self.tcp_markdown());
         }
         if !self.idle_cpu.is_empty() {
             o.push_str("\nCPU with no traffic (cores):");
@@ -310,6 +380,12 @@ mod tests {
             rows: vec![row("vswitch-afxdp", true, 1.5), row("linux-bridge", false, 1.0), row("ovs-afxdp", false, 0.5)],
             idle_cpu: vec![("vswitch-afxdp".into(), Some(0.001))],
             latency: vec![],
+            tcp: vec![
+                Tcp { device: "vswitch-afxdp".into(), ours: true, streams: 1, gbps: Some(2.0) },
+                Tcp { device: "vswitch-afxdp".into(), ours: true, streams: 4, gbps: Some(3.0) },
+                Tcp { device: "linux-bridge".into(), ours: false, streams: 1, gbps: Some(4.0) },
+                Tcp { device: "linux-bridge".into(), ours: false, streams: 4, gbps: Some(6.0) },
+            ],
             skipped: vec![Skipped { device: "ovs-afpacket".into(), reason: "not installed".into() }],
             ratios: vec![],
             interrupted: false,
@@ -331,7 +407,15 @@ mod tests {
         let mut r = report();
         r.compute_ratios();
         let md = r.markdown();
-        for d in ["vswitch-afxdp", "linux-bridge", "ovs-afxdp", "Skipped ovs-afpacket: not installed", "3.00x"] {
+        for d in [
+            "vswitch-afxdp",
+            "linux-bridge",
+            "ovs-afxdp",
+            "Skipped ovs-afpacket: not installed",
+            "3.00x",
+            "| vswitch-afxdp | 2.00 | 3.00 |",
+            "| vswitch-afxdp | linux-bridge | 0.50x | 0.50x |",
+        ] {
             assert!(md.contains(d), "{d} in\n{md}");
         }
         assert!(md.contains("| vswitch-afxdp | 64 B | 1 | 1.500 (1.350-1.650) |"), "{md}");

@@ -35,6 +35,7 @@ fn a_smoke_run_reports_every_device() {
         "vswitch-afxdp-flows1000",
         "vswitch-afpacket-vxlan",
         "linux-bridge",
+        "linux-vxlan",
         "ovs-afpacket",
         "ovs-afxdp",
     ] {
@@ -49,6 +50,10 @@ fn a_smoke_run_reports_every_device() {
             let r = row.unwrap_or_else(|| panic!("{device} was not measured: {skip:?}"));
             assert!(r["delivered_mpps"]["median"].as_f64().unwrap() > 0.0, "{device} forwarded nothing: {r}");
             assert!(r["offered_mpps"]["median"].as_f64().unwrap() > 0.0);
+            // TCP crossed it too (iperf3, one stream in a smoke run).
+            let tcp = report["tcp"].as_array().unwrap().iter().find(|t| t["device"] == device);
+            let gbps = tcp.and_then(|t| t["gbps"].as_f64());
+            assert!(gbps.is_some_and(|g| g > 0.0), "{device}: no TCP through it: {tcp:?}\n{stderr}");
         }
     }
     assert!(report["latency"].as_array().unwrap().iter().any(|l| l["idle_p50_us"].as_f64().is_some()));
@@ -56,5 +61,10 @@ fn a_smoke_run_reports_every_device() {
     // userspace datapath's ovs-netdev).
     let left: Vec<String> = ovs_links().into_iter().filter(|l| !before.contains(l)).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // Nor does the kernel's overlay (its two namespaces).
+    let namespaces =
+        String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+            .to_string();
+    assert!(!namespaces.contains("kvx"), "the kernel overlay's namespaces are left: {namespaces}");
     assert!(report["ratios"].as_array().unwrap().iter().any(|r| r["peer"] == "linux-bridge"));
 }

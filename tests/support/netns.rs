@@ -158,13 +158,30 @@ pub struct Iperf3 {
 /// `server` listening on `server_ip` (retrying while the server starts,
 /// each client run bounded by `timeout`).
 pub fn iperf3(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32) -> Iperf3 {
+    iperf3_streams(client, server, server_ip, seconds, 1)
+}
+
+/// [`iperf3`] with `streams` parallel TCP connections (`-P`); the rate
+/// is their sum.
+pub fn iperf3_streams(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32, streams: u32) -> Iperf3 {
     let start_server = || server.spawn(&["iperf3", "-s", "-1", "-B", server_ip]);
     let mut srv = start_server();
     let mut server_log = String::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let limit = (seconds + 17).to_string();
     let out = loop {
-        let out = client.exec(&["timeout", &limit, "iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
+        let out = client.exec(&[
+            "timeout",
+            &limit,
+            "iperf3",
+            "-c",
+            server_ip,
+            "-t",
+            &seconds.to_string(),
+            "-P",
+            &streams.max(1).to_string(),
+            "-J",
+        ]);
         // iperf3 3.12 exits 0 even when it could not connect (the error is
         // only in its JSON), so success is judged from the report itself.
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();

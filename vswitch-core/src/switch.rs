@@ -599,6 +599,8 @@ impl Switch {
     }
 
     fn pmd_totals(&self) -> Vec<PmdStats> {
+        // Measured once (20 ms), before any lock is taken.
+        crate::sys::cycles_per_second();
         match &self.runner {
             Runner::Threads(threads) => threads.iter().map(|t| t.perf().snapshot(t.name())).collect(),
             Runner::Manual { dp, .. } => {

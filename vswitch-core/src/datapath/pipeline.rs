@@ -355,10 +355,8 @@ impl Datapath {
             };
             p.set_link(up);
             let special = p.rx_special;
-            if n > 0 {
-                self.perf.burst(n);
-            }
             if n > 0 && (!special || self.rx_taps(slot, &mut rx)) {
+                self.perf.burst(n);
                 work += n;
                 self.switch_burst(slot, &mut rx, now_ms);
                 self.flush();

@@ -172,7 +172,6 @@ pub(crate) fn ifindex(name: &str) -> Option<u32> {
     sysfs(name, "ifindex")?.parse().ok()
 }
 
-/// True if the interface is administratively up and its carrier is on.
 /// The interface's MTU (1500 if sysfs does not say).
 fn mtu(name: &str) -> u32 {
     sysfs(name, "mtu").and_then(|m| m.parse().ok()).unwrap_or(1500)
@@ -184,6 +183,7 @@ fn sized_for(cfg: RingConfig, name: &str) -> RingConfig {
     RingConfig { frame_size: cfg.frame_size_for_mtu(mtu(name)), ..cfg }
 }
 
+/// True if the interface is administratively up and its carrier is on.
 pub(crate) fn link_is_up(name: &str) -> bool {
     let flags =
         sysfs(name, "flags").and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).unwrap_or(0);

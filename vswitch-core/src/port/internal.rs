@@ -21,18 +21,21 @@ use std::sync::Arc;
 use super::upkeep::{Mailbox, SlowHalf, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
-use crate::sys::tap::Tap;
+use crate::sys::tap::{Tap, TapRead};
 use crate::{Error, Result};
 
-/// Largest read from the device: a 64 KiB GSO frame behind its
-/// virtio-net header.
-const MAX_FRAME: usize = 65_536 + crate::sys::packet_ring::VNET_HDR_LEN;
+/// Largest read from the device: a 64 KiB GSO frame (or one of the
+/// largest MTU) behind its virtio-net header, with room to tell a frame
+/// that fills the buffer, cut, from one that fits.
+const MAX_FRAME: usize = 65_536 + 256;
 
 /// A TAP device on the bridge.
 #[derive(Debug)]
 pub struct InternalPort {
     tap: Tap,
     scratch: Vec<u8>,
+    /// Frames read cut short (longer than the buffer), since last taken.
+    truncated: u64,
     link: Arc<Mailbox<()>>,
     /// The slow half (the link state), until the switch takes it.
     upkeep: SlowHalf<LinkWatch>,
@@ -67,7 +70,7 @@ impl InternalPort {
         })?;
         let link = Mailbox::new(false);
         let upkeep = SlowHalf::new(LinkWatch { name: name.to_string(), link: link.clone() });
-        Ok(InternalPort { tap, scratch: vec![0; MAX_FRAME], link, upkeep })
+        Ok(InternalPort { tap, scratch: vec![0; MAX_FRAME], truncated: 0, link, upkeep })
     }
 }
 
@@ -80,13 +83,14 @@ impl Port for InternalPort {
         let mut n = 0;
         while n < max {
             match self.tap.recv(&mut self.scratch) {
-                Ok(Some((vnet, frame))) => {
+                Ok(Some(TapRead::Frame(vnet, frame))) => {
                     let mut p = pool.get();
                     p.set_frame(&self.scratch[frame]);
                     p.offload = vnet;
                     batch.push(p);
                     n += 1;
                 }
+                Ok(Some(TapRead::Truncated)) => self.truncated += 1,
                 Ok(None) | Err(_) => break,
             }
         }
@@ -130,6 +134,10 @@ impl Port for InternalPort {
 
     fn carries_offloads(&self) -> bool {
         true
+    }
+
+    fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {
+        count(DropReason::Truncated, std::mem::take(&mut self.truncated));
     }
 
     fn housekeeping(&mut self, now_ms: u64) {

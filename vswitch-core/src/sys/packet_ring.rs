@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::cvt;
 
 /// The virtio-net header the kernel puts before each frame with
-/// `PACKET_VNET_HDR` (`struct virtio_net_hdr`, 10 bytes, little-endian on
-/// every host this runs on).
+/// `PACKET_VNET_HDR` (and a TAP device with `IFF_VNET_HDR`): `struct
+/// virtio_net_hdr`, 10 bytes, in host byte order (legacy virtio).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VnetHdr {
     /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (1) and friends.

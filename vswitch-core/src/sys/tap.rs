@@ -5,10 +5,11 @@
 //!
 //! Every frame read or written carries a virtio-net header in front
 //! (10 bytes, as AF_PACKET's `PACKET_VNET_HDR`), and `TUNSETOFFLOAD` tells
-//! the kernel this reader takes partial checksums and TCP segmentation
-//! (and UDP segmentation where the kernel has it): the host's TCP sends
-//! 64 KiB super-frames through the device, and the switch can write GSO
-//! frames into it for the host's stack to take whole.
+//! the kernel this reader takes partial checksums and TCP segmentation:
+//! the host's TCP sends 64 KiB super-frames through the device, and the
+//! switch can write GSO frames into it for the host's stack to take whole.
+//! Not UDP segmentation (`TUN_F_USO4/6`): the datapath cannot segment UDP
+//! GSO frames for ports without offloads, so the host keeps cutting those.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
@@ -26,8 +27,15 @@ const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
 const TUN_F_TSO6: libc::c_ulong = 0x04;
 const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
-const TUN_F_USO4: libc::c_ulong = 0x20;
-const TUN_F_USO6: libc::c_ulong = 0x40;
+
+/// What one read from a TAP device gave.
+#[derive(Debug)]
+pub(crate) enum TapRead {
+    /// A frame's virtio-net header, and where the frame is in the buffer.
+    Frame(VnetHdr, std::ops::Range<usize>),
+    /// A frame that did not fit the buffer (or shorter than its header).
+    Truncated,
+}
 
 /// An open TAP device, non-blocking.
 #[derive(Debug)]
@@ -60,14 +68,10 @@ impl Tap {
         // SAFETY: `req` is a valid ifreq that outlives the call; TUNSETIFF
         // reads the name and flags and writes back the name.
         cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) })?;
-        let tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
         // SAFETY: TUNSETOFFLOAD takes its flags by value; nothing is read
-        // from or written to memory. Kernels before 6.2 refuse the UDP
-        // segmentation flags: then TCP's alone.
-        if cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, tcp | TUN_F_USO4 | TUN_F_USO6) }).is_err() {
-            // SAFETY: as above.
-            cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, tcp) })?;
-        }
+        // from or written to memory.
+        cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, offloads) })?;
         // SAFETY: plain fcntl(2) calls on a descriptor we own.
         unsafe {
             let flags = cvt(libc::fcntl(file.as_raw_fd(), libc::F_GETFL))?;
@@ -76,13 +80,17 @@ impl Tap {
         Ok(Tap { file })
     }
 
-    /// Reads one frame into `buf` (its virtio-net header first); the
-    /// header and the frame's range in `buf`. `Ok(None)` when none is
-    /// waiting.
-    pub(crate) fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(VnetHdr, std::ops::Range<usize>)>> {
+    /// Reads one frame into `buf` (its virtio-net header first).
+    /// `Ok(None)` when none is waiting.
+    pub(crate) fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<TapRead>> {
         match self.file.read(buf) {
-            Ok(n) if n > VNET_HDR_LEN => Ok(Some((VnetHdr::from_bytes(&buf[..VNET_HDR_LEN]), VNET_HDR_LEN..n))),
-            Ok(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "short read from the TAP device")),
+            // The kernel cuts a frame to the buffer without saying so: one
+            // that fills it may have been longer.
+            Ok(n) if n >= buf.len() => Ok(Some(TapRead::Truncated)),
+            Ok(n) if n > VNET_HDR_LEN => {
+                Ok(Some(TapRead::Frame(VnetHdr::from_bytes(&buf[..VNET_HDR_LEN]), VNET_HDR_LEN..n)))
+            }
+            Ok(_) => Ok(Some(TapRead::Truncated)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
