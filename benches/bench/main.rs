@@ -238,6 +238,14 @@ fn run_once(args: &Args, lab: &Lab, dev: &dut::Running, t: &Traffic, seconds: u6
     Ok(Sample { offered: sent as f64 / seconds as f64, delivered: got as f64 / seconds as f64, cpu, cycles_per_packet })
 }
 
+/// What iperf3 said went wrong (its JSON report's "error"), or the
+/// start of its output.
+fn iperf3_error(output: &str) -> String {
+    let said =
+        output.split("\"error\":").nth(1).and_then(|rest| rest.trim_start().strip_prefix('"')?.split('"').next());
+    said.map_or_else(|| output.chars().take(200).collect(), str::to_string)
+}
+
 /// Round-trip times in µs of `count` pings from the generator to the
 /// sink, and the share lost.
 fn ping(lab: &Lab, count: u32) -> (Vec<f64>, f64) {
@@ -420,10 +428,7 @@ fn main() {
                     let gbps = (run.bytes > 0).then_some(run.bits_per_second / 1e9);
                     match gbps {
                         Some(g) => eprintln!("[{name}] TCP, {streams} stream(s): {g:.2} Gbit/s"),
-                        None => eprintln!(
-                            "[{name}] TCP, {streams} stream(s): failed: {}",
-                            run.output.chars().take(300).collect::<String>()
-                        ),
+                        None => eprintln!("[{name}] TCP, {streams} stream(s): failed: {}", iperf3_error(&run.output)),
                     }
                     report.tcp.push(report::Tcp { device: name.clone(), ours: d.is_ours(), streams, gbps });
                 }

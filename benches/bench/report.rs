@@ -93,12 +93,21 @@ pub struct Report {
     pub interrupted: bool,
 }
 
+/// True if two devices are of a kind to compare: an overlay
+/// (`...-vxlan`) with an overlay, a switch with a switch.
+fn comparable(a: &str, b: &str) -> bool {
+    a.ends_with("-vxlan") == b.ends_with("-vxlan")
+}
+
 impl Report {
-    /// Fills `ratios`: each of our devices over each peer, per traffic.
+    /// Fills `ratios`: each of our devices over each peer of its kind, per
+    /// traffic.
     pub fn compute_ratios(&mut self) {
         self.ratios.clear();
         for r in self.rows.iter().filter(|r| r.ours) {
-            for p in self.rows.iter().filter(|p| !p.ours && p.frame_size == r.frame_size && p.flows == r.flows) {
+            for p in self.rows.iter().filter(|p| {
+                !p.ours && p.frame_size == r.frame_size && p.flows == r.flows && comparable(&r.device, &p.device)
+            }) {
                 if p.delivered_mpps.median > 0.0 {
                     self.ratios.push(Ratio {
                         device: r.device.clone(),
@@ -150,7 +159,7 @@ impl Report {
         }
         let mut ratios = String::new();
         for (d, _) in devices.iter().filter(|(_, ours)| *ours) {
-            for (p, _) in devices.iter().filter(|(_, ours)| !*ours) {
+            for (p, _) in devices.iter().filter(|(p, ours)| !*ours && comparable(d, p)) {
                 let cells: Vec<String> = streams
                     .iter()
                     .map(|s| match (gbps(d, *s), gbps(p, *s)) {
@@ -390,6 +399,30 @@ mod tests {
             ratios: vec![],
             interrupted: false,
         }
+    }
+
+    /// An overlay is compared with the kernel's overlay only, a switch
+    /// with the switches only.
+    #[test]
+    fn overlays_are_compared_with_overlays() {
+        let mut r = report();
+        r.rows.push(row("vswitch-afpacket-vxlan", true, 0.2));
+        r.rows.push(row("linux-vxlan", false, 0.1));
+        r.tcp.push(Tcp { device: "vswitch-afpacket-vxlan".into(), ours: true, streams: 1, gbps: Some(1.0) });
+        r.tcp.push(Tcp { device: "linux-vxlan".into(), ours: false, streams: 1, gbps: Some(8.0) });
+        r.compute_ratios();
+        let pairs: Vec<(&str, &str)> = r.ratios.iter().map(|x| (x.device.as_str(), x.peer.as_str())).collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("vswitch-afxdp", "linux-bridge"),
+                ("vswitch-afxdp", "ovs-afxdp"),
+                ("vswitch-afpacket-vxlan", "linux-vxlan")
+            ]
+        );
+        let md = r.markdown();
+        assert!(md.contains("| vswitch-afpacket-vxlan | linux-vxlan | 0.12x | - |"), "{md}");
+        assert!(!md.contains("| vswitch-afxdp | linux-vxlan |"), "{md}");
     }
 
     #[test]
