@@ -7,6 +7,12 @@
 
 use crate::drop_reason::DropReason;
 pub(crate) use crate::sys::packet_ring::VnetHdr;
+
+/// A packet's offload state: the virtio-net header (`struct
+/// virtio_net_hdr`) that the kernel's packet sockets and TAP devices use
+/// for GSO super-frames and checksums left to do. The default is none:
+/// a finished frame.
+pub use crate::sys::packet_ring::VnetHdr as Offload;
 pub(crate) use crate::wire::checksum::internet_checksum;
 use crate::wire::{ETHERTYPE_OFFSET, VlanTci, be16, ethertype};
 
@@ -68,6 +74,22 @@ impl std::fmt::Debug for Packet {
 }
 
 impl Packet {
+    /// The packet's offload state (see [`Offload`]): what a kernel port
+    /// received with it, or what a port should pass on with it. A custom
+    /// port that carries offloads ([`crate::port::Port::carries_offloads`])
+    /// reads it on transmit.
+    pub fn offload(&self) -> Offload {
+        self.offload
+    }
+
+    /// Sets the packet's offload state: a custom port that receives GSO
+    /// frames or partial checksums (a TAP or virtio device of its own)
+    /// says so here, and the datapath segments or completes them for
+    /// ports that cannot carry them.
+    pub fn set_offload(&mut self, offload: Offload) {
+        self.offload = offload;
+    }
+
     /// An empty packet with room for a frame of `frame_capacity` bytes.
     pub fn with_capacity(frame_capacity: usize) -> Packet {
         Packet {

@@ -787,6 +787,37 @@ impl Switch {
         })
     }
 
+    /// Adds a TAP device the caller opened (a runtime's, for a VM or a
+    /// container) to `bridge` as port `name`: see
+    /// [`InternalPort::adopt`](crate::port::internal::InternalPort::adopt).
+    /// With `IFF_VNET_HDR` TCP super-frames and partial checksums pass
+    /// through whole both ways. The port owns the descriptor from now on.
+    ///
+    /// ```no_run
+    /// # use vswitch_core::{PortConfig, Switch};
+    /// let sw = Switch::builder().build()?;
+    /// sw.add_bridge("br0")?;
+    /// // What a VMM does before it hands the TAP to its guest's switch.
+    /// let fd = vswitch_core::port::internal::open_tap("vm1-tap", true)?;
+    /// sw.add_tap_fd_port("br0", "vm1", fd, PortConfig::default())?;
+    /// # Ok::<(), vswitch_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `fd` is not a TAP device opened with
+    /// `IFF_NO_PI`; as [`Switch::add_port`]. On an error the descriptor is
+    /// closed.
+    pub fn add_tap_fd_port(
+        &self,
+        bridge: &str,
+        name: &str,
+        fd: std::os::fd::OwnedFd,
+        config: PortConfig,
+    ) -> Result<PortNo> {
+        let port = crate::port::internal::InternalPort::adopt(fd)?;
+        self.add_port(bridge, name, Box::new(port), config)
+    }
+
     /// Attaches kernel interface `ifname` to `bridge` through AF_XDP (native
     /// XDP where the driver supports it, generic otherwise); returns its
     /// port number.

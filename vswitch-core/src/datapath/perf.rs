@@ -1,7 +1,7 @@
 //! What a datapath thread spends its cycles on (`vswitch-ctl pmd-stats`,
 //! after Open vSwitch's `dpif-netdev/pmd-perf-show`).
 //!
-//! Each thread counts, in [`crate::sys::cycles`] (the TSC on x86_64):
+//! Each thread counts, in TSC cycles on x86_64 (nanoseconds elsewhere):
 //! iterations of its loop that received packets (*busy*) and those that
 //! received none (*idle*: polling, yielding), the time it slept in epoll,
 //! and the packets and bursts it received, with a histogram of burst

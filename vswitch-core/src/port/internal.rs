@@ -29,10 +29,13 @@ use crate::{Error, Result};
 /// that fills the buffer, cut, from one that fits.
 const MAX_FRAME: usize = 65_536 + 256;
 
-/// A TAP device on the bridge.
+/// A TAP device on the bridge: one the switch created (`type=internal`)
+/// or one a runtime opened and handed over ([`InternalPort::adopt`]).
 #[derive(Debug)]
 pub struct InternalPort {
     tap: Tap,
+    /// `internal`, or `tap` for an adopted descriptor.
+    kind: &'static str,
     scratch: Vec<u8>,
     /// Frames read cut short (longer than the buffer), since last taken.
     truncated: u64,
@@ -42,15 +45,21 @@ pub struct InternalPort {
 }
 
 /// An internal port's slow half: the TAP device's link state, from sysfs.
+/// An adopted device that is not in this network namespace (a runtime may
+/// move it into a container's or a VM's) is taken to be up: its descriptor
+/// works wherever the device is, and a write to a device that is down
+/// fails (counted `link_down`).
 #[derive(Debug)]
 struct LinkWatch {
     name: String,
     link: Arc<Mailbox<()>>,
+    adopted: bool,
 }
 
 impl Upkeep for LinkWatch {
     fn run(&mut self, _now_ms: u64) {
-        self.link.set_link(super::afpacket::link_is_up(&self.name));
+        let here = super::afpacket::ifindex(&self.name).is_some();
+        self.link.set_link(if here { super::afpacket::link_is_up(&self.name) } else { self.adopted });
     }
 }
 
@@ -68,15 +77,60 @@ impl InternalPort {
             _ if e.kind() == std::io::ErrorKind::InvalidInput => Error::invalid("interface", e.to_string()),
             _ => Error::io("create the TAP device", e),
         })?;
-        let link = Mailbox::new(false);
-        let upkeep = SlowHalf::new(LinkWatch { name: name.to_string(), link: link.clone() });
-        Ok(InternalPort { tap, scratch: vec![0; MAX_FRAME], truncated: 0, link, upkeep })
+        Ok(InternalPort::with_tap(tap, "internal", false))
     }
+
+    /// Takes over a TAP device a runtime opened: `/dev/net/tun` attached
+    /// with `IFF_TAP | IFF_NO_PI`, with or without `IFF_VNET_HDR` (see
+    /// [`open_tap`]). With the header, GSO and checksum offloads pass
+    /// through both ways (TCP offloads are turned on for the device);
+    /// without it the device carries finished frames and the datapath
+    /// segments GSO frames for it. The device is the runtime's: it goes
+    /// when the port does (the descriptor is closed) unless it was made
+    /// persistent. It may live in another network namespace.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if the descriptor is not an attached TAP
+    /// device opened with `IFF_NO_PI`.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> Result<InternalPort> {
+        let tap = Tap::adopt(fd).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => Error::invalid("tap descriptor", e.to_string()),
+            _ => Error::io("adopt the TAP device", e),
+        })?;
+        Ok(InternalPort::with_tap(tap, "tap", true))
+    }
+
+    fn with_tap(tap: Tap, kind: &'static str, adopted: bool) -> InternalPort {
+        let link = Mailbox::new(false);
+        let upkeep = SlowHalf::new(LinkWatch { name: tap.name().to_string(), link: link.clone(), adopted });
+        InternalPort { tap, kind, scratch: vec![0; MAX_FRAME], truncated: 0, link, upkeep }
+    }
+
+    /// The TAP device's name.
+    pub fn ifname(&self) -> &str {
+        self.tap.name()
+    }
+}
+
+/// Opens TAP device `name` as a runtime would before handing it to
+/// [`crate::Switch::add_tap_fd_port`]: `/dev/net/tun` with `IFF_TAP |
+/// IFF_NO_PI`, and `IFF_VNET_HDR` if `vnet_hdr`. Creates the device (it
+/// lives while the descriptor does) or attaches to a persistent one of
+/// that name (`ip tuntap add NAME mode tap`).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a bad name; [`Error::Io`] without
+/// `CAP_NET_ADMIN`, or if a persistent device's flags differ.
+pub fn open_tap(name: &str, vnet_hdr: bool) -> Result<std::os::fd::OwnedFd> {
+    crate::sys::tap::open(name, vnet_hdr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => Error::invalid("interface", e.to_string()),
+        _ => Error::io("open the TAP device", e),
+    })
 }
 
 impl Port for InternalPort {
     fn kind(&self) -> &'static str {
-        "internal"
+        self.kind
     }
 
     fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, pool: &mut PacketPool) -> usize {
@@ -133,7 +187,7 @@ impl Port for InternalPort {
     }
 
     fn carries_offloads(&self) -> bool {
-        true
+        self.tap.has_vnet_hdr()
     }
 
     fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {

@@ -13,13 +13,18 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::cvt;
 use super::packet_ring::{VNET_HDR_LEN, VnetHdr};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// The largest virtio-net header an adopted device may use (the kernel's
+/// own are 10 and 12 bytes).
+const MAX_VNET_LEN: usize = 64;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -41,54 +46,138 @@ pub(crate) enum TapRead {
 #[derive(Debug)]
 pub(crate) struct Tap {
     file: File,
+    /// Bytes of virtio-net header before each frame (0: none, the device
+    /// was opened without `IFF_VNET_HDR`; 10 or more otherwise).
+    vnet_len: usize,
+    /// The device's name, as the kernel reports it.
+    name: String,
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("'{name}' is not a valid interface name (1 to 15 bytes, no '/' or spaces)"),
+        ));
+    }
+    Ok(())
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl(2) calls on a descriptor the caller owns.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+        cvt(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// Tells the kernel which offloads this reader takes: partial checksums
+/// and TCP segmentation, or none.
+fn set_offloads(fd: RawFd, on: bool) -> io::Result<()> {
+    let offloads = if on { TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN } else { 0 };
+    // SAFETY: TUNSETOFFLOAD takes its flags by value; nothing is read from
+    // or written to memory.
+    cvt(unsafe { libc::ioctl(fd, TUNSETOFFLOAD, offloads) }).map(|_| ())
+}
+
+/// Opens `/dev/net/tun` as TAP device `name` (creating it, or attaching to
+/// a persistent one of that name), without packet information, with a
+/// virtio-net header if `vnet_hdr`.
+pub(crate) fn open(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
+    check_name(name)?;
+    let file = File::options().read(true).write(true).open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+    // SAFETY: `req` is a valid ifreq that outlives the call; TUNSETIFF
+    // reads the name and flags and writes back the name.
+    cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) })?;
+    Ok(OwnedFd::from(file))
 }
 
 impl Tap {
-    /// Creates TAP device `name` (at most 15 bytes). Fails with `EBUSY` if
-    /// an interface of that name exists already.
+    /// Creates TAP device `name` (at most 15 bytes) with a virtio-net
+    /// header and TCP offloads. Fails with `EBUSY` if an interface of that
+    /// name exists already.
     pub(crate) fn create(name: &str) -> io::Result<Tap> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("'{name}' is not a valid interface name (1 to 15 bytes, no '/' or spaces)"),
-            ));
-        }
-        let file = File::options().read(true).write(true).open("/dev/net/tun")?;
-        // SAFETY: ifreq is plain data; all-zero is valid.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        check_name(name)?;
         // Refuse to take over an existing device: TUNSETIFF would attach
         // to a persistent TAP of that name instead of failing.
         if std::path::Path::new("/sys/class/net").join(name).exists() {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
-        // SAFETY: `req` is a valid ifreq that outlives the call; TUNSETIFF
-        // reads the name and flags and writes back the name.
-        cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) })?;
-        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
-        // SAFETY: TUNSETOFFLOAD takes its flags by value; nothing is read
-        // from or written to memory.
-        cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, offloads) })?;
-        // SAFETY: plain fcntl(2) calls on a descriptor we own.
-        unsafe {
-            let flags = cvt(libc::fcntl(file.as_raw_fd(), libc::F_GETFL))?;
-            cvt(libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
-        }
-        Ok(Tap { file })
+        Tap::adopt(open(name, true)?)
     }
 
-    /// Reads one frame into `buf` (its virtio-net header first).
+    /// Takes over a TAP device someone else opened (`IFF_TAP |
+    /// IFF_NO_PI`, with or without `IFF_VNET_HDR`): its name and header
+    /// size are asked of the kernel; with a header, TCP offloads are
+    /// turned on, without one they are off (the kernel then hands over
+    /// finished frames).
+    pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Tap> {
+        let raw = fd.as_raw_fd();
+        // SAFETY: ifreq is plain data; all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes the device's name and flags into `req`,
+        // which is valid and outlives the call. It fails (EBADFD, ENOTTY)
+        // on a descriptor that is not an attached TUN/TAP device.
+        cvt(unsafe { libc::ioctl(raw, TUNGETIFF, &mut req) }).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("not an attached TAP device descriptor: {e}"))
+        })?;
+        // SAFETY: TUNGETIFF set the flags member of the union.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        if flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor must be a TAP device (IFF_TAP) opened with IFF_NO_PI",
+            ));
+        }
+        let name: String = req.ifr_name.iter().take_while(|c| **c != 0).map(|c| *c as u8 as char).collect();
+        let vnet_len = if flags & IFF_VNET_HDR != 0 {
+            let mut size: libc::c_int = 0;
+            // SAFETY: TUNGETVNETHDRSZ writes one int into `size`.
+            cvt(unsafe { libc::ioctl(raw, TUNGETVNETHDRSZ, &mut size) })?;
+            let size = size as usize;
+            if !(VNET_HDR_LEN..=MAX_VNET_LEN).contains(&size) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("virtio-net header of {size} bytes; {VNET_HDR_LEN} to {MAX_VNET_LEN} taken"),
+                ));
+            }
+            size
+        } else {
+            0
+        };
+        set_offloads(raw, vnet_len > 0)?;
+        set_nonblocking(raw)?;
+        Ok(Tap { file: File::from(fd), vnet_len, name })
+    }
+
+    /// True if frames carry a virtio-net header (offloads both ways).
+    pub(crate) fn has_vnet_hdr(&self) -> bool {
+        self.vnet_len > 0
+    }
+
+    /// The device's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one frame into `buf` (its virtio-net header first, if any).
     /// `Ok(None)` when none is waiting.
     pub(crate) fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<TapRead>> {
+        let h = self.vnet_len;
         match self.file.read(buf) {
             // The kernel cuts a frame to the buffer without saying so: one
             // that fills it may have been longer.
             Ok(n) if n >= buf.len() => Ok(Some(TapRead::Truncated)),
-            Ok(n) if n > VNET_HDR_LEN => {
-                Ok(Some(TapRead::Frame(VnetHdr::from_bytes(&buf[..VNET_HDR_LEN]), VNET_HDR_LEN..n)))
+            Ok(n) if n > h => {
+                let vnet = if h > 0 { VnetHdr::from_bytes(&buf[..VNET_HDR_LEN]) } else { VnetHdr::default() };
+                Ok(Some(TapRead::Frame(vnet, h..n)))
             }
             Ok(_) => Ok(Some(TapRead::Truncated)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -96,11 +185,19 @@ impl Tap {
         }
     }
 
-    /// Writes one frame behind its virtio-net header; `Ok(false)` if the
+    /// Writes one frame (behind its virtio-net header, if the device has
+    /// them: zeros past the 10 bytes this switch fills); `Ok(false)` if the
     /// device's queue is full.
     pub(crate) fn send(&mut self, vnet: VnetHdr, frame: &[u8]) -> io::Result<bool> {
-        let hdr = vnet.to_bytes();
-        match self.file.write_vectored(&[IoSlice::new(&hdr), IoSlice::new(frame)]) {
+        let mut hdr = [0u8; MAX_VNET_LEN];
+        hdr[..VNET_HDR_LEN].copy_from_slice(&vnet.to_bytes());
+        let head = &hdr[..self.vnet_len];
+        let written = if self.vnet_len == 0 {
+            self.file.write(frame)
+        } else {
+            self.file.write_vectored(&[IoSlice::new(head), IoSlice::new(frame)])
+        };
+        match written {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e),
