@@ -420,5 +420,13 @@ fn runtime_owned_tap_fd_carries_tcp() {
         } else {
             assert!(rx <= 1518 && tx <= 1518, "finished frames only without the header: {rx} / {tx}: {p:?}");
         }
+        // The guest goes, and its device with its namespace: the port's
+        // link goes down.
+        drop(guest);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sw.stats().port("guest").unwrap().link_up {
+            assert!(Instant::now() < deadline, "vnet_hdr={vnet_hdr}: the port is still up with its device gone");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

@@ -289,13 +289,15 @@ impl Running {
 /// for any frame, as this switch's loopback underlay does. Dropping it
 /// moves the interfaces back, up, and deletes the namespaces.
 struct KernelVxlan {
-    namespaces: [String; 2],
+    /// The namespaces this one created.
+    namespaces: Vec<String>,
+    /// Host interfaces moved, with the index of the namespace they are in.
     moved: Vec<(usize, String)>,
 }
 
 impl KernelVxlan {
     fn start(a: &str, b: &str) -> Result<KernelVxlan, String> {
-        let mut k = KernelVxlan { namespaces: [unique("kvx"), unique("kvx")], moved: Vec::new() };
+        let mut k = KernelVxlan { namespaces: Vec::new(), moved: Vec::new() };
         let sh = |args: &[&str]| -> Result<(), String> {
             let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| e.to_string())?;
             if out.status.success() {
@@ -304,16 +306,24 @@ impl KernelVxlan {
                 Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
             }
         };
-        for ns in &k.namespaces {
-            sh(&["ip", "netns", "add", ns])?;
+        for _ in 0..2 {
+            let ns = unique("kvx");
+            sh(&["ip", "netns", "add", &ns])?;
+            k.namespaces.push(ns);
         }
-        let [na, nb] = k.namespaces.clone();
+        let (na, nb) = (k.namespaces[0].clone(), k.namespaces[1].clone());
         let under = ["u0", "u1"];
         sh(&[
             "ip", "link", "add", under[0], "netns", &na, "mtu", "65535", "type", "veth", "peer", "name", under[1],
             "netns", &nb, "mtu", "65535",
         ])?;
         for (i, (ns, host)) in [(&na, a), (&nb, b)].into_iter().enumerate() {
+            // A plain bridge, as the root namespace's (these settings are
+            // per namespace, and on in a new one while br_netfilter is
+            // loaded; absent while it is not).
+            for f in ["iptables", "ip6tables", "arptables"] {
+                let _ = sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.bridge.bridge-nf-call-{f}=0")]);
+            }
             sh(&["ip", "link", "set", host, "netns", ns])?;
             k.moved.push((i, host.to_string()));
             let ip = |args: &[&str]| {
@@ -340,15 +350,30 @@ impl KernelVxlan {
 }
 
 impl Drop for KernelVxlan {
+    /// Moves the host interfaces back (up, as they were) before the
+    /// namespaces go: deleting a namespace that still held one would
+    /// destroy its veth pair, and the rest of the run with it.
     fn drop(&mut self) {
         let me = std::process::id().to_string();
+        let mut kept = Vec::new();
         for (i, host) in &self.moved {
-            let _ = Command::new("ip").args(["-n", &self.namespaces[*i], "link", "set", host, "nomaster"]).output();
-            let _ = Command::new("ip").args(["-n", &self.namespaces[*i], "link", "set", host, "netns", &me]).output();
-            let _ = Command::new("ip").args(["link", "set", host, "up"]).output();
+            let ns = &self.namespaces[*i];
+            let _ = Command::new("ip").args(["-n", ns, "link", "set", host, "nomaster"]).output();
+            let back = Command::new("ip").args(["-n", ns, "link", "set", host, "netns", &me]).output();
+            match back {
+                Ok(o) if o.status.success() => {
+                    let _ = Command::new("ip").args(["link", "set", host, "up"]).output();
+                }
+                other => {
+                    eprintln!("linux-vxlan: could not move {host} back from {ns}: {other:?}; {ns} is left for it");
+                    kept.push(*i);
+                }
+            }
         }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            if !kept.contains(&i) {
+                let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            }
         }
     }
 }

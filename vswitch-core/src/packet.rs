@@ -86,8 +86,30 @@ impl Packet {
     /// frames or partial checksums (a TAP or virtio device of its own)
     /// says so here, and the datapath segments or completes them for
     /// ports that cannot carry them.
-    pub fn set_offload(&mut self, offload: Offload) {
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] (the state is left unchanged) for
+    /// flags other than `NEEDS_CSUM` (1) and `DATA_VALID` (2), a GSO type
+    /// other than none, TCPv4 (1), UDP (3) or TCPv6 (4) (ECN bit 0x80
+    /// allowed), a GSO size under 64 bytes, or a checksum position
+    /// outside the frame.
+    pub fn set_offload(&mut self, offload: Offload) -> crate::Result<()> {
+        let bad = |why: String| Err(crate::Error::invalid("offload", why));
+        if offload.flags & !3 != 0 {
+            return bad(format!("flags {:#x}: only NEEDS_CSUM (1) and DATA_VALID (2)", offload.flags));
+        }
+        if !matches!(offload.gso_type & !0x80, 0 | 1 | 3 | 4) {
+            return bad(format!("gso_type {:#x}: none (0), TCPv4 (1), UDP (3) or TCPv6 (4)", offload.gso_type));
+        }
+        if offload.gso_type != 0 && offload.gso_size < 64 {
+            return bad(format!("gso_size {} is under 64 bytes", offload.gso_size));
+        }
+        let end = offload.csum_start as usize + offload.csum_offset as usize + 2;
+        if offload.flags & 1 != 0 && end > self.len() {
+            return bad(format!("the checksum at {} is outside the {}-byte frame", end - 2, self.len()));
+        }
         self.offload = offload;
+        Ok(())
     }
 
     /// An empty packet with room for a frame of `frame_capacity` bytes.
@@ -479,6 +501,27 @@ impl PacketPool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn set_offload_refuses_what_the_datapath_cannot_do() {
+        let mut p = Packet::from_frame(&[0u8; 100]);
+        let tcp = Offload { flags: 1, gso_type: 1, hdr_len: 54, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        assert!(p.set_offload(tcp).is_ok());
+        assert_eq!(p.offload(), tcp);
+        for bad in [
+            Offload { flags: 4, ..tcp },
+            Offload { gso_type: 5, ..tcp },
+            Offload { gso_size: 1, ..tcp },
+            Offload { csum_start: 90, ..tcp },
+        ] {
+            let e = p.set_offload(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
+            assert_eq!(p.offload(), tcp, "left unchanged");
+        }
+        assert!(p.set_offload(Offload { gso_type: 0x81, ..tcp }).is_ok(), "ECN");
+        assert!(p.set_offload(Offload::default()).is_ok());
+    }
+
     use super::*;
 
     fn frame() -> Vec<u8> {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::upkeep::{Mailbox, SlowHalf, Upkeep};
 use super::{DropReason, Port, TxOutcome};
 use crate::packet::{Packet, PacketPool};
-use crate::sys::tap::{Tap, TapRead};
+use crate::sys::tap::{Tap, TapPlace, TapRead, TapWatch};
 use crate::{Error, Result};
 
 /// Largest read from the device: a 64 KiB GSO frame (or one of the
@@ -39,27 +39,34 @@ pub struct InternalPort {
     scratch: Vec<u8>,
     /// Frames read cut short (longer than the buffer), since last taken.
     truncated: u64,
+    /// The device is gone (its descriptor reads and writes EBADFD).
+    gone: bool,
     link: Arc<Mailbox<()>>,
     /// The slow half (the link state), until the switch takes it.
     upkeep: SlowHalf<LinkWatch>,
 }
 
-/// An internal port's slow half: the TAP device's link state, from sysfs.
-/// An adopted device that is not in this network namespace (a runtime may
-/// move it into a container's or a VM's) is taken to be up: its descriptor
-/// works wherever the device is, and a write to a device that is down
-/// fails (counted `link_down`).
+/// An internal port's slow half: the TAP device's link state, asked of
+/// the device itself each round (through a descriptor of its own). In
+/// this network namespace sysfs says, under the device's current name; in
+/// another one (a runtime may move it into a container's or a VM's) it is
+/// taken to be up, since its descriptor works wherever the device is and
+/// a write to a device that is down fails (counted `link_down`); once the
+/// device is gone (its namespace deleted) the link is down for good.
 #[derive(Debug)]
 struct LinkWatch {
-    name: String,
+    watch: Option<TapWatch>,
     link: Arc<Mailbox<()>>,
-    adopted: bool,
 }
 
 impl Upkeep for LinkWatch {
     fn run(&mut self, _now_ms: u64) {
-        let here = super::afpacket::ifindex(&self.name).is_some();
-        self.link.set_link(if here { super::afpacket::link_is_up(&self.name) } else { self.adopted });
+        let up = match self.watch.as_ref().map(TapWatch::place) {
+            Some(TapPlace::Here(name)) => super::afpacket::link_is_up(&name),
+            Some(TapPlace::Elsewhere) => true,
+            Some(TapPlace::Gone) | None => false,
+        };
+        self.link.set_link(up);
     }
 }
 
@@ -77,17 +84,22 @@ impl InternalPort {
             _ if e.kind() == std::io::ErrorKind::InvalidInput => Error::invalid("interface", e.to_string()),
             _ => Error::io("create the TAP device", e),
         })?;
-        Ok(InternalPort::with_tap(tap, "internal", false))
+        Ok(InternalPort::with_tap(tap, "internal"))
     }
 
     /// Takes over a TAP device a runtime opened: `/dev/net/tun` attached
     /// with `IFF_TAP | IFF_NO_PI`, with or without `IFF_VNET_HDR` (see
-    /// [`open_tap`]). With the header, GSO and checksum offloads pass
-    /// through both ways (TCP offloads are turned on for the device);
-    /// without it the device carries finished frames and the datapath
-    /// segments GSO frames for it. The device is the runtime's: it goes
-    /// when the port does (the descriptor is closed) unless it was made
-    /// persistent. It may live in another network namespace.
+    /// [`open_tap`]), not `IFF_MULTI_QUEUE`. With the header, GSO and
+    /// checksum offloads pass through both ways (TCP offloads are turned
+    /// on for the device); without it the device carries finished frames
+    /// and the datapath segments GSO frames for it. The device may live in
+    /// another network namespace, and be moved or renamed later.
+    ///
+    /// The hand-over is exclusive: the descriptor is made non-blocking
+    /// (a file status flag, shared with any duplicate of it), and a
+    /// duplicate the runtime kept would read frames meant for the switch.
+    /// Dropping the port closes the descriptor; the device goes with its
+    /// last descriptor unless it was made persistent.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if the descriptor is not an attached TAP
@@ -97,13 +109,14 @@ impl InternalPort {
             std::io::ErrorKind::InvalidInput => Error::invalid("tap descriptor", e.to_string()),
             _ => Error::io("adopt the TAP device", e),
         })?;
-        Ok(InternalPort::with_tap(tap, "tap", true))
+        Ok(InternalPort::with_tap(tap, "tap"))
     }
 
-    fn with_tap(tap: Tap, kind: &'static str, adopted: bool) -> InternalPort {
+    fn with_tap(tap: Tap, kind: &'static str) -> InternalPort {
         let link = Mailbox::new(false);
-        let upkeep = SlowHalf::new(LinkWatch { name: tap.name().to_string(), link: link.clone(), adopted });
-        InternalPort { tap, kind, scratch: vec![0; MAX_FRAME], truncated: 0, link, upkeep }
+        // Without a second descriptor (EMFILE) the link reads down.
+        let upkeep = SlowHalf::new(LinkWatch { watch: tap.watch().ok(), link: link.clone() });
+        InternalPort { tap, kind, scratch: vec![0; MAX_FRAME], truncated: 0, gone: false, link, upkeep }
     }
 
     /// The TAP device's name.
@@ -145,6 +158,10 @@ impl Port for InternalPort {
                     n += 1;
                 }
                 Ok(Some(TapRead::Truncated)) => self.truncated += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {
+                    self.gone = true;
+                    break;
+                }
                 Ok(None) | Err(_) => break,
             }
         }
@@ -154,6 +171,12 @@ impl Port for InternalPort {
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
         let mut out = TxOutcome::default();
         for p in batch.drain(..) {
+            if self.gone {
+                out.dropped += 1;
+                out.drop_reason = Some(DropReason::LinkDown);
+                pool.put(p);
+                continue;
+            }
             match self.tap.send(p.offload, p.data()) {
                 Ok(true) => {
                     out.sent += 1;
@@ -165,11 +188,12 @@ impl Port for InternalPort {
                 }
                 Err(e) => {
                     out.dropped += 1;
-                    // EIO: the device is administratively down.
-                    out.drop_reason = Some(if e.raw_os_error() == Some(libc::EIO) {
-                        DropReason::LinkDown
-                    } else {
-                        DropReason::TxError
+                    // EIO: the device is administratively down; EBADFD:
+                    // it is gone, and stays so.
+                    self.gone |= e.raw_os_error() == Some(libc::EBADFD);
+                    out.drop_reason = Some(match e.raw_os_error() {
+                        Some(libc::EIO) | Some(libc::EBADFD) => DropReason::LinkDown,
+                        _ => DropReason::TxError,
                     });
                 }
             }
@@ -179,7 +203,7 @@ impl Port for InternalPort {
     }
 
     fn link_up(&self) -> bool {
-        self.link.link_up()
+        !self.gone && self.link.link_up()
     }
 
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {

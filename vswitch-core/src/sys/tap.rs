@@ -18,20 +18,72 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::cvt;
 use super::packet_ring::{VNET_HDR_LEN, VnetHdr};
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// The largest virtio-net header an adopted device may use (the kernel's
 /// own are 10 and 12 bytes).
 const MAX_VNET_LEN: usize = 64;
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
-const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-const TUN_F_CSUM: libc::c_ulong = 0x01;
-const TUN_F_TSO4: libc::c_ulong = 0x02;
-const TUN_F_TSO6: libc::c_ulong = 0x04;
-const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
+const IFF_TAP: libc::c_short = libc::IFF_TAP as libc::c_short;
+const IFF_NO_PI: libc::c_short = libc::IFF_NO_PI as libc::c_short;
+const IFF_VNET_HDR: libc::c_short = libc::IFF_VNET_HDR as libc::c_short;
+const IFF_MULTI_QUEUE: libc::c_short = libc::IFF_MULTI_QUEUE as libc::c_short;
+
+/// The name and flags of the device a TUN/TAP descriptor is attached to
+/// (`TUNGETIFF`). EBADFD once the device is gone.
+fn device(fd: RawFd) -> io::Result<(String, libc::c_short)> {
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes the device's name and flags into `req`,
+    // which is valid and outlives the call. It fails (EBADFD, ENOTTY) on a
+    // descriptor that is not attached to a TUN/TAP device.
+    cvt(unsafe { libc::ioctl(fd, libc::TUNGETIFF, &mut req) })?;
+    // SAFETY: TUNGETIFF set the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    let bytes: Vec<u8> = req.ifr_name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), flags))
+}
+
+/// Where a TAP device is, as its link watch asks each round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TapPlace {
+    /// In this thread's network namespace, under this name.
+    Here(String),
+    /// In another namespace (a container's or a VM's).
+    Elsewhere,
+    /// Gone: the device was destroyed (its namespace deleted, say).
+    Gone,
+}
+
+/// A TAP device's link watch: its own descriptor of the device.
+#[derive(Debug)]
+pub(crate) struct TapWatch {
+    fd: OwnedFd,
+}
+
+impl TapWatch {
+    /// Where the device is now: its current name, and whether it is in
+    /// this thread's network namespace (`TUNGETDEVNETNS`, Linux 5.2,
+    /// compared with `/proc/thread-self/ns/net`; without it, taken to be
+    /// here if a device of that name exists here).
+    pub(crate) fn place(&self) -> TapPlace {
+        let raw = self.fd.as_raw_fd();
+        let name = match device(raw) {
+            Ok((name, _)) => name,
+            Err(_) => return TapPlace::Gone,
+        };
+        // SAFETY: TUNGETDEVNETNS takes no argument and returns a new
+        // descriptor of the device's namespace.
+        let ns = cvt(unsafe { libc::ioctl(raw, libc::TUNGETDEVNETNS) })
+            // SAFETY: a fresh descriptor that nobody else owns.
+            .map(|fd| File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }));
+        let here = match (ns, std::fs::metadata("/proc/thread-self/ns/net")) {
+            (Ok(ns), Ok(mine)) => {
+                use std::os::unix::fs::MetadataExt;
+                ns.metadata().is_ok_and(|m| m.ino() == mine.ino() && m.dev() == mine.dev())
+            }
+            _ => std::path::Path::new("/sys/class/net").join(&name).exists(),
+        };
+        if here { TapPlace::Here(name) } else { TapPlace::Elsewhere }
+    }
+}
 
 /// What one read from a TAP device gave.
 #[derive(Debug)]
@@ -75,10 +127,10 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 /// Tells the kernel which offloads this reader takes: partial checksums
 /// and TCP segmentation, or none.
 fn set_offloads(fd: RawFd, on: bool) -> io::Result<()> {
-    let offloads = if on { TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN } else { 0 };
+    let offloads = if on { libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN } else { 0 };
     // SAFETY: TUNSETOFFLOAD takes its flags by value; nothing is read from
     // or written to memory.
-    cvt(unsafe { libc::ioctl(fd, TUNSETOFFLOAD, offloads) }).map(|_| ())
+    cvt(unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, offloads as libc::c_ulong) }).map(|_| ())
 }
 
 /// Opens `/dev/net/tun` as TAP device `name` (creating it, or attaching to
@@ -95,7 +147,7 @@ pub(crate) fn open(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
     // SAFETY: `req` is a valid ifreq that outlives the call; TUNSETIFF
     // reads the name and flags and writes back the name.
-    cvt(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) })?;
+    cvt(unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) })?;
     Ok(OwnedFd::from(file))
 }
 
@@ -120,27 +172,24 @@ impl Tap {
     /// finished frames).
     pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Tap> {
         let raw = fd.as_raw_fd();
-        // SAFETY: ifreq is plain data; all-zero is valid.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        // SAFETY: TUNGETIFF writes the device's name and flags into `req`,
-        // which is valid and outlives the call. It fails (EBADFD, ENOTTY)
-        // on a descriptor that is not an attached TUN/TAP device.
-        cvt(unsafe { libc::ioctl(raw, TUNGETIFF, &mut req) }).map_err(|e| {
+        let (name, flags) = device(raw).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("not an attached TAP device descriptor: {e}"))
         })?;
-        // SAFETY: TUNGETIFF set the flags member of the union.
-        let flags = unsafe { req.ifr_ifru.ifru_flags };
         if flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the descriptor must be a TAP device (IFF_TAP) opened with IFF_NO_PI",
             ));
         }
-        let name: String = req.ifr_name.iter().take_while(|c| **c != 0).map(|c| *c as u8 as char).collect();
+        if flags & IFF_MULTI_QUEUE != 0 {
+            // One queue of several: the port would see only the frames
+            // the kernel steers to it.
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "multi-queue TAP devices are not supported"));
+        }
         let vnet_len = if flags & IFF_VNET_HDR != 0 {
             let mut size: libc::c_int = 0;
             // SAFETY: TUNGETVNETHDRSZ writes one int into `size`.
-            cvt(unsafe { libc::ioctl(raw, TUNGETVNETHDRSZ, &mut size) })?;
+            cvt(unsafe { libc::ioctl(raw, libc::TUNGETVNETHDRSZ, &mut size) })?;
             let size = size as usize;
             if !(VNET_HDR_LEN..=MAX_VNET_LEN).contains(&size) {
                 return Err(io::Error::new(
@@ -162,9 +211,14 @@ impl Tap {
         self.vnet_len > 0
     }
 
-    /// The device's name.
+    /// The device's name when it was opened or adopted.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A second descriptor for the same device, for its link watch.
+    pub(crate) fn watch(&self) -> io::Result<TapWatch> {
+        Ok(TapWatch { fd: self.file.try_clone()?.into() })
     }
 
     /// Reads one frame into `buf` (its virtio-net header first, if any).
