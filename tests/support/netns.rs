@@ -161,6 +161,24 @@ pub fn iperf3(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32) -> 
     iperf3_streams(client, server, server_ip, seconds, 1)
 }
 
+/// iperf3 TCP both ways between `a` (at `a_ip`) and `b` (at `b_ip`), one
+/// after the other: (from `a` to `b`, from `b` to `a`). Panics unless at
+/// least `min_bytes` crossed each way.
+pub fn iperf3_both_ways(
+    a: &NetNs,
+    a_ip: &str,
+    b: &NetNs,
+    b_ip: &str,
+    seconds: u32,
+    min_bytes: u64,
+) -> (Iperf3, Iperf3) {
+    let there = iperf3(a, b, b_ip, seconds);
+    let back = iperf3(b, a, a_ip, seconds);
+    assert!(there.bytes > min_bytes, "iperf3 to {b_ip}: {}", there.output);
+    assert!(back.bytes > min_bytes, "iperf3 to {a_ip}: {}", back.output);
+    (there, back)
+}
+
 /// [`iperf3`] with `streams` parallel TCP connections (`-P`); the rate
 /// is their sum.
 pub fn iperf3_streams(client: &NetNs, server: &NetNs, server_ip: &str, seconds: u32, streams: u32) -> Iperf3 {
