@@ -67,11 +67,14 @@ pub enum DropReason {
     PortDown,
     /// Received on a mirror's output port, which switches nothing (rx).
     MirrorOutput,
+    /// The port failed (its code panicked; `health` says why): what was
+    /// queued for it and what is sent to it until it is removed (tx).
+    PortFailed,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -95,6 +98,7 @@ impl DropReason {
         DropReason::Conntrack,
         DropReason::PortDown,
         DropReason::MirrorOutput,
+        DropReason::PortFailed,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -123,6 +127,7 @@ impl DropReason {
             DropReason::Conntrack => "conntrack",
             DropReason::PortDown => "port_down",
             DropReason::MirrorOutput => "mirror_output",
+            DropReason::PortFailed => "port_failed",
         }
     }
 }

@@ -29,6 +29,8 @@
 //! # Ok::<(), vswitch_core::Error>(())
 //! ```
 
+#[cfg(feature = "tokio")]
+pub mod asyncio;
 pub mod clock;
 pub mod config;
 pub mod conntrack;
@@ -36,6 +38,7 @@ pub mod control;
 pub mod datapath;
 mod drop_reason;
 mod error;
+pub mod events;
 pub mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -55,7 +58,7 @@ pub use packet::Packet;
 pub use port::memory::MemoryPortHandle;
 pub use port::{DropReason, PortConfig, PortNo, VlanMode, VlanModeName};
 pub use switch::{
-    BridgeInfo, BridgeStats, DatapathThreadInfo, IdlePolicy, MAX_MIRRORS, MirrorInfo, OnOpenError, PortInfo, PortStats,
-    Switch, SwitchBuilder, SwitchStats,
+    BridgeInfo, BridgeStats, DatapathThreadInfo, Health, IdlePolicy, MAX_MIRRORS, MirrorInfo, OnOpenError, PortHealth,
+    PortInfo, PortState, PortStats, Switch, SwitchBuilder, SwitchStats,
 };
 pub use wire::MacAddr;

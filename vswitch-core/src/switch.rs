@@ -20,6 +20,7 @@ use crate::datapath::SharedPort;
 pub use crate::datapath::thread::IdlePolicy;
 use crate::datapath::thread::{DatapathThread, FailureHook};
 use crate::datapath::{Datapath, Wakeup};
+use crate::events::{DEFAULT_EVENT_QUEUE, Event, EventBus, Events};
 use crate::flow::{DEFAULT_FLOW_LIMIT, FlowSpec, FlowTable, RuleSet, RuleStats, TableStats};
 use crate::mac::{MacEntry, MacTable, MacTableConfig, MacTableStats};
 use crate::packet::SpareBuffers;
@@ -198,7 +199,15 @@ impl SwitchBuilder {
         if self.timeout.is_zero() {
             return Err(Error::invalid("datapath timeout", "must be above zero"));
         }
-        let on_failure = self.on_failure.unwrap_or_else(|| Arc::new(|_: &str, _: &str| {}));
+        let events = Arc::new(EventBus::default());
+        let hook = self.on_failure;
+        let bus = events.clone();
+        let on_failure: FailureHook = Arc::new(move |thread: &str, why: &str| {
+            bus.publish(|| Event::DatapathFailed { thread: thread.to_string(), why: why.to_string() });
+            if let Some(hook) = &hook {
+                hook(thread, why);
+            }
+        });
         if self.ct_size == 0 || self.ct_size > 1 << 24 {
             return Err(Error::invalid("conntrack size", format!("{} must be 1 to 16777216", self.ct_size)));
         }
@@ -206,14 +215,14 @@ impl SwitchBuilder {
         let spare: SpareBuffers = Arc::new(ArrayQueue::new(SPARE_BUFFERS));
         let runner = if self.manual {
             Runner::Manual {
-                dp: Box::new(Mutex::new(Datapath::with_spare(spare.clone(), ct.clone()))),
+                dp: Box::new(Mutex::new(Datapath::with_spare(spare.clone(), ct.clone(), events.clone()))),
                 wakeup: Arc::new(Wakeup::default()),
             }
         } else {
             let threads = (0..self.pmd_threads)
                 .map(|i| {
                     let cpu = (!self.pin_cpus.is_empty()).then(|| self.pin_cpus[i % self.pin_cpus.len()]);
-                    let dp = Datapath::with_spare(spare.clone(), ct.clone());
+                    let dp = Datapath::with_spare(spare.clone(), ct.clone(), events.clone());
                     let name = format!("vswitch-pmd{i}");
                     DatapathThread::spawn(dp, clock.clone(), self.idle, name, cpu, on_failure.clone())
                 })
@@ -225,7 +234,7 @@ impl SwitchBuilder {
             Runner::Manual { .. } => 1,
         };
         let slow = SlowPath::spawn(clock.clone())?;
-        slow.add(Box::new(crate::conntrack::Sweeper(ct.clone())));
+        slow.add(Box::new(crate::conntrack::Sweeper(ct.clone())), Box::new(|_| {}));
         Ok(Switch {
             registry: Mutex::new(Registry { bridges: BTreeMap::new(), owned: vec![0; threads] }),
             changes: Mutex::new(()),
@@ -241,6 +250,7 @@ impl SwitchBuilder {
             flow_limit: self.flow_limit,
             spare,
             pmd_base: Mutex::new(Vec::new()),
+            events,
         })
     }
 }
@@ -368,6 +378,9 @@ pub struct PortStats {
     /// Left out of NORMAL's floods (`mod-port PORT no-flood`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_flood: bool,
+    /// Why the port failed, if its code panicked (see [`Switch::health`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl PortStats {
@@ -431,6 +444,8 @@ pub struct Switch {
     /// What `pmd_stats_clear` last read, per thread: later reads are
     /// counted from there.
     pmd_base: Mutex<Vec<PmdStats>>,
+    /// Where events are published (see [`Switch::subscribe`]).
+    events: Arc<EventBus>,
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -696,6 +711,7 @@ impl Switch {
             (0..).find(|i| !reg.bridges.values().any(|b| b.index == *i)).expect("an unused index")
         };
         let table = Arc::new(MacTable::new(mac)?);
+        table.publish_moves(self.events.clone(), name);
         let (t, limit) = (table.clone(), self.flow_limit);
         // Every thread's copy of the default rule counts into the same stats.
         let stats = RuleStats::new(self.now_ms(), self.threads());
@@ -732,14 +748,21 @@ impl Switch {
         let _change = self.change();
         let index = self.registry().bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
         // The ports come back to be closed here, not on a datapath thread.
-        let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(drop);
+        let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(|ports| {
+            close_ports(ports.into_iter().flatten().map(Some).collect());
+        });
         if took_effect(&r) {
             self.record(|| ConfigChange::DelBridge { name: name.to_string() });
             let upkeeps: Vec<u64> = {
                 let mut reg = self.registry();
                 let ports = reg.bridges.remove(name).map(|b| b.ports).unwrap_or_default();
-                for p in ports.values() {
+                for (port, p) in &ports {
                     reg.owned[p.owner] -= 1;
+                    self.events.publish(|| Event::PortRemoved {
+                        bridge: name.to_string(),
+                        port: port.clone(),
+                        port_no: p.port_no,
+                    });
                 }
                 ports.values().filter_map(|p| p.upkeep).collect()
             };
@@ -892,18 +915,28 @@ impl Switch {
         let mut port = make(port_no, self.thread_wakeup(owner))?;
         let kind = port.kind();
         let upkeep = port.upkeep();
-        let counters = Arc::new(PortCounters::default());
+        let counters = Arc::new(PortCounters::for_port(bridge, name, port_no));
         counters.link_up.store(port.link_up(), Ordering::Relaxed);
         let shared: SharedPort = Arc::new(Mutex::new(port));
-        let (vlan, c) = (config.vlan.clone(), counters.clone());
+        let (vlan, c, events) = (config.vlan.clone(), counters.clone(), self.events.clone());
         let r = self.apply_each(move |dp, i| {
-            dp.add_port(slot, index, port_no, shared.clone(), i == owner, vlan.clone(), c.clone())
+            dp.add_port(slot, index, port_no, shared.clone(), i == owner, vlan.clone(), c.clone());
+            if i == owner {
+                // Told by the thread that polls the port, before it does:
+                // nothing about the port comes before this.
+                events.publish(|| Event::PortAdded {
+                    bridge: c.bridge.to_string(),
+                    port: c.name.to_string(),
+                    port_no,
+                    kind: kind.to_string(),
+                });
+            }
         });
         if took_effect(&r) {
             let spec = spec.map(|s| PortSpec { port_no: Some(port_no), ..s });
             let mut reg = self.registry();
             let br = reg.bridges.get_mut(bridge).expect("bridges change only under the change lock");
-            let upkeep = upkeep.map(|u| self.slow.add(u));
+            let upkeep = upkeep.map(|u| self.slow.add(u, upkeep_failed(counters.clone())));
             br.ports.insert(
                 name.to_string(),
                 PortEntry {
@@ -935,7 +968,7 @@ impl Switch {
         let slot = self.port_entry(name, |p| p.slot)?;
         // Each thread hands its reference back: the port is closed here,
         // when the last one drops, not on a datapath thread.
-        let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(drop);
+        let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(close_ports);
         if took_effect(&r) {
             let (upkeep, bridge) = {
                 let mut reg = self.registry();
@@ -943,6 +976,13 @@ impl Switch {
                 match removed {
                     Some((p, bridge)) => {
                         reg.owned[p.owner] -= 1;
+                        // Every thread has let go of it: nothing more is
+                        // told about the port after this.
+                        self.events.publish(|| Event::PortRemoved {
+                            bridge: bridge.clone(),
+                            port: name.to_string(),
+                            port_no: p.port_no,
+                        });
                         (p.upkeep, Some(bridge))
                     }
                     None => (None, None),
@@ -1052,6 +1092,83 @@ impl Switch {
         &self.ct
     }
 
+    /// Subscribes to the switch's [`Event`]s: ports added, removed and
+    /// failed, link changes, MAC moves and datapath failures, from now on,
+    /// in order (see [`events`](crate::events)). The queue holds
+    /// [`DEFAULT_EVENT_QUEUE`] events; more are dropped and counted in
+    /// [`Events::missed`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the subscription's eventfd cannot be made.
+    pub fn subscribe(&self) -> Result<Events> {
+        self.events.subscribe(DEFAULT_EVENT_QUEUE)
+    }
+
+    /// As [`subscribe`](Self::subscribe), with a queue of `capacity` events.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a capacity of 0 or above 2^20; as
+    /// [`subscribe`](Self::subscribe).
+    pub fn subscribe_with_capacity(&self, capacity: usize) -> Result<Events> {
+        self.events.subscribe(capacity)
+    }
+
+    /// The state of every datapath thread and every port: what an
+    /// embedder's health check reads. A port whose code panicked is
+    /// [`PortState::Failed`] with the panic's message; it forwards nothing
+    /// (what is sent to it is counted as
+    /// [`DropReason::PortFailed`]) until it is removed, and can then be
+    /// added again. The other ports are not affected.
+    ///
+    /// ```
+    /// # use vswitch_core::{PortConfig, Switch};
+    /// let sw = Switch::builder().build()?;
+    /// sw.add_bridge("br0")?;
+    /// let _nic = sw.add_memory_port("br0", "vm1", PortConfig::default())?;
+    /// let health = sw.health();
+    /// assert!(health.is_ok());
+    /// assert_eq!(health.ports[0].state, vswitch_core::PortState::Up);
+    /// # Ok::<(), vswitch_core::Error>(())
+    /// ```
+    pub fn health(&self) -> Health {
+        let threads = self.datapath_threads();
+        let reg = self.registry();
+        let mut ports: Vec<PortHealth> = reg
+            .bridges
+            .iter()
+            .flat_map(|(bridge, b)| b.ports.iter().map(move |(name, p)| (bridge, name, p)))
+            .map(|(bridge, name, p)| {
+                let thread = threads.get(p.owner);
+                let link_up = p.counters.link_up.load(Ordering::Relaxed);
+                let (state, why) = if let Some(why) = p.counters.failure() {
+                    (PortState::Failed, Some(why.to_string()))
+                } else if let Some(why) = thread.and_then(|t| t.failure.clone()) {
+                    (PortState::ThreadFailed, Some(why))
+                } else if let Some(why) = p.status.error() {
+                    (PortState::Error, Some(why))
+                } else if p.flags.down {
+                    (PortState::AdminDown, None)
+                } else if !link_up {
+                    (PortState::LinkDown, None)
+                } else {
+                    (PortState::Up, None)
+                };
+                PortHealth {
+                    bridge: bridge.clone(),
+                    name: name.clone(),
+                    port_no: p.port_no,
+                    kind: p.kind.to_string(),
+                    thread: thread.map(|t| t.name.clone()).unwrap_or_default(),
+                    link_up,
+                    state,
+                    why,
+                }
+            })
+            .collect();
+        ports.sort_by(|a, b| (&a.bridge, a.port_no).cmp(&(&b.bridge, b.port_no)));
+        Health { threads, ports }
+    }
+
     /// Counters of every bridge, port and MAC table.
     pub fn stats(&self) -> SwitchStats {
         let reg = self.registry();
@@ -1072,6 +1189,75 @@ impl Switch {
 /// out on a thread that still has it queued.
 fn took_effect<T>(r: &Result<T>) -> bool {
     matches!(r, Ok(_) | Err(Error::Timeout { outcome: Outcome::WillApply, .. }))
+}
+
+/// What [`Switch::health`] found.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// Every datapath thread, and whether it runs.
+    pub threads: Vec<DatapathThreadInfo>,
+    /// Every port, by bridge and port number.
+    pub ports: Vec<PortHealth>,
+}
+
+impl Health {
+    /// True if no datapath thread and no port has failed (ports that are
+    /// down or missing their interface are not failures).
+    pub fn is_ok(&self) -> bool {
+        self.threads.iter().all(|t| t.failure.is_none())
+            && self.ports.iter().all(|p| !matches!(p.state, PortState::Failed | PortState::ThreadFailed))
+    }
+
+    /// The entry of port `name`.
+    pub fn port(&self, name: &str) -> Option<&PortHealth> {
+        self.ports.iter().find(|p| p.name == name)
+    }
+}
+
+/// One port's state, as [`Switch::health`] reports it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PortHealth {
+    /// Its bridge.
+    pub bridge: String,
+    /// The port's name.
+    pub name: String,
+    /// Its number on the bridge.
+    pub port_no: PortNo,
+    /// Its backend.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The datapath thread that receives from it.
+    pub thread: String,
+    /// Whether its link is up.
+    pub link_up: bool,
+    /// What state it is in.
+    pub state: PortState,
+    /// Why, for the failed and error states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// The state of a port, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PortState {
+    /// Its code panicked: it was taken down alone and forwards nothing
+    /// until it is removed (and may then be added again).
+    Failed,
+    /// The datapath thread that receives from it failed.
+    ThreadFailed,
+    /// Its device is missing or broken (an interface that vanished); the
+    /// switch reopens it when it can.
+    Error,
+    /// Administratively down (`mod-port PORT down`).
+    AdminDown,
+    /// Its link is down.
+    LinkDown,
+    /// Forwarding.
+    Up,
 }
 
 /// A datapath thread, as listed by [`Switch::datapath_threads`].
@@ -1140,5 +1326,24 @@ fn port_stats(name: &str, p: &PortEntry) -> PortStats {
         drops: DropReason::ALL.iter().map(|&r| (r, c.dropped(r))).collect(),
         admin_down: p.flags.down,
         no_flood: p.flags.no_flood,
+        failure: c.failure().map(str::to_string),
     }
+}
+
+/// Closes ports the datapath threads handed back (each thread returns its
+/// reference; the last one dropped closes the port), here on the caller's
+/// thread. A failed port's own code may panic again as it is closed: that
+/// is caught, the rest are closed all the same.
+fn close_ports(ports: Vec<Option<SharedPort>>) {
+    for port in ports.into_iter().flatten() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(port)));
+    }
+}
+
+/// What the slow-path thread calls when a port's slow half panics: the
+/// port is marked failed, and the datapath takes it down at its next pass.
+fn upkeep_failed(counters: Arc<PortCounters>) -> Box<dyn Fn(String) + Send> {
+    Box::new(move |why| {
+        counters.fail(why);
+    })
 }

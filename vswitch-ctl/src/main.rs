@@ -239,6 +239,11 @@ enum Command {
     PmdStats,
     /// Count pmd-stats from zero again.
     PmdStatsClear,
+    /// Every datapath thread and port: running or failed (a port whose
+    /// code panicked is taken down alone, with the reason), error (its
+    /// device is missing), admin down, link down or up. Exits 1 if a thread
+    /// or a port has failed.
+    Health,
     /// Create a container network: a bridge, addresses from --subnet
     /// (twice for dual stack), a gateway port holding the gateway address
     /// on the host and the containers' default route.
@@ -810,6 +815,33 @@ fn ct_stats_text(r: &Value) -> String {
     out
 }
 
+/// `health` text: a line per datapath thread, then one per port.
+fn health_text(r: &Value) -> String {
+    let mut out = String::new();
+    for t in r["threads"].as_array().into_iter().flatten() {
+        let name = t["name"].as_str().unwrap_or("?");
+        let ports = t["ports"].as_u64().unwrap_or(0);
+        match t["failure"].as_str() {
+            Some(why) => out.push_str(&format!("{name}: FAILED: {why} ({ports} ports)\n")),
+            None => out.push_str(&format!("{name}: running ({ports} ports)\n")),
+        }
+    }
+    for p in r["ports"].as_array().into_iter().flatten() {
+        let s = |k: &str| p[k].as_str().unwrap_or("?").to_string();
+        let state = s("state").replace('_', " ");
+        let why = p["why"].as_str().map(|w| format!(": {w}")).unwrap_or_default();
+        out.push_str(&format!(
+            "{} port {} {} ({}, {}): {state}{why}\n",
+            s("bridge"),
+            p["port_no"],
+            s("name"),
+            s("type"),
+            s("thread")
+        ));
+    }
+    out
+}
+
 /// `pmd-stats` text: per thread, where its cycles went and what a packet
 /// cost, laid out after ovs-appctl dpif-netdev/pmd-perf-show.
 fn pmd_text(r: &Value) -> String {
@@ -920,6 +952,7 @@ enum Render {
     Conntrack,
     CtStats,
     Pmd,
+    Health,
     Networks,
     Cluster,
     Attachment,
@@ -1132,6 +1165,7 @@ fn plan(command: Command) -> Result<Plan, String> {
         Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
         Command::PmdStats => one("pmd.stats", Value::Null, Render::Pmd),
         Command::PmdStatsClear => one("pmd.stats_clear", Value::Null, none),
+        Command::Health => one("system.health", Value::Null, Render::Health),
         Command::Version => one("system.version", Value::Null, Render::Version),
         Command::NetCreate {
             name,
@@ -1468,6 +1502,7 @@ fn render(how: Render, results: &[Value]) -> Result<(Value, String), String> {
         Render::Conntrack => conntrack_text(&r),
         Render::CtStats => ct_stats_text(&r),
         Render::Pmd => pmd_text(&r),
+        Render::Health => health_text(&r),
         Render::Networks => networks_text(&r),
         Render::Cluster => cluster_text(&r),
         Render::Attachment => format!("{}\n", ips_text(&r["ips"])),
@@ -1527,6 +1562,7 @@ fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
             p.ops[0].1["bundle"] = json!(id);
         }
     }
+    let health = plans.len() == 1 && matches!(plans[0].render, Render::Health);
     let outputs: Vec<(Value, String)> = if plans.len() == 1 {
         let results = plans[0].ops.iter().map(|(m, p)| c.call(m, p.clone())).collect::<Result<Vec<_>, _>>()?;
         vec![render(plans[0].render.clone(), &results).map_err(bad)?]
@@ -1550,7 +1586,21 @@ fn run(cli: Cli, more: Vec<Command>) -> Result<ExitCode, CallError> {
     } else {
         outputs.iter().for_each(|(_, t)| print!("{t}"));
     }
+    if health && !healthy(&outputs[0].0) {
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a `system.health` result has no failed thread or port.
+fn healthy(r: &Value) -> bool {
+    let threads_ok = r["threads"].as_array().into_iter().flatten().all(|t| t["failure"].is_null());
+    let ports_ok = r["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|p| !matches!(p["state"].as_str(), Some("failed" | "thread_failed")));
+    threads_ok && ports_ok
 }
 
 /// The options that apply to the whole invocation, with whether each

@@ -49,6 +49,7 @@ pub const METHODS: &[&str] = &[
     "stats.get",
     "pmd.stats",
     "pmd.stats_clear",
+    "system.health",
     "config.get",
     "bridge.set",
     "port.mod",
@@ -597,6 +598,7 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         "system.version" => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
         "system.list_methods" => ok(METHODS),
         "system.status" => ok(json!({ "threads": sw.datapath_threads() })),
+        "system.health" => ok(sw.health()),
         "pmd.stats" => ok(sw.pmd_stats()),
         "pmd.stats_clear" => {
             sw.pmd_stats_clear();

@@ -1,14 +1,16 @@
 use std::os::fd::RawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mio::unix::SourceFd;
 
 use crate::conntrack::Conntrack;
+use crate::events::{Event, EventBus};
 use crate::flow::{Emc, FlowTable, GroupTable, PackedParse, Tables};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
-use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, VlanMode};
+use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, TxOutcome, VlanMode};
 use crate::wire::{MacAddr, VlanTci, ethertype};
 
 #[path = "exec.rs"]
@@ -39,6 +41,43 @@ fn lock(port: &SharedPort) -> MutexGuard<'_, Box<dyn Port>> {
     port.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `f`, a call into a port's code; a panic comes back as the reason
+/// the port failed (`what panicked: MESSAGE`), the datapath unharmed.
+fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+    catch_unwind(AssertUnwindSafe(f))
+        .map_err(|payload| format!("{what} panicked: {}", super::thread::panic_message(&*payload)))
+}
+
+/// What stands in for a port whose code panicked: it receives nothing,
+/// sends nothing and reads link down. It keeps the failed port, which is
+/// closed (off the datapath threads, its own panics caught) when the port
+/// is removed; nothing of it is called again.
+struct FailedPort(#[allow(dead_code)] Option<Box<dyn Port>>);
+
+impl std::fmt::Debug for FailedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailedPort")
+    }
+}
+
+impl Port for FailedPort {
+    fn kind(&self) -> &'static str {
+        "failed"
+    }
+
+    fn rx_burst(&mut self, _batch: &mut Vec<Packet>, _max: usize, _pool: &mut PacketPool) -> usize {
+        0
+    }
+
+    fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+        TxOutcome::drop_all(batch, pool, DropReason::PortFailed)
+    }
+
+    fn link_up(&self) -> bool {
+        false
+    }
+}
+
 #[derive(Debug)]
 struct PortSlot {
     port: SharedPort,
@@ -61,6 +100,8 @@ struct PortSlot {
     tx_special: bool,
     /// A mirror's output port: never flooded to, its input dropped.
     mirror_out: bool,
+    /// The port failed and this thread has stopped polling it.
+    failed: bool,
 }
 
 impl PortSlot {
@@ -71,12 +112,23 @@ impl PortSlot {
         self.tx_special = self.flags.down || self.taps.iter().any(|t| t.tx);
     }
 
-    /// Records the port's link state, publishing changes to its counters.
+    /// Records the port's link state, publishing changes to its counters
+    /// (and, on the thread that owns the port, as an event: one thread, so
+    /// each change is told once and after the port's `PortAdded`).
     #[inline]
-    fn set_link(&mut self, up: bool) -> bool {
+    fn set_link(&mut self, up: bool, events: &EventBus) -> bool {
         if up != self.link_up {
             self.link_up = up;
             self.counters.link_up.store(up, Ordering::Relaxed);
+            if self.owned {
+                let c = &self.counters;
+                events.publish(|| Event::LinkChanged {
+                    bridge: c.bridge.to_string(),
+                    port: c.name.to_string(),
+                    port_no: c.port_no,
+                    up,
+                });
+            }
         }
         up
     }
@@ -137,6 +189,8 @@ pub struct Datapath {
     ct: Arc<Conntrack>,
     /// Where this datapath counts its bursts (and its thread its cycles).
     perf: Arc<super::perf::PmdCounters>,
+    /// Where it tells what happened (link changes, failed ports).
+    events: Arc<EventBus>,
 }
 
 impl Default for Datapath {
@@ -148,15 +202,16 @@ impl Default for Datapath {
 impl Datapath {
     /// A datapath with no bridges.
     pub fn new() -> Self {
-        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER), Arc::new(Conntrack::default()))
+        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER), Arc::new(Conntrack::default()), Arc::default())
     }
 
-    /// A datapath whose buffer pool also draws on `spare`.
-    pub fn with_spare(spare: SpareBuffers, ct: Arc<Conntrack>) -> Self {
-        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER).with_spare(spare), ct)
+    /// A datapath whose buffer pool also draws on `spare`, publishing its
+    /// events on `events`.
+    pub(crate) fn with_spare(spare: SpareBuffers, ct: Arc<Conntrack>, events: Arc<EventBus>) -> Self {
+        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER).with_spare(spare), ct, events)
     }
 
-    fn with_pool(pool: PacketPool, ct: Arc<Conntrack>) -> Self {
+    fn with_pool(pool: PacketPool, ct: Arc<Conntrack>, events: Arc<EventBus>) -> Self {
         Datapath {
             ports: Vec::new(),
             bridges: Vec::new(),
@@ -177,6 +232,7 @@ impl Datapath {
             tracing: None,
             ct,
             perf: Arc::default(),
+            events,
         }
     }
 
@@ -193,7 +249,16 @@ impl Datapath {
     /// Keeps the epoll registration of `slot` in step with its port's
     /// wake descriptor (token = slot + 1; token 0 is the control waker).
     fn sync_wake_fd(&mut self, slot: usize) {
-        let want = self.ports[slot].as_ref().filter(|p| p.owned).and_then(|p| lock(&p.port).wake_fd());
+        let want = match self.ports[slot].as_ref().filter(|p| p.owned && !p.failed) {
+            Some(p) => match guarded("wake_fd", || lock(&p.port).wake_fd()) {
+                Ok(fd) => fd,
+                Err(why) => {
+                    p.counters.fail(why);
+                    None
+                }
+            },
+            None => None,
+        };
         if self.fds.len() <= slot {
             self.fds.resize(slot + 1, None);
         }
@@ -255,9 +320,15 @@ impl Datapath {
         vlan: VlanMode,
         counters: Arc<PortCounters>,
     ) {
-        let (link_up, carries_offloads) = {
+        let (link_up, carries_offloads) = match guarded("link_up", || {
             let p = lock(&port);
             (p.link_up(), p.carries_offloads())
+        }) {
+            Ok(r) => r,
+            Err(why) => {
+                counters.fail(why);
+                (false, false)
+            }
         };
         let slot = PortSlot {
             port,
@@ -273,6 +344,7 @@ impl Datapath {
             rx_special: false,
             tx_special: false,
             mirror_out: false,
+            failed: false,
         };
         if self.ports.len() <= idx {
             self.ports.resize_with(idx + 1, || None);
@@ -338,7 +410,43 @@ impl Datapath {
 
     /// True if some port has packets queued without an fd to wake on.
     pub fn rx_pending(&self) -> bool {
-        self.ports.iter().flatten().filter(|p| p.owned).any(|p| lock(&p.port).rx_pending())
+        self.ports.iter().flatten().filter(|p| p.owned && !p.failed).any(|p| {
+            // A panic here is recorded; the next pass takes the port down.
+            guarded("rx_pending", || lock(&p.port).rx_pending()).unwrap_or_else(|why| !p.counters.fail(why))
+        })
+    }
+
+    /// Takes down the port in `slot`, whose code panicked (or whose slow
+    /// half did) for `why` (None: the reason is recorded already): it
+    /// is told as an event once, replaced by a [`FailedPort`] for every
+    /// thread, and what was queued for it goes back to the pool, counted.
+    /// The other ports go on.
+    #[cold]
+    fn fail_port(&mut self, slot: usize, why: Option<String>) {
+        let Some(p) = self.ports[slot].as_mut() else { return };
+        p.failed = true;
+        if let Some(why) = why {
+            p.counters.fail(why);
+        }
+        let c = p.counters.clone();
+        if !c.stood_in.swap(true, Ordering::AcqRel) {
+            let mut port = lock(&p.port);
+            let failed = std::mem::replace(&mut *port, Box::new(FailedPort(None)));
+            *port = Box::new(FailedPort(Some(failed)));
+            drop(port);
+            self.events.publish(|| Event::PortFailed {
+                bridge: c.bridge.to_string(),
+                port: c.name.to_string(),
+                port_no: c.port_no,
+                why: c.failure().unwrap_or_default().to_string(),
+            });
+        }
+        p.set_link(false, &self.events);
+        let queued = &mut self.tx[slot];
+        c.count_drop(DropReason::PortFailed, queued.len() as u64);
+        queued.drain(..).for_each(|pkt| self.pool.put(pkt));
+        self.dirty.retain(|&s| s != slot);
+        self.sync_wake_fd(slot);
     }
 
     /// One pass over every port: receive a burst from each, switch it, and
@@ -347,13 +455,30 @@ impl Datapath {
     pub fn poll(&mut self, now_ms: u64) -> usize {
         let mut work = 0;
         for slot in 0..self.ports.len() {
-            let Some(p) = self.ports[slot].as_mut().filter(|p| p.owned) else { continue };
+            let Some(p) = self.ports[slot].as_mut().filter(|p| p.owned && !p.failed) else { continue };
+            if p.counters.failure.get().is_some() {
+                // Failed on another thread, or in its slow half.
+                self.fail_port(slot, None);
+                continue;
+            }
             let mut rx = std::mem::take(&mut self.rx);
-            let (up, n) = {
+            let pool = &mut self.pool;
+            let got = guarded("rx_burst", || {
                 let mut port = lock(&p.port);
-                (port.link_up(), port.rx_burst(&mut rx, BURST, &mut self.pool))
+                (port.link_up(), port.rx_burst(&mut rx, BURST, pool))
+            });
+            let (up, n) = match got {
+                Ok(r) => r,
+                Err(why) => {
+                    // What it had handed over before it panicked is not
+                    // trusted: back to the pool.
+                    rx.drain(..).for_each(|pkt| self.pool.put(pkt));
+                    self.rx = rx;
+                    self.fail_port(slot, Some(why));
+                    continue;
+                }
             };
-            p.set_link(up);
+            p.set_link(up, &self.events);
             let special = p.rx_special;
             if n > 0 && (!special || self.rx_taps(slot, &mut rx)) {
                 self.perf.burst(n);
@@ -370,16 +495,21 @@ impl Datapath {
         if now_ms >= self.next_housekeeping_ms {
             self.next_housekeeping_ms = now_ms + HOUSEKEEPING_MS;
             for slot in 0..self.ports.len() {
-                if let Some(p) = self.ports[slot].as_mut().filter(|p| p.owned) {
-                    let up = {
+                if let Some(p) = self.ports[slot].as_mut().filter(|p| p.owned && !p.failed) {
+                    let up = guarded("housekeeping", || {
                         let mut port = lock(&p.port);
                         port.housekeeping(now_ms);
                         let counters = &p.counters;
                         port.take_rx_drops(&mut |reason, n| counters.count_drop(reason, n));
                         port.link_up()
-                    };
-                    p.set_link(up);
-                    self.sync_wake_fd(slot);
+                    });
+                    match up {
+                        Ok(up) => {
+                            p.set_link(up, &self.events);
+                            self.sync_wake_fd(slot);
+                        }
+                        Err(why) => self.fail_port(slot, Some(why)),
+                    }
                 }
             }
         }
@@ -597,10 +727,16 @@ impl Datapath {
         if q.is_empty() {
             return;
         }
-        let mut port = lock(&p.port);
-        if !port.link_up() {
-            drop(port);
-            p.set_link(false);
+        if p.failed || p.counters.failure.get().is_some() {
+            self.fail_port(slot, None);
+            return;
+        }
+        let up = match guarded("link_up", || lock(&p.port).link_up()) {
+            Ok(up) => up,
+            Err(why) => return self.fail_port(slot, Some(why)),
+        };
+        if !up {
+            p.set_link(false, &self.events);
             p.counters.count_drop(DropReason::LinkDown, q.len() as u64);
             for pkt in q.drain(..) {
                 self.pool.put(pkt);
@@ -629,8 +765,12 @@ impl Datapath {
             self.segments = segments;
             p.counters.count_drop(DropReason::TooBig, too_big);
         }
-        let out = port.tx_burst(q, &mut self.pool);
-        drop(port);
+        let pool = &mut self.pool;
+        let out = match guarded("tx_burst", || lock(&p.port).tx_burst(q, pool)) {
+            Ok(out) => out,
+            // What it had not sent is counted with the port's queue.
+            Err(why) => return self.fail_port(slot, Some(why)),
+        };
         PortCounters::add(&p.counters.tx_packets, out.sent as u64);
         PortCounters::add(&p.counters.tx_bytes, out.sent_bytes);
         if out.dropped > 0 {

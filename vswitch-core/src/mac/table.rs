@@ -1,10 +1,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
 
 use super::{MAX_CAPACITY, mac_key, split_key};
+use crate::events::{Event, EventBus};
 use crate::port::PortNo;
 use crate::{Error, MacAddr, Result};
 
@@ -183,6 +184,8 @@ pub struct MacTable {
     sweeping: AtomicBool,
     next_sweep_ms: AtomicU64,
     counters: Counters,
+    /// Where moves are told, and the bridge's name (a switch's table).
+    moves: OnceLock<(Arc<EventBus>, Arc<str>)>,
 }
 
 impl MacTable {
@@ -200,7 +203,13 @@ impl MacTable {
             sweeping: AtomicBool::new(false),
             next_sweep_ms: AtomicU64::new(0),
             counters: Counters::default(),
+            moves: OnceLock::new(),
         })
+    }
+
+    /// Tells moves on `events` as the bridge `bridge`'s.
+    pub(crate) fn publish_moves(&self, events: Arc<EventBus>, bridge: &str) {
+        let _ = self.moves.set((events, bridge.into()));
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -297,6 +306,10 @@ impl MacTable {
             st.link_tail(i, now_ms);
             self.counters.moved.fetch_add(1, Ordering::Relaxed);
             self.bump();
+            drop(st);
+            if let Some((events, bridge)) = self.moves.get() {
+                events.publish(|| Event::MacMoved { bridge: bridge.to_string(), mac, vlan, from: old, to: port });
+            }
             return MacLearn::Moved { from: old };
         }
         if st.index.len() >= self.capacity.load(Ordering::Relaxed) {

@@ -12,8 +12,9 @@
 //! towards the runtime drops the packet in the datapath, counted as
 //! [`DropReason::TxQueueFull`](super::DropReason::TxQueueFull).
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
@@ -22,6 +23,7 @@ use rtrb::{Consumer, Producer, RingBuffer};
 use super::{DropReason, Port, PortNo, TxOutcome};
 use crate::datapath::Wakeup;
 use crate::packet::{DEFAULT_BUFFER, HEADROOM, Packet, PacketPool, SpareBuffers};
+use crate::sys::eventfd::EventFd;
 use crate::{Error, Result};
 
 /// Default depth of each queue of a memory port.
@@ -59,6 +61,72 @@ impl HostSignal {
     }
 }
 
+/// One direction's readiness for a runtime that waits on a descriptor
+/// (epoll, mio, tokio) rather than in [`MemoryPortHandle::wait`]: an
+/// eventfd, made when first asked for, readable while the condition holds
+/// (frames wait; the queue has room).
+///
+/// The producer writes the eventfd only when the consumer has armed it,
+/// that is, found nothing and cleared it; both sides fence before they look
+/// at the other's state, as in [`Wakeup`], so a producer on a busy port
+/// pays one load and no system call, and no signal is lost. The descriptor
+/// may read readable when the condition no longer holds (a spurious wake),
+/// never the other way round.
+#[derive(Debug, Default)]
+struct Readiness {
+    fd: OnceLock<Arc<EventFd>>,
+    armed: AtomicBool,
+}
+
+impl Readiness {
+    /// Producer side, after queueing (or making room).
+    #[inline]
+    fn notify(&self) {
+        let Some(fd) = self.fd.get() else { return };
+        fence(Ordering::SeqCst);
+        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
+            fd.signal();
+        }
+    }
+
+    /// The descriptor, made on first use with the condition `ready` reads.
+    fn fd(&self, ready: impl Fn() -> bool) -> Result<&Arc<EventFd>> {
+        if self.fd.get().is_none() {
+            let fd = EventFd::new().map_err(|e| Error::io("eventfd", e))?;
+            // Another thread may have made one meanwhile: theirs stands.
+            let _ = self.fd.set(Arc::new(fd));
+            self.arm(ready);
+        }
+        Ok(self.fd.get().expect("made above"))
+    }
+
+    /// Consumer side, having found the condition false: the descriptor
+    /// reads unreadable until the producer makes it true.
+    #[inline]
+    fn arm(&self, ready: impl Fn() -> bool) {
+        let Some(fd) = self.fd.get() else { return };
+        if self.armed.load(Ordering::Relaxed) {
+            // Armed and not signalled since: unreadable already.
+            return;
+        }
+        fd.clear();
+        self.armed.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if ready() {
+            self.armed.store(false, Ordering::Relaxed);
+            fd.signal();
+        }
+    }
+
+    /// Readable for good: the port is gone.
+    fn close(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+        if let Some(fd) = self.fd.get() {
+            fd.signal();
+        }
+    }
+}
+
 /// State both ends share.
 #[derive(Debug)]
 struct Shared {
@@ -71,6 +139,10 @@ struct Shared {
     /// Switch-wide overflow for returned buffers, drawn on by the datapath.
     spare: SpareBuffers,
     host_tx_dropped: AtomicU64,
+    /// Frames wait for the runtime.
+    host_ready: Readiness,
+    /// The queue towards the switch has room.
+    switch_room: Readiness,
 }
 
 impl Shared {
@@ -134,6 +206,8 @@ pub(crate) fn pair(
         free: ArrayQueue::new(queue_len),
         spare,
         host_tx_dropped: AtomicU64::new(0),
+        host_ready: Readiness::default(),
+        switch_room: Readiness::default(),
     });
     let handle = MemoryPortHandle {
         tx: Mutex::new(to_switch_tx),
@@ -159,6 +233,7 @@ impl Port for MemoryPort {
         match self.rx.read_chunk(n) {
             Ok(chunk) => {
                 batch.extend(chunk);
+                self.shared.switch_room.notify();
                 n
             }
             Err(_) => 0,
@@ -175,6 +250,7 @@ impl Port for MemoryPort {
                 Err(_) => 0,
             };
             self.shared.host_signal.notify();
+            self.shared.host_ready.notify();
         }
         if !batch.is_empty() {
             out.dropped = batch.len();
@@ -199,6 +275,8 @@ impl Drop for MemoryPort {
     fn drop(&mut self) {
         self.shared.detached.store(true, Ordering::Release);
         self.shared.host_signal.notify();
+        self.shared.host_ready.close();
+        self.shared.switch_room.close();
     }
 }
 
@@ -253,7 +331,11 @@ impl MemoryPortHandle {
         if self.is_detached() {
             return Err(p);
         }
-        lock(&self.tx).push(p).map_err(|rtrb::PushError::Full(p)| p)?;
+        let pushed = lock(&self.tx).push(p);
+        if let Err(rtrb::PushError::Full(p)) = pushed {
+            self.arm_tx();
+            return Err(p);
+        }
         self.shared.wakeup.notify();
         Ok(())
     }
@@ -275,6 +357,9 @@ impl MemoryPortHandle {
         if sent > 0 {
             self.shared.wakeup.notify();
         }
+        if !batch.is_empty() {
+            self.arm_tx();
+        }
         sent
     }
 
@@ -295,7 +380,11 @@ impl MemoryPortHandle {
 
     /// A packet the switch forwarded to this port, if one is waiting.
     pub fn recv(&self) -> Option<Packet> {
-        lock(&self.rx).pop().ok()
+        let p = lock(&self.rx).pop().ok();
+        if p.is_none() {
+            self.arm_rx();
+        }
+        p
     }
 
     /// Moves up to `max` waiting packets into `out`; returns how many.
@@ -307,8 +396,67 @@ impl MemoryPortHandle {
                 out.extend(chunk);
                 n
             }
-            _ => 0,
+            _ => {
+                drop(rx);
+                if max > 0 {
+                    self.arm_rx();
+                }
+                0
+            }
         }
+    }
+
+    /// A descriptor that is readable while frames wait to be received
+    /// (and once the port is removed), for a runtime's epoll, mio or
+    /// tokio loop; with the `tokio` feature
+    /// [`AsyncMemoryPort`](crate::asyncio::AsyncMemoryPort) does the
+    /// waiting. It is an eventfd made on the first call (a port nobody
+    /// waits on holds no descriptor) and owned by the port: do not read
+    /// or close it. It can read readable with nothing waiting, so a
+    /// reader always takes what it finds with [`recv`](Self::recv) or
+    /// [`recv_burst`](Self::recv_burst); a receive that finds nothing
+    /// makes it unreadable again. The datapath writes it only when a
+    /// receive found nothing: a busy port costs no system call.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the eventfd cannot be made.
+    pub fn rx_fd(&self) -> Result<BorrowedFd<'_>> {
+        Ok(self.rx_eventfd()?.as_fd())
+    }
+
+    pub(crate) fn rx_eventfd(&self) -> Result<&Arc<EventFd>> {
+        self.shared.host_ready.fd(|| self.pending() > 0 || self.is_detached())
+    }
+
+    pub(crate) fn tx_eventfd(&self) -> Result<&Arc<EventFd>> {
+        self.shared.switch_room.fd(|| self.has_room() || self.is_detached())
+    }
+
+    /// A descriptor that is readable while the queue towards the switch
+    /// has room (and once the port is removed): the send side of
+    /// [`rx_fd`](Self::rx_fd), which a send that finds the queue full
+    /// makes unreadable.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the eventfd cannot be made.
+    pub fn tx_fd(&self) -> Result<BorrowedFd<'_>> {
+        Ok(self.tx_eventfd()?.as_fd())
+    }
+
+    /// Nothing waits: `rx_fd` reads unreadable until something does.
+    #[inline]
+    pub(crate) fn arm_rx(&self) {
+        self.shared.host_ready.arm(|| self.pending() > 0 || self.is_detached());
+    }
+
+    /// The queue is full: `tx_fd` reads unreadable until it has room.
+    #[inline]
+    fn arm_tx(&self) {
+        self.shared.switch_room.arm(|| self.has_room() || self.is_detached());
+    }
+
+    fn has_room(&self) -> bool {
+        !lock(&self.tx).is_full()
     }
 
     /// Waits up to `timeout` for a packet.

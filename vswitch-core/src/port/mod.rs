@@ -18,6 +18,7 @@ pub(crate) mod vlan_mode;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 pub use crate::drop_reason::DropReason;
 use crate::packet::{Packet, PacketPool};
@@ -116,6 +117,14 @@ pub struct PortCounters {
     pub(crate) tx_bytes: AtomicU64,
     pub(crate) drops: [AtomicU64; DropReason::ALL.len()],
     pub(crate) link_up: AtomicBool,
+    /// Why the port failed (its code panicked), once it has.
+    pub(crate) failure: OnceLock<String>,
+    /// The datapath has put a stand-in in the failed port's place.
+    pub(crate) stood_in: AtomicBool,
+    /// Who the port is, for events.
+    pub(crate) bridge: Arc<str>,
+    pub(crate) name: Arc<str>,
+    pub(crate) port_no: PortNo,
 }
 
 impl PortCounters {
@@ -150,6 +159,21 @@ impl PortCounters {
     /// Packets dropped for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Why the port failed, if it has (see [`Switch::health`](crate::Switch::health)).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Counters of port `name`, number `port_no` on `bridge`.
+    pub(crate) fn for_port(bridge: &str, name: &str, port_no: PortNo) -> Self {
+        PortCounters { bridge: bridge.into(), name: name.into(), port_no, ..PortCounters::default() }
+    }
+
+    /// Records that the port failed, for `why`; false if it had already.
+    pub(crate) fn fail(&self, why: String) -> bool {
+        self.failure.set(why).is_ok()
     }
 }
 

@@ -114,8 +114,11 @@ impl<U: Upkeep + 'static> SlowHalf<U> {
     }
 }
 
+/// Told why, when an upkeep panics (it is then dropped).
+pub(crate) type OnPanic = Box<dyn Fn(String) + Send>;
+
 enum Message {
-    Add(u64, Box<dyn Upkeep>),
+    Add(u64, Box<dyn Upkeep>, OnPanic),
     /// Drop the upkeep, then say so.
     Remove(u64, Sender<()>),
 }
@@ -139,13 +142,13 @@ impl SlowPath {
         let join = std::thread::Builder::new()
             .name("vswitch-slow".into())
             .spawn(move || {
-                let mut upkeeps: BTreeMap<u64, Box<dyn Upkeep>> = BTreeMap::new();
+                let mut upkeeps: BTreeMap<u64, (Box<dyn Upkeep>, OnPanic)> = BTreeMap::new();
                 let mut next = std::time::Instant::now();
                 loop {
                     match rx.recv_deadline(next) {
-                        Ok(Message::Add(id, mut u)) => {
-                            u.run(clock.now_ms());
-                            upkeeps.insert(id, u);
+                        Ok(Message::Add(id, u, on_panic)) => {
+                            upkeeps.insert(id, (u, on_panic));
+                            run_guarded(&mut upkeeps, id, clock.now_ms());
                         }
                         // Dropped here: whatever the upkeep held is closed
                         // on this thread.
@@ -155,7 +158,8 @@ impl SlowPath {
                         }
                         Err(RecvTimeoutError::Timeout) => {
                             let now = clock.now_ms();
-                            upkeeps.values_mut().for_each(|u| u.run(now));
+                            let ids: Vec<u64> = upkeeps.keys().copied().collect();
+                            ids.into_iter().for_each(|id| run_guarded(&mut upkeeps, id, now));
                             next = std::time::Instant::now() + UPKEEP_INTERVAL;
                         }
                         Err(RecvTimeoutError::Disconnected) => return,
@@ -166,15 +170,16 @@ impl SlowPath {
         Ok(SlowPath { tx: Some(tx), join: Some(join), next_id: Mutex::new(0) })
     }
 
-    /// Starts running `upkeep`; its id, for [`remove`](Self::remove).
-    pub(crate) fn add(&self, upkeep: Box<dyn Upkeep>) -> u64 {
+    /// Starts running `upkeep`; its id, for [`remove`](Self::remove). If
+    /// it panics it is dropped and `on_panic` told why; the others go on.
+    pub(crate) fn add(&self, upkeep: Box<dyn Upkeep>, on_panic: OnPanic) -> u64 {
         let id = {
             let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
             *n += 1;
             *n
         };
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Message::Add(id, upkeep));
+            let _ = tx.send(Message::Add(id, upkeep, on_panic));
         }
         id
     }
@@ -189,6 +194,20 @@ impl SlowPath {
             if tx.send(Message::Remove(id, done)).is_ok() {
                 let _ = wait.recv_timeout(Duration::from_secs(10));
             }
+        }
+    }
+}
+
+/// Runs upkeep `id` once; one that panics is dropped (its own panics as
+/// it drops caught too) and its port told why.
+fn run_guarded(upkeeps: &mut BTreeMap<u64, (Box<dyn Upkeep>, OnPanic)>, id: u64, now_ms: u64) {
+    let Some((u, _)) = upkeeps.get_mut(&id) else { return };
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| u.run(now_ms)));
+    if let Err(payload) = run {
+        let why = format!("upkeep panicked: {}", crate::datapath::thread::panic_message(&*payload));
+        if let Some((u, on_panic)) = upkeeps.remove(&id) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(u)));
+            on_panic(why);
         }
     }
 }

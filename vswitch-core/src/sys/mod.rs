@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod bpf;
+pub(crate) mod eventfd;
 pub(crate) mod netlink;
 pub(crate) mod packet_ring;
 pub(crate) mod tap;

@@ -15,6 +15,7 @@ use clap::{Parser, ValueEnum};
 use vswitch_core::Switch;
 use vswitch_core::config::{Loaded, Store};
 use vswitch_core::control::{Control, ControlServer, ServerOptions};
+use vswitch_core::events::Event;
 use vswitch_core::net::Networks;
 
 /// Exit status after a datapath thread failed (EX_SOFTWARE).
@@ -114,6 +115,39 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(1);
 }
 
+/// Logs what the switch tells of its ports as it happens: a port whose
+/// code failed (taken down alone; the others go on) and link changes.
+fn log_events(switch: &Switch, log_level: Level) {
+    let events = switch.subscribe().unwrap_or_else(|e| fail(e));
+    let spawned = std::thread::Builder::new().name("vswitchd-events".into()).spawn(move || {
+        let log = |level: Level, msg: &str| {
+            if level <= log_level {
+                let tag = if level == Level::Error { "error: " } else { "" };
+                eprintln!("vswitchd: {tag}{msg}");
+            }
+        };
+        while let Some(event) = events.recv() {
+            match event {
+                Event::PortFailed { bridge, port, why, .. } => log(
+                    Level::Error,
+                    &format!(
+                        "port {port} on {bridge} failed and was taken down ({why}); the other ports go on. \
+                         Remove it and add it again to retry"
+                    ),
+                ),
+                Event::LinkChanged { bridge, port, up, .. } => log(
+                    Level::Info,
+                    &format!("port {port} on {bridge}: link state changed to {}", if up { "up" } else { "down" }),
+                ),
+                _ => {}
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        fail(format_args!("cannot start the event logger: {e}"));
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let log = |level: Level, msg: &str| {
@@ -157,6 +191,7 @@ fn main() {
         .build()
         .map(Arc::new)
         .unwrap_or_else(|e| fail(e));
+    log_events(&switch, args.log_level);
     let store = Store::new(&args.db).unwrap_or_else(|e| fail(e));
     if args.reset_config {
         match store.set_aside().unwrap_or_else(|e| fail(e)) {
