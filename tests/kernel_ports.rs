@@ -340,8 +340,10 @@ fn attach_hygiene(backend: Backend) {
     sw.add_bridge("br0").unwrap();
     sw.add_bridge("br1").unwrap();
     let e = backend.add(&sw, "vsnosuch0", PortConfig::default()).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.to_string().contains("no network interface named 'vsnosuch0'"), "{e}");
+    let os = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()).map(|s| s.raw_os_error());
+    assert_eq!(os, Some(Some(19)), "the OS error (ENODEV) is the source");
     assert!(!is_promiscuous(&v.host));
     backend.add(&sw, &v.host, PortConfig::default()).unwrap();
     assert!(is_promiscuous(&v.host), "promiscuous while attached");

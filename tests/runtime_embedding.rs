@@ -263,8 +263,8 @@ fn events_tell_ports_links_and_moves_in_order() {
             Event::PortRemoved { bridge: "br0".into(), port: "a".into(), port_no: 1 },
         ]
     );
-    drop(b);
     drop(sw);
+    drop(b);
     assert!(events.recv_timeout(WAIT).is_none() && events.is_closed(), "the subscription ends with the switch");
 }
 
@@ -493,4 +493,88 @@ fn async_memory_ports_carry_tcp_between_smoltcp_hosts_on_tokio() {
         assert!(stats.port("client").unwrap().rx_bytes >= TOTAL as u64, "the data crossed the switch");
         assert_eq!(stats.port("client").unwrap().total_drops() + stats.port("server").unwrap().total_drops(), 0);
     });
+}
+
+#[test]
+fn memory_ports_enforce_their_mtu_both_ways() {
+    let sw = Switch::builder().build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    let a = sw.add_memory_port("br0", "a", PortConfig::default()).unwrap();
+    let mut b = sw.add_memory_port("br0", "b", PortConfig::default()).unwrap();
+    assert_eq!(b.set_mtu(67).unwrap_err().kind(), vswitch_core::ErrorKind::InvalidArgument);
+    b.set_mtu(1000).unwrap();
+    let sized = |len: usize, seq: u32| {
+        let mut f = frame(mac(0xffff), mac(1), seq);
+        f.resize(len, 0);
+        f
+    };
+    // To b: 1018 bytes fit (1000 + Ethernet + a VLAN tag), 1019 do not.
+    a.send_frame(&sized(1018, 1)).unwrap();
+    a.send_frame(&sized(1019, 2)).unwrap();
+    a.send_frame(&sized(1018, 3)).unwrap();
+    let got: Vec<u32> = recv_n(&b, 2, WAIT).iter().map(|p| vswitch_tests::seq_of(p.data())).collect();
+    assert_eq!(got, [1, 3], "the frame above b's MTU was not delivered, the others in order");
+    // From b: the same limit.
+    b.send_frame(&sized(1019, 4)).unwrap();
+    b.send_frame(&sized(1018, 5)).unwrap();
+    let got: Vec<u32> = recv_n(&a, 1, WAIT).iter().map(|p| vswitch_tests::seq_of(p.data())).collect();
+    assert_eq!(got, [5]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = sw.stats();
+        let d = &s.port("b").unwrap().drops;
+        // tx: one to b; rx: one from b (reported at housekeeping).
+        if d[&DropReason::TooBig] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "too_big drops on b: {d:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_closed_handle_reads_link_down_and_shutdown_reports_what_failed() {
+    let sw = Switch::builder().build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    let a = sw.add_memory_port("br0", "a", PortConfig::default()).unwrap();
+    let b = sw.add_memory_port("br0", "b", PortConfig::default()).unwrap();
+    let events = sw.subscribe().unwrap();
+    b.close();
+    until(&events, |e| matches!(e, Event::LinkChanged { port, up: false, .. } if port == "b"));
+    assert_eq!(sw.health().port("b").unwrap().state, PortState::LinkDown);
+    a.send_frame(&frame(mac(0xffff), mac(1), 0)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while sw.stats().port("b").unwrap().drops[&DropReason::LinkDown] == 0 {
+        assert!(Instant::now() < deadline, "the flood to the closed port is counted link_down");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(sw.shutdown().is_ok(), "a clean switch shuts down cleanly");
+    assert!(a.is_detached());
+
+    /// A port whose closing panics.
+    #[derive(Debug)]
+    struct PanicsOnDrop;
+    impl Port for PanicsOnDrop {
+        fn kind(&self) -> &'static str {
+            "panics-on-drop"
+        }
+        fn rx_burst(&mut self, _: &mut Vec<Packet>, _: usize, _: &mut PacketPool) -> usize {
+            0
+        }
+        fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+            TxOutcome::drop_all(batch, pool, DropReason::TxError)
+        }
+    }
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("boom in drop");
+        }
+    }
+    let sw = Switch::builder().build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    sw.add_port("br0", "bad", Box::new(PanicsOnDrop), PortConfig::default()).unwrap();
+    let kept = sw.add_memory_port("br0", "kept", PortConfig::default()).unwrap();
+    let e = sw.shutdown().unwrap_err();
+    assert!(e.to_string().contains("closing a port panicked: boom in drop"), "{e}");
+    assert!(kept.is_detached(), "the other ports were torn down all the same");
 }

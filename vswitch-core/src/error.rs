@@ -101,6 +101,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// No network interface has that name (in the switch's namespace).
+    #[error("no network interface named '{name}'")]
+    InterfaceNotFound {
+        /// The name asked for.
+        name: String,
+        /// The operating system's error (`ENODEV`).
+        #[source]
+        source: std::io::Error,
+    },
+    /// [`Switch::shutdown`](crate::Switch::shutdown) tore down what it
+    /// could; these went wrong.
+    #[error("shutdown incomplete: {}", problems.join("; "))]
+    ShutdownIncomplete {
+        /// What went wrong, one entry per problem.
+        problems: Vec<String>,
+    },
     /// The datapath is gone (the switch is shutting down).
     #[error("the datapath is not running")]
     Unavailable,
@@ -129,11 +145,14 @@ impl Error {
     /// The error's category.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::BridgeNotFound(_) | Error::PortNotFound(_) | Error::NotFound(_) => ErrorKind::NotFound,
+            Error::BridgeNotFound(_)
+            | Error::PortNotFound(_)
+            | Error::NotFound(_)
+            | Error::InterfaceNotFound { .. } => ErrorKind::NotFound,
             Error::BridgeExists(_) | Error::PortExists { .. } | Error::Exists(_) => ErrorKind::Exists,
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Full(_) => ErrorKind::Full,
-            Error::Io { .. } => ErrorKind::Io,
+            Error::Io { .. } | Error::ShutdownIncomplete { .. } => ErrorKind::Io,
             Error::Unavailable => ErrorKind::Unavailable,
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::DatapathFailed { .. } => ErrorKind::DatapathFailed,
@@ -142,6 +161,10 @@ impl Error {
 
     pub(crate) fn invalid(what: &'static str, why: impl Into<String>) -> Self {
         Error::InvalidArgument { what, why: why.into() }
+    }
+
+    pub(crate) fn no_interface(name: &str) -> Self {
+        Error::InterfaceNotFound { name: name.to_string(), source: std::io::Error::from_raw_os_error(libc::ENODEV) }
     }
 
     pub(crate) fn io(call: &'static str, source: std::io::Error) -> Self {

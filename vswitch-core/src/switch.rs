@@ -251,6 +251,7 @@ impl SwitchBuilder {
             spare,
             pmd_base: Mutex::new(Vec::new()),
             events,
+            close_panics: Mutex::new(Vec::new()),
         })
     }
 }
@@ -446,6 +447,8 @@ pub struct Switch {
     pmd_base: Mutex<Vec<PmdStats>>,
     /// Where events are published (see [`Switch::subscribe`]).
     events: Arc<EventBus>,
+    /// Ports whose closing panicked, for [`Switch::shutdown`] to report.
+    close_panics: Mutex<Vec<String>>,
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -749,7 +752,7 @@ impl Switch {
         let index = self.registry().bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
         // The ports come back to be closed here, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(|ports| {
-            close_ports(ports.into_iter().flatten().map(Some).collect());
+            close_ports(ports.into_iter().flatten().map(Some).collect(), &self.close_panics);
         });
         if took_effect(&r) {
             self.record(|| ConfigChange::DelBridge { name: name.to_string() });
@@ -968,7 +971,7 @@ impl Switch {
         let slot = self.port_entry(name, |p| p.slot)?;
         // Each thread hands its reference back: the port is closed here,
         // when the last one drops, not on a datapath thread.
-        let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(close_ports);
+        let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(|ports| close_ports(ports, &self.close_panics));
         if took_effect(&r) {
             let (upkeep, bridge) = {
                 let mut reg = self.registry();
@@ -1169,6 +1172,45 @@ impl Switch {
         Health { threads, ports }
     }
 
+    /// Tears the switch down and says what did not go cleanly: every
+    /// bridge and port is removed (ports closed, XDP programs detached,
+    /// AF_PACKET sockets and TAP devices released), then the datapath
+    /// threads and the slow-path thread are stopped and joined. Dropping
+    /// the switch does the same but cannot report.
+    ///
+    /// # Errors
+    /// [`Error::ShutdownIncomplete`] listing each problem: a datapath
+    /// thread that had failed or did not stop within the switch's
+    /// datapath timeout (it is left behind), a bridge that could not be
+    /// removed, a port whose closing panicked. Everything else is torn
+    /// down all the same.
+    pub fn shutdown(self) -> Result<()> {
+        let mut problems = Vec::new();
+        for t in self.datapath_threads() {
+            if let Some(why) = t.failure {
+                problems.push(format!("datapath thread {} had failed: {why}", t.name));
+            }
+        }
+        let bridges: Vec<String> = self.registry().bridges.keys().cloned().collect();
+        for b in bridges {
+            if let Err(e) = self.del_bridge(&b) {
+                problems.push(format!("bridge {b}: {e}"));
+            }
+        }
+        let Switch { runner, slow, timeout, close_panics, .. } = self;
+        if let Runner::Threads(threads) = runner {
+            for t in threads {
+                let name = t.name().to_string();
+                if !t.stop(timeout.max(Duration::from_secs(1))) {
+                    problems.push(format!("datapath thread {name} did not stop within {} ms", timeout.as_millis()));
+                }
+            }
+        }
+        drop(slow);
+        problems.append(&mut close_panics.lock().unwrap_or_else(|e| e.into_inner()));
+        if problems.is_empty() { Ok(()) } else { Err(Error::ShutdownIncomplete { problems }) }
+    }
+
     /// Counters of every bridge, port and MAC table.
     pub fn stats(&self) -> SwitchStats {
         let reg = self.registry();
@@ -1334,9 +1376,12 @@ fn port_stats(name: &str, p: &PortEntry) -> PortStats {
 /// reference; the last one dropped closes the port), here on the caller's
 /// thread. A failed port's own code may panic again as it is closed: that
 /// is caught, the rest are closed all the same.
-fn close_ports(ports: Vec<Option<SharedPort>>) {
+fn close_ports(ports: Vec<Option<SharedPort>>, panics: &Mutex<Vec<String>>) {
     for port in ports.into_iter().flatten() {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(port)));
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(port))) {
+            let why = crate::datapath::thread::panic_message(&*payload);
+            panics.lock().unwrap_or_else(|e| e.into_inner()).push(format!("closing a port panicked: {why}"));
+        }
     }
 }
 

@@ -178,7 +178,9 @@ impl Captures {
         };
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let name = format!(".capture{id}");
-        let handle = sw.add_memory_port(&a.bridge, &name, PortConfig::default())?;
+        let mut handle = sw.add_memory_port(&a.bridge, &name, PortConfig::default())?;
+        // A capture takes frames of any size the bridge carries.
+        handle.set_mtu(crate::port::memory::MAX_MTU)?;
         let mirror = MirrorSpec {
             name: name.clone(),
             select_all: false,

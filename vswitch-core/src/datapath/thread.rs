@@ -252,6 +252,25 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+impl DatapathThread {
+    /// Stops the thread, waiting at most `timeout` for it: true if it
+    /// stopped (and was joined), false if it is left running.
+    pub(crate) fn stop(mut self, timeout: Duration) -> bool {
+        let _ = self.commands.send(Message::Stop);
+        self.wakeup.notify();
+        let deadline = Instant::now() + timeout;
+        let Some(j) = self.join.take() else { return true };
+        while !j.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = j.join();
+        true
+    }
+}
+
 impl Drop for DatapathThread {
     fn drop(&mut self) {
         let _ = self.commands.send(Message::Stop);

@@ -251,8 +251,7 @@ impl AttachLock {
 /// Checks that `ifname` exists and is free, and takes the attach lock on
 /// it; returns its index and the lock.
 pub(crate) fn claim(ifname: &str) -> Result<(u32, AttachLock)> {
-    let index =
-        ifindex(ifname).ok_or_else(|| Error::invalid("interface", format!("no network interface named '{ifname}'")))?;
+    let index = ifindex(ifname).ok_or_else(|| Error::no_interface(ifname))?;
     if let Ok(master) = std::fs::read_link(format!("/sys/class/net/{ifname}/master")) {
         let m = master.file_name().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default();
         return Err(Error::invalid(
@@ -334,13 +333,13 @@ impl AfPacketPort {
     /// Attaches interface `ifname`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if there is no such interface, it is a
+    /// [`Error::InterfaceNotFound`] if there is no such interface;
+    /// [`Error::InvalidArgument`] if it is a
     /// kernel bridge's port, or another switch holds it; [`Error::Io`] if
     /// the socket cannot be set up (EPERM without CAP_NET_RAW).
     pub fn open(ifname: &str, config: AfPacketConfig) -> Result<AfPacketPort> {
         let cfg = config.ring()?;
-        let index = ifindex(ifname)
-            .ok_or_else(|| Error::invalid("interface", format!("no network interface named '{ifname}'")))?;
+        let index = ifindex(ifname).ok_or_else(|| Error::no_interface(ifname))?;
         if let Ok(master) = std::fs::read_link(format!("/sys/class/net/{ifname}/master")) {
             let m = master.file_name().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default();
             return Err(Error::invalid(

@@ -167,7 +167,8 @@ impl AfXdpPort {
     /// Attaches interface `ifname`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if there is no such interface, it is a
+    /// [`Error::InterfaceNotFound`] if there is no such interface;
+    /// [`Error::InvalidArgument`] if it is a
     /// kernel bridge's port, or another switch holds it; [`Error::Io`] if
     /// the program, the sockets or the attachment fail (with the kernel's
     /// reason, e.g. the verifier's log).

@@ -13,7 +13,7 @@
 //! [`DropReason::TxQueueFull`](super::DropReason::TxQueueFull).
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,15 @@ use crate::{Error, Result};
 
 /// Default depth of each queue of a memory port.
 pub const DEFAULT_QUEUE_LEN: usize = 1024;
+
+/// A memory port's MTU until [`MemoryPortHandle::set_mtu`] changes it.
+pub const DEFAULT_MTU: usize = 1500;
+
+/// The largest MTU a memory port takes (a frame of 64 KiB).
+pub const MAX_MTU: usize = 65535 - MTU_OVERHEAD;
+
+/// What a frame adds to its MTU: an Ethernet header and one VLAN tag.
+const MTU_OVERHEAD: usize = crate::wire::ETHERNET_HEADER_LEN + 4;
 
 /// Wakes runtime threads blocked in [`MemoryPortHandle::recv_timeout`].
 ///
@@ -132,6 +141,11 @@ impl Readiness {
 struct Shared {
     link_up: AtomicBool,
     detached: AtomicBool,
+    /// The runtime's handle is gone: nobody would read what is sent.
+    closed: AtomicBool,
+    /// Longest frame either way, headers and one VLAN tag included
+    /// (frames with GSO metadata excepted: they are cut to size).
+    max_frame: AtomicU32,
     host_signal: HostSignal,
     wakeup: Arc<Wakeup>,
     /// Buffers the runtime handed back, for its own sends.
@@ -168,6 +182,8 @@ pub(crate) struct MemoryPort {
     rx: Consumer<Packet>,
     tx: Producer<Packet>,
     shared: Arc<Shared>,
+    /// Frames from the runtime above the MTU, not yet reported.
+    rx_too_big: u64,
 }
 
 /// A runtime's end of a memory port: send frames into the switch and
@@ -201,6 +217,8 @@ pub(crate) fn pair(
     let shared = Arc::new(Shared {
         link_up: AtomicBool::new(true),
         detached: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        max_frame: AtomicU32::new((DEFAULT_MTU + MTU_OVERHEAD) as u32),
         host_signal: HostSignal::default(),
         wakeup,
         free: ArrayQueue::new(queue_len),
@@ -217,7 +235,7 @@ pub(crate) fn pair(
         port_no,
         mtu: 1500,
     };
-    (MemoryPort { rx: to_switch_rx, tx: to_host_tx, shared }, handle)
+    (MemoryPort { rx: to_switch_rx, tx: to_host_tx, shared, rx_too_big: 0 }, handle)
 }
 
 impl Port for MemoryPort {
@@ -230,17 +248,47 @@ impl Port for MemoryPort {
         if n == 0 {
             return 0;
         }
+        let max = self.shared.max_frame.load(Ordering::Relaxed) as usize;
+        let start = batch.len();
         match self.rx.read_chunk(n) {
             Ok(chunk) => {
                 batch.extend(chunk);
                 self.shared.switch_room.notify();
-                n
             }
-            Err(_) => 0,
+            Err(_) => return 0,
+        }
+        // Frames above the MTU are refused here, counted `too_big`.
+        let fits = |p: &Packet| p.len() <= max || p.is_multi_segment();
+        if !batch[start..].iter().all(fits) {
+            let kept = keep_in_order(batch, start, fits);
+            for p in batch.drain(kept..) {
+                self.shared.recycle(p);
+                self.rx_too_big += 1;
+            }
+        }
+        batch.len() - start
+    }
+
+    fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {
+        if self.rx_too_big > 0 {
+            count(DropReason::TooBig, std::mem::take(&mut self.rx_too_big));
         }
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+        let max = self.shared.max_frame.load(Ordering::Relaxed) as usize;
+        if batch.iter().any(|p| p.len() > max) {
+            // Above the runtime's MTU: counted `too_big`, the rest sent.
+            let kept = keep_in_order(batch, 0, |p| p.len() <= max);
+            let dropped = batch.len() - kept;
+            batch.drain(kept..).for_each(|p| pool.put(p));
+            let mut out = self.tx_burst(batch, pool);
+            if out.dropped == 0 {
+                out.drop_reason = Some(DropReason::TooBig);
+            }
+            out.dropped += dropped;
+            return out;
+        }
         let mut out = TxOutcome::default();
         let n = batch.len().min(self.tx.slots());
         if n > 0 {
@@ -267,7 +315,7 @@ impl Port for MemoryPort {
     }
 
     fn link_up(&self) -> bool {
-        self.shared.link_up.load(Ordering::Relaxed)
+        self.shared.link_up.load(Ordering::Relaxed) && !self.shared.closed.load(Ordering::Relaxed)
     }
 }
 
@@ -278,6 +326,19 @@ impl Drop for MemoryPort {
         self.shared.host_ready.close();
         self.shared.switch_room.close();
     }
+}
+
+/// Moves the packets of `batch[start..]` that `keep` accepts to the front
+/// of that range, in their order; returns where the rest begin.
+fn keep_in_order(batch: &mut [Packet], start: usize, keep: impl Fn(&Packet) -> bool) -> usize {
+    let mut kept = start;
+    for i in start..batch.len() {
+        if keep(&batch[i]) {
+            batch.swap(kept, i);
+            kept += 1;
+        }
+    }
+    kept
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -295,9 +356,39 @@ impl MemoryPortHandle {
         self.port_no
     }
 
-    /// Sets the IP MTU reported to smoltcp (default 1500).
-    pub fn set_mtu(&mut self, mtu: usize) {
+    /// Sets the port's MTU (default [`DEFAULT_MTU`], at most [`MAX_MTU`]):
+    /// the longest frame either way is the MTU plus an Ethernet header and
+    /// one VLAN tag. Longer frames the runtime sends are dropped by the
+    /// switch and counted `too_big` on the port's receive side; longer
+    /// frames forwarded to the port are dropped and counted `too_big` on
+    /// its transmit side (frames with GSO metadata are cut to size, not
+    /// dropped). smoltcp is told the same MTU.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an MTU below 68 (IPv4's minimum) or
+    /// above [`MAX_MTU`].
+    pub fn set_mtu(&mut self, mtu: usize) -> Result<()> {
+        if !(68..=MAX_MTU).contains(&mtu) {
+            return Err(Error::invalid("mtu", format!("{mtu} must be 68 to {MAX_MTU}")));
+        }
         self.mtu = mtu;
+        self.shared.max_frame.store((mtu + MTU_OVERHEAD) as u32, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The port's MTU.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// Lets go of the runtime's end. The port stays on its bridge (it is
+    /// the switch's: named in its configuration, its flows and its
+    /// counters; [`Switch::del_port`](crate::Switch::del_port) removes it),
+    /// and from now on reads link down: what the switch would send it is
+    /// dropped, counted `link_down`, rather than queued for nobody.
+    /// Dropping the handle does the same.
+    pub fn close(self) {
+        drop(self);
     }
 
     /// True once the port has been removed from the switch.
@@ -486,9 +577,19 @@ impl MemoryPortHandle {
     }
 
     /// Frames smoltcp built that could not be queued (the switch was not
-    /// keeping up).
+    /// keeping up, or the port was removed). Frames sent with the other
+    /// calls are handed back instead, and counted by the caller.
     pub fn host_tx_dropped(&self) -> u64 {
         self.shared.host_tx_dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for MemoryPortHandle {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+        // A datapath asleep with frames queued from this handle still
+        // takes them; it learns of the link at its next look.
+        self.shared.wakeup.notify();
     }
 }
 
