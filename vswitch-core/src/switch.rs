@@ -844,6 +844,46 @@ impl Switch {
         self.add_port(bridge, name, Box::new(port), config)
     }
 
+    /// Adds a vhost-user-net port to `bridge`: a VM's virtio-net device
+    /// served over the vhost-user socket `config.socket`, the switch
+    /// listening on it ([`VhostUserConfig::server`]) or connecting to the
+    /// VMM's ([`VhostUserConfig::client`]); see
+    /// [`port::vhost_user`](crate::port::vhost_user). The port's link is up
+    /// while a frontend is connected; one that disconnects is waited for
+    /// (or reconnected to). Removing the port ends the connection.
+    ///
+    /// ```no_run
+    /// # use vswitch_core::{PortConfig, Switch};
+    /// use vswitch_core::port::vhost_user::VhostUserConfig;
+    /// let sw = Switch::builder().build()?;
+    /// sw.add_bridge("br0")?;
+    /// // QEMU: -chardev socket,id=c0,path=/run/vm1.sock,reconnect=1
+    /// //       -netdev vhost-user,id=n0,chardev=c0 -device virtio-net-pci,netdev=n0
+    /// //       -object memory-backend-memfd,id=m0,size=1G,share=on -numa node,memdev=m0
+    /// sw.add_vhost_user_port("br0", "vm1", &VhostUserConfig::server("/run/vm1.sock"), PortConfig::default())?;
+    /// # Ok::<(), vswitch_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad socket path or MTU;
+    /// [`Error::NotFound`] if a server socket's directory does not exist;
+    /// [`Error::Io`] if the socket cannot be made; as [`Switch::add_port`].
+    pub fn add_vhost_user_port(
+        &self,
+        bridge: &str,
+        name: &str,
+        config: &crate::port::vhost_user::VhostUserConfig,
+        port_config: PortConfig,
+    ) -> Result<PortNo> {
+        crate::port::vhost_user::check_socket_path(&config.socket)?;
+        let (queue_len, spare) = (self.queue_len, self.spare.clone());
+        self.attach(bridge, name, port_config, |port_no, wakeup| {
+            let (queues, handle) = memory::pair(name, port_no, queue_len, wakeup, spare);
+            let port = crate::port::vhost_user::VhostUserPort::start(name, queues, handle, config)?;
+            Ok(Box::new(port))
+        })
+    }
+
     /// Attaches kernel interface `ifname` to `bridge` through AF_XDP (native
     /// XDP where the driver supports it, generic otherwise); returns its
     /// port number.

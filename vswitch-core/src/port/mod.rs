@@ -14,6 +14,7 @@ pub mod memory;
 pub mod spec;
 pub mod tunnel;
 pub mod upkeep;
+pub mod vhost_user;
 pub(crate) mod vlan_mode;
 
 use std::fmt;
