@@ -941,13 +941,36 @@ mod tests {
         p.options.clear();
         p.options.insert("remote_ip".into(), "1.2.3.4".into());
         assert!(p.validate().unwrap_err().to_string().contains("'remote_ip' is not an option of afpacket"));
-        assert!("patch".parse::<PortKind>().unwrap_err().to_string().contains("afpacket, afxdp, internal, vxlan, gre"));
+        assert!(
+            "patch"
+                .parse::<PortKind>()
+                .unwrap_err()
+                .to_string()
+                .contains("afpacket, afxdp, internal, vxlan, gre, vhostuser")
+        );
         assert!(PortSpec::new("x", PortKind::Vxlan).validate().unwrap_err().to_string().contains("remote_ip"));
         let mut p = PortSpec::new("x", PortKind::Internal);
         p.tag = Some(5000);
         assert!(p.validate().is_err());
         p.tag = Some(5);
         p.validate().unwrap();
+    }
+
+    #[test]
+    fn vhostuser_ports_need_a_socket_and_take_a_mode_and_mtu() {
+        let mut p = PortSpec::new("vm1", PortKind::VhostUser);
+        assert!(p.validate().unwrap_err().to_string().contains("options:socket=PATH"));
+        p.options.insert("socket".into(), "/run/vm1.sock".into());
+        p.validate().unwrap();
+        p.options.insert("mode".into(), "sideways".into());
+        assert!(p.validate().unwrap_err().to_string().contains("mode=sideways"));
+        p.options.insert("mode".into(), "client".into());
+        p.options.insert("mtu".into(), "9000".into());
+        let cfg = crate::port::vhost_user::VhostUserConfig::from_spec(&p).unwrap();
+        assert_eq!((cfg.mode, cfg.mtu), (crate::port::vhost_user::VhostUserMode::Client, 9000));
+        p.options.insert("mtu".into(), "20".into());
+        assert!(p.validate().is_err());
+        assert_eq!("vhostuser".parse::<PortKind>().unwrap(), PortKind::VhostUser);
     }
 
     #[test]

@@ -66,12 +66,15 @@ pub enum PortKind {
     Vxlan,
     /// A GRE tunnel endpoint.
     Gre,
+    /// A VM's virtio-net device over a vhost-user socket
+    /// (`options:socket=PATH`, `options:mode=server|client`).
+    VhostUser,
 }
 
 impl PortKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [PortKind; 5] =
-        [PortKind::AfPacket, PortKind::AfXdp, PortKind::Internal, PortKind::Vxlan, PortKind::Gre];
+    pub const ALL: [PortKind; 6] =
+        [PortKind::AfPacket, PortKind::AfXdp, PortKind::Internal, PortKind::Vxlan, PortKind::Gre, PortKind::VhostUser];
 
     /// Its name, as `type=` spells it.
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl PortKind {
             PortKind::Internal => "internal",
             PortKind::Vxlan => "vxlan",
             PortKind::Gre => "gre",
+            PortKind::VhostUser => "vhostuser",
         }
     }
 
@@ -159,6 +163,7 @@ impl PortSpec {
             PortKind::AfXdp => super::afxdp::XdpModeRequest::from_spec(self).map(|_| ()),
             PortKind::Internal => self.no_options(&[]),
             PortKind::Vxlan | PortKind::Gre => crate::port::tunnel::TunnelConfig::from_spec(self).map(|_| ()),
+            PortKind::VhostUser => crate::port::vhost_user::VhostUserConfig::from_spec(self).map(|_| ()),
         }
     }
 

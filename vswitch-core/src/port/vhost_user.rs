@@ -99,6 +99,34 @@ impl VhostUserConfig {
     }
 }
 
+impl VhostUserConfig {
+    /// The configuration a `type=vhostuser` port's options give:
+    /// `socket=PATH` (required), `mode=server|client` (default server),
+    /// `mtu=N` (default 1500).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a missing socket, an unknown option
+    /// or a bad value.
+    pub fn from_spec(spec: &crate::port::spec::PortSpec) -> Result<Self> {
+        spec.no_options(&["socket", "mode", "mtu"])?;
+        let socket: PathBuf = spec
+            .option::<String>("socket")?
+            .ok_or_else(|| Error::invalid("option", "a vhostuser port needs options:socket=PATH"))?
+            .into();
+        check_socket_path(&socket)?;
+        let mode = match spec.option::<String>("mode")?.as_deref() {
+            None | Some("server") => VhostUserMode::Server,
+            Some("client") => VhostUserMode::Client,
+            Some(m) => return Err(Error::invalid("option", format!("mode={m} is not server or client"))),
+        };
+        let mtu = spec.option::<usize>("mtu")?.unwrap_or(1500);
+        if !(68..=MAX_MTU).contains(&mtu) {
+            return Err(Error::invalid("option", format!("mtu={mtu} must be 68 to {MAX_MTU}")));
+        }
+        Ok(VhostUserConfig { socket, mode, mtu })
+    }
+}
+
 /// The switch's end of a vhost-user port: the datapath's queue pair, and
 /// the thread serving the VMM, stopped when the port is dropped.
 #[derive(Debug)]

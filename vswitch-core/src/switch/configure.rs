@@ -9,11 +9,14 @@ use super::Switch;
 use crate::config::ConfigChange;
 use crate::config::{BridgeConfig, FailMode, MirrorSpec, PortKind, PortSpec, StaticMac, SwitchConfig};
 use crate::flow::{RuleSet, TableError};
+use crate::packet::SpareBuffers;
 use crate::port::afpacket::{AfPacketConfig, AfPacketPort};
 use crate::port::afxdp::{AfXdpPort, XdpModeRequest};
 use crate::port::deferred::{Deferred, Opener, PortStatus};
 use crate::port::internal::InternalPort;
+use crate::port::memory;
 use crate::port::tunnel::{TunnelConfig, TunnelPort};
+use crate::port::vhost_user::{VhostUserConfig, VhostUserPort};
 use crate::port::{Port, PortConfig, PortNo};
 use crate::{Error, Result};
 
@@ -27,8 +30,10 @@ pub enum OnOpenError {
     Defer,
 }
 
-/// Opens the backend `spec` names (checked by [`PortSpec::validate`]).
-fn opener(spec: &PortSpec, status: &PortStatus) -> Result<Opener> {
+/// Opens the backend `spec` names (checked by [`PortSpec::validate`]);
+/// in-process queues (a vhost-user port's) are `queue_len` deep and draw
+/// on `spare`.
+fn opener(spec: &PortSpec, status: &PortStatus, queue_len: usize, spare: SpareBuffers) -> Result<Opener> {
     let name = spec.name.clone();
     Ok(match spec.kind {
         PortKind::AfPacket => {
@@ -45,6 +50,13 @@ fn opener(spec: &PortSpec, status: &PortStatus) -> Result<Opener> {
             let status = status.clone();
             Box::new(move |wakeup| {
                 Ok(Box::new(TunnelPort::open(&name, cfg.clone(), wakeup.clone(), status.clone())?) as Box<dyn Port>)
+            })
+        }
+        PortKind::VhostUser => {
+            let cfg = VhostUserConfig::from_spec(spec)?;
+            Box::new(move |wakeup| {
+                let (queues, handle) = memory::pair(&name, 0, queue_len, wakeup.clone(), spare.clone());
+                Ok(Box::new(VhostUserPort::start(&name, queues, handle, &cfg)?) as Box<dyn Port>)
             })
         }
     })
@@ -68,7 +80,7 @@ impl Switch {
         spec.validate()?;
         let config = PortConfig { vlan: spec.vlan_mode()? };
         let status = PortStatus::default();
-        let mut open = opener(spec, &status)?;
+        let mut open = opener(spec, &status, self.queue_len, self.spare.clone())?;
         let s = status.clone();
         self.attach_as(bridge, &spec.name, config, Some(spec.clone()), status, move |_, wakeup| match open(&wakeup) {
             Ok(p) => Ok(p),
