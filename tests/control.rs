@@ -49,7 +49,7 @@ fn every_method_answers() {
         err_kind(&sw, "port.add", json!({ "bridge": "br0", "name": "x", "type": "memory" })),
         "invalid_argument"
     );
-    assert_eq!(err_kind(&sw, "port.add", json!({ "bridge": "br0", "name": "vsnosuch9" })), "invalid_argument");
+    assert_eq!(err_kind(&sw, "port.add", json!({ "bridge": "br0", "name": "vsnosuch9" })), "not_found");
     ok(&sw, "port.add", json!({ "bridge": "br0", "name": "vm1", "may_exist": true }));
     assert_eq!(ok(&sw, "port.list", json!({ "bridge": "br0" }))[0]["name"], "vm1");
     ok(&sw, "port.set", json!({ "name": "vm1", "tag": 10 }));

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// port where it happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DropReason {
     /// Shorter than an Ethernet header (rx).
     Runt,

@@ -12,6 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// control protocol and scripts can branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The named object does not exist.
     NotFound,
@@ -34,6 +35,7 @@ pub enum ErrorKind {
 /// What became of a change whose datapath thread did not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// Nothing changed: the request was withdrawn before any datapath
     /// thread took it (for a read: nothing was read).

@@ -67,6 +67,13 @@ impl Default for TunnelMeta {
     }
 }
 
+/// The frame's bytes, as [`Packet::data`].
+impl AsRef<[u8]> for Packet {
+    fn as_ref(&self) -> &[u8] {
+        self.data()
+    }
+}
+
 impl std::fmt::Debug for Packet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Packet").field("len", &self.len()).finish()

@@ -145,7 +145,7 @@ impl SwitchBuilder {
     }
 
     /// How long a call waits for the datapath threads to take and carry
-    /// out a change or a read (default [`DEFAULT_DATAPATH_TIMEOUT`]). A
+    /// out a change or a read (default [`DEFAULT_DATAPATH_TIMEOUT`](crate::DEFAULT_DATAPATH_TIMEOUT)). A
     /// call that waits longer returns [`Error::Timeout`], which names the
     /// thread and says whether the change was made.
     pub fn datapath_timeout(mut self, timeout: Duration) -> Self {
@@ -305,6 +305,7 @@ struct PortEntry {
 
 /// A bridge, as listed by [`Switch::bridges`].
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct BridgeInfo {
     /// The bridge's name.
     pub name: String,
@@ -322,6 +323,7 @@ pub struct BridgeInfo {
 
 /// A port, as listed by [`Switch::bridges`].
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct PortInfo {
     /// The port's name.
     pub name: String,
@@ -353,6 +355,7 @@ pub struct PortInfo {
 
 /// Counters of one port.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct PortStats {
     /// The port's name.
     pub name: String,
@@ -393,6 +396,7 @@ impl PortStats {
 
 /// Counters of one bridge.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct BridgeStats {
     /// The bridge's name.
     pub name: String,
@@ -404,6 +408,7 @@ pub struct BridgeStats {
 
 /// Counters of the whole switch.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct SwitchStats {
     /// Every bridge, by name.
     pub bridges: Vec<BridgeStats>,
@@ -846,8 +851,8 @@ impl Switch {
 
     /// Adds a vhost-user-net port to `bridge`: a VM's virtio-net device
     /// served over the vhost-user socket `config.socket`, the switch
-    /// listening on it ([`VhostUserConfig::server`]) or connecting to the
-    /// VMM's ([`VhostUserConfig::client`]); see
+    /// listening on it ([`VhostUserConfig::server`](crate::port::vhost_user::VhostUserConfig::server)) or connecting to the
+    /// VMM's ([`VhostUserConfig::client`](crate::port::vhost_user::VhostUserConfig::client)); see
     /// [`port::vhost_user`](crate::port::vhost_user). The port's link is up
     /// while a frontend is connected; one that disconnects is waited for
     /// (or reconnected to). Removing the port ends the connection.
@@ -1344,6 +1349,7 @@ pub enum PortState {
 
 /// A datapath thread, as listed by [`Switch::datapath_threads`].
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct DatapathThreadInfo {
     /// The thread's name (`vswitch-pmd0`, ...).
     pub name: String,

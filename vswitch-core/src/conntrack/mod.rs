@@ -5,7 +5,7 @@
 //! already translated when the connection is NATed), the protocol state
 //! (TCP: state and both sequence windows), the mark and label, and when
 //! it expires. A packet's key finds its connection and direction with one
-//! lock-free probe (see [`table`](self::table) for the design). Zones
+//! lock-free probe (see its `table` module for the design). Zones
 //! separate connections (each zone its own tuple space, limit and
 //! timeouts). Expired connections are removed by a sweep on the switch's
 //! slow-path thread, never on the datapath's.
@@ -1030,7 +1030,7 @@ impl Conntrack {
     }
 
     /// One step of the expiry sweep (the slow-path thread calls it every
-    /// round): looks at up to [`SWEEP_STEP`] entries, removes those that
+    /// round): looks at up to `SWEEP_STEP` (4,096) entries, removes those that
     /// expired. Returns how many it removed.
     pub fn sweep(&self, now_ms: u64) -> usize {
         let mut expired = Vec::new();

@@ -1,11 +1,11 @@
 //! The datapath: bursts of packets through the bridge pipeline.
 //!
-//! [`Datapath`] owns the ports and runs to completion: receive a burst of
+//! `Datapath` owns the ports and runs to completion: receive a burst of
 //! up to [`BURST`] frames from a port, decide each one's output ports
 //! (NORMAL: MAC learning and VLANs), queue them per output port and flush
 //! each port's batch once. It takes `now` as an argument and makes no
 //! syscalls of its own, so it runs the same under a test's virtual clock,
-//! a simulator's loop or [`thread`]'s poll-mode thread.
+//! a simulator's loop or the poll-mode thread of its `thread` module.
 //!
 //! The control plane never touches a running datapath's state directly: it
 //! sends closures that the thread runs between bursts.

@@ -97,6 +97,7 @@ impl PmdCounters {
 /// A datapath thread's counters since the switch started or since
 /// [`crate::Switch::pmd_stats_clear`] (`vswitch-ctl pmd-stats`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct PmdStats {
     /// The thread (`vswitch-pmd0`, ...; `manual` for a switch its embedder
     /// polls).

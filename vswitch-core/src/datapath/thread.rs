@@ -26,6 +26,7 @@ const WAKE_TOKEN: mio::Token = mio::Token(0);
 
 /// What a datapath thread does when there is no traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IdlePolicy {
     /// Keep polling for `spin` after the last packet, then sleep until
     /// woken. The default spins for 50 µs.

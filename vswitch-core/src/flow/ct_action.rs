@@ -22,7 +22,7 @@ pub enum CtZone {
     Field(SubField),
 }
 
-/// A `ct` action (see the [module docs](self)).
+/// A `ct` action (see docs/conntrack.md).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct CtAction {
     /// Commit the connection (create its entry) if it is new.

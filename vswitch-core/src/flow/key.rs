@@ -264,7 +264,7 @@ impl FlowKey {
     ///
     /// Never panics. A header that is cut short or inconsistent (an IPv4
     /// total length beyond the frame, a TCP data offset below 5, ...) stops
-    /// parsing at the layer before it and sets [`FlowKey::truncated`].
+    /// parsing at the layer before it and marks the key truncated.
     ///
     /// ```
     /// use vswitch_core::flow::{FlowKey, Layer};

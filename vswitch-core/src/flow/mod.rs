@@ -6,7 +6,7 @@
 //!
 //! The OpenFlow-style flow table: [`FlowSpec`] (a rule as `ovs-ofctl`
 //! writes it), [`Match`] over a [`PackedKey`], [`Action`], the
-//! tuple-space [`Classifier`] and the [`FlowTable`] with its exact-match
+//! tuple-space `Classifier` and the `FlowTable` with its exact-match
 //! cache, and [`trace`](crate::Switch::trace)'s [`Trace`].
 
 mod action;

@@ -46,6 +46,7 @@ impl MacTableConfig {
 
 /// What [`MacTable::learn`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MacLearn {
     /// A new entry was created.
     Learned,
@@ -69,6 +70,7 @@ pub enum MacLearn {
 
 /// One row of the table, as the control plane shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct MacEntry {
     /// The port the address is behind.
     pub port: PortNo,
@@ -84,6 +86,7 @@ pub struct MacEntry {
 
 /// Counters and size of a [`MacTable`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct MacTableStats {
     /// Entries now in the table, static ones included.
     pub entries: usize,

@@ -58,6 +58,7 @@ pub struct AfPacketConfig {
 
 /// How an AF_PACKET port receives (option `rx_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AfPacketRx {
     /// A TPACKET_V2 ring of frames: each frame handed over as it arrives
     /// (a sleeping datapath is woken by the first), bursts with no system

@@ -42,6 +42,7 @@ use crate::{Error, Result};
 
 /// How an AF_XDP port is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum XdpModeRequest {
     /// Native (driver) mode, falling back to generic mode.
     #[default]

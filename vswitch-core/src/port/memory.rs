@@ -10,7 +10,7 @@
 //! Back-pressure: a full queue towards the switch makes
 //! [`MemoryPortHandle::send_frame`] fail (the runtime decides); a full queue
 //! towards the runtime drops the packet in the datapath, counted as
-//! [`DropReason::TxQueueFull`](super::DropReason::TxQueueFull).
+//! [`DropReason::TxQueueFull`].
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};

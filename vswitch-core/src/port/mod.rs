@@ -68,7 +68,7 @@ pub trait Port: Send + fmt::Debug {
     /// [`upkeep`](Port::upkeep) made. The wake descriptor may change.
     fn housekeeping(&mut self, _now_ms: u64) {}
 
-    /// The port's slow half (see [`upkeep`](crate::port::upkeep)), taken
+    /// The port's slow half (see [`upkeep`]), taken
     /// once by the switch when the port is attached and run on its
     /// slow-path thread: looking for a vanished interface, reopening it,
     /// reading the link state. None for a port that needs none.

@@ -55,6 +55,7 @@ pub struct PortSpec {
 /// error wherever it is read (a request, a saved file), never a guess.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum PortKind {
     /// An existing kernel interface through an AF_PACKET ring.
     AfPacket,

@@ -80,6 +80,7 @@ pub enum VlanMode {
 /// Open vSwitch's `vlan_mode` column: how `tag` and `trunks` combine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum VlanModeName {
     /// `tag` only: untagged on the wire.
     Access,

@@ -22,6 +22,7 @@ use crate::{Error, Result};
 
 /// What to do when a kernel port cannot be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnOpenError {
     /// Fail the call and change nothing (an operator adding a port).
     Fail,

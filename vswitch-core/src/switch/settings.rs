@@ -18,6 +18,7 @@ pub const MAX_MIRRORS: usize = 32;
 
 /// A mirror with its counters, as [`Switch::mirrors`] lists it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct MirrorInfo {
     /// What it is.
     #[serde(flatten)]
