@@ -69,7 +69,9 @@ fn a_reattaching_port_does_not_stall_the_others_on_its_thread() {
                 got.push(seq_of(p.data()));
             }
         }
-        got
+        // The handle is kept: a closed one reads link down, and what is
+        // flooded to b afterwards would count as link_down.
+        (got, b)
     });
     // 20,000 frames, ten every millisecond: a stall of the datapath
     // thread longer than QUEUE frames' time (about 25 ms) overflows a's
@@ -87,7 +89,7 @@ fn a_reattaching_port_does_not_stall_the_others_on_its_thread() {
             std::thread::sleep(wait);
         }
     }
-    let got = receiver.join().unwrap();
+    let (got, _b) = receiver.join().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (flaps, last) = flapper.join().unwrap();
     assert!(flaps >= 5, "the interface was recreated {flaps} times");

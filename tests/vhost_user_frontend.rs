@@ -288,6 +288,9 @@ fn a_rust_vmm_frontend_moves_frames_through_a_vhost_user_port_and_reconnects() {
     sw.add_vhost_user_port("br0", "vm", &VhostUserConfig::server(&socket), PortConfig::default()).unwrap();
     assert!(socket.exists());
     wait_state(&sw, PortState::LinkDown);
+    // A live socket is not taken over by another port.
+    let taken = sw.add_vhost_user_port("br0", "vm-again", &VhostUserConfig::server(&socket), PortConfig::default());
+    assert_eq!(taken.unwrap_err().kind(), vswitch_core::ErrorKind::Exists);
 
     let mut guest = Guest::connect(&socket, &dir.0, 1);
     wait_state(&sw, PortState::Up);

@@ -126,6 +126,8 @@ struct Subscriber {
     tx: Sender<Event>,
     missed: Arc<AtomicU64>,
     ready: Arc<EventFd>,
+    /// Set when the switch is gone.
+    closed: Arc<AtomicBool>,
 }
 
 /// Where events are published: one per switch, shared by its threads.
@@ -144,10 +146,11 @@ impl EventBus {
         let (tx, rx) = crossbeam::channel::bounded(capacity);
         let ready = Arc::new(EventFd::new().map_err(|e| Error::io("eventfd", e))?);
         let missed = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicBool::new(false));
         let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        subs.push(Subscriber { tx, missed: missed.clone(), ready: ready.clone() });
+        subs.push(Subscriber { tx, missed: missed.clone(), ready: ready.clone(), closed: closed.clone() });
         self.active.store(true, Ordering::Release);
-        Ok(Events { rx, missed, ready })
+        Ok(Events { rx, missed, ready, closed })
     }
 
     /// Publishes the event `make` builds (built only if someone listens).
@@ -184,6 +187,7 @@ impl Drop for EventBus {
         // and finds the queue closed.
         let subs = self.subscribers.get_mut().unwrap_or_else(|e| e.into_inner());
         for s in subs.drain(..) {
+            s.closed.store(true, Ordering::Release);
             drop(s.tx);
             s.ready.signal();
         }
@@ -201,6 +205,7 @@ pub struct Events {
     rx: Receiver<Event>,
     missed: Arc<AtomicU64>,
     ready: Arc<EventFd>,
+    closed: Arc<AtomicBool>,
 }
 
 impl Events {
@@ -254,7 +259,8 @@ impl Events {
 
     /// True once the switch is gone and every event has been read.
     pub fn is_closed(&self) -> bool {
-        matches!(self.rx.try_recv(), Err(TryRecvError::Disconnected))
+        // Asked without receiving: a waiting event is never taken here.
+        self.closed.load(Ordering::Acquire) && self.rx.is_empty()
     }
 }
 

@@ -1246,8 +1246,9 @@ impl Switch {
         if let Runner::Threads(threads) = runner {
             for t in threads {
                 let name = t.name().to_string();
-                if !t.stop(timeout.max(Duration::from_secs(1))) {
-                    problems.push(format!("datapath thread {name} did not stop within {} ms", timeout.as_millis()));
+                let wait = timeout.max(Duration::from_secs(1));
+                if !t.stop(wait) {
+                    problems.push(format!("datapath thread {name} did not stop within {} ms", wait.as_millis()));
                 }
             }
         }

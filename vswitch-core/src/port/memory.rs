@@ -91,8 +91,11 @@ impl Readiness {
     /// Producer side, after queueing (or making room).
     #[inline]
     fn notify(&self) {
-        let Some(fd) = self.fd.get() else { return };
+        // The fence comes first: a consumer making the descriptor (set,
+        // fence, look at the queue) and this producer (queue, fence, look
+        // for the descriptor) then always see each other.
         fence(Ordering::SeqCst);
+        let Some(fd) = self.fd.get() else { return };
         if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
             fd.signal();
         }
@@ -114,10 +117,9 @@ impl Readiness {
     #[inline]
     fn arm(&self, ready: impl Fn() -> bool) {
         let Some(fd) = self.fd.get() else { return };
-        if self.armed.load(Ordering::Relaxed) {
-            // Armed and not signalled since: unreadable already.
-            return;
-        }
+        // Cleared every time, armed or not: a producer that disarmed it
+        // may signal after this consumer re-armed, and the descriptor must
+        // not stay readable with nothing waiting.
         fd.clear();
         self.armed.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);

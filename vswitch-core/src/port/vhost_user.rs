@@ -22,7 +22,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -154,6 +154,14 @@ impl VhostUserPort {
                 {
                     return Err(Error::NotFound(format!("no directory {} for the vhost-user socket", dir.display())));
                 }
+                // A stale socket (nobody listening) is replaced; a live one
+                // is another port's or another switch's.
+                if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+                    return Err(Error::Exists(format!(
+                        "{} is in use: something listens on it",
+                        config.socket.display()
+                    )));
+                }
                 Some(Listener::new(&config.socket, true).map_err(|e| {
                     Error::io("vhost-user socket", std::io::Error::other(format!("{}: {e}", config.socket.display())))
                 })?)
@@ -188,9 +196,14 @@ impl Port for VhostUserPort {
 
     fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {
         self.queues.take_rx_drops(count);
-        let malformed = self.service.malformed.swap(0, Ordering::Relaxed);
+        let c = &self.service.counters;
+        let malformed = c.malformed.swap(0, Ordering::Relaxed);
         if malformed > 0 {
             count(DropReason::Runt, malformed);
+        }
+        let too_big = c.rx_too_big.swap(0, Ordering::Relaxed);
+        if too_big > 0 {
+            count(DropReason::TooBig, too_big);
         }
     }
 }
@@ -201,15 +214,23 @@ impl Drop for VhostUserPort {
     }
 }
 
+/// What the port's thread counts for the datapath to report.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Frames from the guest too short for a header and an Ethernet
+    /// header, too long, or unreadable (rx `runt`).
+    malformed: Arc<AtomicU64>,
+    /// Frames for the guest larger than its receive buffer (tx `too_big`).
+    rx_too_big: Arc<AtomicU64>,
+}
+
 /// The port's thread: waits for a frontend, serves it until it goes, and
 /// again.
 struct Service {
     stop: Arc<AtomicBool>,
     /// Ends the current connection (None while none).
     connection: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
-    /// Frames from the guest too short for a header and an Ethernet
-    /// header, or too long, not yet reported.
-    malformed: Arc<std::sync::atomic::AtomicU64>,
+    counters: Arc<Counters>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -228,13 +249,13 @@ impl Service {
     ) -> Result<Service> {
         let stop = Arc::new(AtomicBool::new(false));
         let connection = Arc::new(Mutex::new(None));
-        let malformed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (s, c, m, n) = (stop.clone(), connection.clone(), malformed.clone(), name.to_string());
+        let counters = Arc::new(Counters::default());
+        let (s, c, k, n) = (stop.clone(), connection.clone(), counters.clone(), name.to_string());
         let join = std::thread::Builder::new()
             .name(format!("vhost-{name}"))
-            .spawn(move || serve(&n, &handle, &config, listener, &s, &c, &m))
+            .spawn(move || serve(&n, &handle, &config, listener, &s, &c, &k))
             .map_err(|e| Error::io("thread spawn", e))?;
-        Ok(Service { stop, connection, malformed, join: Some(join) })
+        Ok(Service { stop, connection, counters, join: Some(join) })
     }
 
     fn stop(&mut self) {
@@ -249,28 +270,55 @@ impl Service {
 }
 
 /// Whether `fd` becomes readable within `timeout` (a fresh epoll each
-/// time, so a connection that was already waiting is seen).
+/// time, so a connection that was already waiting is seen). If epoll
+/// cannot be had (out of descriptors), waits `timeout` and says no.
 fn readable_within(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
-    let Ok(mut poll) = mio::Poll::new() else { return false };
+    let Ok(mut poll) = mio::Poll::new() else {
+        std::thread::sleep(timeout);
+        return false;
+    };
     let mut events = mio::Events::with_capacity(1);
     if poll.registry().register(&mut mio::unix::SourceFd(&fd), mio::Token(0), mio::Interest::READABLE).is_err() {
+        std::thread::sleep(timeout);
         return false;
     }
     poll.poll(&mut events, Some(timeout)).is_ok() && !events.is_empty()
 }
 
+/// A device and the daemon serving it, ready for a frontend.
+type Device = (Backend, VhostUserDaemon<Backend>, Vec<Arc<VringEpollHandler<Backend>>>);
+
+fn new_device(
+    name: &str,
+    handle: &Arc<MemoryPortHandle>,
+    counters: &Counters,
+    connection: &Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+) -> Option<Device> {
+    let backend = NetBackend::new(handle.clone(), counters, connection.clone()).ok()?;
+    let backend: Backend = Arc::new(RwLock::new(backend));
+    let daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), Mem::new(GuestMemoryMmap::new())).ok()?;
+    let handlers = daemon.get_epoll_handlers();
+    if let Some(h) = handlers.first() {
+        write(&backend).epoll = Arc::downgrade(h);
+    }
+    Some((backend, daemon, handlers))
+}
+
 /// The service loop: one connection at a time, each with a fresh daemon
 /// (a vhost-user daemon serves one frontend: the next one's SET_OWNER
-/// needs a new one).
+/// needs a new one). A daemon whose connection could not start is kept
+/// for the next try: each one made costs descriptors (and the library
+/// keeps one of them for good).
 fn serve(
     name: &str,
     handle: &Arc<MemoryPortHandle>,
     config: &VhostUserConfig,
     mut listener: Option<Listener>,
     stop: &AtomicBool,
-    connection: &Mutex<Option<vhost_user_backend::ShutdownHandle>>,
-    malformed: &Arc<std::sync::atomic::AtomicU64>,
+    connection: &Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    counters: &Counters,
 ) {
+    let mut ready: Option<Device> = None;
     while !stop.load(Ordering::Acquire) {
         match &listener {
             Some(l) if !readable_within(l.as_raw_fd(), POLL) => continue,
@@ -280,30 +328,22 @@ fn serve(
             }
             _ => {}
         }
-        let Ok(backend) = NetBackend::new(handle.clone(), malformed.clone()) else {
-            std::thread::sleep(POLL);
-            continue;
-        };
-        let backend: Backend = Arc::new(RwLock::new(backend));
-        let Ok(mut daemon) = VhostUserDaemon::new(name.to_string(), backend.clone(), Mem::new(GuestMemoryMmap::new()))
-        else {
-            std::thread::sleep(POLL);
-            continue;
-        };
-        let handlers = daemon.get_epoll_handlers();
-        if let Some(h) = handlers.first() {
-            write(&backend).epoll = Arc::downgrade(h);
+        if ready.is_none() {
+            ready = new_device(name, handle, counters, connection);
         }
+        let Some((backend, daemon, _)) = ready.as_mut() else {
+            std::thread::sleep(POLL);
+            continue;
+        };
         let started = match listener.as_mut() {
             Some(l) => daemon.start(l),
             None => daemon.start_client(&config.socket.to_string_lossy()),
         };
         if started.is_err() {
-            write(&backend).exit_workers();
             std::thread::sleep(POLL);
             continue;
         }
-        write(&backend).listen(EV_RX_READY, true);
+        write(backend).listen(EV_RX_READY, true);
         *connection.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
         if stop.load(Ordering::Acquire) {
             daemon.request_shutdown();
@@ -312,6 +352,13 @@ fn serve(
         let _ = daemon.wait();
         handle.set_link_up(false);
         *connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some((backend, daemon, handlers)) = ready.take() {
+            write(&backend).exit_workers();
+            drop(handlers);
+            drop(daemon);
+        }
+    }
+    if let Some((backend, daemon, handlers)) = ready.take() {
         write(&backend).exit_workers();
         drop(handlers);
         drop(daemon);
@@ -344,11 +391,20 @@ struct NetBackend {
     tx_listening: bool,
     epoll: Weak<VringEpollHandler<Backend>>,
     exit: (EventConsumer, EventNotifier),
-    malformed: Arc<std::sync::atomic::AtomicU64>,
+    malformed: Arc<AtomicU64>,
+    /// Frames for the guest larger than its (single) receive buffer.
+    rx_too_big: Arc<AtomicU64>,
+    /// Ends the connection when the device cannot go on (a write into
+    /// guest memory failed): the frontend reconnects to a fresh device.
+    connection: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
 }
 
 impl NetBackend {
-    fn new(handle: Arc<MemoryPortHandle>, malformed: Arc<std::sync::atomic::AtomicU64>) -> std::io::Result<Self> {
+    fn new(
+        handle: Arc<MemoryPortHandle>,
+        counters: &Counters,
+        connection: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    ) -> std::io::Result<Self> {
         Ok(NetBackend {
             handle,
             mem: Mem::new(GuestMemoryMmap::new()),
@@ -361,7 +417,9 @@ impl NetBackend {
             tx_listening: false,
             epoll: Weak::new(),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
-            malformed,
+            malformed: counters.malformed.clone(),
+            rx_too_big: counters.rx_too_big.clone(),
+            connection,
         })
     }
 
@@ -398,48 +456,72 @@ impl NetBackend {
     fn process_rx(&mut self, vring: &Vring) -> std::io::Result<()> {
         let mem = self.mem.memory();
         let mut state = vring.get_mut();
+        if !state.is_enabled() {
+            // A disabled ring takes nothing; its enabling kick restarts us.
+            self.listen(EV_RX_READY, false);
+            return Ok(());
+        }
         let mut used = false;
-        while let Some(p) = self.rx_stash.take().or_else(|| self.handle.recv()) {
+        let mut result = Ok(());
+        'frames: while let Some(p) = self.rx_stash.take().or_else(|| self.handle.recv()) {
             let need = self.hdr_len + p.len();
-            let start = state.get_queue().next_avail();
+            // Where a rollback goes back to: never before a chain already
+            // put in the used ring.
+            let mut start = state.get_queue().next_avail();
             let mut chains: Vec<(u16, Writer<'_>)> = Vec::new();
             let mut room = 0;
             while room < need {
                 let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else { break };
                 let head = chain.head_index();
                 match Writer::new(&*mem, chain) {
-                    Ok(w) => {
+                    Ok(w) if w.available_bytes() > 0 => {
                         room += w.available_bytes();
                         chains.push((head, w));
                     }
-                    // A chain that points outside the guest's memory is
-                    // given back unused.
-                    Err(_) => {
+                    // A chain outside the guest's memory, or with nothing
+                    // writable, is given back unused and not looked at
+                    // again.
+                    _ => {
                         let _ = state.add_used(head, 0);
                         used = true;
+                        if chains.is_empty() {
+                            start = state.get_queue().next_avail();
+                        }
                     }
                 }
-                if !self.mrg_rxbuf {
+                if !self.mrg_rxbuf && !chains.is_empty() {
                     break;
                 }
             }
             if room < need {
                 if !self.mrg_rxbuf && !chains.is_empty() {
                     // One buffer, too small for the frame: the guest's
-                    // own limit. The buffer goes back unused.
+                    // own limit. The frame is dropped, counted; the buffer
+                    // goes back unused.
                     for (head, _) in chains {
                         let _ = state.add_used(head, 0);
                     }
                     used = true;
+                    self.rx_too_big.fetch_add(1, Ordering::Relaxed);
                     self.handle.recycle(p);
                     continue;
                 }
-                // Out of buffers: put back what was taken and wait for the
-                // guest's kick (EVENT_IDX: ask for it, then look again).
+                // Out of buffers: put back the good ones taken for this
+                // frame and wait for the guest to post more. With
+                // EVENT_IDX the guest is asked to kick at its next buffer
+                // (avail_event set at what it has posted so far); if it
+                // posted some meanwhile, look again.
+                drop(chains);
                 state.get_queue_mut().set_next_avail(start);
                 self.rx_stash = Some(p);
-                if self.event_idx && state.enable_notification().unwrap_or(false) {
-                    continue;
+                if self.event_idx {
+                    let posted = state.get_queue().avail_idx(&*mem, Ordering::Acquire).map_or(start, |w| w.0);
+                    state.get_queue_mut().set_next_avail(posted);
+                    let more = state.enable_notification().unwrap_or(false);
+                    state.get_queue_mut().set_next_avail(start);
+                    if more {
+                        continue 'frames;
+                    }
                 }
                 self.listen(EV_RX_READY, false);
                 break;
@@ -454,23 +536,35 @@ impl NetBackend {
                     if n == 0 {
                         continue;
                     }
-                    w.write_all(&part[..n])?;
+                    if let Err(e) = w.write_all(&part[..n]) {
+                        result = Err(e);
+                    }
                     *part = &part[n..];
                     written += n;
                 }
-                state.add_used(head, written as u32).map_err(std::io::Error::other)?;
+                // Every chain taken is used, written or not: none is lost.
+                if let Err(e) = state.add_used(head, written as u32) {
+                    result = Err(std::io::Error::other(e));
+                }
             }
             used = true;
             self.handle.recycle(p);
+            if result.is_err() {
+                break;
+            }
         }
         if used && state.needs_notification().unwrap_or(true) {
             state.signal_used_queue()?;
         }
-        Ok(())
+        result
     }
 
     /// Moves frames the guest sent into the switch until either runs out.
     fn process_tx(&mut self, vring: &Vring) -> std::io::Result<()> {
+        if !vring.get_ref().is_enabled() {
+            self.listen(EV_TX_ROOM, false);
+            return Ok(());
+        }
         if let Some(p) = self.tx_stash.take()
             && let Err(p) = self.handle.try_send(p)
         {
@@ -574,7 +668,7 @@ impl VhostUserBackendMut for NetBackend {
         vrings: &[Vring],
         _thread: usize,
     ) -> std::io::Result<()> {
-        match device_event {
+        let r = match device_event {
             // The guest gave receive buffers: frames waiting can go.
             RX_QUEUE => {
                 self.listen(EV_RX_READY, true);
@@ -583,7 +677,16 @@ impl VhostUserBackendMut for NetBackend {
             EV_RX_READY => self.process_rx(&vrings[RX_QUEUE as usize]),
             TX_QUEUE | EV_TX_ROOM => self.process_tx(&vrings[TX_QUEUE as usize]),
             _ => Ok(()),
+        };
+        // An error returned here would end the worker thread and leave the
+        // port deaf with its link up: end the connection instead, so the
+        // frontend reconnects to a fresh device.
+        if r.is_err()
+            && let Some(c) = self.connection.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        {
+            c.shutdown();
         }
+        Ok(())
     }
 }
 
