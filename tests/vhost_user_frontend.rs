@@ -188,30 +188,40 @@ impl Guest {
         let deadline = Instant::now() + WAIT;
         let mut frames = Vec::new();
         while frames.len() < n {
-            fence(Ordering::SeqCst);
-            if self.r16(used(0) + 2) == self.rx_used_seen {
-                assert!(Instant::now() < deadline, "received {} of {n} frames", frames.len());
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            // The first buffer of a frame: header, then the frame; more
-            // buffers follow as `num_buffers` says.
-            let (id, len) = self.next_used();
-            let first = self.read_buf(id, len);
-            let buffers = u16::from_le_bytes([first[10], first[11]]);
-            let mut data = first[HDR..].to_vec();
-            for _ in 1..buffers {
-                while self.r16(used(0) + 2) == self.rx_used_seen {
-                    assert!(Instant::now() < deadline, "a merged frame's next buffer did not come");
+            match self.poll_frame() {
+                Some(f) => frames.push(f),
+                None => {
+                    assert!(Instant::now() < deadline, "received {} of {n} frames", frames.len());
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                let (id, len) = self.next_used();
-                data.extend(self.read_buf(id, len));
             }
-            frames.push((data, buffers));
+        }
+        frames
+    }
+
+    /// The next frame the device has put in receive buffers, if any.
+    fn poll_frame(&mut self) -> Option<(Vec<u8>, u16)> {
+        fence(Ordering::SeqCst);
+        if self.r16(used(0) + 2) == self.rx_used_seen {
+            return None;
+        }
+        // The first buffer of a frame: header, then the frame; more
+        // buffers follow as `num_buffers` says.
+        let deadline = Instant::now() + WAIT;
+        let (id, len) = self.next_used();
+        let first = self.read_buf(id, len);
+        let buffers = u16::from_le_bytes([first[10], first[11]]);
+        let mut data = first[HDR..].to_vec();
+        for _ in 1..buffers {
+            while self.r16(used(0) + 2) == self.rx_used_seen {
+                assert!(Instant::now() < deadline, "a merged frame's next buffer did not come");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (id, len) = self.next_used();
+            data.extend(self.read_buf(id, len));
         }
         self.kick(0);
-        frames
+        Some((data, buffers))
     }
 
     fn next_used(&mut self) -> (u16, u32) {
@@ -321,4 +331,87 @@ fn a_rust_vmm_frontend_moves_frames_through_a_vhost_user_port_and_reconnects() {
     sw.del_port("vm").unwrap();
     assert!(!socket.exists());
     let _ = guest.frontend.get_features().expect_err("the connection is closed");
+}
+
+/// The guest's answer to `f`, if it is an ARP request for `ip` or an ICMP
+/// echo request to it: what a guest's stack would send back.
+fn answer(f: &[u8], mac: [u8; 6], ip: [u8; 4]) -> Option<Vec<u8>> {
+    let ethertype = u16::from_be_bytes([f[12], f[13]]);
+    if ethertype == 0x0806 && f.len() >= 42 && f[20..22] == [0, 1] && f[38..42] == ip {
+        let mut r = f[..42].to_vec();
+        r[0..6].copy_from_slice(&f[6..12]);
+        r[6..12].copy_from_slice(&mac);
+        r[21] = 2;
+        r[22..28].copy_from_slice(&mac);
+        r[28..32].copy_from_slice(&ip);
+        r[32..38].copy_from_slice(&f[22..28]);
+        r[38..42].copy_from_slice(&f[28..32]);
+        return Some(r);
+    }
+    let ihl = usize::from(*f.get(14)? & 0x0f) * 4;
+    if ethertype == 0x0800 && f.len() >= 14 + ihl + 8 && f[23] == 1 && f[30..34] == ip && f[14 + ihl] == 8 {
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        let mut r = f[..14 + total].to_vec();
+        r[0..6].copy_from_slice(&f[6..12]);
+        r[6..12].copy_from_slice(&mac);
+        r[26..30].copy_from_slice(&f[30..34]);
+        r[30..34].copy_from_slice(&f[26..30]);
+        // Swapping the addresses leaves the IP checksum as it is.
+        let icmp = 14 + ihl;
+        r[icmp] = 0;
+        r[icmp + 2..icmp + 4].copy_from_slice(&[0, 0]);
+        let sum = !ones_complement(&r[icmp..]);
+        r[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
+        return Some(r);
+    }
+    None
+}
+
+fn ones_complement(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[test]
+fn a_namespace_pings_a_guest_behind_a_vhost_user_port() {
+    use vswitch_tests::netns::{NetNs, Veth};
+    let ns = NetNs::new();
+    let veth = Veth::new(&ns, "10.95.0.1/24");
+    let dir = TempDir(std::env::temp_dir().join(format!("vsw-vu-ping-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let socket = dir.0.join("vm.sock");
+    let sw = Switch::builder().build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    sw.add_afpacket_port("br0", &veth.host, PortConfig::default()).unwrap();
+    sw.add_vhost_user_port("br0", "vm", &VhostUserConfig::server(&socket), PortConfig::default()).unwrap();
+    let mut guest = Guest::connect(&socket, &dir.0, 1);
+    wait_state(&sw, PortState::Up);
+
+    // The guest's side answers ARP and echo requests for 10.95.0.2, as
+    // its stack would, while the namespace pings it.
+    let (mac, ip) = ([0x52, 0x54, 0, 0x95, 0, 2], [10, 95, 0, 2]);
+    let mut ping = ns.spawn(&["ping", "-c", "5", "-i", "0.2", "-W", "2", "10.95.0.2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answered = 0;
+    let status = loop {
+        if let Some(status) = ping.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ping did not finish");
+        match guest.poll_frame() {
+            Some((f, _)) => {
+                if let Some(reply) = answer(&f, mac, ip) {
+                    guest.send(&[reply]);
+                    answered += 1;
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    let out = ping.wait_with_output().unwrap();
+    assert!(status.success(), "the namespace's pings were answered: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(answered >= 6, "an ARP reply and five echo replies went back through the port ({answered})");
 }
