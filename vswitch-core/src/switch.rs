@@ -757,7 +757,7 @@ impl Switch {
         let index = self.registry().bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
         // The ports come back to be closed here, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(|ports| {
-            close_ports(ports.into_iter().flatten().map(Some).collect(), &self.close_panics);
+            close_ports(ports.into_iter().flatten(), &self.close_panics);
         });
         if took_effect(&r) {
             self.record(|| ConfigChange::DelBridge { name: name.to_string() });
@@ -1016,7 +1016,9 @@ impl Switch {
         let slot = self.port_entry(name, |p| p.slot)?;
         // Each thread hands its reference back: the port is closed here,
         // when the last one drops, not on a datapath thread.
-        let r = self.broadcast(move |dp, _| dp.del_port(slot)).map(|ports| close_ports(ports, &self.close_panics));
+        let r = self
+            .broadcast(move |dp, _| dp.del_port(slot))
+            .map(|ports| close_ports(ports.into_iter().flatten(), &self.close_panics));
         if took_effect(&r) {
             let (upkeep, bridge) = {
                 let mut reg = self.registry();
@@ -1423,8 +1425,8 @@ fn port_stats(name: &str, p: &PortEntry) -> PortStats {
 /// reference; the last one dropped closes the port), here on the caller's
 /// thread. A failed port's own code may panic again as it is closed: that
 /// is caught, the rest are closed all the same.
-fn close_ports(ports: Vec<Option<SharedPort>>, panics: &Mutex<Vec<String>>) {
-    for port in ports.into_iter().flatten() {
+fn close_ports(ports: impl IntoIterator<Item = SharedPort>, panics: &Mutex<Vec<String>>) {
+    for port in ports {
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(port))) {
             let why = crate::datapath::thread::panic_message(&*payload);
             panics.lock().unwrap_or_else(|e| e.into_inner()).push(format!("closing a port panicked: {why}"));

@@ -731,11 +731,18 @@ impl Datapath {
             self.fail_port(slot, None);
             return;
         }
-        let up = match guarded("link_up", || lock(&p.port).link_up()) {
+        // One lock for the burst, as before the calls were guarded; it is
+        // let go before a failure is handled (fail_port takes it again).
+        let mut port = lock(&p.port);
+        let up = match guarded("link_up", || port.link_up()) {
             Ok(up) => up,
-            Err(why) => return self.fail_port(slot, Some(why)),
+            Err(why) => {
+                drop(port);
+                return self.fail_port(slot, Some(why));
+            }
         };
         if !up {
+            drop(port);
             p.set_link(false, &self.events);
             p.counters.count_drop(DropReason::LinkDown, q.len() as u64);
             for pkt in q.drain(..) {
@@ -766,7 +773,9 @@ impl Datapath {
             p.counters.count_drop(DropReason::TooBig, too_big);
         }
         let pool = &mut self.pool;
-        let out = match guarded("tx_burst", || lock(&p.port).tx_burst(q, pool)) {
+        let sent = guarded("tx_burst", || port.tx_burst(q, pool));
+        drop(port);
+        let out = match sent {
             Ok(out) => out,
             // What it had not sent is counted with the port's queue.
             Err(why) => return self.fail_port(slot, Some(why)),

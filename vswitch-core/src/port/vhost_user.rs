@@ -285,8 +285,9 @@ fn readable_within(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
     poll.poll(&mut events, Some(timeout)).is_ok() && !events.is_empty()
 }
 
-/// A device and the daemon serving it, ready for a frontend.
-type Device = (Backend, VhostUserDaemon<Backend>, Vec<Arc<VringEpollHandler<Backend>>>);
+/// A device and the daemon serving it, ready for a frontend. (The daemon
+/// holds the epoll handlers the device reaches through its `Weak`.)
+type Device = (Backend, VhostUserDaemon<Backend>);
 
 fn new_device(
     name: &str,
@@ -297,11 +298,16 @@ fn new_device(
     let backend = NetBackend::new(handle.clone(), counters, connection.clone()).ok()?;
     let backend: Backend = Arc::new(RwLock::new(backend));
     let daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), Mem::new(GuestMemoryMmap::new())).ok()?;
-    let handlers = daemon.get_epoll_handlers();
-    if let Some(h) = handlers.first() {
+    if let Some(h) = daemon.get_epoll_handlers().first() {
         write(&backend).epoll = Arc::downgrade(h);
     }
-    Some((backend, daemon, handlers))
+    Some((backend, daemon))
+}
+
+/// Ends a device's worker threads and drops its daemon.
+fn retire((backend, daemon): Device) {
+    write(&backend).exit_workers();
+    drop(daemon);
 }
 
 /// The service loop: one connection at a time, each with a fresh daemon
@@ -331,7 +337,7 @@ fn serve(
         if ready.is_none() {
             ready = new_device(name, handle, counters, connection);
         }
-        let Some((backend, daemon, _)) = ready.as_mut() else {
+        let Some((backend, daemon)) = ready.as_mut() else {
             std::thread::sleep(POLL);
             continue;
         };
@@ -352,16 +358,12 @@ fn serve(
         let _ = daemon.wait();
         handle.set_link_up(false);
         *connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if let Some((backend, daemon, handlers)) = ready.take() {
-            write(&backend).exit_workers();
-            drop(handlers);
-            drop(daemon);
+        if let Some(device) = ready.take() {
+            retire(device);
         }
     }
-    if let Some((backend, daemon, handlers)) = ready.take() {
-        write(&backend).exit_workers();
-        drop(handlers);
-        drop(daemon);
+    if let Some(device) = ready.take() {
+        retire(device);
     }
     // A server's socket goes with the port.
     if listener.take().is_some() && config.mode == VhostUserMode::Server {
