@@ -71,11 +71,17 @@ pub enum DropReason {
     /// The port failed (its code panicked; `health` says why): what was
     /// queued for it and what is sent to it until it is removed (tx).
     PortFailed,
+    /// A native tunnel port (`options:uplink`) has no route to its remote
+    /// through its uplink, or no source address (tx).
+    TunnelNoRoute,
+    /// A native tunnel port's next hop is not resolved yet: an ARP request
+    /// has gone out for it (tx).
+    TunnelNoNeighbour,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 24] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Runt,
         DropReason::TruncatedVlan,
         DropReason::TaggedOnAccess,
@@ -100,6 +106,8 @@ impl DropReason {
         DropReason::PortDown,
         DropReason::MirrorOutput,
         DropReason::PortFailed,
+        DropReason::TunnelNoRoute,
+        DropReason::TunnelNoNeighbour,
     ];
 
     /// The reason's snake_case name, as in JSON and text output.
@@ -129,6 +137,8 @@ impl DropReason {
             DropReason::PortDown => "port_down",
             DropReason::MirrorOutput => "mirror_output",
             DropReason::PortFailed => "port_failed",
+            DropReason::TunnelNoRoute => "tunnel_no_route",
+            DropReason::TunnelNoNeighbour => "tunnel_neigh_miss",
         }
     }
 }

@@ -63,6 +63,7 @@ pub use port::{DropReason, PortConfig, PortNo, VlanMode, VlanModeName};
 pub use smoltcp;
 pub use switch::{
     BridgeInfo, BridgeStats, DEFAULT_DATAPATH_TIMEOUT, DatapathThreadInfo, Health, IdlePolicy, MAX_MIRRORS, MirrorInfo,
-    OnOpenError, PortHealth, PortInfo, PortState, PortStats, Switch, SwitchBuilder, SwitchStats,
+    MAX_NEIGH_AGING_S, OnOpenError, PortHealth, PortInfo, PortState, PortStats, Switch, SwitchBuilder, SwitchStats,
 };
+pub use port::tunnel::native::{TunnelNeighbour, TunnelRoute};
 pub use wire::MacAddr;

@@ -398,6 +398,43 @@ impl Packet {
         self.outer_tag().map(|t| t.tci)
     }
 
+    /// Makes room for `n` bytes of headers in front of the frame and
+    /// returns them (contents unspecified), for the caller to fill: an
+    /// encapsulation's outer headers. Offload offsets move with the frame.
+    pub(crate) fn push_front(&mut self, n: usize) -> &mut [u8] {
+        if self.start < n {
+            let len = self.len();
+            let grow = n.max(HEADROOM);
+            self.buf.splice(self.start..self.start, std::iter::repeat_n(0, grow));
+            self.start += grow;
+            self.end = self.start + len;
+        }
+        self.start -= n;
+        self.shift_offload(n as i32);
+        &mut self.buf[self.start..self.start + n]
+    }
+
+    /// Cuts the frame to its first `len` bytes (Ethernet padding after an
+    /// IP packet); nothing if it is shorter.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.end = self.start + len;
+        }
+    }
+
+    /// Drops the first `n` bytes of the frame (a decapsulation's outer
+    /// headers) without copying what follows; offload metadata is cleared
+    /// (it described the outer packet). False, unchanged, if the frame is
+    /// shorter.
+    pub(crate) fn pull_front(&mut self, n: usize) -> bool {
+        if n > self.len() {
+            return false;
+        }
+        self.start += n;
+        self.offload = VnetHdr::default();
+        true
+    }
+
     /// Inserts a tag with TPID `tpid` (0x8100 or 0x88a8) after the MACs.
     pub fn push_tag(&mut self, tpid: u16, tci: VlanTci) {
         if self.len() < ETHERTYPE_OFFSET {

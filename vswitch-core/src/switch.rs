@@ -27,6 +27,7 @@ use crate::packet::SpareBuffers;
 use crate::port::deferred::PortStatus;
 use crate::port::memory::{self, DEFAULT_QUEUE_LEN, MemoryPortHandle};
 use crate::port::spec::PortSpec;
+use crate::port::tunnel::native::PortRef;
 use crate::port::upkeep::SlowPath;
 use crate::port::vlan_mode::VlanDescription;
 use crate::port::{DropReason, Port, PortConfig, PortCounters, PortNo, VlanMode};
@@ -37,8 +38,10 @@ mod conntrack;
 mod flows;
 mod groups;
 mod settings;
+mod tunnels;
 pub use configure::OnOpenError;
 pub use settings::{MAX_MIRRORS, MirrorInfo};
+pub use tunnels::MAX_NEIGH_AGING_S;
 
 /// A parsed rule with its counters, ready for a flow table.
 type ParsedRule = (FlowSpec, Arc<RuleStats>);
@@ -252,6 +255,7 @@ impl SwitchBuilder {
             pmd_base: Mutex::new(Vec::new()),
             events,
             close_panics: Mutex::new(Vec::new()),
+            native: Arc::default(),
         })
     }
 }
@@ -454,6 +458,8 @@ pub struct Switch {
     events: Arc<EventBus>,
     /// Ports whose closing panicked, for [`Switch::shutdown`] to report.
     close_panics: Mutex<Vec<String>>,
+    /// Native tunnelling: routes, neighbours, uplinks.
+    pub(crate) native: Arc<crate::port::tunnel::native::Native>,
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -766,6 +772,7 @@ impl Switch {
                 let ports = reg.bridges.remove(name).map(|b| b.ports).unwrap_or_default();
                 for (port, p) in &ports {
                     reg.owned[p.owner] -= 1;
+                    self.native.port_removed(port);
                     self.events.publish(|| Event::PortRemoved {
                         bridge: name.to_string(),
                         port: port.clone(),
@@ -966,6 +973,7 @@ impl Switch {
         let counters = Arc::new(PortCounters::for_port(bridge, name, port_no));
         counters.link_up.store(port.link_up(), Ordering::Relaxed);
         let shared: SharedPort = Arc::new(Mutex::new(port));
+        let weak = Arc::downgrade(&shared);
         let (vlan, c, events) = (config.vlan.clone(), counters.clone(), self.events.clone());
         let r = self.apply_each(move |dp, i| {
             dp.add_port(slot, index, port_no, shared.clone(), i == owner, vlan.clone(), c.clone());
@@ -985,6 +993,8 @@ impl Switch {
             let mut reg = self.registry();
             let br = reg.bridges.get_mut(bridge).expect("bridges change only under the change lock");
             let upkeep = upkeep.map(|u| self.slow.add(u, upkeep_failed(counters.clone())));
+            let uplink_ref =
+                PortRef { port: weak, counters: counters.clone(), kind, bridge: bridge.to_string() };
             br.ports.insert(
                 name.to_string(),
                 PortEntry {
@@ -1002,6 +1012,7 @@ impl Switch {
             );
             reg.owned[owner] += 1;
             drop(reg);
+            self.native.port_added(name, uplink_ref);
             self.refresh_mirrors(bridge);
         }
         r.map(|()| port_no)
@@ -1026,6 +1037,7 @@ impl Switch {
                 match removed {
                     Some((p, bridge)) => {
                         reg.owned[p.owner] -= 1;
+                        self.native.port_removed(name);
                         // Every thread has let go of it: nothing more is
                         // told about the port after this.
                         self.events.publish(|| Event::PortRemoved {

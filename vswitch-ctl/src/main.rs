@@ -239,6 +239,18 @@ enum Command {
     PmdStats,
     /// Count pmd-stats from zero again.
     PmdStatsClear,
+    /// Native tunnels' neighbour cache: address, MAC, uplink port, age (as
+    /// ovs-appctl tnl/neigh/show).
+    TnlNeighShow,
+    /// Forget every native-tunnel neighbour (each is asked for again by
+    /// ARP when next used).
+    TnlNeighFlush,
+    /// Show, or set, how long a neighbour is kept without being heard
+    /// from (seconds, 1 to 3600; default 300).
+    TnlNeighAging { seconds: Option<u64> },
+    /// The kernel's IPv4 routes native tunnels choose from, with the uplink
+    /// port on each route's interface (as ovs-appctl ovs/route/show).
+    TnlRouteShow,
     /// Every datapath thread and port: running or failed (a port whose
     /// code panicked is taken down alone, with the reason), error (its
     /// device is missing), admin down, link down or up. Exits 1 if a thread
@@ -473,6 +485,44 @@ fn show(result: &Value, stats: &Value, status: &Value) -> String {
     out
 }
 
+/// `tnl-neigh-show` text.
+fn neighbours_text(result: &Value) -> String {
+    let mut out = format!("{:<16} {:<18} {:<16} {:>5}\n", "IP", "MAC", "Uplink", "Age");
+    for e in result.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:<18} {:<16} {:>5}\n",
+            e["ip"].as_str().unwrap_or("?"),
+            e["mac"].as_str().unwrap_or("?"),
+            e["uplink"].as_str().unwrap_or("?"),
+            e["age_s"].as_u64().unwrap_or(0)
+        ));
+    }
+    out
+}
+
+/// `tnl-route-show` text: one route a line, `ip route`'s words.
+fn routes_text(result: &Value) -> String {
+    let mut out = String::new();
+    for r in result.as_array().into_iter().flatten() {
+        out.push_str(r["prefix"].as_str().unwrap_or("?"));
+        if let Some(gw) = r["gateway"].as_str() {
+            out.push_str(&format!(" via {gw}"));
+        }
+        out.push_str(&format!(" dev {}", r["dev"].as_str().unwrap_or("?")));
+        if let Some(src) = r["src"].as_str() {
+            out.push_str(&format!(" src {src}"));
+        }
+        if r["metric"].as_u64().unwrap_or(0) != 0 {
+            out.push_str(&format!(" metric {}", r["metric"]));
+        }
+        if let Some(u) = r["uplink"].as_str() {
+            out.push_str(&format!(" uplink {u}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn fdb_text(result: &Value) -> String {
     let mut out = String::from(" port  VLAN  MAC                Age\n");
     for e in result.as_array().into_iter().flatten() {
@@ -586,7 +636,8 @@ fn dump_ports_text(s: &Value) -> String {
         for p in &ports {
             let sum = |dir: &str| -> u64 {
                 let dir_of = |r: &str| match r {
-                    "tx_queue_full" | "link_down" | "too_big" | "tx_error" | "tunnel_no_remote" => "tx",
+                    "tx_queue_full" | "link_down" | "too_big" | "tx_error" | "tunnel_no_remote" | "tunnel_no_route"
+                    | "tunnel_neigh_miss" => "tx",
                     _ => "rx",
                 };
                 p["drops"]
@@ -953,6 +1004,8 @@ enum Render {
     CtStats,
     Pmd,
     Health,
+    Neighbours,
+    Routes,
     Networks,
     Cluster,
     Attachment,
@@ -1165,6 +1218,10 @@ fn plan(command: Command) -> Result<Plan, String> {
         Command::Stats { bridge, port } => one("stats.get", json!({ "bridge": bridge, "port": port }), Render::Stats),
         Command::PmdStats => one("pmd.stats", Value::Null, Render::Pmd),
         Command::PmdStatsClear => one("pmd.stats_clear", Value::Null, none),
+        Command::TnlNeighShow => one("tnl.neigh_show", Value::Null, Render::Neighbours),
+        Command::TnlNeighFlush => one("tnl.neigh_flush", Value::Null, Render::Map),
+        Command::TnlNeighAging { seconds } => one("tnl.neigh_aging", json!({ "seconds": seconds }), Render::Map),
+        Command::TnlRouteShow => one("tnl.route_show", Value::Null, Render::Routes),
         Command::Health => one("system.health", Value::Null, Render::Health),
         Command::Version => one("system.version", Value::Null, Render::Version),
         Command::NetCreate {
@@ -1503,6 +1560,8 @@ fn render(how: Render, results: &[Value]) -> Result<(Value, String), String> {
         Render::CtStats => ct_stats_text(&r),
         Render::Pmd => pmd_text(&r),
         Render::Health => health_text(&r),
+        Render::Neighbours => neighbours_text(&r),
+        Render::Routes => routes_text(&r),
         Render::Networks => networks_text(&r),
         Render::Cluster => cluster_text(&r),
         Render::Attachment => format!("{}\n", ips_text(&r["ips"])),

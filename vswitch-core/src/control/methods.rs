@@ -49,6 +49,10 @@ pub const METHODS: &[&str] = &[
     "stats.get",
     "pmd.stats",
     "pmd.stats_clear",
+    "tnl.route_show",
+    "tnl.neigh_show",
+    "tnl.neigh_flush",
+    "tnl.neigh_aging",
     "system.health",
     "config.get",
     "bridge.set",
@@ -603,6 +607,21 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
         "pmd.stats_clear" => {
             sw.pmd_stats_clear();
             ok(Value::Null)
+        }
+        "tnl.route_show" => ok(sw.tunnel_routes()),
+        "tnl.neigh_show" => ok(sw.tunnel_neighbours()),
+        "tnl.neigh_flush" => ok(json!({ "flushed": sw.flush_tunnel_neighbours() })),
+        "tnl.neigh_aging" => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Aging {
+                seconds: Option<u64>,
+            }
+            let a: Aging = params(p)?;
+            if let Some(s) = a.seconds {
+                sw.set_tunnel_neigh_aging(s)?;
+            }
+            ok(json!({ "seconds": sw.tunnel_neigh_aging() }))
         }
         "bridge.add" => {
             let a: Named = params(p)?;

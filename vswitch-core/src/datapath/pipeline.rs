@@ -10,6 +10,7 @@ use crate::events::{Event, EventBus};
 use crate::flow::{Emc, FlowTable, GroupTable, PackedParse, Tables};
 use crate::mac::{MacCache, MacTable};
 use crate::packet::{DEFAULT_BUFFER, Packet, PacketPool, SpareBuffers};
+use crate::port::tunnel::native::Uplink;
 use crate::port::{BURST, DropReason, Port, PortCounters, PortNo, TxOutcome, VlanMode};
 use crate::wire::{MacAddr, VlanTci, ethertype};
 
@@ -178,6 +179,9 @@ pub struct Datapath {
     parsed: Vec<(PackedParse, u32)>,
     /// Scratch for software segmentation.
     segments: Vec<Packet>,
+    /// Scratch for bursts through an uplink of native tunnels.
+    uplink_keep: Vec<Packet>,
+    uplink_replies: Vec<Packet>,
     /// Where ports' wake descriptors are registered (a threaded datapath).
     registry: Option<mio::Registry>,
     /// The descriptor registered for each slot.
@@ -226,6 +230,8 @@ impl Datapath {
             answers: Vec::with_capacity(BURST),
             parsed: Vec::with_capacity(BURST),
             segments: Vec::new(),
+            uplink_keep: Vec::new(),
+            uplink_replies: Vec::new(),
             registry: None,
             fds: Vec::new(),
             next_housekeeping_ms: 0,
@@ -480,10 +486,16 @@ impl Datapath {
             };
             p.set_link(up, &self.events);
             let special = p.rx_special;
+            let uplink = if n > 0 { p.counters.uplink.get() } else { None };
             if n > 0 && (!special || self.rx_taps(slot, &mut rx)) {
                 self.perf.burst(n);
                 work += n;
-                self.switch_burst(slot, &mut rx, now_ms);
+                if let Some(up) = uplink {
+                    self.through_uplink(slot, &up, &mut rx);
+                }
+                if !rx.is_empty() {
+                    self.switch_burst(slot, &mut rx, now_ms);
+                }
                 self.flush();
             }
             self.rx = rx;
@@ -514,6 +526,22 @@ impl Datapath {
             }
         }
         work
+    }
+
+    /// Gives a burst received on an uplink of native tunnels to them
+    /// first (see [`native`](crate::port::tunnel::native)): what they take
+    /// is queued on the tunnel ports, their ARP answers go out of the
+    /// uplink, the rest stays in `rx` for the bridge.
+    fn through_uplink(&mut self, slot: usize, up: &Uplink, rx: &mut Vec<Packet>) {
+        let Some(counters) = self.ports[slot].as_ref().map(|p| p.counters.clone()) else { return };
+        let mut keep = std::mem::take(&mut self.uplink_keep);
+        let mut replies = std::mem::take(&mut self.uplink_replies);
+        up.intercept(rx, &mut keep, &mut replies, &counters, &mut self.pool);
+        for r in replies.drain(..) {
+            self.enqueue_raw(slot, r);
+        }
+        self.uplink_keep = keep;
+        self.uplink_replies = replies;
     }
 
     /// Sets bridge `bridge`'s fail mode: standalone (`true`) switches an

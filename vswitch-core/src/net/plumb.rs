@@ -120,6 +120,8 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
                 prefix: route.dst.prefix_len(),
                 gateway,
                 oif: Some(link.index),
+                prefsrc: None,
+                metric: 0,
             })
             .map_err(nl("adding a route"))?;
         }

@@ -126,6 +126,9 @@ pub struct PortCounters {
     pub(crate) bridge: Arc<str>,
     pub(crate) name: Arc<str>,
     pub(crate) port_no: PortNo,
+    /// The uplink its received bursts go through first, while native
+    /// tunnels use the port as one.
+    pub(crate) uplink: tunnel::native::UplinkHook,
 }
 
 impl PortCounters {

@@ -15,6 +15,7 @@ use crate::port::afxdp::{AfXdpPort, XdpModeRequest};
 use crate::port::deferred::{Deferred, Opener, PortStatus};
 use crate::port::internal::InternalPort;
 use crate::port::memory;
+use crate::port::tunnel::native::{Native, NativeTunnelPort, check_uplink};
 use crate::port::tunnel::{TunnelConfig, TunnelPort};
 use crate::port::vhost_user::{VhostUserConfig, VhostUserPort};
 use crate::port::{Port, PortConfig, PortNo};
@@ -34,7 +35,13 @@ pub enum OnOpenError {
 /// Opens the backend `spec` names (checked by [`PortSpec::validate`]);
 /// in-process queues (a vhost-user port's) are `queue_len` deep and draw
 /// on `spare`.
-fn opener(spec: &PortSpec, status: &PortStatus, queue_len: usize, spare: SpareBuffers) -> Result<Opener> {
+fn opener(
+    spec: &PortSpec,
+    status: &PortStatus,
+    queue_len: usize,
+    spare: SpareBuffers,
+    native: &Arc<Native>,
+) -> Result<Opener> {
     let name = spec.name.clone();
     Ok(match spec.kind {
         PortKind::AfPacket => {
@@ -46,6 +53,14 @@ fn opener(spec: &PortSpec, status: &PortStatus, queue_len: usize, spare: SpareBu
             Box::new(move |_| Ok(Box::new(AfXdpPort::open(&name, mode)?) as Box<dyn Port>))
         }
         PortKind::Internal => Box::new(move |_| Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),
+        PortKind::Vxlan | PortKind::Gre if spec.options.contains_key("uplink") => {
+            let cfg = TunnelConfig::from_spec(spec)?;
+            let (status, native) = (status.clone(), native.clone());
+            Box::new(move |wakeup| {
+                let p = NativeTunnelPort::open(&name, cfg.clone(), &native, wakeup.clone(), status.clone())?;
+                Ok(Box::new(p) as Box<dyn Port>)
+            })
+        }
         PortKind::Vxlan | PortKind::Gre => {
             let cfg = TunnelConfig::from_spec(spec)?;
             let status = status.clone();
@@ -81,7 +96,13 @@ impl Switch {
         spec.validate()?;
         let config = PortConfig { vlan: spec.vlan_mode()? };
         let status = PortStatus::default();
-        let mut open = opener(spec, &status, self.queue_len, self.spare.clone())?;
+        if let Some(up) = spec.options.get("uplink").filter(|_| spec.kind.is_tunnel()) {
+            check_uplink(&self.native, bridge, up, on_error == OnOpenError::Fail)?;
+            if let Some(u) = self.native.take_upkeep() {
+                self.slow.add(u, Box::new(|_| {}));
+            }
+        }
+        let mut open = opener(spec, &status, self.queue_len, self.spare.clone(), &self.native)?;
         let s = status.clone();
         self.attach_as(bridge, &spec.name, config, Some(spec.clone()), status, move |_, wakeup| match open(&wakeup) {
             Ok(p) => Ok(p),

@@ -34,6 +34,8 @@ const IFA_F_NODAD: u8 = 0x02;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_PREFSRC: u16 = 7;
 const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
@@ -184,6 +186,10 @@ pub(crate) struct Route {
     pub(crate) prefix: u8,
     pub(crate) gateway: Option<IpAddr>,
     pub(crate) oif: Option<u32>,
+    /// The preferred source address (RTA_PREFSRC), in dumps only.
+    pub(crate) prefsrc: Option<IpAddr>,
+    /// The route's metric (RTA_PRIORITY): lower wins among equal prefixes.
+    pub(crate) metric: u32,
 }
 
 /// A NETLINK_ROUTE socket of the calling thread's network namespace (the
@@ -475,12 +481,16 @@ impl Rtnl {
                     prefix,
                     gateway: None,
                     oif: None,
+                    prefsrc: None,
+                    metric: 0,
                 };
                 for (ty, v) in attrs(&p[RTMSG..]) {
                     match ty {
                         RTA_DST => r.dst = ip_from(v).unwrap_or(r.dst),
                         RTA_GATEWAY => r.gateway = ip_from(v),
                         RTA_OIF => r.oif = v.try_into().ok().map(u32::from_ne_bytes),
+                        RTA_PREFSRC => r.prefsrc = ip_from(v),
+                        RTA_PRIORITY => r.metric = v.try_into().map(u32::from_ne_bytes).unwrap_or(0),
                         RTA_TABLE => table = v.try_into().map(u32::from_ne_bytes).unwrap_or(table),
                         _ => {}
                     }
@@ -491,6 +501,76 @@ impl Rtnl {
             }
         }
         Ok(out)
+    }
+}
+
+/// A NETLINK_ROUTE socket subscribed to the kernel's announcements of
+/// changed links, addresses and routes (IPv4 and IPv6), read without
+/// blocking: whoever keeps a copy of those tables dumps them again when
+/// [`changed`](RtnlMonitor::changed) says so.
+#[derive(Debug)]
+pub(crate) struct RtnlMonitor {
+    fd: OwnedFd,
+}
+
+impl RtnlMonitor {
+    pub(crate) fn open() -> io::Result<RtnlMonitor> {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = cvt(unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        })?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by no one.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data; zero is a valid start.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = (libc::RTMGRP_LINK
+            | libc::RTMGRP_IPV4_IFADDR
+            | libc::RTMGRP_IPV4_ROUTE
+            | libc::RTMGRP_IPV6_IFADDR
+            | libc::RTMGRP_IPV6_ROUTE) as u32;
+        // SAFETY: `addr` is a valid sockaddr_nl for the size passed.
+        cvt(unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        })?;
+        Ok(RtnlMonitor { fd })
+    }
+
+    /// Reads every waiting announcement; true if there was any (or the
+    /// socket overflowed, so some were lost).
+    pub(crate) fn changed(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut changed = false;
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                // ENOBUFS: announcements were lost; the tables are read again.
+                return changed || e.raw_os_error() == Some(libc::ENOBUFS);
+            }
+            if n == 0 {
+                return changed;
+            }
+            let n = n as usize;
+            let mut at = 0;
+            while at + NLMSG_HDR <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+                if len < NLMSG_HDR {
+                    break;
+                }
+                changed = true;
+                at += len.next_multiple_of(4);
+            }
+        }
     }
 }
 

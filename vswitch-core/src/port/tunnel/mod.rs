@@ -24,6 +24,7 @@
 //! `key=flow` (or `out_key=flow`) uses the packet's `tun_id` (`set_tunnel`)
 //! and one with `remote_ip=flow` its `tun_dst` (`set_field:IP->tun_dst`).
 
+pub mod native;
 pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -114,6 +115,9 @@ pub struct TunnelConfig {
     pub tos: u8,
     /// `ttl` of the outer header (default 64).
     pub ttl: u8,
+    /// `uplink`: the switch's port to send and receive through (native
+    /// tunnelling, see [`native`]); none: the kernel's sockets.
+    pub uplink: Option<String>,
 }
 
 fn parse_key(encap: Encap, key: &str, v: &str) -> Result<Key> {
@@ -142,7 +146,7 @@ impl TunnelConfig {
             PortKind::Gre => Encap::Gre,
             other => return Err(Error::invalid("port type", format!("'{other}' is not a tunnel"))),
         };
-        let mut known = vec!["remote_ip", "local_ip", "key", "in_key", "out_key", "tos", "ttl"];
+        let mut known = vec!["remote_ip", "local_ip", "key", "in_key", "out_key", "tos", "ttl", "uplink"];
         if encap == Encap::Vxlan {
             known.push("dst_port");
         }
@@ -174,7 +178,11 @@ impl TunnelConfig {
         if ttl == 0 {
             return Err(Error::invalid("option", "ttl=0 would never arrive"));
         }
-        Ok(TunnelConfig { encap, remote, local, in_key, out_key, dst_port, tos, ttl })
+        let uplink = o.get("uplink").cloned();
+        if uplink.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::invalid("option", "uplink= needs a port name"));
+        }
+        Ok(TunnelConfig { encap, remote, local, in_key, out_key, dst_port, tos, ttl, uplink })
     }
 
     fn endpoint_key(&self) -> EndpointKey {

@@ -1,0 +1,1191 @@
+//! Native tunnelling: VXLAN and GRE ports that send and receive through an
+//! **uplink port** of the switch (`options:uplink=PORT`: an AF_XDP or
+//! AF_PACKET port on the underlay interface) instead of kernel sockets,
+//! the idea behind Open vSwitch's `tnl_push` / `tnl_pop`.
+//!
+//! * **Transmit.** The port builds the whole outer frame itself: Ethernet
+//!   (the uplink's MAC to the next hop's), IPv4 (DF set, `tos`, `ttl`,
+//!   header checksum), UDP (source port from the inner flow's hash,
+//!   checksum zero) and VXLAN, or GRE, in the packet's headroom, and hands
+//!   the burst to the uplink's `tx_burst` from its own thread. What the
+//!   header needs per remote (next hop, its MAC, the source address) is
+//!   resolved once and cached in the port until the routes or neighbours
+//!   change.
+//! * **Routes** are the kernel's main table, dumped by the switch's slow
+//!   path and again whenever rtnetlink announces a change to links,
+//!   addresses or routes; the longest prefix (then the lowest metric)
+//!   wins, and it must leave through the uplink's interface.
+//! * **Neighbours** come from ARP on the uplinks: replies, requests aimed
+//!   at a local endpoint and anything from a host already known refresh
+//!   the cache. A packet to a next hop not in it sends an ARP request (at
+//!   most one a second per address) and is dropped
+//!   (`tunnel_neigh_miss`); an entry in use is asked for again once it is
+//!   half its aging old, so a busy flow never sees it expire; an entry is
+//!   forgotten after the aging time (300 s by default, as `tnl-neigh-aging`
+//!   sets it).
+//! * **Receive.** Before the uplink's bridge sees a burst, the datapath
+//!   gives it to the uplink's tunnels: IPv4 to a local endpoint, UDP to a
+//!   VXLAN port's `dst_port` or GRE, is decapsulated in place (no copy) and
+//!   queued on the tunnel port whose remote and key match, the same
+//!   ranking as the kernel-socket mode; ARP is learnt from, and a request
+//!   for a local endpoint that the kernel will not answer (an AF_XDP
+//!   uplink takes every frame from it; a `local_ip` that is not the
+//!   interface's own) is answered. Everything else goes on into the
+//!   uplink's bridge as before.
+//!
+//! IPv4 underlays only; an IPv6 `remote_ip` is refused when the port is
+//! created.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+use serde::Serialize;
+
+use super::wire::{self, Malformed};
+use super::{Encap, Key, Member, QUEUE_MAX, Remote, TunnelConfig};
+use crate::datapath::Wakeup;
+use crate::packet::{Packet, PacketPool, TunnelMeta};
+use crate::port::deferred::PortStatus;
+use crate::port::upkeep::Upkeep;
+use crate::port::{DropReason, Port, PortCounters, TxOutcome};
+use crate::sys::netlink::{Rtnl, RtnlMonitor};
+use crate::wire::MacAddr;
+use crate::{Error, Result};
+
+/// Default neighbour aging, as OVS's is (tnl/neigh/aging), in seconds.
+pub const DEFAULT_NEIGH_AGING_S: u64 = 300;
+/// Least time between two ARP requests for one address.
+const ASK_EVERY_MS: u64 = 1_000;
+/// A cached "unresolved" is tried again after this long.
+const MISS_RETRY_MS: u64 = 1_000;
+/// Outer Ethernet + IPv4 bytes.
+const OUTER_L3: usize = 14 + 20;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A route of the kernel's main table, as `tnl-route-show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TunnelRoute {
+    /// Destination prefix, `a.b.c.d/len`.
+    pub prefix: String,
+    /// Output interface.
+    pub dev: String,
+    /// Gateway, if not on-link.
+    pub gateway: Option<Ipv4Addr>,
+    /// Preferred source address.
+    pub src: Option<Ipv4Addr>,
+    /// Metric.
+    pub metric: u32,
+    /// The uplink port on that interface, if one is on the switch.
+    pub uplink: Option<String>,
+}
+
+/// A resolved neighbour, as `tnl-neigh-show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TunnelNeighbour {
+    /// The next hop's address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: String,
+    /// The uplink port it was learnt on.
+    pub uplink: String,
+    /// Seconds since it was last heard from.
+    pub age_s: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Route4 {
+    dst: u32,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+    oif: Option<u32>,
+    prefsrc: Option<Ipv4Addr>,
+    metric: u32,
+}
+
+impl Route4 {
+    fn covers(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+        u32::from(ip) & mask == self.dst & mask
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Neigh {
+    mac: MacAddr,
+    learned_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Neighbours {
+    known: HashMap<Ipv4Addr, (Neigh, Arc<str>)>,
+    /// When each address was last asked for.
+    asked: HashMap<Ipv4Addr, u64>,
+}
+
+/// The switch's native-tunnelling state: routes, neighbours, uplinks.
+#[derive(Debug)]
+pub(crate) struct Native {
+    routes: RwLock<Vec<Route4>>,
+    /// Interface names by index, from the last refresh.
+    ifnames: RwLock<HashMap<u32, String>>,
+    neigh: Mutex<Neighbours>,
+    /// Bumped whenever a route or neighbour changes: ports' caches
+    /// compare it.
+    generation: AtomicU64,
+    /// The slow path's clock, for the datapath threads' ARP timing.
+    now_ms: AtomicU64,
+    aging_ms: AtomicU64,
+    /// Something asked for the kernel's tables to be read again.
+    stale: AtomicBool,
+    /// Uplinks tunnels use, by port name.
+    uplinks: Mutex<HashMap<String, Weak<Uplink>>>,
+    /// Every port of the switch, for uplinks to bind to.
+    ports: Mutex<HashMap<String, PortRef>>,
+    /// The slow half has been handed to the switch.
+    upkeep_taken: AtomicBool,
+}
+
+impl Default for Native {
+    fn default() -> Self {
+        Native {
+            routes: RwLock::default(),
+            ifnames: RwLock::default(),
+            neigh: Mutex::default(),
+            generation: AtomicU64::new(1),
+            now_ms: AtomicU64::new(0),
+            aging_ms: AtomicU64::new(DEFAULT_NEIGH_AGING_S * 1000),
+            stale: AtomicBool::new(true),
+            uplinks: Mutex::default(),
+            ports: Mutex::default(),
+            upkeep_taken: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A port of the switch an uplink can bind to.
+#[derive(Debug, Clone)]
+pub(crate) struct PortRef {
+    pub(crate) port: Weak<Mutex<Box<dyn Port>>>,
+    pub(crate) counters: Arc<PortCounters>,
+    pub(crate) kind: &'static str,
+    pub(crate) bridge: String,
+}
+
+impl Native {
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn now(&self) -> u64 {
+        self.now_ms.load(Ordering::Relaxed)
+    }
+
+    /// The slow half (route and address refresh, neighbour aging), once.
+    pub(crate) fn take_upkeep(self: &Arc<Self>) -> Option<Box<dyn Upkeep>> {
+        if self.upkeep_taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Box::new(NativeUpkeep { native: self.clone(), monitor: None, rtnl: None, next_sweep_ms: 0 }))
+    }
+
+    /// A port joined the switch.
+    pub(crate) fn port_added(&self, name: &str, r: PortRef) {
+        lock(&self.ports).insert(name.to_string(), r.clone());
+        if let Some(up) = lock(&self.uplinks).get(name).and_then(Weak::upgrade) {
+            up.bind(Some(r));
+            self.stale.store(true, Ordering::Release);
+            self.bump();
+        }
+    }
+
+    /// A port left the switch.
+    pub(crate) fn port_removed(&self, name: &str) {
+        lock(&self.ports).remove(name);
+        if let Some(up) = lock(&self.uplinks).get(name).and_then(Weak::upgrade) {
+            up.bind(None);
+            self.bump();
+        }
+    }
+
+    /// The bridge and type of port `name`, if it is on the switch.
+    pub(crate) fn port_info(&self, name: &str) -> Option<(String, &'static str)> {
+        lock(&self.ports).get(name).map(|r| (r.bridge.clone(), r.kind))
+    }
+
+    /// The uplink for port `name`, made (and bound, if the port is there)
+    /// if no tunnel uses it yet.
+    fn uplink(self: &Arc<Self>, name: &str) -> Arc<Uplink> {
+        let mut all = lock(&self.uplinks);
+        all.retain(|_, w| w.strong_count() > 0);
+        if let Some(u) = all.get(name).and_then(Weak::upgrade) {
+            return u;
+        }
+        let u = Arc::new(Uplink {
+            name: name.into(),
+            native: Arc::downgrade(self),
+            bound: Mutex::new(None),
+            members: Mutex::default(),
+            info: RwLock::new(UplinkInfo::derived(name)),
+        });
+        all.insert(name.to_string(), Arc::downgrade(&u));
+        drop(all);
+        if let Some(r) = lock(&self.ports).get(name).cloned() {
+            u.bind(Some(r));
+        }
+        u.refresh_info(&mut Rtnl::open().ok());
+        self.stale.store(true, Ordering::Release);
+        u
+    }
+
+    /// Sets the neighbour aging time.
+    pub(crate) fn set_aging(&self, seconds: u64) {
+        self.aging_ms.store(seconds.max(1) * 1000, Ordering::Relaxed);
+    }
+
+    /// The neighbour aging time, in seconds.
+    pub(crate) fn aging(&self) -> u64 {
+        self.aging_ms.load(Ordering::Relaxed) / 1000
+    }
+
+    /// Forgets every neighbour; returns how many there were.
+    pub(crate) fn flush_neighbours(&self) -> usize {
+        let mut n = lock(&self.neigh);
+        let had = n.known.len();
+        n.known.clear();
+        n.asked.clear();
+        drop(n);
+        self.bump();
+        had
+    }
+
+    /// The neighbour cache, by address.
+    pub(crate) fn neighbours(&self) -> Vec<TunnelNeighbour> {
+        let now = self.now();
+        let mut v: Vec<_> = lock(&self.neigh)
+            .known
+            .iter()
+            .map(|(ip, (n, up))| TunnelNeighbour {
+                ip: *ip,
+                mac: n.mac.to_string(),
+                uplink: up.to_string(),
+                age_s: now.saturating_sub(n.learned_ms) / 1000,
+            })
+            .collect();
+        v.sort_by_key(|n| n.ip);
+        v
+    }
+
+    /// The IPv4 routes the tunnels choose from, most specific first.
+    pub(crate) fn routes(&self) -> Vec<TunnelRoute> {
+        if self.stale.load(Ordering::Acquire) || self.routes.read().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            // Nobody has read them yet (no native tunnel, or a moment ago).
+            self.refresh(&mut Rtnl::open().ok());
+        }
+        let names = self.ifnames.read().unwrap_or_else(|e| e.into_inner());
+        let uplinks: HashMap<u32, String> = lock(&self.uplinks)
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter_map(|u| Some((u.info().ifindex?, u.name.to_string())))
+            .collect();
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| TunnelRoute {
+                prefix: format!("{}/{}", Ipv4Addr::from(r.dst), r.prefix),
+                dev: r.oif.and_then(|i| names.get(&i).cloned()).unwrap_or_else(|| "?".into()),
+                gateway: r.gateway,
+                src: r.prefsrc,
+                metric: r.metric,
+                uplink: r.oif.and_then(|i| uplinks.get(&i).cloned()),
+            })
+            .collect()
+    }
+
+    /// Reads the kernel's routes and the uplinks' interfaces again.
+    fn refresh(&self, rtnl: &mut Option<Rtnl>) {
+        self.stale.store(false, Ordering::Release);
+        if rtnl.is_none() {
+            *rtnl = Rtnl::open().ok();
+        }
+        let Some(r) = rtnl.as_mut() else { return };
+        match r.routes() {
+            Ok(all) => {
+                let mut v: Vec<Route4> = all
+                    .into_iter()
+                    .filter_map(|r| match r.dst {
+                        IpAddr::V4(d) => Some(Route4 {
+                            dst: u32::from(d),
+                            prefix: r.prefix,
+                            gateway: r.gateway.and_then(v4),
+                            oif: r.oif,
+                            prefsrc: r.prefsrc.and_then(v4),
+                            metric: r.metric,
+                        }),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                v.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.metric.cmp(&b.metric)));
+                *self.routes.write().unwrap_or_else(|e| e.into_inner()) = v;
+            }
+            Err(_) => *rtnl = None,
+        }
+        *self.ifnames.write().unwrap_or_else(|e| e.into_inner()) = interface_names();
+        let ups: Vec<_> = lock(&self.uplinks).values().filter_map(Weak::upgrade).collect();
+        for u in ups {
+            u.refresh_info(rtnl);
+        }
+        self.bump();
+    }
+
+    /// The route to `ip`.
+    fn route(&self, ip: Ipv4Addr) -> Option<Route4> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.covers(ip)).copied()
+    }
+
+    /// Records that `ip` is at `mac` behind `uplink`.
+    fn learn(&self, ip: Ipv4Addr, mac: MacAddr, uplink: &Arc<str>, only_known: bool) {
+        if ip.is_unspecified() || !mac.is_unicast() {
+            return;
+        }
+        let now = self.now();
+        let mut n = lock(&self.neigh);
+        match n.known.get_mut(&ip) {
+            Some((e, up)) => {
+                *e = Neigh { mac, learned_ms: now };
+                *up = uplink.clone();
+            }
+            None if only_known => return,
+            None => {
+                n.known.insert(ip, (Neigh { mac, learned_ms: now }, uplink.clone()));
+            }
+        }
+        n.asked.remove(&ip);
+        drop(n);
+        // Even a refresh changes what ports cached (when to ask again).
+        self.bump();
+    }
+
+    /// The neighbour `ip`, and whether to ask for it (none known, or known
+    /// and half aged), at most once a second.
+    fn neighbour(&self, ip: Ipv4Addr) -> (Option<Neigh>, bool) {
+        let now = self.now();
+        let aging = self.aging_ms.load(Ordering::Relaxed);
+        let mut n = lock(&self.neigh);
+        let known = n.known.get(&ip).map(|(e, _)| *e).filter(|e| now.saturating_sub(e.learned_ms) < aging);
+        let due = known.is_none_or(|e| now.saturating_sub(e.learned_ms) >= aging / 2);
+        let ask = due && n.asked.get(&ip).is_none_or(|&t| now.saturating_sub(t) >= ASK_EVERY_MS);
+        if ask {
+            n.asked.insert(ip, now);
+        }
+        (known, ask)
+    }
+
+    /// Forgets entries older than the aging time; true if any.
+    fn age(&self) -> bool {
+        let now = self.now();
+        let aging = self.aging_ms.load(Ordering::Relaxed);
+        let mut n = lock(&self.neigh);
+        let had = n.known.len();
+        n.known.retain(|_, (e, _)| now.saturating_sub(e.learned_ms) < aging);
+        n.asked.retain(|_, t| now.saturating_sub(*t) < 60_000);
+        had != n.known.len()
+    }
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Interface names by index, from sysfs.
+fn interface_names() -> HashMap<u32, String> {
+    let mut out = HashMap::new();
+    for e in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(i) = std::fs::read_to_string(e.path().join("ifindex")).ok().and_then(|s| s.trim().parse().ok()) {
+            out.insert(i, name);
+        }
+    }
+    out
+}
+
+/// The native tunnelling slow half: every 100 ms, the kernel's tables read
+/// again if rtnetlink said they changed, and neighbours aged.
+struct NativeUpkeep {
+    native: Arc<Native>,
+    monitor: Option<RtnlMonitor>,
+    rtnl: Option<Rtnl>,
+    next_sweep_ms: u64,
+}
+
+impl Upkeep for NativeUpkeep {
+    fn run(&mut self, now_ms: u64) {
+        let n = &self.native;
+        n.now_ms.store(now_ms, Ordering::Relaxed);
+        if self.monitor.is_none() {
+            self.monitor = RtnlMonitor::open().ok();
+            n.stale.store(true, Ordering::Release);
+        }
+        let announced = self.monitor.as_mut().is_some_and(RtnlMonitor::changed);
+        if announced || n.stale.load(Ordering::Acquire) {
+            n.refresh(&mut self.rtnl);
+        }
+        if now_ms >= self.next_sweep_ms {
+            self.next_sweep_ms = now_ms + 1_000;
+            if n.age() {
+                n.bump();
+            }
+        }
+    }
+}
+
+/// What an uplink's interface is.
+#[derive(Debug, Clone)]
+struct UplinkInfo {
+    ifindex: Option<u32>,
+    mac: MacAddr,
+    mtu: u32,
+    /// Its IPv4 addresses.
+    addrs: Vec<Ipv4Addr>,
+}
+
+impl UplinkInfo {
+    /// For a port with no kernel interface (an in-process uplink): a
+    /// locally administered MAC from its name, 1500 bytes, no address.
+    fn derived(name: &str) -> UplinkInfo {
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let b = h.to_be_bytes();
+        UplinkInfo { ifindex: None, mac: MacAddr([0x02, b[1], b[2], b[3], b[4], b[5]]), mtu: 1500, addrs: Vec::new() }
+    }
+}
+
+/// The port an uplink sends through, while it is on the switch.
+#[derive(Debug)]
+struct Bound {
+    port: Weak<Mutex<Box<dyn Port>>>,
+    counters: Arc<PortCounters>,
+    /// The kernel sees what the port receives (AF_PACKET) and answers ARP
+    /// for its own addresses.
+    kernel_sees: bool,
+}
+
+/// A tunnel port receiving through an uplink.
+struct NativeMember {
+    m: Member,
+    encap: Encap,
+    local: Option<Ipv4Addr>,
+    dst_port: u16,
+}
+
+impl std::fmt::Debug for NativeMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeMember").field("name", &self.m.name).field("queued", &self.m.queue.len()).finish()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Members {
+    list: Vec<NativeMember>,
+    next_id: u64,
+}
+
+/// An uplink: a port of the switch that native tunnels send and receive
+/// through.
+#[derive(Debug)]
+pub(crate) struct Uplink {
+    name: Arc<str>,
+    native: Weak<Native>,
+    bound: Mutex<Option<Bound>>,
+    members: Mutex<Members>,
+    info: RwLock<UplinkInfo>,
+}
+
+/// On every port: the uplink its received bursts go through first, if
+/// native tunnels use it.
+#[derive(Debug, Default)]
+pub(crate) struct UplinkHook {
+    on: AtomicBool,
+    to: Mutex<Option<Arc<Uplink>>>,
+}
+
+impl UplinkHook {
+    /// The uplink, if the port is one (one relaxed load if it is not).
+    #[inline]
+    pub(crate) fn get(&self) -> Option<Arc<Uplink>> {
+        if !self.on.load(Ordering::Relaxed) {
+            return None;
+        }
+        lock(&self.to).clone()
+    }
+
+    fn set(&self, to: Option<Arc<Uplink>>) {
+        let mut t = lock(&self.to);
+        self.on.store(to.is_some(), Ordering::Relaxed);
+        *t = to;
+    }
+}
+
+impl Uplink {
+    fn info(&self) -> UplinkInfo {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn bind(self: &Arc<Self>, to: Option<PortRef>) {
+        let mut b = lock(&self.bound);
+        if let Some(old) = b.take() {
+            old.counters.uplink.set(None);
+        }
+        if let Some(r) = to {
+            if !lock(&self.members).list.is_empty() {
+                r.counters.uplink.set(Some(self.clone()));
+            }
+            *b = Some(Bound { port: r.port, counters: r.counters, kernel_sees: r.kind == "afpacket" });
+        }
+    }
+
+    fn refresh_info(&self, rtnl: &mut Option<Rtnl>) {
+        let Some(r) = rtnl.as_mut() else { return };
+        let Ok(link) = r.link(&self.name) else { return };
+        let info = match link {
+            Some(l) => {
+                let addrs = r
+                    .addrs()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| a.index == l.index)
+                    .filter_map(|a| v4(a.ip))
+                    .collect();
+                UplinkInfo { ifindex: Some(l.index), mac: MacAddr(l.mac), mtu: l.mtu, addrs }
+            }
+            None => UplinkInfo::derived(&self.name),
+        };
+        *self.info.write().unwrap_or_else(|e| e.into_inner()) = info;
+    }
+
+    fn link_up(&self) -> bool {
+        lock(&self.bound).as_ref().is_some_and(|b| b.port.strong_count() > 0 && b.counters.link_up.load(Ordering::Relaxed))
+    }
+
+    /// Sends finished frames out of the uplink, counted on it; the uplink's
+    /// own panic fails the uplink, not the caller.
+    fn send(&self, frames: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+        let (port, counters) = match lock(&self.bound).as_ref() {
+            Some(b) => (b.port.upgrade(), b.counters.clone()),
+            None => (None, Arc::new(PortCounters::default())),
+        };
+        let Some(port) = port else { return TxOutcome::drop_all(frames, pool, DropReason::LinkDown) };
+        if counters.failure().is_some() {
+            return TxOutcome::drop_all(frames, pool, DropReason::LinkDown);
+        }
+        let sent = {
+            let mut p = port.lock().unwrap_or_else(|e| e.into_inner());
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if p.link_up() { Some(p.tx_burst(frames, pool)) } else { None }
+            }))
+        };
+        let out = match sent {
+            Ok(Some(out)) => out,
+            Ok(None) => TxOutcome::drop_all(frames, pool, DropReason::LinkDown),
+            Err(payload) => {
+                let why = crate::datapath::thread::panic_message(&*payload);
+                counters.fail(format!("tx_burst panicked: {why}"));
+                return TxOutcome::drop_all(frames, pool, DropReason::LinkDown);
+            }
+        };
+        PortCounters::add(&counters.tx_packets, out.sent as u64);
+        PortCounters::add(&counters.tx_bytes, out.sent_bytes);
+        if out.dropped > 0 {
+            counters.count_drop(out.drop_reason.unwrap_or(DropReason::TxError), out.dropped as u64);
+        }
+        out
+    }
+
+    /// Local endpoint addresses: the tunnels' own `local_ip`s, and the
+    /// interface's addresses if a tunnel takes its default.
+    fn locals(&self, members: &Members, info: &UplinkInfo) -> HashSet<Ipv4Addr> {
+        let mut s: HashSet<Ipv4Addr> = members.list.iter().filter_map(|m| m.local).collect();
+        if members.list.iter().any(|m| m.local.is_none()) {
+            s.extend(info.addrs.iter().copied());
+        }
+        s
+    }
+
+    /// Takes out of `rx` (a burst the uplink received) what is for its
+    /// tunnels: decapsulated and queued on them. Learns from ARP and puts
+    /// answers to ARP requests for a local endpoint in `replies`, for the
+    /// uplink. What stays in `rx` goes on to its bridge. Counts what it
+    /// took as received on the uplink, and malformed or unknown tunnel
+    /// packets as dropped there.
+    pub(crate) fn intercept(
+        &self,
+        rx: &mut Vec<Packet>,
+        keep: &mut Vec<Packet>,
+        replies: &mut Vec<Packet>,
+        counters: &PortCounters,
+        pool: &mut PacketPool,
+    ) {
+        let Some(native) = self.native.upgrade() else { return };
+        let info = self.info();
+        let kernel_sees = lock(&self.bound).as_ref().is_some_and(|b| b.kernel_sees);
+        let mut members = lock(&self.members);
+        let locals = self.locals(&members, &info);
+        let (mut taken, mut taken_bytes, mut malformed, mut unknown) = (0u64, 0u64, 0u64, 0u64);
+        keep.clear();
+        for mut p in rx.drain(..) {
+            let d = p.data();
+            if d.len() < 14 {
+                keep.push(p);
+                continue;
+            }
+            match u16::from_be_bytes([d[12], d[13]]) {
+                0x0806 => {
+                    let Some(a) = Arp::parse(&d[14..]) else {
+                        keep.push(p);
+                        continue;
+                    };
+                    let for_us = locals.contains(&a.tpa);
+                    native.learn(a.spa, a.sha, &self.name, !(for_us || a.op == 2));
+                    let answer = !kernel_sees || !info.addrs.contains(&a.tpa);
+                    if a.op == 1 && for_us && answer {
+                        let mut r = pool.get();
+                        r.set_frame(&arp_frame(2, info.mac, a.tpa, a.sha, a.spa));
+                        replies.push(r);
+                        taken += 1;
+                        taken_bytes += p.len() as u64;
+                        pool.put(p);
+                    } else if a.op == 2 && for_us && a.tha == info.mac {
+                        taken += 1;
+                        taken_bytes += p.len() as u64;
+                        pool.put(p);
+                    } else {
+                        keep.push(p);
+                    }
+                }
+                0x0800 => match classify_ipv4(d, &locals, &members) {
+                    Ipv4Fate::Pass => keep.push(p),
+                    Ipv4Fate::Malformed => {
+                        malformed += 1;
+                        pool.put(p);
+                    }
+                    Ipv4Fate::Tunnel { src, dst, key, inner, end, encap, dst_port } => {
+                        taken += 1;
+                        taken_bytes += p.len() as u64;
+                        let best = members
+                            .list
+                            .iter_mut()
+                            .filter(|m| m.encap == encap && (encap == Encap::Gre || m.dst_port == dst_port))
+                            .filter(|m| m.local.is_none_or(|l| l == dst))
+                            .filter_map(|m| Some((m.m.rank(src, key)?, m)))
+                            .min_by_key(|(r, _)| *r);
+                        let Some((_, m)) = best else {
+                            unknown += 1;
+                            pool.put(p);
+                            continue;
+                        };
+                        if m.m.queue.len() >= QUEUE_MAX {
+                            m.m.overflow += 1;
+                            pool.put(p);
+                            continue;
+                        }
+                        let virtual_gso = p.offload.gso_type != 0 || p.needs_csum();
+                        p.truncate(end);
+                        p.pull_front(inner);
+                        if virtual_gso || info.ifindex.is_some_and(|_| p.len() > info.mtu as usize) {
+                            // Merged outer segments (a veth underlay):
+                            // described as the segments they stand for.
+                            let ip_mtu = info.mtu.saturating_sub(encap.overhead(key.is_some()) + 14) as usize;
+                            if !p.mark_tcp_gso(ip_mtu) {
+                                crate::wire::checksum::complete_l4_checksum(p.data_mut());
+                            }
+                        }
+                        p.tunnel = Some(TunnelMeta { id: key.unwrap_or(0) as u64, src, dst });
+                        let was_empty = m.m.queue.is_empty();
+                        m.m.queue.push_back(p);
+                        if was_empty {
+                            m.m.wakeup.notify();
+                        }
+                    }
+                },
+                _ => keep.push(p),
+            }
+        }
+        drop(members);
+        std::mem::swap(rx, keep);
+        PortCounters::add(&counters.rx_packets, taken);
+        PortCounters::add(&counters.rx_bytes, taken_bytes);
+        counters.count_drop(DropReason::TunnelMalformed, malformed);
+        counters.count_drop(DropReason::TunnelUnknown, unknown);
+    }
+}
+
+enum Ipv4Fate {
+    Pass,
+    Malformed,
+    Tunnel {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        key: Option<u32>,
+        /// Where the inner frame starts and the IP packet ends.
+        inner: usize,
+        end: usize,
+        encap: Encap,
+        dst_port: u16,
+    },
+}
+
+/// Whether an IPv4 frame is a tunnel packet for a local endpoint.
+fn classify_ipv4(d: &[u8], locals: &HashSet<Ipv4Addr>, members: &Members) -> Ipv4Fate {
+    let ip = &d[14..];
+    if ip.len() < 20 || ip[0] >> 4 != 4 {
+        return Ipv4Fate::Pass;
+    }
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    if !locals.contains(&dst) {
+        return Ipv4Fate::Pass;
+    }
+    let proto = ip[9];
+    let udp_port = |ihl: usize| ip.get(ihl + 2..ihl + 4).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let ihl = (ip[0] & 0x0f) as usize * 4;
+    let ours = match proto {
+        17 => udp_port(ihl).is_some_and(|p| {
+            members.list.iter().any(|m| m.encap == Encap::Vxlan && m.dst_port == p && m.local.is_none_or(|l| l == dst))
+        }),
+        47 => members.list.iter().any(|m| m.encap == Encap::Gre && m.local.is_none_or(|l| l == dst)),
+        _ => false,
+    };
+    if !ours {
+        return Ipv4Fate::Pass;
+    }
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
+    // A GSO frame from a virtual underlay may say 0 or less than it holds.
+    let total = if total < ihl { ip.len() } else { total.min(ip.len()) };
+    if ihl < 20 || frag != 0 || crate::packet::internet_checksum(&ip[..ihl]) != 0 {
+        return Ipv4Fate::Malformed;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    match proto {
+        17 => {
+            let udp = &ip[ihl..total];
+            if udp.len() < wire::UDP_LEN {
+                return Ipv4Fate::Malformed;
+            }
+            let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+            match wire::parse_vxlan(&udp[wire::UDP_LEN..]) {
+                Ok((vni, at)) => Ipv4Fate::Tunnel {
+                    src,
+                    dst,
+                    key: Some(vni),
+                    inner: 14 + ihl + wire::UDP_LEN + at,
+                    end: 14 + total,
+                    encap: Encap::Vxlan,
+                    dst_port,
+                },
+                Err(_) => Ipv4Fate::Malformed,
+            }
+        }
+        _ => {
+            let mut pkt = ip[..total].to_vec();
+            // parse_gre reads the total length; a merged frame's may be off.
+            pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            match wire::parse_gre(&pkt) {
+                Ok(g) => Ipv4Fate::Tunnel {
+                    src,
+                    dst,
+                    key: g.key,
+                    inner: 14 + g.inner,
+                    end: 14 + total,
+                    encap: Encap::Gre,
+                    dst_port: 0,
+                },
+                Err(Malformed::Short | Malformed::InnerTruncated | Malformed::GreHeader | Malformed::GreChecksum)
+                | Err(Malformed::VxlanFlags) => Ipv4Fate::Malformed,
+            }
+        }
+    }
+}
+
+/// The fields of an Ethernet/IPv4 ARP packet.
+struct Arp {
+    op: u16,
+    sha: MacAddr,
+    spa: Ipv4Addr,
+    tha: MacAddr,
+    tpa: Ipv4Addr,
+}
+
+impl Arp {
+    fn parse(a: &[u8]) -> Option<Arp> {
+        if a.len() < 28 || a[0..2] != [0, 1] || a[2..4] != [8, 0] || a[4] != 6 || a[5] != 4 {
+            return None;
+        }
+        Some(Arp {
+            op: u16::from_be_bytes([a[6], a[7]]),
+            sha: MacAddr::from_slice(&a[8..14]),
+            spa: Ipv4Addr::new(a[14], a[15], a[16], a[17]),
+            tha: MacAddr::from_slice(&a[18..24]),
+            tpa: Ipv4Addr::new(a[24], a[25], a[26], a[27]),
+        })
+    }
+}
+
+/// An ARP request (op 1, broadcast) or reply (op 2, to `dst_mac`).
+fn arp_frame(op: u16, src_mac: MacAddr, src_ip: Ipv4Addr, dst_mac: MacAddr, dst_ip: Ipv4Addr) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    let eth_dst = if op == 1 { MacAddr::BROADCAST } else { dst_mac };
+    let tha = if op == 1 { MacAddr::ZERO } else { dst_mac };
+    f[0..6].copy_from_slice(&eth_dst.0);
+    f[6..12].copy_from_slice(&src_mac.0);
+    f[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, op as u8]);
+    f[22..28].copy_from_slice(&src_mac.0);
+    f[28..32].copy_from_slice(&src_ip.octets());
+    f[32..38].copy_from_slice(&tha.0);
+    f[38..42].copy_from_slice(&dst_ip.octets());
+    f
+}
+
+/// What a native port resolved for one remote.
+#[derive(Debug, Clone, Copy)]
+struct Hop {
+    generation: u64,
+    /// Until when a miss stands (a hit stands until the generation moves).
+    until_ms: u64,
+    /// The outer Ethernet and IPv4 headers, lengths and checksum to fill.
+    head: Result<[u8; OUTER_L3], DropReason>,
+    /// The neighbour is due to be asked for again.
+    refresh_at_ms: u64,
+    next_hop: Ipv4Addr,
+    src: Ipv4Addr,
+}
+
+/// A VXLAN or GRE port sending and receiving through an uplink.
+pub struct NativeTunnelPort {
+    cfg: TunnelConfig,
+    native: Arc<Native>,
+    uplink: Arc<Uplink>,
+    id: u64,
+    hops: HashMap<Ipv4Addr, Hop>,
+    ip_id: u16,
+    frames: Vec<Packet>,
+    overflow_seen: u64,
+    status: PortStatus,
+    no_route: u64,
+    no_neigh: u64,
+}
+
+impl std::fmt::Debug for NativeTunnelPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeTunnelPort").field("cfg", &self.cfg).field("uplink", &self.uplink.name).finish()
+    }
+}
+
+impl NativeTunnelPort {
+    /// Opens native tunnel port `name` on the uplink its config names.
+    pub(crate) fn open(
+        name: &str,
+        cfg: TunnelConfig,
+        native: &Arc<Native>,
+        wakeup: Arc<Wakeup>,
+        status: PortStatus,
+    ) -> Result<NativeTunnelPort> {
+        let up_name = cfg.uplink.clone().ok_or_else(|| Error::invalid("option", "a native tunnel needs an uplink"))?;
+        let uplink = native.uplink(&up_name);
+        let mut ms = lock(&uplink.members);
+        let dst_port = if cfg.encap == Encap::Vxlan { cfg.dst_port } else { 0 };
+        if let Some(m) = ms.list.iter().find(|m| {
+            m.encap == cfg.encap
+                && m.dst_port == dst_port
+                && m.local == cfg.local
+                && m.m.remote == cfg.remote
+                && m.m.key == cfg.in_key
+        }) {
+            return Err(Error::invalid(
+                "tunnel",
+                format!("port '{}' already receives this remote_ip and key through uplink '{up_name}'", m.m.name),
+            ));
+        }
+        ms.next_id += 1;
+        let id = ms.next_id;
+        ms.list.push(NativeMember {
+            m: Member {
+                id,
+                name: name.to_string(),
+                remote: cfg.remote,
+                key: cfg.in_key,
+                queue: VecDeque::new(),
+                overflow: 0,
+                wakeup,
+            },
+            encap: cfg.encap,
+            local: cfg.local,
+            dst_port,
+        });
+        drop(ms);
+        if let Some(b) = lock(&uplink.bound).as_ref() {
+            b.counters.uplink.set(Some(uplink.clone()));
+        }
+        status.set_info("uplink", &up_name);
+        let p = NativeTunnelPort {
+            cfg,
+            native: native.clone(),
+            uplink,
+            id,
+            hops: HashMap::new(),
+            ip_id: 0,
+            frames: Vec::new(),
+            overflow_seen: 0,
+            status,
+            no_route: 0,
+            no_neigh: 0,
+        };
+        p.show_status();
+        Ok(p)
+    }
+
+    fn show_status(&self) {
+        let info = self.uplink.info();
+        let keyed = self.cfg.out_key != Key::None;
+        let inner = info.mtu.saturating_sub(self.cfg.encap.overhead(keyed) + 14);
+        self.status.set_info("inner_mtu", inner);
+        let local = self.cfg.local.or_else(|| info.addrs.first().copied());
+        let port = if self.cfg.encap == Encap::Vxlan { format!(":{}", self.cfg.dst_port) } else { String::new() };
+        match local {
+            Some(l) => self.status.set_info("local_endpoint", format!("{l}{port}")),
+            None => self.status.set_info("local_endpoint", format!("none (uplink has no IPv4 address){port}")),
+        }
+    }
+
+    /// The outer headers towards `remote`, from the cache or resolved
+    /// again; an ARP request for the next hop goes into `self.frames`
+    /// when one is due.
+    fn hop(&mut self, remote: Ipv4Addr, pool: &mut PacketPool) -> Result<[u8; OUTER_L3], DropReason> {
+        let generation = self.native.generation.load(Ordering::Acquire);
+        let now = self.native.now();
+        if let Some(h) = self.hops.get(&remote)
+            && h.generation == generation
+            && (h.head.is_ok() || now < h.until_ms)
+        {
+            if h.head.is_ok() && now >= h.refresh_at_ms {
+                // Half aged and in use: ask again while it still works.
+                let (next, src) = (h.next_hop, h.src);
+                if self.native.neighbour(next).1 {
+                    self.ask(src, next, pool);
+                }
+                if let Some(h) = self.hops.get_mut(&remote) {
+                    h.refresh_at_ms = now + ASK_EVERY_MS;
+                }
+            }
+            return self.hops[&remote].head;
+        }
+        let hop = self.resolve(remote, generation, now, pool);
+        self.hops.insert(remote, hop);
+        hop.head
+    }
+
+    fn resolve(&mut self, remote: Ipv4Addr, generation: u64, now: u64, pool: &mut PacketPool) -> Hop {
+        let info = self.uplink.info();
+        let miss = |why, next_hop, src| Hop {
+            generation,
+            until_ms: now + MISS_RETRY_MS,
+            head: Err(why),
+            refresh_at_ms: u64::MAX,
+            next_hop,
+            src,
+        };
+        let (next_hop, prefsrc) = match info.ifindex {
+            // No kernel interface (an in-process uplink): on-link.
+            None => (remote, None),
+            Some(ifindex) => match self.native.route(remote) {
+                Some(r) if r.oif == Some(ifindex) => (r.gateway.unwrap_or(remote), r.prefsrc),
+                _ => return miss(DropReason::TunnelNoRoute, remote, Ipv4Addr::UNSPECIFIED),
+            },
+        };
+        let Some(src) = self.cfg.local.or(prefsrc).or_else(|| info.addrs.first().copied()) else {
+            return miss(DropReason::TunnelNoRoute, next_hop, Ipv4Addr::UNSPECIFIED);
+        };
+        let (neigh, ask) = self.native.neighbour(next_hop);
+        if ask {
+            self.ask(src, next_hop, pool);
+        }
+        let Some(n) = neigh else { return miss(DropReason::TunnelNoNeighbour, next_hop, src) };
+        let mut h = [0u8; OUTER_L3];
+        h[0..6].copy_from_slice(&n.mac.0);
+        h[6..12].copy_from_slice(&info.mac.0);
+        h[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut h[14..];
+        ip[0] = 0x45;
+        ip[1] = self.cfg.tos;
+        ip[6] = 0x40; // DF
+        ip[8] = self.cfg.ttl;
+        ip[9] = if self.cfg.encap == Encap::Vxlan { 17 } else { 47 };
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&remote.octets());
+        let aging = self.native.aging_ms.load(Ordering::Relaxed);
+        Hop { generation, until_ms: u64::MAX, head: Ok(h), refresh_at_ms: n.learned_ms + aging / 2, next_hop, src }
+    }
+
+    fn ask(&mut self, src: Ipv4Addr, ip: Ipv4Addr, pool: &mut PacketPool) {
+        let mac = self.uplink.info().mac;
+        let mut p = pool.get();
+        p.set_frame(&arp_frame(1, mac, src, MacAddr::ZERO, ip));
+        self.frames.push(p);
+    }
+}
+
+impl Drop for NativeTunnelPort {
+    fn drop(&mut self) {
+        let mut ms = lock(&self.uplink.members);
+        ms.list.retain(|m| m.m.id != self.id);
+        let empty = ms.list.is_empty();
+        drop(ms);
+        if empty && let Some(b) = lock(&self.uplink.bound).as_ref() {
+            b.counters.uplink.set(None);
+        }
+    }
+}
+
+impl Port for NativeTunnelPort {
+    fn kind(&self) -> &'static str {
+        self.cfg.encap.name()
+    }
+
+    fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, _pool: &mut PacketPool) -> usize {
+        let mut ms = lock(&self.uplink.members);
+        let Some(me) = ms.list.iter_mut().find(|m| m.m.id == self.id) else { return 0 };
+        let n = me.m.queue.len().min(max);
+        batch.extend(me.m.queue.drain(..n));
+        n
+    }
+
+    fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+        let mut out = TxOutcome::default();
+        let mtu = self.uplink.info().mtu as usize;
+        let keyed = |k: Key, p: &Packet| match k {
+            Key::None => None,
+            Key::Fixed(k) => Some(k),
+            Key::Flow => Some(p.tunnel.map_or(0, |t| t.id as u32)),
+        };
+        let drop = |out: &mut TxOutcome, p: Packet, why: DropReason, pool: &mut PacketPool| {
+            out.dropped += 1;
+            out.drop_reason = Some(why);
+            pool.put(p);
+        };
+        let mut inner_bytes = Vec::with_capacity(batch.len());
+        let mut arps = 0;
+        for mut p in std::mem::take(batch) {
+            let remote = match self.cfg.remote {
+                Remote::Ip(a) => Some(a),
+                Remote::Flow => p.tunnel.map(|t| t.dst).filter(|a| !a.is_unspecified()),
+            };
+            let Some(remote) = remote else {
+                drop(&mut out, p, DropReason::TunnelNoRemote, pool);
+                continue;
+            };
+            let before = self.frames.len();
+            let head = self.hop(remote, pool);
+            arps += self.frames.len() - before;
+            let head = match head {
+                Ok(h) => h,
+                Err(why) => {
+                    match why {
+                        DropReason::TunnelNoRoute => self.no_route += 1,
+                        _ => self.no_neigh += 1,
+                    }
+                    drop(&mut out, p, why, pool);
+                    continue;
+                }
+            };
+            let inner = p.len();
+            let (l4, l4_len) = match self.cfg.encap {
+                Encap::Vxlan => {
+                    let src = wire::src_port(wire::flow_hash(p.data()));
+                    let vni = keyed(self.cfg.out_key, &p).unwrap_or(0) & 0xff_ffff;
+                    let mut b = [0u8; 16];
+                    b[..8].copy_from_slice(&wire::udp_header(src, self.cfg.dst_port, wire::VXLAN_LEN + inner));
+                    b[8..].copy_from_slice(&wire::vxlan_header(vni));
+                    (b, 16)
+                }
+                Encap::Gre => {
+                    let (g, n) = wire::gre_header(keyed(self.cfg.out_key, &p));
+                    let mut b = [0u8; 16];
+                    b[..n].copy_from_slice(&g[..n]);
+                    (b, n)
+                }
+            };
+            let ip_len = 20 + l4_len + inner;
+            if ip_len > mtu {
+                drop(&mut out, p, DropReason::TooBig, pool);
+                continue;
+            }
+            self.ip_id = self.ip_id.wrapping_add(1);
+            let h = p.push_front(OUTER_L3 + l4_len);
+            h[..OUTER_L3].copy_from_slice(&head);
+            h[OUTER_L3..].copy_from_slice(&l4[..l4_len]);
+            h[16..18].copy_from_slice(&(ip_len as u16).to_be_bytes());
+            h[18..20].copy_from_slice(&self.ip_id.to_be_bytes());
+            let csum = crate::packet::internet_checksum(&h[14..34]);
+            h[24..26].copy_from_slice(&csum.to_be_bytes());
+            p.tunnel = None;
+            inner_bytes.push(inner as u64);
+            self.frames.push(p);
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        let tunneled = frames.len() - arps;
+        let bytes: u64 = inner_bytes.iter().sum();
+        let sent = self.uplink.send(&mut frames, pool);
+        self.frames = frames;
+        // The uplink counts the outer frames; this port the inner ones it
+        // handed over (all or, if the uplink dropped some, in proportion).
+        let dropped_by_uplink = (tunneled + arps).saturating_sub(sent.sent).min(tunneled);
+        out.sent += tunneled - dropped_by_uplink;
+        out.sent_bytes += if dropped_by_uplink == 0 { bytes } else { bytes * out.sent as u64 / tunneled.max(1) as u64 };
+        if dropped_by_uplink > 0 {
+            out.dropped += dropped_by_uplink;
+            out.drop_reason = sent.drop_reason.or(Some(DropReason::TxError));
+        }
+        out
+    }
+
+    fn rx_pending(&self) -> bool {
+        lock(&self.uplink.members).list.iter().any(|m| m.m.id == self.id && !m.m.queue.is_empty())
+    }
+
+    fn link_up(&self) -> bool {
+        self.uplink.link_up()
+    }
+
+    fn housekeeping(&mut self, _now_ms: u64) {
+        self.show_status();
+    }
+
+    fn take_rx_drops(&mut self, count: &mut dyn FnMut(DropReason, u64)) {
+        let overflow = lock(&self.uplink.members).list.iter().find(|m| m.m.id == self.id).map_or(0, |m| m.m.overflow);
+        count(DropReason::RxRingFull, overflow - self.overflow_seen);
+        self.overflow_seen = overflow;
+    }
+}
+
+/// Checks that the native tunnel `spec` could be added to `bridge`: its
+/// uplink is not a tunnel and not on the same bridge (the overlay would
+/// loop into its own underlay).
+pub(crate) fn check_uplink(native: &Native, bridge: &str, uplink: &str, must_exist: bool) -> Result<()> {
+    match native.port_info(uplink) {
+        Some((b, _)) if b == bridge => Err(Error::invalid(
+            "option",
+            format!("uplink={uplink}: the uplink must be on another bridge than the tunnel ('{bridge}')"),
+        )),
+        Some((_, kind)) if kind == "vxlan" || kind == "gre" => {
+            Err(Error::invalid("option", format!("uplink={uplink}: a tunnel port cannot be an uplink")))
+        }
+        None if must_exist => Err(Error::invalid("option", format!("uplink={uplink}: no such port on the switch"))),
+        _ => Ok(()),
+    }
+}
