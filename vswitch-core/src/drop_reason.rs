@@ -138,7 +138,7 @@ impl DropReason {
             DropReason::MirrorOutput => "mirror_output",
             DropReason::PortFailed => "port_failed",
             DropReason::TunnelNoRoute => "tunnel_no_route",
-            DropReason::TunnelNoNeighbour => "tunnel_neigh_miss",
+            DropReason::TunnelNoNeighbour => "tunnel_no_neighbour",
         }
     }
 }

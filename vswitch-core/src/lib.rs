@@ -56,14 +56,15 @@ pub use datapath::perf::PmdStats;
 pub use error::{Error, ErrorKind, Outcome, Result};
 pub use packet::Packet;
 pub use port::memory::MemoryPortHandle;
+pub use port::tunnel::native::{TunnelNeighbour, TunnelRoute};
 pub use port::{DropReason, PortConfig, PortNo, VlanMode, VlanModeName};
 /// The smoltcp this crate is built with (memory ports implement its
 /// `phy::Device`): use it, rather than a version of your own, for the
 /// adapter's types to match.
 pub use smoltcp;
 pub use switch::{
-    BridgeInfo, BridgeStats, DEFAULT_DATAPATH_TIMEOUT, DatapathThreadInfo, Health, IdlePolicy, MAX_MIRRORS, MirrorInfo,
-    MAX_NEIGH_AGING_S, OnOpenError, PortHealth, PortInfo, PortState, PortStats, Switch, SwitchBuilder, SwitchStats,
+    BridgeInfo, BridgeStats, DEFAULT_DATAPATH_TIMEOUT, DatapathThreadInfo, Health, IdlePolicy, MAX_MIRRORS,
+    MAX_NEIGH_AGING_S, MirrorInfo, OnOpenError, PortHealth, PortInfo, PortState, PortStats, Switch, SwitchBuilder,
+    SwitchStats,
 };
-pub use port::tunnel::native::{TunnelNeighbour, TunnelRoute};
 pub use wire::MacAddr;

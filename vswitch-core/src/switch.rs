@@ -993,8 +993,7 @@ impl Switch {
             let mut reg = self.registry();
             let br = reg.bridges.get_mut(bridge).expect("bridges change only under the change lock");
             let upkeep = upkeep.map(|u| self.slow.add(u, upkeep_failed(counters.clone())));
-            let uplink_ref =
-                PortRef { port: weak, counters: counters.clone(), kind, bridge: bridge.to_string() };
+            let uplink_ref = PortRef { port: weak, counters: counters.clone(), kind, bridge: bridge.to_string() };
             br.ports.insert(
                 name.to_string(),
                 PortEntry {

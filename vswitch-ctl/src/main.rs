@@ -636,8 +636,13 @@ fn dump_ports_text(s: &Value) -> String {
         for p in &ports {
             let sum = |dir: &str| -> u64 {
                 let dir_of = |r: &str| match r {
-                    "tx_queue_full" | "link_down" | "too_big" | "tx_error" | "tunnel_no_remote" | "tunnel_no_route"
-                    | "tunnel_neigh_miss" => "tx",
+                    "tx_queue_full"
+                    | "link_down"
+                    | "too_big"
+                    | "tx_error"
+                    | "tunnel_no_remote"
+                    | "tunnel_no_route"
+                    | "tunnel_no_neighbour" => "tx",
                     _ => "rx",
                 };
                 p["drops"]

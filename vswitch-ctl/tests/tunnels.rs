@@ -20,6 +20,7 @@ use vswitch_tests::netns::{NetNs, iperf3, unique, veth_between};
 struct Hosts {
     a: NetNs,
     b: NetNs,
+    a_if: String,
     b_if: String,
     subnet: u8,
 }
@@ -33,7 +34,7 @@ impl Hosts {
             ns.run(&["ip", "addr", "add", &format!("192.168.{subnet}.{ip}/24"), "dev", dev]);
             ns.run(&["ip", "link", "set", "lo", "up"]);
         }
-        Hosts { a, b, b_if, subnet }
+        Hosts { a, b, a_if, b_if, subnet }
     }
 
     fn ip(&self, host: u8) -> String {
@@ -404,4 +405,209 @@ fn the_overlay_example_runs() {
     let text = common::run_script("examples/overlay.sh");
     assert_eq!(text.matches(": ok").count(), 12, "every pair of containers: {text}");
     assert!(text.ends_with("overlay ok\n"), "{text}");
+}
+
+/// The MAC of `dev` in `ns`.
+fn mac_of(ns: &NetNs, dev: &str) -> String {
+    let out = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Native tunnelling against the kernel's vxlan: host A's switch sends and
+/// receives VXLAN through an uplink port of type `uplink_type` on its
+/// underlay interface (its own outer headers, next hop resolved by ARP),
+/// host B is the kernel's vxlan device and bridge.
+fn native_vxlan_interop(subnet: u8, uplink_type: &str) {
+    let h = Hosts::new(subnet);
+    let vni = (subnet as u32 + 100).to_string();
+    let (ca, pa, cb) = kernel_vxlan_site(&h, &vni);
+    let c_b = format!("10.{subnet}.0.2");
+    let c_a = format!("10.{subnet}.0.1");
+    let d = Daemon::start_netns(&h.a);
+    let ty = format!("type={uplink_type}");
+    d.ok(&["add-br", "br-phy", "--", "add-port", "br-phy", &h.a_if, &ty]);
+    d.ok(&["add-br", "br0", "--", "add-port", "br0", &pa]);
+    let (remote, key, uplink) =
+        (format!("options:remote_ip={}", h.ip(2)), format!("options:key={vni}"), format!("options:uplink={}", h.a_if));
+    d.ok(&["add-port", "br0", "vxa", "type=vxlan", &remote, &key, &uplink]);
+    let row = port_row(&d, "br0", "vxa");
+    assert_eq!(row["status"]["uplink"], h.a_if.as_str(), "{row}");
+    assert_eq!(row["status"]["local_endpoint"], format!("{}:4789", h.ip(1)), "{row}");
+    assert_eq!(row["status"]["inner_mtu"], "1450", "{row}");
+    // The tunnel's next hop: the connected route through the uplink.
+    let routes = d.ok(&["tnl-route-show"]);
+    assert!(routes.contains(&format!("192.168.{subnet}.0/24 dev {} ", h.a_if)), "{routes}");
+    assert!(routes.contains(&format!("uplink {}", h.a_if)), "{routes}");
+
+    let dump = capture(&h.b, &h.b_if, &format!("src host {} and udp port 4789", h.ip(1)), 4);
+    assert!(ca.ping(&c_b, 3), "container A -> container B over native VXLAN ({uplink_type} uplink)");
+    assert!(cb.ping(&c_a, 3), "and back");
+    let seen = captured(dump);
+    assert!(seen.contains(&format!("VXLAN, flags [I] (0x08), vni {vni}")), "tcpdump decodes our VXLAN: {seen}");
+    assert!(seen.contains(&format!("{}.", h.ip(1))) && seen.contains(".4789:"), "outer UDP to 4789: {seen}");
+    assert!(seen.contains("udp sum ok") || seen.contains("[no cksum]"), "outer UDP checksum: {seen}");
+
+    // Resolved by ARP: host B's MAC behind the uplink.
+    let neigh = d.json(&["tnl-neigh-show"]);
+    let b_mac = mac_of(&h.b, &h.b_if);
+    assert!(
+        neigh
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["ip"] == h.ip(2) && n["mac"] == b_mac.as_str() && n["uplink"] == h.a_if.as_str()),
+        "{neigh} (want {} at {b_mac})",
+        h.ip(2)
+    );
+
+    // TCP both ways.
+    for (from, to, ip) in [(&ca, &cb, &c_b), (&cb, &ca, &c_a)] {
+        let r = iperf3(from, to, ip, 2);
+        let stats = d.json(&["stats"]);
+        assert!(
+            r.bytes > 5_000_000,
+            "iperf3 across native VXLAN ({uplink_type}): {}; {stats}",
+            r.output.chars().take(600).collect::<String>()
+        );
+    }
+
+    // The outer frames went through the uplink port and were counted there
+    // (and the tunnel's own packets on the tunnel port).
+    let up = d.json(&["stats", "br-phy", &h.a_if]);
+    let up = &up["bridges"][0]["ports"][0];
+    assert!(up["tx_packets"].as_u64().unwrap() > 1000 && up["rx_packets"].as_u64().unwrap() > 1000, "{up}");
+    let tun = d.json(&["stats", "br0", "vxa"]);
+    let tun = &tun["bridges"][0]["ports"][0];
+    assert!(tun["tx_packets"].as_u64().unwrap() > 1000 && tun["rx_packets"].as_u64().unwrap() > 1000, "{tun}");
+
+    // Too big once encapsulated: dropped and counted on the tunnel port.
+    ca.run(&["ip", "link", "set", "eth0", "mtu", "1500"]);
+    let before = drops(&d, "vxa", "too_big");
+    let big = ca.exec(&["ping", "-c", "2", "-W", "1", "-s", "1472", "-M", "do", &c_b]);
+    assert!(!big.status.success(), "a 1514-byte frame does not fit a 1500-byte underlay after 50 bytes of VXLAN");
+    assert!(drops(&d, "vxa", "too_big") >= before + 2, "counted as too_big");
+    assert!(ca.ping(&c_b, 2), "smaller frames still pass");
+
+    // Taking the uplink away takes the tunnel's link down; putting it back
+    // brings it up again.
+    d.ok(&["del-port", &h.a_if]);
+    assert_eq!(d.json(&["stats", "br0", "vxa"])["bridges"][0]["ports"][0]["link_up"], false);
+    d.ok(&["add-port", "br-phy", &h.a_if, &ty]);
+    assert!(ca.ping(&c_b, 5), "the tunnel works again through the re-added uplink");
+}
+
+#[test]
+fn native_vxlan_through_an_afxdp_uplink_interoperates_with_the_kernels_vxlan() {
+    native_vxlan_interop(43, "afxdp");
+}
+
+#[test]
+fn native_vxlan_through_an_afpacket_uplink_interoperates_with_the_kernels_vxlan() {
+    native_vxlan_interop(44, "afpacket");
+}
+
+#[test]
+fn native_tunnel_resolves_its_next_hop_by_arp_ages_it_and_follows_route_changes() {
+    // Host B's VTEP address sits behind a gateway: 172.31.45.2 on its lo,
+    // reached from A via 192.168.45.2 at first, then via 192.168.45.3 (a
+    // second address of B's underlay interface).
+    let h = Hosts::new(45);
+    let (ca, pa) = container(&h.a, "10.45.0.1/24", 1450);
+    let (cb, pb) = container(&h.b, "10.45.0.2/24", 1450);
+    h.b.run(&["ip", "addr", "add", "172.31.45.2/32", "dev", "lo"]);
+    h.b.run(&["ip", "addr", "add", "192.168.45.3/24", "dev", &h.b_if]);
+    h.b.run(&[
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "45",
+        "remote",
+        "192.168.45.1",
+        "local",
+        "172.31.45.2",
+        "dstport",
+        "4789",
+    ]);
+    kernel_bridge(&h.b, &["vx0", &pb]);
+    h.a.run(&["ip", "route", "add", "172.31.45.2/32", "via", "192.168.45.2"]);
+
+    let d = Daemon::start_netns(&h.a);
+    d.ok(&["tnl-neigh-aging", "4"]);
+    assert!(d.ok(&["tnl-neigh-aging"]).contains("seconds: 4"));
+    let uplink = format!("options:uplink={}", h.a_if);
+    d.ok(&["add-br", "br-phy", "--", "add-port", "br-phy", &h.a_if, "type=afxdp"]);
+    d.ok(&["add-br", "br0", "--", "add-port", "br0", &pa]);
+    d.ok(&["add-port", "br0", "vxa", "type=vxlan", "options:remote_ip=172.31.45.2", "options:key=45", &uplink]);
+    assert!(d.json(&["tnl-neigh-show"]).as_array().unwrap().is_empty(), "nothing resolved before any traffic");
+    let routes = d.ok(&["tnl-route-show"]);
+    assert!(routes.contains(&format!("172.31.45.2/32 via 192.168.45.2 dev {}", h.a_if)), "{routes}");
+
+    // The first packet to the unresolved next hop sends an ARP request for
+    // the gateway (not the remote), and is counted as a neighbour miss.
+    let arp = capture(&h.b, &h.b_if, "arp", 1);
+    assert!(ca.ping("10.45.0.2", 5), "over native VXLAN behind a gateway");
+    let seen = captured(arp);
+    assert!(seen.contains("Request who-has 192.168.45.2 tell 192.168.45.1"), "{seen}");
+    assert!(drops(&d, "vxa", "tunnel_no_neighbour") >= 1);
+    let gw = |d: &Daemon, ip: &str| d.json(&["tnl-neigh-show"]).as_array().unwrap().iter().any(|n| n["ip"] == ip);
+    assert!(gw(&d, "192.168.45.2"));
+    assert!(!gw(&d, "172.31.45.2"), "the remote itself is not a neighbour");
+
+    // In use, the entry is asked for again at half its aging: 7 s of pings
+    // with a 4 s aging lose none once resolved.
+    let misses = drops(&d, "vxa", "tunnel_no_neighbour");
+    let out = ca.exec(&["ping", "-c", "20", "-i", "0.35", "-W", "1", "10.45.0.2"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("20 received"), "a busy flow never sees its neighbour expire: {text}");
+    assert_eq!(drops(&d, "vxa", "tunnel_no_neighbour"), misses, "no miss while in use");
+
+    // Idle, it ages out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw(&d, "192.168.45.2") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(!gw(&d, "192.168.45.2"), "aged out: {}", d.ok(&["tnl-neigh-show"]));
+
+    // A route change is followed: the next hop becomes .3, which is
+    // resolved in its turn.
+    h.a.run(&["ip", "route", "replace", "172.31.45.2/32", "via", "192.168.45.3"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.ok(&["tnl-route-show"]).contains("172.31.45.2/32 via 192.168.45.3") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let arp = capture(&h.b, &h.b_if, "arp and host 192.168.45.3", 1);
+    assert!(ca.ping("10.45.0.2", 5), "through the new next hop");
+    let seen = captured(arp);
+    assert!(seen.contains("Request who-has 192.168.45.3 tell 192.168.45.1"), "{seen}");
+    assert!(gw(&d, "192.168.45.3"), "{}", d.ok(&["tnl-neigh-show"]));
+    assert!(cb.ping("10.45.0.1", 2), "and back");
+
+    // Flushed, it is resolved again on demand.
+    assert!(d.ok(&["tnl-neigh-flush"]).contains("flushed: "));
+    assert!(!gw(&d, "192.168.45.3"));
+    assert!(ca.ping("10.45.0.2", 5));
+    assert!(gw(&d, "192.168.45.3"));
+
+    // A bad aging time is refused and changes nothing.
+    assert!(!d.ctl(&["tnl-neigh-aging", "0"]).status.success());
+    assert!(d.ok(&["tnl-neigh-aging"]).contains("seconds: 4"));
+}
+
+#[test]
+fn a_native_tunnel_refuses_a_bad_uplink() {
+    let h = Hosts::new(46);
+    let (_ca, pa) = container(&h.a, "10.46.0.1/24", 1450);
+    let d = Daemon::start_netns(&h.a);
+    d.ok(&["add-br", "br0", "--", "add-port", "br0", &pa]);
+    let no = d.ctl(&["add-port", "br0", "vx", "type=vxlan", "options:remote_ip=192.168.46.2", "options:uplink=nope"]);
+    assert!(!no.status.success() && String::from_utf8_lossy(&no.stderr).contains("no such port"), "{no:?}");
+    let same = format!("options:uplink={pa}");
+    let loopy = d.ctl(&["add-port", "br0", "vx", "type=vxlan", "options:remote_ip=192.168.46.2", &same]);
+    assert!(!loopy.status.success() && String::from_utf8_lossy(&loopy.stderr).contains("another bridge"), "{loopy:?}");
+    assert_eq!(d.json(&["list-ports", "br0"]).as_array().unwrap().len(), 1, "nothing half added");
 }

@@ -230,6 +230,26 @@ impl RxSocket {
     }
 }
 
+/// A socket that holds a tunnel's UDP port (`proto` IPPROTO_UDP, bound to
+/// `local`:`port`) or its protocol (IPPROTO_GRE, raw) for a native tunnel
+/// whose packets the kernel also sees (an AF_PACKET uplink): the kernel
+/// then delivers them here, where a drop-all filter discards them, instead
+/// of answering "port (or protocol) unreachable". It reads nothing.
+pub(crate) fn claim(proto: libc::c_int, local: Ipv4Addr, port: u16) -> io::Result<OwnedFd> {
+    let fd = match proto {
+        libc::IPPROTO_UDP => socket(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?,
+        _ => socket(libc::SOCK_RAW, proto)?,
+    };
+    let mut drop_all = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
+    let prog = libc::sock_fprog { len: 1, filter: drop_all.as_mut_ptr() };
+    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)?;
+    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &4096 as &libc::c_int)?;
+    if proto == libc::IPPROTO_UDP {
+        bind(fd.as_raw_fd(), local, port)?;
+    }
+    Ok(fd)
+}
+
 /// A raw sending socket: the kernel adds the outer IPv4 header (with this
 /// socket's TOS and TTL, DF set) and routes it; it never queues received
 /// packets (a drop-all socket filter).

@@ -19,7 +19,7 @@
 //!   at a local endpoint and anything from a host already known refresh
 //!   the cache. A packet to a next hop not in it sends an ARP request (at
 //!   most one a second per address) and is dropped
-//!   (`tunnel_neigh_miss`); an entry in use is asked for again once it is
+//!   (`tunnel_no_neighbour`); an entry in use is asked for again once it is
 //!   half its aging old, so a busy flow never sees it expire; an entry is
 //!   forgotten after the aging time (300 s by default, as `tnl-neigh-aging`
 //!   sets it).
@@ -38,6 +38,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
@@ -148,6 +149,8 @@ pub(crate) struct Native {
     ports: Mutex<HashMap<String, PortRef>>,
     /// The slow half has been handed to the switch.
     upkeep_taken: AtomicBool,
+    /// Sockets that hold the tunnels' UDP ports and GRE from the kernel.
+    claims: Mutex<HashMap<(i32, Ipv4Addr, u16), Weak<OwnedFd>>>,
 }
 
 impl Default for Native {
@@ -163,6 +166,7 @@ impl Default for Native {
             uplinks: Mutex::default(),
             ports: Mutex::default(),
             upkeep_taken: AtomicBool::new(false),
+            claims: Mutex::default(),
         }
     }
 }
@@ -191,6 +195,21 @@ impl Native {
             return None;
         }
         Some(Box::new(NativeUpkeep { native: self.clone(), monitor: None, rtnl: None, next_sweep_ms: 0 }))
+    }
+
+    /// The socket that keeps the kernel from answering a tunnel's packets
+    /// (see [`claim`](crate::sys::tunnel_sock::claim)), shared by the
+    /// ports of one endpoint; None if it cannot be had (another socket
+    /// holds the port: that one answers them).
+    fn claim(&self, proto: i32, local: Ipv4Addr, port: u16) -> Option<Arc<OwnedFd>> {
+        let mut all = lock(&self.claims);
+        all.retain(|_, w| w.strong_count() > 0);
+        if let Some(c) = all.get(&(proto, local, port)).and_then(Weak::upgrade) {
+            return Some(c);
+        }
+        let c = Arc::new(crate::sys::tunnel_sock::claim(proto, local, port).ok()?);
+        all.insert((proto, local, port), Arc::downgrade(&c));
+        Some(c)
     }
 
     /// A port joined the switch.
@@ -455,6 +474,9 @@ struct UplinkInfo {
     mtu: u32,
     /// Its IPv4 addresses.
     addrs: Vec<Ipv4Addr>,
+    /// A virtual interface (veth): senders on the same machine leave
+    /// inner checksums to an offload and may hand over merged segments.
+    is_virtual: bool,
 }
 
 impl UplinkInfo {
@@ -463,7 +485,13 @@ impl UplinkInfo {
     fn derived(name: &str) -> UplinkInfo {
         let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         let b = h.to_be_bytes();
-        UplinkInfo { ifindex: None, mac: MacAddr([0x02, b[1], b[2], b[3], b[4], b[5]]), mtu: 1500, addrs: Vec::new() }
+        UplinkInfo {
+            ifindex: None,
+            mac: MacAddr([0x02, b[1], b[2], b[3], b[4], b[5]]),
+            mtu: 1500,
+            addrs: Vec::new(),
+            is_virtual: false,
+        }
     }
 }
 
@@ -563,7 +591,8 @@ impl Uplink {
                     .filter(|a| a.index == l.index)
                     .filter_map(|a| v4(a.ip))
                     .collect();
-                UplinkInfo { ifindex: Some(l.index), mac: MacAddr(l.mac), mtu: l.mtu, addrs }
+                let is_virtual = std::path::Path::new("/sys/devices/virtual/net").join(&self.name[..]).exists();
+                UplinkInfo { ifindex: Some(l.index), mac: MacAddr(l.mac), mtu: l.mtu, addrs, is_virtual }
             }
             None => UplinkInfo::derived(&self.name),
         };
@@ -571,7 +600,9 @@ impl Uplink {
     }
 
     fn link_up(&self) -> bool {
-        lock(&self.bound).as_ref().is_some_and(|b| b.port.strong_count() > 0 && b.counters.link_up.load(Ordering::Relaxed))
+        lock(&self.bound)
+            .as_ref()
+            .is_some_and(|b| b.port.strong_count() > 0 && b.counters.link_up.load(Ordering::Relaxed))
     }
 
     /// Sends finished frames out of the uplink, counted on it; the uplink's
@@ -695,12 +726,15 @@ impl Uplink {
                             pool.put(p);
                             continue;
                         }
-                        let virtual_gso = p.offload.gso_type != 0 || p.needs_csum();
+                        let offloaded = p.offload.gso_type != 0 || p.needs_csum();
                         p.truncate(end);
                         p.pull_front(inner);
-                        if virtual_gso || info.ifindex.is_some_and(|_| p.len() > info.mtu as usize) {
-                            // Merged outer segments (a veth underlay):
-                            // described as the segments they stand for.
+                        if offloaded || info.is_virtual {
+                            // From a sender on this machine (a veth
+                            // underlay): inner checksums may be left to an
+                            // offload, and segments merged. A long TCP
+                            // frame is described as the segments it stands
+                            // for; any other gets its checksum.
                             let ip_mtu = info.mtu.saturating_sub(encap.overhead(key.is_some()) + 14) as usize;
                             if !p.mark_tcp_gso(ip_mtu) {
                                 crate::wire::checksum::complete_l4_checksum(p.data_mut());
@@ -877,8 +911,8 @@ pub struct NativeTunnelPort {
     frames: Vec<Packet>,
     overflow_seen: u64,
     status: PortStatus,
-    no_route: u64,
-    no_neigh: u64,
+    /// Holds the UDP port (or GRE) from the kernel's own answer.
+    _claim: Option<Arc<OwnedFd>>,
 }
 
 impl std::fmt::Debug for NativeTunnelPort {
@@ -933,6 +967,7 @@ impl NativeTunnelPort {
             b.counters.uplink.set(Some(uplink.clone()));
         }
         status.set_info("uplink", &up_name);
+        let (cfg_claim, claim_local) = (cfg.encap, cfg.local.unwrap_or(Ipv4Addr::UNSPECIFIED));
         let p = NativeTunnelPort {
             cfg,
             native: native.clone(),
@@ -943,8 +978,10 @@ impl NativeTunnelPort {
             frames: Vec::new(),
             overflow_seen: 0,
             status,
-            no_route: 0,
-            no_neigh: 0,
+            _claim: match cfg_claim {
+                Encap::Vxlan => native.claim(libc::IPPROTO_UDP, claim_local, dst_port),
+                Encap::Gre => native.claim(libc::IPPROTO_GRE, Ipv4Addr::UNSPECIFIED, 0),
+            },
         };
         p.show_status();
         Ok(p)
@@ -1095,10 +1132,6 @@ impl Port for NativeTunnelPort {
             let head = match head {
                 Ok(h) => h,
                 Err(why) => {
-                    match why {
-                        DropReason::TunnelNoRoute => self.no_route += 1,
-                        _ => self.no_neigh += 1,
-                    }
                     drop(&mut out, p, why, pool);
                     continue;
                 }
