@@ -50,6 +50,11 @@ pub enum Mode {
     /// on one, the sink's port and a VXLAN port on the other, the tunnel
     /// over the loopback interface.
     Vxlan,
+    /// Two switches in one process joined by native VXLAN: each tunnel
+    /// port sends and receives through an uplink port (of the same
+    /// backend) on its end of a veth underlay of 1,600 bytes, with its own
+    /// outer headers and ARP; the kernel holds no address on the underlay.
+    Native,
 }
 
 /// A device under test.
@@ -85,8 +90,9 @@ impl Dut {
             ["vswitch", b] => Ok(Dut::Vswitch(backend(b)?, Mode::Normal)),
             ["vswitch", b, "flows"] => Ok(Dut::Vswitch(backend(b)?, Mode::Flows(rules))),
             ["vswitch", b, "vxlan"] => Ok(Dut::Vswitch(backend(b)?, Mode::Vxlan)),
+            ["vswitch", b, "native"] => Ok(Dut::Vswitch(backend(b)?, Mode::Native)),
             _ => Err(format!(
-                "unknown device '{s}' (vswitch-BACKEND, vswitch-BACKEND-flows, vswitch-BACKEND-vxlan, linux-bridge, linux-vxlan, ovs-BACKEND)"
+                "unknown device '{s}' (vswitch-BACKEND, vswitch-BACKEND-flows, vswitch-BACKEND-vxlan, vswitch-BACKEND-native, linux-bridge, linux-vxlan, ovs-BACKEND)"
             )),
         }
     }
@@ -97,6 +103,7 @@ impl Dut {
             Dut::Vswitch(b, Mode::Normal) => format!("vswitch-{}", b.name()),
             Dut::Vswitch(b, Mode::Flows(n)) => format!("vswitch-{}-flows{n}", b.name()),
             Dut::Vswitch(b, Mode::Vxlan) => format!("vswitch-{}-vxlan", b.name()),
+            Dut::Vswitch(b, Mode::Native) => format!("vswitch-{}-native", b.name()),
             Dut::LinuxBridge => "linux-bridge".into(),
             Dut::LinuxVxlan => "linux-vxlan".into(),
             Dut::Ovs(b) => format!("ovs-{}", b.name()),
@@ -155,20 +162,22 @@ impl Dut {
 
 fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool, pin: &[usize]) -> Result<Running, String> {
     let e = |e: vswitch_core::Error| e.to_string();
-    let add = |sw: &Switch, ifname: &str| -> Result<(), String> {
+    let add_to = |sw: &Switch, bridge: &str, ifname: &str| -> Result<(), String> {
         match backend {
-            Backend::AfPacket => sw.add_afpacket_port("br0", ifname, PortConfig::default()),
+            Backend::AfPacket => sw.add_afpacket_port(bridge, ifname, PortConfig::default()),
             Backend::AfPacketSocket | Backend::AfPacketBlocks => {
                 let mut spec = PortSpec::new(ifname, vswitch_core::config::PortKind::AfPacket);
                 let mode = if backend == Backend::AfPacketSocket { "socket" } else { "ring" };
                 spec.options.insert("rx_mode".into(), mode.into());
-                sw.add_port_spec("br0", &spec, OnOpenError::Fail)
+                sw.add_port_spec(bridge, &spec, OnOpenError::Fail)
             }
-            Backend::AfXdp => sw.add_afxdp_port("br0", ifname, PortConfig::default()),
+            Backend::AfXdp => sw.add_afxdp_port(bridge, ifname, PortConfig::default()),
         }
         .map(|_| ())
         .map_err(e)
     };
+    let add = |sw: &Switch, ifname: &str| add_to(sw, "br0", ifname);
+    let mut underlay = None;
     let one = || -> Result<Switch, String> {
         let idle = if busy { IdlePolicy::Busy } else { IdlePolicy::default() };
         let sw = Switch::builder().idle_policy(idle).pin_cpus(pin).build().map_err(e)?;
@@ -211,12 +220,31 @@ fn start_vswitch(backend: Backend, mode: Mode, a: &str, b: &str, busy: bool, pin
             }
             vec![sa, sb]
         }
+        Mode::Native => {
+            let (sa, sb) = (one()?, one()?);
+            add(&sa, a)?;
+            add(&sb, b)?;
+            let u = Underlay::start()?;
+            for (sw, uplink, local, remote) in [(&sa, &u.a, &u.ip_a, &u.ip_b), (&sb, &u.b, &u.ip_b, &u.ip_a)] {
+                sw.add_bridge("br-phy").map_err(e)?;
+                add_to(sw, "br-phy", uplink)?;
+                let mut vx = PortSpec::new(&unique("vx"), vswitch_core::config::PortKind::Vxlan);
+                vx.options.insert("local_ip".into(), local.clone());
+                vx.options.insert("remote_ip".into(), remote.clone());
+                vx.options.insert("key".into(), "1".into());
+                vx.options.insert("uplink".into(), uplink.clone());
+                sw.add_port_spec("br0", &vx, OnOpenError::Fail).map_err(e)?;
+            }
+            underlay = Some(u);
+            vec![sa, sb]
+        }
     };
-    let switches = std::sync::Arc::new(switches);
+    // The switches go before their underlay.
+    let switches = std::sync::Arc::new((switches, underlay));
     let s = switches.clone();
     let cycles = Box::new(move || {
         let mut c = Cycles::default();
-        for t in s.iter().flat_map(|sw| sw.pmd_stats()) {
+        for t in s.0.iter().flat_map(|sw| sw.pmd_stats()) {
             c.busy += t.busy_cycles;
             c.packets += t.packets;
         }
@@ -379,6 +407,47 @@ impl Drop for KernelVxlan {
 }
 
 struct BridgeGuard(String);
+
+/// A veth pair for native tunnels' underlay, in this namespace, of 1,600
+/// bytes (room for a 1,500-byte inner frame and 50 of VXLAN): no
+/// address on either end (the switches own 172.30.N.1 and .2 and answer
+/// ARP for them), a /32 route to each through the other end's peer, and
+/// forwarding off on both so the kernel never routes what it sees of the
+/// tunnel traffic back out. Deleted on drop.
+struct Underlay {
+    a: String,
+    b: String,
+    ip_a: String,
+    ip_b: String,
+}
+
+impl Underlay {
+    fn start() -> Result<Underlay, String> {
+        let (a, b) = (unique("ula"), unique("ulb"));
+        let n = std::process::id() % 250 + 1;
+        let (ip_a, ip_b) = (format!("172.30.{n}.1"), format!("172.30.{n}.2"));
+        let ok = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().map_err(|e| format!("ip: {e}"))?;
+            if st.success() { Ok(()) } else { Err(format!("ip {} failed", args.join(" "))) }
+        };
+        ok(&["link", "add", &a, "mtu", "1600", "type", "veth", "peer", "name", &b, "mtu", "1600"])?;
+        let u = Underlay { a, b, ip_a, ip_b };
+        for dev in [&u.a, &u.b] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/forwarding"), "0");
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
+            ok(&["link", "set", dev, "up"])?;
+        }
+        ok(&["route", "add", &format!("{}/32", u.ip_b), "dev", &u.a])?;
+        ok(&["route", "add", &format!("{}/32", u.ip_a), "dev", &u.b])?;
+        Ok(u)
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.a]).status();
+    }
+}
 
 impl Drop for BridgeGuard {
     fn drop(&mut self) {

@@ -96,7 +96,8 @@ pub struct Report {
 /// True if two devices are of a kind to compare: an overlay
 /// (`...-vxlan`) with an overlay, a switch with a switch.
 fn comparable(a: &str, b: &str) -> bool {
-    a.ends_with("-vxlan") == b.ends_with("-vxlan")
+    let overlay = |d: &str| d.ends_with("-vxlan") || d.ends_with("-native");
+    overlay(a) == overlay(b)
 }
 
 impl Report {

@@ -6,14 +6,17 @@
 //! through a [`PacketPool`] so that the steady state allocates nothing.
 
 use crate::drop_reason::DropReason;
+
+mod gro;
 pub(crate) use crate::sys::packet_ring::VnetHdr;
+pub(crate) use gro::coalesce_tcp;
 
 /// A packet's offload state: the virtio-net header (`struct
 /// virtio_net_hdr`) that the kernel's packet sockets and TAP devices use
 /// for GSO super-frames and checksums left to do. The default is none:
 /// a finished frame.
 pub use crate::sys::packet_ring::VnetHdr as Offload;
-pub(crate) use crate::wire::checksum::internet_checksum;
+pub(crate) use crate::wire::checksum::{checksum_over, internet_checksum};
 use crate::wire::{ETHERTYPE_OFFSET, VlanTci, be16, ethertype};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum field holds only the
@@ -412,6 +415,16 @@ impl Packet {
         self.start -= n;
         self.shift_offload(n as i32);
         &mut self.buf[self.start..self.start + n]
+    }
+
+    /// Appends `bytes` to the frame, growing the buffer as needed.
+    pub(crate) fn extend_frame(&mut self, bytes: &[u8]) {
+        let end = self.end + bytes.len();
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.buf[self.end..end].copy_from_slice(bytes);
+        self.end = end;
     }
 
     /// Cuts the frame to its first `len` bytes (Ethernet padding after an

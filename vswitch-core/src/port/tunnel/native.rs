@@ -1094,12 +1094,17 @@ impl Port for NativeTunnelPort {
         self.cfg.encap.name()
     }
 
-    fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, _pool: &mut PacketPool) -> usize {
+    fn rx_burst(&mut self, batch: &mut Vec<Packet>, max: usize, pool: &mut PacketPool) -> usize {
         let mut ms = lock(&self.uplink.members);
         let Some(me) = ms.list.iter_mut().find(|m| m.m.id == self.id) else { return 0 };
         let n = me.m.queue.len().min(max);
+        let from = batch.len();
         batch.extend(me.m.queue.drain(..n));
-        n
+        drop(ms);
+        // A sender's super-frame arrives cut to the underlay's MTU: merged
+        // again here (GRO), it crosses the rest of the switch whole.
+        crate::packet::coalesce_tcp(batch, from, pool);
+        batch.len() - from
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
