@@ -70,7 +70,7 @@ pub enum Dut {
 }
 
 /// The devices measured when none are named.
-pub const DEFAULT: &str = "vswitch-afpacket,vswitch-afxdp,vswitch-afxdp-flows,vswitch-afpacket-vxlan,linux-bridge,linux-vxlan,ovs-afpacket,ovs-afxdp";
+pub const DEFAULT: &str = "vswitch-afpacket,vswitch-afxdp,vswitch-afxdp-flows,vswitch-afpacket-vxlan,vswitch-afxdp-native,linux-bridge,linux-vxlan,ovs-afpacket,ovs-afxdp";
 
 impl Dut {
     /// Parses a device name (see [`DEFAULT`]); `rules` sizes the flow mode.

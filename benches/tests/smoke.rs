@@ -12,7 +12,7 @@ fn a_smoke_run_reports_every_device() {
             .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect::<Vec<_>>())
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| n.starts_with("ovsbr") || n == "ovs-netdev")
+            .filter(|n| n.starts_with("ovsbr") || n == "ovs-netdev" || n.starts_with("ula") || n.starts_with("ulb"))
             .collect()
     };
     let before = ovs_links();
@@ -34,6 +34,7 @@ fn a_smoke_run_reports_every_device() {
         "vswitch-afxdp",
         "vswitch-afxdp-flows1000",
         "vswitch-afpacket-vxlan",
+        "vswitch-afxdp-native",
         "linux-bridge",
         "linux-vxlan",
         "ovs-afpacket",
@@ -58,7 +59,8 @@ fn a_smoke_run_reports_every_device() {
     }
     assert!(report["latency"].as_array().unwrap().iter().any(|l| l["idle_p50_us"].as_f64().is_some()));
     // Open vSwitch's devices leave nothing behind (its bridge's TAP, the
-    // userspace datapath's ovs-netdev).
+    // userspace datapath's ovs-netdev), nor does the native overlay (its
+    // veth underlay).
     let left: Vec<String> = ovs_links().into_iter().filter(|l| !before.contains(l)).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     // Nor does the kernel's overlay (its two namespaces).

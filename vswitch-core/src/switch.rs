@@ -760,11 +760,20 @@ impl Switch {
     /// [`Error::BridgeNotFound`].
     pub fn del_bridge(&self, name: &str) -> Result<()> {
         let _change = self.change();
-        let index = self.registry().bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?.index;
+        let (index, names): (usize, Vec<String>) = {
+            let reg = self.registry();
+            let b = reg.bridges.get(name).ok_or_else(|| Error::BridgeNotFound(name.to_string()))?;
+            (b.index, b.ports.keys().cloned().collect())
+        };
+        // Native tunnels stop sending through its ports first.
+        names.iter().for_each(|p| self.native.port_leaving(p));
         // The ports come back to be closed here, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(|ports| {
             close_ports(ports.into_iter().flatten(), &self.close_panics);
         });
+        if !took_effect(&r) {
+            names.iter().for_each(|p| self.native.port_stayed(p));
+        }
         if took_effect(&r) {
             self.record(|| ConfigChange::DelBridge { name: name.to_string() });
             let upkeeps: Vec<u64> = {
@@ -1024,11 +1033,16 @@ impl Switch {
     pub fn del_port(&self, name: &str) -> Result<()> {
         let _change = self.change();
         let slot = self.port_entry(name, |p| p.slot)?;
+        // Native tunnels stop sending through it first.
+        self.native.port_leaving(name);
         // Each thread hands its reference back: the port is closed here,
         // when the last one drops, not on a datapath thread.
         let r = self
             .broadcast(move |dp, _| dp.del_port(slot))
             .map(|ports| close_ports(ports.into_iter().flatten(), &self.close_panics));
+        if !took_effect(&r) {
+            self.native.port_stayed(name);
+        }
         if took_effect(&r) {
             let (upkeep, bridge) = {
                 let mut reg = self.registry();

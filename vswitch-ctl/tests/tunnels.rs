@@ -618,25 +618,27 @@ fn a_native_tunnel_refuses_a_bad_uplink() {
     assert_eq!(d.json(&["list-ports", "br0"]).as_array().unwrap().len(), 1, "nothing half added");
 }
 
-#[test]
-fn tcp_super_frames_cross_a_native_overlay_whole_on_both_sides() {
-    // Two switches joined by native VXLAN over AF_PACKET uplinks. A
-    // sender's super-frames enter whole, are cut to the underlay's MTU only
-    // to cross it, and are merged again before the far container.
-    let h = Hosts::new(47);
-    let (ca, pa) = container(&h.a, "10.47.0.1/24", 1450);
-    let (cb, pb) = container(&h.b, "10.47.0.2/24", 1450);
+/// Two switches joined by a native `kind` tunnel over AF_PACKET uplinks:
+/// a sender's super-frames enter whole, are cut to the underlay's MTU only
+/// to cross it, and are merged again before the far container.
+fn native_between_two_switches(subnet: u8, kind: &str) {
+    let h = Hosts::new(subnet);
+    let (ca, pa) = container(&h.a, &format!("10.{subnet}.0.1/24"), 1450);
+    let (cb, pb) = container(&h.b, &format!("10.{subnet}.0.2/24"), 1450);
+    let (ip_a, ip_b) = (format!("10.{subnet}.0.1"), format!("10.{subnet}.0.2"));
+    let ty = format!("type={kind}");
     let mut daemons = Vec::new();
     for (ns, uplink, port, remote) in [(&h.a, &h.a_if, &pa, h.ip(2)), (&h.b, &h.b_if, &pb, h.ip(1))] {
         let d = Daemon::start_netns(ns);
         d.ok(&["add-br", "br-phy", "--", "add-port", "br-phy", uplink]);
         d.ok(&["add-br", "br0", "--", "add-port", "br0", port]);
         let (remote, uplink) = (format!("options:remote_ip={remote}"), format!("options:uplink={uplink}"));
-        d.ok(&["add-port", "br0", "vx", "type=vxlan", &remote, "options:key=47", &uplink]);
+        d.ok(&["add-port", "br0", "vx", &ty, &remote, "options:key=47", &uplink]);
         daemons.push(d);
     }
-    assert!(ca.ping("10.47.0.2", 5), "across the native overlay");
-    let r = iperf3(&ca, &cb, "10.47.0.2", 2);
+    assert!(ca.ping(&ip_b, 5), "across the native {kind} overlay");
+    assert!(cb.ping(&ip_a, 2), "and back");
+    let r = iperf3(&ca, &cb, &ip_b, 2);
     assert!(r.bytes > 5_000_000, "iperf3: {}", r.output.chars().take(600).collect::<String>());
     let port_stats = |d: &Daemon, port: &str| {
         let s = d.json(&["stats", "br0", port]);
@@ -654,4 +656,14 @@ fn tcp_super_frames_cross_a_native_overlay_whole_on_both_sides() {
     assert!(a_avg > 4_000, "frames from the sender average {a_avg} bytes: {a}");
     assert!(b_avg > 4_000, "frames to the receiver average {b_avg} bytes: {b}");
     assert!(vx_avg > 4_000, "the far tunnel port hands over merged frames ({vx_avg} bytes on average): {vx}");
+}
+
+#[test]
+fn tcp_super_frames_cross_a_native_vxlan_overlay_whole_on_both_sides() {
+    native_between_two_switches(47, "vxlan");
+}
+
+#[test]
+fn native_gre_joins_two_switches_with_super_frames_whole_on_both_sides() {
+    native_between_two_switches(48, "gre");
 }

@@ -36,6 +36,7 @@ pub enum OnOpenError {
 /// in-process queues (a vhost-user port's) are `queue_len` deep and draw
 /// on `spare`.
 fn opener(
+    bridge: &str,
     spec: &PortSpec,
     status: &PortStatus,
     queue_len: usize,
@@ -55,9 +56,9 @@ fn opener(
         PortKind::Internal => Box::new(move |_| Ok(Box::new(InternalPort::create(&name)?) as Box<dyn Port>)),
         PortKind::Vxlan | PortKind::Gre if spec.options.contains_key("uplink") => {
             let cfg = TunnelConfig::from_spec(spec)?;
-            let (status, native) = (status.clone(), native.clone());
+            let (status, native, bridge) = (status.clone(), native.clone(), bridge.to_string());
             Box::new(move |wakeup| {
-                let p = NativeTunnelPort::open(&name, cfg.clone(), &native, wakeup.clone(), status.clone())?;
+                let p = NativeTunnelPort::open(&name, &bridge, cfg.clone(), &native, wakeup.clone(), status.clone())?;
                 Ok(Box::new(p) as Box<dyn Port>)
             })
         }
@@ -99,10 +100,11 @@ impl Switch {
         if let Some(up) = spec.options.get("uplink").filter(|_| spec.kind.is_tunnel()) {
             check_uplink(&self.native, bridge, up, on_error == OnOpenError::Fail)?;
             if let Some(u) = self.native.take_upkeep() {
-                self.slow.add(u, Box::new(|_| {}));
+                let native = self.native.clone();
+                self.slow.add(u, Box::new(move |_| native.upkeep_failed()));
             }
         }
-        let mut open = opener(spec, &status, self.queue_len, self.spare.clone(), &self.native)?;
+        let mut open = opener(bridge, spec, &status, self.queue_len, self.spare.clone(), &self.native)?;
         let s = status.clone();
         self.attach_as(bridge, &spec.name, config, Some(spec.clone()), status, move |_, wakeup| match open(&wakeup) {
             Ok(p) => Ok(p),

@@ -61,6 +61,8 @@ pub const DEFAULT_NEIGH_AGING_S: u64 = 300;
 const ASK_EVERY_MS: u64 = 1_000;
 /// A cached "unresolved" is tried again after this long.
 const MISS_RETRY_MS: u64 = 1_000;
+/// Remotes a port keeps resolved (`remote_ip=flow` may name many).
+const MAX_HOPS: usize = 4_096;
 /// Outer Ethernet + IPv4 bytes.
 const OUTER_L3: usize = 14 + 20;
 
@@ -121,11 +123,27 @@ struct Neigh {
     learned_ms: u64,
 }
 
+/// An address on one uplink's segment.
+type NeighKey = (Arc<str>, Ipv4Addr);
+
 #[derive(Debug, Default)]
 struct Neighbours {
-    known: HashMap<Ipv4Addr, (Neigh, Arc<str>)>,
+    known: HashMap<NeighKey, Neigh>,
     /// When each address was last asked for.
-    asked: HashMap<Ipv4Addr, u64>,
+    asked: HashMap<NeighKey, u64>,
+}
+
+/// What an ARP packet may do to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Learn {
+    /// Refresh an entry that exists (any ARP from a known host).
+    Refresh,
+    /// Make an entry: a request aimed at a local endpoint (its sender is
+    /// about to talk to us), as the kernel does.
+    Request,
+    /// A reply: makes an entry only if we asked for it (an unsolicited one
+    /// refreshes at most, as the kernel's `arp_accept=0`).
+    Reply,
 }
 
 /// The switch's native-tunnelling state: routes, neighbours, uplinks.
@@ -138,8 +156,9 @@ pub(crate) struct Native {
     /// Bumped whenever a route or neighbour changes: ports' caches
     /// compare it.
     generation: AtomicU64,
-    /// The slow path's clock, for the datapath threads' ARP timing.
-    now_ms: AtomicU64,
+    /// The clock of neighbour timing (monotonic, the datapath threads'
+    /// own: it keeps running if the slow half does not).
+    base: std::time::Instant,
     aging_ms: AtomicU64,
     /// Something asked for the kernel's tables to be read again.
     stale: AtomicBool,
@@ -160,7 +179,7 @@ impl Default for Native {
             ifnames: RwLock::default(),
             neigh: Mutex::default(),
             generation: AtomicU64::new(1),
-            now_ms: AtomicU64::new(0),
+            base: std::time::Instant::now(),
             aging_ms: AtomicU64::new(DEFAULT_NEIGH_AGING_S * 1000),
             stale: AtomicBool::new(true),
             uplinks: Mutex::default(),
@@ -186,7 +205,15 @@ impl Native {
     }
 
     fn now(&self) -> u64 {
-        self.now_ms.load(Ordering::Relaxed)
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// The slow half panicked (and is gone): the next native tunnel port
+    /// added hands out a new one. Neighbour timing goes on meanwhile;
+    /// route changes are followed again once it is back.
+    pub(crate) fn upkeep_failed(&self) {
+        self.upkeep_taken.store(false, Ordering::Release);
+        self.stale.store(true, Ordering::Release);
     }
 
     /// The slow half (route and address refresh, neighbour aging), once.
@@ -231,9 +258,24 @@ impl Native {
         }
     }
 
-    /// The bridge and type of port `name`, if it is on the switch.
-    pub(crate) fn port_info(&self, name: &str) -> Option<(String, &'static str)> {
-        lock(&self.ports).get(name).map(|r| (r.bridge.clone(), r.kind))
+    /// Port `name` is about to be removed: its uplink lets go of it first,
+    /// so no tunnel's transmit holds the port when its last reference is
+    /// dropped (it is closed on the caller's thread, not a datapath's).
+    pub(crate) fn port_leaving(&self, name: &str) {
+        if let Some(up) = lock(&self.uplinks).get(name).and_then(Weak::upgrade) {
+            up.bind(None);
+            self.bump();
+        }
+    }
+
+    /// Port `name` was not removed after all (the datapath refused): its
+    /// uplink takes it back.
+    pub(crate) fn port_stayed(&self, name: &str) {
+        let r = lock(&self.ports).get(name).cloned();
+        if let (Some(r), Some(up)) = (r, lock(&self.uplinks).get(name).and_then(Weak::upgrade)) {
+            up.bind(Some(r));
+            self.bump();
+        }
     }
 
     /// The uplink for port `name`, made (and bound, if the port is there)
@@ -288,14 +330,14 @@ impl Native {
         let mut v: Vec<_> = lock(&self.neigh)
             .known
             .iter()
-            .map(|(ip, (n, up))| TunnelNeighbour {
+            .map(|((up, ip), n)| TunnelNeighbour {
                 ip: *ip,
                 mac: n.mac.to_string(),
                 uplink: up.to_string(),
                 age_s: now.saturating_sub(n.learned_ms) / 1000,
             })
             .collect();
-        v.sort_by_key(|n| n.ip);
+        v.sort_by(|a, b| a.ip.cmp(&b.ip).then_with(|| a.uplink.cmp(&b.uplink)));
         v
     }
 
@@ -367,40 +409,48 @@ impl Native {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.covers(ip)).copied()
     }
 
-    /// Records that `ip` is at `mac` behind `uplink`.
-    fn learn(&self, ip: Ipv4Addr, mac: MacAddr, uplink: &Arc<str>, only_known: bool) {
-        if ip.is_unspecified() || !mac.is_unicast() {
+    /// Records that `ip` is at `mac` on `uplink`'s segment, as `how`
+    /// allows. The generation moves (ports resolve again) only when an
+    /// entry is made or its MAC changes.
+    fn learn(&self, uplink: &Arc<str>, ip: Ipv4Addr, mac: MacAddr, how: Learn) {
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || !mac.is_unicast() {
             return;
         }
         let now = self.now();
+        let key = (uplink.clone(), ip);
         let mut n = lock(&self.neigh);
-        match n.known.get_mut(&ip) {
-            Some((e, up)) => {
+        let asked = n.asked.contains_key(&key);
+        let changed = match n.known.get_mut(&key) {
+            Some(e) => {
+                let moved = e.mac != mac;
                 *e = Neigh { mac, learned_ms: now };
-                *up = uplink.clone();
+                moved
             }
-            None if only_known => return,
+            None if how == Learn::Refresh || (how == Learn::Reply && !asked) => return,
             None => {
-                n.known.insert(ip, (Neigh { mac, learned_ms: now }, uplink.clone()));
+                n.known.insert(key.clone(), Neigh { mac, learned_ms: now });
+                true
             }
-        }
-        n.asked.remove(&ip);
+        };
+        n.asked.remove(&key);
         drop(n);
-        // Even a refresh changes what ports cached (when to ask again).
-        self.bump();
+        if changed {
+            self.bump();
+        }
     }
 
-    /// The neighbour `ip`, and whether to ask for it (none known, or known
-    /// and half aged), at most once a second.
-    fn neighbour(&self, ip: Ipv4Addr) -> (Option<Neigh>, bool) {
+    /// The neighbour `ip` on `uplink`'s segment, and whether to ask for it
+    /// (none known, or known and half aged), at most once a second.
+    fn neighbour(&self, uplink: &Arc<str>, ip: Ipv4Addr) -> (Option<Neigh>, bool) {
         let now = self.now();
         let aging = self.aging_ms.load(Ordering::Relaxed);
+        let key = (uplink.clone(), ip);
         let mut n = lock(&self.neigh);
-        let known = n.known.get(&ip).map(|(e, _)| *e).filter(|e| now.saturating_sub(e.learned_ms) < aging);
+        let known = n.known.get(&key).copied().filter(|e| now.saturating_sub(e.learned_ms) < aging);
         let due = known.is_none_or(|e| now.saturating_sub(e.learned_ms) >= aging / 2);
-        let ask = due && n.asked.get(&ip).is_none_or(|&t| now.saturating_sub(t) >= ASK_EVERY_MS);
+        let ask = due && n.asked.get(&key).is_none_or(|&t| now.saturating_sub(t) >= ASK_EVERY_MS);
         if ask {
-            n.asked.insert(ip, now);
+            n.asked.insert(key, now);
         }
         (known, ask)
     }
@@ -411,7 +461,7 @@ impl Native {
         let aging = self.aging_ms.load(Ordering::Relaxed);
         let mut n = lock(&self.neigh);
         let had = n.known.len();
-        n.known.retain(|_, (e, _)| now.saturating_sub(e.learned_ms) < aging);
+        n.known.retain(|_, e| now.saturating_sub(e.learned_ms) < aging);
         n.asked.retain(|_, t| now.saturating_sub(*t) < 60_000);
         had != n.known.len()
     }
@@ -448,7 +498,6 @@ struct NativeUpkeep {
 impl Upkeep for NativeUpkeep {
     fn run(&mut self, now_ms: u64) {
         let n = &self.native;
-        n.now_ms.store(now_ms, Ordering::Relaxed);
         if self.monitor.is_none() {
             self.monitor = RtnlMonitor::open().ok();
             n.stale.store(true, Ordering::Release);
@@ -511,6 +560,9 @@ struct NativeMember {
     encap: Encap,
     local: Option<Ipv4Addr>,
     dst_port: u16,
+    /// The tunnel port's bridge (its uplink must be on another).
+    bridge: String,
+    status: PortStatus,
 }
 
 impl std::fmt::Debug for NativeMember {
@@ -566,17 +618,27 @@ impl Uplink {
         self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Binds the uplink to port `to` (None: unbinds it), unless that port
+    /// cannot be one for its tunnels (see [`refusal`]): then it stays
+    /// unbound and the tunnels show why as their error. Locks: `bound`,
+    /// then `members`, as everywhere.
     fn bind(self: &Arc<Self>, to: Option<PortRef>) {
         let mut b = lock(&self.bound);
         if let Some(old) = b.take() {
             old.counters.uplink.set(None);
         }
-        if let Some(r) = to {
-            if !lock(&self.members).list.is_empty() {
-                r.counters.uplink.set(Some(self.clone()));
-            }
-            *b = Some(Bound { port: r.port, counters: r.counters, kernel_sees: r.kind == "afpacket" });
+        let Some(r) = to else { return };
+        let ms = lock(&self.members);
+        if let Some(why) = ms.list.iter().find_map(|m| refusal(&self.name, &r, &m.bridge)) {
+            ms.list.iter().for_each(|m| m.status.set_error(Some(why.clone())));
+            return;
         }
+        ms.list.iter().for_each(|m| m.status.set_error(None));
+        if !ms.list.is_empty() {
+            r.counters.uplink.set(Some(self.clone()));
+        }
+        drop(ms);
+        *b = Some(Bound { port: r.port, counters: r.counters, kernel_sees: r.kind == "afpacket" });
     }
 
     fn refresh_info(&self, rtnl: &mut Option<Rtnl>) {
@@ -683,7 +745,12 @@ impl Uplink {
                         continue;
                     };
                     let for_us = locals.contains(&a.tpa);
-                    native.learn(a.spa, a.sha, &self.name, !(for_us || a.op == 2));
+                    let how = match a.op {
+                        1 if for_us => Learn::Request,
+                        2 if for_us => Learn::Reply,
+                        _ => Learn::Refresh,
+                    };
+                    native.learn(&self.name, a.spa, a.sha, how);
                     let answer = !kernel_sees || !info.addrs.contains(&a.tpa);
                     if a.op == 1 && for_us && answer {
                         let mut r = pool.get();
@@ -700,7 +767,7 @@ impl Uplink {
                         keep.push(p);
                     }
                 }
-                0x0800 => match classify_ipv4(d, &locals, &members) {
+                0x0800 => match classify_ipv4(d, p.offload != Default::default(), &locals, &members) {
                     Ipv4Fate::Pass => keep.push(p),
                     Ipv4Fate::Malformed => {
                         malformed += 1;
@@ -729,7 +796,9 @@ impl Uplink {
                         let offloaded = p.offload.gso_type != 0 || p.needs_csum();
                         p.truncate(end);
                         p.pull_front(inner);
-                        if offloaded || info.is_virtual {
+                        // Without metadata (AF_XDP) a virtual uplink is
+                        // taken to carry such frames.
+                        if offloaded || (info.is_virtual && !kernel_sees) {
                             // From a sender on this machine (a veth
                             // underlay): inner checksums may be left to an
                             // offload, and segments merged. A long TCP
@@ -775,8 +844,10 @@ enum Ipv4Fate {
     },
 }
 
-/// Whether an IPv4 frame is a tunnel packet for a local endpoint.
-fn classify_ipv4(d: &[u8], locals: &HashSet<Ipv4Addr>, members: &Members) -> Ipv4Fate {
+/// Whether an IPv4 frame is a tunnel packet for a local endpoint;
+/// `offloaded`: it came with offload metadata (a merged frame whose IPv4
+/// length may not say all it holds).
+fn classify_ipv4(d: &[u8], offloaded: bool, locals: &HashSet<Ipv4Addr>, members: &Members) -> Ipv4Fate {
     let ip = &d[14..];
     if ip.len() < 20 || ip[0] >> 4 != 4 {
         return Ipv4Fate::Pass;
@@ -801,7 +872,7 @@ fn classify_ipv4(d: &[u8], locals: &HashSet<Ipv4Addr>, members: &Members) -> Ipv
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
     // A GSO frame from a virtual underlay may say 0 or less than it holds.
-    let total = if total < ihl { ip.len() } else { total.min(ip.len()) };
+    let total = if offloaded || total < ihl { ip.len() } else { total.min(ip.len()) };
     if ihl < 20 || frag != 0 || crate::packet::internet_checksum(&ip[..ihl]) != 0 {
         return Ipv4Fate::Malformed;
     }
@@ -827,10 +898,18 @@ fn classify_ipv4(d: &[u8], locals: &HashSet<Ipv4Addr>, members: &Members) -> Ipv
             }
         }
         _ => {
-            let mut pkt = ip[..total].to_vec();
-            // parse_gre reads the total length; a merged frame's may be off.
-            pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            match wire::parse_gre(&pkt) {
+            // parse_gre reads the total length; only a merged frame's may
+            // be off, and only that one is copied to set it right.
+            let fixed;
+            let pkt = if u16::from_be_bytes([ip[2], ip[3]]) as usize == total {
+                &ip[..total]
+            } else {
+                let mut v = ip[..total].to_vec();
+                v[2..4].copy_from_slice(&(total.min(0xffff) as u16).to_be_bytes());
+                fixed = v;
+                &fixed[..]
+            };
+            match wire::parse_gre(pkt) {
                 Ok(g) => Ipv4Fate::Tunnel {
                     src,
                     dst,
@@ -909,8 +988,13 @@ pub struct NativeTunnelPort {
     hops: HashMap<Ipv4Addr, Hop>,
     ip_id: u16,
     frames: Vec<Packet>,
+    /// ARP requests to send before the burst.
+    arps: Vec<Packet>,
     overflow_seen: u64,
     status: PortStatus,
+    /// What the port dropped itself, by reason, until the datapath
+    /// collects it (a burst may drop for several reasons).
+    drops: Vec<(DropReason, u64)>,
     /// Holds the UDP port (or GRE) from the kernel's own answer.
     _claim: Option<Arc<OwnedFd>>,
 }
@@ -922,18 +1006,35 @@ impl std::fmt::Debug for NativeTunnelPort {
 }
 
 impl NativeTunnelPort {
-    /// Opens native tunnel port `name` on the uplink its config names.
+    /// Opens native tunnel port `name`, on `bridge`, on the uplink its
+    /// config names.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a multicast `remote_ip`, a port that
+    /// would receive what another already does, or an uplink that cannot
+    /// be one (on `bridge`, or a tunnel).
     pub(crate) fn open(
         name: &str,
+        bridge: &str,
         cfg: TunnelConfig,
         native: &Arc<Native>,
         wakeup: Arc<Wakeup>,
         status: PortStatus,
     ) -> Result<NativeTunnelPort> {
         let up_name = cfg.uplink.clone().ok_or_else(|| Error::invalid("option", "a native tunnel needs an uplink"))?;
+        if let Remote::Ip(r) = cfg.remote
+            && (r.is_multicast() || r.is_broadcast() || r.is_unspecified())
+        {
+            return Err(Error::invalid("option", format!("remote_ip={r}: a native tunnel needs a unicast remote")));
+        }
+        if let Some(why) = lock(&native.ports).get(&up_name).and_then(|r| refusal(&up_name, r, bridge)) {
+            return Err(Error::invalid("option", why));
+        }
         let uplink = native.uplink(&up_name);
-        let mut ms = lock(&uplink.members);
         let dst_port = if cfg.encap == Encap::Vxlan { cfg.dst_port } else { 0 };
+        // Locks in bind's order: `bound`, then `members`.
+        let bound = lock(&uplink.bound);
+        let mut ms = lock(&uplink.members);
         if let Some(m) = ms.list.iter().find(|m| {
             m.encap == cfg.encap
                 && m.dst_port == dst_port
@@ -961,13 +1062,24 @@ impl NativeTunnelPort {
             encap: cfg.encap,
             local: cfg.local,
             dst_port,
+            bridge: bridge.to_string(),
+            status: status.clone(),
         });
         drop(ms);
-        if let Some(b) = lock(&uplink.bound).as_ref() {
+        let kernel_sees = bound.as_ref().is_some_and(|b| {
             b.counters.uplink.set(Some(uplink.clone()));
-        }
+            b.kernel_sees
+        });
+        drop(bound);
         status.set_info("uplink", &up_name);
-        let (cfg_claim, claim_local) = (cfg.encap, cfg.local.unwrap_or(Ipv4Addr::UNSPECIFIED));
+        // Only the kernel that sees the uplink's frames answers them: hold
+        // the UDP port (or GRE) on the endpoint's address from it.
+        let claim_local = cfg.local.or_else(|| uplink.info().addrs.first().copied());
+        let claim = match (kernel_sees, claim_local, cfg.encap) {
+            (true, Some(l), Encap::Vxlan) => native.claim(libc::IPPROTO_UDP, l, dst_port),
+            (true, Some(_), Encap::Gre) => native.claim(libc::IPPROTO_GRE, Ipv4Addr::UNSPECIFIED, 0),
+            _ => None,
+        };
         let p = NativeTunnelPort {
             cfg,
             native: native.clone(),
@@ -976,12 +1088,11 @@ impl NativeTunnelPort {
             hops: HashMap::new(),
             ip_id: 0,
             frames: Vec::new(),
+            arps: Vec::new(),
             overflow_seen: 0,
             status,
-            _claim: match cfg_claim {
-                Encap::Vxlan => native.claim(libc::IPPROTO_UDP, claim_local, dst_port),
-                Encap::Gre => native.claim(libc::IPPROTO_GRE, Ipv4Addr::UNSPECIFIED, 0),
-            },
+            drops: Vec::new(),
+            _claim: claim,
         };
         p.show_status();
         Ok(p)
@@ -1001,30 +1112,39 @@ impl NativeTunnelPort {
     }
 
     /// The outer headers towards `remote`, from the cache or resolved
-    /// again; an ARP request for the next hop goes into `self.frames`
-    /// when one is due.
+    /// again; an ARP request for the next hop goes into `self.arps` when
+    /// one is due.
     fn hop(&mut self, remote: Ipv4Addr, pool: &mut PacketPool) -> Result<[u8; OUTER_L3], DropReason> {
         let generation = self.native.generation.load(Ordering::Acquire);
         let now = self.native.now();
-        if let Some(h) = self.hops.get(&remote)
-            && h.generation == generation
-            && (h.head.is_ok() || now < h.until_ms)
-        {
-            if h.head.is_ok() && now >= h.refresh_at_ms {
-                // Half aged and in use: ask again while it still works.
-                let (next, src) = (h.next_hop, h.src);
-                if self.native.neighbour(next).1 {
-                    self.ask(src, next, pool);
-                }
-                if let Some(h) = self.hops.get_mut(&remote) {
-                    h.refresh_at_ms = now + ASK_EVERY_MS;
-                }
+        let cached = self
+            .hops
+            .get(&remote)
+            .copied()
+            .filter(|h| h.generation == generation && (h.head.is_ok() || now < h.until_ms));
+        let Some(h) = cached else {
+            if self.hops.len() >= MAX_HOPS {
+                // remote_ip=flow to ever new remotes: start over.
+                self.hops.clear();
             }
-            return self.hops[&remote].head;
+            let hop = self.resolve(remote, generation, now, pool);
+            self.hops.insert(remote, hop);
+            return hop.head;
+        };
+        if h.head.is_ok() && now >= h.refresh_at_ms {
+            // Half aged and in use: ask again while it still works (an
+            // answer only refreshes the entry; this learns when it is due).
+            let (known, ask) = self.native.neighbour(&self.uplink.name, h.next_hop);
+            if ask {
+                self.ask(h.src, h.next_hop, pool);
+            }
+            let aging = self.native.aging_ms.load(Ordering::Relaxed);
+            let due = known.map_or(0, |k| k.learned_ms + aging / 2);
+            if let Some(c) = self.hops.get_mut(&remote) {
+                c.refresh_at_ms = due.max(now + ASK_EVERY_MS);
+            }
         }
-        let hop = self.resolve(remote, generation, now, pool);
-        self.hops.insert(remote, hop);
-        hop.head
+        h.head
     }
 
     fn resolve(&mut self, remote: Ipv4Addr, generation: u64, now: u64, pool: &mut PacketPool) -> Hop {
@@ -1048,7 +1168,7 @@ impl NativeTunnelPort {
         let Some(src) = self.cfg.local.or(prefsrc).or_else(|| info.addrs.first().copied()) else {
             return miss(DropReason::TunnelNoRoute, next_hop, Ipv4Addr::UNSPECIFIED);
         };
-        let (neigh, ask) = self.native.neighbour(next_hop);
+        let (neigh, ask) = self.native.neighbour(&self.uplink.name, next_hop);
         if ask {
             self.ask(src, next_hop, pool);
         }
@@ -1073,17 +1193,27 @@ impl NativeTunnelPort {
         let mac = self.uplink.info().mac;
         let mut p = pool.get();
         p.set_frame(&arp_frame(1, mac, src, MacAddr::ZERO, ip));
-        self.frames.push(p);
+        self.arps.push(p);
+    }
+
+    /// Counts `n` packets the port dropped itself for `why`.
+    fn dropped(&mut self, why: DropReason, n: u64) {
+        match self.drops.iter_mut().find(|(r, _)| *r == why) {
+            Some((_, c)) => *c += n,
+            None => self.drops.push((why, n)),
+        }
     }
 }
 
 impl Drop for NativeTunnelPort {
     fn drop(&mut self) {
+        // Locks in bind's order: `bound`, then `members`.
+        let bound = lock(&self.uplink.bound);
         let mut ms = lock(&self.uplink.members);
         ms.list.retain(|m| m.m.id != self.id);
-        let empty = ms.list.is_empty();
-        drop(ms);
-        if empty && let Some(b) = lock(&self.uplink.bound).as_ref() {
+        if ms.list.is_empty()
+            && let Some(b) = bound.as_ref()
+        {
             b.counters.uplink.set(None);
         }
     }
@@ -1108,36 +1238,28 @@ impl Port for NativeTunnelPort {
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-        let mut out = TxOutcome::default();
         let mtu = self.uplink.info().mtu as usize;
         let keyed = |k: Key, p: &Packet| match k {
             Key::None => None,
             Key::Fixed(k) => Some(k),
             Key::Flow => Some(p.tunnel.map_or(0, |t| t.id as u32)),
         };
-        let drop = |out: &mut TxOutcome, p: Packet, why: DropReason, pool: &mut PacketPool| {
-            out.dropped += 1;
-            out.drop_reason = Some(why);
-            pool.put(p);
-        };
-        let mut inner_bytes = Vec::with_capacity(batch.len());
-        let mut arps = 0;
-        for mut p in std::mem::take(batch) {
+        let mut bytes = 0u64;
+        let mut frames = std::mem::take(&mut self.frames);
+        for mut p in batch.drain(..) {
             let remote = match self.cfg.remote {
                 Remote::Ip(a) => Some(a),
                 Remote::Flow => p.tunnel.map(|t| t.dst).filter(|a| !a.is_unspecified()),
             };
-            let Some(remote) = remote else {
-                drop(&mut out, p, DropReason::TunnelNoRemote, pool);
-                continue;
+            let head = match remote {
+                Some(remote) => self.hop(remote, pool),
+                None => Err(DropReason::TunnelNoRemote),
             };
-            let before = self.frames.len();
-            let head = self.hop(remote, pool);
-            arps += self.frames.len() - before;
             let head = match head {
                 Ok(h) => h,
                 Err(why) => {
-                    drop(&mut out, p, why, pool);
+                    self.dropped(why, 1);
+                    pool.put(p);
                     continue;
                 }
             };
@@ -1160,7 +1282,8 @@ impl Port for NativeTunnelPort {
             };
             let ip_len = 20 + l4_len + inner;
             if ip_len > mtu {
-                drop(&mut out, p, DropReason::TooBig, pool);
+                self.dropped(DropReason::TooBig, 1);
+                pool.put(p);
                 continue;
             }
             self.ip_id = self.ip_id.wrapping_add(1);
@@ -1172,23 +1295,29 @@ impl Port for NativeTunnelPort {
             let csum = crate::packet::internet_checksum(&h[14..34]);
             h[24..26].copy_from_slice(&csum.to_be_bytes());
             p.tunnel = None;
-            inner_bytes.push(inner as u64);
-            self.frames.push(p);
+            bytes += inner as u64;
+            frames.push(p);
         }
-        let mut frames = std::mem::take(&mut self.frames);
-        let tunneled = frames.len() - arps;
-        let bytes: u64 = inner_bytes.iter().sum();
-        let sent = self.uplink.send(&mut frames, pool);
+        if !self.arps.is_empty() {
+            // Counted on the uplink, not here.
+            let mut arps = std::mem::take(&mut self.arps);
+            self.uplink.send(&mut arps, pool);
+            self.arps = arps;
+        }
+        let tunneled = frames.len();
+        let mut out = TxOutcome::default();
+        if tunneled > 0 {
+            let sent = self.uplink.send(&mut frames, pool);
+            // The uplink counts the outer frames (and what it dropped);
+            // this port the inner ones it handed over.
+            out.sent = sent.sent.min(tunneled);
+            out.sent_bytes = if out.sent == tunneled { bytes } else { bytes * out.sent as u64 / tunneled as u64 };
+            out.dropped = tunneled - out.sent;
+            if out.dropped > 0 {
+                out.drop_reason = sent.drop_reason.or(Some(DropReason::TxError));
+            }
+        }
         self.frames = frames;
-        // The uplink counts the outer frames; this port the inner ones it
-        // handed over (all or, if the uplink dropped some, in proportion).
-        let dropped_by_uplink = (tunneled + arps).saturating_sub(sent.sent).min(tunneled);
-        out.sent += tunneled - dropped_by_uplink;
-        out.sent_bytes += if dropped_by_uplink == 0 { bytes } else { bytes * out.sent as u64 / tunneled.max(1) as u64 };
-        if dropped_by_uplink > 0 {
-            out.dropped += dropped_by_uplink;
-            out.drop_reason = sent.drop_reason.or(Some(DropReason::TxError));
-        }
         out
     }
 
@@ -1208,22 +1337,33 @@ impl Port for NativeTunnelPort {
         let overflow = lock(&self.uplink.members).list.iter().find(|m| m.m.id == self.id).map_or(0, |m| m.m.overflow);
         count(DropReason::RxRingFull, overflow - self.overflow_seen);
         self.overflow_seen = overflow;
+        // The port's own transmit drops (no route, no neighbour, too big).
+        for (why, n) in self.drops.drain(..) {
+            count(why, n);
+        }
     }
 }
 
-/// Checks that the native tunnel `spec` could be added to `bridge`: its
-/// uplink is not a tunnel and not on the same bridge (the overlay would
-/// loop into its own underlay).
+/// Why port `r` cannot be uplink `name` of a tunnel on `bridge`: a tunnel
+/// port (the tunnel would send through itself, or encapsulate twice), or
+/// a port on the tunnel's own bridge (the overlay would loop into its own
+/// underlay).
+fn refusal(name: &str, r: &PortRef, bridge: &str) -> Option<String> {
+    if r.kind == "vxlan" || r.kind == "gre" {
+        Some(format!("uplink={name}: a tunnel port cannot be an uplink"))
+    } else if r.bridge == bridge {
+        Some(format!("uplink={name}: the uplink must be on another bridge than the tunnel ('{bridge}')"))
+    } else {
+        None
+    }
+}
+
+/// Checks that a native tunnel naming `uplink` could be added to `bridge`
+/// (see [`refusal`]); with `must_exist`, that the uplink is on the switch.
 pub(crate) fn check_uplink(native: &Native, bridge: &str, uplink: &str, must_exist: bool) -> Result<()> {
-    match native.port_info(uplink) {
-        Some((b, _)) if b == bridge => Err(Error::invalid(
-            "option",
-            format!("uplink={uplink}: the uplink must be on another bridge than the tunnel ('{bridge}')"),
-        )),
-        Some((_, kind)) if kind == "vxlan" || kind == "gre" => {
-            Err(Error::invalid("option", format!("uplink={uplink}: a tunnel port cannot be an uplink")))
-        }
+    match lock(&native.ports).get(uplink) {
+        Some(r) => refusal(uplink, r, bridge).map_or(Ok(()), |why| Err(Error::invalid("option", why))),
         None if must_exist => Err(Error::invalid("option", format!("uplink={uplink}: no such port on the switch"))),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
