@@ -504,6 +504,10 @@ fn neighbours_text(result: &Value) -> String {
 fn routes_text(result: &Value) -> String {
     let mut out = String::new();
     for r in result.as_array().into_iter().flatten() {
+        if let Some(kind) = r["kind"].as_str().filter(|k| *k != "unicast") {
+            out.push_str(&format!("{kind} {}\n", r["prefix"].as_str().unwrap_or("?")));
+            continue;
+        }
         out.push_str(r["prefix"].as_str().unwrap_or("?"));
         if let Some(gw) = r["gateway"].as_str() {
             out.push_str(&format!(" via {gw}"));

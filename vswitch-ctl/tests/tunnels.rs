@@ -593,6 +593,32 @@ fn native_tunnel_resolves_its_next_hop_by_arp_ages_it_and_follows_route_changes(
     assert!(gw(&d, "192.168.45.3"), "{}", d.ok(&["tnl-neigh-show"]));
     assert!(cb.ping("10.45.0.1", 2), "and back");
 
+    // A multipath route: one of its next hops (both through the uplink).
+    h.a.run(&[
+        "ip", "route", "replace", "172.31.45.2/32", "nexthop", "via", "192.168.45.2", "nexthop", "via", "192.168.45.3",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while d.ok(&["tnl-route-show"]).matches("172.31.45.2/32 via").count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(d.ok(&["tnl-route-show"]).matches("172.31.45.2/32 via").count(), 2, "{}", d.ok(&["tnl-route-show"]));
+    assert!(ca.ping("10.45.0.2", 5), "over a multipath route");
+    // A blackhole route refuses, as the kernel would: counted, nothing sent.
+    h.a.run(&["ip", "route", "replace", "blackhole", "172.31.45.2/32"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.ok(&["tnl-route-show"]).contains("blackhole 172.31.45.2/32") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let before = drops(&d, "vxa", "tunnel_no_route");
+    assert!(!ca.ping("10.45.0.2", 2), "a blackholed remote is not reached");
+    assert!(drops(&d, "vxa", "tunnel_no_route") > before, "counted as tunnel_no_route");
+    h.a.run(&["ip", "route", "replace", "172.31.45.2/32", "via", "192.168.45.3"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.ok(&["tnl-route-show"]).contains("172.31.45.2/32 via 192.168.45.3") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
     // Flushed, it is resolved again on demand.
     assert!(d.ok(&["tnl-neigh-flush"]).contains("flushed: "));
     assert!(!gw(&d, "192.168.45.3"));

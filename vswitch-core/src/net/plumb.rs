@@ -122,6 +122,7 @@ pub(crate) fn create(plan: &Plan<'_>) -> Result<Plumbed> {
                 oif: Some(link.index),
                 prefsrc: None,
                 metric: 0,
+                rtype: crate::sys::netlink::RTN_UNICAST,
             })
             .map_err(nl("adding a route"))?;
         }
@@ -193,7 +194,8 @@ pub(crate) fn check(netns: &str, ifname: &str, ips: &[IpConfig], routes: &[Route
         for route in routes {
             let gateway = next_hop(route, ips);
             let there = table.iter().any(|t| {
-                t.prefix == route.dst.prefix_len()
+                !t.rejects()
+                    && t.prefix == route.dst.prefix_len()
                     && IpNet::new(t.dst, t.prefix).is_ok_and(|n| n.network() == route.dst.network())
                     && t.gateway == gateway
             });

@@ -36,12 +36,17 @@ const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PRIORITY: u16 = 6;
 const RTA_PREFSRC: u16 = 7;
+const RTA_MULTIPATH: u16 = 9;
+/// struct rtnexthop: length, flags, hops, ifindex.
+const RTNEXTHOP: usize = 8;
 const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
-const RTN_UNICAST: u8 = 1;
+pub(crate) const RTN_UNICAST: u8 = 1;
+const RTN_BLACKHOLE: u8 = 6;
+const RTN_PROHIBIT: u8 = 8;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -190,6 +195,17 @@ pub(crate) struct Route {
     pub(crate) prefsrc: Option<IpAddr>,
     /// The route's metric (RTA_PRIORITY): lower wins among equal prefixes.
     pub(crate) metric: u32,
+    /// RTN_UNICAST, or a route that refuses: RTN_BLACKHOLE,
+    /// RTN_UNREACHABLE, RTN_PROHIBIT (in dumps; added routes are unicast).
+    pub(crate) rtype: u8,
+}
+
+impl Route {
+    /// True for a route that refuses what it covers (blackhole,
+    /// unreachable, prohibit).
+    pub(crate) fn rejects(&self) -> bool {
+        self.rtype != RTN_UNICAST
+    }
 }
 
 /// A NETLINK_ROUTE socket of the calling thread's network namespace (the
@@ -464,7 +480,10 @@ impl Rtnl {
         }
     }
 
-    /// The main table's unicast routes, IPv4 and IPv6.
+    /// The main table's unicast routes, IPv4 and IPv6, and those that
+    /// refuse (blackhole, unreachable, prohibit: see [`Route::rejects`]).
+    /// A multipath route comes as one route per next hop, each with the
+    /// prefix and metric of the whole.
     pub(crate) fn routes(&mut self) -> io::Result<Vec<Route>> {
         let mut out = Vec::new();
         for fam in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -472,7 +491,7 @@ impl Rtnl {
             h[0] = fam;
             let m = Msg::new(libc::RTM_GETROUTE, libc::NLM_F_DUMP as u16).bytes(&h);
             for (kind, p) in self.dump(m)? {
-                if kind != libc::RTM_NEWROUTE || p.len() < RTMSG || p[7] != RTN_UNICAST {
+                if kind != libc::RTM_NEWROUTE || p.len() < RTMSG || !(p[7] == RTN_UNICAST || (RTN_BLACKHOLE..=RTN_PROHIBIT).contains(&p[7])) {
                     continue;
                 }
                 let (prefix, mut table) = (p[1], u32::from(p[4]));
@@ -483,7 +502,9 @@ impl Rtnl {
                     oif: None,
                     prefsrc: None,
                     metric: 0,
+                    rtype: p[7],
                 };
+                let mut hops = Vec::new();
                 for (ty, v) in attrs(&p[RTMSG..]) {
                     match ty {
                         RTA_DST => r.dst = ip_from(v).unwrap_or(r.dst),
@@ -492,16 +513,40 @@ impl Rtnl {
                         RTA_PREFSRC => r.prefsrc = ip_from(v),
                         RTA_PRIORITY => r.metric = v.try_into().map(u32::from_ne_bytes).unwrap_or(0),
                         RTA_TABLE => table = v.try_into().map(u32::from_ne_bytes).unwrap_or(table),
+                        RTA_MULTIPATH => hops = nexthops(v),
                         _ => {}
                     }
                 }
-                if table == u32::from(RT_TABLE_MAIN) {
+                if table != u32::from(RT_TABLE_MAIN) {
+                    continue;
+                }
+                if hops.is_empty() {
                     out.push(r);
+                }
+                for (gateway, oif) in hops {
+                    out.push(Route { gateway, oif: Some(oif), ..r });
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// The next hops of an RTA_MULTIPATH attribute: (gateway, interface) of
+/// each struct rtnexthop and the RTA_GATEWAY inside it.
+fn nexthops(mut v: &[u8]) -> Vec<(Option<IpAddr>, u32)> {
+    let mut out = Vec::new();
+    while v.len() >= RTNEXTHOP {
+        let len = u16::from_ne_bytes([v[0], v[1]]) as usize;
+        if len < RTNEXTHOP || len > v.len() {
+            break;
+        }
+        let oif = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]);
+        let gateway = attrs(&v[RTNEXTHOP..len]).find(|(ty, _)| *ty == RTA_GATEWAY).and_then(|(_, g)| ip_from(g));
+        out.push((gateway, oif));
+        v = &v[len.next_multiple_of(4).min(v.len())..];
+    }
+    out
 }
 
 /// A NETLINK_ROUTE socket subscribed to the kernel's announcements of

@@ -83,6 +83,10 @@ pub struct TunnelRoute {
     pub src: Option<Ipv4Addr>,
     /// Metric.
     pub metric: u32,
+    /// `unicast`, or `blackhole`, `unreachable`, `prohibit`: routes that
+    /// refuse what they cover (a tunnel to such a remote counts
+    /// `tunnel_no_route`, as the kernel would refuse it).
+    pub kind: String,
     /// The uplink port on that interface, if one is on the switch.
     pub uplink: Option<String>,
 }
@@ -108,6 +112,7 @@ struct Route4 {
     oif: Option<u32>,
     prefsrc: Option<Ipv4Addr>,
     metric: u32,
+    rtype: u8,
 }
 
 impl Route4 {
@@ -363,6 +368,13 @@ impl Native {
                 gateway: r.gateway,
                 src: r.prefsrc,
                 metric: r.metric,
+                kind: match r.rtype {
+                    crate::sys::netlink::RTN_UNICAST => "unicast",
+                    6 => "blackhole",
+                    7 => "unreachable",
+                    _ => "prohibit",
+                }
+                .to_string(),
                 uplink: r.oif.and_then(|i| uplinks.get(&i).cloned()),
             })
             .collect()
@@ -387,6 +399,7 @@ impl Native {
                             oif: r.oif,
                             prefsrc: r.prefsrc.and_then(v4),
                             metric: r.metric,
+                            rtype: r.rtype,
                         }),
                         IpAddr::V6(_) => None,
                     })
@@ -404,9 +417,20 @@ impl Native {
         self.bump();
     }
 
-    /// The route to `ip`.
-    fn route(&self, ip: Ipv4Addr) -> Option<Route4> {
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).iter().find(|r| r.covers(ip)).copied()
+    /// The route to `ip` as the kernel would choose it, preferring among
+    /// equals (the same prefix and metric: a multipath route's next hops,
+    /// or the same prefix on two interfaces) the one out of `ifindex`.
+    /// None if no route covers it or the best one refuses it.
+    fn route(&self, ip: Ipv4Addr, ifindex: u32) -> Option<Route4> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let best = routes.iter().find(|r| r.covers(ip))?;
+        if best.rtype != crate::sys::netlink::RTN_UNICAST {
+            return None;
+        }
+        let equal = |r: &&Route4| {
+            r.covers(ip) && r.prefix == best.prefix && r.metric == best.metric && r.rtype == best.rtype
+        };
+        routes.iter().filter(equal).find(|r| r.oif == Some(ifindex)).or(Some(best)).copied()
     }
 
     /// Records that `ip` is at `mac` on `uplink`'s segment, as `how`
@@ -1160,7 +1184,7 @@ impl NativeTunnelPort {
         let (next_hop, prefsrc) = match info.ifindex {
             // No kernel interface (an in-process uplink): on-link.
             None => (remote, None),
-            Some(ifindex) => match self.native.route(remote) {
+            Some(ifindex) => match self.native.route(remote, ifindex) {
                 Some(r) if r.oif == Some(ifindex) => (r.gateway.unwrap_or(remote), r.prefsrc),
                 _ => return miss(DropReason::TunnelNoRoute, remote, Ipv4Addr::UNSPECIFIED),
             },
