@@ -595,7 +595,16 @@ fn native_tunnel_resolves_its_next_hop_by_arp_ages_it_and_follows_route_changes(
 
     // A multipath route: one of its next hops (both through the uplink).
     h.a.run(&[
-        "ip", "route", "replace", "172.31.45.2/32", "nexthop", "via", "192.168.45.2", "nexthop", "via", "192.168.45.3",
+        "ip",
+        "route",
+        "replace",
+        "172.31.45.2/32",
+        "nexthop",
+        "via",
+        "192.168.45.2",
+        "nexthop",
+        "via",
+        "192.168.45.3",
     ]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while d.ok(&["tnl-route-show"]).matches("172.31.45.2/32 via").count() < 2 && std::time::Instant::now() < deadline {

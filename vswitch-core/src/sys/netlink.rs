@@ -491,7 +491,10 @@ impl Rtnl {
             h[0] = fam;
             let m = Msg::new(libc::RTM_GETROUTE, libc::NLM_F_DUMP as u16).bytes(&h);
             for (kind, p) in self.dump(m)? {
-                if kind != libc::RTM_NEWROUTE || p.len() < RTMSG || !(p[7] == RTN_UNICAST || (RTN_BLACKHOLE..=RTN_PROHIBIT).contains(&p[7])) {
+                if kind != libc::RTM_NEWROUTE
+                    || p.len() < RTMSG
+                    || !(p[7] == RTN_UNICAST || (RTN_BLACKHOLE..=RTN_PROHIBIT).contains(&p[7]))
+                {
                     continue;
                 }
                 let (prefix, mut table) = (p[1], u32::from(p[4]));

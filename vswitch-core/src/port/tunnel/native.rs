@@ -427,9 +427,8 @@ impl Native {
         if best.rtype != crate::sys::netlink::RTN_UNICAST {
             return None;
         }
-        let equal = |r: &&Route4| {
-            r.covers(ip) && r.prefix == best.prefix && r.metric == best.metric && r.rtype == best.rtype
-        };
+        let equal =
+            |r: &&Route4| r.covers(ip) && r.prefix == best.prefix && r.metric == best.metric && r.rtype == best.rtype;
         routes.iter().filter(equal).find(|r| r.oif == Some(ifindex)).or(Some(best)).copied()
     }
 
