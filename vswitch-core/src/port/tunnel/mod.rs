@@ -206,6 +206,20 @@ struct Member {
 }
 
 impl Member {
+    /// Port `name` (number `id` on its endpoint or uplink), receiving what
+    /// `cfg`'s remote and receive key select, woken through `wakeup`.
+    fn new(id: u64, name: &str, cfg: &TunnelConfig, wakeup: Arc<Wakeup>) -> Member {
+        Member {
+            id,
+            name: name.to_string(),
+            remote: cfg.remote,
+            key: cfg.in_key,
+            queue: VecDeque::new(),
+            overflow: 0,
+            wakeup,
+        }
+    }
+
     /// How well the member matches a packet: lower is better, None not
     /// at all.
     fn rank(&self, src: Ipv4Addr, key: Option<u32>) -> Option<u8> {
@@ -356,15 +370,7 @@ impl TunnelPort {
         let wake = dup(sh.sock.fd()).map_err(|e| Error::io("dup the tunnel socket", e))?;
         let id = sh.next_id;
         sh.next_id += 1;
-        sh.members.push(Member {
-            id,
-            name: name.to_string(),
-            remote: cfg.remote,
-            key: cfg.in_key,
-            queue: VecDeque::new(),
-            overflow: 0,
-            wakeup,
-        });
+        sh.members.push(Member::new(id, name, &cfg, wakeup));
         drop(sh);
         let (_, local, port) = ep.key;
         status.set_info("local_endpoint", format!("{local}:{port}").trim_end_matches(":0"));

@@ -796,7 +796,7 @@ impl Uplink {
                         malformed += 1;
                         pool.put(p);
                     }
-                    Ipv4Fate::Tunnel { src, dst, key, inner, end, encap, dst_port } => {
+                    Ipv4Fate::Tunnel { src, dst, ecn: outer_ecn, key, inner, end, encap, dst_port } => {
                         taken += 1;
                         taken_bytes += p.len() as u64;
                         let best = members
@@ -819,6 +819,13 @@ impl Uplink {
                         let offloaded = p.offload.gso_type != 0 || p.needs_csum();
                         p.truncate(end);
                         p.pull_front(inner);
+                        if !ecn::decapsulate(outer_ecn, p.data_mut()) {
+                            // Congestion marked on a packet that cannot
+                            // carry the mark (RFC 6040 §4.2: drop).
+                            malformed += 1;
+                            pool.put(p);
+                            continue;
+                        }
                         // Without metadata (AF_XDP) a virtual uplink is
                         // taken to carry such frames.
                         if offloaded || (info.is_virtual && !kernel_sees) {
@@ -858,6 +865,8 @@ enum Ipv4Fate {
     Tunnel {
         src: Ipv4Addr,
         dst: Ipv4Addr,
+        /// The outer header's ECN field.
+        ecn: u8,
         key: Option<u32>,
         /// Where the inner frame starts and the IP packet ends.
         inner: usize,
@@ -911,6 +920,7 @@ fn classify_ipv4(d: &[u8], offloaded: bool, locals: &HashSet<Ipv4Addr>, members:
                 Ok((vni, at)) => Ipv4Fate::Tunnel {
                     src,
                     dst,
+                    ecn: ip[1] & ecn::MASK,
                     key: Some(vni),
                     inner: 14 + ihl + wire::UDP_LEN + at,
                     end: 14 + total,
@@ -936,6 +946,7 @@ fn classify_ipv4(d: &[u8], offloaded: bool, locals: &HashSet<Ipv4Addr>, members:
                 Ok(g) => Ipv4Fate::Tunnel {
                     src,
                     dst,
+                    ecn: ip[1] & ecn::MASK,
                     key: g.key,
                     inner: 14 + g.inner,
                     end: 14 + total,
@@ -1073,15 +1084,7 @@ impl NativeTunnelPort {
         ms.next_id += 1;
         let id = ms.next_id;
         ms.list.push(NativeMember {
-            m: Member {
-                id,
-                name: name.to_string(),
-                remote: cfg.remote,
-                key: cfg.in_key,
-                queue: VecDeque::new(),
-                overflow: 0,
-                wakeup,
-            },
+            m: Member::new(id, name, &cfg, wakeup),
             encap: cfg.encap,
             local: cfg.local,
             dst_port,
@@ -1310,8 +1313,10 @@ impl Port for NativeTunnelPort {
                 continue;
             }
             self.ip_id = self.ip_id.wrapping_add(1);
+            let ecn = ecn::encapsulated(p.data());
             let h = p.push_front(OUTER_L3 + l4_len);
             h[..OUTER_L3].copy_from_slice(&head);
+            h[15] = (h[15] & !ecn::MASK) | ecn;
             h[OUTER_L3..].copy_from_slice(&l4[..l4_len]);
             h[16..18].copy_from_slice(&(ip_len as u16).to_be_bytes());
             h[18..20].copy_from_slice(&self.ip_id.to_be_bytes());
@@ -1388,5 +1393,96 @@ pub(crate) fn check_uplink(native: &Native, bridge: &str, uplink: &str, must_exi
         Some(r) => refusal(uplink, r, bridge).map_or(Ok(()), |why| Err(Error::invalid("option", why))),
         None if must_exist => Err(Error::invalid("option", format!("uplink={uplink}: no such port on the switch"))),
         None => Ok(()),
+    }
+}
+
+/// ECN through the tunnel (RFC 6040, normal mode, as the kernel's own
+/// tunnels do it): the outer header carries the inner one's ECN field (CE
+/// as ECT(0)), and a CE mark the underlay put on the outer header is put
+/// on the inner one when it is ECN-capable.
+mod ecn {
+    /// The ECN bits of the IPv4 TOS / IPv6 traffic class.
+    pub(super) const MASK: u8 = 0x03;
+    const CE: u8 = 0x03;
+    const ECT0: u8 = 0x02;
+
+    /// Where an untagged inner IP header keeps its ECN field: IPv4's TOS
+    /// byte, or IPv6's traffic class (its low bits in byte 1).
+    fn inner(frame: &[u8]) -> Option<(usize, bool)> {
+        match frame.get(12..14)? {
+            [0x08, 0x00] if frame.len() >= 34 => Some((15, true)),
+            [0x86, 0xdd] if frame.len() >= 54 => Some((15, false)),
+            _ => None,
+        }
+    }
+
+    fn field(frame: &[u8], at: usize, v4: bool) -> u8 {
+        if v4 { frame[at] & MASK } else { (frame[at] >> 4) & MASK }
+    }
+
+    /// The outer ECN field for inner frame `frame`.
+    pub(super) fn encapsulated(frame: &[u8]) -> u8 {
+        match inner(frame).map(|(at, v4)| field(frame, at, v4)) {
+            Some(CE) => ECT0,
+            Some(e) => e,
+            None => 0,
+        }
+    }
+
+    /// Applies outer ECN `outer` to the decapsulated `frame`; false if the
+    /// packet must be dropped (CE on a non-ECN-capable inner packet).
+    pub(super) fn decapsulate(outer: u8, frame: &mut [u8]) -> bool {
+        if outer != CE {
+            return true;
+        }
+        let Some((at, v4)) = inner(frame) else { return true };
+        match field(frame, at, v4) {
+            0 => false,
+            CE => true,
+            _ if v4 => {
+                let old = u16::from_be_bytes([frame[14], frame[15]]);
+                frame[at] |= CE;
+                let new = u16::from_be_bytes([frame[14], frame[15]]);
+                let csum = u16::from_be_bytes([frame[24], frame[25]]);
+                let csum = crate::wire::checksum::csum_replace(csum, old, new);
+                frame[24..26].copy_from_slice(&csum.to_be_bytes());
+                true
+            }
+            _ => {
+                frame[at] |= CE << 4;
+                true
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn v4(tos: u8) -> Vec<u8> {
+            let mut f = vec![0u8; 34];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x45;
+            f[15] = tos;
+            f[16..18].copy_from_slice(&20u16.to_be_bytes());
+            f[22] = 64;
+            let c = crate::wire::checksum::internet_checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            f
+        }
+
+        #[test]
+        fn rfc_6040_normal_mode() {
+            assert_eq!(encapsulated(&v4(0xb8 | 0x01)), 0x01, "ECT(1) copied, DSCP not");
+            assert_eq!(encapsulated(&v4(CE)), ECT0, "CE goes out as ECT(0)");
+            assert_eq!(encapsulated(&[0u8; 20]), 0, "not IP: Not-ECT");
+            let mut f = v4(ECT0);
+            assert!(decapsulate(CE, &mut f));
+            assert_eq!(f[15] & MASK, CE, "CE put on an ECN-capable packet");
+            assert_eq!(crate::wire::checksum::internet_checksum(&f[14..34]), 0, "IPv4 checksum kept right");
+            assert!(!decapsulate(CE, &mut v4(0)), "CE on Not-ECT: dropped");
+            let mut f = v4(0);
+            assert!(decapsulate(ECT0, &mut f) && f[15] == 0, "no mark, no change");
+        }
     }
 }
