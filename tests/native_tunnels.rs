@@ -97,6 +97,19 @@ fn two_switches_talk_native_vxlan_through_in_process_uplinks() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data(), &frame[..]);
 
+    // ECN crosses: an ECT(1) inner packet goes out with ECT(1) outside.
+    let mut ect = frame.clone();
+    ect[15] = 0x01;
+    ect[24..26].copy_from_slice(&[0, 0]);
+    let sum = ect[14..34].chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ect[24..26].copy_from_slice(&sum.to_be_bytes());
+    ha.send_frame(&ect).unwrap();
+    let crossed = wire(&ua, &ub, Duration::from_millis(300));
+    let outer = crossed.iter().find(|f| f[12..14] == [0x08, 0x00]).expect("an encapsulated frame");
+    assert_eq!(outer[15] & 3, 1, "the outer header carries the inner ECN field");
+    assert_eq!(recv_n(&hb, 1, Duration::from_secs(2))[0].data(), &ect[..]);
+
     // And back, B having learnt A from A's request.
     let back = ip::udp(ma, mb, [192, 168, 7, 2], [192, 168, 7, 1], 2000, 1000, 64, b"and back");
     hb.send_frame(&back).unwrap();
