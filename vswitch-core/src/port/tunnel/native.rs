@@ -36,7 +36,7 @@
 //! IPv4 underlays only; an IPv6 `remote_ip` is refused when the port is
 //! created.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
