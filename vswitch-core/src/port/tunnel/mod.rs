@@ -476,8 +476,13 @@ impl Port for TunnelPort {
         self.demux(&mut sh, pool);
         let Some(me) = sh.members.iter_mut().find(|m| m.id == self.id) else { return 0 };
         let n = me.queue.len().min(max);
+        let from = batch.len();
         batch.extend(me.queue.drain(..n));
-        n
+        drop(sh);
+        // Segments of a sender's super-frame that arrived one by one (a
+        // physical underlay) are merged again, as the native mode does.
+        crate::packet::coalesce_tcp(batch, from, pool);
+        batch.len() - from
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
