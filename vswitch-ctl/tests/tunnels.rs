@@ -540,6 +540,13 @@ fn native_tunnel_resolves_its_next_hop_by_arp_ages_it_and_follows_route_changes(
     ]);
     kernel_bridge(&h.b, &["vx0", &pb]);
     h.a.run(&["ip", "route", "add", "172.31.45.2/32", "via", "192.168.45.2"]);
+    // No unprompted IPv6 (router solicitations, MLD reports) from the
+    // containers or host B: the only traffic over the tunnel is the test's,
+    // so the first ARP request is the one the test's first packet causes.
+    for ns in [&ca, &cb, &h.b] {
+        ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"]);
+    }
 
     let d = Daemon::start_netns(&h.a);
     d.ok(&["tnl-neigh-aging", "4"]);
