@@ -265,6 +265,12 @@ fn events_tell_ports_links_and_moves_in_order() {
     );
     drop(sw);
     drop(b);
+    // Dropping the switch removes its last port, told as such; then the
+    // subscription ends.
+    assert_eq!(
+        events.recv_timeout(WAIT),
+        Some(Event::PortRemoved { bridge: "br0".into(), port: "b".into(), port_no: 2 })
+    );
     assert!(events.recv_timeout(WAIT).is_none() && events.is_closed(), "the subscription ends with the switch");
 }
 
@@ -577,4 +583,59 @@ fn a_closed_handle_reads_link_down_and_shutdown_reports_what_failed() {
     let e = sw.shutdown().unwrap_err();
     assert!(e.to_string().contains("closing a port panicked: boom in drop"), "{e}");
     assert!(kept.is_detached(), "the other ports were torn down all the same");
+}
+
+/// Dropping a switch without `shutdown` tears it down the same way: every
+/// port is told as removed and closed (here, not on a datapath thread),
+/// even one whose closing panics, and the threads stop.
+#[test]
+fn dropping_a_switch_removes_and_closes_every_port_like_shutdown() {
+    #[derive(Debug)]
+    struct PanicsOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Port for PanicsOnDrop {
+        fn kind(&self) -> &'static str {
+            "panics-on-drop"
+        }
+        fn rx_burst(&mut self, _: &mut Vec<Packet>, _: usize, _: &mut PacketPool) -> usize {
+            0
+        }
+        fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+            TxOutcome::drop_all(batch, pool, DropReason::TxError)
+        }
+    }
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            // Where it is closed: the thread that drops the switch.
+            let on = std::thread::current().name().map(str::to_string);
+            self.0.store(on.as_deref() == Some("dropper"), std::sync::atomic::Ordering::SeqCst);
+            panic!("boom in drop");
+        }
+    }
+    let closed_here = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = closed_here.clone();
+    let (events, kept) = std::thread::Builder::new()
+        .name("dropper".into())
+        .spawn(move || {
+            let sw = Switch::builder().pmd_threads(2).build().unwrap();
+            sw.add_bridge("br0").unwrap();
+            sw.add_bridge("br1").unwrap();
+            sw.add_port("br0", "bad", Box::new(PanicsOnDrop(flag)), PortConfig::default()).unwrap();
+            let kept = sw.add_memory_port("br1", "kept", PortConfig::default()).unwrap();
+            let events = sw.subscribe().unwrap();
+            drop(sw);
+            (events, kept)
+        })
+        .unwrap()
+        .join()
+        .expect("dropping the switch does not panic, whatever its ports do");
+    assert!(kept.is_detached(), "the memory port was torn down");
+    assert!(closed_here.load(std::sync::atomic::Ordering::SeqCst), "closed on the dropping thread");
+    let mut removed = Vec::new();
+    while let Some(e) = events.try_recv() {
+        if let Event::PortRemoved { port, .. } = e {
+            removed.push(port);
+        }
+    }
+    removed.sort();
+    assert_eq!(removed, ["bad", "kept"], "each port told as removed");
 }

@@ -256,6 +256,7 @@ impl SwitchBuilder {
             events,
             close_panics: Mutex::new(Vec::new()),
             native: Arc::default(),
+            closed: false,
         })
     }
 }
@@ -460,6 +461,18 @@ pub struct Switch {
     close_panics: Mutex<Vec<String>>,
     /// Native tunnelling: routes, neighbours, uplinks.
     pub(crate) native: Arc<crate::port::tunnel::native::Native>,
+    /// Torn down already (by `shutdown`).
+    closed: bool,
+}
+
+/// Dropping a switch tears it down as [`Switch::shutdown`] does: every
+/// port is removed (and told as `PortRemoved`) and closed on this thread,
+/// its own panics caught, before the threads stop; what went wrong is
+/// not reported.
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -1256,7 +1269,20 @@ impl Switch {
     /// datapath timeout (it is left behind), a bridge that could not be
     /// removed, a port whose closing panicked. Everything else is torn
     /// down all the same.
-    pub fn shutdown(self) -> Result<()> {
+    pub fn shutdown(mut self) -> Result<()> {
+        let problems = self.close();
+        if problems.is_empty() { Ok(()) } else { Err(Error::ShutdownIncomplete { problems }) }
+    }
+
+    /// What [`shutdown`](Self::shutdown) and dropping the switch do, once:
+    /// returns the problems. Nothing it removes is recorded for a
+    /// daemon's journal (the configuration outlives the switch).
+    fn close(&mut self) -> Vec<String> {
+        if self.closed {
+            return Vec::new();
+        }
+        self.closed = true;
+        *self.journal.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut problems = Vec::new();
         for t in self.datapath_threads() {
             if let Some(why) = t.failure {
@@ -1269,19 +1295,18 @@ impl Switch {
                 problems.push(format!("bridge {b}: {e}"));
             }
         }
-        let Switch { runner, slow, timeout, close_panics, .. } = self;
-        if let Runner::Threads(threads) = runner {
-            for t in threads {
+        if let Runner::Threads(threads) = &mut self.runner {
+            for t in std::mem::take(threads) {
                 let name = t.name().to_string();
-                let wait = timeout.max(Duration::from_secs(1));
+                let wait = self.timeout.max(Duration::from_secs(1));
                 if !t.stop(wait) {
                     problems.push(format!("datapath thread {name} did not stop within {} ms", wait.as_millis()));
                 }
             }
         }
-        drop(slow);
-        problems.append(&mut close_panics.lock().unwrap_or_else(|e| e.into_inner()));
-        if problems.is_empty() { Ok(()) } else { Err(Error::ShutdownIncomplete { problems }) }
+        self.slow.stop();
+        problems.append(&mut self.close_panics.lock().unwrap_or_else(|e| e.into_inner()));
+        problems
     }
 
     /// Counters of every bridge, port and MAC table.

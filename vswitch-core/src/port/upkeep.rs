@@ -212,11 +212,19 @@ fn run_guarded(upkeeps: &mut BTreeMap<u64, (Box<dyn Upkeep>, OnPanic)>, id: u64,
     }
 }
 
-impl Drop for SlowPath {
-    fn drop(&mut self) {
+impl SlowPath {
+    /// Stops the thread and waits for it (the upkeeps it holds are
+    /// dropped there); nothing added later runs. Dropping does the same.
+    pub(crate) fn stop(&mut self) {
         self.tx = None;
         if let Some(j) = self.join.take() {
             let _ = j.join();
         }
+    }
+}
+
+impl Drop for SlowPath {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
