@@ -471,7 +471,12 @@ pub struct Switch {
 /// not reported.
 impl Drop for Switch {
     fn drop(&mut self) {
-        let _ = self.close();
+        if std::thread::panicking() {
+            // Unwinding already (a manual datapath may be half way through
+            // a change): the threads stop as the fields drop, nothing more.
+            return;
+        }
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.close()));
     }
 }
 
@@ -779,13 +784,13 @@ impl Switch {
             (b.index, b.ports.keys().cloned().collect())
         };
         // Native tunnels stop sending through its ports first.
-        names.iter().for_each(|p| self.native.port_leaving(p));
+        let leaving: Vec<_> = names.iter().map(|p| (p, self.native.port_leaving(p))).collect();
         // The ports come back to be closed here, not on a datapath thread.
         let r = self.broadcast(move |dp, _| dp.del_bridge(index)).map(|ports| {
             close_ports(ports.into_iter().flatten(), &self.close_panics);
         });
         if !took_effect(&r) {
-            names.iter().for_each(|p| self.native.port_stayed(p));
+            leaving.into_iter().for_each(|(p, r)| self.native.port_stayed(p, r));
         }
         if took_effect(&r) {
             self.record(|| ConfigChange::DelBridge { name: name.to_string() });
@@ -1047,14 +1052,14 @@ impl Switch {
         let _change = self.change();
         let slot = self.port_entry(name, |p| p.slot)?;
         // Native tunnels stop sending through it first.
-        self.native.port_leaving(name);
+        let leaving = self.native.port_leaving(name);
         // Each thread hands its reference back: the port is closed here,
         // when the last one drops, not on a datapath thread.
         let r = self
             .broadcast(move |dp, _| dp.del_port(slot))
             .map(|ports| close_ports(ports.into_iter().flatten(), &self.close_panics));
         if !took_effect(&r) {
-            self.native.port_stayed(name);
+            self.native.port_stayed(name, leaving);
         }
         if took_effect(&r) {
             let (upkeep, bridge) = {
@@ -1289,6 +1294,10 @@ impl Switch {
                 problems.push(format!("datapath thread {} had failed: {why}", t.name));
             }
         }
+        // The slow path first, once (its current round finished, every
+        // upkeep dropped), rather than each port's upkeep removed in turn,
+        // each waiting on a round that may be long (an AF_XDP bind).
+        self.slow.stop();
         let bridges: Vec<String> = self.registry().bridges.keys().cloned().collect();
         for b in bridges {
             if let Err(e) = self.del_bridge(&b) {
@@ -1304,7 +1313,6 @@ impl Switch {
                 }
             }
         }
-        self.slow.stop();
         problems.append(&mut self.close_panics.lock().unwrap_or_else(|e| e.into_inner()));
         problems
     }

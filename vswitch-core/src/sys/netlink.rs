@@ -546,7 +546,10 @@ fn nexthops(mut v: &[u8]) -> Vec<(Option<IpAddr>, u32)> {
         }
         let oif = u32::from_ne_bytes([v[4], v[5], v[6], v[7]]);
         let gateway = attrs(&v[RTNEXTHOP..len]).find(|(ty, _)| *ty == RTA_GATEWAY).and_then(|(_, g)| ip_from(g));
-        out.push((gateway, oif));
+        // RTNH_F_DEAD (1) and RTNH_F_LINKDOWN (16): the kernel skips them.
+        if v[2] & (1 | 16) == 0 {
+            out.push((gateway, oif));
+        }
         v = &v[len.next_multiple_of(4).min(v.len())..];
     }
     out

@@ -244,10 +244,20 @@ impl Native {
         Some(c)
     }
 
+    /// The claim socket for a tunnel endpoint (see [`claim`](Self::claim)).
+    fn claim_for(&self, encap: Encap, local: Option<Ipv4Addr>, dst_port: u16) -> Option<Arc<OwnedFd>> {
+        match (encap, local) {
+            (Encap::Vxlan, Some(l)) => self.claim(libc::IPPROTO_UDP, l, dst_port),
+            (Encap::Gre, Some(_)) => self.claim(libc::IPPROTO_GRE, Ipv4Addr::UNSPECIFIED, 0),
+            (_, None) => None,
+        }
+    }
+
     /// A port joined the switch.
     pub(crate) fn port_added(&self, name: &str, r: PortRef) {
         lock(&self.ports).insert(name.to_string(), r.clone());
-        if let Some(up) = lock(&self.uplinks).get(name).and_then(Weak::upgrade) {
+        let up = lock(&self.uplinks).get(name).and_then(Weak::upgrade);
+        if let Some(up) = up {
             up.bind(Some(r));
             self.stale.store(true, Ordering::Release);
             self.bump();
@@ -257,7 +267,8 @@ impl Native {
     /// A port left the switch.
     pub(crate) fn port_removed(&self, name: &str) {
         lock(&self.ports).remove(name);
-        if let Some(up) = lock(&self.uplinks).get(name).and_then(Weak::upgrade) {
+        let up = lock(&self.uplinks).get(name).and_then(Weak::upgrade);
+        if let Some(up) = up {
             up.bind(None);
             self.bump();
         }
@@ -266,20 +277,38 @@ impl Native {
     /// Port `name` is about to be removed: its uplink lets go of it first,
     /// so no tunnel's transmit holds the port when its last reference is
     /// dropped (it is closed on the caller's thread, not a datapath's).
-    pub(crate) fn port_leaving(&self, name: &str) {
-        if let Some(up) = lock(&self.uplinks).get(name).and_then(Weak::upgrade) {
+    /// Returns the port's entry, for [`port_stayed`](Self::port_stayed)
+    /// should the removal fail; meanwhile no tunnel opening binds to it.
+    pub(crate) fn port_leaving(&self, name: &str) -> Option<PortRef> {
+        let r = lock(&self.ports).remove(name);
+        let up = lock(&self.uplinks).get(name).and_then(Weak::upgrade);
+        if let Some(up) = up {
             up.bind(None);
             self.bump();
         }
+        r
     }
 
-    /// Port `name` was not removed after all (the datapath refused): its
-    /// uplink takes it back.
-    pub(crate) fn port_stayed(&self, name: &str) {
+    /// Port `name` was not removed after all (the datapath refused): it is
+    /// an uplink candidate again, and its uplink takes it back.
+    pub(crate) fn port_stayed(&self, name: &str, r: Option<PortRef>) {
+        let Some(r) = r else { return };
+        lock(&self.ports).insert(name.to_string(), r);
+        self.rebind(name);
+    }
+
+    /// Binds uplink `name` again to its port if it is unbound and the port
+    /// is on the switch: after a port comes back, or after the tunnels
+    /// using it changed (a refusal may no longer hold, or may now).
+    fn rebind(&self, name: &str) {
         let r = lock(&self.ports).get(name).cloned();
-        if let (Some(r), Some(up)) = (r, lock(&self.uplinks).get(name).and_then(Weak::upgrade)) {
-            up.bind(Some(r));
-            self.bump();
+        let up = lock(&self.uplinks).get(name).and_then(Weak::upgrade);
+        if let (Some(r), Some(up)) = (r, up) {
+            let unbound = lock(&up.bound).is_none();
+            if unbound {
+                up.bind(Some(r));
+                self.bump();
+            }
         }
     }
 
@@ -586,6 +615,9 @@ struct NativeMember {
     /// The tunnel port's bridge (its uplink must be on another).
     bridge: String,
     status: PortStatus,
+    /// Holds the tunnel's UDP port (or GRE) from the kernel, while the
+    /// uplink is one the kernel sees (AF_PACKET).
+    claim: Option<Arc<OwnedFd>>,
 }
 
 impl std::fmt::Debug for NativeMember {
@@ -650,8 +682,12 @@ impl Uplink {
         if let Some(old) = b.take() {
             old.counters.uplink.set(None);
         }
-        let Some(r) = to else { return };
-        let ms = lock(&self.members);
+        let mut ms = lock(&self.members);
+        let Some(r) = to else {
+            // Gone: what a refusal said no longer holds.
+            ms.list.iter().for_each(|m| m.status.set_error(None));
+            return;
+        };
         if let Some(why) = ms.list.iter().find_map(|m| refusal(&self.name, &r, &m.bridge)) {
             ms.list.iter().for_each(|m| m.status.set_error(Some(why.clone())));
             return;
@@ -660,8 +696,15 @@ impl Uplink {
         if !ms.list.is_empty() {
             r.counters.uplink.set(Some(self.clone()));
         }
+        let kernel_sees = r.kind == "afpacket";
+        if kernel_sees && let Some(native) = self.native.upgrade() {
+            let addr = self.info().addrs.first().copied();
+            for m in ms.list.iter_mut().filter(|m| m.claim.is_none()) {
+                m.claim = native.claim_for(m.encap, m.local.or(addr), m.dst_port);
+            }
+        }
         drop(ms);
-        *b = Some(Bound { port: r.port, counters: r.counters, kernel_sees: r.kind == "afpacket" });
+        *b = Some(Bound { port: r.port, counters: r.counters, kernel_sees });
     }
 
     fn refresh_info(&self, rtnl: &mut Option<Rtnl>) {
@@ -768,9 +811,10 @@ impl Uplink {
                         continue;
                     };
                     let for_us = locals.contains(&a.tpa);
+                    // A reply makes an entry only if we asked (see Learn).
                     let how = match a.op {
                         1 if for_us => Learn::Request,
-                        2 if for_us => Learn::Reply,
+                        2 => Learn::Reply,
                         _ => Learn::Refresh,
                     };
                     native.learn(&self.name, a.spa, a.sha, how);
@@ -1029,8 +1073,6 @@ pub struct NativeTunnelPort {
     /// What the port dropped itself, by reason, until the datapath
     /// collects it (a burst may drop for several reasons).
     drops: Vec<(DropReason, u64)>,
-    /// Holds the UDP port (or GRE) from the kernel's own answer.
-    _claim: Option<Arc<OwnedFd>>,
 }
 
 impl std::fmt::Debug for NativeTunnelPort {
@@ -1090,22 +1132,26 @@ impl NativeTunnelPort {
             dst_port,
             bridge: bridge.to_string(),
             status: status.clone(),
+            // Only the kernel that sees the uplink's frames answers them:
+            // hold the UDP port (or GRE) on the endpoint's address from it.
+            claim: match bound.as_ref() {
+                Some(b) if b.kernel_sees => {
+                    native.claim_for(cfg.encap, cfg.local.or_else(|| uplink.info().addrs.first().copied()), dst_port)
+                }
+                _ => None,
+            },
         });
         drop(ms);
-        let kernel_sees = bound.as_ref().is_some_and(|b| {
+        if let Some(b) = bound.as_ref() {
             b.counters.uplink.set(Some(uplink.clone()));
-            b.kernel_sees
-        });
+        }
+        let unbound = bound.is_none();
         drop(bound);
+        if unbound {
+            // Refused before, perhaps for a tunnel that has gone.
+            native.rebind(&up_name);
+        }
         status.set_info("uplink", &up_name);
-        // Only the kernel that sees the uplink's frames answers them: hold
-        // the UDP port (or GRE) on the endpoint's address from it.
-        let claim_local = cfg.local.or_else(|| uplink.info().addrs.first().copied());
-        let claim = match (kernel_sees, claim_local, cfg.encap) {
-            (true, Some(l), Encap::Vxlan) => native.claim(libc::IPPROTO_UDP, l, dst_port),
-            (true, Some(_), Encap::Gre) => native.claim(libc::IPPROTO_GRE, Ipv4Addr::UNSPECIFIED, 0),
-            _ => None,
-        };
         let p = NativeTunnelPort {
             cfg,
             native: native.clone(),
@@ -1118,7 +1164,6 @@ impl NativeTunnelPort {
             overflow_seen: 0,
             status,
             drops: Vec::new(),
-            _claim: claim,
         };
         p.show_status();
         Ok(p)
@@ -1241,6 +1286,13 @@ impl Drop for NativeTunnelPort {
             && let Some(b) = bound.as_ref()
         {
             b.counters.uplink.set(None);
+        }
+        let unbound = bound.is_none();
+        drop(ms);
+        drop(bound);
+        if unbound {
+            // This port may have been why the uplink was refused.
+            self.native.rebind(&self.uplink.name);
         }
     }
 }
