@@ -62,19 +62,21 @@ fn mac(n: u8) -> EthernetAddress {
     EthernetAddress([0x02, 0x00, 0x00, 0x00, 0x00, n])
 }
 
-/// A smoltcp host: one interface on a memory port, one TCP socket.
-struct Host {
+/// A smoltcp host: one interface on a memory port, one TCP socket. The
+/// port's handle stays with the caller: closing it takes the link down,
+/// and a host that is done must not do that to frames still on the way.
+struct Host<'a> {
     iface: Interface,
     sockets: SocketSet<'static>,
     socket: smoltcp::iface::SocketHandle,
-    nic: MemoryPortHandle,
+    nic: &'a mut MemoryPortHandle,
 }
 
-impl Host {
-    fn new(mut nic: MemoryPortHandle, mac: EthernetAddress, ip: Ipv4Address) -> Host {
+impl<'a> Host<'a> {
+    fn new(nic: &'a mut MemoryPortHandle, mac: EthernetAddress, ip: Ipv4Address) -> Host<'a> {
         let mut config = Config::new(HardwareAddress::Ethernet(mac));
         config.random_seed = u64::from(ip.octets()[3]);
-        let mut iface = Interface::new(config, &mut nic, smoltcp::time::Instant::now());
+        let mut iface = Interface::new(config, nic, smoltcp::time::Instant::now());
         iface.update_ip_addrs(|addrs| {
             addrs.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).expect("one address");
         });
@@ -89,7 +91,7 @@ impl Host {
 
     /// Lets the stack process what arrived and send what it can.
     fn poll(&mut self) {
-        self.iface.poll(smoltcp::time::Instant::now(), &mut self.nic, &mut self.sockets);
+        self.iface.poll(smoltcp::time::Instant::now(), &mut *self.nic, &mut self.sockets);
     }
 
     /// Sleeps until a frame arrives or the stack has a timer due.
@@ -109,7 +111,11 @@ impl Host {
 
 /// Serves one TCP connection on 10.0.0.2:5001 through `nic`, checking
 /// every byte against [`pattern`]; returns the bytes and the time taken.
-pub fn run_server(nic: MemoryPortHandle, expected: usize, failed: &AtomicBool) -> Result<(usize, Duration), String> {
+pub fn run_server(
+    nic: &mut MemoryPortHandle,
+    expected: usize,
+    failed: &AtomicBool,
+) -> Result<(usize, Duration), String> {
     let mut host = Host::new(nic, mac(2), SERVER_IP);
     host.tcp().listen(PORT).map_err(|e| format!("listen: {e}"))?;
     let mut received = 0usize;
@@ -150,7 +156,7 @@ pub fn run_server(nic: MemoryPortHandle, expected: usize, failed: &AtomicBool) -
     }
 }
 
-fn run_client(nic: MemoryPortHandle, total: usize, failed: &AtomicBool) -> Result<(), String> {
+fn run_client(nic: &mut MemoryPortHandle, total: usize, failed: &AtomicBool) -> Result<(), String> {
     let mut host = Host::new(nic, mac(1), CLIENT_IP);
     let cx = host.iface.context();
     let sock = host.sockets.get_mut::<tcp::Socket<'_>>(host.socket);
@@ -202,10 +208,19 @@ pub fn run_transfer(total: usize) -> Result<TransferReport, String> {
         }
     };
     let (f1, f2) = (failed.clone(), failed.clone());
-    let server = thread::spawn(move || run_server(server_nic, total, &f1).map_err(on_error(f1.clone())));
-    let client = thread::spawn(move || run_client(client_nic, total, &f2).map_err(on_error(f2.clone())));
-    let client = client.join().map_err(|_| "client thread panicked")?;
-    let server = server.join().map_err(|_| "server thread panicked")?;
+    // Each host's thread hands its port's handle back: the handles stay
+    // open (links up) until the counters below have been read, so a last
+    // frame on its way to a host that has finished is not dropped.
+    let server = thread::spawn(move || {
+        let mut nic = server_nic;
+        (run_server(&mut nic, total, &f1).map_err(on_error(f1.clone())), nic)
+    });
+    let client = thread::spawn(move || {
+        let mut nic = client_nic;
+        (run_client(&mut nic, total, &f2).map_err(on_error(f2.clone())), nic)
+    });
+    let (client, _client_nic) = client.join().map_err(|_| "client thread panicked")?;
+    let (server, _server_nic) = server.join().map_err(|_| "server thread panicked")?;
     // The first error is the cause; the other side only gave up.
     let (bytes, elapsed) = match (server, client) {
         (Err(e), _) if !e.starts_with("server gave up") => return Err(e),

@@ -160,3 +160,26 @@ fn an_uplink_that_cannot_be_one_is_refused_even_when_it_comes_later() {
     let e = sw.add_port_spec("br0", &vxlan("vz", "10.78.0.1", "10.78.0.4", "later"), OnOpenError::Fail);
     assert!(e.is_err_and(|e| e.to_string().contains("another bridge")));
 }
+
+#[test]
+fn a_refused_uplink_is_taken_once_the_tunnel_it_was_refused_for_goes() {
+    let sw = Switch::builder().build().unwrap();
+    for b in ["br-a", "br-b"] {
+        sw.add_bridge(b).unwrap();
+    }
+    sw.add_port_spec("br-a", &vxlan("t1", "10.79.0.1", "10.79.0.2", "up"), OnOpenError::Defer).unwrap();
+    sw.add_port_spec("br-b", &vxlan("t2", "10.79.0.1", "10.79.0.3", "up"), OnOpenError::Defer).unwrap();
+    // The uplink arrives on t2's bridge: refused, for both.
+    let _up = sw.add_memory_port("br-b", "up", PortConfig::default()).unwrap();
+    let port = |name: &str| sw.bridges().iter().flat_map(|b| b.ports.clone()).find(|p| p.name == name).unwrap();
+    assert!(port("t1").error.is_some_and(|e| e.contains("another bridge")));
+    // t2 goes: t1 gets its uplink, and its error is cleared.
+    sw.del_port("t2").unwrap();
+    assert_eq!(port("t1").error, None);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let up = || sw.stats().bridges.iter().flat_map(|b| b.ports.clone()).find(|p| p.name == "t1").unwrap().link_up;
+    while !up() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(up(), "t1's link is up through the uplink it was refused before");
+}
