@@ -135,7 +135,10 @@ fn tcp_from_a_namespace_to_an_in_process_host(backend: Backend) {
     const TOTAL: usize = 4 * 1024 * 1024;
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = failed.clone();
-    let server = std::thread::spawn(move || tcp_transfer::run_server(nic, TOTAL, &f));
+    let server = std::thread::spawn(move || {
+        let mut nic = nic;
+        tcp_transfer::run_server(&mut nic, TOTAL, &f)
+    });
     let data: Vec<u8> = (0..TOTAL).map(tcp_transfer::pattern).collect();
     let file = std::env::temp_dir().join(vswitch_tests::netns::unique("vsdata"));
     std::fs::write(&file, &data).unwrap();
