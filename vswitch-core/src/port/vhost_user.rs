@@ -205,6 +205,10 @@ impl Port for VhostUserPort {
         if too_big > 0 {
             count(DropReason::TooBig, too_big);
         }
+        let gone = c.disconnected.swap(0, Ordering::Relaxed);
+        if gone > 0 {
+            count(DropReason::LinkDown, gone);
+        }
     }
 }
 
@@ -222,6 +226,9 @@ struct Counters {
     malformed: Arc<AtomicU64>,
     /// Frames for the guest larger than its receive buffer (tx `too_big`).
     rx_too_big: Arc<AtomicU64>,
+    /// Frames held for a full queue when the connection ended (either
+    /// way: `link_down`).
+    disconnected: Arc<AtomicU64>,
 }
 
 /// The port's thread: waits for a frontend, serves it until it goes, and
@@ -396,9 +403,20 @@ struct NetBackend {
     malformed: Arc<AtomicU64>,
     /// Frames for the guest larger than its (single) receive buffer.
     rx_too_big: Arc<AtomicU64>,
+    /// Frames still stashed when the device goes with its connection.
+    disconnected: Arc<AtomicU64>,
     /// Ends the connection when the device cannot go on (a write into
     /// guest memory failed): the frontend reconnects to a fresh device.
     connection: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+}
+
+/// A device ends with its connection: what it still held for a full
+/// queue is dropped, and counted.
+impl Drop for NetBackend {
+    fn drop(&mut self) {
+        let held = u64::from(self.rx_stash.take().is_some()) + u64::from(self.tx_stash.take().is_some());
+        self.disconnected.fetch_add(held, Ordering::Relaxed);
+    }
 }
 
 impl NetBackend {
@@ -421,6 +439,7 @@ impl NetBackend {
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)?,
             malformed: counters.malformed.clone(),
             rx_too_big: counters.rx_too_big.clone(),
+            disconnected: counters.disconnected.clone(),
             connection,
         })
     }
