@@ -557,28 +557,9 @@ fn a_closed_handle_reads_link_down_and_shutdown_reports_what_failed() {
     assert!(sw.shutdown().is_ok(), "a clean switch shuts down cleanly");
     assert!(a.is_detached());
 
-    /// A port whose closing panics.
-    #[derive(Debug)]
-    struct PanicsOnDrop;
-    impl Port for PanicsOnDrop {
-        fn kind(&self) -> &'static str {
-            "panics-on-drop"
-        }
-        fn rx_burst(&mut self, _: &mut Vec<Packet>, _: usize, _: &mut PacketPool) -> usize {
-            0
-        }
-        fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-            TxOutcome::drop_all(batch, pool, DropReason::TxError)
-        }
-    }
-    impl Drop for PanicsOnDrop {
-        fn drop(&mut self) {
-            panic!("boom in drop");
-        }
-    }
     let sw = Switch::builder().build().unwrap();
     sw.add_bridge("br0").unwrap();
-    sw.add_port("br0", "bad", Box::new(PanicsOnDrop), PortConfig::default()).unwrap();
+    sw.add_port("br0", "bad", Box::new(PanicsOnDrop::default()), PortConfig::default()).unwrap();
     let kept = sw.add_memory_port("br0", "kept", PortConfig::default()).unwrap();
     let e = sw.shutdown().unwrap_err();
     assert!(e.to_string().contains("closing a port panicked: boom in drop"), "{e}");
@@ -590,36 +571,15 @@ fn a_closed_handle_reads_link_down_and_shutdown_reports_what_failed() {
 /// even one whose closing panics, and the threads stop.
 #[test]
 fn dropping_a_switch_removes_and_closes_every_port_like_shutdown() {
-    #[derive(Debug)]
-    struct PanicsOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
-    impl Port for PanicsOnDrop {
-        fn kind(&self) -> &'static str {
-            "panics-on-drop"
-        }
-        fn rx_burst(&mut self, _: &mut Vec<Packet>, _: usize, _: &mut PacketPool) -> usize {
-            0
-        }
-        fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-            TxOutcome::drop_all(batch, pool, DropReason::TxError)
-        }
-    }
-    impl Drop for PanicsOnDrop {
-        fn drop(&mut self) {
-            // Where it is closed: the thread that drops the switch.
-            let on = std::thread::current().name().map(str::to_string);
-            self.0.store(on.as_deref() == Some("dropper"), std::sync::atomic::Ordering::SeqCst);
-            panic!("boom in drop");
-        }
-    }
-    let closed_here = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = closed_here.clone();
+    let bad = PanicsOnDrop::default();
+    let closed_on = bad.closed_on.clone();
     let (events, kept) = std::thread::Builder::new()
         .name("dropper".into())
         .spawn(move || {
             let sw = Switch::builder().pmd_threads(2).build().unwrap();
             sw.add_bridge("br0").unwrap();
             sw.add_bridge("br1").unwrap();
-            sw.add_port("br0", "bad", Box::new(PanicsOnDrop(flag)), PortConfig::default()).unwrap();
+            sw.add_port("br0", "bad", Box::new(bad), PortConfig::default()).unwrap();
             let kept = sw.add_memory_port("br1", "kept", PortConfig::default()).unwrap();
             let events = sw.subscribe().unwrap();
             drop(sw);
@@ -629,7 +589,8 @@ fn dropping_a_switch_removes_and_closes_every_port_like_shutdown() {
         .join()
         .expect("dropping the switch does not panic, whatever its ports do");
     assert!(kept.is_detached(), "the memory port was torn down");
-    assert!(closed_here.load(std::sync::atomic::Ordering::SeqCst), "closed on the dropping thread");
+    let on = closed_on.lock().unwrap().clone();
+    assert_eq!(on.as_deref(), Some("dropper"), "closed on the dropping thread");
     let mut removed = Vec::new();
     while let Some(e) = events.try_recv() {
         if let Event::PortRemoved { port, .. } = e {
@@ -638,4 +599,33 @@ fn dropping_a_switch_removes_and_closes_every_port_like_shutdown() {
     }
     removed.sort();
     assert_eq!(removed, ["bad", "kept"], "each port told as removed");
+}
+
+/// A port whose closing panics; it records the name of the thread that
+/// closed it first.
+#[derive(Debug, Default)]
+struct PanicsOnDrop {
+    closed_on: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Port for PanicsOnDrop {
+    fn kind(&self) -> &'static str {
+        "panics-on-drop"
+    }
+    fn rx_burst(&mut self, _: &mut Vec<Packet>, _: usize, _: &mut PacketPool) -> usize {
+        0
+    }
+    fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
+        TxOutcome::drop_all(batch, pool, DropReason::TxError)
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        let on = std::thread::current().name().map(str::to_string);
+        if let Ok(mut c) = self.closed_on.lock() {
+            c.get_or_insert(on.unwrap_or_default());
+        }
+        panic!("boom in drop");
+    }
 }

@@ -36,7 +36,7 @@
 //! IPv4 underlays only; an IPv6 `remote_ip` is refused when the port is
 //! created.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -767,14 +767,13 @@ impl Uplink {
         out
     }
 
-    /// Local endpoint addresses: the tunnels' own `local_ip`s, and the
-    /// interface's addresses if a tunnel takes its default.
-    fn locals(&self, members: &Members, info: &UplinkInfo) -> HashSet<Ipv4Addr> {
-        let mut s: HashSet<Ipv4Addr> = members.list.iter().filter_map(|m| m.local).collect();
-        if members.list.iter().any(|m| m.local.is_none()) {
-            s.extend(info.addrs.iter().copied());
-        }
-        s
+    /// The interface's MTU and MAC, read without copying the rest.
+    fn mtu(&self) -> u32 {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).mtu
+    }
+
+    fn mac(&self) -> MacAddr {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).mac
     }
 
     /// Takes out of `rx` (a burst the uplink received) what is for its
@@ -792,10 +791,9 @@ impl Uplink {
         pool: &mut PacketPool,
     ) {
         let Some(native) = self.native.upgrade() else { return };
-        let info = self.info();
+        let info = self.info.read().unwrap_or_else(|e| e.into_inner());
         let kernel_sees = lock(&self.bound).as_ref().is_some_and(|b| b.kernel_sees);
         let mut members = lock(&self.members);
-        let locals = self.locals(&members, &info);
         let (mut taken, mut taken_bytes, mut malformed, mut unknown) = (0u64, 0u64, 0u64, 0u64);
         keep.clear();
         for mut p in rx.drain(..) {
@@ -810,7 +808,7 @@ impl Uplink {
                         keep.push(p);
                         continue;
                     };
-                    let for_us = locals.contains(&a.tpa);
+                    let for_us = is_local(&members, &info, a.tpa);
                     // A reply makes an entry only if we asked (see Learn).
                     let how = match a.op {
                         1 if for_us => Learn::Request,
@@ -834,7 +832,7 @@ impl Uplink {
                         keep.push(p);
                     }
                 }
-                0x0800 => match classify_ipv4(d, p.offload != Default::default(), &locals, &members) {
+                0x0800 => match classify_ipv4(d, p.offload != Default::default(), &info, &members) {
                     Ipv4Fate::Pass => keep.push(p),
                     Ipv4Fate::Malformed => {
                         malformed += 1;
@@ -903,6 +901,16 @@ impl Uplink {
     }
 }
 
+/// True if `ip` is a local endpoint of the uplink's tunnels: one's own
+/// `local_ip`, or an address of the interface if a tunnel takes its
+/// default. (A few tunnels per uplink: a scan, no set built per burst.)
+fn is_local(members: &Members, info: &UplinkInfo, ip: Ipv4Addr) -> bool {
+    members.list.iter().any(|m| match m.local {
+        Some(l) => l == ip,
+        None => info.addrs.contains(&ip),
+    })
+}
+
 enum Ipv4Fate {
     Pass,
     Malformed,
@@ -923,13 +931,13 @@ enum Ipv4Fate {
 /// Whether an IPv4 frame is a tunnel packet for a local endpoint;
 /// `offloaded`: it came with offload metadata (a merged frame whose IPv4
 /// length may not say all it holds).
-fn classify_ipv4(d: &[u8], offloaded: bool, locals: &HashSet<Ipv4Addr>, members: &Members) -> Ipv4Fate {
+fn classify_ipv4(d: &[u8], offloaded: bool, info: &UplinkInfo, members: &Members) -> Ipv4Fate {
     let ip = &d[14..];
     if ip.len() < 20 || ip[0] >> 4 != 4 {
         return Ipv4Fate::Pass;
     }
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    if !locals.contains(&dst) {
+    if !is_local(members, info, dst) {
         return Ipv4Fate::Pass;
     }
     let proto = ip[9];
@@ -1261,7 +1269,7 @@ impl NativeTunnelPort {
     }
 
     fn ask(&mut self, src: Ipv4Addr, ip: Ipv4Addr, pool: &mut PacketPool) {
-        let mac = self.uplink.info().mac;
+        let mac = self.uplink.mac();
         let mut p = pool.get();
         p.set_frame(&arp_frame(1, mac, src, MacAddr::ZERO, ip));
         self.arps.push(p);
@@ -1316,7 +1324,7 @@ impl Port for NativeTunnelPort {
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-        let mtu = self.uplink.info().mtu as usize;
+        let mtu = self.uplink.mtu() as usize;
         let keyed = |k: Key, p: &Packet| match k {
             Key::None => None,
             Key::Fixed(k) => Some(k),
