@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::wire::MacAddr;
+use crate::wire::{ARP_FRAME_LEN, MacAddr, arp_frame};
 use crate::{MemoryPortHandle, Switch};
 
 /// How often a known neighbour is asked again.
@@ -135,20 +135,6 @@ pub(crate) fn start(sw: Arc<Switch>, port: MemoryPortHandle, cfg: AgentConfig) -
     Agent { stop, vias, thread }
 }
 
-fn arp(op: u16, src_mac: MacAddr, src_ip: Ipv4Addr, dst_mac: MacAddr, dst_ip: Ipv4Addr) -> Vec<u8> {
-    let eth_dst = if op == 1 { MacAddr([0xff; 6]) } else { dst_mac };
-    let mut f = Vec::with_capacity(42);
-    f.extend_from_slice(&eth_dst.0);
-    f.extend_from_slice(&src_mac.0);
-    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4]);
-    f.extend_from_slice(&op.to_be_bytes());
-    f.extend_from_slice(&src_mac.0);
-    f.extend_from_slice(&src_ip.octets());
-    f.extend_from_slice(&dst_mac.0);
-    f.extend_from_slice(&dst_ip.octets());
-    f
-}
-
 impl State {
     /// Neighbour `ip`'s entry, a new unresolved one if it had none.
     fn neighbour(&mut self, ip: Ipv4Addr, now: Instant) -> &mut Neighbour {
@@ -174,8 +160,8 @@ impl State {
         }
         n.asked = Some(now);
         n.unanswered += 1;
-        let f = arp(1, self.cfg.mac, self.cfg.addr, MacAddr([0; 6]), ip);
-        self.send(&f);
+        let f = arp_frame(1, self.cfg.mac, self.cfg.addr, MacAddr([0; 6]), ip);
+        self.send(&f[..ARP_FRAME_LEN]);
     }
 
     fn frame(&mut self, f: &[u8]) {
@@ -219,8 +205,8 @@ impl State {
             return;
         }
         if op == 1 && tpa == self.cfg.addr {
-            let reply = arp(2, self.cfg.mac, self.cfg.addr, sha, spa);
-            self.send(&reply);
+            let reply = arp_frame(2, self.cfg.mac, self.cfg.addr, sha, spa);
+            self.send(&reply[..ARP_FRAME_LEN]);
         }
         // Learn only neighbours someone routes to (or asks for us): the
         // segment's other hosts stay out of the flow table.

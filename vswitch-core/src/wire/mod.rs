@@ -52,3 +52,29 @@ pub(crate) fn l3_start(frame: &[u8]) -> Option<(usize, u16)> {
 pub(crate) fn be16(buf: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([buf[at], buf[at + 1]])
 }
+
+/// An Ethernet/IPv4 ARP request (op 1: broadcast, target MAC zero) or
+/// reply (op 2: to `dst_mac`), padded to the 60-byte Ethernet minimum (the
+/// ARP part is the first [`ARP_FRAME_LEN`] bytes).
+pub(crate) fn arp_frame(
+    op: u16,
+    src_mac: MacAddr,
+    src_ip: std::net::Ipv4Addr,
+    dst_mac: MacAddr,
+    dst_ip: std::net::Ipv4Addr,
+) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    let eth_dst = if op == 1 { MacAddr::BROADCAST } else { dst_mac };
+    let tha = if op == 1 { MacAddr::ZERO } else { dst_mac };
+    f[0..6].copy_from_slice(&eth_dst.0);
+    f[6..12].copy_from_slice(&src_mac.0);
+    f[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, op as u8]);
+    f[22..28].copy_from_slice(&src_mac.0);
+    f[28..32].copy_from_slice(&src_ip.octets());
+    f[32..38].copy_from_slice(&tha.0);
+    f[38..42].copy_from_slice(&dst_ip.octets());
+    f
+}
+
+/// The bytes of an ARP frame before padding.
+pub(crate) const ARP_FRAME_LEN: usize = 42;

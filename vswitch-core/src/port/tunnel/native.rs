@@ -819,7 +819,7 @@ impl Uplink {
                     let answer = !kernel_sees || !info.addrs.contains(&a.tpa);
                     if a.op == 1 && for_us && answer {
                         let mut r = pool.get();
-                        r.set_frame(&arp_frame(2, info.mac, a.tpa, a.sha, a.spa));
+                        r.set_frame(&crate::wire::arp_frame(2, info.mac, a.tpa, a.sha, a.spa));
                         replies.push(r);
                         taken += 1;
                         taken_bytes += p.len() as u64;
@@ -1034,21 +1034,6 @@ impl Arp {
             tpa: Ipv4Addr::new(a[24], a[25], a[26], a[27]),
         })
     }
-}
-
-/// An ARP request (op 1, broadcast) or reply (op 2, to `dst_mac`).
-fn arp_frame(op: u16, src_mac: MacAddr, src_ip: Ipv4Addr, dst_mac: MacAddr, dst_ip: Ipv4Addr) -> [u8; 60] {
-    let mut f = [0u8; 60];
-    let eth_dst = if op == 1 { MacAddr::BROADCAST } else { dst_mac };
-    let tha = if op == 1 { MacAddr::ZERO } else { dst_mac };
-    f[0..6].copy_from_slice(&eth_dst.0);
-    f[6..12].copy_from_slice(&src_mac.0);
-    f[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, op as u8]);
-    f[22..28].copy_from_slice(&src_mac.0);
-    f[28..32].copy_from_slice(&src_ip.octets());
-    f[32..38].copy_from_slice(&tha.0);
-    f[38..42].copy_from_slice(&dst_ip.octets());
-    f
 }
 
 /// What a native port resolved for one remote.
@@ -1271,7 +1256,7 @@ impl NativeTunnelPort {
     fn ask(&mut self, src: Ipv4Addr, ip: Ipv4Addr, pool: &mut PacketPool) {
         let mac = self.uplink.mac();
         let mut p = pool.get();
-        p.set_frame(&arp_frame(1, mac, src, MacAddr::ZERO, ip));
+        p.set_frame(&crate::wire::arp_frame(1, mac, src, MacAddr::ZERO, ip));
         self.arps.push(p);
     }
 
