@@ -141,11 +141,7 @@ impl Port for LoopPort {
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-        let out = TxOutcome {
-            sent: batch.len(),
-            sent_bytes: batch.iter().map(|p| p.len() as u64).sum(),
-            ..Default::default()
-        };
+        let out = TxOutcome::sent(batch.len(), batch.iter().map(|p| p.len() as u64).sum());
         self.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for p in batch.drain(..) {
             pool.put(p);
@@ -159,7 +155,7 @@ impl Port for LoopPort {
 /// a second port sends each flow's reply once first, so conntrack has
 /// seen both directions.
 fn rig(flows: Option<&[&str]>, n: u32) -> (Switch, Arc<AtomicU64>) {
-    let sw = Switch::builder().manual().mac_table(MacTableConfig { aging_secs: 300, capacity: 8192 }).build().unwrap();
+    let sw = Switch::builder().manual().mac_table(MacTableConfig::new(300, 8192)).build().unwrap();
     sw.add_bridge("br0").unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let gen_frames: Vec<Vec<u8>> = (0..n).map(orig).collect();

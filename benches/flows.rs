@@ -7,7 +7,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use vswitch_core::flow::{FlowKey, FlowSelector, FlowSpec, FlowTable, PackedKey};
+use vswitch_core::flow::{FlowSelector, FlowSpec};
+use vswitch_core::internals::{FlowKey, FlowTable, PackedKey};
 use vswitch_core::{PortConfig, Switch};
 
 /// Keys classified per iteration.

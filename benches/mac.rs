@@ -5,7 +5,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vswitch_benches::host_mac;
-use vswitch_core::mac::{MacCache, MacTable, MacTableConfig};
+use vswitch_core::internals::{MacCache, MacTable};
+use vswitch_core::mac::MacTableConfig;
 
 /// Lookups per iteration, in a shuffled order so caches see a real mix.
 const BATCH: usize = 1024;
@@ -26,7 +27,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("mac_lookup");
     g.throughput(Throughput::Elements(BATCH as u64));
     for &n in &[1usize, 1_000, 100_000, 1_000_000] {
-        let table = MacTable::new(MacTableConfig { aging_secs: 300, capacity: n.max(8192) }).unwrap();
+        let table = MacTable::new(MacTableConfig::new(300, n.max(8192))).unwrap();
         for i in 0..n as u32 {
             table.learn(0, host_mac(i), i % 48 + 1, 0);
         }

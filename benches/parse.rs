@@ -4,7 +4,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vswitch_benches::{host_mac, udp_frame};
-use vswitch_core::flow::FlowKey;
+use vswitch_core::internals::FlowKey;
 
 fn tagged(f: &[u8], vid: u16) -> Vec<u8> {
     let mut t = f[..12].to_vec();

@@ -31,7 +31,7 @@ struct Rig {
 fn rig(macs: u32, broadcast: bool) -> Rig {
     let sw = Switch::builder()
         .manual()
-        .mac_table(MacTableConfig { aging_secs: 300, capacity: (macs as usize + 1024).max(8192) })
+        .mac_table(MacTableConfig::new(300, (macs as usize + 1024).max(8192)))
         .memory_queue_len(4096)
         .build()
         .unwrap();
@@ -110,11 +110,7 @@ impl Port for LoopPort {
     }
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
-        let out = TxOutcome {
-            sent: batch.len(),
-            sent_bytes: batch.iter().map(|p| p.len() as u64).sum(),
-            ..Default::default()
-        };
+        let out = TxOutcome::sent(batch.len(), batch.iter().map(|p| p.len() as u64).sum());
         self.sent.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for p in batch.drain(..) {
             pool.put(p);
@@ -128,7 +124,7 @@ impl Port for LoopPort {
 fn loop_rig(macs: u32) -> (Switch, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     let sw = Switch::builder()
         .manual()
-        .mac_table(MacTableConfig { aging_secs: 300, capacity: (macs as usize + 1024).max(8192) })
+        .mac_table(MacTableConfig::new(300, (macs as usize + 1024).max(8192)))
         .build()
         .unwrap();
     sw.add_bridge("br0").unwrap();

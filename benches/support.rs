@@ -2,9 +2,10 @@
 
 use std::time::{Duration, Instant};
 
+use vswitch_core::internals::AfPacketConfig;
+use vswitch_core::internals::AfPacketPort;
 use vswitch_core::packet::PacketPool;
 use vswitch_core::port::Port;
-use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
 use vswitch_core::{MacAddr, Packet};
 use vswitch_tests::netns::NetNs;
 

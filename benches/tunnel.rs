@@ -5,8 +5,8 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use vswitch_benches::{host_mac, udp_frame};
+use vswitch_core::internals::tunnel_wire as wire;
 use vswitch_core::packet::{PacketPool, TunnelMeta};
-use vswitch_core::port::tunnel::wire;
 
 fn bench(c: &mut Criterion) {
     let inner = udp_frame(host_mac(2), host_mac(1), 4000);

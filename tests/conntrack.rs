@@ -235,7 +235,9 @@ fn zone_limits_refuse_new_connections_without_touching_other_zones() {
     )
     .unwrap();
     let mut cfg = ConntrackConfig::default();
-    cfg.zones.insert(1, ZoneConfig { limit: Some(3), ..ZoneConfig::default() });
+    let mut zone = ZoneConfig::default();
+    zone.limit = Some(3);
+    cfg.zones.insert(1, zone);
     sw.conntrack().apply_config(&cfg).unwrap();
     for i in 0..2 {
         send(&sw, &p[1], &udp(mac(3), mac(2), IN2, OUT, 7000 + i, 53, 64, b"b"));

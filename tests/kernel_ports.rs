@@ -28,9 +28,11 @@ impl Backend {
         match self {
             Backend::AfPacket => sw.add_afpacket_port("br0", ifname, config),
             Backend::AfPacketSocket | Backend::AfPacketBlocks => {
-                use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort, AfPacketRx};
+                use vswitch_core::internals::AfPacketPort;
+                use vswitch_core::internals::{AfPacketConfig, AfPacketRx};
                 let rx_mode = if self == Backend::AfPacketSocket { AfPacketRx::Socket } else { AfPacketRx::Ring };
-                let cfg = AfPacketConfig { rx_mode, ..AfPacketConfig::default() };
+                let mut cfg = AfPacketConfig::default();
+                cfg.rx_mode = rx_mode;
                 sw.add_port("br0", ifname, Box::new(AfPacketPort::open(ifname, cfg)?), config)
             }
             Backend::AfXdp => sw.add_afxdp_port("br0", ifname, config),
@@ -111,7 +113,7 @@ impl Lab {
                 Some(tag) => VlanMode::access(tag).unwrap(),
                 None => VlanMode::default(),
             };
-            backend.add(&sw, &v.host, PortConfig { vlan }).unwrap();
+            backend.add(&sw, &v.host, PortConfig::with_vlan(vlan)).unwrap();
         }
         Lab { sw, veths, nss, subnet }
     }
@@ -393,7 +395,7 @@ fn runtime_owned_tap_fd_carries_tcp() {
         sw.add_bridge("br0").unwrap();
         sw.add_afpacket_port("br0", &v.host, PortConfig::default()).unwrap();
         let tap = vswitch_tests::netns::unique("vtap");
-        let fd = vswitch_core::port::internal::open_tap(&tap, vnet_hdr).unwrap();
+        let fd = vswitch_core::port::open_tap(&tap, vnet_hdr).unwrap();
         sw.add_tap_fd_port("br0", "guest", fd, PortConfig::default()).unwrap();
         // The device follows its guest; the descriptor keeps working.
         run(&["ip", "link", "set", &tap, "netns", &guest.name]);

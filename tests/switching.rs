@@ -26,11 +26,11 @@ fn ports(sw: &Switch, names: &[&str]) -> Vec<MemoryPortHandle> {
 }
 
 fn access(vid: u16) -> PortConfig {
-    PortConfig { vlan: VlanMode::access(vid).unwrap() }
+    PortConfig::with_vlan(VlanMode::access(vid).unwrap())
 }
 
 fn trunk(vids: &[u16]) -> PortConfig {
-    PortConfig { vlan: VlanMode::trunk(vids).unwrap() }
+    PortConfig::with_vlan(VlanMode::trunk(vids).unwrap())
 }
 
 #[test]
@@ -211,7 +211,7 @@ fn trunk_vlan_sets_filter_both_ways() {
 
 #[test]
 fn aging_through_the_switch_with_a_virtual_clock() {
-    let (sw, clock) = manual_switch_with(MacTableConfig { aging_secs: 60, capacity: 100 });
+    let (sw, clock) = manual_switch_with(MacTableConfig::new(60, 100));
     let p = ports(&sw, &["a", "b", "c"]);
     p[1].send_frame(&frame(MacAddr::BROADCAST, mac(2), 0)).unwrap();
     sw.run_until_idle().unwrap();
@@ -234,7 +234,7 @@ fn aging_through_the_switch_with_a_virtual_clock() {
 
 #[test]
 fn datapath_ages_entries_without_help() {
-    let (sw, clock) = manual_switch_with(MacTableConfig { aging_secs: 5, capacity: 100 });
+    let (sw, clock) = manual_switch_with(MacTableConfig::new(5, 100));
     let p = ports(&sw, &["a", "b"]);
     p[0].send_frame(&frame(MacAddr::BROADCAST, mac(1), 0)).unwrap();
     sw.run_until_idle().unwrap();
@@ -406,7 +406,7 @@ fn control_errors_are_clear_and_change_nothing() {
     assert_eq!(sw.add_bridge("").unwrap_err().kind(), ErrorKind::InvalidArgument);
     assert_eq!(sw.del_port("zz").unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(VlanMode::access(4095).unwrap_err().kind(), ErrorKind::InvalidArgument);
-    let bad = MacTableConfig { aging_secs: 300, capacity: 0 };
+    let bad = MacTableConfig::new(300, 0);
     assert_eq!(sw.add_bridge_with("br2", bad).unwrap_err().kind(), ErrorKind::InvalidArgument);
     let names: Vec<String> = sw.bridges().into_iter().map(|b| b.name).collect();
     assert_eq!(names, vec!["br0", "br1"]);

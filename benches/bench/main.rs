@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use vswitch_benches::counter;
+use vswitch_core::internals::{AfPacketConfig, XdpModeRequest};
+use vswitch_core::internals::{AfPacketPort, AfXdpPort};
 use vswitch_core::packet::{Packet, PacketPool};
 use vswitch_core::port::Port;
-use vswitch_core::port::afpacket::{AfPacketConfig, AfPacketPort};
-use vswitch_core::port::afxdp::{AfXdpPort, XdpModeRequest};
 use vswitch_core::{MacAddr, port::BURST};
 use vswitch_tests::netns::{NetNs, Veth, iperf3_streams};
 

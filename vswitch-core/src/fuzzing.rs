@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tunnel_decap", tunnel_decap),
     ("offloads", offloads),
     ("flow_text", flow_text),
+    #[cfg(feature = "daemon")]
     ("control_request", control_request),
     ("config_file", config_file),
     ("conntrack_packet", conntrack_packet),
@@ -131,6 +132,7 @@ thread_local! {
     };
 }
 
+#[cfg(feature = "daemon")]
 /// A control request line against a switch (one per fuzzing thread, kept
 /// across inputs, so requests build on each other): the reply is always
 /// one JSON-RPC object, never a panic.

@@ -17,7 +17,8 @@ pub(crate) use gro::coalesce_tcp;
 /// a finished frame.
 pub use crate::sys::packet_ring::VnetHdr as Offload;
 pub(crate) use crate::wire::checksum::{checksum_over, internet_checksum};
-use crate::wire::{ETHERTYPE_OFFSET, VlanTci, be16, ethertype};
+use crate::wire::{ETHERTYPE_OFFSET, be16, ethertype};
+pub use crate::wire::{Tag, VlanTci};
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum field holds only the
 /// pseudo-header sum; the rest is still to be computed.
@@ -33,7 +34,7 @@ pub const DEFAULT_BUFFER: usize = HEADROOM + 1536;
 /// ```
 /// use vswitch_core::Packet;
 /// let mut p = Packet::from_frame(&[0u8; 60]);
-/// p.push_vlan(vswitch_core::wire::VlanTci::new(10, 0));
+/// p.push_vlan(vswitch_core::packet::VlanTci::new(10, 0));
 /// assert_eq!(p.len(), 64);
 /// assert_eq!(p.pop_vlan().map(|t| t.vid()), Some(10));
 /// assert_eq!(p.len(), 60);
@@ -491,10 +492,10 @@ impl Packet {
 /// return buffers here when their own free lists are full, and datapath
 /// pools draw on it before they allocate. It closes the loop for flood
 /// copies, which are made in the datapath and consumed by runtimes.
-pub type SpareBuffers = std::sync::Arc<crossbeam::queue::ArrayQueue<Packet>>;
+pub(crate) type SpareBuffers = std::sync::Arc<crossbeam::queue::ArrayQueue<Packet>>;
 
 /// A free list of packet buffers owned by one thread (no atomics on the
-/// fast path), backed by the switch's [`SpareBuffers`].
+/// fast path), backed by the switch's shared spare buffers.
 ///
 /// Bounded: buffers returned beyond `max` go to the spare queue or are
 /// freed, so a burst of floods cannot grow memory without limit.
@@ -514,7 +515,7 @@ impl PacketPool {
     }
 
     /// Draws on (and overflows into) `spare` when the local list runs out.
-    pub fn with_spare(mut self, spare: SpareBuffers) -> Self {
+    pub(crate) fn with_spare(mut self, spare: SpareBuffers) -> Self {
         self.spare = Some(spare);
         self
     }

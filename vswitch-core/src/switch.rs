@@ -843,8 +843,10 @@ impl Switch {
     /// ```
     ///
     /// # Errors
-    /// As [`AfPacketPort::open`](crate::port::afpacket::AfPacketPort::open),
-    /// and as [`Switch::add_port`].
+    /// [`Error::InterfaceNotFound`] if there is no such interface;
+    /// [`Error::InvalidArgument`] if it is a kernel bridge's port, or
+    /// another switch holds it; [`Error::Io`] if the socket cannot be set
+    /// up (EPERM without CAP_NET_RAW); as [`Switch::add_port`].
     pub fn add_afpacket_port(&self, bridge: &str, ifname: &str, config: PortConfig) -> Result<PortNo> {
         self.attach(bridge, ifname, config, |_, _| {
             let p = crate::port::afpacket::AfPacketPort::open(ifname, Default::default())?;
@@ -854,16 +856,26 @@ impl Switch {
 
     /// Adds a TAP device the caller opened (a runtime's, for a VM or a
     /// container) to `bridge` as port `name`: see
-    /// [`InternalPort::adopt`](crate::port::internal::InternalPort::adopt).
-    /// With `IFF_VNET_HDR` TCP super-frames and partial checksums pass
-    /// through whole both ways. The port owns the descriptor from now on.
+    /// the descriptor is `/dev/net/tun` attached with `IFF_TAP | IFF_NO_PI`,
+    /// with or without `IFF_VNET_HDR` (see [`open_tap`](crate::port::open_tap)),
+    /// not `IFF_MULTI_QUEUE`. With `IFF_VNET_HDR` TCP super-frames and
+    /// partial checksums pass through whole both ways (TCP offloads are
+    /// turned on for the device); without it the device carries finished
+    /// frames and the datapath segments GSO frames for it. The device may
+    /// live in another network namespace, and be moved or renamed later.
+    ///
+    /// The port owns the descriptor from now on, exclusively: it is made
+    /// non-blocking (a file status flag, shared with any duplicate of it),
+    /// and a duplicate the runtime kept would read frames meant for the
+    /// switch. Removing the port closes it; the device goes with its last
+    /// descriptor unless it was made persistent.
     ///
     /// ```no_run
     /// # use vswitch_core::{PortConfig, Switch};
     /// let sw = Switch::builder().build()?;
     /// sw.add_bridge("br0")?;
     /// // What a VMM does before it hands the TAP to its guest's switch.
-    /// let fd = vswitch_core::port::internal::open_tap("vm1-tap", true)?;
+    /// let fd = vswitch_core::port::open_tap("vm1-tap", true)?;
     /// sw.add_tap_fd_port("br0", "vm1", fd, PortConfig::default())?;
     /// # Ok::<(), vswitch_core::Error>(())
     /// ```
@@ -928,8 +940,11 @@ impl Switch {
     /// port number.
     ///
     /// # Errors
-    /// As [`AfXdpPort::open`](crate::port::afxdp::AfXdpPort::open), and as
-    /// [`Switch::add_port`].
+    /// [`Error::InterfaceNotFound`] if there is no such interface;
+    /// [`Error::InvalidArgument`] if it is a kernel bridge's port, or
+    /// another switch holds it; [`Error::Io`] if the program, the sockets
+    /// or the attachment fail (with the kernel's reason, e.g. the
+    /// verifier's log); as [`Switch::add_port`].
     pub fn add_afxdp_port(&self, bridge: &str, ifname: &str, config: PortConfig) -> Result<PortNo> {
         self.attach(bridge, ifname, config, |_, _| {
             let p = crate::port::afxdp::AfXdpPort::open(ifname, Default::default())?;

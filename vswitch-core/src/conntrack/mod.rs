@@ -91,6 +91,7 @@ fn info_zone(info: u64) -> u16 {
 /// nf_conntrack's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// TCP after the first SYN.
     pub tcp_syn_sent: u32,
@@ -194,6 +195,7 @@ impl Timeouts {
 /// One zone's settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ZoneConfig {
     /// Most connections the zone may hold (`None`: the default limit; 0:
     /// no limit).
@@ -211,6 +213,7 @@ pub struct ZoneConfig {
 /// change, and what the daemon saves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ConntrackConfig {
     /// Most connections in all zones together.
     pub limit: u32,
@@ -295,6 +298,7 @@ impl ConntrackConfig {
 /// Why conntrack dropped a packet or called it invalid (`ct-stats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CtDrop {
     /// Committing a new connection would pass the global limit (dropped).
     Full,
@@ -328,6 +332,7 @@ impl CtDrop {
 
 /// One connection, as `dump-conntrack` lists it.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Connection {
     /// Its zone.
     pub zone: u16,
@@ -356,6 +361,7 @@ pub struct Connection {
 
 /// One zone's numbers in [`CtStats`].
 #[derive(Debug, Clone, Default, Serialize)]
+#[non_exhaustive]
 pub struct ZoneStats {
     /// Connections now.
     pub connections: u64,
@@ -367,6 +373,7 @@ pub struct ZoneStats {
 
 /// What `ct-stats` shows.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct CtStats {
     /// Connections in all zones.
     pub connections: u64,
@@ -1229,6 +1236,7 @@ impl crate::port::upkeep::Upkeep for Sweeper {
 /// (`zone=1,ct_nw_src=10.0.0.2,ct_nw_proto=6,ct_tp_dst=80`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ConnFilter {
     /// Only this zone.
     pub zone: Option<u16>,

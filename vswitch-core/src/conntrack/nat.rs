@@ -23,6 +23,7 @@ use crate::wire::rewrite::Layout;
 /// Source or destination NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum NatKind {
     /// Rewrite the source (masquerade).
     Src,
@@ -33,6 +34,7 @@ pub enum NatKind {
 /// How a mapping is chosen from a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum NatSelect {
     /// By a hash of the connection's addresses (the default; Open
     /// vSwitch's `hash`).
@@ -63,6 +65,7 @@ pub struct NatRange {
 /// The `nat` part of a `ct` action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Nat {
     /// `nat` (or `nat(src)`/`nat(dst)`): apply the connection's existing
     /// translation, if it has one.

@@ -20,5 +20,3 @@ pub use pipeline::PortFlags;
 pub(crate) use pipeline::SharedPort;
 pub(crate) use pipeline::{DpMirror, MirrorCounters};
 pub use wakeup::Wakeup;
-
-pub use crate::port::BURST;

@@ -25,6 +25,7 @@ use crate::wire::{MacAddr, be16, ethertype};
 /// the packet as it is at that point.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case", tag = "type", content = "arg")]
+#[non_exhaustive]
 pub enum Action {
     /// `output:PORT`: send out of that port (never back out of the input
     /// port; use `in_port` for that).

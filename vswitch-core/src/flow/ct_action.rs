@@ -15,6 +15,7 @@ use crate::conntrack::{Nat, parse_nat};
 /// The zone a `ct` action tracks in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum CtZone {
     /// `zone=N`.
     Value(u16),

@@ -16,6 +16,7 @@ use super::packed::{MARK_WORD, METADATA_WORD, PackedKey, REG_WORD, ones};
 
 /// A field an action can read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Field {
     /// `reg0`..`reg15` (32 bits).
     Reg(u8),

@@ -33,6 +33,7 @@ use crate::port::PortNo;
 /// How a group picks its buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum GroupType {
     /// Every bucket.
     All,
@@ -321,6 +322,7 @@ impl Group {
 
 /// A bucket's counters, as `dump-groups` shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct BucketStats {
     /// The bucket's id.
     pub bucket_id: u32,
@@ -332,6 +334,7 @@ pub struct BucketStats {
 
 /// A group with its counters, as `dump-groups` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct GroupStats {
     /// The group's number.
     pub group_id: u32,

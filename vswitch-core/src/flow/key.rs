@@ -6,9 +6,10 @@ use smoltcp::wire::{ArpHardware, ArpPacket, Ipv4Packet, Ipv6ExtHeader, Ipv6Packe
 use crate::port::PortNo;
 use crate::wire::{MacAddr, VlanTci, be16, ethertype};
 
-/// How far [`FlowKey::extract`] understood a frame.
+/// How far the parser understood a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Layer {
     /// Not even a whole Ethernet header.
     #[default]
@@ -265,14 +266,6 @@ impl FlowKey {
     /// Never panics. A header that is cut short or inconsistent (an IPv4
     /// total length beyond the frame, a TCP data offset below 5, ...) stops
     /// parsing at the layer before it and marks the key truncated.
-    ///
-    /// ```
-    /// use vswitch_core::flow::{FlowKey, Layer};
-    /// let frame = [0xffu8; 10];
-    /// let key = FlowKey::extract(&frame, 1);
-    /// assert_eq!(key.parsed, Layer::None);
-    /// assert!(key.truncated);
-    /// ```
     pub fn extract(frame: &[u8], in_port: PortNo) -> FlowKey {
         let mut key = FlowKey { in_port, ..FlowKey::default() };
         parse_ethernet(&mut key, frame);

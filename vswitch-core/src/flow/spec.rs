@@ -214,6 +214,7 @@ impl FlowSelector {
 
 /// One table's use, as `dump-tables` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TableRow {
     /// The table's number.
     pub table: u8,
@@ -241,6 +242,7 @@ impl TableRow {
 
 /// A rule and its counters, as `dump-flows` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FlowStats {
     /// The rule's cookie.
     pub cookie: u64,

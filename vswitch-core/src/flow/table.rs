@@ -241,6 +241,7 @@ impl TableStats {
 
 /// Why a change to the table was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TableError {
     /// The table holds its maximum number of rules.
     Full,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// One port a traced packet leaves through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TraceOutput {
     /// The port's number.
     pub port_no: u32,
@@ -36,6 +37,7 @@ impl TraceOutput {
 
 /// The explanation of one packet's path through a bridge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Trace {
     /// The traced packet, as canonical flow text.
     pub flow: String,

@@ -1,8 +1,8 @@
 //! MAC learning: which port an Ethernet address lives behind, per VLAN.
 //!
-//! [`MacTable`] is the truth, shared by every datapath thread and the
-//! control plane. The fast path reaches it through a per-thread
-//! [`MacCache`] that answers most frames with one probe of a thread-local
+//! The table is the truth, shared by every datapath thread and the
+//! control plane ([`Switch::fdb`](crate::Switch::fdb) reads it). The fast
+//! path reaches it through a per-thread cache that answers most frames with one probe of a thread-local
 //! array; the cache is invalidated by the table's generation number, which
 //! moves whenever an entry moves or goes away.
 //!
@@ -18,11 +18,12 @@
 //!
 //! Time is passed in as milliseconds (see [`crate::clock`]).
 
-mod cache;
-mod table;
+pub(crate) mod cache;
+pub(crate) mod table;
 
-pub use cache::MacCache;
-pub use table::{MacEntry, MacLearn, MacTable, MacTableConfig, MacTableStats};
+pub(crate) use cache::MacCache;
+pub(crate) use table::MacTable;
+pub use table::{MacEntry, MacLearn, MacTableConfig, MacTableStats};
 
 /// The largest capacity a table accepts.
 pub const MAX_CAPACITY: usize = 16 * 1024 * 1024;

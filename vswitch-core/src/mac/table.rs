@@ -17,13 +17,21 @@ const AGING_CHUNK: usize = 16 * 1024;
 /// How often an aging sweep starts.
 const SWEEP_INTERVAL_MS: u64 = 1000;
 
-/// Settings of a [`MacTable`].
+/// Settings of a bridge's MAC table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct MacTableConfig {
     /// Seconds after which an entry not seen again is removed.
     pub aging_secs: u64,
     /// Maximum number of entries, static ones included.
     pub capacity: usize,
+}
+
+impl MacTableConfig {
+    /// Entries age out after `aging_secs`; at most `capacity` of them.
+    pub fn new(aging_secs: u64, capacity: usize) -> MacTableConfig {
+        MacTableConfig { aging_secs, capacity }
+    }
 }
 
 impl Default for MacTableConfig {
@@ -44,7 +52,7 @@ impl MacTableConfig {
     }
 }
 
-/// What [`MacTable::learn`] did.
+/// What learning a source address did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MacLearn {
@@ -84,7 +92,7 @@ pub struct MacEntry {
     pub is_static: bool,
 }
 
-/// Counters and size of a [`MacTable`].
+/// Counters and size of a bridge's MAC table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MacTableStats {
@@ -169,15 +177,6 @@ struct Counters {
 }
 
 /// The MAC learning table of one bridge. See the [module docs](super).
-///
-/// ```
-/// use vswitch_core::mac::{MacTable, MacTableConfig, MacLearn};
-/// let t = MacTable::new(MacTableConfig::default()).unwrap();
-/// let mac = "02:00:00:00:00:01".parse().unwrap();
-/// assert_eq!(t.learn(0, mac, 1, 0), MacLearn::Learned);
-/// assert_eq!(t.lookup(0, mac), Some(1));
-/// assert_eq!(t.lookup(10, mac), None);
-/// ```
 #[derive(Debug)]
 pub struct MacTable {
     state: RwLock<State>,

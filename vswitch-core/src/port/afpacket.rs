@@ -37,6 +37,7 @@ use crate::{Error, Result};
 
 /// Ring settings of an AF_PACKET port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AfPacketConfig {
     /// Bytes per receive block; at least 128 KiB so a 64 KiB GSO frame
     /// fits in a TPACKET_V3 block. The ring is `block_size * blocks` bytes

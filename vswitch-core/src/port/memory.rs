@@ -191,8 +191,8 @@ pub(crate) struct MemoryPort {
 /// A runtime's end of a memory port: send frames into the switch and
 /// receive what the switch forwards to this port.
 ///
-/// It implements [`smoltcp::phy::Device`], so a smoltcp `Interface` can use
-/// it directly as its NIC. It is `Sync`: one thread may send while another
+/// It implements [`smoltcp::phy::Device`] (feature `smoltcp`, on by
+/// default), so a smoltcp `Interface` can use it directly as its NIC. It is `Sync`: one thread may send while another
 /// receives (each direction's ring end sits behind its own, normally
 /// uncontended, lock). The `_burst` methods move many packets per lock and
 /// per wake-up and are the fast way in and out.
@@ -595,6 +595,7 @@ impl Drop for MemoryPortHandle {
     }
 }
 
+#[cfg(feature = "smoltcp")]
 /// smoltcp receive token: one packet from the switch.
 #[derive(Debug)]
 pub struct MemoryRxToken<'a> {
@@ -602,12 +603,14 @@ pub struct MemoryRxToken<'a> {
     handle: &'a MemoryPortHandle,
 }
 
+#[cfg(feature = "smoltcp")]
 /// smoltcp transmit token: room for one frame towards the switch.
 #[derive(Debug)]
 pub struct MemoryTxToken<'a> {
     handle: &'a MemoryPortHandle,
 }
 
+#[cfg(feature = "smoltcp")]
 impl smoltcp::phy::RxToken for MemoryRxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let r = f(self.packet.data());
@@ -616,6 +619,7 @@ impl smoltcp::phy::RxToken for MemoryRxToken<'_> {
     }
 }
 
+#[cfg(feature = "smoltcp")]
 impl smoltcp::phy::TxToken for MemoryTxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut p = self.handle.shared.alloc(len);
@@ -628,6 +632,7 @@ impl smoltcp::phy::TxToken for MemoryTxToken<'_> {
     }
 }
 
+#[cfg(feature = "smoltcp")]
 impl smoltcp::phy::Device for MemoryPortHandle {
     type RxToken<'a> = MemoryRxToken<'a>;
     type TxToken<'a> = MemoryTxToken<'a>;

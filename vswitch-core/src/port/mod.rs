@@ -2,17 +2,24 @@
 //!
 //! A [`Port`] moves packets in bursts. The datapath owns every port and is
 //! the only one to call it; counting is done by the datapath, the same way
-//! for every backend, from what the port reports. Backends: [`memory`]
-//! (in-process queues a runtime plugs its virtual NICs into); kernel and
-//! tunnel backends build on the same trait.
+//! for every backend, from what the port reports.
+//!
+//! What an embedder uses from here: [`memory`] ports (in-process queues a
+//! runtime plugs its virtual NICs into), the [`vhost_user`] backend's
+//! settings, [`open_tap`] for a runtime that opens its own TAP devices,
+//! and what a port of its own needs: the [`Port`] trait, [`TxOutcome`], [`Wakeup`] and the
+//! slow-path [`upkeep`]. The kernel, TAP and tunnel backends themselves
+//! are the switch's own and are opened through
+//! [`Switch`](crate::Switch)'s `add_*_port` methods or a
+//! [`PortSpec`](crate::PortSpec).
 
-pub mod afpacket;
-pub mod afxdp;
-pub mod deferred;
-pub mod internal;
+pub(crate) mod afpacket;
+pub(crate) mod afxdp;
+pub(crate) mod deferred;
+pub(crate) mod internal;
 pub mod memory;
-pub mod spec;
-pub mod tunnel;
+pub(crate) mod spec;
+pub(crate) mod tunnel;
 pub mod upkeep;
 pub mod vhost_user;
 pub(crate) mod vlan_mode;
@@ -21,8 +28,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+pub use crate::datapath::Wakeup;
 pub use crate::drop_reason::DropReason;
 use crate::packet::{Packet, PacketPool};
+pub use internal::open_tap;
 pub use vlan_mode::{VlanDescription, VlanMode, VlanModeName, VlanSet};
 
 /// A port's number on its bridge (OpenFlow's `ofport`), from 1.
@@ -89,6 +98,7 @@ pub trait Port: Send + fmt::Debug {
 
 /// What [`Port::tx_burst`] did with a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TxOutcome {
     /// Packets handed on.
     pub sent: usize,
@@ -101,6 +111,17 @@ pub struct TxOutcome {
 }
 
 impl TxOutcome {
+    /// `packets` packets of `bytes` bytes in all were handed on, none
+    /// dropped.
+    pub fn sent(packets: usize, bytes: u64) -> TxOutcome {
+        TxOutcome { sent: packets, sent_bytes: bytes, ..TxOutcome::default() }
+    }
+
+    /// The same, with `dropped` packets dropped for `reason`.
+    pub fn with_drops(self, dropped: usize, reason: DropReason) -> TxOutcome {
+        TxOutcome { dropped, drop_reason: (dropped > 0).then_some(reason), ..self }
+    }
+
     /// Drops the whole batch for `reason`, returning its buffers to `pool`.
     pub fn drop_all(batch: &mut Vec<Packet>, pool: &mut PacketPool, reason: DropReason) -> TxOutcome {
         let dropped = batch.len();
@@ -111,7 +132,7 @@ impl TxOutcome {
 
 /// A port's counters, written by the datapath, read by anyone.
 #[derive(Debug, Default)]
-pub struct PortCounters {
+pub(crate) struct PortCounters {
     pub(crate) rx_packets: AtomicU64,
     pub(crate) rx_bytes: AtomicU64,
     pub(crate) tx_packets: AtomicU64,
@@ -185,12 +206,20 @@ impl PortCounters {
 ///
 /// ```
 /// use vswitch_core::{PortConfig, VlanMode};
-/// let access = PortConfig { vlan: VlanMode::access(10).unwrap(), ..Default::default() };
-/// let trunk = PortConfig { vlan: VlanMode::trunk(&[10, 20]).unwrap(), ..Default::default() };
+/// let access = PortConfig::with_vlan(VlanMode::access(10).unwrap());
+/// let trunk = PortConfig::with_vlan(VlanMode::trunk(&[10, 20]).unwrap());
 /// assert!(trunk.vlan.carries(20) && !access.vlan.carries(20));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PortConfig {
     /// VLAN membership; the default is a trunk of every VLAN.
     pub vlan: VlanMode,
+}
+
+impl PortConfig {
+    /// A port with VLAN membership `vlan`.
+    pub fn with_vlan(vlan: VlanMode) -> PortConfig {
+        PortConfig { vlan }
+    }
 }

@@ -50,6 +50,7 @@ impl fmt::Debug for VlanSet {
 
 /// A port's VLAN membership (OVS's `vlan_mode` access and trunk).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VlanMode {
     /// `tag=VID`: frames are untagged on the wire and belong to `VID`
     /// inside the bridge. Frames arriving with a VLAN tag (other than a

@@ -12,11 +12,7 @@ pub(crate) mod rewrite;
 pub mod vlan;
 
 pub use mac_addr::{MacAddr, ParseMacError};
-pub use smoltcp::wire::{
-    ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol, Ipv4Packet,
-    Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet, TcpPacket, UdpPacket,
-};
-pub use vlan::{Tag, Tags, VlanHeader, VlanTci};
+pub use vlan::{Tag, VlanTci};
 
 /// Length of an Ethernet II header (destination, source, EtherType).
 pub const ETHERNET_HEADER_LEN: usize = 14;

@@ -72,6 +72,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A route of the kernel's main table, as `tnl-route-show` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TunnelRoute {
     /// Destination prefix, `a.b.c.d/len`.
     pub prefix: String,
@@ -93,6 +94,7 @@ pub struct TunnelRoute {
 
 /// A resolved neighbour, as `tnl-neigh-show` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TunnelNeighbour {
     /// The next hop's address.
     pub ip: Ipv4Addr,
