@@ -5,8 +5,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vswitch_benches::host_mac;
-use vswitch_core::internals::{MacCache, MacTable};
-use vswitch_core::mac::MacTableConfig;
+use vswitch_core::internals::MacCache;
+use vswitch_core::mac::{MacTable, MacTableConfig};
 
 /// Lookups per iteration, in a shuffled order so caches see a real mix.
 const BATCH: usize = 1024;

@@ -8,7 +8,6 @@ pub use crate::flow::key::FlowKey;
 pub use crate::flow::packed::{METADATA_WORD, PackedKey, PackedParse, VLAN_PRESENT, WORDS};
 pub use crate::flow::table::{Emc, FlowTable, Rule, RuleKey, RuleStats, TableStats, Tables};
 pub use crate::mac::cache::MacCache;
-pub use crate::mac::table::MacTable;
 pub use crate::port::afpacket::{AfPacketConfig, AfPacketPort, AfPacketRx};
 pub use crate::port::afxdp::{AfXdpPort, XdpModeRequest};
 pub use crate::port::internal::InternalPort;

@@ -57,6 +57,18 @@
 // workspace's build (and CI's clippy) turns every feature on.
 #![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
+/// A method public to this workspace's benchmarks, fuzz targets and tests
+/// (feature `internals`) and crate-private otherwise, for a type that is
+/// itself part of the API.
+macro_rules! internal {
+    ($(#[$m:meta])* pub fn $($rest:tt)*) => {
+        #[cfg(feature = "internals")]
+        $(#[$m])* pub fn $($rest)*
+        #[cfg(not(feature = "internals"))]
+        $(#[$m])* pub(crate) fn $($rest)*
+    };
+}
+
 #[cfg(feature = "tokio")]
 pub mod asyncio;
 pub mod clock;
@@ -89,7 +101,6 @@ pub use config::{PortKind, PortSpec};
 pub use datapath::PortFlags;
 pub use datapath::perf::PmdStats;
 pub use error::{Error, ErrorKind, Outcome, Result};
-pub use mac::MacEntry;
 pub use packet::Packet;
 pub use port::memory::MemoryPortHandle;
 pub use port::tunnel::native::{TunnelNeighbour, TunnelRoute};

@@ -20,9 +20,9 @@ use crate::wire::{MacAddr, ethertype};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Match {
     /// The bits to compare, already masked.
-    pub value: PackedKey,
+    pub(crate) value: PackedKey,
     /// Which bits matter.
-    pub mask: PackedKey,
+    pub(crate) mask: PackedKey,
 }
 
 /// Why a flow's text was refused; the message names the offending token.
@@ -41,8 +41,8 @@ impl Match {
     }
 
     /// True if the packed key `key` is matched.
-    #[inline]
-    pub fn matches(&self, key: &PackedKey) -> bool {
+    #[cfg(test)]
+    pub(crate) fn matches(&self, key: &PackedKey) -> bool {
         key.masked(&self.mask) == self.value
     }
 

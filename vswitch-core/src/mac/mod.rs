@@ -22,8 +22,7 @@ pub(crate) mod cache;
 pub(crate) mod table;
 
 pub(crate) use cache::MacCache;
-pub(crate) use table::MacTable;
-pub use table::{MacEntry, MacLearn, MacTableConfig, MacTableStats};
+pub use table::{MacEntry, MacLearn, MacTable, MacTableConfig, MacTableStats};
 
 /// The largest capacity a table accepts.
 pub const MAX_CAPACITY: usize = 16 * 1024 * 1024;

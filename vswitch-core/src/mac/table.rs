@@ -191,22 +191,24 @@ pub struct MacTable {
 }
 
 impl MacTable {
-    /// An empty table.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if the capacity or aging time is out of range.
-    pub fn new(config: MacTableConfig) -> Result<Self> {
-        config.validate()?;
-        Ok(MacTable {
-            state: RwLock::new(State::default()),
-            generation: AtomicU64::new(1),
-            aging_ms: AtomicU64::new(config.aging_secs * 1000),
-            capacity: AtomicUsize::new(config.capacity),
-            sweeping: AtomicBool::new(false),
-            next_sweep_ms: AtomicU64::new(0),
-            counters: Counters::default(),
-            moves: OnceLock::new(),
-        })
+    internal! {
+        /// An empty table.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] if the capacity or aging time is out of range.
+        pub fn new(config: MacTableConfig) -> Result<Self> {
+            config.validate()?;
+            Ok(MacTable {
+                state: RwLock::new(State::default()),
+                generation: AtomicU64::new(1),
+                aging_ms: AtomicU64::new(config.aging_secs * 1000),
+                capacity: AtomicUsize::new(config.capacity),
+                sweeping: AtomicBool::new(false),
+                next_sweep_ms: AtomicU64::new(0),
+                counters: Counters::default(),
+                moves: OnceLock::new(),
+            })
+        }
     }
 
     /// Tells moves on `events` as the bridge `bridge`'s.
@@ -222,22 +224,26 @@ impl MacTable {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A number that changes whenever an entry moves or is removed; caches
-    /// holding answers from an older generation must ask again.
-    #[inline]
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    internal! {
+        /// A number that changes whenever an entry moves or is removed; caches
+        /// holding answers from an older generation must ask again.
+        #[inline]
+        pub fn generation(&self) -> u64 {
+            self.generation.load(Ordering::Acquire)
+        }
     }
 
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// How stale a cached refresh may be: a tenth of the aging time, at
-    /// most one second.
-    #[inline]
-    pub fn refresh_interval_ms(&self) -> u64 {
-        (self.aging_ms.load(Ordering::Relaxed) / 10).clamp(1, 1000)
+    internal! {
+        /// How stale a cached refresh may be: a tenth of the aging time, at
+        /// most one second.
+        #[inline]
+        pub fn refresh_interval_ms(&self) -> u64 {
+            (self.aging_ms.load(Ordering::Relaxed) / 10).clamp(1, 1000)
+        }
     }
 
     /// The current settings.
@@ -248,83 +254,87 @@ impl MacTable {
         }
     }
 
-    /// Changes the settings. Lowering the capacity below the number of
-    /// entries evicts (fairly) until the table fits.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] if a value is out of range; nothing changes.
-    pub fn set_config(&self, config: MacTableConfig) -> Result<()> {
-        config.validate()?;
-        let mut st = self.write();
-        self.aging_ms.store(config.aging_secs * 1000, Ordering::Relaxed);
-        self.capacity.store(config.capacity, Ordering::Relaxed);
-        let mut evicted = false;
-        while st.index.len() > config.capacity && self.evict_one(&mut st) {
-            evicted = true;
+    internal! {
+        /// Changes the settings. Lowering the capacity below the number of
+        /// entries evicts (fairly) until the table fits.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] if a value is out of range; nothing changes.
+        pub fn set_config(&self, config: MacTableConfig) -> Result<()> {
+            config.validate()?;
+            let mut st = self.write();
+            self.aging_ms.store(config.aging_secs * 1000, Ordering::Relaxed);
+            self.capacity.store(config.capacity, Ordering::Relaxed);
+            let mut evicted = false;
+            while st.index.len() > config.capacity && self.evict_one(&mut st) {
+                evicted = true;
+            }
+            if evicted {
+                self.bump();
+            }
+            Ok(())
         }
-        if evicted {
-            self.bump();
-        }
-        Ok(())
     }
 
-    /// Learns that `mac` in `vlan` is behind `port`, seen at `now_ms`.
-    pub fn learn(&self, vlan: u16, mac: MacAddr, port: PortNo, now_ms: u64) -> MacLearn {
-        if !mac.is_unicast() {
-            return MacLearn::NotUnicast;
-        }
-        let key = mac_key(vlan, mac);
-        {
-            let st = self.read();
-            if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
-                let s = &st.slots[i as usize];
-                if s.port == port {
-                    if s.kind == SlotKind::Dynamic {
-                        s.last_seen.fetch_max(now_ms, Ordering::Relaxed);
+    internal! {
+        /// Learns that `mac` in `vlan` is behind `port`, seen at `now_ms`.
+        pub fn learn(&self, vlan: u16, mac: MacAddr, port: PortNo, now_ms: u64) -> MacLearn {
+            if !mac.is_unicast() {
+                return MacLearn::NotUnicast;
+            }
+            let key = mac_key(vlan, mac);
+            {
+                let st = self.read();
+                if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
+                    let s = &st.slots[i as usize];
+                    if s.port == port {
+                        if s.kind == SlotKind::Dynamic {
+                            s.last_seen.fetch_max(now_ms, Ordering::Relaxed);
+                        }
+                        return MacLearn::Refreshed;
                     }
+                    if s.kind == SlotKind::Static {
+                        self.counters.static_conflicts.fetch_add(1, Ordering::Relaxed);
+                        return MacLearn::StaticConflict { port: s.port };
+                    }
+                }
+            }
+            let mut st = self.write();
+            // Re-check: another thread may have changed it between the locks.
+            if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
+                let (kind, old) = (st.slots[i as usize].kind, st.slots[i as usize].port);
+                if old == port {
+                    st.slots[i as usize].last_seen.fetch_max(now_ms, Ordering::Relaxed);
                     return MacLearn::Refreshed;
                 }
-                if s.kind == SlotKind::Static {
+                if kind == SlotKind::Static {
                     self.counters.static_conflicts.fetch_add(1, Ordering::Relaxed);
-                    return MacLearn::StaticConflict { port: s.port };
+                    return MacLearn::StaticConflict { port: old };
                 }
+                st.unlink(i);
+                st.set_port(i, port);
+                st.slots[i as usize].last_seen.store(now_ms, Ordering::Relaxed);
+                st.link_tail(i, now_ms);
+                self.counters.moved.fetch_add(1, Ordering::Relaxed);
+                self.bump();
+                drop(st);
+                if let Some((events, bridge)) = self.moves.get() {
+                    events.publish(|| Event::MacMoved { bridge: bridge.to_string(), mac, vlan, from: old, to: port });
+                }
+                return MacLearn::Moved { from: old };
             }
-        }
-        let mut st = self.write();
-        // Re-check: another thread may have changed it between the locks.
-        if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
-            let (kind, old) = (st.slots[i as usize].kind, st.slots[i as usize].port);
-            if old == port {
-                st.slots[i as usize].last_seen.fetch_max(now_ms, Ordering::Relaxed);
-                return MacLearn::Refreshed;
+            if st.index.len() >= self.capacity.load(Ordering::Relaxed) {
+                if !self.evict_one(&mut st) {
+                    self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
+                    return MacLearn::Full;
+                }
+                self.bump();
             }
-            if kind == SlotKind::Static {
-                self.counters.static_conflicts.fetch_add(1, Ordering::Relaxed);
-                return MacLearn::StaticConflict { port: old };
-            }
-            st.unlink(i);
-            st.set_port(i, port);
-            st.slots[i as usize].last_seen.store(now_ms, Ordering::Relaxed);
+            let i = st.alloc(key, port, SlotKind::Dynamic, now_ms);
             st.link_tail(i, now_ms);
-            self.counters.moved.fetch_add(1, Ordering::Relaxed);
-            self.bump();
-            drop(st);
-            if let Some((events, bridge)) = self.moves.get() {
-                events.publish(|| Event::MacMoved { bridge: bridge.to_string(), mac, vlan, from: old, to: port });
-            }
-            return MacLearn::Moved { from: old };
+            self.counters.learned.fetch_add(1, Ordering::Relaxed);
+            MacLearn::Learned
         }
-        if st.index.len() >= self.capacity.load(Ordering::Relaxed) {
-            if !self.evict_one(&mut st) {
-                self.counters.refused_full.fetch_add(1, Ordering::Relaxed);
-                return MacLearn::Full;
-            }
-            self.bump();
-        }
-        let i = st.alloc(key, port, SlotKind::Dynamic, now_ms);
-        st.link_tail(i, now_ms);
-        self.counters.learned.fetch_add(1, Ordering::Relaxed);
-        MacLearn::Learned
     }
 
     /// The port `mac` in `vlan` was learned on, if any.
@@ -417,47 +427,51 @@ impl MacTable {
         doomed.len()
     }
 
-    /// One step of aging at `now_ms`, called often by a datapath thread.
-    ///
-    /// A sweep over all slots starts once a second; each call examines at
-    /// most a bounded chunk of slots under the write lock. Returns true if
-    /// the sweep has more to do (call again soon). Cheap when nothing is
-    /// due: two atomic loads.
-    pub fn age_step(&self, now_ms: u64) -> bool {
-        if !self.sweeping.load(Ordering::Relaxed) {
-            if now_ms < self.next_sweep_ms.load(Ordering::Relaxed) {
-                return false;
+    internal! {
+        /// One step of aging at `now_ms`, called often by a datapath thread.
+        ///
+        /// A sweep over all slots starts once a second; each call examines at
+        /// most a bounded chunk of slots under the write lock. Returns true if
+        /// the sweep has more to do (call again soon). Cheap when nothing is
+        /// due: two atomic loads.
+        pub fn age_step(&self, now_ms: u64) -> bool {
+            if !self.sweeping.load(Ordering::Relaxed) {
+                if now_ms < self.next_sweep_ms.load(Ordering::Relaxed) {
+                    return false;
+                }
+                let mut st = self.write();
+                if self.sweeping.load(Ordering::Relaxed) || now_ms < self.next_sweep_ms.load(Ordering::Relaxed) {
+                    return self.sweeping.load(Ordering::Relaxed);
+                }
+                st.sweep_cursor = 0;
+                st.sweep_now = now_ms;
+                self.next_sweep_ms.store(now_ms + SWEEP_INTERVAL_MS, Ordering::Relaxed);
+                self.sweeping.store(true, Ordering::Relaxed);
             }
             let mut st = self.write();
-            if self.sweeping.load(Ordering::Relaxed) || now_ms < self.next_sweep_ms.load(Ordering::Relaxed) {
-                return self.sweeping.load(Ordering::Relaxed);
+            if !self.sweeping.load(Ordering::Relaxed) {
+                return false;
             }
-            st.sweep_cursor = 0;
-            st.sweep_now = now_ms;
-            self.next_sweep_ms.store(now_ms + SWEEP_INTERVAL_MS, Ordering::Relaxed);
-            self.sweeping.store(true, Ordering::Relaxed);
+            let more = self.sweep_chunk(&mut st, AGING_CHUNK);
+            self.sweeping.store(more, Ordering::Relaxed);
+            more
         }
-        let mut st = self.write();
-        if !self.sweeping.load(Ordering::Relaxed) {
-            return false;
-        }
-        let more = self.sweep_chunk(&mut st, AGING_CHUNK);
-        self.sweeping.store(more, Ordering::Relaxed);
-        more
     }
 
-    /// Removes every dynamic entry not seen for the aging time, now, in one
-    /// sweep. Returns how many expired. (The datapath uses [`age_step`].)
-    ///
-    /// [`age_step`]: MacTable::age_step
-    pub fn expire_now(&self, now_ms: u64) -> usize {
-        let mut st = self.write();
-        let before = self.counters.expired.load(Ordering::Relaxed);
-        st.sweep_cursor = 0;
-        st.sweep_now = now_ms;
-        self.sweep_chunk(&mut st, usize::MAX);
-        self.sweeping.store(false, Ordering::Relaxed);
-        (self.counters.expired.load(Ordering::Relaxed) - before) as usize
+    internal! {
+        /// Removes every dynamic entry not seen for the aging time, now, in one
+        /// sweep. Returns how many expired. (The datapath uses [`age_step`].)
+        ///
+        /// [`age_step`]: MacTable::age_step
+        pub fn expire_now(&self, now_ms: u64) -> usize {
+            let mut st = self.write();
+            let before = self.counters.expired.load(Ordering::Relaxed);
+            st.sweep_cursor = 0;
+            st.sweep_now = now_ms;
+            self.sweep_chunk(&mut st, usize::MAX);
+            self.sweeping.store(false, Ordering::Relaxed);
+            (self.counters.expired.load(Ordering::Relaxed) - before) as usize
+        }
     }
 
     fn sweep_chunk(&self, st: &mut State, chunk: usize) -> bool {
@@ -532,12 +546,14 @@ impl MacTable {
         self.len() == 0
     }
 
-    /// Number of dynamic entries behind each port.
-    pub fn dynamic_counts(&self) -> Vec<(PortNo, usize)> {
-        let st = self.read();
-        let mut v: Vec<_> = st.lists.iter().filter(|(_, l)| l.count > 0).map(|(&p, l)| (p, l.count)).collect();
-        v.sort_unstable();
-        v
+    internal! {
+        /// Number of dynamic entries behind each port.
+        pub fn dynamic_counts(&self) -> Vec<(PortNo, usize)> {
+            let st = self.read();
+            let mut v: Vec<_> = st.lists.iter().filter(|(_, l)| l.count > 0).map(|(&p, l)| (p, l.count)).collect();
+            v.sort_unstable();
+            v
+        }
     }
 
     /// Size and counters.
