@@ -182,6 +182,24 @@ impl Guest {
         self.tx_used_seen = want;
     }
 
+    /// The guest transmits `frame` without waiting for the device to use
+    /// it (it waits only for a free slot), as a driver with a full queue
+    /// of work does.
+    fn post(&mut self, frame: &[u8]) {
+        let deadline = Instant::now() + WAIT;
+        while self.tx_avail.wrapping_sub(self.r16(used(1) + 2)) >= QUEUE {
+            assert!(Instant::now() < deadline, "the device did not use the transmit queue");
+            std::thread::yield_now();
+        }
+        let i = self.tx_avail % QUEUE;
+        let addr = tx_buf(u64::from(i));
+        self.mem.write_slice(&[0u8; HDR], GuestAddress(addr)).unwrap();
+        self.mem.write_slice(frame, GuestAddress(addr + HDR as u64)).unwrap();
+        self.write_desc(1, i, addr, (HDR + frame.len()) as u32, 0);
+        self.publish(1, i);
+        self.kick(1);
+    }
+
     /// The frames the device has put in receive buffers, each with the
     /// number of buffers it spans; the buffers are offered again.
     fn receive(&mut self, n: usize) -> Vec<(Vec<u8>, u16)> {
@@ -414,4 +432,180 @@ fn a_namespace_pings_a_guest_behind_a_vhost_user_port() {
     let out = ping.wait_with_output().unwrap();
     assert!(status.success(), "the namespace's pings were answered: {}", String::from_utf8_lossy(&out.stdout));
     assert!(answered >= 6, "an ARP reply and five echo replies went back through the port ({answered})");
+}
+
+/// The guest's virtio-net driver as a smoltcp device, for a TCP stack on
+/// top of the virtqueues.
+struct GuestNic<'a>(&'a mut Guest);
+
+struct GuestRx(Vec<u8>);
+
+struct GuestTx<'a>(&'a mut Guest);
+
+impl smoltcp::phy::RxToken for GuestRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for GuestTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let r = f(&mut frame);
+        self.0.post(&frame);
+        r
+    }
+}
+
+impl smoltcp::phy::Device for GuestNic<'_> {
+    type RxToken<'b>
+        = GuestRx
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = GuestTx<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(GuestRx, GuestTx<'_>)> {
+        let (frame, _) = self.0.poll_frame()?;
+        Some((GuestRx(frame), GuestTx(self.0)))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<GuestTx<'_>> {
+        Some(GuestTx(self.0))
+    }
+
+    fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
+        let mut caps = smoltcp::phy::DeviceCapabilities::default();
+        caps.medium = smoltcp::phy::Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// A TCP stream both ways between a namespace's kernel and a smoltcp
+/// stack on the guest's virtqueues. The guest negotiated no offloads, so
+/// the switch must cut the kernel's TSO super-frames (from veth, through
+/// AF_PACKET) into MTU-sized segments and finish their checksums for it:
+/// smoltcp checks every checksum and drops what is wrong, so a bad one
+/// stalls the stream.
+#[test]
+fn a_guest_behind_a_vhost_user_port_and_a_namespace_exchange_tcp() {
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::socket::tcp;
+    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+    use std::io::BufRead;
+    use vswitch_tests::netns::{NetNs, Veth};
+
+    const TOTAL: usize = 4 * 1024 * 1024;
+    let byte = |i: usize| (i.wrapping_mul(2_654_435_761) >> 11) as u8;
+
+    let ns = NetNs::new();
+    let veth = Veth::new(&ns, "10.95.1.1/24");
+    let dir = TempDir(std::env::temp_dir().join(format!("vsw-vu-tcp-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let socket = dir.0.join("vm.sock");
+    let sw = Switch::builder().build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    sw.add_afpacket_port("br0", &veth.host, PortConfig::default()).unwrap();
+    sw.add_vhost_user_port("br0", "vm", &VhostUserConfig::server(&socket), PortConfig::default()).unwrap();
+    let mut guest = Guest::connect(&socket, &dir.0, 1);
+    wait_state(&sw, PortState::Up);
+
+    // The namespace's end: a kernel TCP socket that echoes what it reads.
+    const ECHO: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.95.1.1", 7001))
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+n = 0
+while True:
+    d = c.recv(1 << 16)
+    if not d:
+        break
+    c.sendall(d)
+    n += len(d)
+c.close()
+print("echoed", n, flush=True)
+"#;
+    let mut server = ns.spawn(&["python3", "-c", ECHO]);
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    if line.trim() != "listening" {
+        let err = server.wait_with_output().unwrap().stderr;
+        panic!("the echo server did not start: {}", String::from_utf8_lossy(&err));
+    }
+
+    let mut nic = GuestNic(&mut guest);
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress([0x52, 0x54, 0, 0x95, 1, 2])));
+    config.random_seed = 7;
+    let mut iface = Interface::new(config, &mut nic, smoltcp::time::Instant::now());
+    iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(10, 95, 1, 2)), 24)).unwrap());
+    let tcp =
+        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 256 * 1024]), tcp::SocketBuffer::new(vec![0; 256 * 1024]));
+    let mut sockets = SocketSet::new(Vec::new());
+    let h = sockets.add(tcp);
+    let (mut sent, mut echoed, mut connected) = (0usize, 0usize, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while echoed < TOTAL {
+        assert!(Instant::now() < deadline, "the stream stalled: {sent} bytes sent, {echoed} echoed");
+        let now = smoltcp::time::Instant::now();
+        iface.poll(now, &mut nic, &mut sockets);
+        let s = sockets.get_mut::<tcp::Socket<'static>>(h);
+        if !connected {
+            s.connect(iface.context(), (Ipv4Address::new(10, 95, 1, 1), 7001), 49152).unwrap();
+            connected = true;
+        }
+        while sent < TOTAL && s.can_send() {
+            sent += s
+                .send(|buf| {
+                    let n = buf.len().min(TOTAL - sent);
+                    for (i, b) in buf[..n].iter_mut().enumerate() {
+                        *b = byte(sent + i);
+                    }
+                    (n, n)
+                })
+                .unwrap();
+        }
+        while s.can_recv() {
+            echoed += s
+                .recv(|buf| {
+                    for (i, &b) in buf.iter().enumerate() {
+                        assert_eq!(b, byte(echoed + i), "echoed byte {}", echoed + i);
+                    }
+                    (buf.len(), buf.len())
+                })
+                .unwrap();
+        }
+        if iface.poll_delay(now, &sockets).is_some_and(|d| d.total_micros() > 0) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    sockets.get_mut::<tcp::Socket<'static>>(h).close();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the echo server did not see the close");
+        iface.poll(smoltcp::time::Instant::now(), &mut nic, &mut sockets);
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(status.success(), "the echo server failed");
+    assert_eq!(line.trim(), format!("echoed {TOTAL}"));
+
+    let stats = sw.stats();
+    let vm = stats.port("vm").unwrap();
+    assert_eq!(vm.total_drops(), 0, "{vm:?}");
+    // Fewer frames reached the AF_PACKET port than left the guest's: the
+    // kernel sent super-frames that the switch cut for the guest.
+    let host = stats.port(&veth.host).unwrap();
+    assert!(host.rx_packets < vm.tx_packets, "the namespace's TSO frames arrived whole: {host:?} {vm:?}");
 }
