@@ -68,6 +68,9 @@ impl Port for Faulty {
 
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
         if self.fault == Fault::Tx && self.armed.load(Ordering::Relaxed) {
+            // It takes the burst before it fails: the switch still counts it.
+            let taken: Vec<Packet> = batch.drain(..).collect();
+            assert!(!taken.is_empty());
             panic!("boom in tx");
         }
         let mut out = TxOutcome::default();
@@ -167,6 +170,11 @@ fn a_failing_port_is_taken_down_alone(fault: Fault, threads: usize) {
     assert_eq!(why, expected);
     // The datapath marks its link down after it.
     until(&events, |e| matches!(e, Event::LinkChanged { port, up: false, .. } if port == "bad"));
+    if fault == Fault::Tx {
+        let s = sw.stats();
+        let d = &s.port("bad").unwrap().drops;
+        assert_eq!(d[&DropReason::PortFailed], 1, "the flood frame the port took as it panicked is counted");
+    }
 
     let health = sw.health();
     assert!(!health.is_ok());

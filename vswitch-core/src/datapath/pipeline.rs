@@ -801,12 +801,17 @@ impl Datapath {
             p.counters.count_drop(DropReason::TooBig, too_big);
         }
         let pool = &mut self.pool;
+        let handed = q.len();
         let sent = guarded("tx_burst", || port.tx_burst(q, pool));
         drop(port);
         let out = match sent {
             Ok(out) => out,
-            // What it had not sent is counted with the port's queue.
-            Err(why) => return self.fail_port(slot, Some(why)),
+            Err(why) => {
+                // What the port had taken from the batch went down with
+                // it; what it had not is counted with the port's queue.
+                p.counters.count_drop(DropReason::PortFailed, handed.saturating_sub(q.len()) as u64);
+                return self.fail_port(slot, Some(why));
+            }
         };
         PortCounters::add(&p.counters.tx_packets, out.sent as u64);
         PortCounters::add(&p.counters.tx_bytes, out.sent_bytes);
