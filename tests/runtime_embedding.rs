@@ -69,7 +69,7 @@ impl Port for Faulty {
     fn tx_burst(&mut self, batch: &mut Vec<Packet>, pool: &mut PacketPool) -> TxOutcome {
         if self.fault == Fault::Tx && self.armed.load(Ordering::Relaxed) {
             // It takes the burst before it fails: the switch still counts it.
-            let taken: Vec<Packet> = batch.drain(..).collect();
+            let taken = std::mem::take(batch);
             assert!(!taken.is_empty());
             panic!("boom in tx");
         }
