@@ -334,6 +334,38 @@ fn full_transmit_queue_drops_are_counted() {
     assert_eq!(s.port("b").unwrap().drops[&DropReason::TxQueueFull], 4);
 }
 
+/// One burst to a port drops frames for two reasons: both are counted,
+/// each under its own.
+#[test]
+fn a_burst_dropped_for_two_reasons_counts_both() {
+    let sw = Switch::builder().manual().memory_queue_len(8).build().unwrap();
+    sw.add_bridge("br0").unwrap();
+    let a = sw.add_memory_port("br0", "a", PortConfig::default()).unwrap();
+    let mut b = sw.add_memory_port("br0", "b", PortConfig::default()).unwrap();
+    b.set_mtu(500).unwrap();
+    let sized = |i: u32, len: usize| {
+        let mut f = frame(MacAddr::BROADCAST, mac(1), i);
+        f.resize(len, 0);
+        f
+    };
+    // b's queue of eight is left with two free slots...
+    for i in 0..6 {
+        a.send_frame(&sized(i, 60)).unwrap();
+    }
+    sw.run_until_idle().unwrap();
+    // ...when one burst brings it two frames above its MTU and six that
+    // fit: two are sent, two are too big, four find the queue full.
+    for i in 6..14 {
+        a.send_frame(&sized(i, if i % 4 == 0 { 1000 } else { 60 })).unwrap();
+    }
+    sw.run_until_idle().unwrap();
+    assert_eq!(drain(&b).len(), 8);
+    let s = sw.stats();
+    let b_stats = s.port("b").unwrap();
+    assert_eq!(b_stats.tx_packets, 8);
+    assert_eq!((b_stats.drops[&DropReason::TooBig], b_stats.drops[&DropReason::TxQueueFull]), (2, 4));
+}
+
 #[test]
 fn broadcast_storm_loses_and_duplicates_nothing() {
     storm(1);

@@ -815,8 +815,8 @@ impl Datapath {
         };
         PortCounters::add(&p.counters.tx_packets, out.sent as u64);
         PortCounters::add(&p.counters.tx_bytes, out.sent_bytes);
-        if out.dropped > 0 {
-            p.counters.count_drop(out.drop_reason.unwrap_or(DropReason::TxError), out.dropped as u64);
+        for (reason, n) in out.drops() {
+            p.counters.count_drop(reason, n as u64);
         }
     }
 }

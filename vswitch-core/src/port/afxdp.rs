@@ -243,12 +243,9 @@ impl Port for AfXdpPort {
         let sent = a.queues[0].send_burst(fits.clone().map(Packet::data));
         out.sent = sent;
         out.sent_bytes = fits.take(sent).map(|p| p.len() as u64).sum();
-        if sent + too_big < batch.len() || too_big > 0 {
-            out.dropped = batch.len() - sent;
-            out.drop_reason = Some(if too_big > 0 { DropReason::TooBig } else { DropReason::TxQueueFull });
-        }
+        let full = batch.len() - sent - too_big;
         batch.drain(..).for_each(|p| pool.put(p));
-        out
+        out.with_drops(too_big, DropReason::TooBig).with_drops(full, DropReason::TxQueueFull)
     }
 
     fn rx_pending(&self) -> bool {

@@ -284,12 +284,7 @@ impl Port for MemoryPort {
             let kept = keep_in_order(batch, 0, |p| p.len() <= max);
             let dropped = batch.len() - kept;
             batch.drain(kept..).for_each(|p| pool.put(p));
-            let mut out = self.tx_burst(batch, pool);
-            if out.dropped == 0 {
-                out.drop_reason = Some(DropReason::TooBig);
-            }
-            out.dropped += dropped;
-            return out;
+            return self.tx_burst(batch, pool).with_drops(dropped, DropReason::TooBig);
         }
         let mut out = TxOutcome::default();
         let n = batch.len().min(self.tx.slots());
@@ -302,14 +297,9 @@ impl Port for MemoryPort {
             self.shared.host_signal.notify();
             self.shared.host_ready.notify();
         }
-        if !batch.is_empty() {
-            out.dropped = batch.len();
-            out.drop_reason = Some(DropReason::TxQueueFull);
-            for p in batch.drain(..) {
-                pool.put(p);
-            }
-        }
-        out
+        let full = batch.len();
+        batch.drain(..).for_each(|p| pool.put(p));
+        out.with_drops(full, DropReason::TxQueueFull)
     }
 
     fn rx_pending(&self) -> bool {

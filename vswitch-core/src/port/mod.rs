@@ -97,6 +97,22 @@ pub trait Port: Send + fmt::Debug {
 }
 
 /// What [`Port::tx_burst`] did with a batch.
+///
+/// Drops are counted under up to two reasons per burst (a frame too big
+/// and a full queue, say): [`with_drops`](TxOutcome::with_drops) adds
+/// them. `dropped` is the total; `drop_reason` is the reason of all of
+/// them but those added under a second reason.
+///
+/// ```
+/// use vswitch_core::DropReason;
+/// use vswitch_core::port::TxOutcome;
+/// let out = TxOutcome::sent(30, 1800)
+///     .with_drops(1, DropReason::TooBig)
+///     .with_drops(2, DropReason::TxQueueFull)
+///     .with_drops(1, DropReason::TooBig);
+/// assert_eq!(out.dropped, 4);
+/// assert_eq!(out.drops().collect::<Vec<_>>(), [(DropReason::TooBig, 2), (DropReason::TxQueueFull, 2)]);
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TxOutcome {
@@ -104,10 +120,12 @@ pub struct TxOutcome {
     pub sent: usize,
     /// Bytes in those packets.
     pub sent_bytes: u64,
-    /// Packets dropped, and why.
+    /// Packets dropped, in all.
     pub dropped: usize,
-    /// The reason for the drops (one reason per burst).
+    /// Why they were dropped (`tx_error` if unset).
     pub drop_reason: Option<DropReason>,
+    /// Drops under a second reason, part of `dropped`.
+    second: Option<(DropReason, usize)>,
 }
 
 impl TxOutcome {
@@ -117,16 +135,36 @@ impl TxOutcome {
         TxOutcome { sent: packets, sent_bytes: bytes, ..TxOutcome::default() }
     }
 
-    /// The same, with `dropped` packets dropped for `reason`.
-    pub fn with_drops(self, dropped: usize, reason: DropReason) -> TxOutcome {
-        TxOutcome { dropped, drop_reason: (dropped > 0).then_some(reason), ..self }
+    /// Adds `dropped` packets dropped for `reason`. A third reason in one
+    /// burst is counted under the first.
+    pub fn with_drops(mut self, dropped: usize, reason: DropReason) -> TxOutcome {
+        if dropped == 0 {
+            return self;
+        }
+        match (self.drop_reason, &mut self.second) {
+            (None, _) if self.dropped == 0 => self.drop_reason = Some(reason),
+            (Some(first), _) if first == reason => {}
+            (_, Some((second, n))) if *second == reason => *n += dropped,
+            (_, second @ None) => *second = Some((reason, dropped)),
+            _ => {}
+        }
+        self.dropped += dropped;
+        self
     }
 
     /// Drops the whole batch for `reason`, returning its buffers to `pool`.
     pub fn drop_all(batch: &mut Vec<Packet>, pool: &mut PacketPool, reason: DropReason) -> TxOutcome {
         let dropped = batch.len();
         batch.drain(..).for_each(|p| pool.put(p));
-        TxOutcome { dropped, drop_reason: Some(reason), ..TxOutcome::default() }
+        TxOutcome::default().with_drops(dropped, reason)
+    }
+
+    /// The drops by reason: `(reason, count)`, at most two, none empty.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, usize)> {
+        let second = self.second.map(|(r, n)| (r, n.min(self.dropped)));
+        let first = self.dropped - second.map_or(0, |(_, n)| n);
+        let first = (self.drop_reason.unwrap_or(DropReason::TxError), first);
+        [Some(first), second].into_iter().flatten().filter(|&(_, n)| n > 0)
     }
 }
 
