@@ -54,7 +54,7 @@ struct Guest {
     frontend: Frontend,
     mem: GuestMemoryMmap,
     kick: [EventFd; 2],
-    _call: [EventFd; 2],
+    call: [EventFd; 2],
     rx_used_seen: u16,
     rx_avail: u16,
     tx_avail: u16,
@@ -63,7 +63,18 @@ struct Guest {
 }
 
 impl Guest {
+    /// A VMM connects and sets the device up, and its guest's driver
+    /// starts (posts receive buffers and kicks).
     fn connect(socket: &Path, dir: &Path, n: u32) -> Guest {
+        let mut g = Guest::handshake(socket, dir, n);
+        g.set_up_queues();
+        g.start();
+        g
+    }
+
+    /// A VMM connects, negotiates features and hands over the guest's
+    /// memory; its queues are not set up yet.
+    fn handshake(socket: &Path, dir: &Path, n: u32) -> Guest {
         let path = dir.join(format!("guest-mem-{n}"));
         let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
         file.set_len(MEM_SIZE as u64).unwrap();
@@ -78,11 +89,19 @@ impl Guest {
             VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF
         );
         frontend.set_features(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF).unwrap();
-        let hva = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
         let region = VhostUserMemoryRegionInfo::from_guest_region(mem.iter().next().unwrap()).unwrap();
         frontend.set_mem_table(&[region]).unwrap();
         let kick = [EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
         let call = [EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
+        Guest { frontend, mem, kick, call, rx_used_seen: 0, rx_avail: 0, tx_avail: 0, tx_used_seen: 0, _file: path }
+    }
+
+    /// The VMM sets the queues up: sizes, addresses, eventfds. Without
+    /// protocol features, a queue is enabled once it has its kick
+    /// descriptor.
+    fn set_up_queues(&mut self) {
+        let (frontend, mem) = (&mut self.frontend, &self.mem);
+        let hva = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
         for q in 0..2usize {
             let qa = q as u64;
             frontend.set_vring_num(q, QUEUE).unwrap();
@@ -97,27 +116,18 @@ impl Guest {
             };
             frontend.set_vring_addr(q, &config).unwrap();
             frontend.set_vring_base(q, 0).unwrap();
-            frontend.set_vring_call(q, &call[q]).unwrap();
-            frontend.set_vring_kick(q, &kick[q]).unwrap();
+            frontend.set_vring_call(q, &self.call[q]).unwrap();
+            frontend.set_vring_kick(q, &self.kick[q]).unwrap();
         }
-        let mut g = Guest {
-            frontend,
-            mem,
-            kick,
-            _call: call,
-            rx_used_seen: 0,
-            rx_avail: 0,
-            tx_avail: 0,
-            tx_used_seen: 0,
-            _file: path,
-        };
-        // Every receive buffer is offered once; each one used is offered
-        // again as it is read.
+    }
+
+    /// The guest's driver starts: every receive buffer is offered once
+    /// (each one used is offered again as it is read), and it kicks.
+    fn start(&mut self) {
         for i in 0..QUEUE {
-            g.offer_rx(i);
+            self.offer_rx(i);
         }
-        g.kick(0);
-        g
+        self.kick(0);
     }
 
     fn w16(&self, gpa: u64, v: u16) {
@@ -332,8 +342,14 @@ fn a_rust_vmm_frontend_moves_frames_through_a_vhost_user_port_and_reconnects() {
     // served (a fresh device: new memory, queues from zero).
     drop(guest);
     wait_state(&sw, PortState::LinkDown);
-    let mut guest = Guest::connect(&socket, &dir.0, 2);
+    // The link comes up when the queues are enabled, not when the VMM
+    // connects.
+    let mut guest = Guest::handshake(&socket, &dir.0, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sw.health().port("vm").unwrap().state, PortState::LinkDown, "up before the queues were");
+    guest.set_up_queues();
     wait_state(&sw, PortState::Up);
+    guest.start();
     exchange(&mut guest, &peer, 2);
     let mut links = Vec::new();
     while let Some(e) = events.try_recv() {

@@ -12,8 +12,12 @@
 //! into the guest's receive buffers (merged receive buffers when the
 //! driver accepts them), woken by the queue's eventfd. A frontend that
 //! disconnects (the VM shut down or its VMM restarted) takes the link down;
-//! the port waits for (server) or reconnects to (client) the next one, and
-//! the link comes back up when it is connected.
+//! the port waits for (server) or reconnects to (client) the next one. The
+//! link comes up when the guest's queues are enabled, not when its VMM
+//! connects (as Open vSwitch's vhost ports do): the VMM enables them when
+//! the guest's driver starts (`SET_VRING_ENABLE` once protocol features
+//! are negotiated; without them a queue is enabled with its kick
+//! descriptor).
 //!
 //! What this port does not offer yet: checksum and TSO offloads (the guest
 //! computes checksums and segments, as with a plain virtio-net device
@@ -361,7 +365,8 @@ fn serve(
         if stop.load(Ordering::Acquire) {
             daemon.request_shutdown();
         }
-        handle.set_link_up(true);
+        // The link comes up with the guest's driver (NetBackend's
+        // handle_event), and goes down with the connection.
         let _ = daemon.wait();
         handle.set_link_up(false);
         *connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -408,6 +413,9 @@ struct NetBackend {
     /// Ends the connection when the device cannot go on (a write into
     /// guest memory failed): the frontend reconnects to a fresh device.
     connection: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    /// A queue of the guest's was enabled (or kicked while enabled): the
+    /// link is up.
+    driver_up: bool,
 }
 
 /// A device ends with its connection: what it still held for a full
@@ -441,6 +449,7 @@ impl NetBackend {
             rx_too_big: counters.rx_too_big.clone(),
             disconnected: counters.disconnected.clone(),
             connection,
+            driver_up: false,
         })
     }
 
@@ -689,6 +698,13 @@ impl VhostUserBackendMut for NetBackend {
         vrings: &[Vring],
         _thread: usize,
     ) -> std::io::Result<()> {
+        if !self.driver_up
+            && matches!(device_event, RX_QUEUE | TX_QUEUE)
+            && vrings[device_event as usize].get_ref().is_enabled()
+        {
+            self.driver_up = true;
+            self.handle.set_link_up(true);
+        }
         let r = match device_event {
             // The guest gave receive buffers: frames waiting can go.
             RX_QUEUE => {
