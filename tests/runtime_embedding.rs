@@ -392,121 +392,37 @@ fn async_memory_ports_wake_tokio_tasks_and_report_removal() {
     });
 }
 
+#[allow(dead_code)]
+#[path = "../examples/tokio_service.rs"]
+mod tokio_service;
+
+/// The tokio example as a test: two smoltcp hosts as tokio tasks on async
+/// memory ports move TCP data through the switch with no thread of their
+/// own, while a tenant's buggy port is taken down alone.
 #[test]
 fn async_memory_ports_carry_tcp_between_smoltcp_hosts_on_tokio() {
-    use smoltcp::iface::{Config, Interface, SocketSet};
-    use smoltcp::socket::tcp;
-    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
-    use vswitch_core::asyncio::AsyncMemoryPort;
-
-    const TOTAL: usize = 2 * 1024 * 1024;
-    const PORT: u16 = 7000;
-    let byte = |i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8;
-
-    /// One host: its interface, one socket, its port; `step` is the
-    /// application, called after each poll, until it says it is done.
-    async fn host(
-        mut nic: AsyncMemoryPort,
-        n: u8,
-        mut step: impl FnMut(&mut tcp::Socket<'static>, &mut smoltcp::iface::Context) -> bool,
-    ) -> AsyncMemoryPort {
-        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, n])));
-        config.random_seed = u64::from(n);
-        let mut iface = Interface::new(config, nic.handle_mut(), smoltcp::time::Instant::now());
-        iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, n)), 24)).unwrap());
-        let socket =
-            tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 256 * 1024]), tcp::SocketBuffer::new(vec![0; 256 * 1024]));
-        let mut sockets = SocketSet::new(Vec::new());
-        let h = sockets.add(socket);
-        loop {
-            let now = smoltcp::time::Instant::now();
-            iface.poll(now, nic.handle_mut(), &mut sockets);
-            let done = step(sockets.get_mut::<tcp::Socket<'static>>(h), iface.context());
-            if done {
-                return nic;
-            }
-            let delay = iface
-                .poll_delay(now, &sockets)
-                .map_or(Duration::from_millis(20), |d| Duration::from_micros(d.total_micros()))
-                .min(Duration::from_millis(20));
-            if delay.is_zero() {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            tokio::select! {
-                r = nic.readable() => r.unwrap(),
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
-        let sw = Switch::builder().build().unwrap();
-        sw.add_bridge("br0").unwrap();
-        let client = AsyncMemoryPort::new(sw.add_memory_port("br0", "client", PortConfig::default()).unwrap()).unwrap();
-        let server = AsyncMemoryPort::new(sw.add_memory_port("br0", "server", PortConfig::default()).unwrap()).unwrap();
-
-        let mut received = 0usize;
-        let mut listening = false;
-        let mut established = false;
-        let server = tokio::spawn(host(server, 2, move |s, _| {
-            if !listening {
-                s.listen(PORT).unwrap();
-                listening = true;
-            }
-            established |= s.may_recv();
-            while s.can_recv() {
-                let got = s
-                    .recv(|buf| {
-                        for (i, &b) in buf.iter().enumerate() {
-                            assert_eq!(b, byte(received + i), "byte {}", received + i);
-                        }
-                        (buf.len(), buf.len())
-                    })
-                    .unwrap();
-                received += got;
-            }
-            if established && !s.may_recv() {
-                assert_eq!(received, TOTAL);
-                s.close();
-                return true;
-            }
-            false
-        }));
-        let mut sent = 0usize;
-        let mut connected = false;
-        let client = tokio::spawn(host(client, 1, move |s, cx| {
-            if !connected {
-                s.connect(cx, (IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 2)), PORT), 49152).unwrap();
-                connected = true;
-            }
-            while sent < TOTAL && s.can_send() {
-                let n = s
-                    .send(|buf| {
-                        let n = buf.len().min(TOTAL - sent);
-                        for (i, b) in buf[..n].iter_mut().enumerate() {
-                            *b = byte(sent + i);
-                        }
-                        (n, n)
-                    })
-                    .unwrap();
-                if n == 0 {
-                    break;
-                }
-                sent += n;
-            }
-            if sent == TOTAL && s.send_queue() == 0 && s.state() == tcp::State::Established {
-                s.close();
-            }
-            sent == TOTAL && matches!(s.state(), tcp::State::TimeWait | tcp::State::Closed | tcp::State::FinWait2)
-        }));
-        let both = async { (client.await.unwrap(), server.await.unwrap()) };
-        let _ends = tokio::time::timeout(Duration::from_secs(120), both).await.expect("the transfer finished");
-        let stats = sw.stats();
-        assert!(stats.port("client").unwrap().rx_bytes >= TOTAL as u64, "the data crossed the switch");
-        assert_eq!(stats.port("client").unwrap().total_drops() + stats.port("server").unwrap().total_drops(), 0);
-    });
+    let total = 4 << 20;
+    let report = tokio_service::run(total).expect("the service ran");
+    assert_eq!(report.bytes, total, "every byte arrived and matched");
+    assert_eq!(report.host_drops, 0);
+    let why = "tx_burst panicked: tenant bug: unexpected frame";
+    assert_eq!(report.failure.as_deref(), Some(why));
+    assert!(report.shutdown.is_ok(), "{:?}", report.shutdown);
+    // The log, in order, for the buggy port; and every port's removal.
+    let buggy: Vec<String> = report
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PortAdded { port, .. } if port == "buggy" => Some("added".to_string()),
+            Event::PortFailed { port, why, .. } if port == "buggy" => Some(format!("failed: {why}")),
+            Event::LinkChanged { port, up: false, .. } if port == "buggy" => Some("down".to_string()),
+            Event::PortRemoved { port, .. } if port == "buggy" => Some("removed".to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(buggy, ["added".to_string(), format!("failed: {why}"), "down".into(), "removed".into()]);
+    let removed = report.events.iter().filter(|e| matches!(e, Event::PortRemoved { .. })).count();
+    assert_eq!(removed, 3, "{:?}", report.events);
 }
 
 #[test]
