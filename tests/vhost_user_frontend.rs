@@ -7,7 +7,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::Frontend;
@@ -500,6 +501,72 @@ impl smoltcp::phy::Device for GuestNic<'_> {
     }
 }
 
+/// A smoltcp stack on the guest's virtqueues at `ip` (MAC `mac`): it
+/// connects to `server`, sends `total` bytes and checks every byte that
+/// comes back, then closes and keeps its stack going (for `linger` at
+/// most) until both ends have.
+fn tcp_echo(guest: &mut Guest, mac: [u8; 6], ip: [u8; 4], server: ([u8; 4], u16), total: usize, linger: Duration) {
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::socket::tcp;
+    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+    let byte = |i: usize| (i.wrapping_mul(2_654_435_761) >> 11) as u8;
+    let mut nic = GuestNic(guest);
+    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+    config.random_seed = u64::from(ip[3]);
+    let mut iface = Interface::new(config, &mut nic, smoltcp::time::Instant::now());
+    iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(ip)), 24)).unwrap());
+    let tcp =
+        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 256 * 1024]), tcp::SocketBuffer::new(vec![0; 256 * 1024]));
+    let mut sockets = SocketSet::new(Vec::new());
+    let h = sockets.add(tcp);
+    let (mut sent, mut echoed, mut connected) = (0usize, 0usize, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while echoed < total {
+        assert!(Instant::now() < deadline, "the stream stalled: {sent} bytes sent, {echoed} echoed");
+        let now = smoltcp::time::Instant::now();
+        iface.poll(now, &mut nic, &mut sockets);
+        let s = sockets.get_mut::<tcp::Socket<'static>>(h);
+        if !connected {
+            s.connect(iface.context(), (Ipv4Address::from(server.0), server.1), 49152).unwrap();
+            connected = true;
+        }
+        while sent < total && s.can_send() {
+            sent += s
+                .send(|buf| {
+                    let n = buf.len().min(total - sent);
+                    for (i, b) in buf[..n].iter_mut().enumerate() {
+                        *b = byte(sent + i);
+                    }
+                    (n, n)
+                })
+                .unwrap();
+        }
+        while s.can_recv() {
+            echoed += s
+                .recv(|buf| {
+                    for (i, &b) in buf.iter().enumerate() {
+                        assert_eq!(b, byte(echoed + i), "echoed byte {}", echoed + i);
+                    }
+                    (buf.len(), buf.len())
+                })
+                .unwrap();
+        }
+        if iface.poll_delay(now, &sockets).is_some_and(|d| d.total_micros() > 0) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    sockets.get_mut::<tcp::Socket<'static>>(h).close();
+    let until = Instant::now() + linger;
+    while Instant::now() < until {
+        iface.poll(smoltcp::time::Instant::now(), &mut nic, &mut sockets);
+        if matches!(sockets.get::<tcp::Socket<'static>>(h).state(), tcp::State::Closed | tcp::State::TimeWait) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A TCP stream both ways between a namespace's kernel and a smoltcp
 /// stack on the guest's virtqueues. The guest negotiated no offloads, so
 /// the switch must cut the kernel's TSO super-frames (from veth, through
@@ -508,15 +575,10 @@ impl smoltcp::phy::Device for GuestNic<'_> {
 /// stalls the stream.
 #[test]
 fn a_guest_behind_a_vhost_user_port_and_a_namespace_exchange_tcp() {
-    use smoltcp::iface::{Config, Interface, SocketSet};
-    use smoltcp::socket::tcp;
-    use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
     use std::io::BufRead;
     use vswitch_tests::netns::{NetNs, Veth};
 
     const TOTAL: usize = 4 * 1024 * 1024;
-    let byte = |i: usize| (i.wrapping_mul(2_654_435_761) >> 11) as u8;
-
     let ns = NetNs::new();
     let veth = Veth::new(&ns, "10.95.1.1/24");
     let dir = TempDir(std::env::temp_dir().join(format!("vsw-vu-tcp-{}", std::process::id())));
@@ -556,62 +618,8 @@ print("echoed", n, flush=True)
         let err = server.wait_with_output().unwrap().stderr;
         panic!("the echo server did not start: {}", String::from_utf8_lossy(&err));
     }
-
-    let mut nic = GuestNic(&mut guest);
-    let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress([0x52, 0x54, 0, 0x95, 1, 2])));
-    config.random_seed = 7;
-    let mut iface = Interface::new(config, &mut nic, smoltcp::time::Instant::now());
-    iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::new(10, 95, 1, 2)), 24)).unwrap());
-    let tcp =
-        tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 256 * 1024]), tcp::SocketBuffer::new(vec![0; 256 * 1024]));
-    let mut sockets = SocketSet::new(Vec::new());
-    let h = sockets.add(tcp);
-    let (mut sent, mut echoed, mut connected) = (0usize, 0usize, false);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while echoed < TOTAL {
-        assert!(Instant::now() < deadline, "the stream stalled: {sent} bytes sent, {echoed} echoed");
-        let now = smoltcp::time::Instant::now();
-        iface.poll(now, &mut nic, &mut sockets);
-        let s = sockets.get_mut::<tcp::Socket<'static>>(h);
-        if !connected {
-            s.connect(iface.context(), (Ipv4Address::new(10, 95, 1, 1), 7001), 49152).unwrap();
-            connected = true;
-        }
-        while sent < TOTAL && s.can_send() {
-            sent += s
-                .send(|buf| {
-                    let n = buf.len().min(TOTAL - sent);
-                    for (i, b) in buf[..n].iter_mut().enumerate() {
-                        *b = byte(sent + i);
-                    }
-                    (n, n)
-                })
-                .unwrap();
-        }
-        while s.can_recv() {
-            echoed += s
-                .recv(|buf| {
-                    for (i, &b) in buf.iter().enumerate() {
-                        assert_eq!(b, byte(echoed + i), "echoed byte {}", echoed + i);
-                    }
-                    (buf.len(), buf.len())
-                })
-                .unwrap();
-        }
-        if iface.poll_delay(now, &sockets).is_some_and(|d| d.total_micros() > 0) {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-    }
-    sockets.get_mut::<tcp::Socket<'static>>(h).close();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the echo server did not see the close");
-        iface.poll(smoltcp::time::Instant::now(), &mut nic, &mut sockets);
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    tcp_echo(&mut guest, [0x52, 0x54, 0, 0x95, 1, 2], [10, 95, 1, 2], ([10, 95, 1, 1], 7001), TOTAL, WAIT);
+    let status = server.wait().unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
     assert!(status.success(), "the echo server failed");
@@ -624,4 +632,40 @@ print("echoed", n, flush=True)
     // kernel sent super-frames that the switch cut for the guest.
     let host = stats.port(&veth.host).unwrap();
     assert!(host.rx_packets < vm.tx_packets, "the namespace's TSO frames arrived whole: {host:?} {vm:?}");
+}
+
+#[allow(dead_code)]
+#[path = "../examples/vmm.rs"]
+mod vmm;
+
+/// The VMM example as a test: a guest on its first VM's socket reaches
+/// the gateway over TCP, reboots (its VMM reconnects) and does again; the
+/// program then stops cleanly and takes its sockets with it.
+#[test]
+fn the_vmm_example_serves_a_guest_across_a_reconnect() {
+    let dir = TempDir(std::env::temp_dir().join(format!("vsw-vmm-{}", std::process::id())));
+    let opts = vmm::Options { vms: 2, dir: dir.0.clone(), uplink: None };
+    let stop = Arc::new(AtomicBool::new(false));
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (stop2, lines2) = (stop.clone(), lines.clone());
+    let vmm = std::thread::spawn(move || vmm::run(&opts, stop2, |l| lines2.lock().unwrap().push(l)));
+    let socket = dir.0.join("vm1.sock");
+    let deadline = Instant::now() + WAIT;
+    while !socket.exists() || !dir.0.join("vm2.sock").exists() {
+        assert!(Instant::now() < deadline, "the example made no sockets: {:?}", lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let gateway = (vmm::GATEWAY.octets(), vmm::ECHO_PORT);
+    for boot in 1..=2 {
+        let mut guest = Guest::connect(&socket, &dir.0, boot);
+        tcp_echo(&mut guest, [0x52, 0x54, 0, 0, 0, 1], [10, 0, 0, 11], gateway, 1 << 20, WAIT);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let summary = vmm.join().unwrap().expect("the example ran");
+    assert!(summary.shutdown.is_ok(), "{:?}", summary.shutdown);
+    assert!(summary.gateway_rx > 0);
+    let said = lines.lock().unwrap().join("\n");
+    assert!(said.contains("vm1: link up") && said.contains("vm1: link down"), "{said}");
+    assert!(said.contains(&format!("path={}", socket.display())), "{said}");
+    assert!(!socket.exists(), "the sockets went with the switch");
 }
