@@ -116,3 +116,9 @@ pub use switch::{
     SwitchStats,
 };
 pub use wire::{MacAddr, ParseMacError};
+
+/// docs/embedding.md, whose Rust blocks are compiled (and, but for the
+/// `no_run` ones, run) as this crate's doc tests.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../../docs/embedding.md")]
+struct EmbeddingGuide;
