@@ -410,20 +410,36 @@ fn ones_complement(data: &[u8]) -> u16 {
     sum as u16
 }
 
-#[test]
-fn a_namespace_pings_a_guest_behind_a_vhost_user_port() {
+/// A namespace behind a veth (its end at `addr`) and a guest on a
+/// vhost-user port `vm`, on one bridge; the guest's driver running.
+struct NamespaceAndGuest {
+    guest: Guest,
+    sw: Switch,
+    veth: vswitch_tests::netns::Veth,
+    ns: vswitch_tests::netns::NetNs,
+    _dir: TempDir,
+}
+
+fn namespace_and_guest(addr: &str, tag: &str) -> NamespaceAndGuest {
     use vswitch_tests::netns::{NetNs, Veth};
     let ns = NetNs::new();
-    let veth = Veth::new(&ns, "10.95.0.1/24");
-    let dir = TempDir(std::env::temp_dir().join(format!("vsw-vu-ping-{}", std::process::id())));
+    let veth = Veth::new(&ns, addr);
+    let dir = TempDir(std::env::temp_dir().join(format!("vsw-vu-{tag}-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let socket = dir.0.join("vm.sock");
     let sw = Switch::builder().build().unwrap();
     sw.add_bridge("br0").unwrap();
     sw.add_afpacket_port("br0", &veth.host, PortConfig::default()).unwrap();
     sw.add_vhost_user_port("br0", "vm", &VhostUserConfig::server(&socket), PortConfig::default()).unwrap();
-    let mut guest = Guest::connect(&socket, &dir.0, 1);
+    let guest = Guest::connect(&socket, &dir.0, 1);
     wait_state(&sw, PortState::Up);
+    NamespaceAndGuest { guest, sw, veth, ns, _dir: dir }
+}
+
+#[test]
+fn a_namespace_pings_a_guest_behind_a_vhost_user_port() {
+    let mut env = namespace_and_guest("10.95.0.1/24", "ping");
+    let (guest, ns) = (&mut env.guest, &env.ns);
 
     // The guest's side answers ARP and echo requests for 10.95.0.2, as
     // its stack would, while the namespace pings it.
@@ -576,20 +592,10 @@ fn tcp_echo(guest: &mut Guest, mac: [u8; 6], ip: [u8; 4], server: ([u8; 4], u16)
 #[test]
 fn a_guest_behind_a_vhost_user_port_and_a_namespace_exchange_tcp() {
     use std::io::BufRead;
-    use vswitch_tests::netns::{NetNs, Veth};
 
     const TOTAL: usize = 4 * 1024 * 1024;
-    let ns = NetNs::new();
-    let veth = Veth::new(&ns, "10.95.1.1/24");
-    let dir = TempDir(std::env::temp_dir().join(format!("vsw-vu-tcp-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let socket = dir.0.join("vm.sock");
-    let sw = Switch::builder().build().unwrap();
-    sw.add_bridge("br0").unwrap();
-    sw.add_afpacket_port("br0", &veth.host, PortConfig::default()).unwrap();
-    sw.add_vhost_user_port("br0", "vm", &VhostUserConfig::server(&socket), PortConfig::default()).unwrap();
-    let mut guest = Guest::connect(&socket, &dir.0, 1);
-    wait_state(&sw, PortState::Up);
+    let mut env = namespace_and_guest("10.95.1.1/24", "tcp");
+    let (guest, sw, veth, ns) = (&mut env.guest, &env.sw, &env.veth, &env.ns);
 
     // The namespace's end: a kernel TCP socket that echoes what it reads.
     const ECHO: &str = r#"
@@ -618,7 +624,7 @@ print("echoed", n, flush=True)
         let err = server.wait_with_output().unwrap().stderr;
         panic!("the echo server did not start: {}", String::from_utf8_lossy(&err));
     }
-    tcp_echo(&mut guest, [0x52, 0x54, 0, 0x95, 1, 2], [10, 95, 1, 2], ([10, 95, 1, 1], 7001), TOTAL, WAIT);
+    tcp_echo(guest, [0x52, 0x54, 0, 0x95, 1, 2], [10, 95, 1, 2], ([10, 95, 1, 1], 7001), TOTAL, WAIT);
     let status = server.wait().unwrap();
     line.clear();
     out.read_line(&mut line).unwrap();
