@@ -56,6 +56,7 @@
 // in a build without their features. Dead code is still found: the
 // workspace's build (and CI's clippy) turns every feature on.
 #![cfg_attr(not(feature = "internals"), allow(dead_code))]
+#![warn(missing_docs)]
 
 /// A method public to this workspace's benchmarks, fuzz targets and tests
 /// (feature `internals`) and crate-private otherwise, for a type that is
