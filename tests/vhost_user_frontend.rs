@@ -352,6 +352,12 @@ fn a_rust_vmm_frontend_moves_frames_through_a_vhost_user_port_and_reconnects() {
     wait_state(&sw, PortState::Up);
     guest.start();
     exchange(&mut guest, &peer, 2);
+    // The guest reboots with its VMM still connected: the VMM stops the
+    // queues, and the link goes down.
+    for q in 0..2 {
+        guest.frontend.get_vring_base(q).unwrap();
+    }
+    wait_state(&sw, PortState::LinkDown);
     let mut links = Vec::new();
     while let Some(e) = events.try_recv() {
         if let Event::LinkChanged { port, up, .. } = e
@@ -360,7 +366,7 @@ fn a_rust_vmm_frontend_moves_frames_through_a_vhost_user_port_and_reconnects() {
             links.push(up);
         }
     }
-    assert_eq!(links, [true, false, true], "the link followed the connections");
+    assert_eq!(links, [true, false, true, false], "the link followed the connections and the queues");
 
     // Removing the port ends the connection and removes the socket.
     sw.del_port("vm").unwrap();

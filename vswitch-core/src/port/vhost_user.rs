@@ -17,7 +17,9 @@
 //! connects (as Open vSwitch's vhost ports do): the VMM enables them when
 //! the guest's driver starts (`SET_VRING_ENABLE` once protocol features
 //! are negotiated; without them a queue is enabled with its kick
-//! descriptor).
+//! descriptor). It goes down when the VMM stops a queue
+//! (`GET_VRING_BASE`, as it does when the guest's driver resets or the VM
+//! reboots) or resets the device, while still connected.
 //!
 //! What this port does not offer yet: checksum and TSO offloads (the guest
 //! computes checksums and segments, as with a plain virtio-net device
@@ -365,14 +367,15 @@ fn serve(
         if stop.load(Ordering::Acquire) {
             daemon.request_shutdown();
         }
-        // The link comes up with the guest's driver (NetBackend's
-        // handle_event), and goes down with the connection.
+        // The link follows the guest's driver (NetBackend's handle_event
+        // and stop_vring), and goes down with the connection: once the
+        // device's workers are gone, so none of them takes it up again.
         let _ = daemon.wait();
-        handle.set_link_up(false);
         *connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Some(device) = ready.take() {
             retire(device);
         }
+        handle.set_link_up(false);
     }
     if let Some(device) = ready.take() {
         retire(device);
@@ -428,6 +431,14 @@ impl Drop for NetBackend {
 }
 
 impl NetBackend {
+    /// The guest's driver stopped its queues: the link is down until one
+    /// is enabled (or kicked) again.
+    fn driver_stopped(&mut self) {
+        if std::mem::take(&mut self.driver_up) {
+            self.handle.set_link_up(false);
+        }
+    }
+
     fn new(
         handle: Arc<MemoryPortHandle>,
         counters: &Counters,
@@ -682,6 +693,18 @@ impl VhostUserBackendMut for NetBackend {
         self.event_idx = enabled;
     }
 
+    // The VMM stops a queue (GET_VRING_BASE) when the guest's driver
+    // resets or the VM reboots, on the same connection: the link goes
+    // down until a queue is enabled again.
+    fn stop_vring(&mut self, _queue: u32) -> std::io::Result<()> {
+        self.driver_stopped();
+        Ok(())
+    }
+
+    fn reset_device(&mut self) {
+        self.driver_stopped();
+    }
+
     fn update_memory(&mut self, mem: Mem) -> std::io::Result<()> {
         self.mem = mem;
         Ok(())
@@ -701,6 +724,7 @@ impl VhostUserBackendMut for NetBackend {
         if !self.driver_up
             && matches!(device_event, RX_QUEUE | TX_QUEUE)
             && vrings[device_event as usize].get_ref().is_enabled()
+            && vrings[device_event as usize].get_ref().get_queue().ready()
         {
             self.driver_up = true;
             self.handle.set_link_up(true);
