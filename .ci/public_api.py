@@ -9,8 +9,12 @@ with their arguments and return type, struct fields, enum variants, trait
 items, constants' and aliases' types, and the traits each type implements
 (auto traits included, blanket implementations left out). Lines are sorted,
 so a diff against the checked-in file shows exactly what changed. Written
-for rustdoc's JSON format version 57 (nightly, 2026); it fails loudly on a
-format it does not know.
+against rustdoc's JSON format version 57 (nightly, 2026); it refuses a
+format outside 50..70 and stops, naming it, at any kind of item, type or
+bound it does not know, rather than leave it out. Not listed: items
+marked #[doc(hidden)], constants' values, and the version of a
+re-exported crate (its `pub use` line is listed; Cargo.lock has the
+version).
 """
 
 import json
@@ -20,6 +24,8 @@ KNOWN_FORMATS = range(50, 70)
 # The auto traits an embedder relies on (Freeze and the unwind markers are
 # left out: they follow from the others or are not stable).
 AUTO_TRAITS = {"Send", "Sync", "Unpin"}
+# Compiler markers that follow from a derive and are not API.
+UNSTABLE_MARKERS = {"StructuralPartialEq"}
 
 
 class Api:
@@ -149,7 +155,8 @@ class Api:
                 if v.get("is_synthetic"):
                     continue
                 bounds = " + ".join(self.bound(b) for b in v.get("bounds", []))
-                params.append(p["name"] + (f": {bounds}" if bounds else ""))
+                default = f" = {self.ty(v['default'])}" if v.get("default") else ""
+                params.append(p["name"] + (f": {bounds}" if bounds else "") + default)
             elif kind == "const":
                 params.append(f"const {p['name']}: {self.ty(v['type'])}")
         return "<" + ", ".join(params) + ">" if params else ""
@@ -244,15 +251,15 @@ class Api:
                         self.emit(f"pub {path}.{i}: {self.ty(self.item(fid)['inner']['struct_field'])}")
                     else:
                         self.emit(f"{path}.{i}: private")
-            self.impls(v["impls"], path)
+            self.impls(v["impls"], path, it["name"])
         elif kind == "enum":
             self.emit(f"{a}pub enum {path}{self.generics(v['generics'])}{self.where(v['generics'])}")
             for vid in v["variants"]:
                 self.variant(self.item(vid), path)
-            self.impls(v["impls"], path)
+            self.impls(v["impls"], path, it["name"])
         elif kind == "union":
             self.emit(f"pub union {path}")
-            self.impls(v["impls"], path)
+            self.impls(v["impls"], path, it["name"])
         elif kind == "function":
             self.emit(f"pub {self.fn_sig(path, v)}")
         elif kind == "trait":
@@ -302,7 +309,7 @@ class Api:
         else:
             sys.exit(f"public_api.py: unknown associated item {kind} in {owner}")
 
-    def impls(self, ids, path):
+    def impls(self, ids, path, own_name):
         for iid in ids:
             imp = self.item(iid)["inner"]["impl"]
             if imp.get("blanket_impl") is not None:
@@ -311,12 +318,29 @@ class Api:
                 for aid in imp["items"]:
                     self.assoc(self.item(aid), path)
                 continue
-            if imp.get("is_synthetic") and imp["trait"]["path"].split("::")[-1] not in AUTO_TRAITS:
+            trait_name = imp["trait"]["path"].split("::")[-1]
+            if imp.get("is_synthetic") and trait_name not in AUTO_TRAITS:
+                continue
+            if trait_name in UNSTABLE_MARKERS:
                 continue
             neg = "!" if imp.get("is_negative") else ""
             unsafe = "unsafe " if imp.get("is_unsafe") else ""
             gen = self.generics(imp["generics"])
-            self.emit(f"{unsafe}impl{gen} {neg}{self.path(imp['trait'])} for {self.ty(imp['for'])}{self.where(imp['generics'])}")
+            # Named by the type's public path, so two types of one name
+            # do not share lines; `for` as written only when it is not the
+            # plain type (a reference, say).
+            written = self.ty(imp["for"])
+            target = path if written.split("<")[0] == own_name else f"{written} (of {path})"
+            head = f"{unsafe}impl{gen} {neg}{self.path(imp['trait'])} for {target}"
+            self.emit(head + self.where(imp["generics"]))
+            # Associated types and constants a trait impl defines.
+            for aid in imp["items"]:
+                it = self.item(aid)
+                (kind, v), = it["inner"].items()
+                if kind == "assoc_type" and v.get("type") is not None:
+                    self.emit(f"{head}: type {it['name']}{self.generics(v['generics'])} = {self.ty(v['type'])}")
+                elif kind == "assoc_const":
+                    self.emit(f"{head}: const {it['name']}: {self.ty(v['type'])}")
 
 
 def main():

@@ -72,7 +72,8 @@ impl Port for Buggy {
 
 /// One smoltcp host on `nic` with address 10.0.0.`n` and one TCP socket;
 /// `app` is the application, called after each poll until it says it is
-/// done. Returns the port when it is.
+/// done. The host then goes on until its end of the connection is closed
+/// (its FIN sent and answered), and returns the port.
 async fn host(
     mut nic: AsyncMemoryPort,
     n: u8,
@@ -85,10 +86,17 @@ async fn host(
     let buffer = || tcp::SocketBuffer::new(vec![0; 256 * 1024]);
     let mut sockets = SocketSet::new(Vec::new());
     let h = sockets.add(tcp::Socket::new(buffer(), buffer()));
+    let mut done: Option<Instant> = None;
     loop {
         let now = smoltcp::time::Instant::now();
         iface.poll(now, nic.handle_mut(), &mut sockets);
-        if app(sockets.get_mut::<tcp::Socket<'static>>(h), iface.context()) {
+        if done.is_none() && app(sockets.get_mut::<tcp::Socket<'static>>(h), iface.context()) {
+            done = Some(Instant::now());
+        }
+        let state = sockets.get::<tcp::Socket<'static>>(h).state();
+        if done.is_some_and(|at| {
+            matches!(state, tcp::State::Closed | tcp::State::TimeWait) || at.elapsed() > Duration::from_secs(2)
+        }) {
             return nic;
         }
         let delay = iface
@@ -164,7 +172,7 @@ fn client(total: usize) -> impl FnMut(&mut tcp::Socket<'static>, &mut Context) -
         if sent == total && s.send_queue() == 0 && s.state() == tcp::State::Established {
             s.close();
         }
-        sent == total && matches!(s.state(), tcp::State::TimeWait | tcp::State::Closed | tcp::State::FinWait2)
+        sent == total && s.state() != tcp::State::Established
     }
 }
 
@@ -208,11 +216,12 @@ pub fn run(total: usize) -> Result<Report, String> {
         let health = switch.health();
         let buggy = health.port("buggy").ok_or("no buggy port")?;
         let failure = (buggy.state == PortState::Failed).then(|| buggy.why.clone()).flatten();
-        switch.del_port("buggy").map_err(e)?;
+        // Control calls wait for the datapath: off the async workers.
+        tokio::task::block_in_place(|| switch.del_port("buggy")).map_err(e)?;
         let stats = switch.stats();
         let host_drops = ["client", "server"].iter().filter_map(|p| stats.port(p)).map(|p| p.total_drops()).sum();
         // The subscription ends with the switch.
-        let shutdown = switch.shutdown();
+        let shutdown = tokio::task::block_in_place(|| switch.shutdown());
         let events = log.await.map_err(|e| e.to_string())?;
         let bytes = *received.lock().unwrap();
         Ok(Report { bytes, elapsed, failure, events, host_drops, shutdown })

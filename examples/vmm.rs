@@ -54,9 +54,13 @@ pub struct Summary {
     pub shutdown: vswitch_core::Result<()>,
 }
 
+/// How many TCP connections the gateway's echo service serves at once.
+const ECHO_CONNECTIONS: usize = 8;
+
 /// The gateway's stack: answers ARP and ping (smoltcp does, for its
-/// address) and echoes TCP on [`ECHO_PORT`], one connection at a time,
-/// until `stop`.
+/// address) and echoes TCP on [`ECHO_PORT`], up to [`ECHO_CONNECTIONS`]
+/// at once, until `stop`. A connection whose peer went silent (a guest
+/// that rebooted mid-stream) is given up after a minute.
 fn gateway(mut nic: MemoryPortHandle, stop: &AtomicBool) -> MemoryPortHandle {
     let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, 1])));
     config.random_seed = 1;
@@ -66,31 +70,35 @@ fn gateway(mut nic: MemoryPortHandle, stop: &AtomicBool) -> MemoryPortHandle {
     let listen = |sockets: &mut SocketSet<'static>| -> SocketHandle {
         let buffer = || tcp::SocketBuffer::new(vec![0; 64 * 1024]);
         let mut s = tcp::Socket::new(buffer(), buffer());
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(10)));
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(60)));
         s.listen(ECHO_PORT).expect("listen");
         sockets.add(s)
     };
-    let mut echo = listen(&mut sockets);
+    let mut echo: Vec<SocketHandle> = (0..ECHO_CONNECTIONS).map(|_| listen(&mut sockets)).collect();
+    let mut chunk = vec![0; 16 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let now = smoltcp::time::Instant::now();
         iface.poll(now, &mut nic, &mut sockets);
-        let s = sockets.get_mut::<tcp::Socket<'static>>(echo);
-        while s.can_recv() && s.can_send() {
-            let room = s.send_capacity() - s.send_queue();
-            let mut chunk = vec![0; room.min(16 * 1024)];
-            let n = s.recv_slice(&mut chunk).unwrap_or(0);
-            if n == 0 {
-                break;
+        for h in echo.iter_mut() {
+            let s = sockets.get_mut::<tcp::Socket<'static>>(*h);
+            while s.can_recv() && s.can_send() {
+                let room = (s.send_capacity() - s.send_queue()).min(chunk.len());
+                let n = s.recv_slice(&mut chunk[..room]).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                s.send_slice(&chunk[..n]).expect("room was there");
             }
-            s.send_slice(&chunk[..n]).expect("room was there");
-        }
-        // The peer is done: close once everything is echoed, and listen
-        // again for the next.
-        if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
-            s.close();
-        }
-        if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
-            sockets.remove(echo);
-            echo = listen(&mut sockets);
+            // The peer is done: close once everything is echoed, and
+            // listen again for the next.
+            if s.state() == tcp::State::CloseWait && s.send_queue() == 0 {
+                s.close();
+            }
+            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                sockets.remove(*h);
+                *h = listen(&mut sockets);
+            }
         }
         let delay = iface.poll_delay(now, &sockets).map_or(Duration::from_millis(50), |d| d.into());
         nic.wait(delay.min(Duration::from_millis(50)));

@@ -163,7 +163,45 @@ pub struct MirrorSpec {
     pub output_port: String,
 }
 
+impl BridgeConfig {
+    /// A bridge named `name` with the default MAC-table settings and
+    /// nothing on it; fill in the rest field by field.
+    pub fn new(name: &str) -> BridgeConfig {
+        BridgeConfig {
+            name: name.to_string(),
+            mac_table: MacTableConfig::default(),
+            ports: Vec::new(),
+            flows: Vec::new(),
+            static_macs: Vec::new(),
+            groups: Vec::new(),
+            fail_mode: None,
+            mirrors: Vec::new(),
+        }
+    }
+}
+
 impl MirrorSpec {
+    /// A mirror named `name` whose copies go out of `output_port`,
+    /// selecting nothing yet: set `select_all`, `select_src_port` or
+    /// `select_dst_port` (and `select_vlan`).
+    ///
+    /// ```
+    /// use vswitch_core::config::MirrorSpec;
+    /// let mut m = MirrorSpec::new("span", "tap0");
+    /// m.select_src_port = vec!["vm1".into()];
+    /// assert!(m.validate().is_ok());
+    /// ```
+    pub fn new(name: &str, output_port: &str) -> MirrorSpec {
+        MirrorSpec {
+            name: name.to_string(),
+            select_all: false,
+            select_src_port: Vec::new(),
+            select_dst_port: Vec::new(),
+            select_vlan: Vec::new(),
+            output_port: output_port.to_string(),
+        }
+    }
+
     /// Checks what can be checked without the bridge.
     ///
     /// # Errors
@@ -198,6 +236,13 @@ pub struct StaticMac {
     pub vlan: u16,
     /// The address.
     pub mac: MacAddr,
+}
+
+impl StaticMac {
+    /// `mac` in `vlan`, behind port `port`.
+    pub fn new(port: &str, vlan: u16, mac: MacAddr) -> StaticMac {
+        StaticMac { port: port.to_string(), vlan, mac }
+    }
 }
 
 /// One change to the configuration, as a daemon journals it between two

@@ -169,7 +169,7 @@ impl SwitchBuilder {
 
     /// How many connections conntrack's index is sized for, and its
     /// initial global limit (default 262,144; the limit can be changed
-    /// later with [`Conntrack::apply_config`](crate::conntrack::Conntrack::apply_config)).
+    /// later with [`Switch::set_conntrack_config`]).
     pub fn conntrack_size(mut self, connections: usize) -> Self {
         self.ct_size = connections;
         self
@@ -219,7 +219,7 @@ impl SwitchBuilder {
         let runner = if self.manual {
             Runner::Manual {
                 dp: Box::new(Mutex::new(Datapath::with_spare(spare.clone(), ct.clone(), events.clone()))),
-                wakeup: Arc::new(Wakeup::default()),
+                wakeup: Arc::new(Wakeup::new(None)),
             }
         } else {
             let threads = (0..self.pmd_threads)
@@ -1144,7 +1144,33 @@ impl Switch {
         self.port_entry(name, |p| p.vlan.clone())
     }
 
-    /// The MAC learning table of `bridge` (shared with the datapath).
+    /// Adds a static MAC table entry on `bridge`: `mac` in `vlan` is
+    /// behind port `port` (a port of the bridge that carries the VLAN).
+    /// Static entries never age or move; they are part of the bridge's
+    /// configuration ([`BridgeConfig::static_macs`](crate::config::BridgeConfig::static_macs)).
+    ///
+    /// # Errors
+    /// [`Error::BridgeNotFound`], [`Error::PortNotFound`] for a port not on
+    /// the bridge, [`Error::InvalidArgument`] for a port that does not carry
+    /// the VLAN or a group address, [`Error::Full`] for a table full of
+    /// static entries.
+    pub fn add_static_mac(&self, bridge: &str, port: &str, vlan: u16, mac: crate::MacAddr) -> Result<()> {
+        let table = self.mac_table(bridge)?;
+        let (_, ports) = self.bridge_ports(bridge)?;
+        let port_no =
+            ports.get(port).copied().ok_or_else(|| Error::PortNotFound(format!("{port} on bridge '{bridge}'")))?;
+        if !self.port_vlan(port)?.carries(vlan) {
+            return Err(Error::invalid(
+                "static mac",
+                format!("port '{port}' does not carry VLAN {vlan} (see its tag, trunks and vlan_mode)"),
+            ));
+        }
+        table.add_static(vlan, mac, port_no)
+    }
+
+    /// The MAC learning table of `bridge` (shared with the datapath): its
+    /// entries, counters and settings; static entries are added with
+    /// [`Switch::add_static_mac`].
     ///
     /// # Errors
     /// [`Error::BridgeNotFound`].

@@ -535,12 +535,6 @@ impl std::fmt::Debug for Conntrack {
     }
 }
 
-impl Default for Conntrack {
-    fn default() -> Self {
-        Self::new(DEFAULT_LIMIT as usize)
-    }
-}
-
 /// A connection's timeout is rewritten once it is this much staler than a
 /// packet would make it (so at most once a second per connection, not once
 /// a packet; a connection may expire this much early).
@@ -551,29 +545,31 @@ const REFRESH_MS: u64 = 1000;
 const SWEEP_STEP: usize = 100_000;
 
 impl Conntrack {
-    /// A table whose hash index is sized for `expected` connections (the
-    /// global limit starts there too; it can be raised later, at the cost
-    /// of longer chains).
-    pub fn new(expected: usize) -> Conntrack {
-        let expected = expected.clamp(1, table::MAX_ENTRIES);
-        let zones = 1usize << 16;
-        let config = ConntrackConfig { limit: expected as u32, ..ConntrackConfig::default() };
-        Conntrack {
-            // Two buckets per connection: each has two keys in the index.
-            table: Table::new(2 * expected),
-            count: AtomicUsize::new(0),
-            limit: AtomicUsize::new(expected),
-            zone_count: (0..zones).map(|_| AtomicU32::new(0)).collect(),
-            zone_limit: (0..zones).map(|_| AtomicU32::new(0)).collect(),
-            default_zone_limit: AtomicU32::new(0),
-            zone_policy: (0..zones).map(|_| AtomicU8::new(0)).collect(),
-            policies: (0..=MAX_ZONE_POLICIES).map(|_| Policy::new(&Timeouts::default(), false)).collect(),
-            drops: Default::default(),
-            config: Mutex::new(config),
-            slots: Mutex::new(BTreeMap::new()),
-            sweep_at: AtomicUsize::new(0),
-            salt: AtomicU64::new(0x1234_5678),
-            frags: (0..FRAG_SHARDS).map(|_| Mutex::new(std::collections::HashMap::new())).collect(),
+    internal! {
+        /// A table whose hash index is sized for `expected` connections (the
+        /// global limit starts there too; it can be raised later, at the cost
+        /// of longer chains).
+        pub fn new(expected: usize) -> Conntrack {
+            let expected = expected.clamp(1, table::MAX_ENTRIES);
+            let zones = 1usize << 16;
+            let config = ConntrackConfig { limit: expected as u32, ..ConntrackConfig::default() };
+            Conntrack {
+                // Two buckets per connection: each has two keys in the index.
+                table: Table::new(2 * expected),
+                count: AtomicUsize::new(0),
+                limit: AtomicUsize::new(expected),
+                zone_count: (0..zones).map(|_| AtomicU32::new(0)).collect(),
+                zone_limit: (0..zones).map(|_| AtomicU32::new(0)).collect(),
+                default_zone_limit: AtomicU32::new(0),
+                zone_policy: (0..zones).map(|_| AtomicU8::new(0)).collect(),
+                policies: (0..=MAX_ZONE_POLICIES).map(|_| Policy::new(&Timeouts::default(), false)).collect(),
+                drops: Default::default(),
+                config: Mutex::new(config),
+                slots: Mutex::new(BTreeMap::new()),
+                sweep_at: AtomicUsize::new(0),
+                salt: AtomicU64::new(0x1234_5678),
+                frags: (0..FRAG_SHARDS).map(|_| Mutex::new(std::collections::HashMap::new())).collect(),
+            }
         }
     }
 
@@ -586,54 +582,56 @@ impl Conntrack {
         self.config_lock().clone()
     }
 
-    /// Applies `c` as a whole (checked first: nothing changes on error).
-    ///
-    /// # Errors
-    /// See [`ConntrackConfig::validate`].
-    pub fn apply_config(&self, c: &ConntrackConfig) -> Result<(), String> {
-        c.validate()?;
-        let mut cur = self.config_lock();
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        // New values are written before old ones are cleared, and a zone
-        // keeps its policy slot, so a packet never sees a zone without the
-        // settings it had or is getting.
-        self.limit.store(c.limit as usize, Ordering::Relaxed);
-        self.default_zone_limit
-            .store(c.default_zone_limit.filter(|&l| l > 0).map_or(0, |l| l.saturating_add(1)), Ordering::Relaxed);
-        self.policies[0].store(&c.timeouts, false);
-        let has_policy = |zc: &ZoneConfig| zc.timeouts.is_some() || zc.liberal;
-        let gone: Vec<u16> = slots.keys().copied().filter(|z| !c.zones.get(z).is_some_and(has_policy)).collect();
-        for z in &gone {
-            self.zone_policy[*z as usize].store(0, Ordering::Relaxed);
-            slots.remove(z);
+    internal! {
+        /// Applies `c` as a whole (checked first: nothing changes on error).
+        ///
+        /// # Errors
+        /// See [`ConntrackConfig::validate`].
+        pub fn apply_config(&self, c: &ConntrackConfig) -> Result<(), String> {
+            c.validate()?;
+            let mut cur = self.config_lock();
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            // New values are written before old ones are cleared, and a zone
+            // keeps its policy slot, so a packet never sees a zone without the
+            // settings it had or is getting.
+            self.limit.store(c.limit as usize, Ordering::Relaxed);
+            self.default_zone_limit
+                .store(c.default_zone_limit.filter(|&l| l > 0).map_or(0, |l| l.saturating_add(1)), Ordering::Relaxed);
+            self.policies[0].store(&c.timeouts, false);
+            let has_policy = |zc: &ZoneConfig| zc.timeouts.is_some() || zc.liberal;
+            let gone: Vec<u16> = slots.keys().copied().filter(|z| !c.zones.get(z).is_some_and(has_policy)).collect();
+            for z in &gone {
+                self.zone_policy[*z as usize].store(0, Ordering::Relaxed);
+                slots.remove(z);
+            }
+            for (z, zc) in c.zones.iter().filter(|(_, zc)| has_policy(zc)) {
+                let slot = match slots.get(z) {
+                    Some(&s) => s,
+                    None => {
+                        let used: std::collections::BTreeSet<u8> = slots.values().copied().collect();
+                        let s = (1..=MAX_ZONE_POLICIES as u8).find(|s| !used.contains(s)).expect("validated: enough slots");
+                        slots.insert(*z, s);
+                        s
+                    }
+                };
+                self.policies[slot as usize].store(zc.timeouts.as_ref().unwrap_or(&c.timeouts), zc.liberal);
+                self.zone_policy[*z as usize].store(slot, Ordering::Relaxed);
+            }
+            for (z, zc) in &c.zones {
+                // 0 (or the largest number): no limit for this zone.
+                let v = match zc.limit {
+                    None => 0,
+                    Some(0) => u32::MAX,
+                    Some(l) => l.saturating_add(1),
+                };
+                self.zone_limit[*z as usize].store(v, Ordering::Relaxed);
+            }
+            for z in cur.zones.keys().filter(|z| c.zones.get(z).is_none_or(|zc| zc.limit.is_none())) {
+                self.zone_limit[*z as usize].store(0, Ordering::Relaxed);
+            }
+            *cur = c.clone();
+            Ok(())
         }
-        for (z, zc) in c.zones.iter().filter(|(_, zc)| has_policy(zc)) {
-            let slot = match slots.get(z) {
-                Some(&s) => s,
-                None => {
-                    let used: std::collections::BTreeSet<u8> = slots.values().copied().collect();
-                    let s = (1..=MAX_ZONE_POLICIES as u8).find(|s| !used.contains(s)).expect("validated: enough slots");
-                    slots.insert(*z, s);
-                    s
-                }
-            };
-            self.policies[slot as usize].store(zc.timeouts.as_ref().unwrap_or(&c.timeouts), zc.liberal);
-            self.zone_policy[*z as usize].store(slot, Ordering::Relaxed);
-        }
-        for (z, zc) in &c.zones {
-            // 0 (or the largest number): no limit for this zone.
-            let v = match zc.limit {
-                None => 0,
-                Some(0) => u32::MAX,
-                Some(l) => l.saturating_add(1),
-            };
-            self.zone_limit[*z as usize].store(v, Ordering::Relaxed);
-        }
-        for z in cur.zones.keys().filter(|z| c.zones.get(z).is_none_or(|zc| zc.limit.is_none())) {
-            self.zone_limit[*z as usize].store(0, Ordering::Relaxed);
-        }
-        *cur = c.clone();
-        Ok(())
     }
 
     #[inline]
@@ -1036,21 +1034,23 @@ impl Conntrack {
         }
     }
 
-    /// One step of the expiry sweep (the slow-path thread calls it every
-    /// round): looks at up to `SWEEP_STEP` (4,096) entries, removes those that
-    /// expired. Returns how many it removed.
-    pub fn sweep(&self, now_ms: u64) -> usize {
-        let mut expired = Vec::new();
-        let from = self.sweep_at.load(Ordering::Relaxed);
-        let next = self.table.scan(from, SWEEP_STEP, |f, e| {
-            if e.expires.load(Ordering::Relaxed) <= now_ms {
-                expired.push(f);
-            }
-            true
-        });
-        self.sweep_at.store(next, Ordering::Relaxed);
-        // A packet may have refreshed one since: checked again under its locks.
-        expired.into_iter().filter(|&f| self.remove_if(f, |e| e.expires.load(Ordering::Relaxed) <= now_ms)).count()
+    internal! {
+        /// One step of the expiry sweep (the slow-path thread calls it every
+        /// round): looks at up to `SWEEP_STEP` (4,096) entries, removes those that
+        /// expired. Returns how many it removed.
+        pub fn sweep(&self, now_ms: u64) -> usize {
+            let mut expired = Vec::new();
+            let from = self.sweep_at.load(Ordering::Relaxed);
+            let next = self.table.scan(from, SWEEP_STEP, |f, e| {
+                if e.expires.load(Ordering::Relaxed) <= now_ms {
+                    expired.push(f);
+                }
+                true
+            });
+            self.sweep_at.store(next, Ordering::Relaxed);
+            // A packet may have refreshed one since: checked again under its locks.
+            expired.into_iter().filter(|&f| self.remove_if(f, |e| e.expires.load(Ordering::Relaxed) <= now_ms)).count()
+        }
     }
 
     /// Removes the connections `select` picks; returns how many.

@@ -12,6 +12,7 @@ use super::tuple::{Segment, flags};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum TcpState {
     /// Not tracked yet.
     #[default]

@@ -759,14 +759,7 @@ fn call(sw: &Switch, kernel_type: PortKind, bundles: &Bundles, method: &str, p: 
                     .and_then(|b| b.ports.into_iter().find(|p| p.port_no == port))
                     .map(|p| p.name)
                     .ok_or_else(|| Error::PortNotFound(format!("port {port} of bridge '{}'", a.bridge)))?;
-                if !sw.port_vlan(&name)?.carries(a.vlan) {
-                    return Err(Error::invalid(
-                        "static mac",
-                        format!("port '{name}' does not carry VLAN {} (see its tag, trunks and vlan_mode)", a.vlan),
-                    )
-                    .into());
-                }
-                table.add_static(a.vlan, mac, port)?;
+                sw.add_static_mac(&a.bridge, &name, a.vlan, mac)?;
                 ok(Value::Null)
             } else {
                 ok(json!({ "removed": table.remove(a.vlan, mac) }))

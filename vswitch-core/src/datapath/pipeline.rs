@@ -206,7 +206,11 @@ impl Default for Datapath {
 impl Datapath {
     /// A datapath with no bridges.
     pub fn new() -> Self {
-        Self::with_pool(PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER), Arc::new(Conntrack::default()), Arc::default())
+        Self::with_pool(
+            PacketPool::new(POOL_BUFFERS, DEFAULT_BUFFER),
+            Arc::new(Conntrack::new(crate::conntrack::DEFAULT_LIMIT as usize)),
+            Arc::default(),
+        )
     }
 
     /// A datapath whose buffer pool also draws on `spare`, publishing its

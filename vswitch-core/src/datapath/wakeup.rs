@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 /// blocks; a producer queues, fences, and wakes only if `sleeping` is set.
 /// With a full fence on both sides one of them always sees the other, so no
 /// wake-up is lost and a busy datapath costs producers one load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Wakeup {
     sleeping: AtomicBool,
     waker: Option<mio::Waker>,

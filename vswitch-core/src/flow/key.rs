@@ -25,6 +25,7 @@ pub enum Layer {
 /// IP fragmentation state (OVS's `nw_frag`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FragKind {
     /// Not a fragment.
     #[default]

@@ -353,36 +353,38 @@ impl MacTable {
         out.extend(keys.iter().map(|k| st.index.get(k).map(|l| l.port)));
     }
 
-    /// Adds (or replaces) a static entry: it never ages and never moves.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] for a group address or a VLAN above 4095;
-    /// [`Error::Full`] if the table is full of static entries.
-    pub fn add_static(&self, vlan: u16, mac: MacAddr, port: PortNo) -> Result<()> {
-        if !mac.is_unicast() {
-            return Err(Error::invalid("static mac", format!("{mac} is a group address")));
-        }
-        if vlan > 4095 {
-            return Err(Error::invalid("vlan", format!("{vlan} is above 4095")));
-        }
-        let key = mac_key(vlan, mac);
-        let mut st = self.write();
-        if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
-            if st.slots[i as usize].kind == SlotKind::Dynamic {
-                st.unlink(i);
+    internal! {
+        /// Adds (or replaces) a static entry: it never ages and never moves.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] for a group address or a VLAN above 4095;
+        /// [`Error::Full`] if the table is full of static entries.
+        pub fn add_static(&self, vlan: u16, mac: MacAddr, port: PortNo) -> Result<()> {
+            if !mac.is_unicast() {
+                return Err(Error::invalid("static mac", format!("{mac} is a group address")));
+            }
+            if vlan > 4095 {
+                return Err(Error::invalid("vlan", format!("{vlan} is above 4095")));
+            }
+            let key = mac_key(vlan, mac);
+            let mut st = self.write();
+            if let Some(&Loc { slot: i, .. }) = st.index.get(&key) {
+                if st.slots[i as usize].kind == SlotKind::Dynamic {
+                    st.unlink(i);
+                    st.statics += 1;
+                }
+                st.slots[i as usize].kind = SlotKind::Static;
+                st.set_port(i, port);
+            } else {
+                if st.index.len() >= self.capacity.load(Ordering::Relaxed) && !self.evict_one(&mut st) {
+                    return Err(Error::Full("mac table"));
+                }
+                st.alloc(key, port, SlotKind::Static, 0);
                 st.statics += 1;
             }
-            st.slots[i as usize].kind = SlotKind::Static;
-            st.set_port(i, port);
-        } else {
-            if st.index.len() >= self.capacity.load(Ordering::Relaxed) && !self.evict_one(&mut st) {
-                return Err(Error::Full("mac table"));
-            }
-            st.alloc(key, port, SlotKind::Static, 0);
-            st.statics += 1;
+            self.bump();
+            Ok(())
         }
-        self.bump();
-        Ok(())
     }
 
     /// Removes the entry for `mac` in `vlan`, static or not. Returns

@@ -172,8 +172,7 @@ impl Port for InternalPort {
         let mut out = TxOutcome::default();
         for p in batch.drain(..) {
             if self.gone {
-                out.dropped += 1;
-                out.drop_reason = Some(DropReason::LinkDown);
+                out = out.with_drops(1, DropReason::LinkDown);
                 pool.put(p);
                 continue;
             }
@@ -182,19 +181,16 @@ impl Port for InternalPort {
                     out.sent += 1;
                     out.sent_bytes += p.len() as u64;
                 }
-                Ok(false) => {
-                    out.dropped += 1;
-                    out.drop_reason = Some(DropReason::TxQueueFull);
-                }
+                Ok(false) => out = out.with_drops(1, DropReason::TxQueueFull),
                 Err(e) => {
-                    out.dropped += 1;
                     // EIO: the device is administratively down; EBADFD:
                     // it is gone, and stays so.
                     self.gone |= e.raw_os_error() == Some(libc::EBADFD);
-                    out.drop_reason = Some(match e.raw_os_error() {
+                    let reason = match e.raw_os_error() {
                         Some(libc::EIO) | Some(libc::EBADFD) => DropReason::LinkDown,
                         _ => DropReason::TxError,
-                    });
+                    };
+                    out = out.with_drops(1, reason);
                 }
             }
             pool.put(p);

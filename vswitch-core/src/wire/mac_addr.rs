@@ -64,12 +64,14 @@ impl MacAddr {
     }
 }
 
+#[cfg(feature = "smoltcp")]
 impl From<smoltcp::wire::EthernetAddress> for MacAddr {
     fn from(a: smoltcp::wire::EthernetAddress) -> Self {
         MacAddr(a.0)
     }
 }
 
+#[cfg(feature = "smoltcp")]
 impl From<MacAddr> for smoltcp::wire::EthernetAddress {
     fn from(a: MacAddr) -> Self {
         smoltcp::wire::EthernetAddress(a.0)

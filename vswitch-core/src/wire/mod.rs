@@ -1,7 +1,7 @@
 //! Zero-copy views over packet bytes.
 //!
-//! Ethernet, ARP, IPv4, IPv6 (and its extension headers), ICMP, UDP and TCP
-//! come from [`smoltcp::wire`], re-exported here; this module adds what
+//! The crate's own: views of Ethernet, ARP, IPv4, IPv6, ICMP, UDP and TCP
+//! are smoltcp's (`smoltcp::wire`, used directly); this module adds what
 //! smoltcp lacks: 802.1Q/802.1ad tags ([`vlan`]) and a [`MacAddr`] with text
 //! and serde forms. Every view is validated once with `new_checked`; after
 //! that no accessor can panic.

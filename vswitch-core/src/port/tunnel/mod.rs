@@ -502,8 +502,7 @@ impl Port for TunnelPort {
                 Remote::Flow => match p.tunnel.map(|t| t.dst).filter(|a| !a.is_unspecified()) {
                     Some(a) => a,
                     None => {
-                        out.dropped += 1;
-                        out.drop_reason = Some(DropReason::TunnelNoRemote);
+                        out = out.with_drops(1, DropReason::TunnelNoRemote);
                         pool.put(p);
                         continue;
                     }
@@ -537,8 +536,7 @@ impl Port for TunnelPort {
             at += sent;
             if let Some(e) = err {
                 // The message that failed is dropped; the rest go on.
-                out.dropped += 1;
-                out.drop_reason = Some(tx_reason(&e));
+                out = out.with_drops(1, tx_reason(&e));
                 at += 1;
             }
         }

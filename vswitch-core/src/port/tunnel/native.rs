@@ -746,6 +746,7 @@ impl Uplink {
         if counters.failure().is_some() {
             return TxOutcome::drop_all(frames, pool, DropReason::LinkDown);
         }
+        let handed = frames.len();
         let sent = {
             let mut p = port.lock().unwrap_or_else(|e| e.into_inner());
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -758,13 +759,16 @@ impl Uplink {
             Err(payload) => {
                 let why = crate::datapath::thread::panic_message(&*payload);
                 counters.fail(format!("tx_burst panicked: {why}"));
+                // What the uplink had taken went down with it, as the
+                // datapath counts a failed port's burst.
+                counters.count_drop(DropReason::PortFailed, handed.saturating_sub(frames.len()) as u64);
                 return TxOutcome::drop_all(frames, pool, DropReason::LinkDown);
             }
         };
         PortCounters::add(&counters.tx_packets, out.sent as u64);
         PortCounters::add(&counters.tx_bytes, out.sent_bytes);
-        if out.dropped > 0 {
-            counters.count_drop(out.drop_reason.unwrap_or(DropReason::TxError), out.dropped as u64);
+        for (reason, n) in out.drops() {
+            counters.count_drop(reason, n as u64);
         }
         out
     }
@@ -1387,10 +1391,14 @@ impl Port for NativeTunnelPort {
             // this port the inner ones it handed over.
             out.sent = sent.sent.min(tunneled);
             out.sent_bytes = if out.sent == tunneled { bytes } else { bytes * out.sent as u64 / tunneled as u64 };
-            out.dropped = tunneled - out.sent;
-            if out.dropped > 0 {
-                out.drop_reason = sent.drop_reason.or(Some(DropReason::TxError));
+            // The inner frames that did not go, under the uplink's reasons.
+            let mut left = tunneled - out.sent;
+            for (reason, n) in sent.drops() {
+                let n = n.min(left);
+                out = out.with_drops(n, reason);
+                left -= n;
             }
+            out = out.with_drops(left, DropReason::TxError);
         }
         self.frames = frames;
         out
